@@ -1,0 +1,1 @@
+"""Getting prices in and embeddings out in bulk: price import, the batch path, replay."""

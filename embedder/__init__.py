@@ -1,0 +1,1 @@
+"""The `embedder` command: CLI wiring and local development services."""

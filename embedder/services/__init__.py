@@ -1,0 +1,1 @@
+"""Local single-node Kafka and PostgreSQL for development, demos and CI (no Docker)."""

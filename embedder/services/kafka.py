@@ -1,0 +1,220 @@
+"""A real single-node Apache Kafka broker in KRaft mode, run from Maven Central jars."""
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from embedder.services.process import ServiceError, pid_alive, port_open, run, wait_until
+from shared.config import LOCAL_KAFKA_PORT
+
+POM = Path(__file__).with_name("pom.xml")
+CONTROLLER_PORT = LOCAL_KAFKA_PORT + 1
+MAIN_CLASS = "kafka.Kafka"
+STORAGE_TOOL = "kafka.tools.StorageTool"
+
+
+@dataclass(frozen=True)
+class LocalKafka:
+    """Paths and ports of the project-local broker under `<services_dir>/kafka`."""
+
+    root: Path
+    host: str = "127.0.0.1"
+    port: int = LOCAL_KAFKA_PORT
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def libs(self) -> Path:
+        return self.root / "libs"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.root / "kafka.pid"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "server.properties"
+
+    @property
+    def log_file(self) -> Path:
+        return self.root / "kafka.log"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    def running_pid(self) -> int | None:
+        return pid_alive(self.pid_file)
+
+    def status(self) -> str:
+        pid = self.running_pid()
+        if pid and port_open(self.host, self.port):
+            return f"running (pid {pid}) at {self.bootstrap}"
+        if pid:
+            return f"starting (pid {pid})"
+        if port_open(self.host, self.port):
+            return f"port {self.port} is served by a process this project did not start"
+        return "stopped"
+
+    def fetch_jars(self) -> None:
+        """Copy the broker's runtime jars from Maven Central into `libs/` once."""
+        if self.libs.is_dir() and any(self.libs.glob("kafka_2.13-*.jar")):
+            return
+        mvn = shutil.which("mvn")
+        if not mvn:
+            raise ServiceError("Maven (mvn) is required to fetch the Kafka broker jars; install it (apt-get install maven)")
+        tmp = (self.root / "libs.partial").resolve()
+        shutil.rmtree(tmp, ignore_errors=True)
+        run(
+            [mvn, "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
+             "-DincludeScope=runtime", f"-DoutputDirectory={tmp}"],
+            what="fetching Kafka jars with Maven",
+        )
+        tmp.rename(self.libs)
+
+    def _write_config(self) -> None:
+        self.config.write_text(
+            "\n".join(
+                [
+                    "process.roles=broker,controller",
+                    "node.id=1",
+                    f"controller.quorum.bootstrap.servers={self.host}:{CONTROLLER_PORT}",
+                    f"listeners=PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{CONTROLLER_PORT}",
+                    f"advertised.listeners=PLAINTEXT://{self.host}:{self.port}",
+                    "controller.listener.names=CONTROLLER",
+                    "inter.broker.listener.name=PLAINTEXT",
+                    "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                    f"log.dirs={self.data_dir.resolve()}",
+                    "num.partitions=1",
+                    "auto.create.topics.enable=true",
+                    "offsets.topic.replication.factor=1",
+                    "offsets.topic.num.partitions=8",
+                    "transaction.state.log.replication.factor=1",
+                    "transaction.state.log.min.isr=1",
+                    "share.coordinator.state.topic.replication.factor=1",
+                    "share.coordinator.state.topic.min.isr=1",
+                    "group.initial.rebalance.delay.ms=0",
+                    "log.retention.hours=-1",
+                    "",
+                ]
+            )
+        )
+        (self.root / "log4j2.properties").write_text(
+            "\n".join(
+                [
+                    "status = warn",
+                    "appender.out.type = Console",
+                    "appender.out.name = STDOUT",
+                    "appender.out.layout.type = PatternLayout",
+                    "appender.out.layout.pattern = [%d] %p %m (%c)%n",
+                    "rootLogger.level = INFO",
+                    "rootLogger.appenderRef.out.ref = STDOUT",
+                    "logger.kafka.name = kafka",
+                    "logger.kafka.level = WARN",
+                    "logger.apache.name = org.apache.kafka",
+                    "logger.apache.level = WARN",
+                    "",
+                ]
+            )
+        )
+
+    def _java(self, main_class: str, *args: str) -> list[str]:
+        return [
+            shutil.which("java") or "java",
+            "-Xms256m",
+            "-Xmx768m",
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={(self.root / 'log4j2.properties').resolve()}",
+            "-cp",
+            f"{self.libs.resolve()}/*",
+            main_class,
+            *args,
+        ]
+
+    def _format_storage(self) -> None:
+        if (self.data_dir / "meta.properties").exists():
+            return
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        run(
+            self._java(STORAGE_TOOL, "format", "-t", cluster_id, "-c", str(self.config), "--standalone"),
+            what="formatting Kafka KRaft storage",
+        )
+
+    def up(self, timeout: float = 120.0) -> bool:
+        """Start the broker unless ours already runs; True when this call started it."""
+        if self.running_pid():
+            wait_until(self._ready, timeout, f"Kafka at {self.bootstrap}")
+            return False
+        if port_open(self.host, self.port):
+            raise ServiceError(
+                f"port {self.port} is already used by a process this project did not start; "
+                "stop it or set KAFKA_BOOTSTRAP_SERVERS to use it"
+            )
+        if not shutil.which("java"):
+            raise ServiceError("Java is required to run the Kafka broker; install a JDK 17+")
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.fetch_jars()
+        self._write_config()
+        self._format_storage()
+        with open(self.log_file, "ab") as log:
+            proc = subprocess.Popen(
+                self._java(MAIN_CLASS, str(self.config)),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        self.pid_file.write_text(f"{proc.pid}\n")
+
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise ServiceError(f"Kafka exited with {proc.returncode}; see {self.log_file}")
+            return self._ready()
+
+        wait_until(ready, timeout, f"Kafka at {self.bootstrap}", interval=0.5)
+        return True
+
+    def _ready(self) -> bool:
+        """The broker answers a metadata request (not only a TCP connect)."""
+        if not port_open(self.host, self.port):
+            return False
+        from kafka import KafkaAdminClient
+        from kafka.errors import KafkaError
+
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=5000)
+        except (KafkaError, OSError):
+            return False
+        try:
+            admin.list_topics()
+            return True
+        except (KafkaError, OSError):
+            return False
+        finally:
+            admin.close()
+
+    def down(self, timeout: float = 60.0) -> bool:
+        """Stop the broker this project started (SIGTERM, then SIGKILL); True if it was running."""
+        pid = self.running_pid()
+        if not pid:
+            self.pid_file.unlink(missing_ok=True)
+            return False
+        os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and pid_alive(self.pid_file):
+            time.sleep(0.25)
+        if pid_alive(self.pid_file):
+            os.killpg(pid, signal.SIGKILL)
+        self.pid_file.unlink(missing_ok=True)
+        return True

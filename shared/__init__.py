@@ -1,0 +1,1 @@
+"""The contract every part of the embedder uses: encoder, settings, database access."""

@@ -1,0 +1,68 @@
+"""Frozen settings from the environment (and `.env`), loaded in one place."""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LOCAL_POSTGRES_PORT = 55432
+LOCAL_KAFKA_PORT = 59092
+LOCAL_DATABASE_URL = f"postgresql://embedder:embedder@127.0.0.1:{LOCAL_POSTGRES_PORT}/embedder"
+LOCAL_KAFKA_BOOTSTRAP = f"127.0.0.1:{LOCAL_KAFKA_PORT}"
+
+
+class Settings(BaseSettings):
+    """Connection and tuning settings; defaults point at `embedder services up`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="EMBEDDER_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    database_url: str = Field(
+        default=LOCAL_DATABASE_URL,
+        validation_alias=AliasChoices("DATABASE_URL", "EMBEDDER_DATABASE_URL"),
+    )
+    kafka_bootstrap_servers: str = Field(
+        default=LOCAL_KAFKA_BOOTSTRAP,
+        validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "EMBEDDER_KAFKA_BOOTSTRAP_SERVERS"),
+    )
+    prices_topic: str = "embedder.prices"
+    embeddings_topic: str = "embedder.embeddings"
+    dead_letter_topic: str = "embedder.dead-letter"
+    partitions: int = Field(default=8, ge=1)
+    window_days: int = Field(default=63, ge=1)
+    services_dir: Path = Path(".services")
+    write_batch_embeddings: int = Field(default=20_000, ge=1)
+    """How many embeddings the direct path stages per COPY + upsert transaction."""
+
+
+@lru_cache(maxsize=1)
+def load_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by `***`, safe for logs and errors."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def scrub_secret(message: str, url: str) -> str:
+    """`message` with the password of `url` removed wherever it appears."""
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        password = None
+    if password:
+        message = message.replace(password, "***")
+    return message.replace(url, redact_url(url))
