@@ -46,7 +46,7 @@ class ImportResult:
         return total
 
 
-def _check_paths(paths: Iterable[Path]) -> list[Path]:
+def check_paths(paths: Iterable[Path]) -> list[Path]:
     out = []
     for p in paths:
         if not p.is_file():
@@ -65,7 +65,7 @@ def import_prices(
     on_rows: Callable[[int], None] | None = None,
 ) -> ImportResult:
     """Load price files into prices_daily, registering unknown symbols in `market_id`."""
-    files = _check_paths(paths)
+    files = check_paths(paths)
     result = ImportResult()
     with connection(database_url) as conn, conn.cursor() as cur:
         cur.execute(

@@ -1,0 +1,90 @@
+"""`embedder replay --direct`: the batch path, computed from Postgres without Kafka.
+
+It is also the reference the stream is checked against: both call
+`shared.encoder.encode_windows`, and both write through `upsert_embeddings`.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from backfill.reader import read_histories
+from backfill.selection import RunSelection
+from shared.db import connection
+from shared.encoder import apply_model, encode_windows, lookback_start
+from shared.embedding_store import upsert_embeddings
+
+READ_CHUNK_INSTRUMENTS = 16
+
+
+@dataclass
+class DirectResult:
+    instruments: int = 0
+    as_of_dates: int = 0
+    embeddings: int = 0
+    insufficient: int = 0
+
+
+ProgressFn = Callable[[int, int], None]
+"""Called with (instruments just finished, embeddings just committed)."""
+
+
+def run_direct(
+    database_url: str,
+    selection: RunSelection,
+    write_batch: int = 20_000,
+    on_start: Callable[[int, int], None] | None = None,
+    on_progress: ProgressFn | None = None,
+) -> DirectResult:
+    """Compute and upsert every embedding of the selection; commits every `write_batch` rows."""
+    result = DirectResult()
+    n = selection.window_days
+    with connection(database_url) as conn:
+        ids = selection.instruments(conn)
+        dates = selection.as_of_dates(conn, ids) if ids else []
+        result.instruments, result.as_of_dates = len(ids), len(dates)
+        if on_start:
+            on_start(len(ids), len(dates))
+        if not ids or not dates:
+            return result
+        as_of = np.array(dates, dtype="datetime64[D]")
+        start = lookback_start(as_of.min(), n).astype(object)
+        end = as_of.max().astype(object)
+        pending: list[tuple] = []
+        finished = 0
+
+        def flush() -> None:
+            nonlocal finished
+            if pending:
+                upsert_embeddings(conn, pending)
+                conn.commit()
+            result.embeddings += len(pending)
+            if on_progress:
+                on_progress(finished, len(pending))
+            pending.clear()
+            finished = 0
+
+        for i in range(0, len(ids), READ_CHUNK_INSTRUMENTS):
+            chunk = ids[i : i + READ_CHUNK_INSTRUMENTS]
+            histories = read_histories(conn, chunk, start, end)
+            for instrument_id in chunk:
+                finished += 1
+                history = histories.get(instrument_id)
+                if history is None:
+                    result.insufficient += len(dates)
+                    continue
+                batch = encode_windows(history.trade_dates, history.close, history.volume, as_of, n)
+                result.insufficient += batch.insufficient
+                batch_dates = batch.as_of.tolist()
+                for model in selection.models:
+                    vectors = apply_model(batch.flat, model).astype("<f4", copy=False)
+                    pending.extend(
+                        (instrument_id, d, model.model_id, n, vectors[j].tobytes())
+                        for j, d in enumerate(batch_dates)
+                    )
+            if len(pending) >= write_batch:
+                flush()
+        flush()
+    return result

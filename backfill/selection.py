@@ -1,0 +1,105 @@
+"""What a replay covers: instruments, as_of dates, window and models (SPEC section 5).
+
+Arguments are checked before any connection is made, so a bad command writes nothing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+
+import psycopg
+
+from shared.errors import BadArguments
+from shared.models import ModelSpec, validate_models
+
+
+def parse_date(text: str, flag: str) -> date:
+    """An ISO date, or BadArguments naming the flag."""
+    try:
+        return date.fromisoformat(text.strip())
+    except (ValueError, AttributeError):
+        raise BadArguments(f"{flag}: not a date (YYYY-MM-DD): {text!r}") from None
+
+
+@dataclass(frozen=True)
+class RunSelection:
+    """A validated selection; exactly one of (as_of) or (date_from, date_to) is set."""
+
+    window_days: int
+    models: tuple[ModelSpec, ...]
+    as_of: date | None = None
+    date_from: date | None = None
+    date_to: date | None = None
+    market_id: str | None = None
+    instrument_ids: tuple[str, ...] = ()
+    limit: int | None = None
+    offset: int = 0
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        window_days: int,
+        model_ids: list[str],
+        as_of: str | None = None,
+        date_from: str | None = None,
+        date_to: str | None = None,
+        market_id: str | None = None,
+        instrument_ids: list[str] | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> "RunSelection":
+        """Validate raw command-line values; BadArguments says what is wrong in one line."""
+        models = tuple(validate_models(model_ids))
+        if not models:
+            raise BadArguments("at least one --model-id is required")
+        if window_days < 1:
+            raise BadArguments(f"--window-days must be at least 1, got {window_days}")
+        if limit is not None and limit < 0:
+            raise BadArguments(f"--limit must not be negative, got {limit}")
+        if offset < 0:
+            raise BadArguments(f"--offset must not be negative, got {offset}")
+        ids = tuple(dict.fromkeys(instrument_ids or ()))
+        if not ids and not market_id:
+            raise BadArguments("nothing selected: give --market-id or at least one --instrument-id")
+        if ids and (limit is not None or offset):
+            raise BadArguments("--limit/--offset cut a market; they do not apply to --instrument-id")
+        if as_of is not None:
+            if date_from is not None or date_to is not None:
+                raise BadArguments("give either --as-of or --from/--to, not both")
+            return cls(window_days, models, as_of=parse_date(as_of, "--as-of"), market_id=market_id,
+                       instrument_ids=ids, limit=limit, offset=offset)
+        if date_from is None or date_to is None:
+            raise BadArguments("give --as-of, or both --from and --to")
+        start, end = parse_date(date_from, "--from"), parse_date(date_to, "--to")
+        if start > end:
+            raise BadArguments(f"--from {start} is after --to {end}")
+        return cls(window_days, models, date_from=start, date_to=end, market_id=market_id,
+                   instrument_ids=ids, limit=limit, offset=offset)
+
+    @property
+    def model_ids(self) -> list[str]:
+        return [m.model_id for m in self.models]
+
+    def instruments(self, conn: psycopg.Connection) -> list[str]:
+        """The run's instrument ids: the given ones verbatim, or the market's cut (SPEC section 2)."""
+        if self.instrument_ids:
+            return list(self.instrument_ids)
+        rows = conn.execute(
+            """SELECT instrument_id FROM instruments
+               WHERE market_id = %s AND asset_class = 'EQUITY' AND status = 'ACTIVE'
+               ORDER BY instrument_id LIMIT %s OFFSET %s""",
+            (self.market_id, self.limit, self.offset),
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def as_of_dates(self, conn: psycopg.Connection, instrument_ids: list[str]) -> list[date]:
+        """`--as-of D` gives [D]; a range gives the distinct trade dates of the selection in it."""
+        if self.as_of is not None:
+            return [self.as_of]
+        rows = conn.execute(
+            """SELECT DISTINCT trade_date FROM prices_daily
+               WHERE instrument_id = ANY(%s) AND trade_date BETWEEN %s AND %s ORDER BY trade_date""",
+            (instrument_ids, self.date_from, self.date_to),
+        ).fetchall()
+        return [r[0] for r in rows]

@@ -1,0 +1,225 @@
+"""The `embedder` console script: Typer subcommands wired to the project's modules.
+
+Errors print one line: bad arguments exit 2 (nothing written), failures exit 1.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+try:  # Typer >= 0.20 vendors click; older versions use the click package
+    from typer._click import exceptions as click_exc
+except ImportError:  # pragma: no cover
+    import click.exceptions as click_exc
+
+from embedder.console import err, out
+from shared.config import load_settings, redact_url
+from shared.errors import BadArguments, EmbedderError
+from shared.models import DEFAULT_MODEL_ID
+
+app = typer.Typer(
+    name="embedder",
+    help="Streaming incremental embedder: prices_daily -> Kafka -> Faust -> numeric_window_embeddings.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+services_app = typer.Typer(help="Local Kafka (KRaft) and PostgreSQL for development, demos and CI.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+prices_app = typer.Typer(help="Loading daily prices.", no_args_is_help=True)
+app.add_typer(services_app, name="services")
+app.add_typer(db_app, name="db")
+app.add_typer(prices_app, name="prices")
+
+
+def _local_services():
+    from embedder.services.local import LocalServices
+
+    return LocalServices.under(load_settings().services_dir)
+
+
+@services_app.command("up")
+def services_up() -> None:
+    """Start the local broker and database (idempotent); print the settings to export."""
+    import time
+
+    services = _local_services()
+    t0 = time.perf_counter()
+    with err.status("starting PostgreSQL..."):
+        pg_started = services.postgres.up()
+    with err.status("starting Kafka..."):
+        kafka_started = services.kafka.up()
+    err.print(
+        f"PostgreSQL {'started' if pg_started else 'already running'}, "
+        f"Kafka {'started' if kafka_started else 'already running'} ({time.perf_counter() - t0:.1f}s)"
+    )
+    for key, value in services.env().items():
+        out.print(f"export {key}={value}", highlight=False, soft_wrap=True)
+
+
+@services_app.command("down")
+def services_down() -> None:
+    """Stop the local broker and database this project started."""
+    services = _local_services()
+    kafka = services.kafka.down()
+    pg = services.postgres.down()
+    out.print(f"Kafka {'stopped' if kafka else 'was not running'}; PostgreSQL {'stopped' if pg else 'was not running'}")
+
+
+@services_app.command("status")
+def services_status() -> None:
+    """Show whether the local services run, and where."""
+    services = _local_services()
+    out.print(f"kafka: {services.kafka.status()}", highlight=False)
+    out.print(f"postgres: {services.postgres.status()}", highlight=False)
+    for key, value in services.env().items():
+        out.print(f"export {key}={value}", highlight=False, soft_wrap=True)
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply pending migrations (creates missing tables, adds the idempotency key)."""
+    from shared.migrate import upgrade
+
+    settings = load_settings()
+    migration_log = logging.getLogger("embedder.migrations")
+    migration_log.setLevel(logging.INFO)
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    migration_log.addHandler(handler)
+    result = upgrade(settings.database_url)
+    if result.applied:
+        out.print(f"applied: {', '.join(result.applied)}", highlight=False)
+    else:
+        out.print(f"database is up to date ({result.already_applied} migrations applied before)", highlight=False)
+
+
+@prices_app.command("import")
+def prices_import(
+    paths: Annotated[list[Path], typer.Argument(help="CSV or CSV.gz files (Yahoo, Kaggle or prices_daily layout).")],
+    market_id: Annotated[str, typer.Option("--market-id", help="Market for newly registered instruments.")] = "US_EQ",
+    currency: Annotated[str, typer.Option("--currency", help="Currency for layouts without one.")] = "USD",
+) -> None:
+    """Load price files into prices_daily, registering unknown symbols."""
+    import time
+
+    from backfill.price_import import check_paths, import_prices
+    from embedder.console import progress
+
+    settings = load_settings()
+    paths = check_paths(paths)
+    t0 = time.perf_counter()
+    with progress() as bar:
+        task = bar.add_task("import", total=None, detail="rows read")
+        result = import_prices(
+            settings.database_url, paths, market_id=market_id, currency=currency,
+            on_rows=lambda n: bar.advance(task, n),
+        )
+    elapsed = time.perf_counter() - t0
+    out.print(
+        f"files: {len(result.files)}  rows read: {result.rows:,}  inserted: {result.inserted:,}  "
+        f"updated: {result.updated:,}  unchanged: {result.unchanged:,}  new instruments: {result.new_instruments}  "
+        f"({elapsed:.1f}s, {result.rows / elapsed if elapsed else 0:,.0f} rows/s)",
+        highlight=False,
+    )
+    rejected = result.rejected
+    if rejected:
+        reasons = ", ".join(f"{reason}: {count}" for reason, count in rejected.most_common())
+        out.print(f"rejected: {sum(rejected.values()):,} ({reasons})", highlight=False)
+    else:
+        out.print("rejected: 0", highlight=False)
+
+
+@prices_app.command("synthetic")
+def prices_synthetic(
+    path: Annotated[Path, typer.Argument(help="Output file (.csv or .csv.gz, Yahoo layout).")],
+    instruments: Annotated[int, typer.Option(min=1)] = 60,
+    date_from: Annotated[str, typer.Option("--from")] = "2015-01-12",
+    date_to: Annotated[str, typer.Option("--to")] = "2020-01-10",
+    seed: Annotated[int, typer.Option()] = 7,
+) -> None:
+    """Write a realistic synthetic market (gaps, short histories, zero volumes)."""
+    from backfill.selection import parse_date
+    from backfill.synthetic import write_synthetic_csv
+
+    start, end = parse_date(date_from, "--from"), parse_date(date_to, "--to")
+    if start > end:
+        raise BadArguments(f"--from {start} is after --to {end}")
+    rows = write_synthetic_csv(path, instruments, start, end, seed)
+    out.print(f"wrote {rows:,} rows for {instruments} instruments to {path}", highlight=False)
+
+
+@app.command("replay")
+def replay(
+    as_of: Annotated[Optional[str], typer.Option("--as-of", help="Single as_of date (YYYY-MM-DD).")] = None,
+    date_from: Annotated[Optional[str], typer.Option("--from", help="First as_of date of a range.")] = None,
+    date_to: Annotated[Optional[str], typer.Option("--to", help="Last as_of date of a range.")] = None,
+    window_days: Annotated[int, typer.Option("--window-days")] = 63,
+    market_id: Annotated[Optional[str], typer.Option("--market-id")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit")] = None,
+    offset: Annotated[int, typer.Option("--offset")] = 0,
+    instrument_id: Annotated[Optional[list[str]], typer.Option("--instrument-id", help="Repeatable.")] = None,
+    model_id: Annotated[Optional[list[str]], typer.Option("--model-id", help="Repeatable.")] = None,
+    direct: Annotated[bool, typer.Option("--direct", help="Compute from Postgres without Kafka (batch path).")] = False,
+) -> None:
+    """Compute embeddings for a date range or one as_of date, then exit."""
+    from backfill.selection import RunSelection
+    from embedder.replay_command import run_replay
+
+    selection = RunSelection.build(
+        window_days=window_days, model_ids=model_id or [DEFAULT_MODEL_ID], as_of=as_of,
+        date_from=date_from, date_to=date_to, market_id=market_id, instrument_ids=instrument_id,
+        limit=limit, offset=offset,
+    )
+    run_replay(load_settings(), selection, direct=direct)
+
+
+@app.command("show")
+def show(
+    as_of: Annotated[str, typer.Option("--as-of")],
+    model_id: Annotated[str, typer.Option("--model-id")] = DEFAULT_MODEL_ID,
+    values: Annotated[int, typer.Option("--values", help="How many leading values to print.")] = 6,
+) -> None:
+    """Summarise stored embeddings for one as_of date and model, decoding one vector."""
+    from backfill.selection import parse_date
+    from embedder.inspect import summarise
+
+    day: date = parse_date(as_of, "--as-of")
+    summarise(load_settings().database_url, day, model_id, values)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app, turning every expected error into one line and an exit code."""
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv, prog_name="embedder", standalone_mode=False)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        sys.stderr.write("embedder: aborted\n")
+        sys.exit(130)
+    except click_exc.NoArgsIsHelpError as e:
+        e.show()
+        sys.exit(2)
+    except click_exc.UsageError as e:
+        sys.stderr.write(f"embedder: error: {e.format_message()}\n")
+        sys.exit(2)
+    except BadArguments as e:
+        sys.stderr.write(f"embedder: error: {e}\n")
+        sys.exit(2)
+    except EmbedderError as e:
+        settings_url = load_settings().database_url
+        sys.stderr.write(f"embedder: {str(e).replace(settings_url, redact_url(settings_url))}\n")
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.stderr.write("embedder: interrupted\n")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""Writing embeddings: binary COPY into a staging table, then one idempotent upsert.
+
+Every path (the direct batch path and the stream's sink) writes through here,
+so running anything twice never duplicates a row and never rewrites an
+identical one.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date
+
+import psycopg
+
+from shared.db import copy_rows
+
+ENTITY_TYPE = "INSTRUMENT"
+STAGING = "embeddings_staging"
+STAGING_COLUMNS = ("entity_id", "as_of_date", "model_id", "window_days", "vector")
+STAGING_TYPES = ("text", "date", "text", "int4", "bytea")
+
+
+@dataclass(frozen=True)
+class EmbeddingRow:
+    """One stored embedding: `vector` is already little-endian float32 bytes."""
+
+    entity_id: str
+    as_of_date: date
+    model_id: str
+    window_days: int
+    vector: bytes
+
+
+def window_spec_sql(window_days_expr: str) -> str:
+    """SQL for SPEC section 2's window_spec JSON from a window-days expression."""
+    return f"jsonb_build_object('window_days', {window_days_expr}, 'entity_type', '{ENTITY_TYPE}')"
+
+
+def ensure_staging(cur: psycopg.Cursor) -> None:
+    """Create this session's temporary staging table once (it lives until disconnect)."""
+    cur.execute(
+        f"""CREATE TEMP TABLE IF NOT EXISTS {STAGING} (
+            entity_id text NOT NULL, as_of_date date NOT NULL, model_id text NOT NULL,
+            window_days int4 NOT NULL, vector bytea NOT NULL)"""
+    )
+
+
+def upsert_embeddings(conn: psycopg.Connection, rows: Iterable[tuple | EmbeddingRow]) -> int:
+    """Stage `rows` and upsert them in the caller's transaction; returns rows staged.
+
+    Rows may be EmbeddingRow or plain tuples in STAGING_COLUMNS order; where a
+    batch repeats a key, the last row wins (a correction emitted after the
+    original). The caller commits; on failure nothing of this batch is visible.
+    """
+    latest: dict[tuple, tuple] = {}
+    for r in rows:
+        t = (r.entity_id, r.as_of_date, r.model_id, r.window_days, r.vector) if isinstance(r, EmbeddingRow) else tuple(r)
+        latest[(t[0], t[1], t[2])] = t
+    with conn.cursor() as cur:
+        ensure_staging(cur)
+        cur.execute(f"TRUNCATE {STAGING}")
+        copy_rows(cur, STAGING, STAGING_COLUMNS, latest.values(), STAGING_TYPES)
+        cur.execute(
+            f"""
+            INSERT INTO numeric_window_embeddings AS t
+                (entity_type, entity_id, window_spec, as_of_date, model_id, vector)
+            SELECT '{ENTITY_TYPE}', entity_id, {window_spec_sql('window_days')}, as_of_date, model_id, vector
+            FROM {STAGING}
+            ON CONFLICT (entity_type, entity_id, as_of_date, model_id) DO UPDATE SET
+                window_spec = EXCLUDED.window_spec, vector = EXCLUDED.vector, vector_ref = NULL
+            WHERE (t.window_spec, t.vector, t.vector_ref) IS DISTINCT FROM
+                  (EXCLUDED.window_spec, EXCLUDED.vector, NULL::varchar)
+            """
+        )
+        return len(latest)
