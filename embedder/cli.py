@@ -18,8 +18,9 @@ except ImportError:  # pragma: no cover
     import click.exceptions as click_exc
 
 from embedder.console import err, out
-from shared.config import load_settings, redact_url
-from shared.errors import BadArguments, EmbedderError
+from embedder.exit_codes import run_with_exit_codes
+from shared.config import load_settings
+from shared.errors import BadArguments
 from shared.models import DEFAULT_MODEL_ID
 
 app = typer.Typer(
@@ -196,29 +197,24 @@ def show(
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning every expected error into one line and an exit code."""
     command = typer.main.get_command(app)
+
+    def body() -> None:
+        try:
+            command.main(args=argv, prog_name="embedder", standalone_mode=False)
+        except click_exc.NoArgsIsHelpError as e:
+            e.show()
+            raise typer.Exit(2) from None
+        except click_exc.UsageError as e:
+            raise BadArguments(e.format_message()) from None
+
     try:
-        command.main(args=argv, prog_name="embedder", standalone_mode=False)
+        code = run_with_exit_codes("embedder", body)
     except typer.Exit as e:
-        sys.exit(e.exit_code)
+        code = e.exit_code
     except typer.Abort:
         sys.stderr.write("embedder: aborted\n")
-        sys.exit(130)
-    except click_exc.NoArgsIsHelpError as e:
-        e.show()
-        sys.exit(2)
-    except click_exc.UsageError as e:
-        sys.stderr.write(f"embedder: error: {e.format_message()}\n")
-        sys.exit(2)
-    except BadArguments as e:
-        sys.stderr.write(f"embedder: error: {e}\n")
-        sys.exit(2)
-    except EmbedderError as e:
-        settings_url = load_settings().database_url
-        sys.stderr.write(f"embedder: {str(e).replace(settings_url, redact_url(settings_url))}\n")
-        sys.exit(1)
-    except KeyboardInterrupt:
-        sys.stderr.write("embedder: interrupted\n")
-        sys.exit(130)
+        code = 130
+    sys.exit(code)
 
 
 if __name__ == "__main__":

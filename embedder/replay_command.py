@@ -15,19 +15,22 @@ def run_replay(settings: Settings, selection: RunSelection, direct: bool) -> Dir
     if not direct:
         raise BadArguments("replay through Kafka is not available in this version; use --direct")
     started = time.perf_counter()
-    with progress() as bar:
-        task = bar.add_task("replay --direct", total=None, detail="")
+    bar = progress()
+    task = None
+    committed = 0
 
-        def on_start(instruments: int, dates: int) -> None:
-            bar.update(task, total=instruments, detail=f"{dates} as_of date(s)")
+    def on_start(instruments: int, dates: int) -> None:
+        """Called once the selection is resolved: only then does the bar appear."""
+        nonlocal task
+        bar.start()
+        task = bar.add_task("replay --direct", total=instruments, detail=f"{dates} as_of date(s)")
 
-        committed = 0
+    def on_progress(instruments: int, embeddings: int) -> None:
+        nonlocal committed
+        committed += embeddings
+        bar.update(task, advance=instruments, detail=f"{committed:,} embeddings committed")
 
-        def on_progress(instruments: int, embeddings: int) -> None:
-            nonlocal committed
-            committed += embeddings
-            bar.update(task, advance=instruments, detail=f"{committed:,} embeddings committed")
-
+    try:
         result = run_direct(
             settings.database_url,
             selection,
@@ -35,6 +38,8 @@ def run_replay(settings: Settings, selection: RunSelection, direct: bool) -> Dir
             on_start=on_start,
             on_progress=on_progress,
         )
+    finally:
+        bar.stop()
     elapsed = time.perf_counter() - started
     rate = result.embeddings / elapsed if elapsed > 0 else 0.0
     out.print(

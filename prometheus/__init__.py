@@ -1,0 +1,1 @@
+"""The platform's existing entry points, now served by this project."""

@@ -1,0 +1,1 @@
+"""Platform scripts kept for compatibility."""

@@ -1,0 +1,131 @@
+"""Fixtures that find real services: environment, else testcontainers, else local services.
+
+Order (DEVELOPERS.md): KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL from the
+environment; else testcontainers where a Docker engine answers; else the
+project's own local Kafka and PostgreSQL (`embedder services up`).
+Each test session works in a fresh database of its own on that server.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+
+from shared.migrate import upgrade
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_DATA = REPO.parent / "shared" / "data" / "sp500_2015_2020_yahoo.csv.gz"
+
+
+def _docker_engine_answers() -> bool:
+    try:
+        import docker  # installed with testcontainers
+
+        docker.from_env(timeout=3).ping()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def endpoints() -> Iterator[dict[str, str]]:
+    """{'DATABASE_URL': ..., 'KAFKA_BOOTSTRAP_SERVERS': ...} of real running services."""
+    found = {k: os.environ[k] for k in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS") if os.environ.get(k)}
+    if len(found) == 2:
+        yield found
+        return
+    if _docker_engine_answers():
+        from testcontainers.kafka import KafkaContainer
+        from testcontainers.postgres import PostgresContainer
+
+        with PostgresContainer("postgres:16", driver=None) as pg, KafkaContainer().with_kraft() as kafka:
+            yield {
+                "DATABASE_URL": found.get("DATABASE_URL", pg.get_connection_url()),
+                "KAFKA_BOOTSTRAP_SERVERS": found.get("KAFKA_BOOTSTRAP_SERVERS", kafka.get_bootstrap_server()),
+            }
+        return
+    from embedder.services.local import LocalServices
+
+    services = LocalServices.under(REPO / ".services")
+    started_pg = services.postgres.up()
+    started_kafka = services.kafka.up()
+    try:
+        yield {**services.env(), **found}
+    finally:
+        if started_kafka:
+            services.kafka.down()
+        if started_pg:
+            services.postgres.down()
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@pytest.fixture(scope="session")
+def database_factory(endpoints) -> Iterator:
+    """Makes fresh, migrated databases on the test server; drops them at the end."""
+    server = endpoints["DATABASE_URL"]
+    made: list[str] = []
+
+    def make(prefix: str = "embedder_test") -> str:
+        name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+        with psycopg.connect(server, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        made.append(name)
+        return _with_database(server, name)
+
+    yield make
+    with psycopg.connect(server, autocommit=True) as conn:
+        for name in made:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def session_db(database_factory) -> str:
+    url = database_factory()
+    upgrade(url)
+    return url
+
+
+@pytest.fixture
+def db_url(session_db) -> str:
+    """A migrated database with empty tables for this test."""
+    with psycopg.connect(session_db) as conn:
+        conn.execute("TRUNCATE numeric_window_embeddings, prices_daily, instruments RESTART IDENTITY")
+    return session_db
+
+
+@pytest.fixture(scope="session")
+def real_db_url(database_factory) -> str:
+    """A migrated database holding the shared real S&P 500 data set (imported once)."""
+    if not REAL_DATA.exists():
+        pytest.skip(f"real data set not present at {REAL_DATA}")
+    from backfill.price_import import import_prices
+
+    url = database_factory("embedder_real")
+    upgrade(url)
+    result = import_prices(url, [REAL_DATA])
+    assert result.inserted > 0
+    return url
+
+
+@pytest.fixture
+def cli_env(db_url, endpoints) -> dict[str, str]:
+    """Environment for running the commands as subprocesses against this test's database."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EMBEDDER_")}
+    env.update(endpoints)
+    env["DATABASE_URL"] = db_url
+    env["COLUMNS"] = "200"
+    return env
+
+
+@pytest.fixture
+def kafka_bootstrap(endpoints) -> str:
+    return endpoints["KAFKA_BOOTSTRAP_SERVERS"]

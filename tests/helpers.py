@@ -1,0 +1,46 @@
+"""Helpers shared by the database-backed tests."""
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import psycopg
+
+from backfill.price_import import import_prices
+from backfill.synthetic import write_synthetic_csv
+from tests.reference import reference_embedding
+
+
+def load_synthetic(url: str, tmp_path: Path, instruments: int = 20, start: date = date(2019, 1, 1),
+                   end: date = date(2019, 12, 31), seed: int = 3) -> None:
+    path = tmp_path / "synthetic.csv.gz"
+    write_synthetic_csv(path, instruments, start, end, seed)
+    import_prices(url, [path])
+
+
+def stored(url: str) -> dict[tuple, bytes]:
+    """(entity_id, as_of_date, model_id) -> vector bytes of every stored embedding."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT entity_id, as_of_date, model_id, vector, window_spec FROM numeric_window_embeddings").fetchall()
+    return {(e, d, m): bytes(v) for e, d, m, v, _ in rows}
+
+
+def expected(url: str, instrument_ids: list[str], as_of_dates: list[date], window_days: int,
+             model_ids: list[str]) -> dict[tuple, bytes]:
+    """SPEC section 3 by the plain-loop reference over what prices_daily holds now."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT instrument_id, trade_date, close, volume FROM prices_daily WHERE instrument_id = ANY(%s)",
+            (instrument_ids,)).fetchall()
+    by_id: dict[str, list] = {}
+    for i, d, c, v in rows:
+        by_id.setdefault(i, []).append((d, c, v))
+    out = {}
+    for i in instrument_ids:
+        for d in as_of_dates:
+            for m in model_ids:
+                vec = reference_embedding(by_id.get(i, []), d, window_days, m)
+                if vec is not None:
+                    out[(i, d, m)] = vec
+    return out
