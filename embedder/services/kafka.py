@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from embedder.services.process import ServiceError, pid_alive, port_open, run, wait_until
+from embedder.services.process import ServiceError, describe, pid_alive, port_open, run, wait_until
 from shared.config import LOCAL_KAFKA_PORT
 
 POM = Path(__file__).with_name("pom.xml")
@@ -56,14 +56,7 @@ class LocalKafka:
         return pid_alive(self.pid_file)
 
     def status(self) -> str:
-        pid = self.running_pid()
-        if pid and port_open(self.host, self.port):
-            return f"running (pid {pid}) at {self.bootstrap}"
-        if pid:
-            return f"starting (pid {pid})"
-        if port_open(self.host, self.port):
-            return f"port {self.port} is served by a process this project did not start"
-        return "stopped"
+        return describe(self.running_pid(), self.host, self.port, self.bootstrap)
 
     def fetch_jars(self) -> None:
         """Copy the broker's runtime jars from Maven Central into `libs/` once."""

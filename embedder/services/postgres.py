@@ -9,6 +9,7 @@ from pathlib import Path
 
 from embedder.services.process import (
     ServiceError,
+    describe,
     chown_tree,
     is_root,
     pid_alive,
@@ -80,14 +81,7 @@ class LocalPostgres:
         return pid_alive(self.data_dir / "postmaster.pid")
 
     def status(self) -> str:
-        pid = self.running_pid()
-        if pid and port_open(self.host, self.port):
-            return f"running (pid {pid}) at {self.host}:{self.port}"
-        if pid:
-            return f"starting (pid {pid})"
-        if port_open(self.host, self.port):
-            return f"port {self.port} is served by a process this project did not start"
-        return "stopped"
+        return describe(self.running_pid(), self.host, self.port, f"{self.host}:{self.port}")
 
     def _init(self, bindir: Path) -> None:
         if (self.data_dir / "PG_VERSION").exists():

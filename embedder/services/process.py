@@ -46,6 +46,17 @@ def pid_alive(pid_file: Path) -> int | None:
     return pid
 
 
+def describe(pid: int | None, host: str, port: int, where: str) -> str:
+    """One status word for a service: running, starting, stopped, or someone else's port."""
+    if pid and port_open(host, port):
+        return f"running (pid {pid}) at {where}"
+    if pid:
+        return f"starting (pid {pid})"
+    if port_open(host, port):
+        return f"port {port} is served by a process this project did not start"
+    return "stopped"
+
+
 def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.25) -> None:
     """Poll `check` until true, else ServiceError after `timeout` seconds."""
     deadline = time.monotonic() + timeout
