@@ -180,6 +180,47 @@ def replay(
     run_replay(load_settings(), selection, direct=direct)
 
 
+@app.command("worker")
+def worker(
+    data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="RocksDB state folder.")] = None,
+    loglevel: Annotated[str, typer.Option("--loglevel", help="crit, error, warn, info or debug.")] = "warn",
+) -> None:
+    """The always-on streaming service: windows, ticks and the Postgres sink."""
+    from streams.worker import run_worker
+
+    settings = load_settings()
+    run_worker(settings, data_dir or settings.state_dir / "worker", loglevel)
+
+
+@app.command("tick")
+def tick(
+    as_of: Annotated[str, typer.Option("--as-of", help="The day that is complete (YYYY-MM-DD).")],
+    window_days: Annotated[Optional[int], typer.Option("--window-days")] = None,
+    model_id: Annotated[Optional[list[str]], typer.Option("--model-id", help="Repeatable; default from settings.")] = None,
+) -> None:
+    """Declare day D complete for the live service: it emits every live instrument's embedding as of D."""
+    from backfill.publisher import PricePublisher
+    from backfill.selection import parse_date
+    from shared.messages import LIVE_RUN, Tick
+    from shared.models import validate_models
+    from shared.topics import ensure_topics
+
+    settings = load_settings()
+    day = parse_date(as_of, "--as-of")
+    models = tuple(m.model_id for m in validate_models(model_id or list(settings.live_model_ids)))
+    n = window_days or settings.window_days
+    if n < 1:
+        raise BadArguments(f"--window-days must be at least 1, got {n}")
+    ensure_topics(settings)
+    publisher = PricePublisher(settings)
+    try:
+        publisher.tick(Tick(run=LIVE_RUN, d=day, w=n, m=models))
+        publisher.flush()
+    finally:
+        publisher.close()
+    out.print(f"tick {day} sent to {settings.partitions} partitions of {settings.prices_topic}")
+
+
 @app.command("show")
 def show(
     as_of: Annotated[str, typer.Option("--as-of")],

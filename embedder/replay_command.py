@@ -4,16 +4,17 @@ from __future__ import annotations
 import time
 
 from backfill.direct import DirectResult, run_direct
+from backfill.replay import ReplayHooks, StreamResult, run_stream_replay
+from backfill.worker_process import worker_for_run
 from backfill.selection import RunSelection
 from embedder.console import err, out, progress
 from shared.config import Settings
-from shared.errors import BadArguments
 
 
-def run_replay(settings: Settings, selection: RunSelection, direct: bool) -> DirectResult:
-    """Run the selection and print a summary; the streaming path arrives with the stream issue."""
+def run_replay(settings: Settings, selection: RunSelection, direct: bool) -> DirectResult | StreamResult:
+    """Run the selection (batch path or through Kafka) and print a summary."""
     if not direct:
-        raise BadArguments("replay through Kafka is not available in this version; use --direct")
+        return run_through_kafka(settings, selection)
     started = time.perf_counter()
     bar = progress()
     task = None
@@ -48,6 +49,44 @@ def run_replay(settings: Settings, selection: RunSelection, direct: bool) -> Dir
     )
     out.print(
         f"embeddings written: {result.embeddings:,}  insufficient history: {result.insufficient:,}  "
+        f"elapsed: {elapsed:.1f}s  ({rate:,.0f} embeddings/s)"
+    )
+    return result
+
+
+def run_through_kafka(settings: Settings, selection: RunSelection) -> StreamResult:
+    """Publish rows and ticks, wait for every embedding to be committed; start a worker if none runs."""
+    started = time.perf_counter()
+    bar = progress()
+    tasks: dict[str, int] = {}
+
+    def on_start(instruments: int, dates: int, ticks: int) -> None:
+        bar.start()
+        tasks["rows"] = bar.add_task("rows published", total=None, detail=f"{instruments} instruments")
+        tasks["ticks"] = bar.add_task("ticks committed", total=ticks, detail=f"{dates} as_of date(s)")
+
+    def on_published(rows: int) -> None:
+        bar.advance(tasks["rows"], rows)
+
+    def on_committed(ticks: int, embeddings: int) -> None:
+        bar.update(tasks["ticks"], completed=ticks, detail=f"{embeddings:,} embeddings committed")
+
+    hooks = ReplayHooks(on_start, on_published, on_committed)
+    try:
+        with worker_for_run(settings) as started_worker:
+            if started_worker:
+                err.print("no worker is consuming: started one for this run", highlight=False)
+            result = run_stream_replay(settings, selection, hooks)
+    finally:
+        bar.stop()
+    elapsed = time.perf_counter() - started
+    rate = result.embeddings / elapsed if elapsed > 0 else 0.0
+    out.print(
+        f"run: {result.run_id}  instruments: {result.instruments}  as_of dates: {result.as_of_dates}  "
+        f"models: {', '.join(selection.model_ids)}  window_days: {selection.window_days}"
+    )
+    out.print(
+        f"rows published: {result.rows_published:,}  embeddings committed: {result.embeddings:,}  "
         f"elapsed: {elapsed:.1f}s  ({rate:,.0f} embeddings/s)"
     )
     return result

@@ -35,6 +35,16 @@ class Settings(BaseSettings):
     partitions: int = Field(default=8, ge=1)
     window_days: int = Field(default=63, ge=1)
     services_dir: Path = Path(".services")
+    state_dir: Path = Path(".state")
+    """Where a worker keeps its RocksDB table state (one sub-folder per worker)."""
+    app_id: str = "embedder"
+    """Faust application id: the consumer group and the prefix of its changelog topics."""
+    sink_batch_size: int = Field(default=2000, ge=1)
+    sink_batch_seconds: float = Field(default=0.5, gt=0)
+    retention_slack_days: int = Field(default=31, ge=0)
+    """Calendar days of rows kept beyond one look-back, for late rows and corrections."""
+    live_model_ids: tuple[str, ...] = ("num-regime-core-v1",)
+    """Models the live service computes on `embedder tick`."""
     write_batch_embeddings: int = Field(default=20_000, ge=1)
     """How many embeddings the direct path stages per COPY + upsert transaction."""
 

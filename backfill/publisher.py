@@ -1,0 +1,48 @@
+"""Publishing to the prices topic with kafka-python (acks=all, idempotent); `flush` surfaces errors."""
+from __future__ import annotations
+
+from kafka import KafkaProducer
+from kafka.errors import KafkaError
+
+from shared.config import Settings
+from shared.errors import ServiceUnavailable
+from shared.messages import PriceRow, Tick, encode
+
+
+class PricePublisher:
+    """Rows keyed by instrument_id; ticks sent explicitly to every partition after their rows."""
+
+    def __init__(self, settings: Settings):
+        self.topic = settings.prices_topic
+        self.partitions = settings.partitions
+        try:
+            self.producer = KafkaProducer(
+                bootstrap_servers=settings.kafka_bootstrap_servers,
+                acks="all",
+                enable_idempotence=True,
+                linger_ms=20,
+                batch_size=256 * 1024,
+                max_in_flight_requests_per_connection=5,
+            )
+        except (KafkaError, OSError) as e:
+            raise ServiceUnavailable(f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: {e}") from None
+        self._pending = []
+
+    def row(self, row: PriceRow) -> None:
+        self._pending.append(self.producer.send(self.topic, key=row.instrument_id.encode(), value=encode(row)))
+
+    def tick(self, tick: Tick) -> None:
+        value = encode(tick)
+        for p in range(self.partitions):
+            self._pending.append(self.producer.send(self.topic, key=b"__tick__", value=value, partition=p))
+
+    def flush(self, timeout: float = 60.0) -> None:
+        """Block until every message sent so far is acknowledged; raise if any failed."""
+        self.producer.flush(timeout=timeout)
+        pending, self._pending = self._pending, []
+        for future in pending:
+            if future.failed():
+                raise ServiceUnavailable(f"publishing to {self.topic} failed: {future.exception}")
+
+    def close(self) -> None:
+        self.producer.close()

@@ -1,0 +1,126 @@
+"""`embedder replay` through Kafka: publish the selection's rows and ticks, then wait for the sink.
+
+The run gets its own id, so its windows live in their own namespace in the
+worker's tables and never touch the live service's state. Completion is read
+from `embedder_tick_commits`, which the sink writes in the same transaction as
+the embeddings: when every partition has committed the last tick, every
+embedding of the run is in Postgres.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date
+
+import numpy as np
+import psycopg
+
+from backfill.publisher import PricePublisher
+from backfill.selection import RunSelection
+from shared.config import Settings
+from shared.db import connection
+from shared.encoder import lookback_start
+from shared.errors import EmbedderError
+from shared.messages import PriceRow, Tick
+from shared.topics import ensure_topics
+
+
+@dataclass
+class StreamResult:
+    run_id: str
+    instruments: int = 0
+    as_of_dates: int = 0
+    rows_published: int = 0
+    embeddings: int = 0
+
+
+@dataclass
+class ReplayHooks:
+    """Progress callbacks (all optional)."""
+
+    on_start: Callable[[int, int, int], None] | None = None  # instruments, as_of dates, ticks expected
+    on_published: Callable[[int], None] | None = None  # rows just published
+    on_committed: Callable[[int, int], None] | None = None  # ticks committed, embeddings committed
+
+
+def publish_run(settings: Settings, conn: psycopg.Connection, selection: RunSelection, run_id: str,
+                ids: list[str], dates: list[date], hooks: ReplayHooks) -> int:
+    """Publish rows from the first look-back day through the last as_of, with each tick after its rows."""
+    n = selection.window_days
+    start = lookback_start(np.datetime64(min(dates), "D"), n).astype(object)
+    end = max(dates)
+    models = tuple(selection.model_ids)
+    ticks = sorted(dates)
+    publisher = PricePublisher(settings)
+    published = 0
+    next_tick = 0
+    try:
+        with conn.cursor(name=f"replay_{run_id}") as cur:
+            cur.itersize = 20_000
+            cur.execute(
+                """SELECT instrument_id, trade_date, close, volume FROM prices_daily
+                   WHERE instrument_id = ANY(%s) AND trade_date BETWEEN %s AND %s
+                   ORDER BY trade_date, instrument_id""",
+                (ids, start, end),
+            )
+            for instrument_id, trade_date, close, volume in cur:
+                while next_tick < len(ticks) and ticks[next_tick] < trade_date:
+                    publisher.tick(Tick(run=run_id, d=ticks[next_tick], w=n, m=models))
+                    next_tick += 1
+                publisher.row(PriceRow(run=run_id, i=instrument_id, d=trade_date, c=close, vol=volume, w=n))
+                published += 1
+                if published % 20_000 == 0:
+                    publisher.flush()
+                    if hooks.on_published:
+                        hooks.on_published(20_000)
+        for t in ticks[next_tick:]:
+            publisher.tick(Tick(run=run_id, d=t, w=n, m=models))
+        publisher.flush()
+        if hooks.on_published:
+            hooks.on_published(published % 20_000)
+    finally:
+        publisher.close()
+    return published
+
+
+def wait_for_run(database_url: str, run_id: str, last_tick: date, partitions: int, hooks: ReplayHooks,
+                 timeout: float | None = None, poll: float = 0.25) -> int:
+    """Block until every partition has committed `last_tick`; returns embeddings committed."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with connection(database_url, autocommit=True) as conn:
+        while True:
+            ticks, embeddings, last = conn.execute(
+                """SELECT count(*), coalesce(sum(embeddings), 0),
+                          count(*) FILTER (WHERE as_of_date = %s)
+                   FROM embedder_tick_commits WHERE run_id = %s""",
+                (last_tick, run_id),
+            ).fetchone()
+            if hooks.on_committed:
+                hooks.on_committed(int(ticks), int(embeddings))
+            if last >= partitions:
+                return int(embeddings)
+            if deadline is not None and time.monotonic() > deadline:
+                raise EmbedderError(f"replay {run_id} not complete after {timeout:.0f}s")
+            time.sleep(poll)
+
+
+def run_stream_replay(settings: Settings, selection: RunSelection, hooks: ReplayHooks | None = None,
+                      timeout: float | None = None) -> StreamResult:
+    """Publish the selection through Kafka and wait until the worker's sink has committed it all."""
+    hooks = hooks or ReplayHooks()
+    run_id = f"replay-{uuid.uuid4().hex[:12]}"
+    result = StreamResult(run_id)
+    ensure_topics(settings)
+    with connection(settings.database_url) as conn:
+        ids = selection.instruments(conn)
+        dates = selection.as_of_dates(conn, ids) if ids else []
+        result.instruments, result.as_of_dates = len(ids), len(dates)
+        if hooks.on_start:
+            hooks.on_start(len(ids), len(dates), len(dates) * settings.partitions)
+        if not ids or not dates:
+            return result
+        result.rows_published = publish_run(settings, conn, selection, run_id, ids, dates, hooks)
+    result.embeddings = wait_for_run(settings.database_url, run_id, max(dates), settings.partitions, hooks, timeout)
+    return result

@@ -1,0 +1,50 @@
+"""Creating the project's topics with the right partition counts before anything uses them.
+
+Faust requires a table's changelog to have as many partitions as its source
+topic, and auto-created topics get one partition, so topics are always made here.
+"""
+from __future__ import annotations
+
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from shared.config import Settings
+from shared.errors import ServiceUnavailable
+
+
+def admin_client(settings: Settings) -> KafkaAdminClient:
+    try:
+        return KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers, request_timeout_ms=15000)
+    except (KafkaError, OSError) as e:
+        raise ServiceUnavailable(f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: {e}") from None
+
+
+STREAM_TABLES = ("windows", "members")
+"""The worker's Faust tables; their changelogs are made here with the source topic's partition count."""
+
+
+def changelog_topic(settings: Settings, table: str) -> str:
+    return f"{settings.app_id}-{table}-changelog"
+
+
+def ensure_topics(settings: Settings) -> None:
+    """Create the prices, embeddings, dead-letter and changelog topics where missing (idempotent)."""
+    admin = admin_client(settings)
+    try:
+        existing = set(admin.list_topics())
+        wanted = [
+            NewTopic(settings.prices_topic, settings.partitions, 1),
+            NewTopic(settings.embeddings_topic, settings.partitions, 1),
+            NewTopic(settings.dead_letter_topic, 1, 1),
+        ] + [
+            NewTopic(changelog_topic(settings, t), settings.partitions, 1, topic_configs={"cleanup.policy": "compact"})
+            for t in STREAM_TABLES
+        ]
+        missing = [t for t in wanted if t.name not in existing]
+        if missing:
+            try:
+                admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        admin.close()

@@ -1,0 +1,1 @@
+"""The Faust side: the app factory, window state, tick handling and the batching sink."""

@@ -1,0 +1,34 @@
+"""`create_app(settings)`: the Faust app, built from settings with no import-time configuration."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import faust
+
+from shared.config import Settings
+
+
+def broker_url(bootstrap: str) -> str:
+    """Faust's form of a bootstrap list: kafka://h1:p1;h2:p2."""
+    return "kafka://" + ";".join(s.strip() for s in bootstrap.split(",") if s.strip())
+
+
+def create_app(settings: Settings, datadir: Path, *, store: str = "rocksdb://") -> faust.App:
+    """A Faust app with the project's topics, tables and agents wired in."""
+    app = faust.App(
+        settings.app_id,
+        broker=broker_url(settings.kafka_bootstrap_servers),
+        store=store,
+        datadir=str(datadir),
+        topic_partitions=settings.partitions,
+        topic_replication_factor=1,
+        processing_guarantee="at_least_once",
+        producer_acks=-1,
+        consumer_auto_offset_reset="earliest",
+        web_enabled=False,
+        stream_wait_empty=False,
+    )
+    from streams.agents import register
+
+    register(app, settings)
+    return app

@@ -1,0 +1,80 @@
+"""The sink's database write: embeddings and tick completions in one transaction, retried until it lands.
+
+Faust's `stream.take()` acks its buffer when the loop body finishes, so a
+failed write must never escape the body: `write_until_committed` retries with
+backoff instead (trap 1 of the design notes), and only returns once PostgreSQL
+has committed.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+import psycopg
+
+from shared.db import connect
+from shared.embedding_store import upsert_embeddings
+from shared.errors import ServiceUnavailable
+from shared.messages import Embedding, TickDone
+
+log = logging.getLogger("embedder.sink")
+
+
+class SinkWriter:
+    """Owns one connection; `write` is called from a worker thread, one batch at a time."""
+
+    def __init__(self, database_url: str, max_backoff: float = 10.0):
+        self.database_url = database_url
+        self.max_backoff = max_backoff
+        self._conn: psycopg.Connection | None = None
+        self.retries = 0
+
+    def _connection(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed:
+            self._conn = connect(self.database_url)
+        return self._conn
+
+    def write_once(self, embeddings: Sequence[Embedding], done: Sequence[TickDone]) -> None:
+        conn = self._connection()
+        try:
+            upsert_embeddings(
+                conn,
+                ((e.instrument_id, e.as_of, e.model_id, e.window_days, e.vector) for e in embeddings),
+            )
+            if done:
+                with conn.cursor() as cur:
+                    cur.executemany(
+                        """INSERT INTO embedder_tick_commits (run_id, source_partition, as_of_date, embeddings)
+                           VALUES (%s, %s, %s, %s)
+                           ON CONFLICT (run_id, source_partition, as_of_date)
+                           DO UPDATE SET embeddings = EXCLUDED.embeddings, committed_at = now()""",
+                        [(d.run, d.partition, d.as_of, d.emitted) for d in done],
+                    )
+            conn.commit()
+        except BaseException:
+            try:
+                conn.rollback()
+            except psycopg.Error:
+                conn.close()
+            raise
+
+    def write_until_committed(self, embeddings: Sequence[Embedding], done: Sequence[TickDone]) -> None:
+        """Write the batch; on a database error wait (exponential backoff) and try again, forever."""
+        delay = 0.2
+        while True:
+            try:
+                self.write_once(embeddings, done)
+                return
+            except (psycopg.OperationalError, psycopg.InterfaceError, ServiceUnavailable) as e:
+                self.retries += 1
+                if self._conn is not None:
+                    self._conn.close()
+                self._conn = None
+                log.warning("sink write failed (%s); retrying in %.1fs", str(e).splitlines()[0], delay)
+                time.sleep(delay)
+                delay = min(delay * 2, self.max_backoff)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
