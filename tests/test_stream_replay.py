@@ -59,3 +59,18 @@ def test_stream_equals_batch_on_synthetic_market(db_url, stream_env, tmp_path, w
     assert stored(db_url) == batch
     with psycopg.connect(db_url) as conn:
         assert conn.execute("SELECT count(*) FROM numeric_window_embeddings").fetchone()[0] == len(batch)
+
+
+@pytest.mark.slow
+def test_stream_equals_batch_on_real_data_slice(real_db_url, stream_env):
+    env = stream_env | {"DATABASE_URL": real_db_url}
+    args = ["--from", "2018-01-01", "--to", "2019-12-31", "--market-id", "US_EQ", "--limit", "50",
+            "--model-id", "num-regime-core-v1", "--model-id", "numeric-simple-v1"]
+    clear_embeddings(real_db_url)
+    replay(env, *args)
+    streamed = stored(real_db_url)
+    clear_embeddings(real_db_url)
+    replay(env, *args, direct=True)
+    batch = stored(real_db_url)
+    assert len(batch) > 40_000  # 50 instruments x ~500 dates x 2 models, less insufficient history
+    assert streamed == batch

@@ -1,0 +1,67 @@
+"""Bad input on the prices topic goes to the dead-letter topic with its reason; the worker stays up."""
+from __future__ import annotations
+
+import json
+
+import signal
+import subprocess
+import sys
+
+import uuid
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer
+
+from shared.config import Settings
+from shared.topics import ensure_topics
+
+
+@pytest.mark.slow
+def test_malformed_messages_are_dead_lettered_with_reasons(cli_env, kafka_bootstrap, tmp_path):
+    tag = uuid.uuid4().hex[:8]
+    env = cli_env | {
+        "EMBEDDER_APP_ID": f"embedder-dlq-{tag}", "EMBEDDER_PRICES_TOPIC": f"dlq-{tag}.prices",
+        "EMBEDDER_EMBEDDINGS_TOPIC": f"dlq-{tag}.embeddings", "EMBEDDER_DEAD_LETTER_TOPIC": f"dlq-{tag}.dead",
+        "EMBEDDER_PARTITIONS": "2",
+    }
+    settings = Settings(_env_file=None, database_url=env["DATABASE_URL"], kafka_bootstrap_servers=kafka_bootstrap,
+                        app_id=env["EMBEDDER_APP_ID"], prices_topic=env["EMBEDDER_PRICES_TOPIC"],
+                        embeddings_topic=env["EMBEDDER_EMBEDDINGS_TOPIC"],
+                        dead_letter_topic=env["EMBEDDER_DEAD_LETTER_TOPIC"], partitions=2)
+    ensure_topics(settings)
+    bad = {
+        b"not json at all": "not JSON",
+        b"[1, 2]": "not a JSON object",
+        b'{"k": "row", "d": "2020-01-02", "c": 1.0, "vol": 1.0}': "invalid field row.i",
+        b'{"k": "row", "i": "X", "d": "2020-01-02", "c": 0, "vol": 1.0}': "non-positive close",
+        b'{"k": "row", "i": "X", "d": "2020-01-02", "c": 5, "vol": -1}': "negative volume",
+        b'{"k": "row", "i": "X", "d": "2020-99-02", "c": 5, "vol": 1}': "invalid field row.d",
+        b'{"k": "teleport"}': "invalid field",
+    }
+    worker = subprocess.Popen(EMBEDDER_WORKER + ["--data-dir", str(tmp_path / "state")], env=env,
+                              stdout=open(tmp_path / "worker.log", "wb"), stderr=subprocess.STDOUT)
+    try:
+        producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+        for payload in bad:
+            producer.send(settings.prices_topic, key=b"X", value=payload)
+        producer.flush()
+        producer.close()
+        consumer = KafkaConsumer(settings.dead_letter_topic, bootstrap_servers=kafka_bootstrap,
+                                 auto_offset_reset="earliest", consumer_timeout_ms=90_000, group_id=f"check-{tag}")
+        seen = {}
+        for msg in consumer:
+            record = json.loads(msg.value)
+            seen[record["payload"].encode()] = record["reason"]
+            if len(seen) == len(bad):
+                break
+        consumer.close()
+        assert seen.keys() == bad.keys()
+        for payload, reason in bad.items():
+            assert reason in seen[payload], (payload, seen[payload])
+        assert worker.poll() is None  # the worker is still up
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=60)
+
+
+EMBEDDER_WORKER = [sys.executable, "-m", "embedder.cli", "worker"]
