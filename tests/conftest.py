@@ -123,6 +123,14 @@ def cli_env(db_url, endpoints) -> dict[str, str]:
     env.update(endpoints)
     env["DATABASE_URL"] = db_url
     env["COLUMNS"] = "200"
+    tag = uuid.uuid4().hex[:8]  # unique topics and consumer group: tests never share stream state
+    env.update({
+        "EMBEDDER_APP_ID": f"embedder-test-{tag}",
+        "EMBEDDER_PRICES_TOPIC": f"test-{tag}.prices",
+        "EMBEDDER_EMBEDDINGS_TOPIC": f"test-{tag}.embeddings",
+        "EMBEDDER_DEAD_LETTER_TOPIC": f"test-{tag}.dead-letter",
+        "EMBEDDER_PARTITIONS": "4",
+    })
     return env
 
 

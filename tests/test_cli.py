@@ -59,7 +59,7 @@ def test_platform_command_fills_one_as_of_over_the_market(cli_env, db_url, tmp_p
     load_synthetic(db_url, tmp_path, instruments=10)
     proc = run(PLATFORM + ["--as-of", "2019-12-31", "--market", "US_EQ", "--model-id", "num-regime-core-v1"], cli_env)
     assert proc.returncode == 0, proc.stderr
-    assert "embeddings written:" in proc.stdout
+    assert "embeddings committed:" in proc.stdout  # through Kafka by default
     with psycopg.connect(db_url) as conn:
         rows = conn.execute(
             "SELECT entity_id, vector, window_spec FROM numeric_window_embeddings WHERE as_of_date = '2019-12-31'"
@@ -67,8 +67,15 @@ def test_platform_command_fills_one_as_of_over_the_market(cli_env, db_url, tmp_p
     assert 0 < len(rows) <= 10
     assert all(np.frombuffer(v, dtype="<f4").shape == (384,) for _, v, _ in rows)
     assert rows[0][2] == {"window_days": 63, "entity_type": "INSTRUMENT"}
-    again = run(PLATFORM + ["--as-of", "2019-12-31", "--market", "US_EQ", "--model-id", "num-regime-core-v1"], cli_env)
-    assert again.returncode == 0 and row_count(db_url) == len(rows)
+    before = {e: bytes(v) for e, v, _ in rows}
+    with psycopg.connect(db_url) as conn:
+        conn.execute("TRUNCATE numeric_window_embeddings")
+    direct = run(PLATFORM + ["--as-of", "2019-12-31", "--market", "US_EQ", "--model-id", "num-regime-core-v1",
+                             "--direct"], cli_env)
+    assert direct.returncode == 0 and "embeddings written:" in direct.stdout
+    with psycopg.connect(db_url) as conn:
+        after = {e: bytes(v) for e, v in conn.execute("SELECT entity_id, vector FROM numeric_window_embeddings")}
+    assert after == before  # the stream and the batch path agree byte for byte
 
 
 def test_default_model_is_numeric_simple(cli_env, db_url, tmp_path):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import uuid
 
 import psycopg
 import pytest
@@ -16,15 +15,8 @@ EMBEDDER = [sys.executable, "-m", "embedder.cli"]
 
 @pytest.fixture
 def stream_env(cli_env) -> dict[str, str]:
-    """Unique topics and consumer group for this test, so tests never share stream state."""
-    tag = uuid.uuid4().hex[:8]
-    return cli_env | {
-        "EMBEDDER_APP_ID": f"embedder-test-{tag}",
-        "EMBEDDER_PRICES_TOPIC": f"test-{tag}.prices",
-        "EMBEDDER_EMBEDDINGS_TOPIC": f"test-{tag}.embeddings",
-        "EMBEDDER_DEAD_LETTER_TOPIC": f"test-{tag}.dead-letter",
-        "EMBEDDER_PARTITIONS": "4",
-    }
+    """cli_env already carries unique topics and a unique consumer group for this test."""
+    return cli_env
 
 
 def replay(env: dict[str, str], *args: str, direct: bool = False) -> subprocess.CompletedProcess:

@@ -1,7 +1,8 @@
 """`python -m prometheus.scripts.backfill_numeric_embeddings`: the platform's command, same flags as before.
 
-It now runs this project's replay engine; `--direct` selects the batch path
-(the only path until the streaming replay lands, so it is also the default).
+It now runs this project's replay engine: through Kafka by default (starting a
+worker for the run when none is consuming), `--direct` for the batch path. It
+exits only once every embedding of the run is committed.
 """
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             limit=args.limit,
             offset=args.offset,
         )
-        run_replay(load_settings(), selection, direct=True)
+        run_replay(load_settings(), selection, direct=args.direct)
 
     return run_with_exit_codes(PROG, body)
 
