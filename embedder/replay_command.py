@@ -41,16 +41,8 @@ def run_replay(settings: Settings, selection: RunSelection, direct: bool) -> Dir
         )
     finally:
         bar.stop()
-    elapsed = time.perf_counter() - started
-    rate = result.embeddings / elapsed if elapsed > 0 else 0.0
-    out.print(
-        f"instruments: {result.instruments}  as_of dates: {result.as_of_dates}  "
-        f"models: {', '.join(selection.model_ids)}  window_days: {selection.window_days}"
-    )
-    out.print(
-        f"embeddings written: {result.embeddings:,}  insufficient history: {result.insufficient:,}  "
-        f"elapsed: {elapsed:.1f}s  ({rate:,.0f} embeddings/s)"
-    )
+    print_summary(selection, result, started, "",
+                  f"embeddings written: {result.embeddings:,}  insufficient history: {result.insufficient:,}")
     return result
 
 
@@ -79,14 +71,18 @@ def run_through_kafka(settings: Settings, selection: RunSelection) -> StreamResu
             result = run_stream_replay(settings, selection, hooks)
     finally:
         bar.stop()
+    print_summary(selection, result, started, f"run: {result.run_id}  ",
+                  f"rows published: {result.rows_published:,}  embeddings committed: {result.embeddings:,}")
+    return result
+
+
+def print_summary(selection: RunSelection, result: DirectResult | StreamResult, started: float,
+                  head: str, counts: str) -> None:
+    """Two summary lines on stdout: what was selected, then what was done and how fast."""
     elapsed = time.perf_counter() - started
     rate = result.embeddings / elapsed if elapsed > 0 else 0.0
     out.print(
-        f"run: {result.run_id}  instruments: {result.instruments}  as_of dates: {result.as_of_dates}  "
+        f"{head}instruments: {result.instruments}  as_of dates: {result.as_of_dates}  "
         f"models: {', '.join(selection.model_ids)}  window_days: {selection.window_days}"
     )
-    out.print(
-        f"rows published: {result.rows_published:,}  embeddings committed: {result.embeddings:,}  "
-        f"elapsed: {elapsed:.1f}s  ({rate:,.0f} embeddings/s)"
-    )
-    return result
+    out.print(f"{counts}  elapsed: {elapsed:.1f}s  ({rate:,.0f} embeddings/s)")
