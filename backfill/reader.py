@@ -7,7 +7,6 @@ from datetime import date
 import numpy as np
 import psycopg
 
-EPOCH = date(1970, 1, 1)
 
 
 @dataclass(frozen=True)
