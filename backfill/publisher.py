@@ -31,6 +31,12 @@ class PricePublisher:
     def row(self, row: PriceRow) -> None:
         self._pending.append(self.producer.send(self.topic, key=row.instrument_id.encode(), value=encode(row)))
 
+    def row_unchecked(self, run: str, instrument_id: str, trade_date, close: float, volume: float) -> None:
+        """Publish a captured row as it is, even if invalid: the stream dead-letters it with a reason."""
+        row = PriceRow.model_construct(run=run, instrument_id=instrument_id, trade_date=trade_date, close=close,
+                                       volume=volume, window_days=None)
+        self._pending.append(self.producer.send(self.topic, key=(instrument_id or "").encode(), value=encode(row)))
+
     def tick(self, tick: Tick) -> None:
         value = encode(tick)
         for p in range(self.partitions):

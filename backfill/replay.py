@@ -121,6 +121,10 @@ def run_stream_replay(settings: Settings, selection: RunSelection, hooks: Replay
             hooks.on_start(len(ids), len(dates), len(dates) * settings.partitions)
         if not ids or not dates:
             return result
+        conn.execute("INSERT INTO embedder_runs (run_id) VALUES (%s)", (run_id,))
+        conn.commit()
         result.rows_published = publish_run(settings, conn, selection, run_id, ids, dates, hooks)
     result.embeddings = wait_for_run(settings.database_url, run_id, max(dates), settings.partitions, hooks, timeout)
+    with connection(settings.database_url) as conn:
+        conn.execute("UPDATE embedder_runs SET completed_at = now() WHERE run_id = %s", (run_id,))
     return result

@@ -37,7 +37,7 @@ def worker_for_run(settings: Settings, log_path: Path | None = None) -> Iterator
     datadir = Path(tempfile.mkdtemp(prefix="embedder-replay-worker-"))
     log = open(log_path or datadir / "worker.log", "ab")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "embedder.cli", "worker", "--data-dir", str(datadir)],
+        [sys.executable, "-m", "embedder.cli", "worker", "--no-capture", "--data-dir", str(datadir)],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=os.environ.copy(),
     )
     try:

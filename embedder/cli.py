@@ -8,6 +8,7 @@ import logging
 import sys
 from datetime import date
 from pathlib import Path
+from collections.abc import Callable
 from typing import Annotated, Optional
 
 import typer
@@ -184,12 +185,25 @@ def replay(
 def worker(
     data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="RocksDB state folder.")] = None,
     loglevel: Annotated[str, typer.Option("--loglevel", help="crit, error, warn, info or debug.")] = "warn",
+    capture: Annotated[bool, typer.Option("--capture/--no-capture",
+                                          help="Relay prices_outbox (live capture and ticks) to Kafka.")] = True,
 ) -> None:
-    """The always-on streaming service: windows, ticks and the Postgres sink."""
+    """The always-on streaming service: live capture, windows, ticks and the Postgres sink."""
+    from backfill.outbox import start_relay
     from streams.worker import run_worker
 
     settings = load_settings()
-    run_worker(settings, data_dir or settings.state_dir / "worker", loglevel)
+
+    def relay() -> Callable[[], None]:
+        relay_, thread = start_relay(settings)
+
+        def stop() -> None:
+            relay_.stop.set()
+            thread.join(timeout=10)
+
+        return stop
+
+    run_worker(settings, data_dir or settings.state_dir / "worker", loglevel, beside=relay if capture else None)
 
 
 @app.command("tick")
@@ -198,27 +212,24 @@ def tick(
     window_days: Annotated[Optional[int], typer.Option("--window-days")] = None,
     model_id: Annotated[Optional[list[str]], typer.Option("--model-id", help="Repeatable; default from settings.")] = None,
 ) -> None:
-    """Declare day D complete for the live service: it emits every live instrument's embedding as of D."""
-    from backfill.publisher import PricePublisher
+    """Declare day D complete for the live service: it emits every live instrument's embedding as of D.
+
+    The tick is queued in prices_outbox behind every row committed before it, so it cannot overtake them.
+    """
+    from backfill.outbox import enqueue_tick
     from backfill.selection import parse_date
-    from shared.messages import LIVE_RUN, Tick
+    from shared.db import connection
     from shared.models import validate_models
-    from shared.topics import ensure_topics
 
     settings = load_settings()
     day = parse_date(as_of, "--as-of")
-    models = tuple(m.model_id for m in validate_models(model_id or list(settings.live_model_ids)))
+    models = [m.model_id for m in validate_models(model_id or list(settings.live_model_ids))]
     n = window_days or settings.window_days
     if n < 1:
         raise BadArguments(f"--window-days must be at least 1, got {n}")
-    ensure_topics(settings)
-    publisher = PricePublisher(settings)
-    try:
-        publisher.tick(Tick(run=LIVE_RUN, d=day, w=n, m=models))
-        publisher.flush()
-    finally:
-        publisher.close()
-    out.print(f"tick {day} sent to {settings.partitions} partitions of {settings.prices_topic}")
+    with connection(settings.database_url) as conn:
+        outbox_id = enqueue_tick(conn, day, n, models)
+    out.print(f"tick {day} queued (outbox id {outbox_id}); the worker's relay publishes it after earlier rows")
 
 
 @app.command("show")

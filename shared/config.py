@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     """Calendar days of rows kept beyond one look-back, for late rows and corrections."""
     live_model_ids: tuple[str, ...] = ("num-regime-core-v1",)
     """Models the live service computes on `embedder tick`."""
+    auto_tick_quiet_seconds: float = Field(default=0.0, ge=0)
+    """If > 0, the live relay ticks the newest captured trade date after this many quiet seconds."""
     write_batch_embeddings: int = Field(default=20_000, ge=1)
     """How many embeddings the direct path stages per COPY + upsert transaction."""
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from datetime import date
 
 import faust
 
 from shared.config import Settings
+from shared.encoder import LOOKBACK_FACTOR
 from shared.messages import (
     BadMessage,
     Embedding,
@@ -24,8 +26,8 @@ from shared.messages import (
     encode,
 )
 from streams.sink import SinkWriter
-from streams.ticks import embeddings_for_tick
-from streams.window import retention_days, upsert_row
+from streams.ticks import embeddings_for_tick, record_tick, tick_config, ticks_affected
+from streams.window import date_of, day_number, retention_days, rows_of, upsert_row
 
 log = logging.getLogger("embedder.stream")
 SEP = "\x1f"
@@ -39,6 +41,7 @@ def register(app: faust.App, settings: Settings) -> None:
     table = dict(partitions=settings.partitions, key_type=str, value_type=bytes)
     windows = app.Table("windows", **table)
     members = app.Table("members", **table)
+    tick_logs = app.Table("ticks", **table)
 
     async def dead_letter_send(event: faust.EventT, reason: str) -> None:
         msg = event.message
@@ -53,23 +56,48 @@ def register(app: faust.App, settings: Settings) -> None:
         value = members.get(f"{run}{SEP}{partition}")
         return value.decode().split(SEP) if value else []
 
+    async def send_embeddings(run: str, partition: int, items, as_of: date, window_days: int) -> int:
+        sent = 0
+        for instrument_id, model_id, vector in items:
+            msg = embedding_message(run, instrument_id, as_of, model_id, window_days, vector)
+            await embeddings.send(key=instrument_id.encode(), value=encode(msg), partition=partition)
+            sent += 1
+        return sent
+
     async def on_row(row: PriceRow, partition: int) -> None:
+        """Update the window; a late or corrected row re-emits every processed tick it falls in."""
         key = f"{row.run}{SEP}{row.instrument_id}"
+        run_part = f"{row.run}{SEP}{partition}"
         keep = retention_days(row.window_days or settings.window_days, settings.retention_slack_days)
-        windows[key] = upsert_row(windows.get(key), row.trade_date, row.close, row.volume, keep)
+        window = upsert_row(windows.get(key), row.trade_date, row.close, row.volume, keep)
+        log_state = tick_logs.get(run_part)
+        affected: list[int] = []
+        if log_state:
+            w, models, days = tick_config(log_state)
+            affected = ticks_affected(days, day_number(row.trade_date), w)
+            newest = int(rows_of(window)["day"][-1])
+            if affected and min(affected) - LOOKBACK_FACTOR * w < newest - keep:
+                raise BadMessage(
+                    f"correction of {row.trade_date} is older than the stream keeps ({keep} days); "
+                    "recompute it with `embedder replay --direct`")
+        windows[key] = window
         ids = member_ids(row.run, partition)
         if row.instrument_id not in ids:
             ids.append(row.instrument_id)
-            members[f"{row.run}{SEP}{partition}"] = SEP.join(sorted(ids)).encode()
+            members[run_part] = SEP.join(sorted(ids)).encode()
+        for tick_day in affected:
+            as_of = date_of(tick_day)
+            items = embeddings_for_tick([(row.instrument_id, window)], as_of, w, models)
+            await send_embeddings(row.run, partition, items, as_of, w)
 
     async def on_tick(tick: Tick, partition: int) -> None:
-        ids = member_ids(tick.run, partition)
-        states = [(i, windows.get(f"{tick.run}{SEP}{i}")) for i in ids]
-        emitted = 0
-        for instrument_id, model_id, vector in embeddings_for_tick(states, tick.as_of, tick.window_days, tick.models):
-            msg = embedding_message(tick.run, instrument_id, tick.as_of, model_id, tick.window_days, vector)
-            await embeddings.send(key=instrument_id.encode(), value=encode(msg), partition=partition)
-            emitted += 1
+        run_part = f"{tick.run}{SEP}{partition}"
+        states = [(i, windows.get(f"{tick.run}{SEP}{i}")) for i in member_ids(tick.run, partition)]
+        items = embeddings_for_tick(states, tick.as_of, tick.window_days, tick.models)
+        emitted = await send_embeddings(tick.run, partition, items, tick.as_of, tick.window_days)
+        keep = retention_days(tick.window_days, settings.retention_slack_days)
+        tick_logs[run_part] = record_tick(
+            tick_logs.get(run_part), day_number(tick.as_of), tick.window_days, tick.models, keep)
         done = TickDone(run=tick.run, p=partition, d=tick.as_of, n=emitted)
         await embeddings.send(key=b"", value=encode(done), partition=partition)
 

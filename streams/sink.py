@@ -16,7 +16,7 @@ import psycopg
 from shared.db import connect
 from shared.embedding_store import upsert_embeddings
 from shared.errors import ServiceUnavailable
-from shared.messages import Embedding, TickDone
+from shared.messages import LIVE_RUN, Embedding, TickDone
 
 log = logging.getLogger("embedder.sink")
 
@@ -38,6 +38,7 @@ class SinkWriter:
     def write_once(self, embeddings: Sequence[Embedding], done: Sequence[TickDone]) -> None:
         conn = self._connection()
         try:
+            embeddings, done = self._drop_completed_runs(conn, embeddings, done)
             upsert_embeddings(
                 conn,
                 ((e.instrument_id, e.as_of, e.model_id, e.window_days, e.vector) for e in embeddings),
@@ -58,6 +59,21 @@ class SinkWriter:
             except psycopg.Error:
                 conn.close()
             raise
+
+    @staticmethod
+    def _drop_completed_runs(conn: psycopg.Connection, embeddings: Sequence[Embedding], done: Sequence[TickDone]):
+        """Re-delivered messages of a replay that already completed are stale: skip them, so they can
+        never overwrite newer embeddings (e.g. after a correction)."""
+        runs = {m.run for m in embeddings} | {d.run for d in done}
+        runs.discard(LIVE_RUN)
+        if not runs:
+            return embeddings, done
+        finished = {r[0] for r in conn.execute(
+            "SELECT run_id FROM embedder_runs WHERE run_id = ANY(%s) AND completed_at IS NOT NULL", (list(runs),))}
+        if not finished:
+            return embeddings, done
+        log.info("skipping re-delivered messages of completed runs %s", sorted(finished))
+        return [e for e in embeddings if e.run not in finished], [d for d in done if d.run not in finished]
 
     def write_until_committed(self, embeddings: Sequence[Embedding], done: Sequence[TickDone]) -> None:
         """Write the batch; on a database error wait (exponential backoff) and try again, forever."""

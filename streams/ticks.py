@@ -1,12 +1,13 @@
 """What a tick emits, as plain Python: the SPEC section 3 embeddings of a set of windows."""
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
 from datetime import date
 
 import numpy as np
 
-from shared.encoder import apply_model, encode_windows
+from shared.encoder import LOOKBACK_FACTOR, apply_model, encode_windows
 from shared.models import get_model
 from streams.window import arrays
 
@@ -24,3 +25,25 @@ def embeddings_for_tick(
             continue
         for model in models:
             yield instrument_id, model.model_id, apply_model(batch.flat, model).astype("<f4", copy=False)[0].tobytes()
+
+
+def record_tick(log: bytes | None, day: int, window_days: int, model_ids: Iterable[str], keep_days: int) -> bytes:
+    """The tick log of one (run, partition) with `day` added: the latest tick's window and models,
+    and the processed tick days within `keep_days` of the newest one (what a correction can reach)."""
+    days = set(json.loads(log)["days"]) if log else set()
+    days.add(day)
+    newest = max(days)
+    kept = sorted(d for d in days if d >= newest - keep_days)
+    return json.dumps({"w": window_days, "m": list(model_ids), "days": kept}).encode()
+
+
+def tick_config(log: bytes) -> tuple[int, list[str], list[int]]:
+    """(window_days, model_ids, processed tick days) of a tick log."""
+    value = json.loads(log)
+    return value["w"], value["m"], value["days"]
+
+
+def ticks_affected(days: list[int], trade_day: int, window_days: int) -> list[int]:
+    """Processed ticks whose look-back contains `trade_day`: trade_day <= T <= trade_day + 3N."""
+    last = trade_day + LOOKBACK_FACTOR * window_days
+    return [t for t in days if trade_day <= t <= last]

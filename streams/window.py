@@ -20,6 +20,11 @@ def day_number(d: date) -> int:
     return int((np.datetime64(d, "D") - EPOCH).astype(np.int64))
 
 
+def date_of(day: int) -> date:
+    """Inverse of `day_number`."""
+    return (EPOCH + np.timedelta64(day, "D")).astype(object)
+
+
 def rows_of(state: bytes | None) -> np.ndarray:
     """The rows of a stored state (empty when there is none)."""
     if not state:
