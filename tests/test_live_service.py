@@ -1,0 +1,97 @@
+"""The always-on service: live capture through the outbox, ticks, corrections and a past-range replay
+beside live state — all checked against SPEC section 3 over what prices_daily holds."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from datetime import date, timedelta
+
+import psycopg
+import pytest
+
+from tests.helpers import expected, load_synthetic, stored
+
+EMBEDDER = [sys.executable, "-m", "embedder.cli"]
+MODELS = ["numeric-simple-v1", "num-regime-core-v1"]
+
+
+def run(env, *args) -> subprocess.CompletedProcess:
+    proc = subprocess.run(EMBEDDER + list(args), env=env, capture_output=True, text=True, timeout=600,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def live_tick_committed(url: str, as_of: date, partitions: int) -> bool:
+    with psycopg.connect(url) as conn:
+        return conn.execute(
+            "SELECT count(*) FROM embedder_tick_commits WHERE run_id = 'live' AND as_of_date = %s", (as_of,)
+        ).fetchone()[0] >= partitions
+
+
+@pytest.mark.slow
+def test_live_capture_ticks_corrections_and_a_past_replay_beside_live_state(db_url, cli_env, tmp_path):
+    load_synthetic(db_url, tmp_path, instruments=12)  # the import's rows land in prices_outbox
+    with psycopg.connect(db_url) as conn:
+        ids = [r[0] for r in conn.execute("SELECT instrument_id FROM instruments ORDER BY 1")]
+        days = [r[0] for r in conn.execute(
+            "SELECT DISTINCT trade_date FROM prices_daily ORDER BY 1 DESC LIMIT 5")][::-1]
+        assert conn.execute("SELECT count(*) FROM prices_outbox").fetchone()[0] > 2000
+    partitions = int(cli_env["EMBEDDER_PARTITIONS"])
+    worker = subprocess.Popen(EMBEDDER + ["worker", "--data-dir", str(tmp_path / "state")], env=cli_env,
+                              stdout=open(tmp_path / "worker.log", "wb"), stderr=subprocess.STDOUT)
+    try:
+        for d in days:
+            run(cli_env, "tick", "--as-of", d.isoformat(), "--model-id", MODELS[0], "--model-id", MODELS[1])
+        wait_for(lambda: live_tick_committed(db_url, days[-1], partitions), 180, "the live ticks")
+        before_correction = stored(db_url)
+        assert before_correction == expected(db_url, ids, days, 63, MODELS)
+
+        # Corrections while the worker runs: a close inside the ticks' windows, and one before the first tick.
+        with psycopg.connect(db_url) as conn:
+            changed_rows = conn.execute(
+                """UPDATE prices_daily SET close = close * 1.05 WHERE instrument_id = 'SYN000'
+                   AND trade_date = (SELECT max(trade_date) FROM prices_daily
+                                     WHERE instrument_id = 'SYN000' AND trade_date <= %s)""", (days[2],)).rowcount
+            assert changed_rows == 1
+            conn.execute("""UPDATE prices_daily SET close = close * 0.9, volume = volume + 1
+                            WHERE instrument_id = 'SYN004'
+                              AND trade_date = (SELECT max(trade_date) FROM prices_daily
+                                                WHERE instrument_id = 'SYN004' AND trade_date < %s)""",
+                         (days[0] - timedelta(days=20),))
+        want = expected(db_url, ids, days, 63, MODELS)
+        changed = {k for k in want if want[k] != before_correction.get(k)}
+        assert {k[0] for k in changed} == {"SYN000", "SYN004"}  # the corrections matter to the result
+        wait_for(lambda: stored(db_url) == want, 120, "the corrected embeddings")
+
+        # A replay of a past range through the same worker leaves the live rows and windows alone.
+        live_before = stored(db_url)
+        run(cli_env, "replay", "--from", "2019-03-01", "--to", "2019-03-29", "--market-id", "US_EQ",
+            "--model-id", MODELS[0])
+        after = stored(db_url)
+        assert {k: v for k, v in after.items() if k[1] in days} == live_before
+        with psycopg.connect(db_url) as conn:
+            march = [r[0] for r in conn.execute(
+                "SELECT DISTINCT trade_date FROM prices_daily WHERE trade_date BETWEEN '2019-03-01' AND '2019-03-29'")]
+        assert {k: v for k, v in after.items() if k[1] not in days} == expected(db_url, ids, march, 63, MODELS[:1])
+        with psycopg.connect(db_url) as conn:
+            conn.execute("DELETE FROM numeric_window_embeddings WHERE as_of_date = %s", (days[-1],))
+            conn.execute("DELETE FROM embedder_tick_commits WHERE run_id = 'live' AND as_of_date = %s", (days[-1],))
+        run(cli_env, "tick", "--as-of", days[-1].isoformat(), "--model-id", MODELS[0], "--model-id", MODELS[1])
+        wait_for(lambda: live_tick_committed(db_url, days[-1], partitions), 120, "the repeated live tick")
+        assert {k: v for k, v in stored(db_url).items() if k[1] in days} == want  # live windows intact
+        assert worker.poll() is None
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=60)

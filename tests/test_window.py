@@ -1,0 +1,53 @@
+"""The pure stream state: window rows and the tick log (no broker needed)."""
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import numpy as np
+
+from streams.ticks import embeddings_for_tick, record_tick, tick_config, ticks_affected
+from streams.window import arrays, date_of, day_number, rows_of, upsert_row
+from shared.encoder import embed, to_bytes
+from shared.models import get_model
+
+
+def test_upsert_keeps_rows_sorted_replaces_a_day_and_trims_old_rows():
+    state = None
+    for k in (5, 1, 3):
+        state = upsert_row(state, date(2020, 1, 1) + timedelta(days=k), 10.0 + k, 100.0, keep_days=30)
+    assert [date_of(int(d)) for d in rows_of(state)["day"]] == [date(2020, 1, 2), date(2020, 1, 4), date(2020, 1, 6)]
+    state = upsert_row(state, date(2020, 1, 4), 99.5, 7.0, keep_days=30)  # correction
+    rows = rows_of(state)
+    assert rows.size == 3 and rows["close"][1] == 99.5 and rows["volume"][1] == 7.0
+    state = upsert_row(state, date(2020, 2, 3), 1.0, 1.0, keep_days=30)  # horizon moves to 2020-01-04
+    assert date_of(int(rows_of(state)["day"][0])) == date(2020, 1, 4)
+    assert len(state) == 3 * 20  # fixed-width 20-byte rows
+
+
+def test_tick_embeddings_equal_the_encoder_over_the_same_rows():
+    rng = np.random.default_rng(5)
+    state, rows = None, []
+    d = date(2021, 1, 4)
+    for _ in range(80):
+        c, v = float(rng.uniform(10, 20)), float(rng.integers(0, 1000))
+        state = upsert_row(state, d, c, v, keep_days=220)
+        rows.append((d, c, v))
+        d += timedelta(days=1 if d.weekday() < 4 else 3)
+    as_of = rows[-1][0]
+    got = list(embeddings_for_tick([("X", state)], as_of, 63, ["num-regime-core-v1"]))
+    dates, closes, volumes = arrays(state)
+    want = to_bytes(embed(dates, closes, volumes, np.datetime64(as_of, "D"), 63, get_model("num-regime-core-v1")))
+    assert got == [("X", "num-regime-core-v1", want)]
+    assert list(embeddings_for_tick([("Y", None)], as_of, 63, ["num-regime-core-v1"])) == []  # no history
+
+
+def test_tick_log_and_the_ticks_a_correction_reaches():
+    log = None
+    for day in (date(2020, 3, 2), date(2020, 3, 3), date(2020, 6, 1), date(2020, 9, 1)):
+        log = record_tick(log, day_number(day), 20, ["numeric-simple-v1"], keep_days=100)
+    w, models, days = tick_config(log)
+    assert (w, models) == (20, ["numeric-simple-v1"])
+    assert [date_of(d) for d in days] == [date(2020, 6, 1), date(2020, 9, 1)]  # older than 100 days dropped
+    reach = ticks_affected(days, day_number(date(2020, 5, 15)), 20)  # 3N = 60 days: up to 2020-07-14
+    assert [date_of(d) for d in reach] == [date(2020, 6, 1)]
+    assert ticks_affected(days, day_number(date(2020, 9, 2)), 20) == []
