@@ -14,7 +14,6 @@ from datetime import date
 import faust
 
 from shared.config import Settings
-from shared.encoder import LOOKBACK_FACTOR
 from shared.messages import (
     BadMessage,
     Embedding,
@@ -26,8 +25,8 @@ from shared.messages import (
     encode,
 )
 from streams.sink import SinkWriter
-from streams.ticks import embeddings_for_tick, record_tick, tick_config, ticks_affected
-from streams.window import date_of, day_number, retention_days, rows_of, upsert_row
+from streams.ticks import embeddings_for_tick, record_tick, tick_config, tick_log_offset, ticks_affected
+from streams.window import Window, date_of, day_number, retention_days, upsert_row
 
 log = logging.getLogger("embedder.stream")
 SEP = "\x1f"
@@ -64,40 +63,54 @@ def register(app: faust.App, settings: Settings) -> None:
             sent += 1
         return sent
 
-    async def on_row(row: PriceRow, partition: int) -> None:
+    async def on_row(row: PriceRow, partition: int, offset: int) -> None:
         """Update the window; a late or corrected row re-emits every processed tick it falls in."""
         key = f"{row.run}{SEP}{row.instrument_id}"
         run_part = f"{row.run}{SEP}{partition}"
+        state = windows.get(key)
+        if Window.parse(state).applied_offset >= offset:
+            return  # re-delivered after a restart or rebalance: already in the restored state
         keep = retention_days(row.window_days or settings.window_days, settings.retention_slack_days)
-        window = upsert_row(windows.get(key), row.trade_date, row.close, row.volume, keep)
+        new_state = upsert_row(state, row.trade_date, row.close, row.volume, keep, offset)
         log_state = tick_logs.get(run_part)
         affected: list[int] = []
         if log_state:
             w, models, days = tick_config(log_state)
             affected = ticks_affected(days, day_number(row.trade_date), w)
-            newest = int(rows_of(window)["day"][-1])
-            if affected and min(affected) - LOOKBACK_FACTOR * w < newest - keep:
+            window = Window.parse(new_state)
+            if any(not window.covers(t, w) for t in affected):
                 raise BadMessage(
                     f"correction of {row.trade_date} is older than the stream keeps ({keep} days); "
                     "recompute it with `embedder replay --direct`")
-        windows[key] = window
+        windows[key] = new_state
         ids = member_ids(row.run, partition)
         if row.instrument_id not in ids:
             ids.append(row.instrument_id)
             members[run_part] = SEP.join(sorted(ids)).encode()
         for tick_day in affected:
             as_of = date_of(tick_day)
-            items = embeddings_for_tick([(row.instrument_id, window)], as_of, w, models)
+            items = embeddings_for_tick([(row.instrument_id, new_state)], as_of, w, models)
             await send_embeddings(row.run, partition, items, as_of, w)
 
-    async def on_tick(tick: Tick, partition: int) -> None:
+    async def on_tick(tick: Tick, partition: int, event: faust.EventT) -> None:
+        """Emit the tick's embeddings for this partition's instruments, then a completion marker."""
         run_part = f"{tick.run}{SEP}{partition}"
-        states = [(i, windows.get(f"{tick.run}{SEP}{i}")) for i in member_ids(tick.run, partition)]
+        log_state = tick_logs.get(run_part)
+        redelivered = event.message.offset <= tick_log_offset(log_state)
+        day = day_number(tick.as_of)
+        states, uncovered = [], []
+        for instrument_id in member_ids(tick.run, partition):
+            state = windows.get(f"{tick.run}{SEP}{instrument_id}")
+            (states if Window.parse(state).covers(day, tick.window_days) else uncovered).append((instrument_id, state))
+        if uncovered and not redelivered:
+            # Rows far newer than the tick arrived before it: the look-back is gone. Keep it visible.
+            await dead_letter_send(event, f"tick {tick.as_of}: windows of {len(uncovered)} instrument(s) "
+                                          f"({', '.join(i for i, _ in uncovered[:5])}) no longer hold the look-back; "
+                                          "recompute them with `embedder replay --direct`")
         items = embeddings_for_tick(states, tick.as_of, tick.window_days, tick.models)
         emitted = await send_embeddings(tick.run, partition, items, tick.as_of, tick.window_days)
         keep = retention_days(tick.window_days, settings.retention_slack_days)
-        tick_logs[run_part] = record_tick(
-            tick_logs.get(run_part), day_number(tick.as_of), tick.window_days, tick.models, keep)
+        tick_logs[run_part] = record_tick(log_state, day, tick.window_days, tick.models, keep, event.message.offset)
         done = TickDone(run=tick.run, p=partition, d=tick.as_of, n=emitted)
         await embeddings.send(key=b"", value=encode(done), partition=partition)
 
@@ -108,9 +121,9 @@ def register(app: faust.App, settings: Settings) -> None:
             try:
                 message = decode(event.value)
                 if isinstance(message, PriceRow):
-                    await on_row(message, partition)
+                    await on_row(message, partition, event.message.offset)
                 elif isinstance(message, Tick):
-                    await on_tick(message, partition)
+                    await on_tick(message, partition, event)
                 else:
                     raise BadMessage(f"unexpected message kind {message.kind!r} on the prices topic")
             except BadMessage as e:

@@ -49,7 +49,8 @@ class SinkWriter:
                         """INSERT INTO embedder_tick_commits (run_id, source_partition, as_of_date, embeddings)
                            VALUES (%s, %s, %s, %s)
                            ON CONFLICT (run_id, source_partition, as_of_date)
-                           DO UPDATE SET embeddings = EXCLUDED.embeddings, committed_at = now()""",
+                           DO UPDATE SET embeddings = GREATEST(embedder_tick_commits.embeddings, EXCLUDED.embeddings),
+                                         committed_at = now()""",
                         [(d.run, d.partition, d.as_of, d.emitted) for d in done],
                     )
             conn.commit()

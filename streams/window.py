@@ -1,11 +1,19 @@
 """A pure per-instrument window: add or correct a row, view rows as of a date. No Faust here.
 
-The state is compact fixed-width bytes (day int32, close float64, volume
-float64 per row, sorted by day), so a table value stays small and every
-change is a reassignment that reaches the changelog.
+The state is compact bytes: a 12-byte header (the source offset of the last
+event applied, and the `horizon` day before which rows were dropped) followed
+by fixed-width rows (day int32, close float64, volume float64) sorted by day.
+Every change is a reassignment, so it reaches the changelog.
+
+The header makes replays of the source safe: after a crash or a rebalance the
+table (restored from its changelog) can be ahead of the committed offsets, so a
+re-delivered event whose offset is already applied is skipped, and a tick is
+only computed from a window whose rows are complete back to its look-back.
 """
 from __future__ import annotations
 
+import struct
+from dataclasses import dataclass
 from datetime import date
 
 import numpy as np
@@ -13,7 +21,10 @@ import numpy as np
 from shared.encoder import LOOKBACK_FACTOR
 
 ROW = np.dtype([("day", "<i4"), ("close", "<f8"), ("volume", "<f8")])
+HEADER = struct.Struct("<qi")
 EPOCH = np.datetime64("1970-01-01", "D")
+NO_OFFSET = -1
+NOTHING_DROPPED = -(2**31)
 
 
 def day_number(d: date) -> int:
@@ -25,17 +36,38 @@ def date_of(day: int) -> date:
     return (EPOCH + np.timedelta64(day, "D")).astype(object)
 
 
-def rows_of(state: bytes | None) -> np.ndarray:
-    """The rows of a stored state (empty when there is none)."""
-    if not state:
-        return np.empty(0, dtype=ROW)
-    return np.frombuffer(state, dtype=ROW)
+@dataclass(frozen=True)
+class Window:
+    applied_offset: int
+    horizon: int  # every row with day >= horizon is present
+    rows: np.ndarray
+
+    @classmethod
+    def parse(cls, state: bytes | None) -> "Window":
+        if not state:
+            return cls(NO_OFFSET, NOTHING_DROPPED, np.empty(0, dtype=ROW))
+        offset, horizon = HEADER.unpack_from(state)
+        return cls(offset, horizon, np.frombuffer(state, dtype=ROW, offset=HEADER.size))
+
+    def to_bytes(self) -> bytes:
+        return HEADER.pack(self.applied_offset, self.horizon) + self.rows.tobytes()
+
+    def covers(self, as_of_day: int, window_days: int) -> bool:
+        """True when every row of the look-back of `as_of_day` is still held."""
+        return as_of_day - LOOKBACK_FACTOR * window_days >= self.horizon
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(trade_dates datetime64[D], close, volume) for the encoder."""
+        r = self.rows
+        return r["day"].astype("datetime64[D]"), r["close"].astype(np.float64), r["volume"].astype(np.float64)
 
 
-def upsert_row(state: bytes | None, trade_date: date, close: float, volume: float, keep_days: int) -> bytes:
-    """State with the row for `trade_date` added or replaced; rows older than the
-    newest day minus `keep_days` calendar days are dropped."""
-    rows = rows_of(state)
+def upsert_row(state: bytes | None, trade_date: date, close: float, volume: float, keep_days: int,
+               offset: int = NO_OFFSET) -> bytes:
+    """State with the row for `trade_date` added or replaced; rows older than the newest day minus
+    `keep_days` calendar days are dropped (and the horizon moves up)."""
+    window = Window.parse(state)
+    rows = window.rows
     day = day_number(trade_date)
     i = int(np.searchsorted(rows["day"], day))
     new = np.empty(1, dtype=ROW)
@@ -45,16 +77,11 @@ def upsert_row(state: bytes | None, trade_date: date, close: float, volume: floa
         rows[i] = new[0]
     else:
         rows = np.concatenate((rows[:i], new, rows[i:]))
-    horizon = int(rows["day"][-1]) - keep_days
-    return rows[rows["day"] >= horizon].tobytes()
+    horizon = max(window.horizon, int(rows["day"][-1]) - keep_days)
+    rows = rows[rows["day"] >= horizon]
+    return Window(max(offset, window.applied_offset), horizon, rows).to_bytes()
 
 
 def retention_days(window_days: int, slack_days: int) -> int:
     """Calendar days of rows to keep: one look-back plus room for late rows and corrections."""
     return LOOKBACK_FACTOR * window_days + slack_days
-
-
-def arrays(state: bytes | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(trade_dates datetime64[D], close, volume) for the encoder."""
-    rows = rows_of(state)
-    return rows["day"].astype("datetime64[D]"), rows["close"].astype(np.float64), rows["volume"].astype(np.float64)

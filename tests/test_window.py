@@ -6,7 +6,11 @@ from datetime import date, timedelta
 import numpy as np
 
 from streams.ticks import embeddings_for_tick, record_tick, tick_config, ticks_affected
-from streams.window import arrays, date_of, day_number, rows_of, upsert_row
+from streams.window import HEADER, Window, date_of, day_number, upsert_row
+
+
+def rows_of(state):
+    return Window.parse(state).rows
 from shared.encoder import embed, to_bytes
 from shared.models import get_model
 
@@ -21,7 +25,7 @@ def test_upsert_keeps_rows_sorted_replaces_a_day_and_trims_old_rows():
     assert rows.size == 3 and rows["close"][1] == 99.5 and rows["volume"][1] == 7.0
     state = upsert_row(state, date(2020, 2, 3), 1.0, 1.0, keep_days=30)  # horizon moves to 2020-01-04
     assert date_of(int(rows_of(state)["day"][0])) == date(2020, 1, 4)
-    assert len(state) == 3 * 20  # fixed-width 20-byte rows
+    assert len(state) == HEADER.size + 3 * 20  # header + fixed-width 20-byte rows
 
 
 def test_tick_embeddings_equal_the_encoder_over_the_same_rows():
@@ -35,7 +39,7 @@ def test_tick_embeddings_equal_the_encoder_over_the_same_rows():
         d += timedelta(days=1 if d.weekday() < 4 else 3)
     as_of = rows[-1][0]
     got = list(embeddings_for_tick([("X", state)], as_of, 63, ["num-regime-core-v1"]))
-    dates, closes, volumes = arrays(state)
+    dates, closes, volumes = Window.parse(state).arrays()
     want = to_bytes(embed(dates, closes, volumes, np.datetime64(as_of, "D"), 63, get_model("num-regime-core-v1")))
     assert got == [("X", "num-regime-core-v1", want)]
     assert list(embeddings_for_tick([("Y", None)], as_of, 63, ["num-regime-core-v1"])) == []  # no history
@@ -51,3 +55,17 @@ def test_tick_log_and_the_ticks_a_correction_reaches():
     reach = ticks_affected(days, day_number(date(2020, 5, 15)), 20)  # 3N = 60 days: up to 2020-07-14
     assert [date_of(d) for d in reach] == [date(2020, 6, 1)]
     assert ticks_affected(days, day_number(date(2020, 9, 2)), 20) == []
+
+
+def test_offsets_and_horizon_tell_what_a_window_can_reproduce():
+    state = upsert_row(None, date(2020, 1, 6), 10.0, 1.0, keep_days=30, offset=7)
+    window = Window.parse(state)
+    assert window.applied_offset == 7 and window.covers(day_number(date(2030, 1, 1)), 63)  # nothing dropped yet
+    state = upsert_row(state, date(2020, 3, 2), 11.0, 1.0, keep_days=30, offset=9)
+    window = Window.parse(state)
+    assert window.applied_offset == 9
+    assert date_of(window.horizon) == date(2020, 2, 1)  # 30 days before 2020-03-02: older rows were dropped
+    assert window.covers(day_number(date(2020, 3, 2)), 10)  # look-back from 2020-02-01
+    assert not window.covers(day_number(date(2020, 2, 20)), 10)  # would need rows from 2020-01-21
+    older = upsert_row(state, date(2020, 3, 3), 12.0, 1.0, keep_days=30, offset=3)
+    assert Window.parse(older).applied_offset == 9  # the offset never moves back
