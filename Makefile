@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test services services-down clean
+.PHONY: setup demo test bench services services-down clean
 
 setup: $(VENV)/.installed
 
@@ -19,6 +19,10 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/embedder services up
+	$(BIN)/python -m benchmarks.replay_throughput
 
 services: setup
 	$(BIN)/embedder services up

@@ -28,6 +28,23 @@ def worker_running(settings: Settings) -> bool:
         admin.close()
 
 
+def worker_env(settings: Settings) -> dict[str, str]:
+    """The environment that gives a child worker exactly these settings."""
+    return os.environ | {
+        "DATABASE_URL": settings.database_url,
+        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "EMBEDDER_APP_ID": settings.app_id,
+        "EMBEDDER_PRICES_TOPIC": settings.prices_topic,
+        "EMBEDDER_EMBEDDINGS_TOPIC": settings.embeddings_topic,
+        "EMBEDDER_DEAD_LETTER_TOPIC": settings.dead_letter_topic,
+        "EMBEDDER_PARTITIONS": str(settings.partitions),
+        "EMBEDDER_WINDOW_DAYS": str(settings.window_days),
+        "EMBEDDER_RETENTION_SLACK_DAYS": str(settings.retention_slack_days),
+        "EMBEDDER_SINK_BATCH_SIZE": str(settings.sink_batch_size),
+        "EMBEDDER_SINK_BATCH_SECONDS": str(settings.sink_batch_seconds),
+    }
+
+
 @contextmanager
 def worker_for_run(settings: Settings, log_path: Path | None = None) -> Iterator[bool]:
     """Yield True if a worker was started here (stopped with SIGTERM on exit), False if one ran already."""
@@ -38,7 +55,7 @@ def worker_for_run(settings: Settings, log_path: Path | None = None) -> Iterator
     log = open(log_path or datadir / "worker.log", "ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "embedder.cli", "worker", "--no-capture", "--data-dir", str(datadir)],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=os.environ.copy(),
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=worker_env(settings),
     )
     try:
         yield True

@@ -56,12 +56,19 @@ def register(app: faust.App, settings: Settings) -> None:
         return value.decode().split(SEP) if value else []
 
     async def send_embeddings(run: str, partition: int, items, as_of: date, window_days: int) -> int:
-        sent = 0
+        """Send embeddings and wait until Kafka has acknowledged all of them.
+
+        Callers record the work as done in a table only afterwards: a changelog write can reach
+        Kafka while messages to another topic buffered before it are lost (e.g. kill -9), and a
+        re-delivered event whose state says "done" is not computed again.
+        """
+        pending = []
         for instrument_id, model_id, vector in items:
             msg = embedding_message(run, instrument_id, as_of, model_id, window_days, vector)
-            await embeddings.send(key=instrument_id.encode(), value=encode(msg), partition=partition)
-            sent += 1
-        return sent
+            pending.append(await embeddings.send(key=instrument_id.encode(), value=encode(msg), partition=partition))
+        if pending:
+            await asyncio.gather(*pending)
+        return len(pending)
 
     async def on_row(row: PriceRow, partition: int, offset: int) -> None:
         """Update the window; a late or corrected row re-emits every processed tick it falls in."""
@@ -82,15 +89,15 @@ def register(app: faust.App, settings: Settings) -> None:
                 raise BadMessage(
                     f"correction of {row.trade_date} is older than the stream keeps ({keep} days); "
                     "recompute it with `embedder replay --direct`")
-        windows[key] = new_state
         ids = member_ids(row.run, partition)
-        if row.instrument_id not in ids:
+        if row.instrument_id not in ids:  # idempotent, so it may come first
             ids.append(row.instrument_id)
             members[run_part] = SEP.join(sorted(ids)).encode()
-        for tick_day in affected:
+        for tick_day in affected:  # before the state write: see send_embeddings
             as_of = date_of(tick_day)
             items = embeddings_for_tick([(row.instrument_id, new_state)], as_of, w, models)
             await send_embeddings(row.run, partition, items, as_of, w)
+        windows[key] = new_state
 
     async def on_tick(tick: Tick, partition: int, event: faust.EventT) -> None:
         """Emit the tick's embeddings for this partition's instruments, then a completion marker."""

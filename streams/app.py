@@ -26,6 +26,9 @@ def create_app(settings: Settings, datadir: Path, *, store: str = "rocksdb://") 
         producer_acks=-1,
         consumer_auto_offset_reset="earliest",
         web_enabled=False,
+        # A worker killed without leaving the group holds its partitions until the session times out.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=2.0,
         stream_wait_empty=False,
     )
     from streams.agents import register

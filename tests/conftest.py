@@ -98,7 +98,8 @@ def session_db(database_factory) -> str:
 def db_url(session_db) -> str:
     """A migrated database with empty tables for this test."""
     with psycopg.connect(session_db) as conn:
-        conn.execute("TRUNCATE numeric_window_embeddings, prices_daily, instruments RESTART IDENTITY")
+        conn.execute("""TRUNCATE numeric_window_embeddings, prices_daily, instruments, prices_outbox,
+                        embedder_tick_commits, embedder_runs RESTART IDENTITY""")
     return session_db
 
 

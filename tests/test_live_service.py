@@ -95,3 +95,24 @@ def test_live_capture_ticks_corrections_and_a_past_replay_beside_live_state(db_u
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=60)
+
+
+@pytest.mark.slow
+def test_automatic_tick_after_a_quiet_period(db_url, cli_env, tmp_path):
+    load_synthetic(db_url, tmp_path, instruments=6, start=date(2019, 6, 3), end=date(2019, 12, 31))
+    env = cli_env | {"EMBEDDER_AUTO_TICK_QUIET_SECONDS": "2", "EMBEDDER_LIVE_MODEL_IDS": '["numeric-simple-v1"]'}
+    with psycopg.connect(db_url) as conn:
+        ids = [r[0] for r in conn.execute("SELECT instrument_id FROM instruments ORDER BY 1")]
+        last = conn.execute("SELECT max(trade_date) FROM prices_daily").fetchone()[0]
+    worker = subprocess.Popen(EMBEDDER + ["worker", "--data-dir", str(tmp_path / "state")], env=env,
+                              stdout=open(tmp_path / "worker.log", "wb"), stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: live_tick_committed(db_url, last, int(env["EMBEDDER_PARTITIONS"])), 120,
+                 "the automatic tick")
+        assert stored(db_url) == expected(db_url, ids, [last], 63, ["numeric-simple-v1"])
+        with psycopg.connect(db_url) as conn:
+            ticks = conn.execute("SELECT trade_date FROM prices_outbox WHERE kind = 'tick'").fetchall()
+        assert ticks == [(last,)]  # one tick, for the newest captured trade date
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=60)
