@@ -22,7 +22,7 @@ test: setup
 
 bench: setup
 	$(BIN)/embedder services up
-	$(BIN)/python -m benchmarks.replay_throughput
+	$(BIN)/python -m benchmarks.replay_throughput $(BENCH_ARGS)
 
 services: setup
 	$(BIN)/embedder services up

@@ -5,6 +5,7 @@ in a fresh database and fresh topics of its own; prints a table and writes bench
 """
 from __future__ import annotations
 
+import argparse
 import json
 import time
 import uuid
@@ -34,7 +35,17 @@ def fresh_database(server_url: str) -> str:
     return urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
 
 
+def report(figures: dict, key: str, value) -> None:
+    """Record a figure and print it at once, so a run cut short still tells what it measured."""
+    figures[key] = value
+    print(f"{key:<24}  {value}", flush=True)
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--stream-instruments", type=int, default=None,
+                        help="stream only the first N instruments (the direct path runs them all too, for the ratio)")
+    args = parser.parse_args()
     base = Settings()
     tag = uuid.uuid4().hex[:8]
     url = fresh_database(base.database_url)
@@ -42,21 +53,24 @@ def main() -> None:
         "database_url": url, "app_id": f"embedder-bench-{tag}", "prices_topic": f"bench-{tag}.prices",
         "embeddings_topic": f"bench-{tag}.embeddings", "dead_letter_topic": f"bench-{tag}.dead-letter"})
     upgrade(url)
-    figures: dict[str, float | int | str] = {"partitions": settings.partitions}
+    figures: dict[str, float | int | str] = {}
+    report(figures, "partitions", settings.partitions)
 
     t = time.perf_counter()
     imported = import_prices(url, [DATA])
-    figures["import_seconds"] = round(time.perf_counter() - t, 2)
-    figures["import_rows"] = imported.rows
-    figures["import_rows_per_s"] = round(imported.rows / figures["import_seconds"])
+    elapsed = time.perf_counter() - t
+    report(figures, "import_seconds", round(elapsed, 2))
+    report(figures, "import_rows_per_s", round(imported.rows / elapsed))
 
     selection = RunSelection.build(window_days=63, model_ids=["num-regime-core-v1"], date_from="2015-01-01",
-                                   date_to="2020-12-31", market_id="US_EQ")
+                                   date_to="2020-12-31", market_id="US_EQ", limit=args.stream_instruments)
     t = time.perf_counter()
     direct = run_direct(url, selection)
-    figures["direct_seconds"] = round(time.perf_counter() - t, 2)
-    figures["direct_embeddings"] = direct.embeddings
-    figures["direct_per_s"] = round(direct.embeddings / figures["direct_seconds"])
+    elapsed = time.perf_counter() - t
+    report(figures, "instruments", direct.instruments)
+    report(figures, "direct_seconds", round(elapsed, 2))
+    report(figures, "direct_embeddings", direct.embeddings)
+    report(figures, "direct_per_s", round(direct.embeddings / elapsed))
     with psycopg.connect(url) as conn:
         direct_sum = conn.execute(CHECKSUM).fetchone()
         conn.execute("TRUNCATE numeric_window_embeddings")
@@ -64,19 +78,17 @@ def main() -> None:
     t = time.perf_counter()
     with worker_for_run(settings):
         stream = run_stream_replay(settings, selection)
-    figures["stream_seconds"] = round(time.perf_counter() - t, 2)
-    figures["stream_embeddings"] = stream.embeddings
-    figures["stream_per_s"] = round(stream.embeddings / figures["stream_seconds"])
+    elapsed = time.perf_counter() - t
+    report(figures, "stream_seconds", round(elapsed, 2))
+    report(figures, "stream_embeddings", stream.embeddings)
+    report(figures, "stream_per_s", round(stream.embeddings / elapsed))
     with psycopg.connect(url) as conn:
         stream_sum = conn.execute(CHECKSUM).fetchone()
-    figures["stream_equals_direct"] = str(stream_sum == direct_sum)
-    figures["stream_to_direct_ratio"] = round(figures["stream_per_s"] / figures["direct_per_s"], 3)
+    report(figures, "stream_equals_direct", str(stream_sum == direct_sum))
+    report(figures, "stream_to_direct_ratio", round(figures["stream_per_s"] / figures["direct_per_s"], 4))
 
     OUT.parent.mkdir(exist_ok=True)
     OUT.write_text(json.dumps(figures, indent=2) + "\n")
-    width = max(map(len, figures))
-    for key, value in figures.items():
-        print(f"{key:<{width}}  {value}")
     with psycopg.connect(base.database_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE "{urlsplit(url).path[1:]}" WITH (FORCE)')
 
