@@ -1,6 +1,7 @@
 """Helpers shared by the database-backed tests."""
 from __future__ import annotations
 
+import time
 from datetime import date
 from pathlib import Path
 
@@ -44,3 +45,13 @@ def expected(url: str, instrument_ids: list[str], as_of_dates: list[date], windo
                 if vec is not None:
                     out[(i, d, m)] = vec
     return out
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.3) -> None:
+    """Poll `predicate` until true; fail the test naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")

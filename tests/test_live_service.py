@@ -5,13 +5,12 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from datetime import date, timedelta
 
 import psycopg
 import pytest
 
-from tests.helpers import expected, load_synthetic, stored
+from tests.helpers import expected, load_synthetic, stored, wait_for
 
 EMBEDDER = [sys.executable, "-m", "embedder.cli"]
 MODELS = ["numeric-simple-v1", "num-regime-core-v1"]
@@ -24,13 +23,6 @@ def run(env, *args) -> subprocess.CompletedProcess:
     return proc
 
 
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def live_tick_committed(url: str, as_of: date, partitions: int) -> bool:

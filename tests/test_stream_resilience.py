@@ -5,14 +5,13 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 
 import psycopg
 import pytest
 
 from shared.config import Settings
 from shared.topics import admin_client
-from tests.helpers import load_synthetic, stored
+from tests.helpers import load_synthetic, stored, wait_for
 
 EMBEDDER = [sys.executable, "-m", "embedder.cli"]
 RANGE = ["--from", "2019-02-01", "--to", "2019-11-29", "--market-id", "US_EQ",
@@ -53,13 +52,6 @@ def start_worker(env, tmp_path, name: str) -> subprocess.Popen:
                             stdout=open(tmp_path / f"{name}.log", "ab"), stderr=subprocess.STDOUT)
 
 
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def replay_ticks_committed(url: str) -> int:
