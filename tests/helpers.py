@@ -55,3 +55,14 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.3) -> Non
             return
         time.sleep(interval)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def assert_same_embeddings(got: dict[tuple, bytes], want: dict[tuple, bytes]) -> None:
+    """Equality of two stored-embedding maps, reported compactly (pytest's diff of thousands of
+    byte strings takes minutes)."""
+    missing = sorted(set(want) - set(got))
+    extra = sorted(set(got) - set(want))
+    differ = sorted(k for k in set(got) & set(want) if got[k] != want[k])
+    assert not (missing or extra or differ), (
+        f"{len(missing)} missing (e.g. {missing[:3]}), {len(extra)} extra (e.g. {extra[:3]}), "
+        f"{len(differ)} with other bytes (e.g. {differ[:3]}) of {len(want)} expected")
