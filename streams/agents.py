@@ -140,12 +140,15 @@ def register(app: faust.App, settings: Settings) -> None:
 
     @app.agent(embeddings, name="sink")
     async def sink(stream):
-        async for batch in stream.take(settings.sink_batch_size, within=settings.sink_batch_seconds):
+        # noack_take, not take: take() acks its buffer in a `finally`, so a worker stopped while the
+        # database write is in flight would commit offsets for a batch that never reached Postgres.
+        # Here events are acked only after the commit; anything unacked is delivered again.
+        async for events in stream.noack_take(settings.sink_batch_size, within=settings.sink_batch_seconds):
             rows: list[Embedding] = []
             done: list[TickDone] = []
-            for value in batch:
+            for event in events:
                 try:
-                    message = decode(value)
+                    message = decode(event.value)
                 except BadMessage as e:
                     log.error("undecodable message on the embeddings topic: %s", e.reason)
                     continue
@@ -153,5 +156,6 @@ def register(app: faust.App, settings: Settings) -> None:
                     rows.append(message)
                 elif isinstance(message, TickDone):
                     done.append(message)
-            # The write retries until committed: the batch is acked only after PostgreSQL has it.
             await asyncio.to_thread(writer.write_until_committed, rows, done)
+            for event in events:
+                event.ack()
