@@ -3,10 +3,16 @@ from __future__ import annotations
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
+from kafka.partitioner.default import murmur2
 
 from shared.config import Settings
 from shared.errors import ServiceUnavailable
-from shared.messages import PriceRow, Tick, encode
+from shared.messages import PriceRow, RowBatch, Tick, encode
+
+
+def partition_for(instrument_id: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives the key `instrument_id` (murmur2, as in Java)."""
+    return (murmur2(instrument_id.encode()) & 0x7FFFFFFF) % partitions
 
 
 class PricePublisher:
@@ -36,6 +42,10 @@ class PricePublisher:
         row = PriceRow.model_construct(run=run, instrument_id=instrument_id, trade_date=trade_date, close=close,
                                        volume=volume, window_days=None)
         self._pending.append(self.producer.send(self.topic, key=(instrument_id or "").encode(), value=encode(row)))
+
+    def row_batch(self, partition: int, batch: RowBatch) -> None:
+        """Rows of one partition's instruments (see `partition_for`) in one message."""
+        self._pending.append(self.producer.send(self.topic, value=encode(batch), partition=partition))
 
     def tick(self, tick: Tick) -> None:
         value = encode(tick)

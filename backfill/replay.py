@@ -17,13 +17,14 @@ from datetime import date
 import numpy as np
 import psycopg
 
+from backfill.blocks import TickOut, plan
 from backfill.publisher import PricePublisher
 from backfill.selection import RunSelection
 from shared.config import Settings
 from shared.db import connection
 from shared.encoder import lookback_start
 from shared.errors import EmbedderError
-from shared.messages import PriceRow, Tick
+from shared.messages import RowBatch, Tick
 from shared.topics import ensure_topics
 
 
@@ -47,15 +48,14 @@ class ReplayHooks:
 
 def publish_run(settings: Settings, conn: psycopg.Connection, selection: RunSelection, run_id: str,
                 ids: list[str], dates: list[date], hooks: ReplayHooks) -> int:
-    """Publish rows from the first look-back day through the last as_of, with each tick after its rows."""
+    """Publish rows from the first look-back day through the last as_of, in per-partition batches,
+    with each tick after the block holding its rows (see backfill/blocks.py)."""
     n = selection.window_days
     start = lookback_start(np.datetime64(min(dates), "D"), n).astype(object)
     end = max(dates)
     models = tuple(selection.model_ids)
-    ticks = sorted(dates)
     publisher = PricePublisher(settings)
-    published = 0
-    next_tick = 0
+    published = reported = 0
     try:
         with conn.cursor(name=f"replay_{run_id}") as cur:
             cur.itersize = 20_000
@@ -65,24 +65,28 @@ def publish_run(settings: Settings, conn: psycopg.Connection, selection: RunSele
                    ORDER BY trade_date, instrument_id""",
                 (ids, start, end),
             )
-            for instrument_id, trade_date, close, volume in cur:
-                while next_tick < len(ticks) and ticks[next_tick] < trade_date:
-                    publisher.tick(Tick(run=run_id, d=ticks[next_tick], w=n, m=models))
-                    next_tick += 1
-                publisher.row(PriceRow(run=run_id, i=instrument_id, d=trade_date, c=close, vol=volume, w=n))
-                published += 1
-                if published % 20_000 == 0:
+            for out in plan(cur, settings.partitions, dates, block_days(settings)):
+                if isinstance(out, TickOut):
+                    publisher.tick(Tick(run=run_id, d=out.as_of, w=n, m=models))
+                    continue
+                publisher.row_batch(out.partition, RowBatch(run=run_id, w=n, r=out.rows))
+                published += len(out.rows)
+                if published - reported >= 20_000:
                     publisher.flush()
                     if hooks.on_published:
-                        hooks.on_published(20_000)
-        for t in ticks[next_tick:]:
-            publisher.tick(Tick(run=run_id, d=t, w=n, m=models))
+                        hooks.on_published(published - reported)
+                    reported = published
         publisher.flush()
         if hooks.on_published:
-            hooks.on_published(published % 20_000)
+            hooks.on_published(published - reported)
     finally:
         publisher.close()
     return published
+
+
+def block_days(settings: Settings) -> int:
+    """Calendar days per replay block: well inside the retention slack the worker keeps."""
+    return max(1, min(14, settings.retention_slack_days // 2))
 
 
 def wait_for_run(database_url: str, run_id: str, last_tick: date, partitions: int, hooks: ReplayHooks,

@@ -39,8 +39,11 @@ class Settings(BaseSettings):
     """Where a worker keeps its RocksDB table state (one sub-folder per worker)."""
     app_id: str = "embedder"
     """Faust application id: the consumer group and the prefix of its changelog topics."""
-    sink_batch_size: int = Field(default=2000, ge=1)
+    sink_batch_size: int = Field(default=64, ge=1)
+    """Most embedding messages (each one tick's embeddings of one partition, <= 512 KB) per database
+    transaction of the sink."""
     sink_batch_seconds: float = Field(default=0.5, gt=0)
+    """Longest the sink waits to fill a batch."""
     retention_slack_days: int = Field(default=31, ge=0)
     """Calendar days of rows kept beyond one look-back, for late rows and corrections."""
     live_model_ids: tuple[str, ...] = ("num-regime-core-v1",)

@@ -6,9 +6,10 @@ so the stream can dead-letter it instead of crashing or dropping it.
 """
 from __future__ import annotations
 
-import base64
 import json
 import math
+import struct
+from dataclasses import dataclass
 from datetime import date
 from typing import Annotated, Literal, Union
 
@@ -56,31 +57,19 @@ class Tick(_Base):
     models: tuple[str, ...] = Field(alias="m", min_length=1)
 
 
-class Embedding(_Base):
-    """One computed embedding on its way to the sink."""
+class RowBatch(_Base):
+    """Many rows of one source partition in one message (the replay's bulk form of PriceRow).
 
-    kind: Literal["emb"] = Field(default="emb", alias="k")
-    instrument_id: str = Field(alias="i")
-    as_of: date = Field(alias="d")
-    model_id: str = Field(alias="m")
-    window_days: int = Field(alias="w")
-    vector_b64: str = Field(alias="x")
+    Rows are `[instrument_id, trade_date, close, volume]`, in trade_date order;
+    a replay sends its ticks after the batches that hold their rows.
+    """
 
-    @property
-    def vector(self) -> bytes:
-        return base64.b64decode(self.vector_b64)
+    kind: Literal["rows"] = Field(default="rows", alias="k")
+    window_days: int = Field(alias="w", ge=1, le=2000)
+    rows: list[tuple[Annotated[str, Field(min_length=1, max_length=50)], date, float, float]] = Field(alias="r")
 
 
-class TickDone(_Base):
-    """After a tick's embeddings of one source partition: lets the sink record completion."""
-
-    kind: Literal["done"] = Field(default="done", alias="k")
-    partition: int = Field(alias="p")
-    as_of: date = Field(alias="d")
-    emitted: int = Field(alias="n")
-
-
-Message = Annotated[Union[PriceRow, Tick, Embedding, TickDone], Field(discriminator="kind")]
+Message = Annotated[Union[PriceRow, RowBatch, Tick], Field(discriminator="kind")]
 _adapter: TypeAdapter = TypeAdapter(Message)
 
 
@@ -89,11 +78,93 @@ def encode(message: BaseModel) -> bytes:
     return message.model_dump_json(by_alias=True).encode()
 
 
-def embedding_message(run: str, instrument_id: str, as_of: date, model_id: str, window_days: int, vector: bytes) -> Embedding:
-    return Embedding(run=run, i=instrument_id, d=as_of, m=model_id, w=window_days, x=base64.b64encode(vector).decode())
+def row_problem(close: float, volume: float) -> str | None:
+    """Why a price row cannot be used, or None when it can."""
+    if not math.isfinite(close) or close <= 0:
+        return "non-finite or non-positive close"
+    if not math.isfinite(volume) or volume < 0:
+        return "non-finite or negative volume"
+    return None
 
 
-def decode(raw: bytes | None) -> PriceRow | Tick | Embedding | TickDone:
+# --- embeddings topic: one binary message per (tick, source partition) chunk ---------------------
+
+EMBEDDING_MAGIC = b"EMB1"
+_HEADER_LEN = struct.Struct("<I")
+MAX_EMBEDDING_MESSAGE_BYTES = 512 * 1024
+
+
+@dataclass(frozen=True)
+class EmbeddingBatch:
+    """Embeddings computed from one source partition, and optionally the completion of a tick.
+
+    `items` are (instrument_id, as_of, model_id, vector bytes). When `done_as_of` is set, this is
+    the last message of that tick for `partition`, and `done_count` embeddings were emitted for it:
+    the sink records the completion in the same transaction as the rows.
+    """
+
+    run: str
+    window_days: int
+    partition: int
+    items: list[tuple[str, date, str, bytes]]
+    done_as_of: date | None = None
+    done_count: int = 0
+
+
+def encode_embeddings(batch: EmbeddingBatch) -> bytes:
+    """MAGIC, header length, JSON header (run, window, partition, item keys, done), vectors."""
+    header = {
+        "run": batch.run, "w": batch.window_days, "p": batch.partition,
+        "i": [[i, d.isoformat(), m, len(v)] for i, d, m, v in batch.items],
+        "t": batch.done_as_of.isoformat() if batch.done_as_of else None, "n": batch.done_count,
+    }
+    head = json.dumps(header, separators=(",", ":")).encode()
+    return b"".join([EMBEDDING_MAGIC, _HEADER_LEN.pack(len(head)), head, *(v for *_, v in batch.items)])
+
+
+def decode_embeddings(raw: bytes | None) -> EmbeddingBatch:
+    """Inverse of `encode_embeddings`; BadMessage for anything else."""
+    if not raw or not raw.startswith(EMBEDDING_MAGIC):
+        raise BadMessage("not an embedding batch")
+    try:
+        (size,) = _HEADER_LEN.unpack_from(raw, len(EMBEDDING_MAGIC))
+        start = len(EMBEDDING_MAGIC) + _HEADER_LEN.size
+        header = json.loads(raw[start:start + size])
+        pos = start + size
+        items = []
+        for instrument_id, as_of, model_id, n in header["i"]:
+            items.append((instrument_id, date.fromisoformat(as_of), model_id, raw[pos:pos + n]))
+            pos += n
+        if pos != len(raw):
+            raise ValueError("length mismatch")
+        done = date.fromisoformat(header["t"]) if header["t"] else None
+        return EmbeddingBatch(header["run"], header["w"], header["p"], items, done, header["n"])
+    except (ValueError, KeyError, TypeError, struct.error) as e:
+        raise BadMessage(f"corrupt embedding batch: {e}") from None
+
+
+def chunk_embeddings(run: str, window_days: int, partition: int, items: list[tuple[str, date, str, bytes]],
+                     done_as_of: date | None = None) -> list[EmbeddingBatch]:
+    """Split items into messages under MAX_EMBEDDING_MESSAGE_BYTES; the last carries the tick's done."""
+    chunks: list[list] = [[]]
+    size = 0
+    for item in items:
+        cost = len(item[3]) + len(item[0]) + len(item[2]) + 24
+        if chunks[-1] and size + cost > MAX_EMBEDDING_MESSAGE_BYTES:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(item)
+        size += cost
+    out = [EmbeddingBatch(run, window_days, partition, c) for c in chunks]
+    if done_as_of is not None:
+        last = out[-1]
+        out[-1] = EmbeddingBatch(run, window_days, partition, last.items, done_as_of, len(items))
+    elif not items:
+        return []
+    return out
+
+
+def decode(raw: bytes | None) -> PriceRow | RowBatch | Tick:
     """Parse and validate; BadMessage(reason) for anything that cannot be processed."""
     if raw is None:
         raise BadMessage("empty message")
@@ -112,8 +183,7 @@ def decode(raw: bytes | None) -> PriceRow | Tick | Embedding | TickDone:
         where = ".".join(str(p) for p in first.get("loc", ()))
         raise BadMessage(f"invalid field {where}: {first.get('msg')}") from None
     if isinstance(message, PriceRow):
-        if not math.isfinite(message.close) or message.close <= 0:
-            raise BadMessage("non-finite or non-positive close")
-        if not math.isfinite(message.volume) or message.volume < 0:
-            raise BadMessage("non-finite or negative volume")
+        problem = row_problem(message.close, message.volume)
+        if problem:
+            raise BadMessage(problem)
     return message

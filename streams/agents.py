@@ -1,35 +1,42 @@
 """Thin Faust adapters: price rows into window tables, ticks into embeddings, embeddings into Postgres.
 
-Rows for instrument i arrive on partition hash(i) and ticks on every
-partition, so on tick T each partition emits for the instruments whose rows
-came through it (the `members` table, kept per run and partition).
+Rows for instrument i arrive on one partition (a replay's row batches use the
+partition Kafka's key hash gives i) and ticks on every partition, so on tick T
+each partition emits for the instruments whose rows came through it (the
+`members` table, kept per run and partition). Table writes happen inside the
+event of that partition, so they land in its changelog partition.
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+from collections.abc import Sequence
 from datetime import date
 
 import faust
+import numpy as np
 
 from shared.config import Settings
 from shared.messages import (
     BadMessage,
-    Embedding,
+    EmbeddingBatch,
     PriceRow,
+    RowBatch,
     Tick,
-    TickDone,
+    chunk_embeddings,
     decode,
-    embedding_message,
-    encode,
+    decode_embeddings,
+    encode_embeddings,
+    row_problem,
 )
 from streams.sink import SinkWriter
-from streams.ticks import embeddings_for_tick, record_tick, tick_config, tick_log_offset, ticks_affected
-from streams.window import Window, date_of, day_number, retention_days, upsert_row
+from streams.ticks import embeddings_at, record_tick, tick_config, tick_log_offset, ticks_affected
+from streams.window import Window, day_number, retention_days, upsert_rows
 
 log = logging.getLogger("embedder.stream")
 SEP = "\x1f"
+Row = tuple[str, date, float, float]
 
 
 def register(app: faust.App, settings: Settings) -> None:
@@ -42,12 +49,12 @@ def register(app: faust.App, settings: Settings) -> None:
     members = app.Table("members", **table)
     tick_logs = app.Table("ticks", **table)
 
-    async def dead_letter_send(event: faust.EventT, reason: str) -> None:
+    async def dead_letter_send(event: faust.EventT, reason: str, payload: bytes | None = None) -> None:
         msg = event.message
         log.warning("dead-letter %s[%s]@%s: %s", msg.topic, msg.partition, msg.offset, reason)
         value = json.dumps({
             "reason": reason, "topic": msg.topic, "partition": msg.partition, "offset": msg.offset,
-            "payload": (event.value or b"")[:4096].decode("utf-8", "replace"),
+            "payload": (payload if payload is not None else event.value or b"")[:4096].decode("utf-8", "replace"),
         }).encode()
         await dead_letter.send(key=event.key, value=value)
 
@@ -55,52 +62,59 @@ def register(app: faust.App, settings: Settings) -> None:
         value = members.get(f"{run}{SEP}{partition}")
         return value.decode().split(SEP) if value else []
 
-    async def send_embeddings(run: str, partition: int, items, as_of: date, window_days: int) -> int:
-        """Send embeddings and wait until Kafka has acknowledged all of them.
+    async def send_embeddings(run: str, window_days: int, partition: int, items, done_as_of: date | None = None,
+                              wait: bool = False) -> None:
+        """Send the items (and the tick's completion) to the embeddings topic, in order per partition.
 
-        Callers record the work as done in a table only afterwards: a changelog write can reach
-        Kafka while messages to another topic buffered before it are lost (e.g. kill -9), and a
-        re-delivered event whose state says "done" is not computed again.
+        With `wait`, return only once Kafka has acknowledged them: a caller that records the work
+        as done in a table afterwards needs that, because a changelog write can reach Kafka while
+        messages to another topic buffered before it are lost (kill -9), and a re-delivered event
+        whose state says "done" is not computed again.
         """
         pending = []
-        for instrument_id, model_id, vector in items:
-            msg = embedding_message(run, instrument_id, as_of, model_id, window_days, vector)
-            pending.append(await embeddings.send(key=instrument_id.encode(), value=encode(msg), partition=partition))
-        if pending:
+        for batch in chunk_embeddings(run, window_days, partition, items, done_as_of):
+            pending.append(await embeddings.send(key=b"", value=encode_embeddings(batch), partition=partition))
+        if wait and pending:
             await asyncio.gather(*pending)
-        return len(pending)
 
-    async def on_row(row: PriceRow, partition: int, offset: int) -> None:
-        """Update the window; a late or corrected row re-emits every processed tick it falls in."""
-        key = f"{row.run}{SEP}{row.instrument_id}"
-        run_part = f"{row.run}{SEP}{partition}"
-        state = windows.get(key)
-        if Window.parse(state).applied_offset >= offset:
-            return  # re-delivered after a restart or rebalance: already in the restored state
-        keep = retention_days(row.window_days or settings.window_days, settings.retention_slack_days)
-        new_state = upsert_row(state, row.trade_date, row.close, row.volume, keep, offset)
+    async def on_rows(run: str, window_days: int, rows: Sequence[Row], partition: int, event: faust.EventT) -> None:
+        """Update each instrument's window once; a late or corrected row re-emits every processed tick
+        it falls in (SPEC section 4)."""
+        offset = event.message.offset
+        keep = retention_days(window_days, settings.retention_slack_days)
+        run_part = f"{run}{SEP}{partition}"
+        by_instrument: dict[str, list[Row]] = {}
+        for row in rows:
+            by_instrument.setdefault(row[0], []).append(row)
+        ids = member_ids(run, partition)
+        new_ids = by_instrument.keys() - set(ids)
+        if new_ids:  # idempotent, so it may come first
+            members[run_part] = SEP.join(sorted(set(ids) | new_ids)).encode()
         log_state = tick_logs.get(run_part)
-        affected: list[int] = []
-        if log_state:
-            w, models, days = tick_config(log_state)
-            affected = ticks_affected(days, day_number(row.trade_date), w)
-            window = Window.parse(new_state)
-            if any(not window.covers(t, w) for t in affected):
-                raise BadMessage(
-                    f"correction of {row.trade_date} is older than the stream keeps ({keep} days); "
-                    "recompute it with `embedder replay --direct`")
-        ids = member_ids(row.run, partition)
-        if row.instrument_id not in ids:  # idempotent, so it may come first
-            ids.append(row.instrument_id)
-            members[run_part] = SEP.join(sorted(ids)).encode()
-        for tick_day in affected:  # before the state write: see send_embeddings
-            as_of = date_of(tick_day)
-            items = embeddings_for_tick([(row.instrument_id, new_state)], as_of, w, models)
-            await send_embeddings(row.run, partition, items, as_of, w)
-        windows[key] = new_state
+        tick_w, models, tick_days = tick_config(log_state) if log_state else (0, [], [])
+        for instrument_id, own in by_instrument.items():
+            key = f"{run}{SEP}{instrument_id}"
+            state = windows.get(key)
+            if Window.parse(state).applied_offset >= offset:
+                continue  # re-delivered after a restart or rebalance: already in the restored state
+            days = np.fromiter((day_number(r[1]) for r in own), dtype=np.int64, count=len(own))
+            new_state = upsert_rows(state, days, np.array([r[2] for r in own]), np.array([r[3] for r in own]),
+                                    keep, offset)
+            affected = sorted({t for d in days.tolist() for t in ticks_affected(tick_days, d, tick_w)})
+            if affected:
+                window = Window.parse(new_state)
+                if not all(window.covers(t, tick_w) for t in affected):
+                    reason = (f"correction older than the stream keeps ({keep} days); "
+                              "recompute it with `embedder replay --direct`")
+                    for r in own:
+                        await dead_letter_send(event, reason, row_payload(run, r))
+                    continue
+                items = embeddings_at([(instrument_id, new_state)], affected, tick_w, models)
+                await send_embeddings(run, tick_w, partition, items, wait=True)  # before the state write
+            windows[key] = new_state
 
     async def on_tick(tick: Tick, partition: int, event: faust.EventT) -> None:
-        """Emit the tick's embeddings for this partition's instruments, then a completion marker."""
+        """Emit the tick's embeddings for this partition's instruments, the last message marking it done."""
         run_part = f"{tick.run}{SEP}{partition}"
         log_state = tick_logs.get(run_part)
         redelivered = event.message.offset <= tick_log_offset(log_state)
@@ -114,25 +128,35 @@ def register(app: faust.App, settings: Settings) -> None:
             await dead_letter_send(event, f"tick {tick.as_of}: windows of {len(uncovered)} instrument(s) "
                                           f"({', '.join(i for i, _ in uncovered[:5])}) no longer hold the look-back; "
                                           "recompute them with `embedder replay --direct`")
-        items = embeddings_for_tick(states, tick.as_of, tick.window_days, tick.models)
-        emitted = await send_embeddings(tick.run, partition, items, tick.as_of, tick.window_days)
+        items = embeddings_at(states, [day], tick.window_days, tick.models)
+        # A re-delivered tick is computed again, so its record need not wait for Kafka's acks.
+        await send_embeddings(tick.run, tick.window_days, partition, items, done_as_of=tick.as_of)
         keep = retention_days(tick.window_days, settings.retention_slack_days)
         tick_logs[run_part] = record_tick(log_state, day, tick.window_days, tick.models, keep, event.message.offset)
-        done = TickDone(run=tick.run, p=partition, d=tick.as_of, n=emitted)
-        await embeddings.send(key=b"", value=encode(done), partition=partition)
+
+    async def on_event(event: faust.EventT) -> None:
+        partition = event.message.partition
+        message = decode(event.value)
+        if isinstance(message, PriceRow):
+            row = (message.instrument_id, message.trade_date, message.close, message.volume)
+            await on_rows(message.run, message.window_days or settings.window_days, [row], partition, event)
+        elif isinstance(message, RowBatch):
+            valid = []
+            for row in message.rows:
+                problem = row_problem(row[2], row[3])
+                if problem:
+                    await dead_letter_send(event, problem, row_payload(message.run, row))
+                else:
+                    valid.append(row)
+            await on_rows(message.run, message.window_days, valid, partition, event)
+        elif isinstance(message, Tick):
+            await on_tick(message, partition, event)
 
     @app.agent(prices, name="prices")
     async def process_prices(stream):
         async for event in stream.events():
-            partition = event.message.partition
             try:
-                message = decode(event.value)
-                if isinstance(message, PriceRow):
-                    await on_row(message, partition, event.message.offset)
-                elif isinstance(message, Tick):
-                    await on_tick(message, partition, event)
-                else:
-                    raise BadMessage(f"unexpected message kind {message.kind!r} on the prices topic")
+                await on_event(event)
             except BadMessage as e:
                 await dead_letter_send(event, e.reason)
 
@@ -144,18 +168,19 @@ def register(app: faust.App, settings: Settings) -> None:
         # database write is in flight would commit offsets for a batch that never reached Postgres.
         # Here events are acked only after the commit; anything unacked is delivered again.
         async for events in stream.noack_take(settings.sink_batch_size, within=settings.sink_batch_seconds):
-            rows: list[Embedding] = []
-            done: list[TickDone] = []
+            batches: list[EmbeddingBatch] = []
             for event in events:
                 try:
-                    message = decode(event.value)
+                    batches.append(decode_embeddings(event.value))
                 except BadMessage as e:
-                    log.error("undecodable message on the embeddings topic: %s", e.reason)
-                    continue
-                if isinstance(message, Embedding):
-                    rows.append(message)
-                elif isinstance(message, TickDone):
-                    done.append(message)
-            await asyncio.to_thread(writer.write_until_committed, rows, done)
+                    msg = event.message
+                    log.error("%s[%s]@%s: %s", msg.topic, msg.partition, msg.offset, e.reason)
+            await asyncio.to_thread(writer.write_until_committed, batches)
             for event in events:
                 event.ack()
+
+
+def row_payload(run: str, row: Row) -> bytes:
+    """One row of a batch as its own dead-letter payload."""
+    instrument_id, trade_date, close, volume = row
+    return json.dumps({"run": run, "i": instrument_id, "d": trade_date.isoformat(), "c": close, "vol": volume}).encode()

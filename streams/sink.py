@@ -16,7 +16,7 @@ import psycopg
 from shared.db import connect
 from shared.embedding_store import upsert_embeddings
 from shared.errors import ServiceUnavailable
-from shared.messages import LIVE_RUN, Embedding, TickDone
+from shared.messages import LIVE_RUN, EmbeddingBatch
 
 log = logging.getLogger("embedder.sink")
 
@@ -35,14 +35,12 @@ class SinkWriter:
             self._conn = connect(self.database_url)
         return self._conn
 
-    def write_once(self, embeddings: Sequence[Embedding], done: Sequence[TickDone]) -> None:
+    def write_once(self, batches: Sequence[EmbeddingBatch]) -> None:
         conn = self._connection()
         try:
-            embeddings, done = self._drop_completed_runs(conn, embeddings, done)
-            upsert_embeddings(
-                conn,
-                ((e.instrument_id, e.as_of, e.model_id, e.window_days, e.vector) for e in embeddings),
-            )
+            batches = self._drop_completed_runs(conn, batches)
+            upsert_embeddings(conn, ((i, d, m, b.window_days, v) for b in batches for i, d, m, v in b.items))
+            done = [(b.run, b.partition, b.done_as_of, b.done_count) for b in batches if b.done_as_of]
             if done:
                 with conn.cursor() as cur:
                     cur.executemany(
@@ -51,7 +49,7 @@ class SinkWriter:
                            ON CONFLICT (run_id, source_partition, as_of_date)
                            DO UPDATE SET embeddings = GREATEST(embedder_tick_commits.embeddings, EXCLUDED.embeddings),
                                          committed_at = now()""",
-                        [(d.run, d.partition, d.as_of, d.emitted) for d in done],
+                        done,
                     )
             conn.commit()
         except BaseException:
@@ -62,26 +60,25 @@ class SinkWriter:
             raise
 
     @staticmethod
-    def _drop_completed_runs(conn: psycopg.Connection, embeddings: Sequence[Embedding], done: Sequence[TickDone]):
+    def _drop_completed_runs(conn: psycopg.Connection, batches: Sequence[EmbeddingBatch]) -> Sequence[EmbeddingBatch]:
         """Re-delivered messages of a replay that already completed are stale: skip them, so they can
         never overwrite newer embeddings (e.g. after a correction)."""
-        runs = {m.run for m in embeddings} | {d.run for d in done}
-        runs.discard(LIVE_RUN)
+        runs = {b.run for b in batches} - {LIVE_RUN}
         if not runs:
-            return embeddings, done
+            return batches
         finished = {r[0] for r in conn.execute(
             "SELECT run_id FROM embedder_runs WHERE run_id = ANY(%s) AND completed_at IS NOT NULL", (list(runs),))}
         if not finished:
-            return embeddings, done
+            return batches
         log.info("skipping re-delivered messages of completed runs %s", sorted(finished))
-        return [e for e in embeddings if e.run not in finished], [d for d in done if d.run not in finished]
+        return [b for b in batches if b.run not in finished]
 
-    def write_until_committed(self, embeddings: Sequence[Embedding], done: Sequence[TickDone]) -> None:
+    def write_until_committed(self, batches: Sequence[EmbeddingBatch]) -> None:
         """Write the batch; on a database error wait (exponential backoff) and try again, forever."""
         delay = 0.2
         while True:
             try:
-                self.write_once(embeddings, done)
+                self.write_once(batches)
                 return
             except (psycopg.OperationalError, psycopg.InterfaceError, ServiceUnavailable) as e:
                 self.retries += 1

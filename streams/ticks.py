@@ -2,29 +2,50 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Sequence
 from datetime import date
 
 import numpy as np
 
 from shared.encoder import LOOKBACK_FACTOR, apply_model, encode_windows
 from shared.models import get_model
-from streams.window import Window
+from streams.window import Window, date_of, day_number
 
 
-def embeddings_for_tick(
-    windows: Iterable[tuple[str, bytes | None]], as_of: date, window_days: int, model_ids: Iterable[str]
-) -> Iterator[tuple[str, str, bytes]]:
-    """(instrument_id, model_id, vector bytes) for each window with enough history at `as_of`."""
+SPACING = 1 << 20  # days between instruments on the joint timeline: far beyond any look-back
+
+
+def embeddings_at(windows: Sequence[tuple[str, bytes | None]], as_of_days: Sequence[int], window_days: int,
+                  model_ids: Iterable[str]) -> list[tuple[str, date, str, bytes]]:
+    """(instrument_id, as_of, model_id, vector bytes) of every window at every as_of day with enough
+    history, computed in one `encode_windows` call: each instrument's days are shifted onto its own
+    stretch of one timeline, so no look-back ever reaches another instrument's rows."""
     models = [get_model(m) for m in model_ids]
-    target = np.array([as_of], dtype="datetime64[D]")
-    for instrument_id, state in windows:
-        d, c, v = Window.parse(state).arrays()
-        batch = encode_windows(d, c, v, target, window_days)
-        if batch.as_of.size == 0:
-            continue
-        for model in models:
-            yield instrument_id, model.model_id, apply_model(batch.flat, model).astype("<f4", copy=False)[0].tobytes()
+    targets = np.unique(np.asarray(as_of_days, dtype=np.int64))
+    if not windows or targets.size == 0:
+        return []
+    days, closes, volumes, shifted = [], [], [], []
+    for k, (_, state) in enumerate(windows):
+        rows = Window.parse(state).rows
+        shift = k * SPACING
+        days.append(rows["day"].astype(np.int64) + shift)
+        closes.append(rows["close"])
+        volumes.append(rows["volume"])
+        shifted.append(targets + shift)
+    all_targets = np.concatenate(shifted)
+    batch = encode_windows(np.concatenate(days).astype("datetime64[D]"), np.concatenate(closes),
+                           np.concatenate(volumes), all_targets.astype("datetime64[D]"), window_days)
+    got = batch.as_of.astype(np.int64)
+    owner = np.searchsorted(all_targets, got) // targets.size
+    as_of = [date_of(int(t)) for t in got - owner * SPACING]
+    ids = [windows[int(k)][0] for k in owner]
+    out: list[tuple[str, date, str, bytes]] = []
+    for model in models:
+        vectors = apply_model(batch.flat, model).astype("<f4", copy=False)
+        raw = vectors.tobytes()
+        width = vectors.shape[1] * 4
+        out.extend((ids[j], as_of[j], model.model_id, raw[j * width:(j + 1) * width]) for j in range(len(ids)))
+    return out
 
 
 def record_tick(log: bytes | None, day: int, window_days: int, model_ids: Iterable[str], keep_days: int,

@@ -62,24 +62,29 @@ class Window:
         return r["day"].astype("datetime64[D]"), r["close"].astype(np.float64), r["volume"].astype(np.float64)
 
 
-def upsert_row(state: bytes | None, trade_date: date, close: float, volume: float, keep_days: int,
-               offset: int = NO_OFFSET) -> bytes:
-    """State with the row for `trade_date` added or replaced; rows older than the newest day minus
-    `keep_days` calendar days are dropped (and the horizon moves up)."""
+def upsert_rows(state: bytes | None, days: np.ndarray, closes: np.ndarray, volumes: np.ndarray, keep_days: int,
+                offset: int = NO_OFFSET) -> bytes:
+    """State with the rows added or replaced (where `days` repeats a day, the later row wins); rows
+    older than the newest day minus `keep_days` calendar days are dropped (and the horizon moves up)."""
     window = Window.parse(state)
-    rows = window.rows
-    day = day_number(trade_date)
-    i = int(np.searchsorted(rows["day"], day))
-    new = np.empty(1, dtype=ROW)
-    new[0] = (day, close, volume)
-    if i < rows.size and rows["day"][i] == day:
-        rows = rows.copy()
-        rows[i] = new[0]
-    else:
-        rows = np.concatenate((rows[:i], new, rows[i:]))
+    new = np.empty(len(days), dtype=ROW)
+    new["day"], new["close"], new["volume"] = days, closes, volumes
+    # Stable sort of old rows then new ones; keep the last row of each day.
+    merged = np.concatenate((window.rows, new))
+    order = np.argsort(merged["day"], kind="stable")
+    merged = merged[order]
+    last_of_day = np.append(merged["day"][1:] != merged["day"][:-1], True)
+    rows = merged[last_of_day]
     horizon = max(window.horizon, int(rows["day"][-1]) - keep_days)
     rows = rows[rows["day"] >= horizon]
     return Window(max(offset, window.applied_offset), horizon, rows).to_bytes()
+
+
+def upsert_row(state: bytes | None, trade_date: date, close: float, volume: float, keep_days: int,
+               offset: int = NO_OFFSET) -> bytes:
+    """`upsert_rows` for a single row."""
+    return upsert_rows(state, np.array([day_number(trade_date)]), np.array([close]), np.array([volume]),
+                       keep_days, offset)
 
 
 def retention_days(window_days: int, slack_days: int) -> int:

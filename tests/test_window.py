@@ -5,8 +5,8 @@ from datetime import date, timedelta
 
 import numpy as np
 
-from streams.ticks import embeddings_for_tick, record_tick, tick_config, ticks_affected
-from streams.window import HEADER, Window, date_of, day_number, upsert_row
+from streams.ticks import embeddings_at, record_tick, tick_config, ticks_affected
+from streams.window import HEADER, Window, date_of, day_number, upsert_row, upsert_rows
 
 
 def rows_of(state):
@@ -38,11 +38,43 @@ def test_tick_embeddings_equal_the_encoder_over_the_same_rows():
         rows.append((d, c, v))
         d += timedelta(days=1 if d.weekday() < 4 else 3)
     as_of = rows[-1][0]
-    got = list(embeddings_for_tick([("X", state)], as_of, 63, ["num-regime-core-v1"]))
+    got = embeddings_at([("X", state)], [day_number(as_of)], 63, ["num-regime-core-v1"])
     dates, closes, volumes = Window.parse(state).arrays()
     want = to_bytes(embed(dates, closes, volumes, np.datetime64(as_of, "D"), 63, get_model("num-regime-core-v1")))
-    assert got == [("X", "num-regime-core-v1", want)]
-    assert list(embeddings_for_tick([("Y", None)], as_of, 63, ["num-regime-core-v1"])) == []  # no history
+    assert got == [("X", as_of, "num-regime-core-v1", want)]
+    assert embeddings_at([("Y", None)], [day_number(as_of)], 63, ["num-regime-core-v1"]) == []  # no history
+
+
+def test_many_windows_at_many_dates_in_one_call_equal_one_at_a_time():
+    """The joint timeline must never let one instrument's look-back see another's rows."""
+    rng = np.random.default_rng(11)
+    windows, history = [], {}
+    for k, start in enumerate((date(2020, 1, 1), date(2020, 3, 2), date(2019, 6, 3))):
+        days = np.sort(rng.choice(np.arange(day_number(start), day_number(start) + 200), 120, replace=False))
+        closes, volumes = rng.uniform(1, 500, days.size), rng.integers(0, 10**6, days.size).astype(float)
+        closes[::17] = closes[::17] * 1e6  # outliers would leak into a neighbour's log returns
+        state = upsert_rows(None, days, closes, volumes, keep_days=10_000)
+        windows.append((f"I{k}", state))
+        history[f"I{k}"] = Window.parse(state).arrays()
+    as_of_days = [day_number(date(2020, 5, 1)), day_number(date(2020, 4, 1)), day_number(date(2019, 12, 2))]
+    models = ["numeric-simple-v1", "num-regime-core-v1"]
+    got = {(i, d, m): v for i, d, m, v in embeddings_at(windows, as_of_days, 20, models)}
+    want = {}
+    for i, (dates, closes, volumes) in history.items():
+        for day in as_of_days:
+            for m in models:
+                vec = embed(dates, closes, volumes, np.datetime64(date_of(day), "D"), 20, get_model(m))
+                if vec is not None:
+                    want[(i, date_of(day), m)] = to_bytes(vec)
+    assert len(want) >= 10 and got == want
+
+
+def test_upsert_rows_applies_a_batch_with_the_last_row_of_a_day_winning():
+    days = np.array([day_number(date(2020, 1, d)) for d in (3, 2, 3, 6)])
+    state = upsert_rows(None, days, np.array([1.0, 2.0, 3.0, 4.0]), np.array([0.0, 0.0, 0.0, 0.0]), keep_days=30)
+    rows = Window.parse(state).rows
+    assert [date_of(int(d)) for d in rows["day"]] == [date(2020, 1, 2), date(2020, 1, 3), date(2020, 1, 6)]
+    assert rows["close"].tolist() == [2.0, 3.0, 4.0]
 
 
 def test_tick_log_and_the_ticks_a_correction_reaches():
