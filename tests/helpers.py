@@ -57,12 +57,21 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.3) -> Non
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def assert_same_embeddings(got: dict[tuple, bytes], want: dict[tuple, bytes]) -> None:
+def assert_same_embeddings(got: dict[tuple, bytes], want: dict[tuple, bytes], url: str | None = None) -> None:
     """Equality of two stored-embedding maps, reported compactly (pytest's diff of thousands of
-    byte strings takes minutes)."""
+    byte strings takes minutes). With `url` (where `got` was read), a failure also shows the
+    stored window_spec and write time of a few differing rows."""
     missing = sorted(set(want) - set(got))
     extra = sorted(set(got) - set(want))
     differ = sorted(k for k in set(got) & set(want) if got[k] != want[k])
-    assert not (missing or extra or differ), (
+    if not (missing or extra or differ):
+        return
+    details = ""
+    if url and differ:
+        with psycopg.connect(url) as conn:
+            details = "; stored: " + ", ".join(str(conn.execute(
+                """SELECT entity_id, as_of_date, window_spec, created_at FROM numeric_window_embeddings
+                   WHERE entity_id = %s AND as_of_date = %s AND model_id = %s""", k).fetchone()) for k in differ[:3])
+    raise AssertionError(
         f"{len(missing)} missing (e.g. {missing[:3]}), {len(extra)} extra (e.g. {extra[:3]}), "
-        f"{len(differ)} with other bytes (e.g. {differ[:3]}) of {len(want)} expected")
+        f"{len(differ)} with other bytes (e.g. {differ[:3]}) of {len(want)} expected{details}")

@@ -53,7 +53,7 @@ def test_stream_equals_batch_on_synthetic_market(db_url, stream_env, tmp_path, w
     assert_same_embeddings(streamed, batch)
     # Re-publishing the same run creates no duplicates and changes no bytes.
     replay(stream_env, *args)
-    assert_same_embeddings(stored(db_url), batch)
+    assert_same_embeddings(stored(db_url), batch, db_url)
     with psycopg.connect(db_url) as conn:
         assert conn.execute("SELECT count(*) FROM numeric_window_embeddings").fetchone()[0] == len(batch)
 
