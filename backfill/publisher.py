@@ -7,7 +7,7 @@ from kafka.partitioner.default import murmur2
 
 from shared.config import Settings
 from shared.errors import ServiceUnavailable
-from shared.messages import PriceRow, RowBatch, Tick, encode
+from shared.messages import PriceRow, RowBatch, RunEnd, Tick, encode
 
 
 def partition_for(instrument_id: str, partitions: int) -> int:
@@ -47,7 +47,8 @@ class PricePublisher:
         """Rows of one partition's instruments (see `partition_for`) in one message."""
         self._pending.append(self.producer.send(self.topic, value=encode(batch), partition=partition))
 
-    def tick(self, tick: Tick) -> None:
+    def tick(self, tick: Tick | RunEnd) -> None:
+        """A tick (or a run's end) goes to every partition, behind the rows sent there before it."""
         value = encode(tick)
         for p in range(self.partitions):
             self._pending.append(self.producer.send(self.topic, key=b"__tick__", value=value, partition=p))

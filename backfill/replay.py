@@ -24,7 +24,7 @@ from shared.config import Settings
 from shared.db import connection
 from shared.encoder import lookback_start
 from shared.errors import EmbedderError
-from shared.messages import RowBatch, Tick
+from shared.messages import RowBatch, RunEnd, Tick
 from shared.topics import ensure_topics
 
 
@@ -131,4 +131,16 @@ def run_stream_replay(settings: Settings, selection: RunSelection, hooks: Replay
     result.embeddings = wait_for_run(settings.database_url, run_id, max(dates), settings.partitions, hooks, timeout)
     with connection(settings.database_url) as conn:
         conn.execute("UPDATE embedder_runs SET completed_at = now() WHERE run_id = %s", (run_id,))
+    end_run(settings, run_id)
     return result
+
+
+def end_run(settings: Settings, run_id: str) -> None:
+    """Tell the worker the run is over, so it frees the run's windows (after its completion is recorded,
+    so nothing of the run is still needed)."""
+    publisher = PricePublisher(settings)
+    try:
+        publisher.tick(RunEnd(run=run_id))
+        publisher.flush()
+    finally:
+        publisher.close()

@@ -69,7 +69,13 @@ class RowBatch(_Base):
     rows: list[tuple[Annotated[str, Field(min_length=1, max_length=50)], date, float, float]] = Field(alias="r")
 
 
-Message = Annotated[Union[PriceRow, RowBatch, Tick], Field(discriminator="kind")]
+class RunEnd(_Base):
+    """A replay is complete (sent to every partition): the worker drops the run's state."""
+
+    kind: Literal["end"] = Field(default="end", alias="k")
+
+
+Message = Annotated[Union[PriceRow, RowBatch, Tick, RunEnd], Field(discriminator="kind")]
 _adapter: TypeAdapter = TypeAdapter(Message)
 
 
@@ -164,7 +170,7 @@ def chunk_embeddings(run: str, window_days: int, partition: int, items: list[tup
     return out
 
 
-def decode(raw: bytes | None) -> PriceRow | RowBatch | Tick:
+def decode(raw: bytes | None) -> PriceRow | RowBatch | Tick | RunEnd:
     """Parse and validate; BadMessage(reason) for anything that cannot be processed."""
     if raw is None:
         raise BadMessage("empty message")

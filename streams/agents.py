@@ -20,9 +20,11 @@ import numpy as np
 from shared.config import Settings
 from shared.messages import (
     BadMessage,
+    LIVE_RUN,
     EmbeddingBatch,
     PriceRow,
     RowBatch,
+    RunEnd,
     Tick,
     chunk_embeddings,
     decode,
@@ -134,6 +136,16 @@ def register(app: faust.App, settings: Settings) -> None:
         keep = retention_days(tick.window_days, settings.retention_slack_days)
         tick_logs[run_part] = record_tick(log_state, day, tick.window_days, tick.models, keep, event.message.offset)
 
+    def on_run_end(run: str, partition: int) -> None:
+        """Delete a finished replay's state of this partition (tombstones compact its changelog away)."""
+        if run == LIVE_RUN:
+            raise BadMessage("the live run never ends")
+        run_part = f"{run}{SEP}{partition}"
+        for instrument_id in member_ids(run, partition):
+            windows.pop(f"{run}{SEP}{instrument_id}", None)
+        members.pop(run_part, None)
+        tick_logs.pop(run_part, None)
+
     async def on_event(event: faust.EventT) -> None:
         partition = event.message.partition
         message = decode(event.value)
@@ -151,6 +163,8 @@ def register(app: faust.App, settings: Settings) -> None:
             await on_rows(message.run, message.window_days, valid, partition, event)
         elif isinstance(message, Tick):
             await on_tick(message, partition, event)
+        elif isinstance(message, RunEnd):
+            on_run_end(message.run, partition)
 
     @app.agent(prices, name="prices")
     async def process_prices(stream):
