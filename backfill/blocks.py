@@ -28,6 +28,7 @@ class RowsOut:
 @dataclass(frozen=True)
 class TickOut:
     as_of: date
+    rows_sent: tuple[int, ...]  # rows sent so far to each partition, by partition number
 
 
 @dataclass
@@ -42,9 +43,11 @@ class BlockPlanner:
     _block_start: date | None = None
     _next_tick: int = 0
     _partition_of: dict[str, int] = field(default_factory=dict)
+    _sent: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.ticks = sorted(self.ticks)
+        self._sent = [0] * self.partitions
 
     def add(self, instrument_id: str, trade_date: date, close: float, volume: float) -> Iterator[RowsOut | TickOut]:
         """Messages that must go out before this row (a finished block, a full batch)."""
@@ -58,7 +61,7 @@ class BlockPlanner:
         buffer = self._buffers.setdefault(p, [])
         buffer.append((instrument_id, trade_date, close, volume))
         if len(buffer) >= self.rows_per_message:
-            yield RowsOut(p, self._buffers.pop(p))
+            yield self._rows_out(p)
 
     def finish(self) -> Iterator[RowsOut | TickOut]:
         """The last batches, then every tick not yet sent."""
@@ -66,12 +69,16 @@ class BlockPlanner:
 
     def _end_block(self, before: date | None) -> Iterator[RowsOut | TickOut]:
         for p in sorted(self._buffers):
-            yield RowsOut(p, self._buffers[p])
-        self._buffers = {}
+            yield self._rows_out(p)
         self._block_start = None
         while self._next_tick < len(self.ticks) and (before is None or self.ticks[self._next_tick] < before):
-            yield TickOut(self.ticks[self._next_tick])
+            yield TickOut(self.ticks[self._next_tick], tuple(self._sent))
             self._next_tick += 1
+
+    def _rows_out(self, p: int) -> RowsOut:
+        rows = self._buffers.pop(p)
+        self._sent[p] += len(rows)
+        return RowsOut(p, rows)
 
 
 def plan(rows: Iterable[tuple[str, date, float, float]], partitions: int, ticks: list[date],

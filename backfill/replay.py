@@ -67,7 +67,7 @@ def publish_run(settings: Settings, conn: psycopg.Connection, selection: RunSele
             )
             for out in plan(cur, settings.partitions, dates, block_days(settings)):
                 if isinstance(out, TickOut):
-                    publisher.tick(Tick(run=run_id, d=out.as_of, w=n, m=models))
+                    publisher.tick(Tick(run=run_id, d=out.as_of, w=n, m=models, n=out.rows_sent))
                     continue
                 publisher.row_batch(out.partition, RowBatch(run=run_id, w=n, r=out.rows))
                 published += len(out.rows)
@@ -95,12 +95,14 @@ def wait_for_run(database_url: str, run_id: str, last_tick: date, partitions: in
     deadline = None if timeout is None else time.monotonic() + timeout
     with connection(database_url, autocommit=True) as conn:
         while True:
-            ticks, embeddings, last = conn.execute(
+            ticks, embeddings, last, missing = conn.execute(
                 """SELECT count(*), coalesce(sum(embeddings), 0),
-                          count(*) FILTER (WHERE as_of_date = %s)
+                          count(*) FILTER (WHERE as_of_date = %s), coalesce(max(rows_missing), 0)
                    FROM embedder_tick_commits WHERE run_id = %s""",
                 (last_tick, run_id),
             ).fetchone()
+            if missing:
+                raise EmbedderError(lost_rows_message(conn, run_id))
             if hooks.on_committed:
                 hooks.on_committed(int(ticks), int(embeddings))
             if last >= partitions:
@@ -108,6 +110,14 @@ def wait_for_run(database_url: str, run_id: str, last_tick: date, partitions: in
             if deadline is not None and time.monotonic() > deadline:
                 raise EmbedderError(f"replay {run_id} not complete after {timeout:.0f}s")
             time.sleep(poll)
+
+
+def lost_rows_message(conn: psycopg.Connection, run_id: str) -> str:
+    partition, as_of, missing = conn.execute(
+        """SELECT source_partition, as_of_date, rows_missing FROM embedder_tick_commits
+           WHERE run_id = %s AND rows_missing > 0 ORDER BY as_of_date, source_partition LIMIT 1""", (run_id,)).fetchone()
+    return (f"replay {run_id}: partition {partition} of the prices topic did not deliver {missing} row(s) "
+            f"published before the tick of {as_of}; its embeddings are incomplete. Run the replay again.")
 
 
 def run_stream_replay(settings: Settings, selection: RunSelection, hooks: ReplayHooks | None = None,

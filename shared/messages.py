@@ -55,6 +55,9 @@ class Tick(_Base):
     as_of: date = Field(alias="d")
     window_days: int = Field(alias="w", ge=1, le=2000)
     models: tuple[str, ...] = Field(alias="m", min_length=1)
+    rows_sent: tuple[int, ...] | None = Field(default=None, alias="n")
+    """A replay's rows published so far to each partition (by partition number): the worker checks
+    it received them all before computing the tick."""
 
 
 class RowBatch(_Base):
@@ -115,6 +118,7 @@ class EmbeddingBatch:
     items: list[tuple[str, date, str, bytes]]
     done_as_of: date | None = None
     done_count: int = 0
+    rows_missing: int = 0
 
 
 def encode_embeddings(batch: EmbeddingBatch) -> bytes:
@@ -123,6 +127,7 @@ def encode_embeddings(batch: EmbeddingBatch) -> bytes:
         "run": batch.run, "w": batch.window_days, "p": batch.partition,
         "i": [[i, d.isoformat(), m, len(v)] for i, d, m, v in batch.items],
         "t": batch.done_as_of.isoformat() if batch.done_as_of else None, "n": batch.done_count,
+        "x": batch.rows_missing,
     }
     head = json.dumps(header, separators=(",", ":")).encode()
     return b"".join([EMBEDDING_MAGIC, _HEADER_LEN.pack(len(head)), head, *(v for *_, v in batch.items)])
@@ -144,13 +149,13 @@ def decode_embeddings(raw: bytes | None) -> EmbeddingBatch:
         if pos != len(raw):
             raise ValueError("length mismatch")
         done = date.fromisoformat(header["t"]) if header["t"] else None
-        return EmbeddingBatch(header["run"], header["w"], header["p"], items, done, header["n"])
+        return EmbeddingBatch(header["run"], header["w"], header["p"], items, done, header["n"], header.get("x", 0))
     except (ValueError, KeyError, TypeError, struct.error) as e:
         raise BadMessage(f"corrupt embedding batch: {e}") from None
 
 
 def chunk_embeddings(run: str, window_days: int, partition: int, items: list[tuple[str, date, str, bytes]],
-                     done_as_of: date | None = None) -> list[EmbeddingBatch]:
+                     done_as_of: date | None = None, rows_missing: int = 0) -> list[EmbeddingBatch]:
     """Split items into messages under MAX_EMBEDDING_MESSAGE_BYTES; the last carries the tick's done."""
     chunks: list[list] = [[]]
     size = 0
@@ -164,7 +169,7 @@ def chunk_embeddings(run: str, window_days: int, partition: int, items: list[tup
     out = [EmbeddingBatch(run, window_days, partition, c) for c in chunks]
     if done_as_of is not None:
         last = out[-1]
-        out[-1] = EmbeddingBatch(run, window_days, partition, last.items, done_as_of, len(items))
+        out[-1] = EmbeddingBatch(run, window_days, partition, last.items, done_as_of, len(items), rows_missing)
     elif not items:
         return []
     return out

@@ -19,7 +19,7 @@ def admin_client(settings: Settings) -> KafkaAdminClient:
         raise ServiceUnavailable(f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: {e}") from None
 
 
-STREAM_TABLES = ("windows", "members", "ticks")
+STREAM_TABLES = ("windows", "members", "ticks", "received")
 """The worker's Faust tables; their changelogs are made here with the source topic's partition count."""
 
 

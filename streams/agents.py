@@ -50,6 +50,7 @@ def register(app: faust.App, settings: Settings) -> None:
     windows = app.Table("windows", **table)
     members = app.Table("members", **table)
     tick_logs = app.Table("ticks", **table)
+    received = app.Table("received", **table)  # rows a replay's batches brought: "count offset"
 
     async def dead_letter_send(event: faust.EventT, reason: str, payload: bytes | None = None) -> None:
         msg = event.message
@@ -65,7 +66,7 @@ def register(app: faust.App, settings: Settings) -> None:
         return value.decode().split(SEP) if value else []
 
     async def send_embeddings(run: str, window_days: int, partition: int, items, done_as_of: date | None = None,
-                              wait: bool = False) -> None:
+                              wait: bool = False, rows_missing: int = 0) -> None:
         """Send the items (and the tick's completion) to the embeddings topic, in order per partition.
 
         With `wait`, return only once Kafka has acknowledged them: a caller that records the work
@@ -74,7 +75,7 @@ def register(app: faust.App, settings: Settings) -> None:
         whose state says "done" is not computed again.
         """
         pending = []
-        for batch in chunk_embeddings(run, window_days, partition, items, done_as_of):
+        for batch in chunk_embeddings(run, window_days, partition, items, done_as_of, rows_missing):
             pending.append(await embeddings.send(key=b"", value=encode_embeddings(batch), partition=partition))
         if wait and pending:
             await asyncio.gather(*pending)
@@ -99,10 +100,12 @@ def register(app: faust.App, settings: Settings) -> None:
             state = windows.get(key)
             if Window.parse(state).applied_offset >= offset:
                 continue  # re-delivered after a restart or rebalance: already in the restored state
-            days = np.fromiter((day_number(r[1]) for r in own), dtype=np.int64, count=len(own))
+            days = np.array([r[1] for r in own], dtype="datetime64[D]").astype(np.int64)
             new_state = upsert_rows(state, days, np.array([r[2] for r in own]), np.array([r[3] for r in own]),
                                     keep, offset)
-            affected = sorted({t for d in days.tolist() for t in ticks_affected(tick_days, d, tick_w)})
+            affected = []
+            if tick_days and tick_days[-1] >= days.min():  # the row is at or before a processed tick
+                affected = sorted({t for d in days.tolist() for t in ticks_affected(tick_days, d, tick_w)})
             if affected:
                 window = Window.parse(new_state)
                 if not all(window.covers(t, tick_w) for t in affected):
@@ -114,6 +117,28 @@ def register(app: faust.App, settings: Settings) -> None:
                 items = embeddings_at([(instrument_id, new_state)], affected, tick_w, models)
                 await send_embeddings(run, tick_w, partition, items, wait=True)  # before the state write
             windows[key] = new_state
+
+    def count_received(run: str, partition: int, rows: int, offset: int) -> None:
+        """Count a row batch once, however often it is delivered."""
+        run_part = f"{run}{SEP}{partition}"
+        count, last = received_count(run_part)
+        if offset > last:
+            received[run_part] = f"{count + rows} {offset}".encode()
+
+    def received_count(run_part: str) -> tuple[int, int]:
+        value = received.get(run_part)
+        count, last = value.decode().split() if value else (0, -1)
+        return int(count), int(last)
+
+    def rows_missing(tick: Tick, partition: int) -> int:
+        """Rows the replay says it published to this partition before the tick that never arrived."""
+        if tick.rows_sent is None or partition >= len(tick.rows_sent):
+            return 0
+        missing = tick.rows_sent[partition] - received_count(f"{tick.run}{SEP}{partition}")[0]
+        if missing:
+            log.error("run %s partition %s: %s of the rows published before tick %s did not arrive",
+                      tick.run, partition, missing, tick.as_of)
+        return max(missing, 0)
 
     async def on_tick(tick: Tick, partition: int, event: faust.EventT) -> None:
         """Emit the tick's embeddings for this partition's instruments, the last message marking it done."""
@@ -132,7 +157,8 @@ def register(app: faust.App, settings: Settings) -> None:
                                           "recompute them with `embedder replay --direct`")
         items = embeddings_at(states, [day], tick.window_days, tick.models)
         # A re-delivered tick is computed again, so its record need not wait for Kafka's acks.
-        await send_embeddings(tick.run, tick.window_days, partition, items, done_as_of=tick.as_of)
+        await send_embeddings(tick.run, tick.window_days, partition, items, done_as_of=tick.as_of,
+                              rows_missing=rows_missing(tick, partition))
         keep = retention_days(tick.window_days, settings.retention_slack_days)
         tick_logs[run_part] = record_tick(log_state, day, tick.window_days, tick.models, keep, event.message.offset)
 
@@ -145,6 +171,7 @@ def register(app: faust.App, settings: Settings) -> None:
             windows.pop(f"{run}{SEP}{instrument_id}", None)
         members.pop(run_part, None)
         tick_logs.pop(run_part, None)
+        received.pop(run_part, None)
 
     async def on_event(event: faust.EventT) -> None:
         partition = event.message.partition
@@ -160,6 +187,7 @@ def register(app: faust.App, settings: Settings) -> None:
                     await dead_letter_send(event, problem, row_payload(message.run, row))
                 else:
                     valid.append(row)
+            count_received(message.run, partition, len(message.rows), event.message.offset)
             await on_rows(message.run, message.window_days, valid, partition, event)
         elif isinstance(message, Tick):
             await on_tick(message, partition, event)

@@ -40,15 +40,16 @@ class SinkWriter:
         try:
             batches = self._drop_completed_runs(conn, batches)
             upsert_embeddings(conn, ((i, d, m, b.window_days, v) for b in batches for i, d, m, v in b.items))
-            done = [(b.run, b.partition, b.done_as_of, b.done_count) for b in batches if b.done_as_of]
+            done = [(b.run, b.partition, b.done_as_of, b.done_count, b.rows_missing) for b in batches if b.done_as_of]
             if done:
                 with conn.cursor() as cur:
                     cur.executemany(
-                        """INSERT INTO embedder_tick_commits (run_id, source_partition, as_of_date, embeddings)
-                           VALUES (%s, %s, %s, %s)
+                        """INSERT INTO embedder_tick_commits
+                               (run_id, source_partition, as_of_date, embeddings, rows_missing)
+                           VALUES (%s, %s, %s, %s, %s)
                            ON CONFLICT (run_id, source_partition, as_of_date)
                            DO UPDATE SET embeddings = GREATEST(embedder_tick_commits.embeddings, EXCLUDED.embeddings),
-                                         committed_at = now()""",
+                                         rows_missing = EXCLUDED.rows_missing, committed_at = now()""",
                         done,
                     )
             conn.commit()

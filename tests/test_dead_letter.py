@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from datetime import date, timedelta
 
 import signal
 import subprocess
@@ -12,8 +13,41 @@ import uuid
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
+from backfill.publisher import PricePublisher
+from backfill.replay import ReplayHooks, wait_for_run
 from shared.config import Settings
+from shared.errors import EmbedderError
+from shared.messages import RowBatch, Tick
 from shared.topics import ensure_topics
+
+
+def settings_of(env: dict[str, str]) -> Settings:
+    return Settings(_env_file=None, database_url=env["DATABASE_URL"],
+                    kafka_bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"], app_id=env["EMBEDDER_APP_ID"],
+                    prices_topic=env["EMBEDDER_PRICES_TOPIC"], embeddings_topic=env["EMBEDDER_EMBEDDINGS_TOPIC"],
+                    dead_letter_topic=env["EMBEDDER_DEAD_LETTER_TOPIC"], partitions=int(env["EMBEDDER_PARTITIONS"]))
+
+
+@pytest.mark.slow
+def test_a_replay_fails_loudly_when_rows_published_before_a_tick_never_arrived(cli_env, db_url, tmp_path):
+    env = cli_env | {"EMBEDDER_PARTITIONS": "1"}
+    settings = settings_of(env)
+    ensure_topics(settings)
+    as_of = date(2020, 1, 31)
+    rows = [("LOSTX", as_of - timedelta(days=k), 10.0 + k, 5.0) for k in range(3)]
+    publisher = PricePublisher(settings)
+    publisher.row_batch(0, RowBatch(run="replay-lost", w=5, r=rows))
+    publisher.tick(Tick(run="replay-lost", d=as_of, w=5, m=("numeric-simple-v1",), n=(5,)))  # claims 5 rows
+    publisher.flush()
+    publisher.close()
+    worker = subprocess.Popen(EMBEDDER_WORKER + ["--no-capture", "--data-dir", str(tmp_path / "state")], env=env,
+                              stdout=open(tmp_path / "worker.log", "wb"), stderr=subprocess.STDOUT)
+    try:
+        with pytest.raises(EmbedderError, match="did not deliver 2 row"):
+            wait_for_run(settings.database_url, "replay-lost", as_of, 1, ReplayHooks(), timeout=120)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=60)
 
 
 @pytest.mark.slow
@@ -24,10 +58,7 @@ def test_malformed_messages_are_dead_lettered_with_reasons(cli_env, kafka_bootst
         "EMBEDDER_EMBEDDINGS_TOPIC": f"dlq-{tag}.embeddings", "EMBEDDER_DEAD_LETTER_TOPIC": f"dlq-{tag}.dead",
         "EMBEDDER_PARTITIONS": "2",
     }
-    settings = Settings(_env_file=None, database_url=env["DATABASE_URL"], kafka_bootstrap_servers=kafka_bootstrap,
-                        app_id=env["EMBEDDER_APP_ID"], prices_topic=env["EMBEDDER_PRICES_TOPIC"],
-                        embeddings_topic=env["EMBEDDER_EMBEDDINGS_TOPIC"],
-                        dead_letter_topic=env["EMBEDDER_DEAD_LETTER_TOPIC"], partitions=2)
+    settings = settings_of(env)
     ensure_topics(settings)
     bad = {
         b"not json at all": "not JSON",

@@ -9,6 +9,7 @@ from datetime import date, timedelta
 
 import psycopg
 import pytest
+from kafka import KafkaConsumer, TopicPartition
 
 from tests.helpers import assert_same_embeddings, expected, load_synthetic, stored, wait_for
 
@@ -23,6 +24,24 @@ def run(env, *args) -> subprocess.CompletedProcess:
     return proc
 
 
+
+
+def latest_values(bootstrap: str, topic: str) -> dict[bytes, bytes | None]:
+    """The last value of every key of a topic, read from the beginning to the current end."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        end = consumer.end_offsets(parts)
+        latest: dict[bytes, bytes | None] = {}
+        while any(consumer.position(tp) < end[tp] for tp in parts):
+            for records in consumer.poll(timeout_ms=1000).values():
+                for r in records:
+                    latest[r.key] = r.value
+        return latest
+    finally:
+        consumer.close()
 
 
 def live_tick_committed(url: str, as_of: date, partitions: int) -> bool:
@@ -77,6 +96,17 @@ def test_live_capture_ticks_corrections_and_a_past_replay_beside_live_state(db_u
             march = [r[0] for r in conn.execute(
                 "SELECT DISTINCT trade_date FROM prices_daily WHERE trade_date BETWEEN '2019-03-01' AND '2019-03-29'")]
         assert {k: v for k, v in after.items() if k[1] not in days} == expected(db_url, ids, march, 63, MODELS[:1])
+        # The finished replay's windows are dropped: tombstones are the last word on its keys.
+        with psycopg.connect(db_url) as conn:
+            (run_id,) = conn.execute("SELECT run_id FROM embedder_runs WHERE completed_at IS NOT NULL").fetchone()
+        changelog = f"{cli_env['EMBEDDER_APP_ID']}-windows-changelog"
+
+        def replay_windows_deleted() -> bool:
+            latest = latest_values(cli_env["KAFKA_BOOTSTRAP_SERVERS"], changelog)
+            of_run = {k: v for k, v in latest.items() if run_id.encode() in k}
+            return bool(of_run) and all(v is None for v in of_run.values())
+        wait_for(replay_windows_deleted, 60, f"tombstones for the windows of {run_id}")
+
         with psycopg.connect(db_url) as conn:
             conn.execute("DELETE FROM numeric_window_embeddings WHERE as_of_date = %s", (days[-1],))
             conn.execute("DELETE FROM embedder_tick_commits WHERE run_id = 'live' AND as_of_date = %s", (days[-1],))

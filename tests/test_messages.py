@@ -56,6 +56,10 @@ def test_replay_plan_sends_each_tick_after_every_row_up_to_it_on_every_partition
         assert all(r[1] > t for o in out[pos:] if isinstance(o, RowsOut) for r in o.rows)
         # rows newer than the tick that precede it stay within one block
         assert all(r[1] < t + timedelta(days=7) for o in out[:pos] if isinstance(o, RowsOut) for r in o.rows)
+    sent = [0] * 4
     for o in out:
         if isinstance(o, RowsOut):
             assert {partition_for(r[0], 4) for r in o.rows} == {o.partition}
+            sent[o.partition] += len(o.rows)
+        else:
+            assert o.rows_sent == tuple(sent)  # what the worker checks it received before the tick
