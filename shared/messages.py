@@ -1,8 +1,10 @@
 """Message schemas on the topics, and their one encode/decode point.
 
-Compact JSON (short keys; floats round-trip exactly through `repr`), with a
-version field. `decode` raises BadMessage with a reason for anything malformed,
-so the stream can dead-letter it instead of crashing or dropping it.
+Prices topic: compact JSON (short keys; floats round-trip exactly through
+`repr`) with a version field; `decode` raises BadMessage with a reason for
+anything malformed, so the stream can dead-letter it instead of crashing or
+dropping it. Embeddings topic: a binary batch (JSON header + raw float32
+vectors), since vectors are most of the volume.
 """
 from __future__ import annotations
 
