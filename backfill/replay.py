@@ -16,6 +16,7 @@ from datetime import date
 
 import numpy as np
 import psycopg
+from psycopg.types.json import Jsonb
 
 from backfill.blocks import TickOut, plan
 from backfill.publisher import PricePublisher
@@ -24,6 +25,7 @@ from shared.config import Settings
 from shared.db import connection
 from shared.encoder import lookback_start
 from shared.errors import EmbedderError
+from shared.lag import GroupLag, LagMonitor, end_offsets
 from shared.messages import RowBatch, RunEnd, Tick
 from shared.topics import ensure_topics
 
@@ -44,6 +46,7 @@ class ReplayHooks:
     on_start: Callable[[int, int, int], None] | None = None  # instruments, as_of dates, ticks expected
     on_published: Callable[[int], None] | None = None  # rows just published
     on_committed: Callable[[int, int], None] | None = None  # ticks committed, embeddings committed
+    on_lag: Callable[[GroupLag], None] | None = None  # the worker group's lag, every few seconds
 
 
 def publish_run(settings: Settings, conn: psycopg.Connection, selection: RunSelection, run_id: str,
@@ -90,11 +93,19 @@ def block_days(settings: Settings) -> int:
 
 
 def wait_for_run(database_url: str, run_id: str, last_tick: date, partitions: int, hooks: ReplayHooks,
-                 timeout: float | None = None, poll: float = 0.25) -> int:
-    """Block until every partition has committed `last_tick`; returns embeddings committed."""
+                 timeout: float | None = None, poll: float = 0.25, lag: LagMonitor | None = None,
+                 lag_every: float = 2.0) -> int:
+    """Block until every partition has committed `last_tick`; returns embeddings committed.
+
+    With `lag` and `hooks.on_lag`, the worker group's lag is reported every `lag_every` seconds.
+    """
     deadline = None if timeout is None else time.monotonic() + timeout
+    next_lag = time.monotonic()
     with connection(database_url, autocommit=True) as conn:
         while True:
+            if lag is not None and hooks.on_lag and time.monotonic() >= next_lag:
+                hooks.on_lag(lag.sample().groups[0])
+                next_lag = time.monotonic() + lag_every
             ticks, embeddings, last, missing = conn.execute(
                 """SELECT count(*), coalesce(sum(embeddings), 0),
                           count(*) FILTER (WHERE as_of_date = %s), coalesce(max(rows_missing), 0)
@@ -135,10 +146,20 @@ def run_stream_replay(settings: Settings, selection: RunSelection, hooks: Replay
             hooks.on_start(len(ids), len(dates), len(dates) * settings.partitions)
         if not ids or not dates:
             return result
-        conn.execute("INSERT INTO embedder_runs (run_id) VALUES (%s)", (run_id,))
+        conn.execute("INSERT INTO embedder_runs (run_id, start_offsets) VALUES (%s, %s)",
+                     (run_id, Jsonb(end_offsets(settings, settings.prices_topic))))
         conn.commit()
         result.rows_published = publish_run(settings, conn, selection, run_id, ids, dates, hooks)
-    result.embeddings = wait_for_run(settings.database_url, run_id, max(dates), settings.partitions, hooks, timeout)
+        conn.execute("UPDATE embedder_runs SET target_offsets = %s WHERE run_id = %s",
+                     (Jsonb(end_offsets(settings, settings.prices_topic)), run_id))
+        conn.commit()
+    monitor = LagMonitor(settings, window_seconds=30.0) if hooks.on_lag else None
+    try:
+        result.embeddings = wait_for_run(settings.database_url, run_id, max(dates), settings.partitions, hooks,
+                                         timeout, lag=monitor)
+    finally:
+        if monitor is not None:
+            monitor.close()
     with connection(settings.database_url) as conn:
         conn.execute("UPDATE embedder_runs SET completed_at = now() WHERE run_id = %s", (run_id,))
     end_run(settings, run_id)

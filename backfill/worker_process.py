@@ -42,6 +42,7 @@ def worker_env(settings: Settings) -> dict[str, str]:
         "EMBEDDER_RETENTION_SLACK_DAYS": str(settings.retention_slack_days),
         "EMBEDDER_SINK_BATCH_SIZE": str(settings.sink_batch_size),
         "EMBEDDER_SINK_BATCH_SECONDS": str(settings.sink_batch_seconds),
+        "EMBEDDER_WEB_PORT": "0",  # beside a running service: any free port
     }
 
 

@@ -232,6 +232,23 @@ def tick(
     out.print(f"tick {day} queued (outbox id {outbox_id}); the worker's relay publishes it after earlier rows")
 
 
+@app.command("lag")
+def lag(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable report (fields in the README).")] = False,
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh until interrupted.")] = False,
+    samples: Annotated[int, typer.Option("--samples", min=1, help="Readings before judging (one-shot).")] = 3,
+    interval: Annotated[float, typer.Option("--interval", min=0.1, help="Seconds between readings.")] = 1.0,
+    window: Annotated[float, typer.Option("--window", min=1, help="Sliding window of the statuses, seconds.")] = 60.0,
+) -> None:
+    """Consumer lag of the worker group per topic and partition, in messages and seconds, with a status
+    (OK, WARN, STALL, STOP, ERR). Read from the broker, so it works while every worker is down."""
+    from embedder.lag_command import run_lag
+
+    code = run_lag(load_settings(), as_json, watch, samples, interval, window)
+    if code:
+        raise typer.Exit(code)
+
+
 @app.command("show")
 def show(
     as_of: Annotated[str, typer.Option("--as-of")],

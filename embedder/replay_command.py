@@ -9,6 +9,7 @@ from backfill.worker_process import worker_for_run
 from backfill.selection import RunSelection
 from embedder.console import err, out, progress
 from shared.config import Settings
+from shared.lag import GroupLag
 
 
 def run_replay(settings: Settings, selection: RunSelection, direct: bool) -> DirectResult | StreamResult:
@@ -56,6 +57,7 @@ def run_through_kafka(settings: Settings, selection: RunSelection) -> StreamResu
         bar.start()
         tasks["rows"] = bar.add_task("rows published", total=None, detail=f"{instruments} instruments")
         tasks["ticks"] = bar.add_task("ticks committed", total=ticks, detail=f"{dates} as_of date(s)")
+        tasks["lag"] = bar.add_task("worker backlog", total=None, detail="")
 
     def on_published(rows: int) -> None:
         bar.advance(tasks["rows"], rows)
@@ -63,7 +65,12 @@ def run_through_kafka(settings: Settings, selection: RunSelection) -> StreamResu
     def on_committed(ticks: int, embeddings: int) -> None:
         bar.update(tasks["ticks"], completed=ticks, detail=f"{embeddings:,} embeddings committed")
 
-    hooks = ReplayHooks(on_start, on_published, on_committed)
+    def on_lag(group: GroupLag) -> None:
+        behind = sum(p.lag for p in group.partitions if p.role == "worker")
+        oldest = f", oldest {group.lag_seconds:.0f}s" if group.lag_seconds else ""
+        bar.update(tasks["lag"], detail=f"{behind:,} messages behind{oldest} [{group.status}]")
+
+    hooks = ReplayHooks(on_start, on_published, on_committed, on_lag)
     try:
         with worker_for_run(settings) as started_worker:
             if started_worker:

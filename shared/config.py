@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     """Models the live service computes on `embedder tick`."""
     auto_tick_quiet_seconds: float = Field(default=0.0, ge=0)
     """If > 0, the live relay ticks the newest captured trade date after this many quiet seconds."""
+    web_port: int = Field(default=6066, ge=-1, le=65535)
+    """The worker's web port (/metrics, /livez, /readyz, /lag); 0 picks a free one, -1 turns it off."""
+    web_host: str = "127.0.0.1"
+    lag_sample_seconds: float = Field(default=5.0, gt=0)
+    """How often the worker samples its group's lag for the metrics and the lag page."""
     write_batch_embeddings: int = Field(default=20_000, ge=1)
     """How many embeddings the direct path stages per COPY + upsert transaction."""
 

@@ -18,6 +18,7 @@ import faust
 import numpy as np
 
 from shared.config import Settings
+from shared.metrics import StreamMetrics
 from shared.messages import (
     BadMessage,
     LIVE_RUN,
@@ -41,7 +42,7 @@ SEP = "\x1f"
 Row = tuple[str, date, float, float]
 
 
-def register(app: faust.App, settings: Settings) -> None:
+def register(app: faust.App, settings: Settings, metrics: StreamMetrics) -> None:
     raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
     prices = app.topic(settings.prices_topic, partitions=settings.partitions, **raw)
     embeddings = app.topic(settings.embeddings_topic, partitions=settings.partitions, **raw)
@@ -55,6 +56,7 @@ def register(app: faust.App, settings: Settings) -> None:
     async def dead_letter_send(event: faust.EventT, reason: str, payload: bytes | None = None) -> None:
         msg = event.message
         log.warning("dead-letter %s[%s]@%s: %s", msg.topic, msg.partition, msg.offset, reason)
+        metrics.dead_letters.inc()
         value = json.dumps({
             "reason": reason, "topic": msg.topic, "partition": msg.partition, "offset": msg.offset,
             "payload": (payload if payload is not None else event.value or b"")[:4096].decode("utf-8", "replace"),
@@ -74,6 +76,7 @@ def register(app: faust.App, settings: Settings) -> None:
         messages to another topic buffered before it are lost (kill -9), and a re-delivered event
         whose state says "done" is not computed again.
         """
+        metrics.embeddings_emitted.inc(len(items))
         pending = []
         for batch in chunk_embeddings(run, window_days, partition, items, done_as_of, rows_missing):
             pending.append(await embeddings.send(key=b"", value=encode_embeddings(batch), partition=partition))
@@ -175,11 +178,18 @@ def register(app: faust.App, settings: Settings) -> None:
 
     async def on_event(event: faust.EventT) -> None:
         partition = event.message.partition
-        message = decode(event.value)
+        try:
+            message = decode(event.value)
+        except BadMessage:
+            metrics.events.labels("bad").inc()
+            raise
+        metrics.events.labels(message.kind).inc()
         if isinstance(message, PriceRow):
+            metrics.rows.inc()
             row = (message.instrument_id, message.trade_date, message.close, message.volume)
             await on_rows(message.run, message.window_days or settings.window_days, [row], partition, event)
         elif isinstance(message, RowBatch):
+            metrics.rows.inc(len(message.rows))
             valid = []
             for row in message.rows:
                 problem = row_problem(row[2], row[3])
@@ -202,7 +212,7 @@ def register(app: faust.App, settings: Settings) -> None:
             except BadMessage as e:
                 await dead_letter_send(event, e.reason)
 
-    writer = SinkWriter(settings.database_url)
+    writer = SinkWriter(settings.database_url, metrics=metrics)
 
     @app.agent(embeddings, name="sink")
     async def sink(stream):

@@ -6,6 +6,7 @@ from pathlib import Path
 import faust
 
 from shared.config import Settings
+from shared.metrics import StreamMetrics
 
 
 def broker_url(bootstrap: str) -> str:
@@ -13,7 +14,7 @@ def broker_url(bootstrap: str) -> str:
     return "kafka://" + ";".join(s.strip() for s in bootstrap.split(",") if s.strip())
 
 
-def create_app(settings: Settings, datadir: Path, *, store: str = "rocksdb://") -> faust.App:
+def create_app(settings: Settings, datadir: Path, metrics: StreamMetrics, *, store: str = "rocksdb://") -> faust.App:
     """A Faust app with the project's topics, tables and agents wired in."""
     app = faust.App(
         settings.app_id,
@@ -33,5 +34,5 @@ def create_app(settings: Settings, datadir: Path, *, store: str = "rocksdb://") 
     )
     from streams.agents import register
 
-    register(app, settings)
+    register(app, settings, metrics)
     return app

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import date, datetime, timezone
 from collections.abc import Sequence
 
 import psycopg
@@ -17,6 +18,7 @@ from shared.db import connect
 from shared.embedding_store import upsert_embeddings
 from shared.errors import ServiceUnavailable
 from shared.messages import LIVE_RUN, EmbeddingBatch
+from shared.metrics import StreamMetrics
 
 log = logging.getLogger("embedder.sink")
 
@@ -24,9 +26,10 @@ log = logging.getLogger("embedder.sink")
 class SinkWriter:
     """Owns one connection; `write` is called from a worker thread, one batch at a time."""
 
-    def __init__(self, database_url: str, max_backoff: float = 10.0):
+    def __init__(self, database_url: str, max_backoff: float = 10.0, metrics: StreamMetrics | None = None):
         self.database_url = database_url
         self.max_backoff = max_backoff
+        self.metrics = metrics
         self._conn: psycopg.Connection | None = None
         self.retries = 0
 
@@ -79,16 +82,37 @@ class SinkWriter:
         delay = 0.2
         while True:
             try:
+                started = time.monotonic()
                 self.write_once(batches)
+                self._observe(batches, time.monotonic() - started)
                 return
             except (psycopg.OperationalError, psycopg.InterfaceError, ServiceUnavailable) as e:
                 self.retries += 1
+                if self.metrics:
+                    self.metrics.sink_retries.inc()
                 if self._conn is not None:
                     self._conn.close()
                 self._conn = None
                 log.warning("sink write failed (%s); retrying in %.1fs", str(e).splitlines()[0], delay)
                 time.sleep(delay)
                 delay = min(delay * 2, self.max_backoff)
+
+    def _observe(self, batches: Sequence[EmbeddingBatch], seconds: float) -> None:
+        if not self.metrics:
+            return
+        m = self.metrics
+        n = sum(len(b.items) for b in batches)
+        m.sink_commit_seconds.observe(seconds)
+        m.sink_batch_embeddings.observe(n)
+        m.sink_embeddings_committed.inc(n)
+        m.db_last_upsert.set(time.time())
+        newest: dict[str, date] = {}
+        for b in batches:
+            if b.done_as_of and (b.run not in newest or b.done_as_of > newest[b.run]):
+                newest[b.run] = b.done_as_of
+        for run, as_of in newest.items():
+            m.last_committed_as_of.labels(run).set(
+                datetime.combine(as_of, datetime.min.time(), timezone.utc).timestamp())
 
     def close(self) -> None:
         if self._conn is not None:

@@ -1,14 +1,60 @@
 """`embedder worker`: the always-on Faust worker (also started by a replay when none is running)."""
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
 import faust
+from prometheus_client import CollectorRegistry
 
 from shared.config import Settings
+from shared.metrics import StreamMetrics
 from shared.topics import ensure_topics
 from streams.app import create_app
+from streams.web import LagSampler, WorkerStatus, serve
+
+log = logging.getLogger("embedder.worker")
+PORT_FILE = "web.port"
+
+
+def watch_assignment(app: faust.App, settings: Settings, status: WorkerStatus, metrics: StreamMetrics) -> None:
+    """Keep the count of prices partitions this worker holds (readiness needs at least one)."""
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(sender, assigned, **kwargs) -> None:
+        status.assigned = sum(1 for tp in assigned if tp.topic == settings.prices_topic)
+        metrics.assigned_partitions.set(status.assigned)
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender, revoked, **kwargs) -> None:
+        status.assigned = 0
+        metrics.assigned_partitions.set(0)
+
+
+def start_web(settings: Settings, datadir: Path, registry: CollectorRegistry, metrics: StreamMetrics,
+              status: WorkerStatus) -> Callable[[], None]:
+    """The lag sampler and the web port; the bound port is written to `datadir/web.port`."""
+    sampler = LagSampler(settings, status, metrics, settings.lag_sample_seconds)
+    sampler.start()
+    server = None
+    if settings.web_port >= 0:
+        try:
+            server = serve(settings, registry, metrics, status, settings.lag_sample_seconds,
+                           settings.web_port, settings.web_host)
+            port = server.server_address[1]
+            (datadir / PORT_FILE).write_text(f"{port}\n")
+            log.warning("metrics, health and the lag page on http://%s:%s/ (/metrics /livez /readyz /lag)",
+                        settings.web_host, port)
+        except OSError as e:
+            log.error("web port %s unavailable (%s): no metrics or health endpoints", settings.web_port, e)
+
+    def stop() -> None:
+        sampler.stop.set()
+        if server is not None:
+            server.shutdown()
+
+    return stop
 
 
 def run_worker(settings: Settings, datadir: Path, loglevel: str = "warn",
@@ -19,10 +65,16 @@ def run_worker(settings: Settings, datadir: Path, loglevel: str = "warn",
     """
     ensure_topics(settings)
     datadir.mkdir(parents=True, exist_ok=True)
-    app = create_app(settings, datadir)
-    stop_companion = beside() if beside else None
+    registry = CollectorRegistry()
+    metrics = StreamMetrics.create(registry)
+    status = WorkerStatus()
+    app = create_app(settings, datadir, metrics)
+    watch_assignment(app, settings, status, metrics)
+    stops = [start_web(settings, datadir, registry, metrics, status)]
+    if beside:
+        stops.append(beside())
     try:
         faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
     finally:
-        if stop_companion:
-            stop_companion()
+        for stop in stops:
+            stop()

@@ -131,6 +131,7 @@ def cli_env(db_url, endpoints) -> dict[str, str]:
         "EMBEDDER_EMBEDDINGS_TOPIC": f"test-{tag}.embeddings",
         "EMBEDDER_DEAD_LETTER_TOPIC": f"test-{tag}.dead-letter",
         "EMBEDDER_PARTITIONS": "4",
+        "EMBEDDER_WEB_PORT": "0",  # each worker picks a free port (written to <data-dir>/web.port)
     })
     return env
 

@@ -1,0 +1,226 @@
+"""Consumer lag of the project's consumer group, read from the broker, with Burrow-style statuses.
+
+Everything here comes from Kafka itself (committed offsets, log-end offsets,
+record timestamps, group membership), so it reports while every worker is
+down. A `LagMonitor` keeps a sliding window of samples per partition and
+judges each one in the manner of Burrow's rules:
+
+- OK: lag is zero somewhere in the window, or the consumer is keeping up.
+- WARN: the committed offset moves, but lag grew across every sample of the window.
+- STALL: a member is in the group, but the committed offset did not move across
+  the window while lag > 0.
+- STOP: no member is consuming and lag > 0 (no commits can come).
+- ERR: the broker could not be read.
+
+A group's status is the worst of its partitions'. The JSON form (`as_json`)
+has stable field names, documented in the README.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+
+from kafka import KafkaConsumer, TopicPartition
+from kafka.admin import OffsetSpec
+from kafka.errors import KafkaError, UnknownTopicOrPartitionError
+
+from shared.config import Settings
+from shared.errors import ServiceUnavailable
+from shared.topics import admin_client
+
+class _FaustMetadataNoise(logging.Filter):
+    """kafka-python warns on every describe of a Faust group (its member metadata is Faust's own)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Unable to decode member_metadata")
+
+
+logging.getLogger("kafka.admin._groups").addFilter(_FaustMetadataNoise())
+
+STATUS_ORDER = ("OK", "WARN", "STALL", "STOP", "ERR")
+JSON_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One reading of one partition."""
+
+    at: float  # unix seconds
+    committed: int | None
+    end: int
+
+    @property
+    def lag(self) -> int:
+        return max(0, self.end - (self.committed or 0))
+
+
+@dataclass
+class PartitionLag:
+    topic: str
+    role: str  # "worker" (prices) or "sink" (embeddings)
+    partition: int
+    committed: int | None
+    end: int
+    lag: int
+    lag_seconds: float | None  # age of the oldest unconsumed record
+    rate: float | None  # committed offsets per second over the window
+    eta_seconds: float | None  # time to catch up at that rate
+    status: str
+
+
+@dataclass
+class GroupLag:
+    group: str
+    state: str
+    members: int
+    status: str
+    lag: int
+    lag_seconds: float | None
+    partitions: list[PartitionLag] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass
+class LagReport:
+    at: float
+    window_seconds: float
+    groups: list[GroupLag]
+
+    def as_json(self) -> dict:
+        return {
+            "version": JSON_VERSION,
+            "time": datetime.fromtimestamp(self.at, timezone.utc).isoformat(timespec="seconds"),
+            "window_seconds": self.window_seconds,
+            "groups": [asdict(g) for g in self.groups],
+        }
+
+
+def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
+    """Log-end offset of each partition of `topic`."""
+    admin = admin_client(settings)
+    try:
+        tps = {TopicPartition(topic, p): OffsetSpec.LATEST for p in range(settings.partitions)}
+        return {tp.partition: o.offset for tp, o in admin.list_partition_offsets(tps).items()}
+    except KafkaError as e:
+        raise ServiceUnavailable(f"cannot read the offsets of {topic}: {e}") from None
+    finally:
+        admin.close()
+
+
+def judge(samples: list[Sample], has_members: bool) -> str:
+    """Burrow-style status of one partition from its samples, oldest first."""
+    latest = samples[-1]
+    if latest.lag == 0 or any(s.lag == 0 for s in samples):
+        return "OK"
+    if not has_members:
+        return "STOP"
+    if len(samples) >= 2 and samples[0].committed == latest.committed:
+        return "STALL"
+    lags = [s.lag for s in samples]
+    if len(lags) >= 3 and all(b > a for a, b in zip(lags, lags[1:])):
+        return "WARN"
+    return "OK"
+
+
+def worst(statuses: list[str]) -> str:
+    return max(statuses, key=STATUS_ORDER.index, default="OK")
+
+
+class LagMonitor:
+    """Samples the worker group's offsets; `sample()` returns a report judged over the window."""
+
+    def __init__(self, settings: Settings, window_seconds: float = 60.0):
+        self.settings = settings
+        self.window_seconds = window_seconds
+        self.group = settings.app_id
+        self.roles = {settings.prices_topic: "worker", settings.embeddings_topic: "sink"}
+        self._history: dict[tuple[str, int], deque[Sample]] = {}
+        self._admin = None
+        self._consumer: KafkaConsumer | None = None
+
+    def close(self) -> None:
+        for client in (self._admin, self._consumer):
+            if client is not None:
+                client.close()
+        self._admin = self._consumer = None
+
+    def sample(self) -> LagReport:
+        now = time.time()
+        try:
+            group = self._read(now)
+        except UnknownTopicOrPartitionError:
+            group = GroupLag(self.group, "UNKNOWN", 0, "ERR", 0, None,
+                             error=f"topics {', '.join(self.roles)} not found (no worker or replay created them yet)")
+        except (KafkaError, OSError) as e:
+            self.close()  # reconnect next time
+            group = GroupLag(self.group, "UNKNOWN", 0, "ERR", 0, None, error=str(e).splitlines()[0][:300])
+        return LagReport(now, self.window_seconds, [group])
+
+    def _clients(self):
+        if self._admin is None:
+            self._admin = admin_client(self.settings)
+        if self._consumer is None:
+            self._consumer = KafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap_servers,
+                                           enable_auto_commit=False, group_id=None, request_timeout_ms=15000)
+        return self._admin, self._consumer
+
+    def _read(self, now: float) -> GroupLag:
+        admin, consumer = self._clients()
+        info = admin.describe_groups([self.group])[self.group]
+        members = len(info.get("members") or [])
+        state = info.get("group_state") or "UNKNOWN"
+        tps = [TopicPartition(t, p) for t in self.roles for p in range(self.settings.partitions)]
+        ends = {tp: o.offset for tp, o in admin.list_partition_offsets({tp: OffsetSpec.LATEST for tp in tps}).items()}
+        try:
+            committed_all = admin.list_group_offsets({self.group: tps}).get(self.group, {})
+        except KafkaError:
+            if members or state not in ("Dead", "Empty"):
+                raise
+            committed_all = {}  # a group that never committed
+        committed = {tp: (om.offset if om is not None and om.offset >= 0 else None)
+                     for tp, om in ((tp, committed_all.get(tp)) for tp in tps)}
+        ages = self._oldest_unconsumed_ages(consumer, committed, ends, now)
+        partitions = []
+        for tp in tps:
+            history = self._history.setdefault((tp.topic, tp.partition), deque())
+            history.append(Sample(now, committed[tp], ends[tp]))
+            while len(history) > 2 and now - history[1].at >= self.window_seconds:
+                history.popleft()
+            samples = list(history)
+            first, latest = samples[0], samples[-1]
+            span = latest.at - first.at
+            rate = None
+            if span > 0 and first.committed is not None and latest.committed is not None:
+                rate = (latest.committed - first.committed) / span
+            eta = latest.lag / rate if rate and rate > 0 else (0.0 if latest.lag == 0 else None)
+            partitions.append(PartitionLag(
+                tp.topic, self.roles[tp.topic], tp.partition, latest.committed, latest.end, latest.lag,
+                ages.get(tp), None if rate is None else round(rate, 3), None if eta is None else round(eta, 1),
+                judge(samples, members > 0)))
+        lag_seconds = [p.lag_seconds for p in partitions if p.lag_seconds is not None]
+        return GroupLag(self.group, state, members, worst([p.status for p in partitions]),
+                        sum(p.lag for p in partitions), max(lag_seconds) if lag_seconds else (0.0 if all(
+                            p.lag == 0 for p in partitions) else None), partitions)
+
+    @staticmethod
+    def _oldest_unconsumed_ages(consumer: KafkaConsumer, committed: dict, ends: dict, now: float) -> dict:
+        """Seconds since the first unconsumed record of each lagging partition was written."""
+        lagging = [tp for tp in ends if ends[tp] > (committed[tp] or 0)]
+        ages: dict = {tp: 0.0 for tp in ends if tp not in lagging}
+        if not lagging:
+            return ages
+        consumer.assign(lagging)
+        starts = consumer.beginning_offsets(lagging)
+        for tp in lagging:
+            consumer.seek(tp, max(committed[tp] or 0, starts[tp]))
+        deadline = time.monotonic() + 5.0
+        while len(ages) < len(ends) and time.monotonic() < deadline:
+            for tp, records in consumer.poll(timeout_ms=500, max_records=len(lagging) * 50).items():
+                if tp not in ages and records:
+                    ages[tp] = round(max(0.0, now - records[0].timestamp / 1000.0), 3)
+                    consumer.pause(tp)
+        consumer.assign([])
+        return ages

@@ -1,0 +1,58 @@
+"""The worker's Prometheus metrics, built against a registry passed in (so tests get their own).
+
+Prometheus naming: an `embedder_` prefix, base units (seconds), `_total` counters, and no
+per-instrument labels (label values stay few: topic, partition, message kind, run).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+@dataclass(frozen=True)
+class StreamMetrics:
+    events: Counter
+    rows: Counter
+    embeddings_emitted: Counter
+    dead_letters: Counter
+    sink_batch_embeddings: Histogram
+    sink_commit_seconds: Histogram
+    sink_retries: Counter
+    sink_embeddings_committed: Counter
+    last_committed_as_of: Gauge
+    db_last_upsert: Gauge
+    lag_messages: Gauge
+    lag_seconds: Gauge
+    assigned_partitions: Gauge
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry | None = None) -> "StreamMetrics":
+        r = registry if registry is not None else CollectorRegistry()
+        return cls(
+            events=Counter("embedder_events", "Messages read from the prices topic, by kind.", ["kind"], registry=r),
+            rows=Counter("embedder_rows", "Price rows read from the prices topic.", registry=r),
+            embeddings_emitted=Counter("embedder_embeddings_emitted", "Embeddings sent to the sink topic.",
+                                       registry=r),
+            dead_letters=Counter("embedder_dead_letters", "Records sent to the dead-letter topic.", registry=r),
+            sink_batch_embeddings=Histogram(
+                "embedder_sink_batch_embeddings", "Embeddings per sink transaction.", registry=r,
+                buckets=(1, 10, 100, 500, 1000, 2500, 5000, 10000, 25000, 50000)),
+            sink_commit_seconds=Histogram(
+                "embedder_sink_commit_seconds", "Time to write and commit one sink batch.", registry=r,
+                buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)),
+            sink_retries=Counter("embedder_sink_retries", "Sink writes retried after a database error.", registry=r),
+            sink_embeddings_committed=Counter("embedder_sink_embeddings_committed",
+                                              "Embeddings committed to PostgreSQL by the sink.", registry=r),
+            last_committed_as_of=Gauge("embedder_last_committed_as_of_timestamp_seconds",
+                                       "Newest as_of date committed, per run (unix time of its midnight UTC).",
+                                       ["run"], registry=r),
+            db_last_upsert=Gauge("embedder_db_last_upsert_timestamp_seconds",
+                                 "When the sink last committed to PostgreSQL (unix time).", registry=r),
+            lag_messages=Gauge("embedder_consumer_lag_messages", "Messages not yet committed by the worker group.",
+                               ["topic", "partition"], registry=r),
+            lag_seconds=Gauge("embedder_consumer_lag_seconds", "Age of the oldest message not yet committed.",
+                              ["topic", "partition"], registry=r),
+            assigned_partitions=Gauge("embedder_assigned_partitions", "Partitions assigned to this worker.",
+                                      registry=r),
+        )

@@ -1,0 +1,109 @@
+"""`embedder lag` against the real broker: equal to what an independent client reads, partition by
+partition; zero after catch-up; STALL/STOP while the worker is dead and the backlog grows."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from datetime import date, timedelta
+
+import pytest
+from kafka import KafkaConsumer, TopicPartition
+from kafka.admin import KafkaAdminClient
+
+from backfill.publisher import PricePublisher
+from shared.messages import RowBatch
+from shared.topics import ensure_topics
+from tests.helpers import wait_for
+from tests.test_dead_letter import settings_of
+
+EMBEDDER = [sys.executable, "-m", "embedder.cli"]
+
+
+def lag_json(env: dict[str, str], *extra: str) -> dict:
+    proc = subprocess.run(EMBEDDER + ["lag", "--json", "--samples", "1", *extra], env=env, capture_output=True,
+                          text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout)
+
+
+def broker_view(env: dict[str, str], topics: list[str], partitions: int) -> dict[tuple[str, int], tuple]:
+    """(committed, end) per partition from kafka-python's admin and consumer, not the project's code."""
+    tps = [TopicPartition(t, p) for t in topics for p in range(partitions)]
+    admin = KafkaAdminClient(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"])
+    consumer = KafkaConsumer(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"])
+    try:
+        committed = admin.list_group_offsets({env["EMBEDDER_APP_ID"]: tps})[env["EMBEDDER_APP_ID"]]
+        ends = consumer.end_offsets(tps)
+    finally:
+        admin.close()
+        consumer.close()
+    out = {}
+    for tp in tps:
+        om = committed.get(tp)
+        c = om.offset if om is not None and om.offset >= 0 else None
+        out[(tp.topic, tp.partition)] = (c, ends[tp])
+    return out
+
+
+def publish_backlog(settings, batches: int, start: date) -> None:
+    publisher = PricePublisher(settings)
+    for k in range(batches):
+        rows = [(f"LAG{i:03d}", start + timedelta(days=k), 10.0 + i, 100.0) for i in range(40)]
+        for p in range(settings.partitions):
+            publisher.row_batch(p, RowBatch(run="replay-lagtest", w=5, r=rows))
+    publisher.flush()
+    publisher.close()
+
+
+def start_worker(env, tmp_path, name: str) -> subprocess.Popen:
+    return subprocess.Popen(EMBEDDER + ["worker", "--no-capture", "--data-dir", str(tmp_path / name)], env=env,
+                            stdout=open(tmp_path / f"{name}.log", "wb"), stderr=subprocess.STDOUT)
+
+
+def group_lag(report: dict) -> int:
+    return report["groups"][0]["lag"]
+
+
+@pytest.mark.slow
+def test_lag_report_equals_the_broker_then_zero_then_stall_or_stop(cli_env, tmp_path):
+    settings = settings_of(cli_env)
+    ensure_topics(settings)
+    topics = [settings.prices_topic, settings.embeddings_topic]
+    publish_backlog(settings, 5, date(2020, 1, 6))
+    worker = start_worker(cli_env, tmp_path, "w1")
+    try:  # let it consume and commit, then stop it: a committed position with a known backlog after it
+        wait_for(lambda: group_lag(lag_json(cli_env)) == 0, 120, "the first catch-up")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=60)
+    publish_backlog(settings, 7, date(2020, 2, 3))
+    wait_for(lambda: lag_json(cli_env)["groups"][0]["members"] == 0, 30, "the stopped worker to leave the group")
+
+    report = lag_json(cli_env)
+    truth = broker_view(cli_env, topics, settings.partitions)
+    group = report["groups"][0]
+    assert group["group"] == settings.app_id and group["members"] == 0
+    got = {(p["topic"], p["partition"]): (p["committed"], p["end"]) for p in group["partitions"]}
+    assert got == truth  # partition by partition, committed and log-end offsets
+    for p in group["partitions"]:
+        assert p["lag"] == p["end"] - (p["committed"] or 0)
+        if p["role"] == "worker":
+            assert p["lag"] == 7 and p["status"] == "STOP"  # 7 batches behind, nobody consuming
+            assert p["lag_seconds"] is not None and p["lag_seconds"] >= 0
+    assert group["status"] == "STOP" and group["lag"] >= 7 * settings.partitions
+
+    worker = start_worker(cli_env, tmp_path, "w2")
+    try:
+        wait_for(lambda: group_lag(lag_json(cli_env)) == 0, 120, "catch-up to zero lag")
+        assert lag_json(cli_env)["groups"][0]["status"] == "OK"
+    finally:
+        worker.kill()  # kill -9: the member stays in the group until its session times out
+        worker.wait(timeout=30)
+    publish_backlog(settings, 3, date(2020, 3, 2))
+    first = lag_json(cli_env)
+    publish_backlog(settings, 3, date(2020, 3, 9))
+    second = lag_json(cli_env, "--samples", "3", "--interval", "1")
+    assert group_lag(second) > group_lag(first) > 0  # it keeps growing
+    assert second["groups"][0]["status"] in ("STALL", "STOP")
