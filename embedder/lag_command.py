@@ -7,7 +7,7 @@ import time
 from rich.live import Live
 from rich.table import Table
 
-from embedder.console import err, out
+from embedder.console import out
 from shared.config import Settings
 from shared.lag import LagMonitor, LagReport
 
@@ -34,19 +34,32 @@ def lag_table(report: LagReport) -> Table:
     return table
 
 
+def watch_reports(monitor: LagMonitor, as_json: bool, interval: float) -> None:
+    """Until Ctrl-C: a refreshing table on a terminal; otherwise one table (or JSON line) per sample."""
+    try:
+        if out.is_terminal and not as_json:
+            with Live(console=out, auto_refresh=False) as live:
+                while True:
+                    live.update(lag_table(monitor.sample()), refresh=True)
+                    time.sleep(interval)
+        while True:
+            report = monitor.sample()
+            if as_json:
+                print(json.dumps(report.as_json()), flush=True)
+            else:
+                out.print(lag_table(report))
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        pass
+
+
 def run_lag(settings: Settings, as_json: bool, watch: bool, samples: int, interval: float, window: float) -> int:
     """Sample `samples` times `interval` seconds apart (or forever with --watch); exit 1 on ERR."""
     monitor = LagMonitor(settings, window_seconds=window)
     try:
         if watch:
-            with Live(console=err if as_json else out, auto_refresh=False) as live:
-                while True:
-                    report = monitor.sample()
-                    if as_json:
-                        out.print_json(json.dumps(report.as_json()))
-                    else:
-                        live.update(lag_table(report), refresh=True)
-                    time.sleep(interval)
+            watch_reports(monitor, as_json, interval)
+            return 0
         report = monitor.sample()
         for _ in range(samples - 1):
             time.sleep(interval)

@@ -154,7 +154,7 @@ class LagMonitor:
         except UnknownTopicOrPartitionError:
             group = GroupLag(self.group, "UNKNOWN", 0, "ERR", 0, None,
                              error=f"topics {', '.join(self.roles)} not found (no worker or replay created them yet)")
-        except (KafkaError, OSError) as e:
+        except Exception as e:  # noqa: BLE001 - a monitor reports ERR, it never takes its caller down
             self.close()  # reconnect next time
             group = GroupLag(self.group, "UNKNOWN", 0, "ERR", 0, None, error=str(e).splitlines()[0][:300])
         return LagReport(now, self.window_seconds, [group])
@@ -174,6 +174,8 @@ class LagMonitor:
         state = info.get("group_state") or "UNKNOWN"
         tps = [TopicPartition(t, p) for t in self.roles for p in range(self.settings.partitions)]
         ends = {tp: o.offset for tp, o in admin.list_partition_offsets({tp: OffsetSpec.LATEST for tp in tps}).items()}
+        starts = {tp: o.offset for tp, o in
+                  admin.list_partition_offsets({tp: OffsetSpec.EARLIEST for tp in tps}).items()}
         try:
             committed_all = admin.list_group_offsets({self.group: tps}).get(self.group, {})
         except KafkaError:
@@ -182,7 +184,7 @@ class LagMonitor:
             committed_all = {}  # a group that never committed
         committed = {tp: (om.offset if om is not None and om.offset >= 0 else None)
                      for tp, om in ((tp, committed_all.get(tp)) for tp in tps)}
-        ages = self._oldest_unconsumed_ages(consumer, committed, ends, now)
+        ages = self._oldest_unconsumed_ages(consumer, committed, starts, ends, now)
         partitions = []
         for tp in tps:
             history = self._history.setdefault((tp.topic, tp.partition), deque())
@@ -206,14 +208,14 @@ class LagMonitor:
                             p.lag == 0 for p in partitions) else None), partitions)
 
     @staticmethod
-    def _oldest_unconsumed_ages(consumer: KafkaConsumer, committed: dict, ends: dict, now: float) -> dict:
+    def _oldest_unconsumed_ages(consumer: KafkaConsumer, committed: dict, starts: dict, ends: dict,
+                                now: float) -> dict:
         """Seconds since the first unconsumed record of each lagging partition was written."""
         lagging = [tp for tp in ends if ends[tp] > (committed[tp] or 0)]
         ages: dict = {tp: 0.0 for tp in ends if tp not in lagging}
         if not lagging:
             return ages
         consumer.assign(lagging)
-        starts = consumer.beginning_offsets(lagging)
         for tp in lagging:
             consumer.seek(tp, max(committed[tp] or 0, starts[tp]))
         deadline = time.monotonic() + 5.0

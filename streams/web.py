@@ -110,11 +110,12 @@ def runs_progress(settings: Settings, latest: LagReport | None) -> list[dict]:
                  for p in g.partitions if p.role == "worker"}
     out = []
     for run_id, started, completed, start, target in rows:
-        start, target = start or {}, target or {}
-        total = sum(target[p] - start.get(p, 0) for p in target)
-        done = sum(max(0, min(committed.get(int(p), 0), target[p]) - start.get(p, 0)) for p in target)
-        if completed:
-            done = total
+        total = done = None
+        if start is not None and target is not None:  # still publishing: the target is not known yet
+            total = sum(target[p] - start.get(p, 0) for p in target)
+            done = sum(max(0, min(committed.get(int(p), 0), target[p]) - start.get(p, 0)) for p in target)
+            if completed:
+                done = total
         out.append({"run": run_id, "started": started.isoformat(timespec="seconds"),
                     "completed": completed.isoformat(timespec="seconds") if completed else None,
                     "committed": done, "target": total})

@@ -107,3 +107,18 @@ def test_lag_report_equals_the_broker_then_zero_then_stall_or_stop(cli_env, tmp_
     second = lag_json(cli_env, "--samples", "3", "--interval", "1")
     assert group_lag(second) > group_lag(first) > 0  # it keeps growing
     assert second["groups"][0]["status"] in ("STALL", "STOP")
+
+
+def test_watch_prints_a_report_per_interval_until_interrupted(cli_env):
+    ensure_topics(settings_of(cli_env))
+    proc = subprocess.Popen(EMBEDDER + ["lag", "--watch", "--json", "--interval", "0.5"], env=cli_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        lines = [proc.stdout.readline() for _ in range(3)]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    reports = [json.loads(line) for line in lines]
+    assert [r["groups"][0]["group"] for r in reports] == [cli_env["EMBEDDER_APP_ID"]] * 3
+    assert len({r["time"] for r in reports}) >= 2  # fresh samples, not one report repeated
+    assert proc.returncode == 0
