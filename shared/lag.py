@@ -101,9 +101,16 @@ class LagReport:
 def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
     """Log-end offset of each partition of `topic`."""
     admin = admin_client(settings)
+    tps = {TopicPartition(topic, p): OffsetSpec.LATEST for p in range(settings.partitions)}
+    deadline = time.monotonic() + 15.0
     try:
-        tps = {TopicPartition(topic, p): OffsetSpec.LATEST for p in range(settings.partitions)}
-        return {tp.partition: o.offset for tp, o in admin.list_partition_offsets(tps).items()}
+        while True:
+            try:
+                return {tp.partition: o.offset for tp, o in admin.list_partition_offsets(tps).items()}
+            except UnknownTopicOrPartitionError:  # just created: metadata still propagating
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
     except KafkaError as e:
         raise ServiceUnavailable(f"cannot read the offsets of {topic}: {e}") from None
     finally:

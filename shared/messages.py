@@ -12,16 +12,39 @@ import json
 import math
 import struct
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from shared.errors import EmbedderError
 
 VERSION = 1
 MAX_MESSAGE_BYTES = 64 * 1024
 LIVE_RUN = "live"
+
+
+EARLIEST_TRADE_DATE = date(1900, 1, 1)
+FUTURE_DAYS_ALLOWED = 7
+
+
+def _plain_id(value: str) -> str:
+    """Instrument ids are stored verbatim (quotes, unicode, SQL text are fine), but control
+    characters are not ids: they would also break the worker's keys."""
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise ValueError("control characters in instrument_id")
+    return value
+
+
+def _plausible_date(value: date) -> date:
+    latest = date.today() + timedelta(days=FUTURE_DAYS_ALLOWED)
+    if not EARLIEST_TRADE_DATE <= value <= latest:
+        raise ValueError(f"date {value} outside {EARLIEST_TRADE_DATE}..{latest}")
+    return value
+
+
+InstrumentId = Annotated[str, Field(min_length=1, max_length=50), AfterValidator(_plain_id)]
+TradeDate = Annotated[date, AfterValidator(_plausible_date)]
 
 
 class BadMessage(EmbedderError):
@@ -42,8 +65,8 @@ class PriceRow(_Base):
     """One prices_daily row (or its correction) for the stream."""
 
     kind: Literal["row"] = Field(default="row", alias="k")
-    instrument_id: str = Field(alias="i", min_length=1, max_length=50)
-    trade_date: date = Field(alias="d")
+    instrument_id: InstrumentId = Field(alias="i")
+    trade_date: TradeDate = Field(alias="d")
     close: float = Field(alias="c")
     volume: float = Field(alias="vol")
     window_days: int | None = Field(default=None, alias="w", ge=1, le=2000)
@@ -54,7 +77,7 @@ class Tick(_Base):
     """All rows of this run with trade_date <= as_of are published (sent to every partition)."""
 
     kind: Literal["tick"] = Field(default="tick", alias="k")
-    as_of: date = Field(alias="d")
+    as_of: TradeDate = Field(alias="d")
     window_days: int = Field(alias="w", ge=1, le=2000)
     models: tuple[str, ...] = Field(alias="m", min_length=1)
     rows_sent: tuple[int, ...] | None = Field(default=None, alias="n")
@@ -71,7 +94,7 @@ class RowBatch(_Base):
 
     kind: Literal["rows"] = Field(default="rows", alias="k")
     window_days: int = Field(alias="w", ge=1, le=2000)
-    rows: list[tuple[Annotated[str, Field(min_length=1, max_length=50)], date, float, float]] = Field(alias="r")
+    rows: list[tuple[InstrumentId, TradeDate, float, float]] = Field(alias="r")
 
 
 class RunEnd(_Base):

@@ -5,6 +5,8 @@ topic, and auto-created topics get one partition, so topics are always made here
 """
 from __future__ import annotations
 
+import time
+
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -27,6 +29,15 @@ def changelog_topic(settings: Settings, table: str) -> str:
     return f"{settings.app_id}-{table}-changelog"
 
 
+def wait_until_known(admin: KafkaAdminClient, names: set[str], timeout: float = 30.0) -> None:
+    """New topics reach the broker's metadata a moment after creation; users of them need it there."""
+    deadline = time.monotonic() + timeout
+    while not names <= set(admin.list_topics()):
+        if time.monotonic() > deadline:
+            raise ServiceUnavailable(f"topics {sorted(names)} not visible {timeout:.0f}s after creation")
+        time.sleep(0.1)
+
+
 def ensure_topics(settings: Settings) -> None:
     """Create the prices, embeddings, dead-letter and changelog topics where missing (idempotent)."""
     admin = admin_client(settings)
@@ -46,5 +57,6 @@ def ensure_topics(settings: Settings) -> None:
                 admin.create_topics(missing)
             except TopicAlreadyExistsError:
                 pass
+            wait_until_known(admin, {t.name for t in missing})
     finally:
         admin.close()

@@ -33,6 +33,7 @@ from shared.messages import (
     encode_embeddings,
     row_problem,
 )
+from streams.instruments import KnownInstruments
 from streams.sink import SinkWriter
 from streams.ticks import embeddings_at, record_tick, tick_config, tick_log_offset, ticks_affected
 from streams.window import Window, day_number, retention_days, upsert_rows
@@ -176,6 +177,14 @@ def register(app: faust.App, settings: Settings, metrics: StreamMetrics) -> None
         tick_logs.pop(run_part, None)
         received.pop(run_part, None)
 
+    known = KnownInstruments(settings.database_url)
+
+    async def unknown_ids(ids: set[str]) -> set[str]:
+        """Ids not in `instruments` (the database is asked only about ids not seen before)."""
+        if not known.missing(ids):
+            return set()
+        return await asyncio.to_thread(known.unknown, ids)
+
     async def on_event(event: faust.EventT) -> None:
         partition = event.message.partition
         try:
@@ -186,13 +195,17 @@ def register(app: faust.App, settings: Settings, metrics: StreamMetrics) -> None
         metrics.events.labels(message.kind).inc()
         if isinstance(message, PriceRow):
             metrics.rows.inc()
+            if await unknown_ids({message.instrument_id}):
+                raise BadMessage(f"unknown instrument {message.instrument_id!r}")
             row = (message.instrument_id, message.trade_date, message.close, message.volume)
             await on_rows(message.run, message.window_days or settings.window_days, [row], partition, event)
         elif isinstance(message, RowBatch):
             metrics.rows.inc(len(message.rows))
+            unknown = await unknown_ids({r[0] for r in message.rows})
             valid = []
             for row in message.rows:
-                problem = row_problem(row[2], row[3])
+                problem = row_problem(row[2], row[3]) or (
+                    f"unknown instrument {row[0]!r}" if row[0] in unknown else None)
                 if problem:
                     await dead_letter_send(event, problem, row_payload(message.run, row))
                 else:

@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -141,6 +142,10 @@ def test_lag_page_shows_the_backlog_then_zero_in_headless_chromium(cli_env, tmp_
     worker, base = start_worker(env, tmp_path)
     try:
         wait_for(lambda: get(base + "/readyz")[0] == 200, 90, "readiness")
+        with psycopg.connect(cli_env["DATABASE_URL"]) as conn:  # known instruments, so the rows are used
+            conn.execute("""INSERT INTO instruments (instrument_id, asset_class, symbol, currency)
+                            SELECT 'PAGE' || lpad(k::text, 3, '0'), 'EQUITY', 'P' || k, 'USD'
+                            FROM generate_series(0, 499) k""")
         publisher = PricePublisher(settings)  # a backlog of single live rows: one event each
         for k in range(40_000):
             publisher.row_unchecked(LIVE_RUN, f"PAGE{k % 500:03d}", date(2020, 1, 2) + timedelta(days=k // 500),
