@@ -139,3 +139,15 @@ def cli_env(db_url, endpoints) -> dict[str, str]:
 @pytest.fixture
 def kafka_bootstrap(endpoints) -> str:
     return endpoints["KAFKA_BOOTSTRAP_SERVERS"]
+
+
+@pytest.fixture
+def local_services(endpoints):
+    """The project's own local services when the tests run on them (so a test may restart the
+    broker); None when the services came from the environment or testcontainers."""
+    from embedder.services.local import LocalServices
+
+    services = LocalServices.under(REPO / ".services")
+    if endpoints["KAFKA_BOOTSTRAP_SERVERS"] != services.env()["KAFKA_BOOTSTRAP_SERVERS"]:
+        return None
+    return services

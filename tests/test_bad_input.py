@@ -1,0 +1,198 @@
+"""Bad input is kept and explained, never silently dropped; hostile ids are stored verbatim; a storm
+of restatements ends in the batch result. Real broker, real PostgreSQL, real worker."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+import re
+import subprocess
+import sys
+from collections import Counter
+from datetime import date, timedelta
+
+import psycopg
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+from kafka import KafkaConsumer, KafkaProducer
+
+from backfill.publisher import PricePublisher
+from backfill.synthetic import YAHOO_HEADER, synthetic_rows
+from shared.messages import LIVE_RUN, PriceRow, Tick
+from shared.topics import ensure_topics
+from tests.helpers import assert_same_embeddings, expected, load_synthetic, stored, wait_for
+from tests.test_dead_letter import settings_of
+from tests.test_live_service import live_tick_committed
+from tests.test_worker_web import get, start_worker, stop
+
+EMBEDDER = [sys.executable, "-m", "embedder.cli"]
+MODELS = ["numeric-simple-v1", "num-regime-core-v1"]
+BASE = {"k": "row", "run": LIVE_RUN, "i": "SYN000", "d": "2019-06-03", "c": 10.0, "vol": 100.0}
+FIELDS = ["i", "d", "c", "vol"]
+
+# --- what a hostile producer can send (each is one message that must be dead-lettered) ---------
+not_json = st.binary(max_size=300).filter(lambda b: not b.strip().startswith(b"{"))
+wrong_type = st.tuples(st.sampled_from(FIELDS), st.one_of(
+    st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+    st.none())).map(lambda fv: json.dumps({**BASE, fv[0]: fv[1]}).encode())
+missing = st.sets(st.sampled_from(FIELDS), min_size=1).map(
+    lambda drop: json.dumps({k: v for k, v in BASE.items() if k not in drop}).encode())
+bad_close = st.one_of(st.sampled_from([math.nan, math.inf, -math.inf, 0.0, -0.0]),
+                      st.floats(max_value=-1e-9, allow_nan=False)).map(
+    lambda c: json.dumps({**BASE, "c": c}).encode())
+bad_volume = st.one_of(st.sampled_from([math.nan, math.inf, -math.inf]),
+                       st.floats(max_value=-1e-9, allow_nan=False)).map(
+    lambda v: json.dumps({**BASE, "vol": v}).encode())
+unknown_instrument = st.text(st.characters(min_codepoint=33, max_codepoint=0x2FFF), min_size=1, max_size=40).map(
+    lambda s: json.dumps({**BASE, "i": "NOPE-" + s}).encode())
+absurd_date = st.one_of(st.dates(max_value=date(1899, 12, 31)), st.dates(min_value=date(2100, 1, 1))).map(
+    lambda d: json.dumps({**BASE, "d": d.isoformat()}).encode())
+control_chars = st.text(st.characters(max_codepoint=31), min_size=1, max_size=3).map(
+    lambda s: json.dumps({**BASE, "i": "SYN" + s}).encode())
+oversized = st.integers(70_000, 200_000).map(lambda n: json.dumps({**BASE, "pad": "x" * n}).encode())
+BAD = {"not JSON": not_json, "wrong type": wrong_type, "missing field": missing, "bad close": bad_close,
+       "bad volume": bad_volume, "unknown instrument": unknown_instrument, "absurd date": absurd_date,
+       "control characters": control_chars, "oversized": oversized}
+bad_message = st.sampled_from(sorted(BAD)).flatmap(lambda kind: st.tuples(st.just(kind), BAD[kind]))
+N_BAD = 1000
+
+
+@pytest.mark.slow
+@settings(max_examples=1, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example,
+                                 HealthCheck.function_scoped_fixture])
+@given(bad=st.lists(bad_message, min_size=N_BAD, max_size=N_BAD), seed=st.integers(0, 10**6))
+def test_a_thousand_malformed_messages_are_dead_lettered_and_valid_rows_still_embed(
+        db_url, cli_env, tmp_path, bad, seed):
+    load_synthetic(db_url, tmp_path, instruments=6)
+    settings_ = settings_of(cli_env)
+    ensure_topics(settings_)
+    env = cli_env | {"EMBEDDER_LAG_SAMPLE_SECONDS": "1"}
+    with psycopg.connect(db_url) as conn:
+        ids = [r[0] for r in conn.execute("SELECT instrument_id FROM instruments ORDER BY 1")]
+        valid = conn.execute("""SELECT instrument_id, trade_date, close, volume FROM prices_daily
+                                WHERE trade_date >= '2019-03-01' ORDER BY trade_date, instrument_id""").fetchall()
+    last = valid[-1][1]
+    rng = random.Random(seed)
+    slots = sorted(rng.randrange(len(valid) + 1) for _ in bad)  # where each bad message goes
+    worker, base = start_worker(env, tmp_path)
+    try:
+        publisher = PricePublisher(settings_)
+        raw = KafkaProducer(bootstrap_servers=settings_.kafka_bootstrap_servers, acks="all",
+                            max_request_size=1_048_576)
+        k = 0
+        for n, (instrument_id, trade_date, close, volume) in enumerate(valid):
+            while k < len(bad) and slots[k] == n:
+                raw.send(settings_.prices_topic, key=f"bad-{k}".encode(), value=bad[k][1])
+                raw.flush()  # the bad message lands between the valid rows around it
+                k += 1
+            publisher.row(PriceRow(run=LIVE_RUN, i=instrument_id, d=trade_date, c=close, vol=volume))
+            if n % 200 == 0:
+                publisher.flush()
+        for kind, payload in bad[k:]:
+            raw.send(settings_.prices_topic, key=b"bad-tail", value=payload)
+        raw.flush()
+        raw.close()
+        publisher.flush()
+        publisher.tick(Tick(run=LIVE_RUN, d=last, w=63, m=tuple(MODELS)))
+        publisher.flush()
+        publisher.close()
+
+        partitions = int(env["EMBEDDER_PARTITIONS"])
+        wait_for(lambda: live_tick_committed(db_url, last, partitions), 300, "the tick after the valid rows")
+        assert_same_embeddings(stored(db_url), expected(db_url, ids, [last], 63, MODELS), db_url)
+
+        consumer = KafkaConsumer(settings_.dead_letter_topic, bootstrap_servers=settings_.kafka_bootstrap_servers,
+                                 auto_offset_reset="earliest", consumer_timeout_ms=30_000, group_id=None)
+        records = []
+        for msg in consumer:
+            records.append(json.loads(msg.value))
+            if len(records) >= N_BAD:
+                break
+        extra = consumer.poll(timeout_ms=3000)
+        consumer.close()
+        assert len(records) == N_BAD and not any(extra.values())  # every one, and nothing else
+        assert all(r["reason"] for r in records)
+        metrics = get(base + "/metrics")[1].decode()
+        assert float(re.search(r"^embedder_dead_letters_total ([\d.e+]+)$", metrics, re.M).group(1)) == N_BAD
+        reasons = Counter(r["reason"].split(":")[0].split(" '")[0] for r in records)
+        print(f"\nFAULT-TABLE | malformed messages | injected {N_BAD} | dead-lettered {len(records)} | "
+              f"by kind {dict(Counter(kind for kind, _ in bad))} | reasons {dict(reasons)}")
+        assert worker.poll() is None  # still up
+    finally:
+        stop(worker)
+
+
+HOSTILE = ["O'Brien\"; DROP TABLE prices_daily; --", "semi;colon;id", "Ünïcødé-株式-💹", "' OR '1'='1",
+           "$(rm -rf /)", "back\\slash %s %% {}"]
+
+
+@pytest.mark.slow
+def test_hostile_instrument_ids_are_stored_and_embedded_verbatim(db_url, cli_env, tmp_path):
+    rows = synthetic_rows(len(HOSTILE), date(2019, 1, 1), date(2019, 12, 31), seed=11)
+    names = {f"SYN{k:03d}": name for k, name in enumerate(HOSTILE)}
+    path = tmp_path / "hostile.csv"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(YAHOO_HEADER)
+        writer.writerows(r[:7] + [names[r[7]]] for r in rows)
+    run = lambda *args: subprocess.run(EMBEDDER + list(args), env=cli_env, capture_output=True, text=True,  # noqa: E731
+                                       timeout=600, stdin=subprocess.DEVNULL)
+    imported = run("prices", "import", str(path))
+    assert imported.returncode == 0, imported.stderr[-2000:]
+    with psycopg.connect(db_url) as conn:
+        assert {r[0] for r in conn.execute("SELECT DISTINCT instrument_id FROM prices_daily")} == set(HOSTILE)
+    selection = ["--from", "2019-06-03", "--to", "2019-12-31", "--model-id", "numeric-simple-v1"]
+    for name in HOSTILE:
+        selection += ["--instrument-id", name]
+    streamed = run("replay", *selection)
+    assert streamed.returncode == 0, streamed.stderr[-2000:]
+    got = stored(db_url)
+    assert {k[0] for k in got} == set(HOSTILE)  # verbatim, every one
+    with psycopg.connect(db_url) as conn:
+        conn.execute("TRUNCATE numeric_window_embeddings")
+    direct = run("replay", "--direct", *selection)
+    assert direct.returncode == 0, direct.stderr[-2000:]
+    assert_same_embeddings(got, stored(db_url), db_url)
+
+
+@pytest.mark.slow
+def test_a_storm_of_a_thousand_restatements_ends_in_the_batch_result(db_url, cli_env, tmp_path):
+    load_synthetic(db_url, tmp_path, instruments=12)  # the import's rows land in prices_outbox
+    with psycopg.connect(db_url) as conn:
+        ids = [r[0] for r in conn.execute("SELECT instrument_id FROM instruments ORDER BY 1")]
+        days = [r[0] for r in conn.execute(
+            "SELECT DISTINCT trade_date FROM prices_daily ORDER BY 1 DESC LIMIT 5")][::-1]
+        # Rows a correction can reach and the stream still holds: within 3N + slack days of the newest.
+        reachable = conn.execute(
+            "SELECT instrument_id, trade_date FROM prices_daily WHERE trade_date >= %s",
+            (days[-1] - timedelta(days=200),)).fetchall()
+    partitions = int(cli_env["EMBEDDER_PARTITIONS"])
+    worker = subprocess.Popen(EMBEDDER + ["worker", "--data-dir", str(tmp_path / "state")], env=cli_env,
+                              stdout=open(tmp_path / "worker.log", "wb"), stderr=subprocess.STDOUT)
+    try:
+        for d in days:
+            tick = subprocess.run(EMBEDDER + ["tick", "--as-of", d.isoformat(), "--model-id", MODELS[0],
+                                              "--model-id", MODELS[1]], env=cli_env, capture_output=True,
+                                  text=True, timeout=120)
+            assert tick.returncode == 0, tick.stderr
+        wait_for(lambda: live_tick_committed(db_url, days[-1], partitions), 180, "the live ticks")
+        rng = random.Random()
+        storm = [rng.choice(reachable) for _ in range(1000)]
+        with psycopg.connect(db_url) as conn:
+            for n in range(0, len(storm), 20):  # 50 transactions of 20 restatements, while it works
+                with conn.transaction():
+                    for instrument_id, trade_date in storm[n:n + 20]:
+                        conn.execute("UPDATE prices_daily SET close = close * %s, volume = volume + %s "
+                                     "WHERE instrument_id = %s AND trade_date = %s",
+                                     (rng.uniform(0.8, 1.25), rng.randrange(0, 1000), instrument_id, trade_date))
+        want = expected(db_url, ids, days, 63, MODELS)
+        wait_for(lambda: stored(db_url) == want, 300, "the table to equal the batch result over the corrected data")
+        with psycopg.connect(db_url) as conn:
+            present = conn.execute("SELECT count(*) FROM numeric_window_embeddings").fetchone()[0]
+        print(f"\nFAULT-TABLE | restatements | injected {len(storm)} | expected {len(want)} | present {present}")
+        assert present == len(want)
+        assert worker.poll() is None
+    finally:
+        stop(worker)
