@@ -22,7 +22,7 @@ test: setup
 
 bench: setup
 	$(BIN)/embedder services up
-	$(BIN)/python -m benchmarks.replay_throughput $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks.bench $(BENCH_ARGS)
 
 services: setup
 	$(BIN)/embedder services up

@@ -17,11 +17,12 @@ from datetime import date
 
 import psycopg
 
-from backfill.publisher import PricePublisher
+from backfill.blocks import ROWS_PER_MESSAGE
+from backfill.publisher import PricePublisher, partition_for
 from shared.config import Settings
 from shared.db import connect
 from shared.errors import EmbedderError
-from shared.messages import LIVE_RUN, Tick
+from shared.messages import LIVE_RUN, RowBatch, Tick
 
 log = logging.getLogger("embedder.outbox")
 RELAY_LOCK = 727_001  # pg advisory lock key: one active relay per database
@@ -78,18 +79,34 @@ class OutboxRelay:
         ).fetchall()
         if not rows:
             return 0
+        pending: list[tuple] = []  # captured rows since the last tick, published as per-partition batches
         for _id, kind, instrument_id, trade_date, close, volume, window_days, model_ids in rows:
             if kind == "tick":
+                self._publish_rows(publisher, pending)
+                pending = []
                 publisher.tick(Tick(run=LIVE_RUN, d=trade_date, w=window_days, m=tuple(model_ids)))
                 self._ticked_through = max(self._ticked_through or trade_date, trade_date)
             else:
-                publisher.row_unchecked(LIVE_RUN, instrument_id, trade_date, close, volume)
+                pending.append((instrument_id, trade_date, close, volume))
                 self.last_row_date = max(self.last_row_date or trade_date, trade_date)
+        self._publish_rows(publisher, pending)
         publisher.flush()  # raises if Kafka did not acknowledge every message
         conn.execute("UPDATE prices_outbox SET published_at = now() WHERE id = ANY(%s)", ([r[0] for r in rows],))
         self.published += len(rows)
         self._last_activity = time.monotonic()
         return len(rows)
+
+    def _publish_rows(self, publisher: PricePublisher, rows: list[tuple]) -> None:
+        """Captured rows as row batches, each partition's in outbox order (one event per batch, not
+        per row). They are sent as captured: the stream validates them and dead-letters bad rows."""
+        by_partition: dict[int, list[tuple]] = {}
+        for row in rows:
+            by_partition.setdefault(partition_for(row[0], self.settings.partitions), []).append(row)
+        for partition, own in by_partition.items():
+            for start in range(0, len(own), ROWS_PER_MESSAGE):
+                batch = RowBatch.model_construct(run=LIVE_RUN, window_days=self.settings.window_days,
+                                                 rows=own[start:start + ROWS_PER_MESSAGE])
+                publisher.row_batch(partition, batch)
 
     def maybe_auto_tick(self, conn: psycopg.Connection) -> None:
         """After a quiet period with new rows, tick the newest trade date seen (if enabled)."""
@@ -104,9 +121,16 @@ class OutboxRelay:
         log.info("auto tick for %s after %.0fs without new rows", self.last_row_date, quiet)
 
 
-def start_relay(settings: Settings) -> tuple[OutboxRelay, threading.Thread]:
-    """Run the relay in a daemon thread beside the worker."""
-    relay = OutboxRelay(settings)
-    thread = threading.Thread(target=relay.run, name="outbox-relay", daemon=True)
+def start_relay(settings: Settings, ready: threading.Event | None = None) -> tuple[OutboxRelay, threading.Thread]:
+    """Run the relay in a daemon thread beside the worker, starting once `ready` is set."""
+    relay = OutboxRelay(settings, poll_seconds=settings.outbox_poll_seconds)
+
+    def run() -> None:
+        while ready is not None and not ready.wait(0.5):
+            if relay.stop.is_set():
+                return
+        relay.run()
+
+    thread = threading.Thread(target=run, name="outbox-relay", daemon=True)
     thread.start()
     return relay, thread

@@ -6,6 +6,8 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -13,6 +15,7 @@ from typing import Iterator
 from kafka.errors import KafkaError
 
 from shared.config import Settings
+from shared.errors import EmbedderError
 from shared.topics import admin_client
 
 
@@ -46,6 +49,27 @@ def worker_env(settings: Settings) -> dict[str, str]:
     }
 
 
+def wait_until_ready(proc: subprocess.Popen, datadir: Path, timeout: float = 120.0) -> None:
+    """Block until the worker's /readyz answers 200: messages published while it is still
+    recovering its tables can be dropped by faust (streams/gaps.py)."""
+    deadline = time.monotonic() + timeout
+    port_file = datadir / "web.port"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = (datadir / "worker.log").read_text(errors="replace")[-1500:]
+            raise EmbedderError(f"the worker started for this run exited with {proc.returncode}: {tail}")
+        if port_file.exists():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port_file.read_text().strip()}/readyz",
+                                            timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+        time.sleep(0.2)
+    raise EmbedderError(f"the worker started for this run was not ready after {timeout:.0f}s")
+
+
 @contextmanager
 def worker_for_run(settings: Settings, log_path: Path | None = None) -> Iterator[bool]:
     """Yield True if a worker was started here (stopped with SIGTERM on exit), False if one ran already."""
@@ -59,6 +83,7 @@ def worker_for_run(settings: Settings, log_path: Path | None = None) -> Iterator
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=worker_env(settings),
     )
     try:
+        wait_until_ready(proc, datadir)
         yield True
     finally:
         proc.send_signal(signal.SIGTERM)

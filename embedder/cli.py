@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from datetime import date
 from pathlib import Path
 from collections.abc import Callable
@@ -194,8 +195,8 @@ def worker(
 
     settings = load_settings()
 
-    def relay() -> Callable[[], None]:
-        relay_, thread = start_relay(settings)
+    def relay(ready: threading.Event) -> Callable[[], None]:
+        relay_, thread = start_relay(settings, ready)
 
         def stop() -> None:
             relay_.stop.set()

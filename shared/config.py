@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     """Calendar days of rows kept beyond one look-back, for late rows and corrections."""
     live_model_ids: tuple[str, ...] = ("num-regime-core-v1",)
     """Models the live service computes on `embedder tick`."""
+    outbox_poll_seconds: float = Field(default=0.1, gt=0)
+    """How often the live relay looks for new outbox entries when idle."""
     auto_tick_quiet_seconds: float = Field(default=0.0, ge=0)
     """If > 0, the live relay ticks the newest captured trade date after this many quiet seconds."""
     web_port: int = Field(default=6066, ge=-1, le=65535)

@@ -56,7 +56,7 @@ class BadMessage(EmbedderError):
 
 
 class _Base(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, ser_json_inf_nan="constants")
     v: Literal[1] = VERSION
     run: str = Field(default=LIVE_RUN, min_length=1, max_length=64)
 

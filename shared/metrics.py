@@ -25,6 +25,7 @@ class StreamMetrics:
     lag_messages: Gauge
     lag_seconds: Gauge
     assigned_partitions: Gauge
+    offset_gaps: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> "StreamMetrics":
@@ -55,4 +56,6 @@ class StreamMetrics:
                               ["topic", "partition"], registry=r),
             assigned_partitions=Gauge("embedder_assigned_partitions", "Partitions assigned to this worker.",
                                       registry=r),
+            offset_gaps=Counter("embedder_offset_gaps", "Prices offsets the consumer skipped before the "
+                                "agent saw them (a faust-streaming bug during rebalances).", registry=r),
         )

@@ -33,6 +33,7 @@ from shared.messages import (
     encode_embeddings,
     row_problem,
 )
+from streams.gaps import OffsetGuard
 from streams.instruments import KnownInstruments
 from streams.sink import SinkWriter
 from streams.ticks import embeddings_at, record_tick, tick_config, tick_log_offset, ticks_affected
@@ -224,13 +225,22 @@ def register(app: faust.App, settings: Settings, metrics: StreamMetrics) -> None
         elif isinstance(message, RunEnd):
             on_run_end(message.run, partition)
 
+    guard = OffsetGuard(settings.prices_topic)
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender, revoked, **kwargs) -> None:
+        guard.forget()
+
     @app.agent(prices, name="prices")
     async def process_prices(stream):
         async for event in stream.events():
+            partition, offset = event.message.partition, event.message.offset
+            metrics.offset_gaps.inc(guard.skipped(partition, offset))
             try:
                 await on_event(event)
             except BadMessage as e:
                 await dead_letter_send(event, e.reason)
+            guard.applied(partition, offset)
 
     writer = SinkWriter(settings.database_url, metrics=metrics)
 

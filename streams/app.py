@@ -30,7 +30,10 @@ def create_app(settings: Settings, datadir: Path, metrics: StreamMetrics, *, sto
         # A worker killed without leaving the group holds its partitions until the session times out.
         broker_session_timeout=10.0,
         broker_heartbeat_interval=2.0,
-        stream_wait_empty=False,
+        # On a rebalance, finish the event in flight before the producer flush, the commit and the
+        # table recovery: otherwise its table writes race the recovery, which can put an older
+        # changelog value back over them while the event's offset still gets committed (rows lost).
+        stream_wait_empty=True,
     )
     from streams.agents import register
 

@@ -33,6 +33,7 @@ class WorkerStatus:
 
     def __init__(self) -> None:
         self.assigned: int = 0
+        self.ready = threading.Event()  # partitions assigned and their tables recovered
         self.latest: LagReport | None = None
         self.history: deque[dict] = deque()
         self.lock = threading.Lock()
@@ -92,7 +93,8 @@ def readiness(settings: Settings, status: WorkerStatus, interval: float) -> dict
         "postgres": pg_detail,
         "partitions_assigned": status.assigned,
     }
-    checks["ready"] = kafka_ok and pg_ok and status.assigned > 0
+    checks["tables_recovered"] = status.ready.is_set()
+    checks["ready"] = kafka_ok and pg_ok and status.assigned > 0 and status.ready.is_set()
     return checks
 
 

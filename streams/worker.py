@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,8 +29,13 @@ def watch_assignment(app: faust.App, settings: Settings, status: WorkerStatus, m
 
     @app.on_partitions_revoked.connect
     async def on_revoked(sender, revoked, **kwargs) -> None:
+        status.ready.clear()
         status.assigned = 0
         metrics.assigned_partitions.set(0)
+
+    @app.on_rebalance_complete.connect
+    async def on_recovered(sender, **kwargs) -> None:
+        status.ready.set()
 
 
 def start_web(settings: Settings, datadir: Path, registry: CollectorRegistry, metrics: StreamMetrics,
@@ -58,10 +64,12 @@ def start_web(settings: Settings, datadir: Path, registry: CollectorRegistry, me
 
 
 def run_worker(settings: Settings, datadir: Path, loglevel: str = "warn",
-               beside: Callable[[], Callable[[], None]] | None = None) -> None:
+               beside: Callable[[threading.Event], Callable[[], None]] | None = None) -> None:
     """Create the topics, then run the worker until SIGTERM/SIGINT (graceful stop).
 
-    `beside` starts a companion (the live-capture relay) and returns its stop function.
+    `beside` starts a companion (the live-capture relay) and returns its stop function; it gets the
+    readiness event, so it publishes nothing before the worker has recovered its tables (messages
+    that arrive during faust's startup recovery can be dropped: see streams/gaps.py).
     """
     ensure_topics(settings)
     datadir.mkdir(parents=True, exist_ok=True)
@@ -72,7 +80,7 @@ def run_worker(settings: Settings, datadir: Path, loglevel: str = "warn",
     watch_assignment(app, settings, status, metrics)
     stops = [start_web(settings, datadir, registry, metrics, status)]
     if beside:
-        stops.append(beside())
+        stops.append(beside(status.ready))
     try:
         faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
     finally:

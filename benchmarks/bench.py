@@ -1,0 +1,244 @@
+"""`make bench`: the whole real data set, every path, measured in one run; a table and a JSON file.
+
+Runs against the services in DATABASE_URL / KAFKA_BOOTSTRAP_SERVERS (default: `embedder services
+up`), in a fresh database and fresh topics of its own. Figures are printed as they are measured,
+then the table of targets; bench-results/bench.json keeps them for comparing commits.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import date
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+
+from backfill.direct import run_direct
+from backfill.price_import import import_prices
+from backfill.replay import run_stream_replay
+from backfill.selection import RunSelection
+from backfill.worker_process import worker_env, worker_for_run
+from benchmarks.copy_limit import raw_copy_seconds
+from benchmarks.live import (peak_rss_mb, start_worker, stop, tick_latencies, wait_caught_up, wait_ready,
+                             warm_live_windows)
+from benchmarks.old_way import old_loop
+from shared.config import Settings
+from shared.migrate import upgrade
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sp500_2015_2020_yahoo.csv.gz"
+OUT = Path(__file__).resolve().parents[1] / "bench-results" / "bench.json"
+MODEL = "num-regime-core-v1"
+CHECKSUM = """SELECT count(*), md5(string_agg(md5(vector), '' ORDER BY entity_id, as_of_date, model_id))
+              FROM numeric_window_embeddings"""
+
+
+def fresh_database(server_url: str) -> str:
+    name = f"embedder_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
+
+
+class Figures(dict):
+    def put(self, key: str, value) -> None:
+        """Record a figure and print it at once, so a run cut short still tells what it measured."""
+        self[key] = value
+        print(f"  {key:<34} {value}", flush=True)
+
+
+def for_app(base: Settings, url: str, tag: str) -> Settings:
+    return base.model_copy(update={
+        "database_url": url, "app_id": f"embedder-bench-{tag}", "prices_topic": f"bench-{tag}.prices",
+        "embeddings_topic": f"bench-{tag}.embeddings", "dead_letter_topic": f"bench-{tag}.dead-letter"})
+
+
+def query(url: str, statement: str, *params) -> list[tuple]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(statement, params or None).fetchall()
+
+
+def execute(url: str, statement: str, *params) -> None:
+    with psycopg.connect(url) as conn:
+        conn.execute(statement, params or None)
+
+
+def timed(fn, *args, **kwargs):
+    started = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return result, time.perf_counter() - started
+
+
+def measure_batch(f: Figures, url: str, selection: RunSelection) -> tuple:
+    direct, seconds = timed(run_direct, url, selection)
+    f.put("instruments", direct.instruments)
+    f.put("embeddings", direct.embeddings)
+    f.put("direct_seconds", round(seconds, 2))
+    f.put("direct_per_s", round(direct.embeddings / seconds))
+    checksum = query(url, CHECKSUM)[0]
+    again, seconds = timed(run_direct, url, selection)
+    f.put("direct_existing_seconds", round(seconds, 2))
+    f.put("direct_existing_per_s", round(again.embeddings / seconds))
+    rows, seconds = raw_copy_seconds(url)
+    f.put("raw_copy_seconds", round(seconds, 2))
+    f.put("raw_copy_per_s", round(rows / seconds))
+    return checksum, direct.embeddings
+
+
+def measure_stream(f: Figures, settings: Settings, selection: RunSelection, checksum, workers: int,
+                   workdir: Path) -> None:
+    url = settings.database_url
+    execute(url, "TRUNCATE numeric_window_embeddings")
+    key = "stream" if workers == 1 else f"stream_{workers}_workers"
+    if workers == 1:
+        with worker_for_run(settings):
+            result, seconds = timed(run_stream_replay, settings, selection)
+    else:
+        procs = [start_worker(settings, workdir / f"w{k}", capture=False) for k in range(workers)]
+        try:
+            for k in range(workers):
+                wait_ready(workdir / f"w{k}")
+            wait_caught_up(settings)
+            result, seconds = timed(run_stream_replay, settings, selection)
+        finally:
+            for p in procs:
+                stop(p)
+    f.put(f"{key}_seconds", round(seconds, 2))
+    f.put(f"{key}_per_s", round(result.embeddings / seconds))
+    f.put(f"{key}_equals_direct", query(url, CHECKSUM)[0] == checksum)
+
+
+def measure_live(f: Figures, settings: Settings, days: list[date], workdir: Path,
+                 ticks: int) -> tuple[Path, subprocess.Popen]:
+    """Warm live windows, time ticks, then restart the worker on its state; returns the running worker."""
+    url = settings.database_url
+    execute(url, "TRUNCATE prices_outbox")
+    measured = days[-ticks:]
+    warmed = warm_live_windows(settings, url, measured[0])
+    f.put("live_warm_rows", warmed)
+    datadir = workdir / "live"
+    worker = start_worker(settings, datadir)
+    try:
+        wait_ready(datadir)
+        wait_caught_up(settings)
+        latencies = tick_latencies(settings, url, measured, MODEL)
+        f.put("live_ticks", len(latencies))
+        f.put("live_tick_p50_s", round(statistics.median(latencies), 3))
+        f.put("live_tick_p99_s", round(sorted(latencies)[max(0, round(0.99 * len(latencies)) - 1)], 3))
+        f.put("live_tick_max_s", round(max(latencies), 3))
+        f.put("worker_peak_rss_mb", round(peak_rss_mb(worker.pid), 1))
+    finally:
+        stop(worker)
+    worker = start_worker(settings, datadir)  # warm RocksDB state in the same folder
+    f.put("worker_restart_to_ready_s", round(wait_ready(datadir), 2))
+    return datadir, worker
+
+
+def measure_single_as_of(f: Figures, settings: Settings, ids: list[str], last: date) -> None:
+    url = settings.database_url
+    selection = RunSelection.build(window_days=63, model_ids=[MODEL], as_of=last.isoformat(), market_id="US_EQ")
+    execute(url, "DELETE FROM numeric_window_embeddings WHERE as_of_date = %s", last)
+    written, seconds = timed(old_loop, url, ids, [last], 63, MODEL)
+    f.put("single_as_of_old_loop_s", round(seconds, 2))
+    execute(url, "DELETE FROM numeric_window_embeddings WHERE as_of_date = %s", last)
+    _, seconds = timed(run_direct, url, selection)
+    f.put("single_as_of_direct_s", round(seconds, 2))
+    execute(url, "DELETE FROM numeric_window_embeddings WHERE as_of_date = %s", last)
+    cmd = [sys.executable, "-m", "prometheus.scripts.backfill_numeric_embeddings", "--as-of", last.isoformat(),
+           "--market-id", "US_EQ", "--model-id", MODEL]
+    proc, seconds = timed(subprocess.run, cmd, env=worker_env(settings), capture_output=True, text=True,
+                          timeout=600, stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-2000:])
+    f.put("single_as_of_platform_kafka_s", round(seconds, 2))
+    f.put("single_as_of_platform_used_running_worker", "started one" not in proc.stderr)
+    f.put("single_as_of_embeddings", query(url, "SELECT count(*) FROM numeric_window_embeddings WHERE as_of_date = %s",
+                                         last)[0][0])
+
+
+def measure_old_way(f: Figures, url: str, ids: list[str], days: list[date], sample: int) -> None:
+    execute(url, "TRUNCATE numeric_window_embeddings")
+    written, seconds = timed(old_loop, url, ids[:sample], days, 63, MODEL)
+    f.put("old_loop_sample", f"{sample} instruments x {len(days)} dates")
+    f.put("old_loop_embeddings", written)
+    f.put("old_loop_per_s", round(written / seconds, 1))
+
+
+def targets(f: Figures) -> list[tuple[str, str, str, bool]]:
+    """(target, measured, wanted, met) rows of the issue's targets."""
+    rows = []
+
+    def add(name: str, measured: float, wanted: str, met: bool) -> None:
+        rows.append((name, f"{measured:g}", wanted, met))
+    add("direct / raw COPY", round(f["direct_per_s"] / f["raw_copy_per_s"], 3), ">= 0.6",
+        f["direct_per_s"] >= 0.6 * f["raw_copy_per_s"])
+    add("stream / direct", round(f["stream_per_s"] / f["direct_per_s"], 3), ">= 0.5",
+        f["stream_per_s"] >= 0.5 * f["direct_per_s"])
+    if "live_tick_p99_s" in f:
+        add("live tick p99 (s)", f["live_tick_p99_s"], "< 1", f["live_tick_p99_s"] < 1)
+        add("worker peak RSS (MB)", f["worker_peak_rss_mb"], "<= 300", f["worker_peak_rss_mb"] <= 300)
+        add("restart to ready (s)", f["worker_restart_to_ready_s"], "<= 5", f["worker_restart_to_ready_s"] <= 5)
+    if "old_loop_per_s" in f:
+        add("direct / old loop per embedding", round(f["direct_per_s"] / f["old_loop_per_s"], 1), ">= 50",
+            f["direct_per_s"] >= 50 * f["old_loop_per_s"])
+    if "single_as_of_direct_s" in f:
+        add("single as_of: old loop / direct", round(f["single_as_of_old_loop_s"] / f["single_as_of_direct_s"], 1),
+            "> 1", f["single_as_of_direct_s"] < f["single_as_of_old_loop_s"])
+        add("single as_of through Kafka (s)", f["single_as_of_platform_kafka_s"], "<= 2",
+            f["single_as_of_platform_kafka_s"] <= 2)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--live-ticks", type=int, default=60, help="ticks timed by the live benchmark")
+    parser.add_argument("--old-loop-instruments", type=int, default=20)
+    parser.add_argument("--quick", action="store_true", help="skip the 2-worker run")
+    args = parser.parse_args()
+    base = Settings()
+    url = fresh_database(base.database_url)
+    upgrade(url)
+    workdir = Path(tempfile.mkdtemp(prefix="embedder-bench-"))
+    f = Figures()
+    f.put("machine_cpus", os.cpu_count())
+    f.put("partitions", base.partitions)
+    imported, seconds = timed(import_prices, url, [DATA])
+    f.put("import_seconds", round(seconds, 2))
+    f.put("import_rows_per_s", round(imported.rows / seconds))
+    selection = RunSelection.build(window_days=63, model_ids=[MODEL], date_from="2015-01-01", date_to="2020-12-31",
+                                   market_id="US_EQ")
+    checksum, _ = measure_batch(f, url, selection)
+    settings = for_app(base, url, uuid.uuid4().hex[:8])
+    measure_stream(f, settings, selection, checksum, 1, workdir)
+    if not args.quick:
+        measure_stream(f, for_app(base, url, uuid.uuid4().hex[:8]), selection, checksum, 2, workdir)
+    days = [r[0] for r in query(url, "SELECT DISTINCT trade_date FROM prices_daily ORDER BY 1")]
+    ids = [r[0] for r in query(url, """SELECT instrument_id FROM instruments WHERE market_id = 'US_EQ'
+                                      AND asset_class = 'EQUITY' AND status = 'ACTIVE' ORDER BY 1""")]
+    live = for_app(base, url, uuid.uuid4().hex[:8])
+    datadir, worker = measure_live(f, live, days, workdir, args.live_ticks)
+    try:
+        measure_single_as_of(f, live, ids, days[-1])
+    finally:
+        stop(worker)
+    measure_old_way(f, url, ids, days, args.old_loop_instruments)
+
+    print("\n  target                              measured   wanted   met")
+    for name, measured, wanted, met in targets(f):
+        print(f"  {name:<34} {measured:>9}   {wanted:<7}  {'yes' if met else 'NO'}")
+    OUT.parent.mkdir(exist_ok=True)
+    OUT.write_text(json.dumps({**f, "targets": targets(f)}, indent=2, default=str) + "\n")
+    print(f"\n  figures written to {OUT}")
+    with psycopg.connect(base.database_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE "{urlsplit(url).path[1:]}" WITH (FORCE)')
+
+
+if __name__ == "__main__":
+    main()
