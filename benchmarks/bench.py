@@ -121,12 +121,11 @@ def measure_live(f: Figures, settings: Settings, days: list[date], workdir: Path
     url = settings.database_url
     execute(url, "TRUNCATE prices_outbox")
     measured = days[-ticks:]
-    warmed = warm_live_windows(settings, url, measured[0])
-    f.put("live_warm_rows", warmed)
     datadir = workdir / "live"
     worker = start_worker(settings, datadir)
     try:
-        wait_ready(datadir)
+        wait_ready(datadir)  # before any message: see streams/gaps.py
+        f.put("live_warm_rows", warm_live_windows(settings, url, measured[0]))
         wait_caught_up(settings)
         latencies = tick_latencies(settings, url, measured, MODEL)
         f.put("live_ticks", len(latencies))
