@@ -93,7 +93,7 @@ def block_days(settings: Settings) -> int:
 
 
 def wait_for_run(database_url: str, run_id: str, last_tick: date, partitions: int, hooks: ReplayHooks,
-                 timeout: float | None = None, poll: float = 0.25, lag: LagMonitor | None = None,
+                 timeout: float | None = None, poll: float = 0.1, lag: LagMonitor | None = None,
                  lag_every: float = 2.0) -> int:
     """Block until every partition has committed `last_tick`; returns embeddings committed.
 

@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     sink_batch_size: int = Field(default=64, ge=1)
     """Most embedding messages (each one tick's embeddings of one partition, <= 512 KB) per database
     transaction of the sink."""
-    sink_batch_seconds: float = Field(default=0.5, gt=0)
+    sink_batch_seconds: float = Field(default=0.1, gt=0)
     """Longest the sink waits to fill a batch."""
     retention_slack_days: int = Field(default=31, ge=0)
     """Calendar days of rows kept beyond one look-back, for late rows and corrections."""
