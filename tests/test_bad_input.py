@@ -23,11 +23,10 @@ from shared.messages import LIVE_RUN, PriceRow, Tick
 from shared.topics import ensure_topics
 from tests.helpers import assert_same_embeddings, expected, load_synthetic, stored, wait_for
 from tests.test_dead_letter import settings_of
-from tests.test_live_service import live_tick_committed
+from tests.test_live_service import MODELS, live_market, live_tick_committed, tick_each
 from tests.test_worker_web import get, start_worker, stop
 
 EMBEDDER = [sys.executable, "-m", "embedder.cli"]
-MODELS = ["numeric-simple-v1", "num-regime-core-v1"]
 BASE = {"k": "row", "run": LIVE_RUN, "i": "SYN000", "d": "2019-06-03", "c": 10.0, "vol": 100.0}
 FIELDS = ["i", "d", "c", "vol"]
 
@@ -172,11 +171,8 @@ def test_hostile_instrument_ids_are_stored_and_embedded_verbatim(db_url, cli_env
 
 @pytest.mark.slow
 def test_a_storm_of_a_thousand_restatements_ends_in_the_batch_result(db_url, cli_env, tmp_path):
-    load_synthetic(db_url, tmp_path, instruments=12)  # the import's rows land in prices_outbox
+    ids, days = live_market(db_url, tmp_path)
     with psycopg.connect(db_url) as conn:
-        ids = [r[0] for r in conn.execute("SELECT instrument_id FROM instruments ORDER BY 1")]
-        days = [r[0] for r in conn.execute(
-            "SELECT DISTINCT trade_date FROM prices_daily ORDER BY 1 DESC LIMIT 5")][::-1]
         # Rows a correction can reach and the stream still holds: within 3N + slack days of the newest.
         reachable = conn.execute(
             "SELECT instrument_id, trade_date FROM prices_daily WHERE trade_date >= %s",
@@ -185,11 +181,7 @@ def test_a_storm_of_a_thousand_restatements_ends_in_the_batch_result(db_url, cli
     worker = subprocess.Popen(EMBEDDER + ["worker", "--data-dir", str(tmp_path / "state")], env=cli_env,
                               stdout=open(tmp_path / "worker.log", "wb"), stderr=subprocess.STDOUT)
     try:
-        for d in days:
-            tick = subprocess.run(EMBEDDER + ["tick", "--as-of", d.isoformat(), "--model-id", MODELS[0],
-                                              "--model-id", MODELS[1]], env=cli_env, capture_output=True,
-                                  text=True, timeout=120)
-            assert tick.returncode == 0, tick.stderr
+        tick_each(cli_env, days)
         wait_for(lambda: live_tick_committed(db_url, days[-1], partitions), 180, "the live ticks")
         rng = random.Random()
         storm = [rng.choice(reachable) for _ in range(1000)]

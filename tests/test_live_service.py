@@ -51,20 +51,31 @@ def live_tick_committed(url: str, as_of: date, partitions: int) -> bool:
         ).fetchone()[0] >= partitions
 
 
-@pytest.mark.slow
-def test_live_capture_ticks_corrections_and_a_past_replay_beside_live_state(db_url, cli_env, tmp_path):
-    load_synthetic(db_url, tmp_path, instruments=12)  # the import's rows land in prices_outbox
-    with psycopg.connect(db_url) as conn:
+def live_market(url: str, tmp_path) -> tuple[list[str], list[date]]:
+    """A synthetic market imported (so its rows are in prices_outbox): its ids and last 5 days."""
+    load_synthetic(url, tmp_path, instruments=12)
+    with psycopg.connect(url) as conn:
         ids = [r[0] for r in conn.execute("SELECT instrument_id FROM instruments ORDER BY 1")]
         days = [r[0] for r in conn.execute(
             "SELECT DISTINCT trade_date FROM prices_daily ORDER BY 1 DESC LIMIT 5")][::-1]
+    return ids, days
+
+
+def tick_each(env: dict[str, str], days: list[date]) -> None:
+    for d in days:
+        run(env, "tick", "--as-of", d.isoformat(), "--model-id", MODELS[0], "--model-id", MODELS[1])
+
+
+@pytest.mark.slow
+def test_live_capture_ticks_corrections_and_a_past_replay_beside_live_state(db_url, cli_env, tmp_path):
+    ids, days = live_market(db_url, tmp_path)
+    with psycopg.connect(db_url) as conn:
         assert conn.execute("SELECT count(*) FROM prices_outbox").fetchone()[0] > 2000
     partitions = int(cli_env["EMBEDDER_PARTITIONS"])
     worker = subprocess.Popen(EMBEDDER + ["worker", "--data-dir", str(tmp_path / "state")], env=cli_env,
                               stdout=open(tmp_path / "worker.log", "wb"), stderr=subprocess.STDOUT)
     try:
-        for d in days:
-            run(cli_env, "tick", "--as-of", d.isoformat(), "--model-id", MODELS[0], "--model-id", MODELS[1])
+        tick_each(cli_env, days)
         wait_for(lambda: live_tick_committed(db_url, days[-1], partitions), 180, "the live ticks")
         before_correction = stored(db_url)
         assert_same_embeddings(before_correction, expected(db_url, ids, days, 63, MODELS))
