@@ -23,7 +23,7 @@ from shared.messages import LIVE_RUN, PriceRow, Tick
 from shared.topics import ensure_topics
 from tests.helpers import assert_same_embeddings, expected, load_synthetic, stored, wait_for
 from tests.test_dead_letter import settings_of
-from tests.test_live_service import MODELS, live_market, live_tick_committed, tick_each
+from tests.test_live_service import MODELS, live_market, live_tick_committed, start_live_worker, tick_live
 from tests.test_worker_web import get, start_worker, stop
 
 EMBEDDER = [sys.executable, "-m", "embedder.cli"]
@@ -177,12 +177,9 @@ def test_a_storm_of_a_thousand_restatements_ends_in_the_batch_result(db_url, cli
         reachable = conn.execute(
             "SELECT instrument_id, trade_date FROM prices_daily WHERE trade_date >= %s",
             (days[-1] - timedelta(days=200),)).fetchall()
-    partitions = int(cli_env["EMBEDDER_PARTITIONS"])
-    worker = subprocess.Popen(EMBEDDER + ["worker", "--data-dir", str(tmp_path / "state")], env=cli_env,
-                              stdout=open(tmp_path / "worker.log", "wb"), stderr=subprocess.STDOUT)
+    worker = start_live_worker(cli_env, tmp_path)
     try:
-        tick_each(cli_env, days)
-        wait_for(lambda: live_tick_committed(db_url, days[-1], partitions), 180, "the live ticks")
+        tick_live(cli_env, db_url, days)
         rng = random.Random()
         storm = [rng.choice(reachable) for _ in range(1000)]
         with psycopg.connect(db_url) as conn:

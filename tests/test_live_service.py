@@ -61,9 +61,17 @@ def live_market(url: str, tmp_path) -> tuple[list[str], list[date]]:
     return ids, days
 
 
-def tick_each(env: dict[str, str], days: list[date]) -> None:
+def start_live_worker(env: dict[str, str], tmp_path) -> subprocess.Popen:
+    """The always-on worker with live capture, its state and log under tmp_path."""
+    return subprocess.Popen(EMBEDDER + ["worker", "--data-dir", str(tmp_path / "state")], env=env,
+                            stdout=open(tmp_path / "worker.log", "wb"), stderr=subprocess.STDOUT)
+
+
+def tick_live(env: dict[str, str], url: str, days: list[date]) -> None:
+    """`embedder tick` for each day, then wait until the last one is committed on every partition."""
     for d in days:
         run(env, "tick", "--as-of", d.isoformat(), "--model-id", MODELS[0], "--model-id", MODELS[1])
+    wait_for(lambda: live_tick_committed(url, days[-1], int(env["EMBEDDER_PARTITIONS"])), 180, "the live ticks")
 
 
 @pytest.mark.slow
@@ -72,11 +80,9 @@ def test_live_capture_ticks_corrections_and_a_past_replay_beside_live_state(db_u
     with psycopg.connect(db_url) as conn:
         assert conn.execute("SELECT count(*) FROM prices_outbox").fetchone()[0] > 2000
     partitions = int(cli_env["EMBEDDER_PARTITIONS"])
-    worker = subprocess.Popen(EMBEDDER + ["worker", "--data-dir", str(tmp_path / "state")], env=cli_env,
-                              stdout=open(tmp_path / "worker.log", "wb"), stderr=subprocess.STDOUT)
+    worker = start_live_worker(cli_env, tmp_path)
     try:
-        tick_each(cli_env, days)
-        wait_for(lambda: live_tick_committed(db_url, days[-1], partitions), 180, "the live ticks")
+        tick_live(cli_env, db_url, days)
         before_correction = stored(db_url)
         assert_same_embeddings(before_correction, expected(db_url, ids, days, 63, MODELS))
 
