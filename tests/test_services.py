@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -34,3 +35,42 @@ def test_status_reports_both_running(local_services):
     assert local_services.kafka.status().startswith("running")
     assert local_services.postgres.status().startswith("running")
     assert local_services.kafka.config.read_text().count("process.roles=broker,controller") == 1
+
+
+def test_a_broker_start_waits_for_the_data_directory_lock_of_a_stopping_broker(tmp_path):
+    """Right after a stop the old broker can still hold its data directory: a start waits for it."""
+    from embedder.services.kafka import LocalKafka
+
+    kafka = LocalKafka(tmp_path)
+    kafka.data_dir.mkdir()
+    lock_file = kafka.data_dir / ".lock"
+    lock_file.touch()
+    holder = subprocess.Popen(  # another process holds the lock the way the broker does (fcntl), for 2 s
+        [sys.executable, "-c", "import fcntl,sys,time; h=open(sys.argv[1],'a'); fcntl.lockf(h, fcntl.LOCK_EX); "
+         "print('held', flush=True); time.sleep(2)", str(lock_file)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        held_at = time.monotonic()
+        with pytest.raises(Exception, match="still locked by another process"):
+            kafka._wait_data_dir_unlocked(0.5)
+        kafka._wait_data_dir_unlocked(30.0)  # returns once the holder lets go (about 2 s after it took it)
+        assert time.monotonic() - held_at >= 1.5
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_broker_that_exits_while_starting_is_explained_by_its_own_fatal_lines(tmp_path):
+    from embedder.services.kafka import fatal_lines
+
+    log = tmp_path / "kafka.log"
+    log.write_text("[t0] INFO old run (kafka)\n[t0] ERROR an old error (kafka)\n")
+    since = log.stat().st_size
+    with open(log, "a") as out:
+        out.write("[t1] INFO starting (kafka)\n"
+                  "[t1] ERROR [BrokerServer id=1] Fatal error during broker startup. (kafka.server.BrokerServer)\n"
+                  "org.apache.kafka.common.KafkaException: Failed to acquire lock on file .lock\n"
+                  "[t1] INFO shutting down (kafka)\n")
+    text = fatal_lines(log, since)
+    assert "Failed to acquire lock" in text and "Fatal error during broker startup" in text
+    assert "old error" not in text

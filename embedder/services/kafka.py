@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import base64
+import fcntl
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -144,8 +146,12 @@ class LocalKafka:
             what="formatting Kafka KRaft storage",
         )
 
-    def up(self, timeout: float = 120.0) -> bool:
-        """Start the broker unless ours already runs; True when this call started it."""
+    def up(self, timeout: float = 120.0, attempts: int = 3) -> bool:
+        """Start the broker unless ours already runs; True when this call started it.
+
+        A broker that exits while starting is started again (up to `attempts` times): right after a
+        stop its ports or its data-directory lock can still be held for a moment. The error names
+        the broker's own fatal log lines, not only its exit code."""
         if self.running_pid():
             wait_until(self._ready, timeout, f"Kafka at {self.bootstrap}")
             return False
@@ -160,6 +166,22 @@ class LocalKafka:
         self.fetch_jars()
         self._write_config()
         self._format_storage()
+        for attempt in range(1, attempts + 1):
+            self._wait_data_dir_unlocked(60.0)
+            try:
+                self._start(timeout)
+                return True
+            except BrokerExited as exc:
+                if attempt == attempts:
+                    raise
+                delay = 2.0 * attempt
+                print(f"embedder: {exc}; starting it again in {delay:.0f}s", file=sys.stderr)
+                self._wait_ports_free(30.0)
+                time.sleep(delay)
+        return True
+
+    def _start(self, timeout: float) -> None:
+        log_start = self.log_file.stat().st_size if self.log_file.exists() else 0
         with open(self.log_file, "ab") as log:
             proc = subprocess.Popen(
                 self._java(MAIN_CLASS, str(self.config)),
@@ -172,11 +194,40 @@ class LocalKafka:
 
         def ready() -> bool:
             if proc.poll() is not None:
-                raise ServiceError(f"Kafka exited with {proc.returncode}; see {self.log_file}")
+                self.pid_file.unlink(missing_ok=True)
+                raise BrokerExited(
+                    f"Kafka exited with {proc.returncode} while starting; {self.log_file}: "
+                    + fatal_lines(self.log_file, log_start)
+                )
             return self._ready()
 
         wait_until(ready, timeout, f"Kafka at {self.bootstrap}", interval=0.5)
-        return True
+
+    def _wait_data_dir_unlocked(self, timeout: float) -> None:
+        """Wait until no process holds the data directory's lock (a broker still shutting down does)."""
+        lock_file = self.data_dir / ".lock"
+        deadline = time.monotonic() + timeout
+        while lock_file.exists():
+            try:
+                with open(lock_file, "a") as handle:
+                    fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the broker's tryLock is this fcntl lock
+                    fcntl.lockf(handle, fcntl.LOCK_UN)
+                return
+            except OSError:
+                if time.monotonic() >= deadline:
+                    raise ServiceError(
+                        f"{lock_file} is still locked by another process after {timeout:.0f}s "
+                        "(a broker that has not finished stopping?)"
+                    ) from None
+                time.sleep(0.5)
+
+    def _wait_ports_free(self, timeout: float) -> None:
+        """Wait until nothing listens on the broker's and the controller's ports."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not port_open(self.host, self.port) and not port_open(self.host, CONTROLLER_PORT):
+                return
+            time.sleep(0.25)
 
     def _ready(self) -> bool:
         """The broker answers a metadata request (not only a TCP connect)."""
@@ -198,16 +249,44 @@ class LocalKafka:
             admin.close()
 
     def down(self, timeout: float = 60.0) -> bool:
-        """Stop the broker this project started (SIGTERM, then SIGKILL); True if it was running."""
+        """Stop the broker this project started (SIGTERM, then SIGKILL); True if it was running.
+
+        Returns once the process is gone, its ports are free and its data directory is unlocked, so
+        an `up` right after succeeds."""
         pid = self.running_pid()
         if not pid:
             self.pid_file.unlink(missing_ok=True)
             return False
         os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and pid_alive(self.pid_file):
-            time.sleep(0.25)
-        if pid_alive(self.pid_file):
+        if not self._wait_gone(timeout):
             os.killpg(pid, signal.SIGKILL)
+            self._wait_gone(30.0)
         self.pid_file.unlink(missing_ok=True)
+        self._wait_ports_free(30.0)
+        self._wait_data_dir_unlocked(60.0)
         return True
+
+    def _wait_gone(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not pid_alive(self.pid_file):
+                return True
+            time.sleep(0.25)
+        return not pid_alive(self.pid_file)
+
+
+class BrokerExited(ServiceError):
+    """The broker process ended while it was starting."""
+
+
+def fatal_lines(log_file: Path, since: int, limit: int = 6) -> str:
+    """The broker's ERROR/FATAL lines written after byte `since` (the cause of an exit), or its last lines."""
+    try:
+        with open(log_file, "rb") as log:
+            log.seek(since)
+            lines = log.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return "(no log)"
+    marked = [line for line in lines if " ERROR " in line or " FATAL " in line or "Exception" in line]
+    chosen = list(dict.fromkeys(marked[-limit:] + lines[-3:]))
+    return " | ".join(line.strip()[:300] for line in chosen) or "(empty log)"
