@@ -6,6 +6,7 @@ from pathlib import Path
 import faust
 
 from shared.config import Settings
+from streams import faust_fixes
 from shared.metrics import StreamMetrics
 
 
@@ -16,6 +17,7 @@ def broker_url(bootstrap: str) -> str:
 
 def create_app(settings: Settings, datadir: Path, metrics: StreamMetrics, *, store: str = "rocksdb://") -> faust.App:
     """A Faust app with the project's topics, tables and agents wired in."""
+    faust_fixes.apply()
     app = faust.App(
         settings.app_id,
         broker=broker_url(settings.kafka_bootstrap_servers),

@@ -171,3 +171,38 @@ def test_broker_restarted_mid_stream(db_url, cli_env, tmp_path, local_services):
         stop(worker)
         if replay and replay.poll() is None:
             replay.kill()
+
+
+@pytest.mark.slow
+def test_workers_joining_and_leaving_mid_replay(db_url, cli_env, tmp_path):
+    """A rebalance storm: while a replay runs, workers join, leave (SIGTERM) and die (kill -9, so the
+    group waits out their session), one change every few seconds; no message may be lost."""
+    load_synthetic(db_url, tmp_path, instruments=300)
+    workers = [start_worker(cli_env, tmp_path, "w0")]
+    replay = None
+    changes = 0
+    try:
+        wait_for(lambda: group_members(cli_env) == 1, 60, "the first worker to join its group")
+        replay = start_replay(cli_env)
+        wait_for(lambda: replay_ticks_committed(db_url) > 0, 120, "the first tick")
+        for how in ["join", "kill", "join", "term", "join", "join", "kill", "term"]:
+            time.sleep(1.5)
+            if replay.poll() is not None:
+                break
+            if how == "join":
+                workers.append(start_worker(cli_env, tmp_path, f"w{len(workers) + changes}"))
+            else:
+                victim = workers.pop()
+                stop(victim, signal.SIGTERM if how == "term" else signal.SIGKILL)
+            changes += 1
+        out, err = replay.communicate(timeout=600)
+        assert replay.returncode == 0, err[-3000:]
+        logs = " ".join(p.read_text(errors="replace") for p in tmp_path.glob("w*.log"))
+        assert "were skipped by the consumer" not in logs
+        print(f"\nmembership changes during the replay: {changes}")
+        check_against_batch(cli_env, db_url, "workers joining and leaving", changes, 0.0)
+    finally:
+        for w in workers:
+            stop(w)
+        if replay and replay.poll() is None:
+            replay.kill()

@@ -1,0 +1,75 @@
+"""Two fixes to faust-streaming 0.15.3 that stop it from losing fetched messages around recovery.
+
+Found with the worker restarted on a backlog (tests/test_stream_resilience.py), traced by logging
+every flow-control call and every fetched offset:
+
+1. Recovery resumes the app's flow control to read the changelogs, resumes the source partitions,
+   seeks them to their committed offsets, then calls `flow_control.resume()` once more. mode's
+   `FlowControlEvent.resume()` clears every stream queue on *each* call, even when flow control is
+   already active: the source messages fetched during that last seek, already queued for the agent
+   in the current generation, were thrown away while the consumer's position had moved past them
+   (prices offsets 4..16 of every partition in one trace). Fixed: the queues are cleared only when
+   flow control really goes from suspended to active (the messages queued before a suspension are
+   of an older generation, which the stream skips anyway).
+
+2. `seek_to_committed` (aiokafka) does not move a partition that has no committed offset, so after
+   a rebalance in a group's first seconds (before its first commit) anything fetched and dropped
+   before the rebalance was never fetched again. Fixed: source partitions without a committed
+   offset are sought to their beginning (`auto_offset_reset="earliest"`, what a fresh group reads).
+   Changelog partitions are left alone: faust tracks their positions itself.
+
+Both only ever cause a message to be delivered again, never skipped; the worker's processing is
+idempotent (windows are upserts keyed by date, replay row counts are kept per offset, embeddings
+are upserted), so a repeat changes nothing. `streams/gaps.py` still reports any skipped offset.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+log = logging.getLogger("embedder.faust_fixes")
+
+_applied = False
+
+
+def apply() -> None:
+    """Patch the classes once per process (before the app starts)."""
+    global _applied
+    if _applied:
+        return
+    _resume_clears_only_after_a_suspension()
+    _uncommitted_source_partitions_restart_from_the_beginning()
+    _applied = True
+
+
+def _resume_clears_only_after_a_suspension() -> None:
+    from mode.utils.queues import FlowControlEvent
+
+    def resume(self: FlowControlEvent) -> None:
+        """Resume production into the queues; drop their contents only after a real suspension."""
+        was_suspended = self._suspend.is_set()
+        self._suspend.clear()
+        self._resume.set()
+        if was_suspended:
+            self.clear()
+
+    FlowControlEvent.resume = resume
+
+
+def _uncommitted_source_partitions_restart_from_the_beginning() -> None:
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    async def seek_to_committed(self: AIOKafkaConsumerThread) -> Mapping:
+        consumer = self._ensure_consumer()
+        changelogs = set(self.app.tables.changelog_topics)
+
+        async def seek() -> Mapping:
+            committed = await consumer.seek_to_committed()
+            never = [tp for tp, offset in committed.items() if not offset and tp.topic not in changelogs]
+            if never:
+                await consumer.seek_to_beginning(*never)
+            return committed
+
+        return await self.call_thread(seek)
+
+    AIOKafkaConsumerThread.seek_to_committed = seek_to_committed
