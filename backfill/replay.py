@@ -94,13 +94,18 @@ def block_days(settings: Settings) -> int:
 
 def wait_for_run(database_url: str, run_id: str, last_tick: date, partitions: int, hooks: ReplayHooks,
                  timeout: float | None = None, poll: float = 0.1, lag: LagMonitor | None = None,
-                 lag_every: float = 2.0) -> int:
+                 lag_every: float = 2.0, expected_ticks: int | None = None, settle: float = 15.0) -> int:
     """Block until every partition has committed `last_tick`; returns embeddings committed.
 
+    With `expected_ticks` (as_of dates x partitions), a run whose last tick is in while an earlier
+    one never arrives fails after `settle` seconds without progress, naming the missing tick:
+    a lost tick would otherwise leave a silent hole of embeddings.
     With `lag` and `hooks.on_lag`, the worker group's lag is reported every `lag_every` seconds.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     next_lag = time.monotonic()
+    stalled_since: float | None = None
+    last_count = -1
     with connection(database_url, autocommit=True) as conn:
         while True:
             if lag is not None and hooks.on_lag and time.monotonic() >= next_lag:
@@ -117,10 +122,27 @@ def wait_for_run(database_url: str, run_id: str, last_tick: date, partitions: in
             if hooks.on_committed:
                 hooks.on_committed(int(ticks), int(embeddings))
             if last >= partitions:
-                return int(embeddings)
+                if expected_ticks is None or ticks >= expected_ticks:
+                    return int(embeddings)
+                if ticks != last_count:
+                    stalled_since, last_count = time.monotonic(), ticks
+                elif time.monotonic() - stalled_since > settle:
+                    raise EmbedderError(lost_ticks_message(conn, run_id, expected_ticks - ticks, partitions))
             if deadline is not None and time.monotonic() > deadline:
                 raise EmbedderError(f"replay {run_id} not complete after {timeout:.0f}s")
             time.sleep(poll)
+
+
+def lost_ticks_message(conn: psycopg.Connection, run_id: str, lost: int, partitions: int) -> str:
+    partition, as_of = conn.execute(
+        """SELECT p, d FROM (SELECT DISTINCT as_of_date AS d FROM embedder_tick_commits WHERE run_id = %s) dates
+           CROSS JOIN generate_series(0, %s - 1) AS p
+           WHERE NOT EXISTS (SELECT 1 FROM embedder_tick_commits c
+                             WHERE c.run_id = %s AND c.as_of_date = d AND c.source_partition = p)
+           ORDER BY d, p LIMIT 1""", (run_id, partitions, run_id)).fetchone() or (None, None)
+    where = f" (first: the tick of {as_of} on partition {partition})" if as_of else ""
+    return (f"replay {run_id}: {lost} tick(s) never committed{where} although the last one was; "
+            "their embeddings are missing. Run the replay again.")
 
 
 def lost_rows_message(conn: psycopg.Connection, run_id: str) -> str:
@@ -156,7 +178,7 @@ def run_stream_replay(settings: Settings, selection: RunSelection, hooks: Replay
     monitor = LagMonitor(settings, window_seconds=30.0) if hooks.on_lag else None
     try:
         result.embeddings = wait_for_run(settings.database_url, run_id, max(dates), settings.partitions, hooks,
-                                         timeout, lag=monitor)
+                                         timeout, lag=monitor, expected_ticks=len(dates) * settings.partitions)
     finally:
         if monitor is not None:
             monitor.close()

@@ -1,15 +1,11 @@
-"""Watching for offsets faust skips: a prices event lost between Kafka and the agent is reported.
+"""Watching for offsets the consumer skips: a prices event lost between Kafka and the agent is reported.
 
-faust-streaming 0.15.3 can drop messages it has already fetched while a rebalance or the
-startup recovery suspends the flow (`Consumer._drain_messages` waits on `callback(message)` *or*
-`suspend_flow`, then marks the offset read either way); the next message then arrives with a
-jump, which faust records as a "gap" (meant for compacted topics) and counts as acknowledged.
-Seen in this project's tests: a worker started while a replay's messages were already waiting
-skipped 90+ messages per partition. A seek back from the agent did not bring them back (faust
-keeps them marked read), so this only reports it: an error in the log and
-`embedder_offset_gaps_total`. The prices topic is neither compacted nor transactional, so any
-forward jump is such a loss. Replays also fail loudly on it (their ticks carry row counts), and
-workers are only given messages once they are ready (`worker_for_run`, the live relay).
+faust-streaming 0.15.3 lost fetched messages around restarts and rebalances (flow-control resume
+cleared queues of the current generation; uncommitted partitions were never sought back); the
+cause is patched in `streams/faust_fixes.py`. This guard stays as the alarm should anything else
+skip offsets: the prices topic is neither compacted nor transactional, so any forward jump in the
+offsets the agent applies is a loss. It logs an error and counts `embedder_offset_gaps_total`;
+replays also fail loudly on it (their ticks carry row counts).
 """
 from __future__ import annotations
 

@@ -96,3 +96,19 @@ def test_malformed_messages_are_dead_lettered_with_reasons(cli_env, kafka_bootst
 
 
 EMBEDDER_WORKER = [sys.executable, "-m", "embedder.cli", "worker"]
+
+
+def test_a_replay_fails_loudly_when_an_earlier_tick_never_commits(db_url):
+    """The last tick is in on every partition but one earlier tick never arrived: the replay names it
+    instead of returning with a hole of embeddings."""
+    import psycopg
+
+    d1, d2, d3 = date(2020, 1, 2), date(2020, 1, 3), date(2020, 1, 6)
+    commits = [(p, d) for d in (d1, d2, d3) for p in (0, 1) if (p, d) != (1, d2)]
+    with psycopg.connect(db_url) as conn:
+        conn.cursor().executemany(
+            "INSERT INTO embedder_tick_commits (run_id, source_partition, as_of_date, embeddings) "
+            "VALUES ('replay-hole', %s, %s, 3)", commits)
+    with pytest.raises(EmbedderError, match=r"1 tick\(s\) never committed \(first: the tick of 2020-01-03 on partition 1\)"):
+        wait_for_run(db_url, "replay-hole", d3, 2, ReplayHooks(), timeout=60, expected_ticks=6, settle=0.5)
+    assert wait_for_run(db_url, "replay-hole", d3, 2, ReplayHooks(), timeout=60) == 15  # without the count: done

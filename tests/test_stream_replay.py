@@ -12,10 +12,6 @@ from tests.helpers import assert_same_embeddings, load_synthetic, stored
 
 EMBEDDER = [sys.executable, "-m", "embedder.cli"]
 
-# Known open bug (issue 3): in about 1 run in 10 a second streaming run of the same selection
-# stores other bytes for a block of early ticks of one partition. Exact equality is still asserted;
-# up to two reruns keep CI usable while it is investigated. A persistent failure still fails CI.
-STREAM_FLAKE = pytest.mark.flaky(reruns=2)
 
 
 @pytest.fixture
@@ -38,7 +34,6 @@ def clear_embeddings(url: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("window_days", ["63", "20"])
-@STREAM_FLAKE
 def test_stream_equals_batch_on_synthetic_market(db_url, stream_env, tmp_path, window_days):
     load_synthetic(db_url, tmp_path, instruments=20)  # gaps, late listings, short histories, zero volumes
     args = ["--from", "2019-04-01", "--to", "2019-07-31", "--market-id", "US_EQ", "--window-days", window_days,
@@ -59,7 +54,6 @@ def test_stream_equals_batch_on_synthetic_market(db_url, stream_env, tmp_path, w
 
 
 @pytest.mark.slow
-@STREAM_FLAKE
 def test_stream_equals_batch_on_real_data_slice(real_db_url, stream_env):
     env = stream_env | {"DATABASE_URL": real_db_url}
     args = ["--from", "2018-01-01", "--to", "2019-12-31", "--market-id", "US_EQ", "--limit", "50",
