@@ -8,6 +8,7 @@ embedding of the run is in Postgres.
 """
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from datetime import date
 
 import numpy as np
 import psycopg
+from kafka.errors import KafkaError
 from psycopg.types.json import Jsonb
 
 from backfill.blocks import TickOut, plan
@@ -28,6 +30,8 @@ from shared.errors import EmbedderError
 from shared.lag import GroupLag, LagMonitor, end_offsets
 from shared.messages import RowBatch, RunEnd, Tick
 from shared.topics import ensure_topics
+
+log = logging.getLogger("embedder.replay")
 
 
 @dataclass
@@ -94,12 +98,13 @@ def block_days(settings: Settings) -> int:
 
 def wait_for_run(database_url: str, run_id: str, last_tick: date, partitions: int, hooks: ReplayHooks,
                  timeout: float | None = None, poll: float = 0.1, lag: LagMonitor | None = None,
-                 lag_every: float = 2.0, expected_ticks: int | None = None, settle: float = 15.0) -> int:
+                 lag_every: float = 2.0, expected_ticks: int | None = None, settle: float = 60.0) -> int:
     """Block until every partition has committed `last_tick`; returns embeddings committed.
 
     With `expected_ticks` (as_of dates x partitions), a run whose last tick is in while an earlier
     one never arrives fails after `settle` seconds without progress, naming the missing tick:
-    a lost tick would otherwise leave a silent hole of embeddings.
+    a lost tick would otherwise leave a silent hole of embeddings. (Long enough to ride out a broker
+    restart, during which a retried earlier tick can land after the last one.)
     With `lag` and `hooks.on_lag`, the worker group's lag is reported every `lag_every` seconds.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -188,12 +193,28 @@ def run_stream_replay(settings: Settings, selection: RunSelection, hooks: Replay
     return result
 
 
-def end_run(settings: Settings, run_id: str) -> None:
+def end_run(settings: Settings, run_id: str, patience: float = 120.0) -> None:
     """Tell the worker the run is over, so it frees the run's windows (after its completion is recorded,
-    so nothing of the run is still needed)."""
-    publisher = PricePublisher(settings)
-    try:
-        publisher.tick(RunEnd(run=run_id))
-        publisher.flush()
-    finally:
-        publisher.close()
+    so nothing of the run is still needed).
+
+    Every embedding is committed by now, so a broker that is briefly away (a restart) does not fail the
+    run: the message is retried for `patience` seconds, then left with a warning (the run's windows
+    then stay in the worker's state until a later run of the same id, which never comes: harmless)."""
+    deadline = time.monotonic() + patience
+    delay = 1.0
+    while True:
+        try:
+            publisher = PricePublisher(settings)
+            try:
+                publisher.tick(RunEnd(run=run_id))
+                publisher.flush()
+                return
+            finally:
+                publisher.close()
+        except (EmbedderError, KafkaError) as e:
+            if time.monotonic() + delay > deadline:
+                log.warning("replay %s is complete, but its end could not be sent to the worker: %s",
+                            run_id, str(e).splitlines()[0])
+                return
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)

@@ -112,3 +112,20 @@ def test_a_replay_fails_loudly_when_an_earlier_tick_never_commits(db_url):
     with pytest.raises(EmbedderError, match=r"1 tick\(s\) never committed \(first: the tick of 2020-01-03 on partition 1\)"):
         wait_for_run(db_url, "replay-hole", d3, 2, ReplayHooks(), timeout=60, expected_ticks=6, settle=0.5)
     assert wait_for_run(db_url, "replay-hole", d3, 2, ReplayHooks(), timeout=60) == 15  # without the count: done
+
+
+def test_a_complete_replay_does_not_fail_because_its_end_message_cannot_be_sent(db_url, caplog):
+    """Every embedding is committed before the end message; a broker that is away then only warns."""
+    import socket
+    import time
+
+    from backfill.replay import end_run
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = Settings(_env_file=None, database_url=db_url, kafka_bootstrap_servers=f"127.0.0.1:{port}")
+    started = time.monotonic()
+    end_run(settings, "replay-gone", patience=3.0)  # returns, does not raise
+    assert time.monotonic() - started >= 2.0  # it retried before giving up
+    assert "could not be sent to the worker" in caplog.text
