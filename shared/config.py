@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     web_host: str = "127.0.0.1"
     lag_sample_seconds: float = Field(default=5.0, gt=0)
     """How often the worker samples its group's lag for the metrics and the lag page."""
+    stop_grace_seconds: float = Field(default=30.0, gt=0)
+    """After SIGTERM/SIGINT, how long a graceful stop may take before the worker exits anyway."""
     write_batch_embeddings: int = Field(default=20_000, ge=1)
     """How many embeddings the direct path stages per COPY + upsert transaction."""
 

@@ -30,6 +30,7 @@ from collections.abc import Mapping
 log = logging.getLogger("embedder.faust_fixes")
 
 _applied = False
+WRITTEN_FOR = "0.15.3"
 
 
 def apply() -> None:
@@ -37,6 +38,13 @@ def apply() -> None:
     global _applied
     if _applied:
         return
+    from importlib.metadata import version
+
+    installed = version("faust-streaming")
+    if installed != WRITTEN_FOR:
+        log.warning("faust-streaming %s is installed; the message-loss patches in streams/faust_fixes.py were "
+                    "written for %s: check that they still apply (tests/test_stream_resilience.py)",
+                    installed, WRITTEN_FOR)
     _resume_clears_only_after_a_suspension()
     _uncommitted_source_partitions_restart_from_the_beginning()
     _applied = True

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -63,6 +64,36 @@ def start_web(settings: Settings, datadir: Path, registry: CollectorRegistry, me
     return stop
 
 
+class GracefulWorker(faust.Worker):
+    """faust's Worker with a bound on its graceful stop.
+
+    faust-streaming 0.15.3 / mode can hang in a stop that arrives during a rebalance: the main loop
+    blocks in `ServiceThread.stop` waiting for the consumer thread, which never finishes (seen in
+    the two-workers test, found with py-spy). After `grace` seconds the process exits with status 1.
+    That loses nothing: the sink acks embeddings only after their database commit and prices events
+    are committed only once processed, so an unfinished stop is a kill -9, which the reliability
+    tests cover.
+    """
+
+    def __init__(self, *args, grace: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.grace = grace
+        self._watchdog: threading.Timer | None = None
+
+    def _schedule_shutdown(self, signal) -> None:  # mode's hook for SIGTERM and SIGINT
+        if self._watchdog is None:
+            self._watchdog = threading.Timer(self.grace, self._give_up)
+            self._watchdog.daemon = True
+            self._watchdog.start()
+        super()._schedule_shutdown(signal)
+
+    def _give_up(self) -> None:
+        log.error("graceful stop did not finish within %.0fs; exiting without it (nothing is lost: offsets "
+                  "are committed only after processing and the database commit)", self.grace)
+        logging.shutdown()
+        os._exit(1)
+
+
 def run_worker(settings: Settings, datadir: Path, loglevel: str = "warn",
                beside: Callable[[threading.Event], Callable[[], None]] | None = None) -> None:
     """Create the topics, then run the worker until SIGTERM/SIGINT (graceful stop).
@@ -82,7 +113,7 @@ def run_worker(settings: Settings, datadir: Path, loglevel: str = "warn",
     if beside:
         stops.append(beside(status.ready))
     try:
-        faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
+        GracefulWorker(app, loglevel=loglevel, quiet=True, grace=settings.stop_grace_seconds).execute_from_commandline()
     finally:
         for stop in stops:
             stop()

@@ -108,6 +108,20 @@ def test_metrics_liveness_and_readiness_when_postgres_is_unreachable(db_url, cli
         proxy.close()
 
 
+@pytest.mark.slow
+def test_a_stop_that_outlasts_its_grace_period_exits_anyway(cli_env, tmp_path):
+    """A graceful stop is bounded: past EMBEDDER_STOP_GRACE_SECONDS the worker exits 1 and says why."""
+    worker, base = start_worker(cli_env | {"EMBEDDER_STOP_GRACE_SECONDS": "0.05"}, tmp_path)
+    try:
+        wait_for(lambda: get(base + "/readyz")[0] == 200, 90, "the worker to be ready")
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 1  # faust's own stop takes longer than 50 ms
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    assert "graceful stop did not finish within 0s" in (tmp_path / "w.log").read_text(errors="replace")
+
+
 def chromium() -> str:
     path = shutil.which("chromium") or "/usr/bin/chromium"
     if not os.path.exists(path):
