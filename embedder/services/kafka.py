@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from embedder.services.process import ServiceError, describe, pid_alive, port_open, run, wait_until
+from embedder.services.process import ServiceError, describe, pid_alive, poll_until, port_open, run, wait_until
 from shared.config import LOCAL_KAFKA_PORT
 
 POM = Path(__file__).with_name("pom.xml")
@@ -176,7 +176,7 @@ class LocalKafka:
                     raise
                 delay = 2.0 * attempt
                 print(f"embedder: {exc}; starting it again in {delay:.0f}s", file=sys.stderr)
-                self._wait_ports_free(30.0)
+                poll_until(self._ports_free, 30.0)
                 time.sleep(delay)
         return True
 
@@ -205,29 +205,25 @@ class LocalKafka:
 
     def _wait_data_dir_unlocked(self, timeout: float) -> None:
         """Wait until no process holds the data directory's lock (a broker still shutting down does)."""
-        lock_file = self.data_dir / ".lock"
-        deadline = time.monotonic() + timeout
-        while lock_file.exists():
-            try:
-                with open(lock_file, "a") as handle:
-                    fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the broker's tryLock is this fcntl lock
-                    fcntl.lockf(handle, fcntl.LOCK_UN)
-                return
-            except OSError:
-                if time.monotonic() >= deadline:
-                    raise ServiceError(
-                        f"{lock_file} is still locked by another process after {timeout:.0f}s "
-                        "(a broker that has not finished stopping?)"
-                    ) from None
-                time.sleep(0.5)
+        wait_until(self._data_dir_unlocked, timeout,
+                   f"{self.data_dir / '.lock'} to be unlocked (held by a broker that has not finished stopping?)",
+                   interval=0.5)
 
-    def _wait_ports_free(self, timeout: float) -> None:
-        """Wait until nothing listens on the broker's and the controller's ports."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not port_open(self.host, self.port) and not port_open(self.host, CONTROLLER_PORT):
-                return
-            time.sleep(0.25)
+    def _data_dir_unlocked(self) -> bool:
+        lock_file = self.data_dir / ".lock"
+        if not lock_file.exists():
+            return True
+        try:
+            with open(lock_file, "a") as handle:
+                fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the broker's tryLock is this fcntl lock
+                fcntl.lockf(handle, fcntl.LOCK_UN)
+            return True
+        except OSError:
+            return False
+
+    def _ports_free(self) -> bool:
+        """Nothing listens on the broker's or the controller's port."""
+        return not port_open(self.host, self.port) and not port_open(self.host, CONTROLLER_PORT)
 
     def _ready(self) -> bool:
         """The broker answers a metadata request (not only a TCP connect)."""
@@ -258,21 +254,14 @@ class LocalKafka:
             self.pid_file.unlink(missing_ok=True)
             return False
         os.killpg(pid, signal.SIGTERM)
-        if not self._wait_gone(timeout):
+        gone = lambda: not pid_alive(self.pid_file)  # noqa: E731
+        if not poll_until(gone, timeout):
             os.killpg(pid, signal.SIGKILL)
-            self._wait_gone(30.0)
+            poll_until(gone, 30.0)
         self.pid_file.unlink(missing_ok=True)
-        self._wait_ports_free(30.0)
+        poll_until(self._ports_free, 30.0)
         self._wait_data_dir_unlocked(60.0)
         return True
-
-    def _wait_gone(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not pid_alive(self.pid_file):
-                return True
-            time.sleep(0.25)
-        return not pid_alive(self.pid_file)
 
 
 class BrokerExited(ServiceError):

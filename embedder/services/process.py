@@ -57,14 +57,21 @@ def describe(pid: int | None, host: str, port: int, where: str) -> str:
     return "stopped"
 
 
+def poll_until(check: Callable[[], bool], timeout: float, interval: float = 0.25) -> bool:
+    """Poll `check` until it is true (True) or `timeout` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if check():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
 def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.25) -> None:
     """Poll `check` until true, else ServiceError after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(interval)
-    raise ServiceError(f"timed out after {timeout:.0f}s waiting for {what}")
+    if not poll_until(check, timeout, interval):
+        raise ServiceError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def is_root() -> bool:
