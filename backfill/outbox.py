@@ -27,6 +27,7 @@ from shared.messages import LIVE_RUN, RowBatch, Tick
 log = logging.getLogger("embedder.outbox")
 RELAY_LOCK = 727_001  # pg advisory lock key: one active relay per database
 BATCH = 5000
+PRUNE_EVERY_SECONDS = 60.0
 
 
 def enqueue_tick(conn: psycopg.Connection, as_of: date, window_days: int, model_ids: list[str]) -> int:
@@ -49,6 +50,7 @@ class OutboxRelay:
     last_row_date: date | None = None
     _last_activity: float = field(default_factory=time.monotonic)
     _ticked_through: date | None = None
+    _pruned_at: float = 0.0
 
     def run(self) -> None:
         """Hold the relay lock, then relay until stopped; reconnect after database errors."""
@@ -63,6 +65,7 @@ class OutboxRelay:
                         while not self.stop.is_set():
                             if not self.relay_once(conn, publisher):
                                 self.maybe_auto_tick(conn)
+                                self.maybe_prune(conn)
                                 self.stop.wait(self.poll_seconds)
                     finally:
                         publisher.close()
@@ -119,6 +122,25 @@ class OutboxRelay:
             return
         enqueue_tick(conn, self.last_row_date, self.settings.window_days, list(self.settings.live_model_ids))
         log.info("auto tick for %s after %.0fs without new rows", self.last_row_date, quiet)
+
+
+    def maybe_prune(self, conn: psycopg.Connection) -> None:
+        """At most once a minute, when idle: drop published entries past their keep time."""
+        keep = self.settings.outbox_keep_hours
+        if keep <= 0 or time.monotonic() - self._pruned_at < PRUNE_EVERY_SECONDS:
+            return
+        self._pruned_at = time.monotonic()
+        deleted = prune_outbox(conn, keep)
+        if deleted:
+            log.info("outbox: deleted %d published entries older than %.0f h", deleted, keep)
+
+
+def prune_outbox(conn: psycopg.Connection, keep_hours: float) -> int:
+    """Delete outbox entries published more than `keep_hours` ago; unpublished ones are never touched
+    (the table would otherwise grow by every captured price forever)."""
+    cur = conn.execute("DELETE FROM prices_outbox WHERE published_at < now() - make_interval(secs => %s)",
+                       (keep_hours * 3600.0,))
+    return cur.rowcount
 
 
 def start_relay(settings: Settings, ready: threading.Event | None = None) -> tuple[OutboxRelay, threading.Thread]:

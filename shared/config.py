@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     """Models the live service computes on `embedder tick`."""
     outbox_poll_seconds: float = Field(default=0.1, gt=0)
     """How often the live relay looks for new outbox entries when idle."""
+    outbox_keep_hours: float = Field(default=24.0, ge=0)
+    """Published outbox entries older than this are deleted by the relay (0 keeps them all)."""
     auto_tick_quiet_seconds: float = Field(default=0.0, ge=0)
     """If > 0, the live relay ticks the newest captured trade date after this many quiet seconds."""
     web_port: int = Field(default=6066, ge=-1, le=65535)

@@ -155,3 +155,19 @@ def test_automatic_tick_after_a_quiet_period(db_url, cli_env, tmp_path):
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=60)
+
+
+def test_published_outbox_entries_are_pruned_after_their_keep_time(db_url):
+    """The outbox does not grow forever: entries published longer ago than the keep time go,
+    recent and unpublished ones stay."""
+    from backfill.outbox import prune_outbox
+
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("TRUNCATE prices_outbox")
+        conn.execute("""INSERT INTO prices_outbox (instrument_id, trade_date, close, volume, published_at) VALUES
+                        ('OLD', '2020-01-02', 1, 1, now() - interval '2 days'),
+                        ('RECENT', '2020-01-02', 1, 1, now() - interval '1 hour'),
+                        ('PENDING', '2020-01-02', 1, 1, NULL)""")
+        assert prune_outbox(conn, 24.0) == 1
+        left = {r[0] for r in conn.execute("SELECT instrument_id FROM prices_outbox")}
+    assert left == {"RECENT", "PENDING"}
