@@ -50,8 +50,8 @@ def worker_env(settings: Settings) -> dict[str, str]:
 
 
 def wait_until_ready(proc: subprocess.Popen, datadir: Path, timeout: float = 120.0) -> None:
-    """Block until the worker's /readyz answers 200: messages published while it is still
-    recovering its tables can be dropped by faust (streams/gaps.py)."""
+    """Block until the worker's /readyz answers 200, so a run's messages never meet faust's startup
+    recovery (where faust-streaming 0.15.3 lost messages until streams/faust_fixes.py; kept as a guard)."""
     deadline = time.monotonic() + timeout
     port_file = datadir / "web.port"
     while time.monotonic() < deadline:

@@ -100,7 +100,7 @@ def run_worker(settings: Settings, datadir: Path, loglevel: str = "warn",
 
     `beside` starts a companion (the live-capture relay) and returns its stop function; it gets the
     readiness event, so it publishes nothing before the worker has recovered its tables (messages
-    that arrive during faust's startup recovery can be dropped: see streams/gaps.py).
+    that arrive during faust's startup recovery were lost before streams/faust_fixes.py; kept as a guard).
     """
     ensure_topics(settings)
     datadir.mkdir(parents=True, exist_ok=True)

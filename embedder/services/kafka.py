@@ -166,18 +166,18 @@ class LocalKafka:
         self.fetch_jars()
         self._write_config()
         self._format_storage()
-        for attempt in range(1, attempts + 1):
+        for attempt in range(1, attempts):
             self._wait_data_dir_unlocked(60.0)
             try:
                 self._start(timeout)
                 return True
             except BrokerExited as exc:
-                if attempt == attempts:
-                    raise
                 delay = 2.0 * attempt
                 print(f"embedder: {exc}; starting it again in {delay:.0f}s", file=sys.stderr)
                 poll_until(self._ports_free, 30.0)
                 time.sleep(delay)
+        self._wait_data_dir_unlocked(60.0)
+        self._start(timeout)  # the last attempt: its failure is the error
         return True
 
     def _start(self, timeout: float) -> None:
