@@ -9,7 +9,9 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LOCAL_POSTGRES_PORT = 55432
-LOCAL_KAFKA_PORT = 59092
+# Below Linux's ephemeral range (32768-60999): a client retrying a stopped broker on a port inside
+# it can connect to itself on that very port and keep the restarted broker from binding it (seen in CI).
+LOCAL_KAFKA_PORT = 29092
 LOCAL_DATABASE_URL = f"postgresql://embedder:embedder@127.0.0.1:{LOCAL_POSTGRES_PORT}/embedder"
 LOCAL_KAFKA_BOOTSTRAP = f"127.0.0.1:{LOCAL_KAFKA_PORT}"
 
