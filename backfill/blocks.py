@@ -14,9 +14,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
-from backfill.publisher import partition_for
-
-ROWS_PER_MESSAGE = 1000  # ~45 KB of compact JSON, under the stream's 64 KB message limit
+from shared.messages import ROW_BATCH_BYTES, row_batch_overhead, row_wire_size
+from shared.topics import partition_for
 
 
 @dataclass(frozen=True)
@@ -38,8 +37,10 @@ class BlockPlanner:
     partitions: int
     ticks: list[date]
     block_days: int
-    rows_per_message: int = ROWS_PER_MESSAGE
+    max_bytes: int = ROW_BATCH_BYTES - row_batch_overhead()
+    """Encoded bytes of rows per message: batches are cut by size, so any id length fits."""
     _buffers: dict[int, list] = field(default_factory=dict)
+    _sizes: dict[int, int] = field(default_factory=dict)
     _block_start: date | None = None
     _next_tick: int = 0
     _partition_of: dict[str, int] = field(default_factory=dict)
@@ -58,10 +59,12 @@ class BlockPlanner:
         p = self._partition_of.get(instrument_id)
         if p is None:
             p = self._partition_of[instrument_id] = partition_for(instrument_id, self.partitions)
-        buffer = self._buffers.setdefault(p, [])
-        buffer.append((instrument_id, trade_date, close, volume))
-        if len(buffer) >= self.rows_per_message:
+        row = (instrument_id, trade_date, close, volume)
+        cost = row_wire_size(row)
+        if p in self._buffers and self._sizes[p] + cost > self.max_bytes:
             yield self._rows_out(p)
+        self._buffers.setdefault(p, []).append(row)
+        self._sizes[p] = self._sizes.get(p, 0) + cost
 
     def finish(self) -> Iterator[RowsOut | TickOut]:
         """The last batches, then every tick not yet sent."""
@@ -77,6 +80,7 @@ class BlockPlanner:
 
     def _rows_out(self, p: int) -> RowsOut:
         rows = self._buffers.pop(p)
+        self._sizes.pop(p, None)
         self._sent[p] += len(rows)
         return RowsOut(p, rows)
 

@@ -1,42 +1,67 @@
-"""Live capture: relay `prices_outbox` to the prices topic in id order, marking rows only after Kafka acks.
+"""Live capture: relay `prices_outbox` to the prices topic in id order, marking entries only after Kafka acks.
 
-The triggers of migration 0004 write every inserted or changed price into the
-outbox in the same transaction; `embedder tick` writes ticks there too, so a
-tick can never overtake the rows committed before it. One relay is active at a
-time (a PostgreSQL advisory lock), so several workers never interleave the
-order. If anything dies between the publish and the mark, the rows are
-published again: the stream is idempotent, so nothing is lost or doubled.
+The triggers of migrations 0004/0007 write every inserted, changed or deleted
+price into the outbox in the same transaction; `embedder tick` writes ticks
+there too, so a tick can never overtake the rows committed before it; bootstrap
+snapshots (backfill/bootstrap.py) take their place in the same order. One relay
+is active at a time (a PostgreSQL advisory lock), so several workers never
+interleave the order. If anything dies between the publish and the mark, the
+entries are published again: the stream is idempotent, so nothing is lost or
+doubled.
+
+Every captured row is checked with the shared row rule before it is published;
+a row that fails goes alone to the dead-letter topic (with its outbox id), and
+the rows beside it are published.
 """
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 
 import psycopg
+from kafka.errors import KafkaError
 
-from backfill.blocks import ROWS_PER_MESSAGE
-from backfill.publisher import PricePublisher, partition_for
+from backfill.bootstrap import mark_published, queue_bootstrap, read_snapshot
+from backfill.publisher import PricePublisher
 from shared.config import Settings
 from shared.db import connect
+from shared.encoder import retention_days
 from shared.errors import EmbedderError
-from shared.messages import LIVE_RUN, RowBatch, Tick
+from shared.messages import LIVE_RUN, Tick, dead_letter_record, row_batches, row_payload
+from shared.metrics import StreamMetrics
+from shared.topics import partition_for
+from shared.validation import key_problem, latest_trade_date, row_problem
 
 log = logging.getLogger("embedder.outbox")
 RELAY_LOCK = 727_001  # pg advisory lock key: one active relay per database
+RELAY_APPLICATION = "embedder relay"
 BATCH = 5000
 PRUNE_EVERY_SECONDS = 60.0
+BOOTSTRAP_CHECK_SECONDS = 30.0
 
 
-def enqueue_tick(conn: psycopg.Connection, as_of: date, window_days: int, model_ids: list[str]) -> int:
-    """Queue a live tick behind every row already committed to the outbox; returns its outbox id."""
-    return conn.execute(
-        """INSERT INTO prices_outbox (kind, trade_date, window_days, model_ids)
-           VALUES ('tick', %s, %s, %s) RETURNING id""",
-        (as_of, window_days, model_ids),
-    ).fetchone()[0]
+def enqueue_tick(conn: psycopg.Connection, as_of: date, window_days: int, model_ids: list[str],
+                 market_id: str | None = None) -> int:
+    """Queue a live tick behind every row already committed to the outbox, and behind the bootstrap
+    of every instrument not loaded yet (so it never computes from a window still missing its
+    history); returns its outbox id."""
+    with conn.transaction():
+        queue_bootstrap(conn)
+        return conn.execute(
+            """INSERT INTO prices_outbox (kind, trade_date, window_days, model_ids, market_id)
+               VALUES ('tick', %s, %s, %s, %s) RETURNING id""",
+            (as_of, window_days, model_ids, market_id),
+        ).fetchone()[0]
+
+
+IdleTask = Callable[[psycopg.Connection], None]
 
 
 @dataclass
@@ -44,72 +69,137 @@ class OutboxRelay:
     """Polls the outbox and publishes it; `run` blocks until `stop` is set."""
 
     settings: Settings
+    metrics: StreamMetrics | None = None
     poll_seconds: float = 0.5
+    idle_tasks: list[IdleTask] = field(default_factory=list)
+    """Run when the outbox is drained (the tick schedule), with the relay's connection."""
     stop: threading.Event = field(default_factory=threading.Event)
     published: int = 0
+    dead_lettered: int = 0
     last_row_date: date | None = None
     _last_activity: float = field(default_factory=time.monotonic)
     _ticked_through: date | None = None
     _pruned_at: float = 0.0
+    _bootstrap_checked_at: float = 0.0
 
     def run(self) -> None:
-        """Hold the relay lock, then relay until stopped; reconnect after database errors."""
+        """Hold the relay lock, then relay until stopped; reconnect after database or broker errors."""
         while not self.stop.is_set():
             try:
                 with connect(self.settings.database_url, autocommit=True) as conn:
+                    conn.execute("SELECT set_config('application_name', %s, false)",
+                                 (f"{RELAY_APPLICATION} {socket.gethostname()}:{os.getpid()}",))
                     if not conn.execute("SELECT pg_try_advisory_lock(%s)", (RELAY_LOCK,)).fetchone()[0]:
                         self.stop.wait(2.0)  # another worker relays; stand by
                         continue
+                    log.info("relaying prices_outbox (this worker holds the relay lock)")
+                    self._bootstrap_checked_at = 0.0
+                    self.maybe_queue_bootstrap(conn)  # automatic on start: history no trigger saw
                     publisher = PricePublisher(self.settings)
                     try:
                         while not self.stop.is_set():
                             if not self.relay_once(conn, publisher):
-                                self.maybe_auto_tick(conn)
-                                self.maybe_prune(conn)
+                                self.when_idle(conn)
                                 self.stop.wait(self.poll_seconds)
                     finally:
                         publisher.close()
-            except (psycopg.Error, EmbedderError) as e:
+            except (psycopg.Error, EmbedderError, KafkaError) as e:
                 log.warning("outbox relay: %s; retrying in 2s", str(e).splitlines()[0])
                 self.stop.wait(2.0)
 
     def relay_once(self, conn: psycopg.Connection, publisher: PricePublisher) -> int:
-        """Publish one batch of unpublished outbox entries; returns how many."""
-        rows = conn.execute(
-            """SELECT id, kind, instrument_id, trade_date, close, volume, window_days, model_ids
+        """Publish the next unpublished outbox entries (up to one snapshot); returns how many."""
+        entries = conn.execute(
+            """SELECT id, kind, instrument_id, trade_date, close, volume, window_days, model_ids, market_id
                FROM prices_outbox WHERE published_at IS NULL ORDER BY id LIMIT %s""",
             (BATCH,),
         ).fetchall()
-        if not rows:
+        if not entries:
             return 0
-        pending: list[tuple] = []  # captured rows since the last tick, published as per-partition batches
-        for _id, kind, instrument_id, trade_date, close, volume, window_days, model_ids in rows:
+        latest = latest_trade_date()
+        keep = retention_days(self.settings.window_days, self.settings.retention_slack_days)
+        pending: list[tuple] = []  # captured rows since the last tick: (row or deletion, outbox id)
+        snapshots: dict[int, Counter] = {}
+        done = []
+        for entry_id, kind, instrument_id, trade_date, close, volume, window_days, model_ids, market_id in entries:
+            done.append(entry_id)
             if kind == "tick":
-                self._publish_rows(publisher, pending)
+                self._publish_rows(publisher, pending, latest)
                 pending = []
-                publisher.tick(Tick(run=LIVE_RUN, d=trade_date, w=window_days, m=tuple(model_ids)))
+                publisher.tick(Tick(run=LIVE_RUN, d=trade_date, w=window_days, m=tuple(model_ids),
+                                    mk=market_id, o=entry_id))
                 self._ticked_through = max(self._ticked_through or trade_date, trade_date)
+            elif kind == "snapshot":
+                self._publish_rows(publisher, pending, latest)
+                pending = []
+                rows = read_snapshot(conn, entry_id, keep)
+                self._publish_rows(publisher, [(r, entry_id) for r in rows], latest)
+                snapshots[entry_id] = Counter(r[0] for r in rows)
+                break  # one snapshot per round: memory stays bounded by its chunk
+            elif kind == "delete":
+                pending.append(((instrument_id, trade_date), entry_id))
             else:
-                pending.append((instrument_id, trade_date, close, volume))
-                self.last_row_date = max(self.last_row_date or trade_date, trade_date)
-        self._publish_rows(publisher, pending)
+                pending.append(((instrument_id, trade_date, close, volume), entry_id))
+                if trade_date is not None and trade_date <= latest:
+                    self.last_row_date = max(self.last_row_date or trade_date, trade_date)
+        self._publish_rows(publisher, pending, latest)
         publisher.flush()  # raises if Kafka did not acknowledge every message
-        conn.execute("UPDATE prices_outbox SET published_at = now() WHERE id = ANY(%s)", ([r[0] for r in rows],))
-        self.published += len(rows)
+        conn.execute("UPDATE prices_outbox SET published_at = now() WHERE id = ANY(%s)", (done,))
+        if snapshots:
+            mark_published(conn, snapshots)
+            self._count_bootstrap(snapshots)
+        self.published += len(done)
         self._last_activity = time.monotonic()
-        return len(rows)
+        return len(done)
 
-    def _publish_rows(self, publisher: PricePublisher, rows: list[tuple]) -> None:
-        """Captured rows as row batches, each partition's in outbox order (one event per batch, not
-        per row). They are sent as captured: the stream validates them and dead-letters bad rows."""
+    def _publish_rows(self, publisher: PricePublisher, entries: list[tuple], latest: date) -> None:
+        """Captured rows as size-cut row batches per partition, each partition's in outbox order; a row
+        the shared rule refuses is dead-lettered alone, with its outbox id."""
         by_partition: dict[int, list[tuple]] = {}
-        for row in rows:
+        for row, entry_id in entries:
+            problem = key_problem(*row, latest) if len(row) == 2 else row_problem(*row, latest)
+            if problem:
+                publisher.dead_letter(dead_letter_record(problem, "prices_outbox", None, entry_id,
+                                                         row_payload(LIVE_RUN, row)))
+                log.warning("dead-letter prices_outbox id %s: %s", entry_id, problem)
+                self.dead_lettered += 1
+                if self.metrics:
+                    self.metrics.dead_letters.inc()
+                continue
             by_partition.setdefault(partition_for(row[0], self.settings.partitions), []).append(row)
-        for partition, own in by_partition.items():
-            for start in range(0, len(own), ROWS_PER_MESSAGE):
-                batch = RowBatch.model_construct(run=LIVE_RUN, window_days=self.settings.window_days,
-                                                 rows=own[start:start + ROWS_PER_MESSAGE])
+        for partition, rows in by_partition.items():
+            for batch in row_batches(LIVE_RUN, self.settings.window_days, rows):
                 publisher.row_batch(partition, batch)
+
+    def _count_bootstrap(self, snapshots: dict[int, Counter]) -> None:
+        instruments = sum(len(c) for c in snapshots.values())
+        rows = sum(sum(c.values()) for c in snapshots.values())
+        log.info("bootstrap: loaded %d rows of %d instrument(s) from prices_daily", rows, instruments)
+        if self.metrics:
+            self.metrics.bootstrap_instruments.inc(instruments)
+            self.metrics.bootstrap_rows.inc(rows)
+
+    def when_idle(self, conn: psycopg.Connection) -> None:
+        """The outbox is drained: housekeeping, the automatic and scheduled ticks."""
+        self.maybe_queue_bootstrap(conn)
+        self.maybe_auto_tick(conn)
+        for task in self.idle_tasks:
+            task(conn)
+        self.maybe_prune(conn)
+        if self.metrics:
+            backlog, pending = conn.execute(
+                """SELECT (SELECT count(*) FROM prices_outbox WHERE published_at IS NULL),
+                          (SELECT count(*) FROM embedder_bootstrap WHERE published_at IS NULL)""").fetchone()
+            self.metrics.outbox_backlog.set(backlog)
+            self.metrics.bootstrap_pending.set(pending)
+
+    def maybe_queue_bootstrap(self, conn: psycopg.Connection) -> None:
+        """On start and every half minute: queue instruments that became selectable (a new market,
+        an instrument set ACTIVE) for loading from prices_daily."""
+        if time.monotonic() - self._bootstrap_checked_at < BOOTSTRAP_CHECK_SECONDS:
+            return
+        self._bootstrap_checked_at = time.monotonic()
+        queue_bootstrap(conn)
 
     def maybe_auto_tick(self, conn: psycopg.Connection) -> None:
         """After a quiet period with new rows, tick the newest trade date seen (if enabled)."""
@@ -122,7 +212,6 @@ class OutboxRelay:
             return
         enqueue_tick(conn, self.last_row_date, self.settings.window_days, list(self.settings.live_model_ids))
         log.info("auto tick for %s after %.0fs without new rows", self.last_row_date, quiet)
-
 
     def maybe_prune(self, conn: psycopg.Connection) -> None:
         """At most once a minute, when idle: drop published entries past their keep time."""
@@ -143,9 +232,10 @@ def prune_outbox(conn: psycopg.Connection, keep_hours: float) -> int:
     return cur.rowcount
 
 
-def start_relay(settings: Settings, ready: threading.Event | None = None) -> tuple[OutboxRelay, threading.Thread]:
+def start_relay(settings: Settings, ready: threading.Event | None = None, metrics: StreamMetrics | None = None,
+                idle_tasks: list[IdleTask] | None = None) -> tuple[OutboxRelay, threading.Thread]:
     """Run the relay in a daemon thread beside the worker, starting once `ready` is set."""
-    relay = OutboxRelay(settings, poll_seconds=settings.outbox_poll_seconds)
+    relay = OutboxRelay(settings, metrics, poll_seconds=settings.outbox_poll_seconds, idle_tasks=idle_tasks or [])
 
     def run() -> None:
         while ready is not None and not ready.wait(0.5):

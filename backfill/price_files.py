@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO
 
 from shared.errors import BadArguments
+from shared.validation import latest_trade_date, row_problem
 
 # Normalised header name -> canonical field.
 ALIASES: dict[str, str] = {
@@ -42,7 +43,6 @@ ALIASES: dict[str, str] = {
 }
 REQUIRED = ("trade_date", "open", "high", "low", "close", "volume")
 NUMERIC = ("open", "high", "low", "close", "adjusted_close", "volume")
-MAX_ID_LENGTH = 50
 
 
 @dataclass(frozen=True)
@@ -125,11 +125,12 @@ def read_price_file(path: Path, currency: str, report: ReadReport) -> Iterator[P
         key_is_id = "instrument_id" in cols
         default_key = None if id_col is not None else symbol_from_filename(path)
         width = len(headers)
+        latest = latest_trade_date()
         for record in reader:
             if not record or (len(record) == 1 and not record[0].strip()):
                 continue
             report.rows += 1
-            reason, row = _validate(record, width, cols, id_col, key_is_id, default_key, currency)
+            reason, row = _validate(record, width, cols, id_col, key_is_id, default_key, currency, latest)
             if reason:
                 report.rejected[reason] += 1
                 continue
@@ -145,15 +146,15 @@ def _validate(
     key_is_id: bool,
     default_key: str | None,
     currency: str,
+    latest: date,
 ) -> tuple[str | None, PriceRow | None]:
-    """(reason, None) for a rejected record, else (None, row)."""
+    """(reason, None) for a rejected record, else (None, row). Parsing problems are this reader's;
+    whether a parsed row is usable is `shared.validation.row_problem`, the rule the stream applies too."""
     if len(record) < width:
         return "missing value", None
     key = record[id_col].strip() if id_col is not None else default_key
     if not key:
         return "missing symbol", None
-    if len(key) > MAX_ID_LENGTH:
-        return f"symbol longer than {MAX_ID_LENGTH} characters", None
     try:
         trade_date = _parse_date(record[cols["trade_date"]])
     except ValueError:
@@ -173,10 +174,9 @@ def _validate(
         if not math.isfinite(value):
             return "non-finite value", None
         values[name] = value
-    if values["close"] <= 0:
-        return "non-positive close", None
-    if values["volume"] < 0:
-        return "negative volume", None
+    problem = row_problem(key, trade_date, values["close"], values["volume"], latest)
+    if problem:
+        return problem, None
     row_currency = currency
     if "currency" in cols and record[cols["currency"]].strip():
         row_currency = record[cols["currency"]].strip()

@@ -3,16 +3,13 @@ from __future__ import annotations
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
-from kafka.partitioner.default import murmur2
 
 from shared.config import Settings
 from shared.errors import ServiceUnavailable
 from shared.messages import PriceRow, RowBatch, RunEnd, Tick, encode
+from shared.topics import partition_for
 
-
-def partition_for(instrument_id: str, partitions: int) -> int:
-    """The partition Kafka's default partitioner gives the key `instrument_id` (murmur2, as in Java)."""
-    return (murmur2(instrument_id.encode()) & 0x7FFFFFFF) % partitions
+__all__ = ["PricePublisher", "partition_for"]
 
 
 class PricePublisher:
@@ -20,6 +17,7 @@ class PricePublisher:
 
     def __init__(self, settings: Settings):
         self.topic = settings.prices_topic
+        self.dead_letter_topic = settings.dead_letter_topic
         self.partitions = settings.partitions
         try:
             self.producer = KafkaProducer(
@@ -37,15 +35,13 @@ class PricePublisher:
     def row(self, row: PriceRow) -> None:
         self._pending.append(self.producer.send(self.topic, key=row.instrument_id.encode(), value=encode(row)))
 
-    def row_unchecked(self, run: str, instrument_id: str, trade_date, close: float, volume: float) -> None:
-        """Publish a captured row as it is, even if invalid: the stream dead-letters it with a reason."""
-        row = PriceRow.model_construct(run=run, instrument_id=instrument_id, trade_date=trade_date, close=close,
-                                       volume=volume, window_days=None)
-        self._pending.append(self.producer.send(self.topic, key=(instrument_id or "").encode(), value=encode(row)))
-
     def row_batch(self, partition: int, batch: RowBatch) -> None:
         """Rows of one partition's instruments (see `partition_for`) in one message."""
         self._pending.append(self.producer.send(self.topic, value=encode(batch), partition=partition))
+
+    def dead_letter(self, record: bytes) -> None:
+        """A record for the dead-letter topic (see `shared.messages.dead_letter_record`)."""
+        self._pending.append(self.producer.send(self.dead_letter_topic, value=record))
 
     def tick(self, tick: Tick | RunEnd) -> None:
         """A tick (or a run's end) goes to every partition, behind the rows sent there before it."""

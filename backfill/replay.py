@@ -76,7 +76,7 @@ def publish_run(settings: Settings, conn: psycopg.Connection, selection: RunSele
                 if isinstance(out, TickOut):
                     publisher.tick(Tick(run=run_id, d=out.as_of, w=n, m=models, n=out.rows_sent))
                     continue
-                publisher.row_batch(out.partition, RowBatch(run=run_id, w=n, r=out.rows))
+                publisher.row_batch(out.partition, RowBatch(run_id, n, out.rows))
                 published += len(out.rows)
                 if published - reported >= 20_000:
                     publisher.flush()

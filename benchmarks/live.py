@@ -80,7 +80,7 @@ def warm_live_windows(settings: Settings, url: str, before: date) -> int:
     publisher = PricePublisher(settings)
     try:
         for out in plan(rows, settings.partitions, [], block_days=14):
-            publisher.row_batch(out.partition, RowBatch(run=LIVE_RUN, w=settings.window_days, r=out.rows))
+            publisher.row_batch(out.partition, RowBatch(LIVE_RUN, settings.window_days, out.rows))
         publisher.flush()
     finally:
         publisher.close()

@@ -189,14 +189,17 @@ def worker(
     capture: Annotated[bool, typer.Option("--capture/--no-capture",
                                           help="Relay prices_outbox (live capture and ticks) to Kafka.")] = True,
 ) -> None:
-    """The always-on streaming service: live capture, windows, ticks and the Postgres sink."""
+    """The always-on streaming service: live capture, bootstrap, windows, ticks and the Postgres sink."""
+    from backfill.bootstrap import requeue_lost
     from backfill.outbox import start_relay
+    from shared.db import connection
+    from shared.metrics import StreamMetrics
     from streams.worker import run_worker
 
     settings = load_settings()
 
-    def relay(ready: threading.Event) -> Callable[[], None]:
-        relay_, thread = start_relay(settings, ready)
+    def relay(ready: threading.Event, metrics: StreamMetrics) -> Callable[[], None]:
+        relay_, thread = start_relay(settings, ready, metrics)
 
         def stop() -> None:
             relay_.stop.set()
@@ -204,7 +207,12 @@ def worker(
 
         return stop
 
-    run_worker(settings, data_dir or settings.state_dir / "worker", loglevel, beside=relay if capture else None)
+    def lost_windows(ids: list[str]) -> None:
+        with connection(settings.database_url) as conn:
+            requeue_lost(conn, ids)
+
+    run_worker(settings, data_dir or settings.state_dir / "worker", loglevel, beside=relay if capture else None,
+               on_lost_windows=lost_windows if capture else None)
 
 
 @app.command("tick")

@@ -73,3 +73,18 @@ def upsert_embeddings(conn: psycopg.Connection, rows: Iterable[tuple | Embedding
             """
         )
         return len(latest)
+
+
+def delete_embeddings(conn: psycopg.Connection, keys: list[tuple[str, date, str]]) -> int:
+    """Delete stored embeddings by (entity_id, as_of_date, model_id) in the caller's transaction;
+    returns how many existed. A correction that leaves a window without enough history does this."""
+    if not keys:
+        return 0
+    ids, dates, models = (list(col) for col in zip(*keys))
+    cur = conn.execute(
+        f"""DELETE FROM numeric_window_embeddings t
+            USING unnest(%s::text[], %s::date[], %s::text[]) AS k(entity_id, as_of_date, model_id)
+            WHERE t.entity_type = '{ENTITY_TYPE}' AND t.entity_id = k.entity_id
+              AND t.as_of_date = k.as_of_date AND t.model_id = k.model_id""",
+        (ids, dates, models))
+    return cur.rowcount

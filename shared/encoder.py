@@ -17,6 +17,12 @@ def min_rows(window_days: int) -> int:
     return max(1, int(window_days * MIN_HISTORY_FRACTION))
 
 
+def retention_days(window_days: int, slack_days: int) -> int:
+    """Calendar days of rows the stream keeps per instrument: one look-back plus room for late rows
+    and corrections (the live bootstrap loads exactly this much)."""
+    return LOOKBACK_FACTOR * window_days + slack_days
+
+
 def lookback_start(as_of: np.ndarray, window_days: int) -> np.ndarray:
     """First calendar day whose rows count for `as_of` (datetime64[D] arithmetic)."""
     return as_of - np.timedelta64(LOOKBACK_FACTOR * window_days, "D")

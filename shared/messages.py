@@ -1,50 +1,38 @@
 """Message schemas on the topics, and their one encode/decode point.
 
-Prices topic: compact JSON (short keys; floats round-trip exactly through
-`repr`) with a version field; `decode` raises BadMessage with a reason for
-anything malformed, so the stream can dead-letter it instead of crashing or
-dropping it. Embeddings topic: a binary batch (JSON header + raw float32
-vectors), since vectors are most of the volume.
+Prices topic: compact JSON with a version field. `decode` raises BadMessage with
+a reason for a message that cannot be processed at all, so the stream can
+dead-letter it instead of crashing or dropping it. A row batch is checked row by
+row with `shared.validation.row_problem` (the rule `prices import` applies too):
+its bad rows come back in `RowBatch.rejected` and cost only themselves.
+Embeddings topic: a binary batch (JSON header + raw float32 vectors), since
+vectors are most of the volume.
 """
 from __future__ import annotations
 
 import json
-import math
 import struct
-from dataclasses import dataclass
-from datetime import date, timedelta
-from typing import Annotated, Literal, Union
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from shared.errors import EmbedderError
+from shared.validation import date_problem, id_problem, key_problem, latest_trade_date, row_problem
 
 VERSION = 1
 MAX_MESSAGE_BYTES = 64 * 1024
+ROW_BATCH_BYTES = 60 * 1024
+"""Most bytes a row batch is cut at: under MAX_MESSAGE_BYTES whatever the ids (up to 50 characters)."""
 LIVE_RUN = "live"
+ALL_MARKETS = "*"
 
-
-EARLIEST_TRADE_DATE = date(1900, 1, 1)
-FUTURE_DAYS_ALLOWED = 7
-
-
-def _plain_id(value: str) -> str:
-    """Instrument ids are stored verbatim (quotes, unicode, SQL text are fine), but control
-    characters are not ids: they would also break the worker's keys."""
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
-        raise ValueError("control characters in instrument_id")
-    return value
-
-
-def _plausible_date(value: date) -> date:
-    latest = date.today() + timedelta(days=FUTURE_DAYS_ALLOWED)
-    if not EARLIEST_TRADE_DATE <= value <= latest:
-        raise ValueError(f"date {value} outside {EARLIEST_TRADE_DATE}..{latest}")
-    return value
-
-
-InstrumentId = Annotated[str, Field(min_length=1, max_length=50), AfterValidator(_plain_id)]
-TradeDate = Annotated[date, AfterValidator(_plausible_date)]
+Row = tuple[str, date, float, float]
+"""(instrument_id, trade_date, close, volume): a price row as the stream sees it."""
+Deletion = tuple[str, date]
+"""(instrument_id, trade_date): a prices_daily row that was deleted."""
 
 
 class BadMessage(EmbedderError):
@@ -62,11 +50,11 @@ class _Base(BaseModel):
 
 
 class PriceRow(_Base):
-    """One prices_daily row (or its correction) for the stream."""
+    """One prices_daily row (or its correction) for the stream; checked by the shared row rule."""
 
     kind: Literal["row"] = Field(default="row", alias="k")
-    instrument_id: InstrumentId = Field(alias="i")
-    trade_date: TradeDate = Field(alias="d")
+    instrument_id: str = Field(alias="i")
+    trade_date: date = Field(alias="d")
     close: float = Field(alias="c")
     volume: float = Field(alias="vol")
     window_days: int | None = Field(default=None, alias="w", ge=1, le=2000)
@@ -74,27 +62,33 @@ class PriceRow(_Base):
 
 
 class Tick(_Base):
-    """All rows of this run with trade_date <= as_of are published (sent to every partition)."""
+    """All rows of this run with trade_date <= as_of are published (sent to every partition).
+
+    A replay's block carries all of its as_of dates in one tick (`ds`); `d` is the newest.
+    A live tick may be scoped to one market (`mk`); without it, it covers every market.
+    """
 
     kind: Literal["tick"] = Field(default="tick", alias="k")
-    as_of: TradeDate = Field(alias="d")
+    as_of: date = Field(alias="d")
+    more_dates: tuple[date, ...] | None = Field(default=None, alias="ds")
     window_days: int = Field(alias="w", ge=1, le=2000)
     models: tuple[str, ...] = Field(alias="m", min_length=1)
     rows_sent: tuple[int, ...] | None = Field(default=None, alias="n")
     """A replay's rows published so far to each partition (by partition number): the worker checks
     it received them all before computing the tick."""
+    market_id: str | None = Field(default=None, alias="mk", min_length=1, max_length=50)
+    source_id: int | None = Field(default=None, alias="o")
+    """Where the tick came from (the outbox id of a live tick): one tick, one identity."""
 
+    @property
+    def dates(self) -> tuple[date, ...]:
+        """Every as_of date of the tick, ascending."""
+        return tuple(sorted({self.as_of, *(self.more_dates or ())}))
 
-class RowBatch(_Base):
-    """Many rows of one source partition in one message (the replay's bulk form of PriceRow).
-
-    Rows are `[instrument_id, trade_date, close, volume]`, in trade_date order;
-    a replay sends its ticks after the batches that hold their rows.
-    """
-
-    kind: Literal["rows"] = Field(default="rows", alias="k")
-    window_days: int = Field(alias="w", ge=1, le=2000)
-    rows: list[tuple[InstrumentId, TradeDate, float, float]] = Field(alias="r")
+    @property
+    def scope(self) -> str:
+        """The market the tick covers (`*` for all)."""
+        return self.market_id or ALL_MARKETS
 
 
 class RunEnd(_Base):
@@ -103,22 +97,167 @@ class RunEnd(_Base):
     kind: Literal["end"] = Field(default="end", alias="k")
 
 
-Message = Annotated[Union[PriceRow, RowBatch, Tick, RunEnd], Field(discriminator="kind")]
-_adapter: TypeAdapter = TypeAdapter(Message)
+_Small = Annotated[Union[PriceRow, Tick, RunEnd], Field(discriminator="kind")]
+_adapter: TypeAdapter = TypeAdapter(_Small)
 
 
-def encode(message: BaseModel) -> bytes:
+@dataclass(frozen=True)
+class RowBatch:
+    """Many rows of one partition's instruments in one message (live capture and replays).
+
+    `rows` are the valid rows in order: `(id, date, close, volume)` for a row, `(id, date)`
+    for a deleted one. `rejected` holds (reason, raw row) of rows that failed the row rule;
+    each is dead-lettered alone, the rest are applied.
+    """
+
+    run: str
+    window_days: int
+    rows: list[Row | Deletion]
+    rejected: list[tuple[str, Any]] = field(default_factory=list)
+    kind: str = "rows"
+
+    @property
+    def rows_total(self) -> int:
+        """Rows the message carried, valid or not (what a replay counts as sent)."""
+        return len(self.rows) + len(self.rejected)
+
+
+Message = Union[PriceRow, RowBatch, Tick, RunEnd]
+
+
+def encode(message: BaseModel | RowBatch) -> bytes:
     """The wire form of a message."""
-    return message.model_dump_json(by_alias=True).encode()
+    if isinstance(message, RowBatch):
+        return _row_batch_head(message.run, message.window_days) + b",".join(map(_row_json, message.rows)) + b"]}"
+    return message.model_dump_json(by_alias=True, exclude_none=True).encode()
 
 
-def row_problem(close: float, volume: float) -> str | None:
-    """Why a price row cannot be used, or None when it can."""
-    if not math.isfinite(close) or close <= 0:
-        return "non-finite or non-positive close"
-    if not math.isfinite(volume) or volume < 0:
-        return "non-finite or negative volume"
-    return None
+def _row_batch_head(run: str, window_days: int) -> bytes:
+    return b'{"v":1,"run":' + json.dumps(run).encode() + b',"k":"rows","w":' + str(window_days).encode() + b',"r":['
+
+
+def _row_json(row: Sequence) -> bytes:
+    instrument_id, trade_date, *values = row
+    return json.dumps([instrument_id, trade_date.isoformat(), *values], separators=(",", ":")).encode()
+
+
+def row_wire_size(row: Sequence) -> int:
+    """Encoded bytes `row` adds to a row batch (with its separator)."""
+    return len(_row_json(row)) + 1
+
+
+def row_batch_overhead(run: str = "r" * 64, window_days: int = 2000) -> int:
+    """Encoded bytes of a row batch around its rows (by default for the longest run id and window)."""
+    return len(_row_batch_head(run, window_days)) + 2
+
+
+def row_batches(run: str, window_days: int, rows: Iterable[Row | Deletion],
+                max_bytes: int = ROW_BATCH_BYTES) -> Iterator[RowBatch]:
+    """`rows` cut into RowBatch messages of at most `max_bytes` encoded bytes, order kept.
+
+    Cut by the encoded size, not a row count, so any id length (up to the schema's 50
+    characters, which JSON may escape to 300 bytes) stays under the message limit."""
+    head = row_batch_overhead(run, window_days)
+    batch: list = []
+    size = head
+    for row in rows:
+        cost = row_wire_size(row)
+        if batch and size + cost > max_bytes:
+            yield RowBatch(run, window_days, batch)
+            batch, size = [], head
+        batch.append(tuple(row))
+        size += cost
+    if batch:
+        yield RowBatch(run, window_days, batch)
+
+
+def _parse_row(raw: Any, latest: date) -> tuple[str | None, Row | Deletion | None]:
+    """(reason, None) for a row the shared rule refuses, else (None, row)."""
+    if not isinstance(raw, list) or len(raw) not in (2, 4):
+        return "a row is [instrument_id, trade_date, close, volume] or [instrument_id, trade_date]", None
+    instrument_id, day = raw[0], raw[1]
+    try:
+        trade_date = date.fromisoformat(day) if isinstance(day, str) else None
+    except ValueError:
+        trade_date = None
+    if len(raw) == 2:
+        problem = key_problem(instrument_id, trade_date, latest)
+        return (problem, None) if problem else (None, (instrument_id, trade_date))
+    close, volume = raw[2], raw[3]
+    problem = row_problem(instrument_id, trade_date, close, volume, latest)
+    if problem:
+        return problem, None
+    return None, (instrument_id, trade_date, float(close), float(volume))
+
+
+def _decode_row_batch(data: dict) -> RowBatch:
+    if set(data) - {"v", "run", "k", "w", "r"}:
+        raise BadMessage(f"invalid field rows: unexpected {sorted(set(data) - {'v', 'run', 'k', 'w', 'r'})}")
+    run, window_days, rows = data.get("run", LIVE_RUN), data.get("w"), data.get("r")
+    if data.get("v", VERSION) != VERSION:
+        raise BadMessage(f"invalid field rows.v: unsupported version {data.get('v')!r}")
+    if not isinstance(run, str) or not 1 <= len(run) <= 64:
+        raise BadMessage("invalid field rows.run: a run id of 1 to 64 characters")
+    if isinstance(window_days, bool) or not isinstance(window_days, int) or not 1 <= window_days <= 2000:
+        raise BadMessage("invalid field rows.w: window days between 1 and 2000")
+    if not isinstance(rows, list):
+        raise BadMessage("invalid field rows.r: a list of rows")
+    latest = latest_trade_date()
+    valid: list = []
+    rejected: list = []
+    for raw in rows:
+        problem, row = _parse_row(raw, latest)
+        if problem:
+            rejected.append((problem, raw))
+        else:
+            valid.append(row)
+    return RowBatch(run, window_days, valid, rejected)
+
+
+def decode(raw: bytes | None) -> Message:
+    """Parse and validate; BadMessage(reason) for anything that cannot be processed."""
+    if raw is None:
+        raise BadMessage("empty message")
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise BadMessage(f"oversized message ({len(raw)} bytes > {MAX_MESSAGE_BYTES})")
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise BadMessage("not JSON") from None
+    if not isinstance(data, dict):
+        raise BadMessage("not a JSON object")
+    if data.get("k") == "rows":
+        return _decode_row_batch(data)
+    try:
+        message = _adapter.validate_python(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        raise BadMessage(f"invalid field {where}: {first.get('msg')}") from None
+    if isinstance(message, PriceRow):
+        problem = row_problem(message.instrument_id, message.trade_date, message.close, message.volume)
+        if problem:
+            raise BadMessage(problem)
+    if isinstance(message, Tick):
+        problem = next(filter(None, (date_problem(d) for d in message.dates)), None)
+        if problem or (message.market_id and id_problem(message.market_id)):
+            raise BadMessage(f"invalid tick: {problem or 'market id'}")
+    return message
+
+
+def row_payload(run: str, row: Any) -> bytes:
+    """One row as its own dead-letter payload (a rejected raw row, or a parsed one)."""
+    if isinstance(row, tuple) and len(row) in (2, 4) and isinstance(row[1], date):
+        row = [row[0], row[1].isoformat(), *row[2:]]
+    return json.dumps({"run": run, "row": row}, default=str).encode()
+
+
+def dead_letter_record(reason: str, topic: str, partition: int | None, offset: int | None, payload: bytes) -> bytes:
+    """A dead-letter record: why, where it came from (a topic's partition and offset, or
+    `prices_outbox` and the entry id), and the first 4 KiB of the payload (for one bad row of a
+    batch, that row alone)."""
+    return json.dumps({"reason": reason, "topic": topic, "partition": partition, "offset": offset,
+                       "payload": payload[:4096].decode("utf-8", "replace")}).encode()
 
 
 # --- embeddings topic: one binary message per (tick, source partition) chunk ---------------------
@@ -126,24 +265,37 @@ def row_problem(close: float, volume: float) -> str | None:
 EMBEDDING_MAGIC = b"EMB1"
 _HEADER_LEN = struct.Struct("<I")
 MAX_EMBEDDING_MESSAGE_BYTES = 512 * 1024
+Embedding = tuple[str, date, str, bytes]
+"""(instrument_id, as_of, model_id, vector bytes); empty bytes mean: delete the stored row (a
+correction left the window without enough history)."""
+
+
+@dataclass(frozen=True)
+class TickDone:
+    """A tick's as_of date is complete for one source partition, and what it computed there."""
+
+    as_of: date
+    embedded: int
+    insufficient: int = 0
+    missing_today: int = 0
 
 
 @dataclass(frozen=True)
 class EmbeddingBatch:
     """Embeddings computed from one source partition, and optionally the completion of a tick.
 
-    `items` are (instrument_id, as_of, model_id, vector bytes). When `done_as_of` is set, this is
-    the last message of that tick for `partition`, and `done_count` embeddings were emitted for it:
-    the sink records the completion in the same transaction as the rows.
+    When `done` is set, this is the last message of that tick for `partition`: the sink records
+    the completions in the same transaction as the rows. `scope` is the tick's market (`*` for
+    every market; empty for replays).
     """
 
     run: str
     window_days: int
     partition: int
-    items: list[tuple[str, date, str, bytes]]
-    done_as_of: date | None = None
-    done_count: int = 0
+    items: list[Embedding]
+    done: tuple[TickDone, ...] = ()
     rows_missing: int = 0
+    scope: str = ""
 
 
 def encode_embeddings(batch: EmbeddingBatch) -> bytes:
@@ -151,8 +303,8 @@ def encode_embeddings(batch: EmbeddingBatch) -> bytes:
     header = {
         "run": batch.run, "w": batch.window_days, "p": batch.partition,
         "i": [[i, d.isoformat(), m, len(v)] for i, d, m, v in batch.items],
-        "t": batch.done_as_of.isoformat() if batch.done_as_of else None, "n": batch.done_count,
-        "x": batch.rows_missing,
+        "t": [[t.as_of.isoformat(), t.embedded, t.insufficient, t.missing_today] for t in batch.done],
+        "x": batch.rows_missing, "s": batch.scope,
     }
     head = json.dumps(header, separators=(",", ":")).encode()
     return b"".join([EMBEDDING_MAGIC, _HEADER_LEN.pack(len(head)), head, *(v for *_, v in batch.items)])
@@ -173,14 +325,14 @@ def decode_embeddings(raw: bytes | None) -> EmbeddingBatch:
             pos += n
         if pos != len(raw):
             raise ValueError("length mismatch")
-        done = date.fromisoformat(header["t"]) if header["t"] else None
-        return EmbeddingBatch(header["run"], header["w"], header["p"], items, done, header["n"], header.get("x", 0))
+        done = tuple(TickDone(date.fromisoformat(d), e, i, m) for d, e, i, m in header["t"])
+        return EmbeddingBatch(header["run"], header["w"], header["p"], items, done, header["x"], header["s"])
     except (ValueError, KeyError, TypeError, struct.error) as e:
         raise BadMessage(f"corrupt embedding batch: {e}") from None
 
 
-def chunk_embeddings(run: str, window_days: int, partition: int, items: list[tuple[str, date, str, bytes]],
-                     done_as_of: date | None = None, rows_missing: int = 0) -> list[EmbeddingBatch]:
+def chunk_embeddings(run: str, window_days: int, partition: int, items: list[Embedding],
+                     done: Sequence[TickDone] = (), rows_missing: int = 0, scope: str = "") -> list[EmbeddingBatch]:
     """Split items into messages under MAX_EMBEDDING_MESSAGE_BYTES; the last carries the tick's done."""
     chunks: list[list] = [[]]
     size = 0
@@ -191,35 +343,9 @@ def chunk_embeddings(run: str, window_days: int, partition: int, items: list[tup
             size = 0
         chunks[-1].append(item)
         size += cost
-    out = [EmbeddingBatch(run, window_days, partition, c) for c in chunks]
-    if done_as_of is not None:
-        last = out[-1]
-        out[-1] = EmbeddingBatch(run, window_days, partition, last.items, done_as_of, len(items), rows_missing)
-    elif not items:
+    if not items and not done:
         return []
+    out = [EmbeddingBatch(run, window_days, partition, c, scope=scope) for c in chunks]
+    if done:
+        out[-1] = EmbeddingBatch(run, window_days, partition, out[-1].items, tuple(done), rows_missing, scope)
     return out
-
-
-def decode(raw: bytes | None) -> PriceRow | RowBatch | Tick | RunEnd:
-    """Parse and validate; BadMessage(reason) for anything that cannot be processed."""
-    if raw is None:
-        raise BadMessage("empty message")
-    if len(raw) > MAX_MESSAGE_BYTES:
-        raise BadMessage(f"oversized message ({len(raw)} bytes > {MAX_MESSAGE_BYTES})")
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise BadMessage("not JSON") from None
-    if not isinstance(data, dict):
-        raise BadMessage("not a JSON object")
-    try:
-        message = _adapter.validate_python(data)
-    except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        raise BadMessage(f"invalid field {where}: {first.get('msg')}") from None
-    if isinstance(message, PriceRow):
-        problem = row_problem(message.close, message.volume)
-        if problem:
-            raise BadMessage(problem)
-    return message

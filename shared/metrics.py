@@ -26,6 +26,11 @@ class StreamMetrics:
     lag_seconds: Gauge
     assigned_partitions: Gauge
     offset_gaps: Counter
+    tick_instruments: Counter
+    bootstrap_instruments: Counter
+    bootstrap_rows: Counter
+    bootstrap_pending: Gauge
+    outbox_backlog: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> "StreamMetrics":
@@ -46,8 +51,8 @@ class StreamMetrics:
             sink_embeddings_committed=Counter("embedder_sink_embeddings_committed",
                                               "Embeddings committed to PostgreSQL by the sink.", registry=r),
             last_committed_as_of=Gauge("embedder_last_committed_as_of_timestamp_seconds",
-                                       "Newest as_of date committed, per run (unix time of its midnight UTC).",
-                                       ["run"], registry=r),
+                                       "Newest as_of date committed, for the live run and for replays (unix "
+                                       "time of its midnight UTC).", ["run"], registry=r),
             db_last_upsert=Gauge("embedder_db_last_upsert_timestamp_seconds",
                                  "When the sink last committed to PostgreSQL (unix time).", registry=r),
             lag_messages=Gauge("embedder_consumer_lag_messages", "Messages not yet committed by the worker group.",
@@ -56,6 +61,18 @@ class StreamMetrics:
                               ["topic", "partition"], registry=r),
             assigned_partitions=Gauge("embedder_assigned_partitions", "Partitions assigned to this worker.",
                                       registry=r),
+            tick_instruments=Counter(
+                "embedder_tick_instruments", "Instruments covered by ticks, by outcome: embedded, "
+                "insufficient_history (no embedding: too few rows in the look-back), missing_today (no row "
+                "on the ticked day; it may still be embedded from earlier rows).", ["outcome"], registry=r),
+            bootstrap_instruments=Counter("embedder_bootstrap_instruments",
+                                          "Instruments whose history the live bootstrap loaded from prices_daily.",
+                                          registry=r),
+            bootstrap_rows=Counter("embedder_bootstrap_rows", "Rows the live bootstrap published.", registry=r),
+            bootstrap_pending=Gauge("embedder_bootstrap_pending_instruments",
+                                    "Instruments queued for the live bootstrap and not loaded yet.", registry=r),
+            outbox_backlog=Gauge("embedder_outbox_backlog", "prices_outbox entries not yet published "
+                                 "(as seen by the relay of this worker, when it holds the relay lock).", registry=r),
             offset_gaps=Counter("embedder_offset_gaps", "Prices offsets the consumer skipped before the "
                                 "agent saw them (a faust-streaming bug during rebalances).", registry=r),
         )

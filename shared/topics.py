@@ -9,9 +9,16 @@ import time
 
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.partitioner.default import murmur2
 
 from shared.config import Settings
 from shared.errors import ServiceUnavailable
+
+
+def partition_for(instrument_id: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives the key `instrument_id` (murmur2, as in Java):
+    where an instrument's rows go, live or replayed, so its window lives on one partition."""
+    return (murmur2(instrument_id.encode()) & 0x7FFFFFFF) % partitions
 
 
 def admin_client(settings: Settings) -> KafkaAdminClient:
@@ -21,7 +28,7 @@ def admin_client(settings: Settings) -> KafkaAdminClient:
         raise ServiceUnavailable(f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: {e}") from None
 
 
-STREAM_TABLES = ("windows", "members", "ticks", "received")
+STREAM_TABLES = ("windows", "runs")
 """The worker's Faust tables; their changelogs are made here with the source topic's partition count."""
 
 

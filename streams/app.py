@@ -8,6 +8,7 @@ import faust
 from shared.config import Settings
 from streams import faust_fixes
 from shared.metrics import StreamMetrics
+from streams.agents import LostWindows, register
 
 
 def broker_url(bootstrap: str) -> str:
@@ -15,7 +16,8 @@ def broker_url(bootstrap: str) -> str:
     return "kafka://" + ";".join(s.strip() for s in bootstrap.split(",") if s.strip())
 
 
-def create_app(settings: Settings, datadir: Path, metrics: StreamMetrics, *, store: str = "rocksdb://") -> faust.App:
+def create_app(settings: Settings, datadir: Path, metrics: StreamMetrics, *, store: str = "rocksdb://",
+               on_lost_windows: LostWindows | None = None) -> faust.App:
     """A Faust app with the project's topics, tables and agents wired in."""
     faust_fixes.apply()
     app = faust.App(
@@ -37,7 +39,5 @@ def create_app(settings: Settings, datadir: Path, metrics: StreamMetrics, *, sto
         # changelog value back over them while the event's offset still gets committed (rows lost).
         stream_wait_empty=True,
     )
-    from streams.agents import register
-
-    register(app, settings, metrics)
+    register(app, settings, metrics, on_lost_windows)
     return app

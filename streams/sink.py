@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import psycopg
 
 from shared.db import connect
-from shared.embedding_store import upsert_embeddings
+from shared.embedding_store import delete_embeddings, upsert_embeddings
 from shared.errors import ServiceUnavailable
 from shared.messages import LIVE_RUN, EmbeddingBatch
 from shared.metrics import StreamMetrics
@@ -39,19 +39,28 @@ class SinkWriter:
         return self._conn
 
     def write_once(self, batches: Sequence[EmbeddingBatch]) -> None:
+        """One transaction: the batches' embeddings (in order: where a key repeats, the last item
+        wins, and an empty vector deletes the stored row) and their ticks' completions."""
         conn = self._connection()
         try:
             batches = self._drop_completed_runs(conn, batches)
-            upsert_embeddings(conn, ((i, d, m, b.window_days, v) for b in batches for i, d, m, v in b.items))
-            done = [(b.run, b.partition, b.done_as_of, b.done_count, b.rows_missing) for b in batches if b.done_as_of]
+            latest: dict[tuple, tuple] = {}
+            for b in batches:
+                for i, d, m, v in b.items:
+                    latest[(i, d, m)] = (i, d, m, b.window_days, v)
+            upsert_embeddings(conn, (row for row in latest.values() if row[4]))
+            delete_embeddings(conn, [key for key, row in latest.items() if not row[4]])
+            done = [(b.run, b.scope, b.partition, t.as_of, t.embedded, t.insufficient, t.missing_today, b.rows_missing)
+                    for b in batches for t in b.done]
             if done:
                 with conn.cursor() as cur:
                     cur.executemany(
-                        """INSERT INTO embedder_tick_commits
-                               (run_id, source_partition, as_of_date, embeddings, rows_missing)
-                           VALUES (%s, %s, %s, %s, %s)
-                           ON CONFLICT (run_id, source_partition, as_of_date)
-                           DO UPDATE SET embeddings = GREATEST(embedder_tick_commits.embeddings, EXCLUDED.embeddings),
+                        """INSERT INTO embedder_tick_commits (run_id, scope, source_partition, as_of_date,
+                                                              embeddings, insufficient, missing_today, rows_missing)
+                           VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+                           ON CONFLICT (run_id, scope, source_partition, as_of_date)
+                           DO UPDATE SET embeddings = EXCLUDED.embeddings, insufficient = EXCLUDED.insufficient,
+                                         missing_today = EXCLUDED.missing_today,
                                          rows_missing = EXCLUDED.rows_missing, committed_at = now()""",
                         done,
                     )
@@ -101,15 +110,17 @@ class SinkWriter:
         if not self.metrics:
             return
         m = self.metrics
-        n = sum(len(b.items) for b in batches)
+        n = sum(1 for b in batches for item in b.items if item[3])
         m.sink_commit_seconds.observe(seconds)
         m.sink_batch_embeddings.observe(n)
         m.sink_embeddings_committed.inc(n)
         m.db_last_upsert.set(time.time())
         newest: dict[str, date] = {}
         for b in batches:
-            if b.done_as_of and (b.run not in newest or b.done_as_of > newest[b.run]):
-                newest[b.run] = b.done_as_of
+            kind = LIVE_RUN if b.run == LIVE_RUN else "replay"  # bounded label values
+            for t in b.done:
+                if kind not in newest or t.as_of > newest[kind]:
+                    newest[kind] = t.as_of
         for run, as_of in newest.items():
             m.last_committed_as_of.labels(run).set(
                 datetime.combine(as_of, datetime.min.time(), timezone.utc).timestamp())

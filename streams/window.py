@@ -1,4 +1,4 @@
-"""A pure per-instrument window: add or correct a row, view rows as of a date. No Faust here.
+"""A pure per-instrument window: add, correct or delete rows, view rows as of a date. No Faust here.
 
 The state is compact bytes: a 12-byte header (the source offset of the last
 event applied, and the `horizon` day before which rows were dropped) followed
@@ -13,12 +13,15 @@ only computed from a window whose rows are complete back to its look-back.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 
 import numpy as np
 
-from shared.encoder import LOOKBACK_FACTOR
+from shared.encoder import LOOKBACK_FACTOR, retention_days
+
+__all__ = ["Window", "day_number", "date_of", "retention_days", "upsert_row", "upsert_rows"]
 
 ROW = np.dtype([("day", "<i4"), ("close", "<f8"), ("volume", "<f8")])
 HEADER = struct.Struct("<qi")
@@ -56,6 +59,43 @@ class Window:
         """True when every row of the look-back of `as_of_day` is still held."""
         return as_of_day - LOOKBACK_FACTOR * window_days >= self.horizon
 
+    @property
+    def days(self) -> np.ndarray:
+        """The held trade days (int day numbers, ascending)."""
+        return self.rows["day"]
+
+    def apply(self, changes: Sequence[tuple[int, float | None, float | None]], keep_days: int,
+              offset: int = NO_OFFSET) -> tuple["Window", list[int]]:
+        """The window with `changes` applied in order, and the indexes of changes it could not hold.
+
+        A change is (day, close, volume), or (day, None, None) for a deleted row; where a day
+        repeats, the last change wins. Rows older than the newest day minus `keep_days` are dropped
+        and the horizon moves up (never down: a delete of the newest row leaves it). A change older
+        than the resulting horizon is not applied: its index is returned, so the caller can say so.
+        """
+        last: dict[int, int] = {}
+        for k, (day, _, _) in enumerate(changes):
+            last[day] = k
+        days = np.fromiter(last, dtype=np.int64, count=len(last))
+        kept = self.rows[~np.isin(self.rows["day"], days)] if self.rows.size else self.rows
+        upserts = [changes[k] for k in last.values() if changes[k][1] is not None]
+        new = np.empty(len(upserts), dtype=ROW)
+        if upserts:
+            new["day"], new["close"], new["volume"] = zip(*upserts)
+        merged = np.concatenate((kept, new))
+        merged = merged[np.argsort(merged["day"], kind="stable")]
+        horizon = self.horizon
+        if merged.size:
+            horizon = max(horizon, int(merged["day"][-1]) - keep_days)
+        rows = merged[merged["day"] >= horizon]
+        too_old = [k for k, (day, _, _) in enumerate(changes) if day < horizon]
+        return Window(max(offset, self.applied_offset), horizon, rows), too_old
+
+    def holds(self, day: int) -> bool:
+        """True when a row for `day` is held."""
+        i = int(np.searchsorted(self.rows["day"], day))
+        return i < self.rows.size and int(self.rows["day"][i]) == day
+
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(trade_dates datetime64[D], close, volume) for the encoder."""
         r = self.rows
@@ -64,20 +104,10 @@ class Window:
 
 def upsert_rows(state: bytes | None, days: np.ndarray, closes: np.ndarray, volumes: np.ndarray, keep_days: int,
                 offset: int = NO_OFFSET) -> bytes:
-    """State with the rows added or replaced (where `days` repeats a day, the later row wins); rows
-    older than the newest day minus `keep_days` calendar days are dropped (and the horizon moves up)."""
-    window = Window.parse(state)
-    new = np.empty(len(days), dtype=ROW)
-    new["day"], new["close"], new["volume"] = days, closes, volumes
-    # Stable sort of old rows then new ones; keep the last row of each day.
-    merged = np.concatenate((window.rows, new))
-    order = np.argsort(merged["day"], kind="stable")
-    merged = merged[order]
-    last_of_day = np.append(merged["day"][1:] != merged["day"][:-1], True)
-    rows = merged[last_of_day]
-    horizon = max(window.horizon, int(rows["day"][-1]) - keep_days)
-    rows = rows[rows["day"] >= horizon]
-    return Window(max(offset, window.applied_offset), horizon, rows).to_bytes()
+    """State with the rows added or replaced (`Window.apply` of upserts only)."""
+    changes = list(zip(np.asarray(days).tolist(), np.asarray(closes, dtype=float).tolist(),
+                       np.asarray(volumes, dtype=float).tolist()))
+    return Window.parse(state).apply(changes, keep_days, offset)[0].to_bytes()
 
 
 def upsert_row(state: bytes | None, trade_date: date, close: float, volume: float, keep_days: int,
@@ -85,8 +115,3 @@ def upsert_row(state: bytes | None, trade_date: date, close: float, volume: floa
     """`upsert_rows` for a single row."""
     return upsert_rows(state, np.array([day_number(trade_date)]), np.array([close]), np.array([volume]),
                        keep_days, offset)
-
-
-def retention_days(window_days: int, slack_days: int) -> int:
-    """Calendar days of rows to keep: one look-back plus room for late rows and corrections."""
-    return LOOKBACK_FACTOR * window_days + slack_days

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from shared.config import Settings
 from shared.metrics import StreamMetrics
 from shared.topics import ensure_topics
+from streams.agents import LostWindows
 from streams.app import create_app
 from streams.web import LagSampler, WorkerStatus, serve
 
@@ -94,24 +95,29 @@ class GracefulWorker(faust.Worker):
         os._exit(1)
 
 
-def run_worker(settings: Settings, datadir: Path, loglevel: str = "warn",
-               beside: Callable[[threading.Event], Callable[[], None]] | None = None) -> None:
+Companion = Callable[[threading.Event, StreamMetrics], Callable[[], None]]
+
+
+def run_worker(settings: Settings, datadir: Path, loglevel: str = "warn", beside: Companion | None = None,
+               on_lost_windows: LostWindows | None = None) -> None:
     """Create the topics, then run the worker until SIGTERM/SIGINT (graceful stop).
 
     `beside` starts a companion (the live-capture relay) and returns its stop function; it gets the
     readiness event, so it publishes nothing before the worker has recovered its tables (messages
-    that arrive during faust's startup recovery were lost before streams/faust_fixes.py; kept as a guard).
+    that arrive during faust's startup recovery were lost before streams/faust_fixes.py; kept as a
+    guard), and the worker's metrics. `on_lost_windows` is told of live instruments a tick found
+    without a window (see streams/agents.py).
     """
     ensure_topics(settings)
     datadir.mkdir(parents=True, exist_ok=True)
     registry = CollectorRegistry()
     metrics = StreamMetrics.create(registry)
     status = WorkerStatus()
-    app = create_app(settings, datadir, metrics)
+    app = create_app(settings, datadir, metrics, on_lost_windows=on_lost_windows)
     watch_assignment(app, settings, status, metrics)
     stops = [start_web(settings, datadir, registry, metrics, status)]
     if beside:
-        stops.append(beside(status.ready))
+        stops.append(beside(status.ready, metrics))
     try:
         GracefulWorker(app, loglevel=loglevel, quiet=True, grace=settings.stop_grace_seconds).execute_from_commandline()
     finally:

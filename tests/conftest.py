@@ -99,7 +99,8 @@ def db_url(session_db) -> str:
     """A migrated database with empty tables for this test."""
     with psycopg.connect(session_db) as conn:
         conn.execute("""TRUNCATE numeric_window_embeddings, prices_daily, instruments, prices_outbox,
-                        embedder_tick_commits, embedder_runs RESTART IDENTITY""")
+                        embedder_tick_commits, embedder_runs, embedder_bootstrap, embedder_scheduled_ticks
+                        RESTART IDENTITY""")
     return session_db
 
 

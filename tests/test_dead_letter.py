@@ -36,7 +36,7 @@ def test_a_replay_fails_loudly_when_rows_published_before_a_tick_never_arrived(c
     as_of = date(2020, 1, 31)
     rows = [("LOSTX", as_of - timedelta(days=k), 10.0 + k, 5.0) for k in range(3)]
     publisher = PricePublisher(settings)
-    publisher.row_batch(0, RowBatch(run="replay-lost", w=5, r=rows))
+    publisher.row_batch(0, RowBatch("replay-lost", 5, rows))
     publisher.tick(Tick(run="replay-lost", d=as_of, w=5, m=("numeric-simple-v1",), n=(5,)))  # claims 5 rows
     publisher.flush()
     publisher.close()

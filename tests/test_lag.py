@@ -52,7 +52,7 @@ def publish_backlog(settings, batches: int, start: date) -> None:
     for k in range(batches):
         rows = [(f"LAG{i:03d}", start + timedelta(days=k), 10.0 + i, 100.0) for i in range(40)]
         for p in range(settings.partitions):
-            publisher.row_batch(p, RowBatch(run="replay-lagtest", w=5, r=rows))
+            publisher.row_batch(p, RowBatch("replay-lagtest", 5, rows))
     publisher.flush()
     publisher.close()
 

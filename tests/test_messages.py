@@ -6,39 +6,79 @@ from datetime import date, timedelta
 import pytest
 
 from backfill.blocks import RowsOut, TickOut, plan
-from backfill.publisher import partition_for
 from shared.messages import (
     MAX_EMBEDDING_MESSAGE_BYTES,
+    MAX_MESSAGE_BYTES,
     BadMessage,
     RowBatch,
+    Tick,
+    TickDone,
     chunk_embeddings,
     decode,
     decode_embeddings,
     encode,
     encode_embeddings,
+    row_batches,
 )
+from shared.topics import partition_for
+from shared.validation import FUTURE_DATE, NON_POSITIVE_CLOSE, latest_trade_date
 
 
-def test_row_batch_round_trip():
-    batch = RowBatch(run="r1", w=63, r=[("A;'--", date(2020, 1, 2), 10.5, 0.0), ("é", date(2020, 1, 3), 1e-9, 3.0)])
+def test_row_batch_round_trip_with_rows_and_deletions():
+    batch = RowBatch("r1", 63, [("A;'--", date(2020, 1, 2), 10.5, 0.0), ("é", date(2020, 1, 3), 1e-9, 3.0),
+                                ("A;'--", date(2020, 1, 2))])
     assert decode(encode(batch)) == batch
-    with pytest.raises(BadMessage, match="invalid field rows.r"):
-        decode(b'{"k": "rows", "w": 63, "r": [["A", "2020-01-02", "x", 1]]}')
+    with pytest.raises(BadMessage, match="invalid field rows.w"):
+        decode(b'{"k": "rows", "w": "x", "r": []}')
+
+
+def test_a_bad_row_of_a_batch_is_rejected_alone_with_the_shared_rule_reason():
+    future = (latest_trade_date() + timedelta(days=1)).isoformat()
+    raw = (b'{"k":"rows","w":63,"r":[["A","2020-01-02",10.5,1],["B","2020-01-02",0,1],["C","' + future.encode()
+           + b'",5,1],["D","2020-01-02","x",1],["E","2020-01-03",6,2]]}')
+    batch = decode(raw)
+    assert batch.rows == [("A", date(2020, 1, 2), 10.5, 1.0), ("E", date(2020, 1, 3), 6.0, 2.0)]
+    assert [reason for reason, _ in batch.rejected] == [NON_POSITIVE_CLOSE, FUTURE_DATE,
+                                                         "close or volume is not a number"]
+    assert batch.rows_total == 5
+
+
+def test_row_batches_are_cut_by_encoded_size_whatever_the_id_length():
+    """1,000 instruments with ids of the schema's full 50 characters (some needing JSON escapes)."""
+    ids = [f"{k:04d}" + ("é", "a", "\\")[k % 3] * 46 for k in range(1000)]
+    rows = [(i, date(2020, 1, 2) + timedelta(days=d), 123.456789 + d, 1e6 + d) for d in range(3) for i in ids]
+    batches = list(row_batches("live", 63, rows))
+    assert len(batches) > 1
+    wire = [encode(b) for b in batches]
+    assert max(len(w) for w in wire) <= MAX_MESSAGE_BYTES
+    assert [r for w in wire for r in decode(w).rows] == rows  # nothing lost, order kept
+
+
+def test_ticks_carry_many_dates_and_a_market():
+    tick = Tick(d=date(2020, 1, 10), ds=(date(2020, 1, 8), date(2020, 1, 9)), w=63, m=("numeric-simple-v1",),
+                mk="US_EQ", o=42)
+    back = decode(encode(tick))
+    assert back == tick and back.dates == (date(2020, 1, 8), date(2020, 1, 9), date(2020, 1, 10))
+    assert back.scope == "US_EQ" and Tick(d=date(2020, 1, 10), w=63, m=("x",)).scope == "*"
+    with pytest.raises(BadMessage, match="invalid tick"):
+        decode(encode(Tick(d=date(2999, 1, 1), w=63, m=("numeric-simple-v1",))))
 
 
 def test_embedding_batches_round_trip_and_stay_under_the_size_limit():
     vector = bytes(range(256)) * 6  # 1536 bytes: 384 float32
     items = [(f"I{k}", date(2020, 1, 2), "num-regime-core-v1", vector) for k in range(800)]
-    batches = chunk_embeddings("live", 63, 5, items, done_as_of=date(2020, 1, 2))
+    items.append(("GONE", date(2020, 1, 2), "num-regime-core-v1", b""))  # a deletion
+    done = (TickDone(date(2020, 1, 2), 800, 3, 2),)
+    batches = chunk_embeddings("live", 63, 5, items, done, scope="US_EQ")
     assert len(batches) > 1
     wire = [encode_embeddings(b) for b in batches]
     assert all(len(w) <= MAX_EMBEDDING_MESSAGE_BYTES + 4096 for w in wire)
     back = [decode_embeddings(w) for w in wire]
     assert [i for b in back for i in b.items] == items
-    assert [b.done_as_of for b in back] == [None] * (len(back) - 1) + [date(2020, 1, 2)]
-    assert back[-1].done_count == 800 and back[-1].partition == 5
-    empty = chunk_embeddings("live", 63, 0, [], done_as_of=date(2020, 1, 3))
-    assert len(empty) == 1 and decode_embeddings(encode_embeddings(empty[0])).done_count == 0
+    assert [b.done for b in back] == [()] * (len(back) - 1) + [done]
+    assert back[-1].partition == 5 and back[-1].scope == "US_EQ"
+    empty = chunk_embeddings("live", 63, 0, [], (TickDone(date(2020, 1, 3), 0),))
+    assert len(empty) == 1 and decode_embeddings(encode_embeddings(empty[0])).done[0].embedded == 0
     assert chunk_embeddings("live", 63, 0, []) == []
     with pytest.raises(BadMessage):
         decode_embeddings(wire[0][:-1])

@@ -5,7 +5,8 @@ from datetime import date, timedelta
 
 import numpy as np
 
-from streams.ticks import embeddings_at, record_tick, tick_config, ticks_affected
+from streams.state import RunPartition, TickRecord
+from streams.ticks import embeddings_at
 from streams.window import HEADER, Window, date_of, day_number, upsert_row, upsert_rows
 
 
@@ -38,11 +39,11 @@ def test_tick_embeddings_equal_the_encoder_over_the_same_rows():
         rows.append((d, c, v))
         d += timedelta(days=1 if d.weekday() < 4 else 3)
     as_of = rows[-1][0]
-    got = embeddings_at([("X", state)], [day_number(as_of)], 63, ["num-regime-core-v1"])
+    got = embeddings_at([("X", Window.parse(state))], [day_number(as_of)], 63, ["num-regime-core-v1"])
     dates, closes, volumes = Window.parse(state).arrays()
     want = to_bytes(embed(dates, closes, volumes, np.datetime64(as_of, "D"), 63, get_model("num-regime-core-v1")))
     assert got == [("X", as_of, "num-regime-core-v1", want)]
-    assert embeddings_at([("Y", None)], [day_number(as_of)], 63, ["num-regime-core-v1"]) == []  # no history
+    assert embeddings_at([("Y", Window.parse(None))], [day_number(as_of)], 63, ["num-regime-core-v1"]) == []
 
 
 def test_many_windows_at_many_dates_in_one_call_equal_one_at_a_time():
@@ -54,7 +55,7 @@ def test_many_windows_at_many_dates_in_one_call_equal_one_at_a_time():
         closes, volumes = rng.uniform(1, 500, days.size), rng.integers(0, 10**6, days.size).astype(float)
         closes[::17] = closes[::17] * 1e6  # outliers would leak into a neighbour's log returns
         state = upsert_rows(None, days, closes, volumes, keep_days=10_000)
-        windows.append((f"I{k}", state))
+        windows.append((f"I{k}", Window.parse(state)))
         history[f"I{k}"] = Window.parse(state).arrays()
     as_of_days = [day_number(date(2020, 5, 1)), day_number(date(2020, 4, 1)), day_number(date(2019, 12, 2))]
     models = ["numeric-simple-v1", "num-regime-core-v1"]
@@ -78,15 +79,27 @@ def test_upsert_rows_applies_a_batch_with_the_last_row_of_a_day_winning():
 
 
 def test_tick_log_and_the_ticks_a_correction_reaches():
-    log = None
-    for day in (date(2020, 3, 2), date(2020, 3, 3), date(2020, 6, 1), date(2020, 9, 1)):
-        log = record_tick(log, day_number(day), 20, ["numeric-simple-v1"], keep_days=100)
-    w, models, days = tick_config(log)
-    assert (w, models) == (20, ["numeric-simple-v1"])
-    assert [date_of(d) for d in days] == [date(2020, 6, 1), date(2020, 9, 1)]  # older than 100 days dropped
-    reach = ticks_affected(days, day_number(date(2020, 5, 15)), 20)  # 3N = 60 days: up to 2020-07-14
-    assert [date_of(d) for d in reach] == [date(2020, 6, 1)]
-    assert ticks_affected(days, day_number(date(2020, 9, 2)), 20) == []
+    state = RunPartition()
+    for offset, day in enumerate((date(2020, 3, 2), date(2020, 3, 3), date(2020, 6, 1), date(2020, 9, 1))):
+        state = state.with_ticks([TickRecord(day_number(day), 20, ("numeric-simple-v1",), "*")], 100, offset)
+    assert [date_of(t.day) for t in state.ticks] == [date(2020, 6, 1), date(2020, 9, 1)]  # older than 100 days dropped
+    assert state.tick_offset == 3 and RunPartition.parse(state.to_bytes()) == state
+    reach = state.ticks_reaching(day_number(date(2020, 5, 15)))  # 3N = 60 days: up to 2020-07-14
+    assert [date_of(t.day) for t in reach] == [date(2020, 6, 1)]
+    assert state.ticks_reaching(day_number(date(2020, 9, 2))) == []
+
+
+def test_deletions_and_corrections_apply_in_order_and_too_old_changes_are_reported():
+    d = [day_number(date(2020, 1, k)) for k in range(1, 11)]
+    window, _ = Window.parse(None).apply([(day, 10.0 + k, 1.0) for k, day in enumerate(d)], keep_days=30, offset=1)
+    window, too_old = window.apply([(d[3], None, None), (d[4], 99.0, 2.0), (d[4], None, None), (d[5], None, None),
+                                    (d[5], 55.0, 5.0)], keep_days=30, offset=2)
+    assert too_old == []
+    assert [date_of(int(x)) for x in window.days] == [date(2020, 1, k) for k in (1, 2, 3, 6, 7, 8, 9, 10)]
+    assert window.rows["close"][3] == 55.0 and window.holds(d[5]) and not window.holds(d[4])
+    later, too_old = window.apply([(day_number(date(2020, 3, 1)), 1.0, 1.0), (d[0], 5.0, 5.0)], keep_days=30, offset=3)
+    assert too_old == [1]  # 2020-01-01 is older than 30 days before 2020-03-01: not held, reported
+    assert date_of(int(later.days[0])) == date(2020, 3, 1)
 
 
 def test_offsets_and_horizon_tell_what_a_window_can_reproduce():

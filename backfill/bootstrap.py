@@ -1,0 +1,133 @@
+"""Bootstrap of the live windows from `prices_daily`: the "initial snapshot, then stream" of CDC tools.
+
+History written before this project was installed never passed a capture trigger.
+An ACTIVE EQUITY instrument the live run has not loaded is *queued*: one
+`snapshot` entry in `prices_outbox` per chunk of instruments, and a row per
+instrument in `embedder_bootstrap` naming that entry. When the relay reaches the
+entry (in outbox id order, like every capture) it reads the chunk's retained
+look-back from `prices_daily` and publishes it right there (`read_snapshot`).
+
+Why that is consistent (the outbox is the log, as in DBLog / Debezium's
+incremental snapshots): any change to a row committed after the relay's read has
+an outbox entry published after the snapshot, so the log's version wins; a change
+committed before the read is in the snapshot and its entry re-applies the same
+value. Each chunk is one transaction (resumable after kill -9: a chunk is queued
+or not, published or not; publishing twice is harmless). Memory is bounded by the
+chunk. Ticks are queued behind the snapshots of the instruments they cover
+(`enqueue_tick` queues what is pending first), so no tick computes from a window
+still waiting for its history.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import date
+
+import psycopg
+
+from shared.validation import latest_trade_date
+
+log = logging.getLogger("embedder.bootstrap")
+BOOTSTRAP_LOCK = 727_002  # pg advisory lock: one transaction queues snapshots (or a tick) at a time
+CHUNK_INSTRUMENTS = 100
+
+SELECTABLE = "asset_class = 'EQUITY' AND status = 'ACTIVE'"
+
+
+@dataclass(frozen=True)
+class BootstrapProgress:
+    """How far the bootstrap is: instruments the market selection takes, queued, loaded."""
+
+    selectable: int
+    queued: int
+    published: int
+    rows: int
+
+    @property
+    def pending(self) -> int:
+        return self.queued - self.published
+
+    @property
+    def unqueued(self) -> int:
+        return max(self.selectable - self.queued, 0)
+
+
+def queue_bootstrap(conn: psycopg.Connection, market_id: str | None = None, chunk: int = CHUNK_INSTRUMENTS,
+                    only: list[str] | None = None) -> int:
+    """Queue every selectable instrument (of `market_id`, or of `only`) not queued before; returns how
+    many. Runs in the caller's transaction (or its own, on an autocommit connection)."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (BOOTSTRAP_LOCK,))
+        ids = [r[0] for r in conn.execute(
+            f"""SELECT instrument_id FROM instruments i
+                WHERE {SELECTABLE} AND (%s::varchar IS NULL OR market_id = %s::varchar)
+                  AND (%s::text[] IS NULL OR instrument_id = ANY(%s::text[]))
+                  AND NOT EXISTS (SELECT 1 FROM embedder_bootstrap b WHERE b.instrument_id = i.instrument_id)
+                ORDER BY instrument_id""", (market_id, market_id, only, only))]
+        for start in range(0, len(ids), chunk):
+            (outbox_id,) = conn.execute("INSERT INTO prices_outbox (kind) VALUES ('snapshot') RETURNING id").fetchone()
+            conn.execute("INSERT INTO embedder_bootstrap (instrument_id, outbox_id) SELECT unnest(%s::text[]), %s",
+                         (ids[start:start + chunk], outbox_id))
+    if ids:
+        log.warning("bootstrap: queued %d instrument(s) for loading from prices_daily", len(ids))
+    return len(ids)
+
+
+def requeue_lost(conn: psycopg.Connection, instrument_ids: list[str]) -> int:
+    """Load again instruments the live windows lost (a tick found no window for them although their
+    snapshot had rows: state folder and changelogs gone). Instruments without history stay done."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (BOOTSTRAP_LOCK,))
+        lost = [r[0] for r in conn.execute(
+            """DELETE FROM embedder_bootstrap WHERE instrument_id = ANY(%s) AND published_at IS NOT NULL AND rows > 0
+               RETURNING instrument_id""", (instrument_ids,))]
+    return queue_bootstrap(conn, only=lost) if lost else 0
+
+
+def reset_bootstrap(conn: psycopg.Connection, market_id: str | None = None) -> int:
+    """Forget what was loaded (of `market_id`), so the next queue loads it again: for live windows
+    that were lost as a whole (new Kafka cluster, new app id)."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (BOOTSTRAP_LOCK,))
+        return conn.execute(
+            """DELETE FROM embedder_bootstrap b USING instruments i
+               WHERE i.instrument_id = b.instrument_id AND (%s::varchar IS NULL OR i.market_id = %s::varchar)""",
+            (market_id, market_id)).rowcount
+
+
+def read_snapshot(conn: psycopg.Connection, outbox_id: int, keep_days: int,
+                  today: date | None = None) -> list[tuple]:
+    """The rows a snapshot entry loads, in trade_date order: for each of its instruments, every row
+    from its newest plausible trade_date minus `keep_days` on (what the live window keeps). Rows
+    dated in the future are included so the relay dead-letters them with their reason."""
+    return conn.execute(
+        """WITH ids AS (SELECT instrument_id FROM embedder_bootstrap WHERE outbox_id = %(entry)s),
+                newest AS (SELECT ids.instrument_id,
+                                  (SELECT max(p.trade_date) FROM prices_daily p
+                                   WHERE p.instrument_id = ids.instrument_id AND p.trade_date <= %(latest)s) AS d
+                           FROM ids)
+           SELECT p.instrument_id, p.trade_date, p.close, p.volume
+           FROM newest n JOIN prices_daily p ON p.instrument_id = n.instrument_id AND p.trade_date >= n.d - %(keep)s
+           ORDER BY p.trade_date, p.instrument_id""",
+        {"entry": outbox_id, "latest": latest_trade_date(today), "keep": keep_days}).fetchall()
+
+
+def mark_published(conn: psycopg.Connection, rows_by_entry: dict[int, dict[str, int]]) -> None:
+    """Record the snapshot entries as loaded, with the rows each instrument got."""
+    for outbox_id, counts in rows_by_entry.items():
+        conn.execute(
+            """UPDATE embedder_bootstrap b SET published_at = now(), rows = coalesce(c.n, 0)
+               FROM embedder_bootstrap x LEFT JOIN unnest(%s::text[], %s::int[]) AS c(id, n) ON c.id = x.instrument_id
+               WHERE x.outbox_id = %s AND b.instrument_id = x.instrument_id""",
+            (list(counts), list(counts.values()), outbox_id))
+
+
+def progress(conn: psycopg.Connection, market_id: str | None = None) -> BootstrapProgress:
+    """Counts for `embedder status` and `embedder live bootstrap`."""
+    selectable, queued, published, rows = conn.execute(
+        f"""SELECT (SELECT count(*) FROM instruments WHERE {SELECTABLE}
+                      AND (%(m)s::varchar IS NULL OR market_id = %(m)s::varchar)),
+                   count(b.*), count(b.published_at), coalesce(sum(b.rows), 0)
+            FROM embedder_bootstrap b JOIN instruments i USING (instrument_id)
+            WHERE %(m)s::varchar IS NULL OR i.market_id = %(m)s::varchar""", {"m": market_id}).fetchone()
+    return BootstrapProgress(selectable, queued, published, int(rows))

@@ -1,0 +1,315 @@
+"""One partition's stream semantics as plain Python: no broker, no Faust (bytewax's window logic is the model).
+
+`PartitionProcessor.process(offset, message)` reads the partition's state through
+two mappings (`windows`, `runs`: Faust tables in the worker, dicts in tests) and
+returns `Effects`: dead letters, embedding batches, state writes and tick
+reports. It never writes the mappings itself; the adapter (`streams/agents.py`)
+applies the effects in one commit order, so what the processor decides and when
+it becomes durable are separate, testable things.
+
+The semantics (SPEC section 4):
+- rows (and deletions) update each instrument's window once per event; a row or
+  deletion at or before a processed tick re-emits every embedding of that tick it
+  reaches (a delete that leaves too little history removes the embedding);
+- a tick emits, for every instrument it covers and every date it carries, the
+  SPEC section 3 embedding, and says what it could not compute (insufficient
+  history, no row that day) in its completion;
+- every value records the source offset it applied, so an event re-delivered
+  after a restart or rebalance (state restored ahead of the committed offsets)
+  changes nothing;
+- a bad row costs only itself: it becomes one dead letter, the rest apply.
+"""
+from __future__ import annotations
+
+from collections import Counter, OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+
+from shared.messages import (
+    LIVE_RUN,
+    BadMessage,
+    Embedding,
+    EmbeddingBatch,
+    Message,
+    PriceRow,
+    RowBatch,
+    RunEnd,
+    Tick,
+    TickDone,
+    chunk_embeddings,
+    row_payload,
+)
+from streams.registry import Registry
+from streams.state import RunPartition, TickRecord, Writes, run_key, window_key
+from streams.ticks import embeddings_at
+from streams.window import NO_OFFSET, Window, date_of, day_number, retention_days
+
+DEFAULT_CACHE_WINDOWS = 50_000
+
+
+@dataclass(frozen=True)
+class ProcessorConfig:
+    partitions: int
+    live_window_days: int
+    """The live service's window: live rows carry no window of their own."""
+    retention_slack_days: int
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    reason: str
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class TickReport:
+    """What one tick computed on this partition (for metrics and one log line per tick)."""
+
+    run: str
+    scope: str
+    dates: tuple[date, ...]
+    expected: int
+    embedded: int
+    insufficient: list[str]
+    missing_today: list[str]
+    """Of the newest date: instruments without an embedding, and without a row that day."""
+    redelivered: bool
+
+
+@dataclass
+class Effects:
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    embeddings: list[EmbeddingBatch] = field(default_factory=list)
+    writes: Writes = field(default_factory=Writes)
+    ticks: list[TickReport] = field(default_factory=list)
+    lost_windows: list[str] = field(default_factory=list)
+    """Live instruments a tick covers that have no window at all: the bootstrap should load them."""
+    rows: int = 0
+
+
+class PartitionProcessor:
+    """The state machine of one prices partition. Not thread-safe; one event at a time."""
+
+    def __init__(self, partition: int, config: ProcessorConfig, windows: Mapping[str, bytes],
+                 runs: Mapping[str, bytes], registry: Registry, cache_windows: int = DEFAULT_CACHE_WINDOWS):
+        self.partition = partition
+        self.config = config
+        self.windows = windows
+        self.runs = runs
+        self.registry = registry
+        self.cache_windows = cache_windows
+        self._windows: OrderedDict[str, Window] = OrderedDict()
+        self._runs: dict[str, RunPartition] = {}
+
+    def forget(self) -> None:
+        """Drop the parsed-state caches (after a rebalance, or when effects were not applied)."""
+        self._windows.clear()
+        self._runs.clear()
+
+    def process(self, offset: int, message: Message) -> Effects:
+        """What `message`, read at `offset` of this partition, does. Raises BadMessage only for a
+        message that is wrong as a whole (its reason is dead-lettered by the caller)."""
+        fx = Effects()
+        if isinstance(message, RowBatch):
+            fx.rows = message.rows_total
+            self._rows(message.run, message.window_days, message.rows, message.rejected, message.rows_total,
+                       offset, fx)
+        elif isinstance(message, PriceRow):
+            fx.rows = 1
+            row = (message.instrument_id, message.trade_date, message.close, message.volume)
+            self._rows(message.run, message.window_days or self.config.live_window_days, [row], [], 1, offset, fx)
+        elif isinstance(message, Tick):
+            self._tick(message, offset, fx)
+        elif isinstance(message, RunEnd):
+            self._end(message.run, fx)
+        return fx
+
+    # --- state access through the caches -------------------------------------------------------
+
+    def _window(self, key: str) -> Window:
+        window = self._windows.get(key)
+        if window is None:
+            window = Window.parse(self.windows.get(key))
+            self._cache_window(key, window)
+        else:
+            self._windows.move_to_end(key)
+        return window
+
+    def _cache_window(self, key: str, window: Window | None) -> None:
+        if window is None:
+            self._windows.pop(key, None)
+            return
+        self._windows[key] = window
+        self._windows.move_to_end(key)
+        while len(self._windows) > self.cache_windows:
+            self._windows.popitem(last=False)
+
+    def _run_state(self, run: str) -> RunPartition:
+        state = self._runs.get(run)
+        if state is None:
+            state = self._runs[run] = RunPartition.parse(self.runs.get(run_key(run, self.partition)))
+        return state
+
+    def _write_window(self, fx: Effects, key: str, window: Window | None) -> None:
+        fx.writes.windows[key] = None if window is None else window.to_bytes()
+        self._cache_window(key, window)
+
+    def _write_run(self, fx: Effects, run: str, before: RunPartition, after: RunPartition | None) -> None:
+        if after is None:
+            fx.writes.runs[run_key(run, self.partition)] = None
+            self._runs.pop(run, None)
+        elif after != before:
+            fx.writes.runs[run_key(run, self.partition)] = after.to_bytes()
+            self._runs[run] = after
+
+    # --- rows ------------------------------------------------------------------------------------
+
+    def _rows(self, run: str, window_days: int, rows: Sequence[tuple], rejected: Sequence[tuple[str, object]],
+              rows_total: int, offset: int, fx: Effects) -> None:
+        keep = retention_days(window_days, self.config.retention_slack_days)
+        before = self._run_state(run)
+        state = before.with_received(rows_total, offset)
+        for reason, raw in rejected:
+            fx.dead_letters.append(DeadLetter(reason, row_payload(run, raw)))
+        unknown = self.registry.unknown({r[0] for r in rows})
+        by_instrument: dict[str, list[tuple]] = {}
+        for row in rows:
+            if row[0] in unknown:
+                fx.dead_letters.append(DeadLetter(f"unknown instrument {row[0]!r}", row_payload(run, row)))
+            else:
+                by_instrument.setdefault(row[0], []).append(row)
+        state = state.with_members(set(by_instrument))
+        corrections: dict[int, list[Embedding]] = {}
+        for instrument_id, own in by_instrument.items():
+            key = window_key(run, instrument_id)
+            window = self._window(key)
+            if window.applied_offset >= offset:
+                continue  # re-delivered after a restart or rebalance: already in the restored state
+            changes = [(day_number(r[1]), r[2], r[3]) if len(r) == 4 else (day_number(r[1]), None, None)
+                       for r in own]
+            window, too_old = window.apply(changes, keep, offset)
+            for k in too_old:
+                fx.dead_letters.append(DeadLetter(
+                    f"row older than the stream keeps ({keep} days before the instrument's newest row); "
+                    "recompute the embeddings it reaches with `embedder replay --direct`", row_payload(run, own[k])))
+            skipped = set(too_old)
+            applied = [(k, changes[k][0]) for k in range(len(changes)) if k not in skipped]
+            reached = self._ticks_reached(run, instrument_id, state, [d for _, d in applied])
+            stale = [t for t in reached if not window.covers(t.day, t.window_days)]
+            for k, d in applied:
+                lost = [t for t in stale if t.reaches(d)]
+                if lost:
+                    fx.dead_letters.append(DeadLetter(
+                        f"correction reaches tick {date_of(lost[0].day)} whose look-back the stream no longer "
+                        "holds; recompute it with `embedder replay --direct`", row_payload(run, own[k])))
+            fresh = [t for t in reached if t not in stale]
+            for window_days in {t.window_days for t in fresh}:
+                corrections.setdefault(window_days, []).extend(
+                    recompute(instrument_id, window, [t for t in fresh if t.window_days == window_days]))
+            self._write_window(fx, key, window)
+        for window_days, items in corrections.items():
+            fx.embeddings.extend(chunk_embeddings(run, window_days, self.partition, items))
+        self._write_run(fx, run, before, state)
+
+    def _ticks_reached(self, run: str, instrument_id: str, state: RunPartition, days: list[int]) -> list[TickRecord]:
+        """Processed ticks whose look-back holds one of `days` and that emit for this instrument."""
+        if not days or not state.ticks or min(days) > state.ticks[-1].day:
+            return []  # the usual case: rows newer than every processed tick
+        reached = [t for t in state.ticks if any(t.reaches(d) for d in days)]
+        if run == LIVE_RUN:
+            reached = [t for t in reached if self.registry.covers(instrument_id, t.scope or "*")]
+        return reached
+
+    # --- ticks -----------------------------------------------------------------------------------
+
+    def _tick(self, tick: Tick, offset: int, fx: Effects) -> None:
+        before = self._run_state(tick.run)
+        redelivered = offset <= before.tick_offset
+        live = tick.run == LIVE_RUN
+        dates = tick.dates
+        days = [day_number(d) for d in dates]
+        expected = self.registry.in_scope(tick.scope, self.partition) if live else sorted(before.members)
+        full: list[tuple[str, Window]] = []
+        partial: list[tuple[str, Window]] = []
+        no_window: list[str] = []
+        for instrument_id in expected:
+            window = self._window(window_key(tick.run, instrument_id))
+            if window.applied_offset == NO_OFFSET and not window.rows.size:
+                no_window.append(instrument_id)
+            elif window.covers(days[0], tick.window_days):
+                full.append((instrument_id, window))
+            else:
+                partial.append((instrument_id, window))
+        items = embeddings_at(full, days, tick.window_days, tick.models)
+        uncovered: list[str] = []
+        for instrument_id, window in partial:
+            held = [d for d in days if window.covers(d, tick.window_days)]
+            items.extend(embeddings_at([(instrument_id, window)], held, tick.window_days, tick.models))
+            if len(held) < len(days):
+                uncovered.append(instrument_id)
+        if uncovered and not redelivered:
+            # Rows far newer than the tick arrived before it: the look-back is gone. Keep it visible.
+            fx.dead_letters.append(DeadLetter(
+                f"tick {dates[0]}: windows of {len(uncovered)} instrument(s) ({', '.join(uncovered[:5])}) no "
+                "longer hold the look-back; recompute them with `embedder replay --direct`",
+                row_payload(tick.run, [tick.as_of.isoformat(), tick.scope])))
+        first_model = tick.models[0]
+        embedded = Counter(as_of for _, as_of, m, _ in items if m == first_model)
+        done = []
+        held_by_day = {d: [w.holds(d) for _, w in full + partial] for d in days}
+        for d, as_of in zip(days, dates):
+            missing = len(no_window) + held_by_day[d].count(False)
+            done.append(TickDone(as_of, embedded[as_of], len(expected) - embedded[as_of], missing))
+        rows_missing = self._rows_missing(tick, before, offset)
+        fx.embeddings.extend(chunk_embeddings(tick.run, tick.window_days, self.partition, items, done, rows_missing,
+                                              tick.scope if live else ""))
+        keep = retention_days(tick.window_days, self.config.retention_slack_days)
+        records = [TickRecord(d, tick.window_days, tuple(tick.models), tick.scope if live else None) for d in days]
+        self._write_run(fx, tick.run, before, before.with_ticks(records, keep, offset))
+        newest = dates[-1]
+        got = {i for i, as_of, m, _ in items if as_of == newest and m == first_model}
+        windows = dict(full + partial)
+        fx.ticks.append(TickReport(
+            tick.run, tick.scope if live else "", dates, len(expected), len(got),
+            [i for i in expected if i not in got],
+            [i for i in expected if i not in windows or not windows[i].holds(days[-1])], redelivered))
+        if live and no_window and not redelivered:
+            fx.lost_windows.extend(no_window)
+
+    def _rows_missing(self, tick: Tick, state: RunPartition, offset: int) -> int:
+        """Rows the replay says it published to this partition before the tick that never arrived.
+
+        A tick re-delivered after a restart can find the count already past it (the state is
+        restored up to later row batches); it was checked when first processed, so it is not here.
+        """
+        if tick.rows_sent is None or self.partition >= len(tick.rows_sent) or state.received_offset > offset:
+            return 0
+        return max(tick.rows_sent[self.partition] - state.received, 0)
+
+    # --- run end ---------------------------------------------------------------------------------
+
+    def _end(self, run: str, fx: Effects) -> None:
+        """Delete a finished replay's state of this partition (tombstones compact its changelog away)."""
+        if run == LIVE_RUN:
+            raise BadMessage("the live run never ends")
+        before = self._run_state(run)
+        for instrument_id in sorted(before.members):
+            self._write_window(fx, window_key(run, instrument_id), None)
+        self._write_run(fx, run, before, None)
+
+
+def recompute(instrument_id: str, window: Window, ticks: Sequence[TickRecord]) -> list[Embedding]:
+    """The embeddings `ticks` give for one window now: a vector where history suffices, else a
+    deletion (empty bytes), so a correction that leaves too little history removes the stored row."""
+    groups: dict[tuple[int, tuple[str, ...]], list[int]] = {}
+    for tick in ticks:
+        groups.setdefault((tick.window_days, tick.models), []).append(tick.day)
+    out: list[Embedding] = []
+    for (window_days, models), days in groups.items():
+        items = embeddings_at([(instrument_id, window)], days, window_days, models)
+        present = {(as_of, m) for _, as_of, m, _ in items}
+        out.extend(items)
+        out.extend((instrument_id, as_of, m, b"") for as_of in map(date_of, days) for m in models
+                   if (as_of, m) not in present)
+    return out

@@ -1,0 +1,144 @@
+"""Which instruments exist, and which a live tick covers: the `instruments` table as the stream needs it.
+
+A live tick for market M (or for every market) emits for the instruments a
+market selection takes (SPEC section 2: `asset_class = 'EQUITY'`, `status =
+'ACTIVE'`), so the live table equals `replay --direct` over the same market.
+The processor asks a `Registry` in memory only; the worker's `DbRegistry`
+refreshes from PostgreSQL before a live tick and learns new ids before a row
+batch, in a thread, retrying while the database is unreachable.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+import psycopg
+
+from shared.db import connect
+from shared.errors import ServiceUnavailable
+from shared.messages import ALL_MARKETS
+from shared.topics import partition_for
+
+log = logging.getLogger("embedder.registry")
+
+
+@dataclass(frozen=True)
+class InstrumentInfo:
+    market_id: str | None
+    selectable: bool
+    """ACTIVE EQUITY: what a market selection takes."""
+
+
+class Registry(Protocol):
+    def unknown(self, ids: Iterable[str]) -> set[str]:
+        """Ids not in `instruments`."""
+
+    def in_scope(self, scope: str, partition: int) -> list[str]:
+        """Selectable instruments of `scope` (a market, or `*`) whose rows go to `partition`, sorted."""
+
+    def covers(self, instrument_id: str, scope: str) -> bool:
+        """True when a live tick of `scope` emits for `instrument_id`."""
+
+
+class StaticRegistry:
+    """A registry over a fixed map (tests, and each snapshot the database registry takes)."""
+
+    def __init__(self, infos: dict[str, InstrumentInfo], partitions: int,
+                 partition_of: dict[str, int] | None = None):
+        self.infos = infos
+        self.partitions = partitions
+        self._partition_of = partition_of if partition_of is not None else {}
+        self._scopes: dict[tuple[str, int], list[str]] | None = None
+
+    def partition(self, instrument_id: str) -> int:
+        p = self._partition_of.get(instrument_id)
+        if p is None:
+            p = self._partition_of[instrument_id] = partition_for(instrument_id, self.partitions)
+        return p
+
+    def unknown(self, ids: Iterable[str]) -> set[str]:
+        return {i for i in ids if i not in self.infos}
+
+    def in_scope(self, scope: str, partition: int) -> list[str]:
+        if self._scopes is None:
+            scopes: dict[tuple[str, int], list[str]] = {}
+            for instrument_id in sorted(self.infos):
+                info = self.infos[instrument_id]
+                if info.selectable:
+                    p = self.partition(instrument_id)
+                    scopes.setdefault((ALL_MARKETS, p), []).append(instrument_id)
+                    scopes.setdefault((info.market_id or "", p), []).append(instrument_id)
+            self._scopes = scopes
+        return self._scopes.get((scope, partition), [])
+
+    def covers(self, instrument_id: str, scope: str) -> bool:
+        info = self.infos.get(instrument_id)
+        return info is not None and info.selectable and (scope == ALL_MARKETS or info.market_id == scope)
+
+
+class DbRegistry:
+    """The `instruments` table, snapshotted; `refresh` and `learn` do I/O (call them in a thread)."""
+
+    def __init__(self, database_url: str, partitions: int, max_backoff: float = 10.0):
+        self.database_url = database_url
+        self.partitions = partitions
+        self.max_backoff = max_backoff
+        self._partition_of: dict[str, int] = {}
+        self.snapshot = StaticRegistry({}, partitions, self._partition_of)
+        self._refreshed_for: object = None
+        self._conn: psycopg.Connection | None = None
+        self._lock = threading.Lock()
+
+    # the Registry protocol, answered from the snapshot (no I/O)
+    def unknown(self, ids: Iterable[str]) -> set[str]:
+        return self.snapshot.unknown(ids)
+
+    def in_scope(self, scope: str, partition: int) -> list[str]:
+        return self.snapshot.in_scope(scope, partition)
+
+    def covers(self, instrument_id: str, scope: str) -> bool:
+        return self.snapshot.covers(instrument_id, scope)
+
+    def refresh(self, token: object = None) -> None:
+        """Reload every instrument; with `token`, only once per token (one live tick reaches every
+        partition, and the instruments need reading once for all of them)."""
+        with self._lock:
+            if token is not None and token == self._refreshed_for:
+                return
+            rows = self._query("SELECT instrument_id, market_id, asset_class = 'EQUITY' AND status = 'ACTIVE' "
+                               "FROM instruments", ())
+            self.snapshot = StaticRegistry({i: InstrumentInfo(m, s) for i, m, s in rows}, self.partitions,
+                                           self._partition_of)
+            self._refreshed_for = token
+
+    def learn(self, ids: set[str]) -> None:
+        """Make sure the snapshot knows every id of `ids` that exists (asks only about new ones)."""
+        with self._lock:
+            missing = self.snapshot.unknown(ids)
+            if not missing:
+                return
+            rows = self._query("SELECT instrument_id, market_id, asset_class = 'EQUITY' AND status = 'ACTIVE' "
+                               "FROM instruments WHERE instrument_id = ANY(%s)", (list(missing),))
+            if rows:
+                infos = dict(self.snapshot.infos)
+                infos.update({i: InstrumentInfo(m, s) for i, m, s in rows})
+                self.snapshot = StaticRegistry(infos, self.partitions, self._partition_of)
+
+    def _query(self, sql: str, params: tuple) -> list[tuple]:
+        delay = 0.2
+        while True:
+            try:
+                if self._conn is None or self._conn.closed:
+                    self._conn = connect(self.database_url, autocommit=True)
+                return self._conn.execute(sql, params).fetchall()
+            except (psycopg.OperationalError, psycopg.InterfaceError, ServiceUnavailable) as e:
+                log.warning("instrument lookup failed (%s); retrying in %.1fs", str(e).splitlines()[0], delay)
+                if self._conn is not None:
+                    self._conn.close()
+                self._conn = None
+                time.sleep(delay)
+                delay = min(delay * 2, self.max_backoff)
