@@ -28,7 +28,7 @@ from datetime import date
 import psycopg
 from kafka.errors import KafkaError
 
-from backfill.bootstrap import mark_published, queue_bootstrap, read_snapshot
+from backfill.bootstrap import CHUNK_INSTRUMENTS, mark_published, queue_bootstrap, read_snapshot
 from backfill.publisher import PricePublisher
 from shared.config import Settings
 from shared.db import connect
@@ -48,12 +48,12 @@ BOOTSTRAP_CHECK_SECONDS = 30.0
 
 
 def enqueue_tick(conn: psycopg.Connection, as_of: date, window_days: int, model_ids: list[str],
-                 market_id: str | None = None) -> int:
+                 market_id: str | None = None, chunk: int = CHUNK_INSTRUMENTS) -> int:
     """Queue a live tick behind every row already committed to the outbox, and behind the bootstrap
     of every instrument not loaded yet (so it never computes from a window still missing its
     history); returns its outbox id."""
     with conn.transaction():
-        queue_bootstrap(conn)
+        queue_bootstrap(conn, chunk=chunk)
         return conn.execute(
             """INSERT INTO prices_outbox (kind, trade_date, window_days, model_ids, market_id)
                VALUES ('tick', %s, %s, %s, %s) RETURNING id""",
@@ -199,7 +199,7 @@ class OutboxRelay:
         if time.monotonic() - self._bootstrap_checked_at < BOOTSTRAP_CHECK_SECONDS:
             return
         self._bootstrap_checked_at = time.monotonic()
-        queue_bootstrap(conn)
+        queue_bootstrap(conn, chunk=self.settings.bootstrap_chunk_instruments)
 
     def maybe_auto_tick(self, conn: psycopg.Connection) -> None:
         """After a quiet period with new rows, tick the newest trade date seen (if enabled)."""
@@ -210,7 +210,8 @@ class OutboxRelay:
             return
         if time.monotonic() - self._last_activity < quiet:
             return
-        enqueue_tick(conn, self.last_row_date, self.settings.window_days, list(self.settings.live_model_ids))
+        enqueue_tick(conn, self.last_row_date, self.settings.window_days, list(self.settings.live_model_ids),
+                     chunk=self.settings.bootstrap_chunk_instruments)
         log.info("auto tick for %s after %.0fs without new rows", self.last_row_date, quiet)
 
     def maybe_prune(self, conn: psycopg.Connection) -> None:
@@ -222,6 +223,27 @@ class OutboxRelay:
         deleted = prune_outbox(conn, keep)
         if deleted:
             log.info("outbox: deleted %d published entries older than %.0f h", deleted, keep)
+
+
+@dataclass(frozen=True)
+class RelayHolder:
+    """The database session holding the relay lock: which worker relays the outbox."""
+
+    pid: int
+    application: str
+    client: str | None
+    since: object
+
+
+def relay_holder(conn: psycopg.Connection) -> RelayHolder | None:
+    """Who holds the relay lock now (None: no worker relays, so nothing captured reaches Kafka)."""
+    row = conn.execute(
+        """SELECT a.pid, a.application_name, host(a.client_addr), a.backend_start
+           FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+           WHERE l.locktype = 'advisory' AND l.granted AND l.classid = 0 AND l.objid = %s AND l.objsubid = 1
+             AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())""",
+        (RELAY_LOCK,)).fetchone()
+    return RelayHolder(*row) if row else None
 
 
 def prune_outbox(conn: psycopg.Connection, keep_hours: float) -> int:

@@ -35,9 +35,11 @@ app = typer.Typer(
 services_app = typer.Typer(help="Local Kafka (KRaft) and PostgreSQL for development, demos and CI.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 prices_app = typer.Typer(help="Loading daily prices.", no_args_is_help=True)
+live_app = typer.Typer(help="The always-on service's live state.", no_args_is_help=True)
 app.add_typer(services_app, name="services")
 app.add_typer(db_app, name="db")
 app.add_typer(prices_app, name="prices")
+app.add_typer(live_app, name="live")
 
 
 def _local_services():
@@ -218,27 +220,51 @@ def worker(
 @app.command("tick")
 def tick(
     as_of: Annotated[str, typer.Option("--as-of", help="The day that is complete (YYYY-MM-DD).")],
+    market_id: Annotated[Optional[str], typer.Option("--market-id", help="Only this market's instruments "
+                                                     "(default: every market).")] = None,
     window_days: Annotated[Optional[int], typer.Option("--window-days")] = None,
     model_id: Annotated[Optional[list[str]], typer.Option("--model-id", help="Repeatable; default from settings.")] = None,
 ) -> None:
-    """Declare day D complete for the live service: it emits every live instrument's embedding as of D.
+    """Declare day D complete for the live service: it emits the embedding as of D of every ACTIVE
+    EQUITY instrument (of the market).
 
-    The tick is queued in prices_outbox behind every row committed before it, so it cannot overtake them.
+    The tick is queued in prices_outbox behind every row committed before it, and behind the bootstrap
+    of instruments not loaded yet, so it cannot overtake them.
     """
     from backfill.outbox import enqueue_tick
     from backfill.selection import parse_date
     from shared.db import connection
     from shared.models import validate_models
+    from shared.validation import date_problem
 
     settings = load_settings()
     day = parse_date(as_of, "--as-of")
+    if date_problem(day):
+        raise BadArguments(f"--as-of {day}: {date_problem(day)}")
     models = [m.model_id for m in validate_models(model_id or list(settings.live_model_ids))]
     n = window_days or settings.window_days
     if n < 1:
         raise BadArguments(f"--window-days must be at least 1, got {n}")
     with connection(settings.database_url) as conn:
-        outbox_id = enqueue_tick(conn, day, n, models)
-    out.print(f"tick {day} queued (outbox id {outbox_id}); the worker's relay publishes it after earlier rows")
+        outbox_id = enqueue_tick(conn, day, n, models, market_id, settings.bootstrap_chunk_instruments)
+    scope = f" for market {market_id}" if market_id else ""
+    out.print(f"tick {day}{scope} queued (outbox id {outbox_id}); the worker's relay publishes it after earlier rows",
+              highlight=False)
+
+
+@live_app.command("bootstrap")
+def live_bootstrap(
+    market_id: Annotated[Optional[str], typer.Option("--market-id", help="Only this market.")] = None,
+    reset: Annotated[bool, typer.Option("--reset", help="Load again what was loaded before (the live windows "
+                                        "were lost: new Kafka cluster or app id).")] = False,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait until the worker's relay has loaded "
+                                       "everything queued.")] = True,
+) -> None:
+    """Load instruments' history from prices_daily into the live windows (the worker does this by itself
+    on start and for instruments that become ACTIVE; this runs it now, with progress)."""
+    from embedder.live_command import run_bootstrap
+
+    run_bootstrap(load_settings(), market_id, reset, wait)
 
 
 @app.command("lag")

@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     """How often the live relay looks for new outbox entries when idle."""
     outbox_keep_hours: float = Field(default=24.0, ge=0)
     """Published outbox entries older than this are deleted by the relay (0 keeps them all)."""
+    bootstrap_chunk_instruments: int = Field(default=100, ge=1)
+    """Instruments per bootstrap snapshot: the relay loads one chunk's look-back at a time."""
     auto_tick_quiet_seconds: float = Field(default=0.0, ge=0)
     """If > 0, the live relay ticks the newest captured trade date after this many quiet seconds."""
     web_port: int = Field(default=6066, ge=-1, le=65535)

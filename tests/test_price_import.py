@@ -120,3 +120,22 @@ def test_reimporting_real_data_changes_nothing(real_db_url):
     result = import_prices(real_db_url, [REAL_DATA])
     assert (result.inserted, result.updated, result.new_instruments) == (0, 0, 0)
     assert result.rejected == {"non-positive close": 1}
+
+
+def test_a_future_trade_date_is_rejected_with_the_reason_the_stream_gives_it(db_url, tmp_path):
+    """One rule (shared/validation.py) for import and wire: a typo'd year is refused, not stored."""
+    from datetime import timedelta
+
+    from shared.validation import FUTURE_DATE, latest_trade_date
+
+    ok = latest_trade_date()  # tomorrow (UTC): some market has already closed that day
+    f = write(tmp_path / "future.csv", "\n".join([
+        "Date,High,Low,Open,Close,Volume,Adj Close,Name",
+        "2017-03-01,11,9,10,10.5,1000,10.4,TYPO",
+        "2071-03-01,11,9,10,10.6,1000,10.5,TYPO",
+        f"{ok},11,9,10,10.7,1000,10.6,TYPO",
+        f"{ok + timedelta(days=1)},11,9,10,10.8,1000,10.7,TYPO",
+    ]) + "\n")
+    result = import_prices(db_url, [f])
+    assert result.rejected == {FUTURE_DATE: 2} and result.inserted == 2
+    assert [r[1] for r in prices(db_url)] == [date(2017, 3, 1), ok]

@@ -1,0 +1,47 @@
+"""`embedder live bootstrap`: queue instruments' history for the live windows and follow the load."""
+from __future__ import annotations
+
+import time
+
+from backfill.bootstrap import progress as bootstrap_progress
+from backfill.bootstrap import queue_bootstrap, reset_bootstrap
+from backfill.outbox import relay_holder
+from embedder.console import err, out, progress
+from shared.config import Settings
+from shared.db import connection
+from shared.errors import EmbedderError
+
+NO_RELAY_PATIENCE = 15.0
+
+
+def run_bootstrap(settings: Settings, market_id: str | None, reset: bool, wait: bool) -> None:
+    """Queue what is not loaded (all of it again with `reset`), then, with `wait`, show the relay
+    loading it until done. Fails when no worker relays the outbox for a while."""
+    with connection(settings.database_url) as conn:
+        if reset:
+            forgotten = reset_bootstrap(conn, market_id)
+            out.print(f"forgot {forgotten} loaded instrument(s); loading them again", highlight=False)
+        queued = queue_bootstrap(conn, market_id, settings.bootstrap_chunk_instruments)
+    scope = f" of market {market_id}" if market_id else ""
+    with connection(settings.database_url, autocommit=True) as conn:
+        state = bootstrap_progress(conn, market_id)
+        out.print(f"queued {queued} instrument(s){scope}; {state.published} of {state.queued} loaded "
+                  f"({state.rows:,} rows), {state.pending} waiting for the relay", highlight=False)
+        if not wait or not state.pending:
+            return
+        bar = progress()
+        task = bar.add_task("bootstrap", total=state.queued, completed=state.published, detail="")
+        no_relay_since: float | None = None
+        with bar:
+            while state.pending:
+                time.sleep(0.5)
+                state = bootstrap_progress(conn, market_id)
+                bar.update(task, completed=state.published, detail=f"{state.rows:,} rows")
+                if relay_holder(conn) is None:
+                    no_relay_since = no_relay_since or time.monotonic()
+                    if time.monotonic() - no_relay_since > NO_RELAY_PATIENCE:
+                        raise EmbedderError(f"no worker relays prices_outbox ({state.pending} instrument(s) still "
+                                            "queued): start `embedder worker`; it loads them when it starts")
+                else:
+                    no_relay_since = None
+        err.print(f"loaded: {state.published} instrument(s), {state.rows:,} rows", highlight=False)
