@@ -61,6 +61,21 @@ def enqueue_tick(conn: psycopg.Connection, as_of: date, window_days: int, model_
         ).fetchone()[0]
 
 
+def recapture(conn: psycopg.Connection, keys: list[tuple[str, date]]) -> int:
+    """Capture rows again as `prices_daily` holds them now (re-driving dead letters): each goes
+    through the relay's checks like any captured row. Rows no longer there are skipped (a
+    dead-lettered row never reached the windows, so there is nothing to undo). Returns how many."""
+    if not keys:
+        return 0
+    ids, days = (list(col) for col in zip(*keys))
+    return conn.execute(
+        """INSERT INTO prices_outbox (instrument_id, trade_date, close, volume)
+           SELECT p.instrument_id, p.trade_date, p.close, p.volume
+           FROM (SELECT DISTINCT * FROM unnest(%s::text[], %s::date[]) AS k(i, d)) k
+           JOIN prices_daily p ON p.instrument_id = k.i AND p.trade_date = k.d
+           ORDER BY p.trade_date, p.instrument_id""", (ids, days)).rowcount
+
+
 IdleTask = Callable[[psycopg.Connection], None]
 
 
@@ -157,7 +172,9 @@ class OutboxRelay:
         the shared rule refuses is dead-lettered alone, with its outbox id."""
         by_partition: dict[int, list[tuple]] = {}
         for row, entry_id in entries:
-            problem = key_problem(*row, latest) if len(row) == 2 else row_problem(*row, latest)
+            if len(row) == 2 and key_problem(*row, latest):
+                continue  # deleting a row the rule refused (fixing a typo'd date): it never reached a window
+            problem = row_problem(*row, latest) if len(row) == 4 else None
             if problem:
                 publisher.dead_letter(dead_letter_record(problem, "prices_outbox", None, entry_id,
                                                          row_payload(LIVE_RUN, row)))

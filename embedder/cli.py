@@ -194,6 +194,7 @@ def worker(
     """The always-on streaming service: live capture, bootstrap, windows, ticks and the Postgres sink."""
     from backfill.bootstrap import requeue_lost
     from backfill.outbox import start_relay
+    from backfill.schedule import TickScheduler
     from shared.db import connection
     from shared.metrics import StreamMetrics
     from streams.worker import run_worker
@@ -201,7 +202,7 @@ def worker(
     settings = load_settings()
 
     def relay(ready: threading.Event, metrics: StreamMetrics) -> Callable[[], None]:
-        relay_, thread = start_relay(settings, ready, metrics)
+        relay_, thread = start_relay(settings, ready, metrics, idle_tasks=[TickScheduler(settings)])
 
         def stop() -> None:
             relay_.stop.set()
@@ -282,6 +283,34 @@ def lag(
     code = run_lag(load_settings(), as_json, watch, samples, interval, window)
     if code:
         raise typer.Exit(code)
+
+
+@app.command("status")
+def status(
+    since: Annotated[str, typer.Option("--since", help="Count dead letters since: 24h, 7d, an ISO date or "
+                                       "date-time.")] = "24h",
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable (version 1).")] = False,
+) -> None:
+    """The live service at a glance: last tick per market (embedded, without enough history, without a row
+    that day), the tick schedule, bootstrap progress, outbox backlog, the relay's holder, dead letters."""
+    from embedder.status_command import run_status
+
+    run_status(load_settings(), since, as_json)
+
+
+@app.command("dead-letters")
+def dead_letters(
+    since: Annotated[Optional[str], typer.Option("--since", help="Only these: 24h, 7d, an ISO date or date-time "
+                                                 "(default: every retained one).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable (version 1).")] = False,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="Newest records shown in full.")] = 50,
+    redrive: Annotated[bool, typer.Option("--redrive", help="Capture the live rows shown again as prices_daily "
+                                          "holds them now (after fixing them there).")] = False,
+) -> None:
+    """Rows and messages the stream refused, with their reasons, counted by reason."""
+    from embedder.dead_letters_command import run_dead_letters
+
+    run_dead_letters(load_settings(), since, as_json, limit, redrive)
 
 
 @app.command("show")

@@ -1,12 +1,22 @@
 """Frozen settings from the environment (and `.env`), loaded in one place."""
 from __future__ import annotations
 
+import re
+from datetime import time
 from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.errors import BadArguments
+from shared.models import validate_models
+
+
+class BadSettings(BadArguments):
+    """A setting from the environment (or .env) is invalid: nothing was done."""
 
 LOCAL_POSTGRES_PORT = 55432
 # Below Linux's ephemeral range (32768-60999): a client retrying a stopped broker on a port inside
@@ -14,6 +24,42 @@ LOCAL_POSTGRES_PORT = 55432
 LOCAL_KAFKA_PORT = 29092
 LOCAL_DATABASE_URL = f"postgresql://embedder:embedder@127.0.0.1:{LOCAL_POSTGRES_PORT}/embedder"
 LOCAL_KAFKA_BOOTSTRAP = f"127.0.0.1:{LOCAL_KAFKA_PORT}"
+
+
+class MarketSchedule(BaseModel):
+    """When the live service ticks a market's day by itself (see backfill/schedule.py)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    market_id: str = Field(min_length=1, max_length=50)
+    deadline: time | None = None
+    """Local time ("18:30") at which day D is ticked with whatever has arrived; None: only when complete."""
+    timezone: str = "UTC"
+    """IANA timezone of the deadline, e.g. America/New_York."""
+    when_complete: bool = True
+    """Tick as soon as every ACTIVE EQUITY instrument of the market has its row for the day."""
+    catch_up_days: int = Field(default=4, ge=0)
+    """Days before today the deadline still applies to (a worker that was down catches up)."""
+    window_days: int | None = Field(default=None, ge=1)
+    model_ids: tuple[str, ...] | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown timezone {value!r} (an IANA name such as America/New_York)") from None
+        return value
+
+    @field_validator("model_ids")
+    @classmethod
+    def _known_models(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is not None:
+            try:
+                validate_models(list(value))
+            except Exception as e:
+                raise ValueError(str(e)) from None
+        return value
 
 
 class Settings(BaseSettings):
@@ -58,6 +104,11 @@ class Settings(BaseSettings):
     """Instruments per bootstrap snapshot: the relay loads one chunk's look-back at a time."""
     auto_tick_quiet_seconds: float = Field(default=0.0, ge=0)
     """If > 0, the live relay ticks the newest captured trade date after this many quiet seconds."""
+    tick_schedule: tuple[MarketSchedule, ...] = ()
+    """Per-market daily ticks (JSON list), e.g. [{"market_id": "US_EQ", "deadline": "18:30",
+    "timezone": "America/New_York"}]; empty: ticks come from `embedder tick` (or cron)."""
+    schedule_check_seconds: float = Field(default=2.0, gt=0)
+    """How often the relay checks the schedule when idle."""
     web_port: int = Field(default=6066, ge=-1, le=65535)
     """The worker's web port (/metrics, /livez, /readyz, /lag); 0 picks a free one, -1 turns it off."""
     web_host: str = "127.0.0.1"
@@ -71,8 +122,16 @@ class Settings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def load_settings() -> Settings:
-    """The process-wide settings, read once from the environment."""
-    return Settings()
+    """The process-wide settings, read once from the environment; a bad value is BadSettings naming
+    the variable (one line, exit 2 in the CLI), never a traceback."""
+    try:
+        return Settings()
+    except ValidationError as e:
+        first = e.errors()[0]
+        field, *path = [str(p) for p in first.get("loc", ())] or ["?"]
+        alias = {"database_url": "DATABASE_URL", "kafka_bootstrap_servers": "KAFKA_BOOTSTRAP_SERVERS"}
+        name = alias.get(field, f"EMBEDDER_{field.upper()}") + "".join(f"[{p}]" for p in path)
+        raise BadSettings(f"invalid setting {name}: {first.get('msg')}") from None
 
 
 def redact_url(url: str) -> str:
@@ -88,11 +147,13 @@ def redact_url(url: str) -> str:
 
 
 def scrub_secret(message: str, url: str) -> str:
-    """`message` with the password of `url` removed wherever it appears."""
+    """`message` with the password of `url` removed wherever it appears as a token of its own (so a
+    password that is also a word, such as the local `embedder`, leaves `embedder_bootstrap` alone)."""
     try:
         password = urlsplit(url).password
     except ValueError:
         password = None
+    message = message.replace(url, redact_url(url))
     if password:
-        message = message.replace(password, "***")
-    return message.replace(url, redact_url(url))
+        message = re.sub(rf"(?<![\w]){re.escape(password)}(?![\w])", "***", message)
+    return message

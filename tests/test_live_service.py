@@ -171,3 +171,17 @@ def test_published_outbox_entries_are_pruned_after_their_keep_time(db_url):
         assert prune_outbox(conn, 24.0) == 1
         left = {r[0] for r in conn.execute("SELECT instrument_id FROM prices_outbox")}
     assert left == {"RECENT", "PENDING"}
+
+
+def test_redrive_captures_rows_again_as_prices_daily_holds_them_now(db_url):
+    """`embedder dead-letters --redrive` re-sends fixed rows through the relay's checks; rows no longer
+    in prices_daily are skipped (a refused row never reached a window)."""
+    from backfill.outbox import recapture
+
+    with psycopg.connect(db_url) as conn:
+        conn.execute("""INSERT INTO prices_daily (instrument_id, trade_date, open, high, low, close, adjusted_close,
+                        volume, currency) VALUES ('FIXED', '2020-01-02', 1, 1, 1, 42.5, 1, 7, 'USD')""")
+        conn.execute("TRUNCATE prices_outbox")
+        sent = recapture(conn, [("FIXED", date(2020, 1, 2)), ("FIXED", date(2020, 1, 3)), ("FIXED", date(2020, 1, 2))])
+        entries = conn.execute("SELECT kind, instrument_id, trade_date, close, volume FROM prices_outbox").fetchall()
+    assert sent == 1 and entries == [("row", "FIXED", date(2020, 1, 2), 42.5, 7.0)]

@@ -4,6 +4,7 @@ Real broker, real PostgreSQL, the real worker; every check is equality with `rep
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import time
@@ -204,6 +205,24 @@ def test_one_far_future_row_beside_a_day_of_good_rows_costs_only_itself(database
         want = expected(url, selectable(url), [day], 63, MODELS)
         assert stored(url) == want and any(k[0] == "F003" for k in want)
         assert_live_equals_direct(env, url, [day])
+
+        # The operator reads the dead letters, then fixes the typo where it lives: an UPDATE of the
+        # row, captured like any correction (its old, refused key is no dead letter again).
+        report = json.loads(run(env, "dead-letters", "--json").stdout)
+        assert report["by_reason"] == {FUTURE_DATE: report["total"]} and report["distinct_rows"] == 1
+        assert report["records"][-1]["instrument_id"] == "F003" and report["records"][-1]["trade_date"] == "2071-12-23"
+        fixed_day = LIVE_DAYS[1]
+        with psycopg.connect(url) as conn, conn.transaction():
+            conn.execute("UPDATE prices_daily SET trade_date = %s WHERE instrument_id = 'F003' AND trade_date = '2071-12-23'",
+                         (fixed_day,))
+            insert_prices(conn, [r for r in new_rows if r[1] == fixed_day and r[0] != "F003"])
+        tick(env, fixed_day)
+        wait_for(lambda: live_tick_committed(url, fixed_day, int(env["EMBEDDER_PARTITIONS"])), 180, "the next tick")
+        assert stored(url) == expected(url, selectable(url), [day, fixed_day], 63, MODELS)
+        assert assert_live_equals_direct(env, url, [day, fixed_day]) > 0
+        assert {r["reason"] for r in dead_letters(env, 1)} == {FUTURE_DATE}  # nothing new
+        redriven = run(env, "dead-letters", "--redrive").stdout
+        assert "re-driven: 0 live row(s)" in redriven and "1 no longer in prices_daily" in redriven
     finally:
         stop(worker)
 
@@ -245,5 +264,94 @@ def test_a_thousand_instruments_with_fifty_character_ids_through_replay_and_the_
         wait_for(lambda: live_tick_committed(url, LIVE_DAYS[0], int(env["EMBEDDER_PARTITIONS"])), 300, "the tick")
         assert assert_live_equals_direct(env, url, [LIVE_DAYS[0]]) > 1600
         assert worker.poll() is None
+    finally:
+        stop(worker)
+
+
+@pytest.mark.slow
+def test_a_tick_over_instruments_without_history_is_counted_and_shown(database_factory, cli_env, tmp_path):
+    from tests.test_worker_web import get, start_worker
+
+    ids = [f"H{k:03d}" for k in range(12)]
+    url, new_rows = platform_market(database_factory, ids)
+    add_instruments(url, ["NOHIST-1", "NOHIST-2"])  # ACTIVE equities of the market, never a price
+    env = platform_env(cli_env, url) | {"EMBEDDER_LAG_SAMPLE_SECONDS": "1"}
+    day = LIVE_DAYS[0]
+    worker, base = start_worker(env, tmp_path, capture=True)
+    try:
+        with psycopg.connect(url) as conn, conn.transaction():
+            insert_prices(conn, [r for r in new_rows if r[1] == day and r[0] != "H001"])  # H001 misses the day
+        tick(env, day)
+        wait_for(lambda: live_tick_committed(url, day, int(env["EMBEDDER_PARTITIONS"])), 180, "the tick")
+        market = selectable(url)
+        embedded = {k[0] for k in expected(url, market, [day], 63, MODELS)}
+        short = set(market) - embedded
+        assert {"NOHIST-1", "NOHIST-2"} <= short and "H001" in embedded  # earlier rows still embed it
+        with psycopg.connect(url) as conn:
+            missing = len(market) - conn.execute(
+                "SELECT count(*) FROM prices_daily WHERE trade_date = %s AND instrument_id = ANY(%s)",
+                (day, market)).fetchone()[0]
+        assert missing >= 3  # H001 and the two without history, and short or delisted synthetic ones
+        status = json.loads(run(env, "status", "--json").stdout)
+        (last,) = [t for t in status["ticks"] if t["market"] == "US_EQ"]
+        assert (last["as_of"], last["embedded"], last["insufficient_history"]) == (day.isoformat(), len(embedded), len(short))
+        assert last["missing_today"] == missing and last["partitions"] == int(env["EMBEDDER_PARTITIONS"])
+        assert status["bootstrap"]["loaded"] == status["bootstrap"]["selectable"] == len(market) + 1  # + EU-ONE
+        assert status["relay"] is not None and status["relay"]["application"].startswith("embedder relay")
+        text = run(env, "status").stdout
+        assert f"live tick US_EQ {day}: {len(embedded)} embedded, {len(short)} without enough history, {missing} without a row" in text
+
+        def counted() -> dict[str, float]:
+            metrics = get(base + "/metrics")[1].decode()
+            return {outcome: float(value) for outcome, value in
+                    re.findall(r'^embedder_tick_instruments_total\{outcome="(\w+)"\} ([\d.e+]+)$', metrics, re.M)}
+        wait_for(lambda: counted().get("insufficient_history") == len(short), 30, "the tick metric")
+        assert counted() == {"embedded": len(embedded), "insufficient_history": len(short), "missing_today": missing}
+        log = (tmp_path / "w.log").read_text()
+        assert "NOHIST-1" in log and "without enough history" in log  # logged once, with the ids
+    finally:
+        stop(worker)
+
+
+@pytest.mark.slow
+def test_daily_ticks_without_a_human_once_every_instrument_has_its_row(database_factory, cli_env, tmp_path):
+    """A market whose instruments all trade every day: each day is ticked by the schedule as soon as
+    its last row lands, exactly once, and the table equals `replay --direct`."""
+    ids = [f"D{k:03d}" for k in range(16)]
+    url = create_platform_database(database_factory)
+    add_instruments(url, ids)
+    days = [d for d in (HISTORY_FROM + timedelta(days=n) for n in range((LIVE_DAYS[-1] - HISTORY_FROM).days + 1))
+            if d.weekday() < 5]
+    rows = [(i, d, 20.0 + k + n * 0.01 + (n * k % 7) * 0.1, 1000.0 + n) for n, d in enumerate(days)
+            for k, i in enumerate(ids)]
+    with psycopg.connect(url) as conn:
+        insert_prices(conn, [r for r in rows if r[1] <= HISTORY_TO])
+    live = [d for d in days if d > HISTORY_TO]
+    env = platform_env(cli_env, url) | {
+        "EMBEDDER_TICK_SCHEDULE": json.dumps([{"market_id": "US_EQ", "model_ids": MODELS}]),
+        "EMBEDDER_SCHEDULE_CHECK_SECONDS": "0.2"}
+    worker = start_live_worker(env, tmp_path)
+    try:
+        def baseline() -> list:
+            with psycopg.connect(url) as conn:
+                return conn.execute("SELECT as_of_date FROM embedder_scheduled_ticks").fetchall()
+        wait_for(baseline, 120, "the schedule to see the market (its baseline: the newest day present)")
+        with psycopg.connect(url) as conn:
+            for day in live:
+                half = [r for r in rows if r[1] == day]
+                with conn.transaction():  # the day lands in two parts: only the second completes it
+                    insert_prices(conn, half[:8])
+                time.sleep(1.0)
+                with conn.transaction():
+                    insert_prices(conn, half[8:])
+        wait_for(lambda: live_days_committed(url, live, int(env["EMBEDDER_PARTITIONS"])), 240, "the scheduled ticks")
+        with psycopg.connect(url) as conn:
+            scheduled = conn.execute("""SELECT as_of_date, reason, instruments, expected FROM embedder_scheduled_ticks
+                                        ORDER BY as_of_date""").fetchall()
+            ticks = conn.execute("SELECT trade_date FROM prices_outbox WHERE kind = 'tick' ORDER BY id").fetchall()
+        assert scheduled == [(HISTORY_TO, "baseline", 0, 0)] + [(d, "complete", 16, 16) for d in live]
+        assert [t[0] for t in ticks] == live  # once each, in order
+        assert stored(url) == expected(url, ids, live, 63, MODELS)
+        assert assert_live_equals_direct(env, url, live) == len(ids) * len(live) * len(MODELS)
     finally:
         stop(worker)

@@ -19,3 +19,4 @@ def test_redaction():
     assert redact_url(url) == "postgresql://user:***@host:5432/db"
     assert redact_url("postgresql://host/db") == "postgresql://host/db"
     assert "hunter2" not in scrub_secret(f"failed for {url} with hunter2", url)
+    assert scrub_secret("password=hunter2 near hunter2_table", url) == "password=*** near hunter2_table"

@@ -29,9 +29,11 @@ from tests.test_dead_letter import settings_of
 EMBEDDER = [sys.executable, "-m", "embedder.cli"]
 
 
-def start_worker(env: dict[str, str], tmp_path: Path, name: str = "w") -> tuple[subprocess.Popen, str]:
+def start_worker(env: dict[str, str], tmp_path: Path, name: str = "w",
+                 capture: bool = False) -> tuple[subprocess.Popen, str]:
     datadir = tmp_path / name
-    worker = subprocess.Popen(EMBEDDER + ["worker", "--no-capture", "--data-dir", str(datadir)], env=env,
+    worker = subprocess.Popen(EMBEDDER + ["worker", "--capture" if capture else "--no-capture",
+                                          "--data-dir", str(datadir)], env=env,
                               stdout=open(tmp_path / f"{name}.log", "wb"), stderr=subprocess.STDOUT)
     port_file = datadir / "web.port"
     wait_for(port_file.exists, 60, "the worker's web port")

@@ -1,0 +1,138 @@
+"""Daily ticks without a human: tick a market's day once all its instruments have a row, or at a deadline.
+
+Per market (settings `tick_schedule`): day D is ticked as soon as every ACTIVE
+EQUITY instrument of the market has its row for D ("complete"), or at the
+market's deadline on D (local time in its timezone) with whatever has arrived
+("deadline"). Never twice: `embedder_scheduled_ticks` has one row per market and
+day, written in the same transaction as the tick. Rows that arrive after a
+deadline tick are late rows: the stream re-emits what they change, so the day
+still ends equal to `replay --direct` without a second tick.
+
+Which days are considered: trade dates of rows captured in the outbox for the
+market (new data, not history), after the market's baseline. The baseline is the
+newest day present when the schedule first sees the market (so a first start
+never ticks years of history), then the newest scheduled day minus
+`catch_up_days`; the deadline applies only to days within `catch_up_days` of
+today. Older days are ticked by hand (`embedder tick`) or replayed.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
+
+import psycopg
+
+from backfill.bootstrap import SELECTABLE
+from backfill.outbox import enqueue_tick
+from shared.config import MarketSchedule, Settings
+from shared.validation import latest_trade_date
+
+log = logging.getLogger("embedder.schedule")
+
+
+@dataclass(frozen=True)
+class DayCount:
+    """How many of a market's instruments have their row for a day."""
+
+    as_of: date
+    present: int
+
+
+@dataclass(frozen=True)
+class DueTick:
+    as_of: date
+    reason: str  # "complete" or "deadline"
+    present: int
+    expected: int
+
+
+def due_ticks(schedule: MarketSchedule, expected: int, days: list[DayCount], now: datetime) -> list[DueTick]:
+    """The ticks to queue now, oldest day first (pure: no clock or database inside)."""
+    zone = ZoneInfo(schedule.timezone)
+    local_now = now.astimezone(zone)
+    due = []
+    for day in sorted(days, key=lambda d: d.as_of):
+        if schedule.when_complete and expected > 0 and day.present >= expected:
+            due.append(DueTick(day.as_of, "complete", day.present, expected))
+        elif schedule.deadline is not None and day.present > 0 \
+                and day.as_of >= local_now.date() - timedelta(days=schedule.catch_up_days) \
+                and local_now >= datetime.combine(day.as_of, schedule.deadline, zone):
+            due.append(DueTick(day.as_of, "deadline", day.present, expected))
+    return due
+
+
+def market_days(conn: psycopg.Connection, market_id: str, catch_up_days: int) -> tuple[int, list[DayCount]]:
+    """(selectable instruments, candidate days with their row counts) of a market; records the
+    market's baseline the first time it is seen."""
+    latest = latest_trade_date()
+    baseline, newest = conn.execute(
+        """SELECT max(as_of_date) FILTER (WHERE reason = 'baseline'), max(as_of_date)
+           FROM embedder_scheduled_ticks WHERE market_id = %s""", (market_id,)).fetchone()
+    if baseline is None:
+        baseline = conn.execute(
+            f"""SELECT max((SELECT max(p.trade_date) FROM prices_daily p
+                           WHERE p.instrument_id = i.instrument_id AND p.trade_date <= %s))
+                FROM instruments i WHERE i.market_id = %s AND {SELECTABLE}""",
+            (latest, market_id)).fetchone()[0]
+        if baseline is None:
+            return 0, []
+        conn.execute("""INSERT INTO embedder_scheduled_ticks (market_id, as_of_date, reason) VALUES (%s, %s, 'baseline')
+                        ON CONFLICT DO NOTHING""", (market_id, baseline))
+        log.warning("tick schedule of %s starts after %s (the newest day present now)", market_id, baseline)
+    else:
+        baseline = max(baseline, newest - timedelta(days=catch_up_days))
+    rows = conn.execute(
+        f"""WITH sel AS (SELECT instrument_id FROM instruments WHERE market_id = %(m)s AND {SELECTABLE}),
+                 cand AS (SELECT DISTINCT o.trade_date FROM prices_outbox o JOIN sel USING (instrument_id)
+                          WHERE o.kind = 'row' AND o.trade_date > %(base)s AND o.trade_date <= %(latest)s
+                            AND NOT EXISTS (SELECT 1 FROM embedder_scheduled_ticks s
+                                            WHERE s.market_id = %(m)s AND s.as_of_date = o.trade_date))
+            SELECT c.trade_date,
+                   (SELECT count(*) FROM sel WHERE EXISTS (SELECT 1 FROM prices_daily p
+                        WHERE p.instrument_id = sel.instrument_id AND p.trade_date = c.trade_date))
+            FROM cand c ORDER BY 1""", {"m": market_id, "base": baseline, "latest": latest}).fetchall()
+    expected = conn.execute(f"SELECT count(*) FROM instruments WHERE market_id = %s AND {SELECTABLE}",
+                            (market_id,)).fetchone()[0]
+    return expected, [DayCount(d, n) for d, n in rows]
+
+
+class TickScheduler:
+    """Checks every market of the schedule at most every `check_seconds` (the relay calls it when idle)."""
+
+    def __init__(self, settings: Settings, clock=lambda: datetime.now(timezone.utc)):
+        self.settings = settings
+        self.clock = clock
+        self._checked_at: datetime | None = None
+
+    def __call__(self, conn: psycopg.Connection) -> list[DueTick]:
+        now = self.clock()
+        if not self.settings.tick_schedule or (
+                self._checked_at and (now - self._checked_at).total_seconds() < self.settings.schedule_check_seconds):
+            return []
+        self._checked_at = now
+        queued = []
+        for schedule in self.settings.tick_schedule:
+            with conn.transaction():
+                expected, days = market_days(conn, schedule.market_id, schedule.catch_up_days)
+                for due in due_ticks(schedule, expected, days, now):
+                    outbox_id = enqueue_tick(conn, due.as_of, schedule.window_days or self.settings.window_days,
+                                             list(schedule.model_ids or self.settings.live_model_ids),
+                                             schedule.market_id, self.settings.bootstrap_chunk_instruments)
+                    conn.execute("""INSERT INTO embedder_scheduled_ticks
+                                        (market_id, as_of_date, reason, instruments, expected, outbox_id)
+                                    VALUES (%s, %s, %s, %s, %s, %s)""",
+                                 (schedule.market_id, due.as_of, due.reason, due.present, due.expected, outbox_id))
+                    log.warning("scheduled tick %s %s: %s (%d of %d instruments have their row)", schedule.market_id,
+                                due.as_of, due.reason, due.present, due.expected)
+                    queued.append(due)
+        return queued
+
+
+def deadline_of(schedule: MarketSchedule, day: date) -> datetime | None:
+    """When the deadline of `day` falls (for the status command)."""
+    if schedule.deadline is None:
+        return None
+    return datetime.combine(day, schedule.deadline, ZoneInfo(schedule.timezone))
+

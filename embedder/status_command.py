@@ -1,0 +1,111 @@
+"""`embedder status`: the live service at a glance, from PostgreSQL (and the broker for dead letters).
+
+Last live tick per market (with what it could not compute), the tick schedule,
+the bootstrap's progress, the outbox backlog and which worker relays it, and
+the dead letters since a time. Everything is read; nothing is changed.
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+import psycopg
+
+from backfill.bootstrap import progress as bootstrap_progress
+from backfill.outbox import relay_holder
+from embedder.console import out
+from shared.config import Settings
+from shared.db import connection
+from shared.dead_letters import count_since, parse_since
+from shared.errors import ServiceUnavailable
+from shared.messages import LIVE_RUN
+
+
+def last_ticks(conn: psycopg.Connection) -> list[dict]:
+    """The newest live tick of each scope (market, or `*`), summed over its source partitions."""
+    rows = conn.execute(
+        """SELECT c.scope, c.as_of_date, count(*), sum(c.embeddings), sum(c.insufficient), sum(c.missing_today),
+                  max(c.committed_at)
+           FROM embedder_tick_commits c
+           JOIN (SELECT scope, max(as_of_date) AS d FROM embedder_tick_commits WHERE run_id = %s GROUP BY scope) n
+             ON n.scope = c.scope AND n.d = c.as_of_date
+           WHERE c.run_id = %s GROUP BY c.scope, c.as_of_date ORDER BY c.scope""", (LIVE_RUN, LIVE_RUN)).fetchall()
+    return [{"market": scope, "as_of": d.isoformat(), "partitions": int(parts), "embedded": int(e),
+             "insufficient_history": int(i), "missing_today": int(m), "committed_at": at.isoformat(timespec="seconds")}
+            for scope, d, parts, e, i, m, at in rows]
+
+
+def scheduled(conn: psycopg.Connection, settings: Settings) -> list[dict]:
+    """Per market of the schedule: its rule and its newest scheduled tick."""
+    out_ = []
+    for s in settings.tick_schedule:
+        row = conn.execute(
+            """SELECT as_of_date, reason, instruments, expected, queued_at FROM embedder_scheduled_ticks
+               WHERE market_id = %s ORDER BY as_of_date DESC LIMIT 1""", (s.market_id,)).fetchone()
+        last = None if row is None else {
+            "as_of": row[0].isoformat(), "reason": row[1], "instruments": row[2], "expected": row[3],
+            "queued_at": row[4].isoformat(timespec="seconds")}
+        out_.append({"market": s.market_id, "deadline": s.deadline.isoformat("minutes") if s.deadline else None,
+                     "timezone": s.timezone, "when_complete": s.when_complete, "last": last})
+    return out_
+
+
+def gather(settings: Settings, since: datetime) -> dict:
+    """Everything the status shows, as JSON-ready data (version 1)."""
+    with connection(settings.database_url, autocommit=True) as conn:
+        boot = bootstrap_progress(conn)
+        backlog, oldest = conn.execute(
+            "SELECT count(*), min(created_at) FROM prices_outbox WHERE published_at IS NULL").fetchone()
+        holder = relay_holder(conn)
+        report = {
+            "version": 1,
+            "ticks": last_ticks(conn),
+            "schedule": scheduled(conn, settings),
+            "bootstrap": {"selectable": boot.selectable, "queued": boot.queued, "loaded": boot.published,
+                          "rows": boot.rows, "pending": boot.pending, "not_queued": boot.unqueued},
+            "outbox": {"unpublished": int(backlog),
+                       "oldest_unpublished": oldest.isoformat(timespec="seconds") if oldest else None},
+            "relay": None if holder is None else {
+                "application": holder.application, "pid": holder.pid, "client": holder.client,
+                "since": holder.since.isoformat(timespec="seconds")},
+        }
+    try:
+        report["dead_letters"] = {"since": since.isoformat(timespec="seconds"), "count": count_since(settings, since),
+                                  "error": None}
+    except ServiceUnavailable as e:
+        report["dead_letters"] = {"since": since.isoformat(timespec="seconds"), "count": None, "error": str(e)}
+    return report
+
+
+def run_status(settings: Settings, since: str, as_json: bool) -> None:
+    report = gather(settings, parse_since(since))
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    say = lambda text: out.print(text, highlight=False, soft_wrap=True)  # noqa: E731
+    if not report["ticks"]:
+        say("live ticks: none committed yet")
+    for t in report["ticks"]:
+        say(f"live tick {t['market']} {t['as_of']}: {t['embedded']} embedded, {t['insufficient_history']} without "
+            f"enough history, {t['missing_today']} without a row that day; committed on {t['partitions']} of "
+            f"{settings.partitions} partitions at {t['committed_at']}")
+    for s in report["schedule"]:
+        rule = " or ".join(filter(None, ["when complete" if s["when_complete"] else None,
+                                         f"at {s['deadline']} {s['timezone']}" if s["deadline"] else None]))
+        last = s["last"]
+        done = "nothing yet" if last is None else (
+            f"last {last['as_of']} ({last['reason']}" + (
+                f", {last['instruments']} of {last['expected']} instruments)" if last["reason"] != "baseline" else ")"))
+        say(f"schedule {s['market']}: ticks {rule}; {done}")
+    b = report["bootstrap"]
+    say(f"bootstrap: {b['loaded']} of {b['selectable']} ACTIVE EQUITY instruments loaded ({b['rows']:,} rows), "
+        f"{b['pending']} waiting for the relay, {b['not_queued']} not queued yet")
+    o = report["outbox"]
+    oldest = f", oldest from {o['oldest_unpublished']}" if o["oldest_unpublished"] else ""
+    say(f"outbox: {o['unpublished']} unpublished{oldest}")
+    r = report["relay"]
+    say("relay: no worker holds the relay lock (captured rows and ticks wait in the outbox)" if r is None else
+        f"relay: {r['application']} (pid {r['pid']} at {r['client'] or 'local socket'}, since {r['since']})")
+    d = report["dead_letters"]
+    say(f"dead letters since {d['since']}: " + (str(d["count"]) if d["error"] is None else f"unknown ({d['error']})")
+        + (" (embedder dead-letters lists them)" if d["count"] else ""))
