@@ -1,5 +1,6 @@
-"""The always-on service, measured: a warm worker with live capture, day after day of rows landing
-in the outbox, each followed by `embedder tick`; latency from the tick to the last commit."""
+"""The always-on service, measured as a user starts it: history in prices_daily that no trigger saw, a
+worker that bootstraps it, then day after day of rows landing with plain INSERTs, each followed by
+`embedder tick`; latency from the tick to the last commit."""
 from __future__ import annotations
 
 import os
@@ -8,21 +9,15 @@ import subprocess
 import sys
 import time
 import urllib.request
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 
 import psycopg
 
-from backfill.blocks import plan
 from backfill.outbox import enqueue_tick
-from backfill.publisher import PricePublisher
 from backfill.worker_process import worker_env
 from shared.config import Settings
 from shared.lag import LagMonitor
-from shared.messages import LIVE_RUN, RowBatch
-from streams.window import retention_days
-
-WARM_DAYS_BEFORE = 260  # calendar days of history published before the measured days
 
 
 def start_worker(settings: Settings, datadir: Path, capture: bool = True) -> subprocess.Popen:
@@ -69,33 +64,41 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def warm_live_windows(settings: Settings, url: str, before: date) -> int:
-    """Publish the live run's history (every row from `before` minus the retention) as row batches."""
-    start = before - timedelta(days=max(WARM_DAYS_BEFORE, retention_days(settings.window_days,
-                                                                        settings.retention_slack_days)))
+def withhold_days(url: str, first: date) -> int:
+    """Take the rows from `first` on out of prices_daily, unseen by the capture triggers (history the
+    platform wrote before the project was installed ends before them); returns how many."""
     with psycopg.connect(url) as conn:
-        rows = conn.execute("""SELECT instrument_id, trade_date, close, volume FROM prices_daily
-                               WHERE trade_date >= %s AND trade_date < %s ORDER BY trade_date, instrument_id""",
-                            (start, before)).fetchall()
-    publisher = PricePublisher(settings)
-    try:
-        for out in plan(rows, settings.partitions, [], block_days=14):
-            publisher.row_batch(out.partition, RowBatch(LIVE_RUN, settings.window_days, out.rows))
-        publisher.flush()
-    finally:
-        publisher.close()
-    return len(rows)
+        conn.execute("SET session_replication_role = replica")  # no capture triggers for this session
+        conn.execute("DROP TABLE IF EXISTS bench_withheld")
+        conn.execute("CREATE TABLE bench_withheld AS SELECT * FROM prices_daily WHERE trade_date >= %s", (first,))
+        n = conn.execute("DELETE FROM prices_daily WHERE trade_date >= %s", (first,)).rowcount
+        conn.execute("""TRUNCATE prices_outbox, embedder_bootstrap, embedder_tick_commits, embedder_scheduled_ticks""")
+    return n
+
+
+def wait_bootstrapped(settings: Settings, url: str, timeout: float = 1800.0) -> int:
+    """Block until every queued instrument is loaded and the worker has applied it; returns rows."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(url, autocommit=True) as conn:
+        while True:
+            queued, loaded, rows = conn.execute(
+                "SELECT count(*), count(published_at), coalesce(sum(rows), 0) FROM embedder_bootstrap").fetchone()
+            if queued and queued == loaded:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"bootstrap not done after {timeout:.0f}s ({loaded} of {queued})")
+            time.sleep(0.1)
+    wait_caught_up(settings, timeout)
+    return int(rows)
 
 
 def tick_latencies(settings: Settings, url: str, days: list[date], model_id: str) -> list[float]:
-    """For each day: its rows land in the outbox (as the capture triggers would put them), then the
-    tick; seconds from the tick to the commit of its last partition."""
+    """For each day: its rows land in prices_daily with a plain INSERT (captured by the triggers),
+    then `embedder tick`; seconds from the tick to the commit of its last partition."""
     latencies = []
     with psycopg.connect(url, autocommit=True) as conn:
         for day in days:
-            conn.execute("""INSERT INTO prices_outbox (instrument_id, trade_date, close, volume)
-                            SELECT instrument_id, trade_date, close, volume FROM prices_daily
-                            WHERE trade_date = %s ORDER BY instrument_id""", (day,))
+            conn.execute("INSERT INTO prices_daily SELECT * FROM bench_withheld WHERE trade_date = %s", (day,))
             started = time.perf_counter()
             enqueue_tick(conn, day, settings.window_days, [model_id])
             while conn.execute("""SELECT count(*) FROM embedder_tick_commits
@@ -104,6 +107,22 @@ def tick_latencies(settings: Settings, url: str, days: list[date], model_id: str
                 time.sleep(0.005)
             latencies.append(time.perf_counter() - started)
     return latencies
+
+
+def load_quietly(url: str, rows: list[tuple], market_id: str) -> None:
+    """A synthetic market as a platform holds it: instruments and prices written with the capture
+    triggers off (the history predates the project). rows: (id, date, close, volume)."""
+    from shared.db import copy_rows
+
+    with psycopg.connect(url) as conn:
+        conn.execute("SET session_replication_role = replica")
+        with conn.cursor() as cur:
+            copy_rows(cur, "instruments", ("instrument_id", "market_id", "asset_class", "symbol", "currency"),
+                      [(i, market_id, "EQUITY", i, "USD") for i in sorted({r[0] for r in rows})])
+            copy_rows(cur, "prices_daily", ("instrument_id", "trade_date", "open", "high", "low", "close",
+                                            "adjusted_close", "volume", "currency"),
+                      ((i, d, c, c, c, c, c, v, "USD") for i, d, c, v in rows),
+                      ("text", "date", "float8", "float8", "float8", "float8", "float8", "float8", "text"))
 
 
 def stop(proc: subprocess.Popen) -> None:
