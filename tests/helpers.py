@@ -34,6 +34,12 @@ def expected(url: str, instrument_ids: list[str], as_of_dates: list[date], windo
         rows = conn.execute(
             "SELECT instrument_id, trade_date, close, volume FROM prices_daily WHERE instrument_id = ANY(%s)",
             (instrument_ids,)).fetchall()
+    return expected_from_rows(rows, instrument_ids, as_of_dates, window_days, model_ids)
+
+
+def expected_from_rows(rows, instrument_ids: list[str], as_of_dates: list[date], window_days: int,
+                       model_ids) -> dict[tuple, bytes]:
+    """SPEC section 3 by the plain-loop reference over `rows` (instrument_id, trade_date, close, volume)."""
     by_id: dict[str, list] = {}
     for i, d, c, v in rows:
         by_id.setdefault(i, []).append((d, c, v))

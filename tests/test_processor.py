@@ -15,7 +15,7 @@ from shared.validation import NON_POSITIVE_CLOSE
 from streams.processor import Effects, PartitionProcessor, ProcessorConfig
 from streams.registry import InstrumentInfo, StaticRegistry
 from streams.state import RunPartition, run_key, window_key
-from tests.reference import reference_embedding
+from tests.helpers import expected_from_rows
 
 PARTITIONS = 1
 W = 10
@@ -68,17 +68,7 @@ def history(ids: list[str], days: int, start: date = DAY0) -> list[tuple]:
 
 
 def expected(rows: list[tuple], ids: list[str], as_of: list[date], models=MODELS) -> dict[tuple, bytes]:
-    by_id: dict[str, list] = {}
-    for i, d, c, v in rows:
-        by_id.setdefault(i, []).append((d, c, v))
-    out = {}
-    for i in ids:
-        for d in as_of:
-            for m in models:
-                vec = reference_embedding(by_id.get(i, []), d, W, m)
-                if vec is not None:
-                    out[(i, d, m)] = vec
-    return out
+    return expected_from_rows(rows, ids, as_of, W, models)
 
 
 def replay(h: Harness, run: str, rows: list[tuple], ticks: list[date], first_offset: int = 0) -> int:
