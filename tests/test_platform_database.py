@@ -4,8 +4,10 @@ Real broker, real PostgreSQL, the real worker; every check is equality with `rep
 from __future__ import annotations
 
 import json
+import random
 import re
 import signal
+import threading
 import subprocess
 import time
 from datetime import date, timedelta
@@ -142,14 +144,33 @@ def test_the_bootstrap_killed_half_way_and_restarted(database_factory, cli_env, 
     url, new_rows = platform_market(database_factory, ids)
     env = platform_env(cli_env, url) | {"EMBEDDER_BOOTSTRAP_CHUNK_INSTRUMENTS": "8"}
     partitions = int(env["EMBEDDER_PARTITIONS"])
+    # The platform keeps restating closes of rows inside the look-back while the bootstrap reads
+    # them: captured changes and snapshots interleave in the outbox.
+    stop_writing = threading.Event()
+    restated: list[int] = []
+
+    def restate() -> None:
+        rng = random.Random(7)
+        with psycopg.connect(url, autocommit=True) as conn:
+            while not stop_writing.is_set():
+                restated.append(conn.execute(
+                    """UPDATE prices_daily SET close = close * %s WHERE instrument_id = %s
+                       AND trade_date = (SELECT max(trade_date) FROM prices_daily WHERE instrument_id = %s
+                                         AND trade_date <= %s)""",
+                    (rng.uniform(0.9, 1.1), f"K{rng.randrange(400):04d}", f"K{rng.randrange(400):04d}",
+                     HISTORY_TO - timedelta(days=rng.randrange(150)))).rowcount)
+                time.sleep(0.005)
+
+    writer = threading.Thread(target=restate, daemon=True)
     worker = start_live_worker(env, tmp_path)
+    writer.start()
     try:
         at_kill: dict[str, tuple[int, int]] = {}
 
         def half_way() -> bool:
             loaded, queued = bootstrap_published(url)
             at_kill["state"] = (loaded, queued)
-            return queued > 0 and 0 < loaded < queued
+            return queued > 0 and queued // 2 <= loaded < queued
 
         wait_for(half_way, 120, "the bootstrap to be half-way", interval=0.02)
         worker.send_signal(signal.SIGKILL)
@@ -159,6 +180,10 @@ def test_the_bootstrap_killed_half_way_and_restarted(database_factory, cli_env, 
         assert queued == len(ids) + 1 and loaded < queued  # + EU-ONE: selectable in its own market
         time.sleep(1)
         worker = start_live_worker(env, tmp_path)  # the same state folder
+        wait_for(lambda: bootstrap_published(url)[0] == len(ids) + 1, 180, "the bootstrap to finish")
+        stop_writing.set()
+        writer.join(timeout=30)
+        assert sum(restated) > 50
         days = LIVE_DAYS[:2]
         with psycopg.connect(url) as conn:
             for day in days:
@@ -170,6 +195,7 @@ def test_the_bootstrap_killed_half_way_and_restarted(database_factory, cli_env, 
         assert stored(url) == expected(url, selectable(url), days, 63, MODELS)
         assert assert_live_equals_direct(env, url, days) > 0
     finally:
+        stop_writing.set()
         stop(worker)
 
 
