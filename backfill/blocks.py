@@ -26,8 +26,14 @@ class RowsOut:
 
 @dataclass(frozen=True)
 class TickOut:
-    as_of: date
+    """One tick for every as_of date a block completes (a replay sends one per block, not per date)."""
+
+    dates: tuple[date, ...]  # ascending
     rows_sent: tuple[int, ...]  # rows sent so far to each partition, by partition number
+
+    @property
+    def as_of(self) -> date:
+        return self.dates[-1]
 
 
 @dataclass
@@ -74,9 +80,11 @@ class BlockPlanner:
         for p in sorted(self._buffers):
             yield self._rows_out(p)
         self._block_start = None
+        first = self._next_tick
         while self._next_tick < len(self.ticks) and (before is None or self.ticks[self._next_tick] < before):
-            yield TickOut(self.ticks[self._next_tick], tuple(self._sent))
             self._next_tick += 1
+        if self._next_tick > first:
+            yield TickOut(tuple(self.ticks[first:self._next_tick]), tuple(self._sent))
 
     def _rows_out(self, p: int) -> RowsOut:
         rows = self._buffers.pop(p)

@@ -73,8 +73,9 @@ def publish_run(settings: Settings, conn: psycopg.Connection, selection: RunSele
                 (ids, start, end),
             )
             for out in plan(cur, settings.partitions, dates, block_days(settings)):
-                if isinstance(out, TickOut):
-                    publisher.tick(Tick(run=run_id, d=out.as_of, w=n, m=models, n=out.rows_sent))
+                if isinstance(out, TickOut):  # every as_of date of the block in one tick
+                    publisher.tick(Tick(run=run_id, d=out.as_of, ds=out.dates[:-1] or None, w=n, m=models,
+                                        n=out.rows_sent))
                     continue
                 publisher.row_batch(out.partition, RowBatch(run_id, n, out.rows))
                 published += len(out.rows)

@@ -93,9 +93,11 @@ def register(app: faust.App, settings: Settings, metrics: StreamMetrics,
         1. Dead letters go to the dead-letter topic.
         2. Embedding batches go to the embeddings topic, in order, on this event's partition (the
            sink writes them; a tick's last batch carries its completion).
-        3. Both are awaited until Kafka has acknowledged them: a state write must never record work
-           whose output could still be lost (a changelog record can reach Kafka while messages to
-           another topic, buffered before it, die with the process).
+        3. When the state write records work that a re-delivery would skip (`fx.output_before_state`:
+           windows written beside corrections), both are awaited until Kafka has acknowledged them:
+           a changelog record can reach Kafka while messages to another topic, buffered before it,
+           die with the process. A tick is computed whole whenever it comes, so it does not wait
+           (that wait, once per tick, had the prices agent idle a third of a replay).
         4. The state writes go to the tables, and so to their changelogs (a re-delivered event then
            finds its offset applied and changes nothing).
         5. The caller returns and faust acks the event; its offset is committed on faust's timer,
@@ -106,7 +108,7 @@ def register(app: faust.App, settings: Settings, metrics: StreamMetrics,
         for batch in fx.embeddings:  # 2
             metrics.embeddings_emitted.inc(sum(1 for item in batch.items if item[3]))
             pending.append(await embeddings.send(key=b"", value=encode_embeddings(batch), partition=partition))
-        if pending:
+        if pending and fx.output_before_state:
             await asyncio.gather(*pending)  # 3
         for key, value in fx.writes.windows.items():  # 4
             if value is None:

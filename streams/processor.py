@@ -26,6 +26,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 
+import numpy as np
+
 from shared.messages import (
     LIVE_RUN,
     BadMessage,
@@ -86,6 +88,14 @@ class Effects:
     lost_windows: list[str] = field(default_factory=list)
     """Live instruments a tick covers that have no window at all: the bootstrap should load them."""
     rows: int = 0
+
+    @property
+    def output_before_state(self) -> bool:
+        """True when the output must be acknowledged before the state is written: the event writes
+        windows (recording its offset as applied, so a re-delivery skips it) and emits something only
+        that first delivery produces (corrections, their dead letters). A tick writes no window: if
+        it comes again it is computed whole, so its output need not be waited for."""
+        return bool(self.writes.windows) and bool(self.embeddings or self.dead_letters)
 
 
 class PartitionProcessor:
@@ -256,11 +266,12 @@ class PartitionProcessor:
                 row_payload(tick.run, [tick.as_of.isoformat(), tick.scope])))
         first_model = tick.models[0]
         embedded = Counter(as_of for _, as_of, m, _ in items if m == first_model)
-        done = []
-        held_by_day = {d: [w.holds(d) for _, w in full + partial] for d in days}
-        for d, as_of in zip(days, dates):
-            missing = len(no_window) + held_by_day[d].count(False)
-            done.append(TickDone(as_of, embedded[as_of], len(expected) - embedded[as_of], missing))
+        day_array = np.asarray(days, dtype=np.int64)
+        missing = np.full(len(days), len(no_window), dtype=np.int64)
+        for _, window in full + partial:
+            missing += ~np.isin(day_array, window.days)
+        done = [TickDone(as_of, embedded[as_of], len(expected) - embedded[as_of], int(m))
+                for as_of, m in zip(dates, missing)]
         rows_missing = self._rows_missing(tick, before, offset)
         fx.embeddings.extend(chunk_embeddings(tick.run, tick.window_days, self.partition, items, done, rows_missing,
                                               tick.scope if live else ""))

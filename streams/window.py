@@ -30,13 +30,17 @@ NO_OFFSET = -1
 NOTHING_DROPPED = -(2**31)
 
 
+EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+
+
 def day_number(d: date) -> int:
-    return int((np.datetime64(d, "D") - EPOCH).astype(np.int64))
+    """Days since 1970-01-01 (the day column of a window, and numpy's datetime64[D] value)."""
+    return d.toordinal() - EPOCH_ORDINAL
 
 
 def date_of(day: int) -> date:
     """Inverse of `day_number`."""
-    return (EPOCH + np.timedelta64(day, "D")).astype(object)
+    return date.fromordinal(int(day) + EPOCH_ORDINAL)
 
 
 @dataclass(frozen=True)

@@ -89,10 +89,11 @@ def test_replay_plan_sends_each_tick_after_every_row_up_to_it_on_every_partition
     rows = [(f"S{k}", day0 + timedelta(days=d), 1.0, 1.0) for d in range(60) for k in range(30)]
     ticks = [day0 + timedelta(days=d) for d in (10, 11, 40, 59)]
     out = list(plan(rows, 4, ticks, block_days=7))
-    assert [o.as_of for o in out if isinstance(o, TickOut)] == ticks
+    assert [d for o in out if isinstance(o, TickOut) for d in o.dates] == ticks
+    assert [o.dates for o in out if isinstance(o, TickOut)] == [tuple(ticks[:2]), (ticks[2],), (ticks[3],)]
     assert sum(len(o.rows) for o in out if isinstance(o, RowsOut)) == len(rows)
     for t in ticks:
-        pos = next(n for n, o in enumerate(out) if isinstance(o, TickOut) and o.as_of == t)
+        pos = next(n for n, o in enumerate(out) if isinstance(o, TickOut) and t in o.dates)
         assert all(r[1] > t for o in out[pos:] if isinstance(o, RowsOut) for r in o.rows)
         # rows newer than the tick that precede it stay within one block
         assert all(r[1] < t + timedelta(days=7) for o in out[:pos] if isinstance(o, RowsOut) for r in o.rows)
