@@ -4,9 +4,9 @@ Pure planning, no Kafka. Sending one message per row costs the stream an event,
 a state write and a changelog record per row; a block sends each partition one
 batch per few days instead. A tick T goes out after the block holding T, so it
 follows every row with trade_date <= T on every partition (SPEC section 4); the
-rows of the block newer than T reach the worker first, which is harmless
-because a window is read as of T and the block spans far fewer days than the
-retention slack the worker keeps beyond the look-back.
+rows of the block newer than T reach the worker first, which is harmless because a window is
+read as of T and keeps, beyond the look-back, as many days as a block spans
+(each row batch tells the worker: `RowBatch.slack_days`).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
-from shared.messages import ROW_BATCH_BYTES, row_batch_overhead, row_wire_size
+from shared.messages import ROW_BATCH_BYTES, row_batch_overhead, row_wire
 from shared.topics import partition_for
 
 
@@ -22,6 +22,7 @@ from shared.topics import partition_for
 class RowsOut:
     partition: int
     rows: list[tuple[str, date, float, float]]
+    wire: list[bytes]  # the rows encoded (shared.messages.row_wire), once
 
 
 @dataclass(frozen=True)
@@ -38,15 +39,20 @@ class TickOut:
 
 @dataclass
 class BlockPlanner:
-    """Feed rows in trade_date order; iterate the messages to send, in order."""
+    """Feed rows in trade_date order; iterate the messages to send, in order.
+
+    A block's rows are held per partition until the block ends, then cut into batches at
+    instrument boundaries (every batch under the message limit), so each instrument's window is
+    updated once per block: the worker writes a window (and its changelog record) once per event
+    that touches it.
+    """
 
     partitions: int
     ticks: list[date]
     block_days: int
     max_bytes: int = ROW_BATCH_BYTES - row_batch_overhead()
     """Encoded bytes of rows per message: batches are cut by size, so any id length fits."""
-    _buffers: dict[int, list] = field(default_factory=dict)
-    _sizes: dict[int, int] = field(default_factory=dict)
+    _buffers: dict[int, dict[str, list]] = field(default_factory=dict)
     _block_start: date | None = None
     _next_tick: int = 0
     _partition_of: dict[str, int] = field(default_factory=dict)
@@ -57,7 +63,7 @@ class BlockPlanner:
         self._sent = [0] * self.partitions
 
     def add(self, instrument_id: str, trade_date: date, close: float, volume: float) -> Iterator[RowsOut | TickOut]:
-        """Messages that must go out before this row (a finished block, a full batch)."""
+        """Messages that must go out before this row (those of a finished block)."""
         if self._block_start is not None and trade_date - self._block_start >= timedelta(days=self.block_days):
             yield from self._end_block(before=trade_date)
         if self._block_start is None:
@@ -65,12 +71,8 @@ class BlockPlanner:
         p = self._partition_of.get(instrument_id)
         if p is None:
             p = self._partition_of[instrument_id] = partition_for(instrument_id, self.partitions)
-        row = (instrument_id, trade_date, close, volume)
-        cost = row_wire_size(row)
-        if p in self._buffers and self._sizes[p] + cost > self.max_bytes:
-            yield self._rows_out(p)
-        self._buffers.setdefault(p, []).append(row)
-        self._sizes[p] = self._sizes.get(p, 0) + cost
+        self._buffers.setdefault(p, {}).setdefault(instrument_id, []).append(
+            (instrument_id, trade_date, close, volume))
 
     def finish(self) -> Iterator[RowsOut | TickOut]:
         """The last batches, then every tick not yet sent."""
@@ -78,7 +80,7 @@ class BlockPlanner:
 
     def _end_block(self, before: date | None) -> Iterator[RowsOut | TickOut]:
         for p in sorted(self._buffers):
-            yield self._rows_out(p)
+            yield from self._rows_out(p)
         self._block_start = None
         first = self._next_tick
         while self._next_tick < len(self.ticks) and (before is None or self.ticks[self._next_tick] < before):
@@ -86,11 +88,30 @@ class BlockPlanner:
         if self._next_tick > first:
             yield TickOut(tuple(self.ticks[first:self._next_tick]), tuple(self._sent))
 
-    def _rows_out(self, p: int) -> RowsOut:
-        rows = self._buffers.pop(p)
-        self._sizes.pop(p, None)
+    def _rows_out(self, p: int) -> Iterator[RowsOut]:
+        """A partition's block as batches, whole instruments each (an instrument's rows are split
+        only if they alone exceed a message)."""
+        batch: list = []
+        wire: list[bytes] = []
+        size = 0
+        for rows in self._buffers.pop(p).values():
+            encoded = [row_wire(r) for r in rows]
+            if batch and size + sum(len(e) + 1 for e in encoded) > self.max_bytes:
+                yield self._out(p, batch, wire)
+                batch, wire, size = [], [], 0
+            for row, row_bytes in zip(rows, encoded):
+                if batch and size + len(row_bytes) + 1 > self.max_bytes:
+                    yield self._out(p, batch, wire)
+                    batch, wire, size = [], [], 0
+                batch.append(row)
+                wire.append(row_bytes)
+                size += len(row_bytes) + 1
+        if batch:
+            yield self._out(p, batch, wire)
+
+    def _out(self, p: int, rows: list, wire: list[bytes]) -> RowsOut:
         self._sent[p] += len(rows)
-        return RowsOut(p, rows)
+        return RowsOut(p, rows, wire)
 
 
 def plan(rows: Iterable[tuple[str, date, float, float]], partitions: int, ticks: list[date],

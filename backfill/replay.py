@@ -63,8 +63,9 @@ def publish_run(settings: Settings, conn: psycopg.Connection, selection: RunSele
     models = tuple(selection.model_ids)
     publisher = PricePublisher(settings)
     published = reported = 0
+    slack = block_days(settings)  # the run's windows keep one block beyond the look-back
     try:
-        with conn.cursor(name=f"replay_{run_id}") as cur:
+        with conn.cursor(name=f"replay_{run_id}", binary=True) as cur:
             cur.itersize = 20_000
             cur.execute(
                 """SELECT instrument_id, trade_date, close, volume FROM prices_daily
@@ -77,7 +78,7 @@ def publish_run(settings: Settings, conn: psycopg.Connection, selection: RunSele
                     publisher.tick(Tick(run=run_id, d=out.as_of, ds=out.dates[:-1] or None, w=n, m=models,
                                         n=out.rows_sent))
                     continue
-                publisher.row_batch(out.partition, RowBatch(run_id, n, out.rows))
+                publisher.row_batch(out.partition, RowBatch(run_id, n, out.rows, slack_days=slack, wire=out.wire))
                 published += len(out.rows)
                 if published - reported >= 20_000:
                     publisher.flush()
@@ -93,8 +94,9 @@ def publish_run(settings: Settings, conn: psycopg.Connection, selection: RunSele
 
 
 def block_days(settings: Settings) -> int:
-    """Calendar days per replay block: well inside the retention slack the worker keeps."""
-    return max(1, min(14, settings.retention_slack_days // 2))
+    """Calendar days per replay block (each window is written once per block; the run's windows keep
+    as many days beyond the look-back, so a tick never loses rows of the block that carries it)."""
+    return settings.replay_block_days
 
 
 def wait_for_run(database_url: str, run_id: str, last_tick: date, partitions: int, hooks: ReplayHooks,

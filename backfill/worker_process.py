@@ -38,12 +38,11 @@ def worker_env(settings: Settings) -> dict[str, str]:
         "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
         "EMBEDDER_APP_ID": settings.app_id,
         "EMBEDDER_PRICES_TOPIC": settings.prices_topic,
-        "EMBEDDER_EMBEDDINGS_TOPIC": settings.embeddings_topic,
         "EMBEDDER_DEAD_LETTER_TOPIC": settings.dead_letter_topic,
         "EMBEDDER_PARTITIONS": str(settings.partitions),
         "EMBEDDER_WINDOW_DAYS": str(settings.window_days),
         "EMBEDDER_RETENTION_SLACK_DAYS": str(settings.retention_slack_days),
-        "EMBEDDER_SINK_BATCH_SIZE": str(settings.sink_batch_size),
+        "EMBEDDER_SINK_BATCH_EMBEDDINGS": str(settings.sink_batch_embeddings),
         "EMBEDDER_SINK_BATCH_SECONDS": str(settings.sink_batch_seconds),
         "EMBEDDER_WEB_PORT": "0",  # beside a running service: any free port
     }

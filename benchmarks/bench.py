@@ -57,7 +57,7 @@ class Figures(dict):
 def for_app(base: Settings, url: str, tag: str) -> Settings:
     return base.model_copy(update={
         "database_url": url, "app_id": f"embedder-bench-{tag}", "prices_topic": f"bench-{tag}.prices",
-        "embeddings_topic": f"bench-{tag}.embeddings", "dead_letter_topic": f"bench-{tag}.dead-letter"})
+        "dead_letter_topic": f"bench-{tag}.dead-letter"})
 
 
 def query(url: str, statement: str, *params) -> list[tuple]:

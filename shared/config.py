@@ -78,7 +78,6 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "EMBEDDER_KAFKA_BOOTSTRAP_SERVERS"),
     )
     prices_topic: str = "embedder.prices"
-    embeddings_topic: str = "embedder.embeddings"
     dead_letter_topic: str = "embedder.dead-letter"
     partitions: int = Field(default=8, ge=1)
     window_days: int = Field(default=63, ge=1)
@@ -87,11 +86,15 @@ class Settings(BaseSettings):
     """Where a worker keeps its RocksDB table state (one sub-folder per worker)."""
     app_id: str = "embedder"
     """Faust application id: the consumer group and the prefix of its changelog topics."""
-    sink_batch_size: int = Field(default=64, ge=1)
-    """Most embedding messages (each one tick's embeddings of one partition, <= 512 KB) per database
-    transaction of the sink."""
-    sink_batch_seconds: float = Field(default=0.1, gt=0)
-    """Longest the sink waits to fill a batch."""
+    sink_batch_embeddings: int = Field(default=20_000, ge=1)
+    """Most embeddings per sink transaction (the sink groups the output of many events)."""
+    sink_batch_seconds: float = Field(default=0.02, ge=0)
+    """Longest the sink waits for more output before it writes what it has."""
+    sink_max_pending_embeddings: int = Field(default=200_000, ge=1)
+    """Embeddings queued for the sink before the stream waits for it (backpressure: a database outage
+    stops the stream from reading on)."""
+    replay_block_days: int = Field(default=60, ge=1, le=366)
+    """Calendar days of rows a replay sends per block, before the block's one tick."""
     retention_slack_days: int = Field(default=31, ge=0)
     """Calendar days of rows kept beyond one look-back, for late rows and corrections."""
     live_model_ids: tuple[str, ...] = ("num-regime-core-v1",)

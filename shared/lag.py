@@ -60,7 +60,7 @@ class Sample:
 @dataclass
 class PartitionLag:
     topic: str
-    role: str  # "worker" (prices) or "sink" (embeddings)
+    role: str  # "worker": the prices agent (its events count once their embeddings are committed)
     partition: int
     committed: int | None
     end: int
@@ -143,7 +143,7 @@ class LagMonitor:
         self.settings = settings
         self.window_seconds = window_seconds
         self.group = settings.app_id
-        self.roles = {settings.prices_topic: "worker", settings.embeddings_topic: "sink"}
+        self.roles = {settings.prices_topic: "worker"}
         self._history: dict[tuple[str, int], deque[Sample]] = {}
         self._admin = None
         self._consumer: KafkaConsumer | None = None

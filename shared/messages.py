@@ -1,17 +1,14 @@
-"""Message schemas on the topics, and their one encode/decode point.
+"""Message schemas on the prices topic, and their one encode/decode point.
 
-Prices topic: compact JSON with a version field. `decode` raises BadMessage with
-a reason for a message that cannot be processed at all, so the stream can
-dead-letter it instead of crashing or dropping it. A row batch is checked row by
-row with `shared.validation.row_problem` (the rule `prices import` applies too):
-its bad rows come back in `RowBatch.rejected` and cost only themselves.
-Embeddings topic: a binary batch (JSON header + raw float32 vectors), since
-vectors are most of the volume.
+Compact JSON with a version field. `decode` raises BadMessage with a reason for
+a message that cannot be processed at all, so the stream can dead-letter it
+instead of crashing or dropping it. A row batch is checked row by row with
+`shared.validation.row_problem` (the rule `prices import` applies too): its bad
+rows come back in `RowBatch.rejected` and cost only themselves.
 """
 from __future__ import annotations
 
 import json
-import struct
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date
@@ -114,6 +111,11 @@ class RowBatch:
     window_days: int
     rows: list[Row | Deletion]
     rejected: list[tuple[str, Any]] = field(default_factory=list)
+    slack_days: int | None = None
+    """Days the run's windows keep beyond one look-back (a replay's block length); None: the
+    worker's `retention_slack_days`."""
+    wire: list[bytes] | None = field(default=None, compare=False, repr=False)
+    """The rows already encoded (`row_wire`), when the sender has them: encoded once, not twice."""
     kind: str = "rows"
 
     @property
@@ -128,47 +130,48 @@ Message = Union[PriceRow, RowBatch, Tick, RunEnd]
 def encode(message: BaseModel | RowBatch) -> bytes:
     """The wire form of a message."""
     if isinstance(message, RowBatch):
-        return _row_batch_head(message.run, message.window_days) + b",".join(map(_row_json, message.rows)) + b"]}"
+        rows = message.wire if message.wire is not None else map(row_wire, message.rows)
+        return _row_batch_head(message.run, message.window_days, message.slack_days) + b",".join(rows) + b"]}"
     return message.model_dump_json(by_alias=True, exclude_none=True).encode()
 
 
-def _row_batch_head(run: str, window_days: int) -> bytes:
-    return b'{"v":1,"run":' + json.dumps(run).encode() + b',"k":"rows","w":' + str(window_days).encode() + b',"r":['
+def _row_batch_head(run: str, window_days: int, slack_days: int | None = None) -> bytes:
+    slack = b"" if slack_days is None else b',"s":' + str(slack_days).encode()
+    return (b'{"v":1,"run":' + json.dumps(run).encode() + b',"k":"rows","w":' + str(window_days).encode()
+            + slack + b',"r":[')
 
 
-def _row_json(row: Sequence) -> bytes:
+def row_wire(row: Sequence) -> bytes:
+    """One row as it appears in a row batch (a size-cutter keeps it, to send it without encoding again)."""
     instrument_id, trade_date, *values = row
     return json.dumps([instrument_id, trade_date.isoformat(), *values], separators=(",", ":")).encode()
 
 
-def row_wire_size(row: Sequence) -> int:
-    """Encoded bytes `row` adds to a row batch (with its separator)."""
-    return len(_row_json(row)) + 1
-
-
-def row_batch_overhead(run: str = "r" * 64, window_days: int = 2000) -> int:
-    """Encoded bytes of a row batch around its rows (by default for the longest run id and window)."""
-    return len(_row_batch_head(run, window_days)) + 2
+def row_batch_overhead(run: str = "r" * 64, window_days: int = 2000, slack_days: int | None = 3650) -> int:
+    """Encoded bytes of a row batch around its rows (by default for the longest run id and fields)."""
+    return len(_row_batch_head(run, window_days, slack_days)) + 2
 
 
 def row_batches(run: str, window_days: int, rows: Iterable[Row | Deletion],
-                max_bytes: int = ROW_BATCH_BYTES) -> Iterator[RowBatch]:
+                max_bytes: int = ROW_BATCH_BYTES) -> Iterator[RowBatch]:  # (live capture: no slack field)
     """`rows` cut into RowBatch messages of at most `max_bytes` encoded bytes, order kept.
 
     Cut by the encoded size, not a row count, so any id length (up to the schema's 50
     characters, which JSON may escape to 300 bytes) stays under the message limit."""
-    head = row_batch_overhead(run, window_days)
+    head = row_batch_overhead(run, window_days, None)
     batch: list = []
+    wire: list[bytes] = []
     size = head
     for row in rows:
-        cost = row_wire_size(row)
-        if batch and size + cost > max_bytes:
-            yield RowBatch(run, window_days, batch)
-            batch, size = [], head
+        encoded = row_wire(row)
+        if batch and size + len(encoded) + 1 > max_bytes:
+            yield RowBatch(run, window_days, batch, wire=wire)
+            batch, wire, size = [], [], head
         batch.append(tuple(row))
-        size += cost
+        wire.append(encoded)
+        size += len(encoded) + 1
     if batch:
-        yield RowBatch(run, window_days, batch)
+        yield RowBatch(run, window_days, batch, wire=wire)
 
 
 def _parse_row(raw: Any, latest: date) -> tuple[str | None, Row | Deletion | None]:
@@ -191,9 +194,9 @@ def _parse_row(raw: Any, latest: date) -> tuple[str | None, Row | Deletion | Non
 
 
 def _decode_row_batch(data: dict) -> RowBatch:
-    if set(data) - {"v", "run", "k", "w", "r"}:
-        raise BadMessage(f"invalid field rows: unexpected {sorted(set(data) - {'v', 'run', 'k', 'w', 'r'})}")
-    run, window_days, rows = data.get("run", LIVE_RUN), data.get("w"), data.get("r")
+    if set(data) - {"v", "run", "k", "w", "r", "s"}:
+        raise BadMessage(f"invalid field rows: unexpected {sorted(set(data) - {'v', 'run', 'k', 'w', 'r', 's'})}")
+    run, window_days, rows, slack = data.get("run", LIVE_RUN), data.get("w"), data.get("r"), data.get("s")
     if data.get("v", VERSION) != VERSION:
         raise BadMessage(f"invalid field rows.v: unsupported version {data.get('v')!r}")
     if not isinstance(run, str) or not 1 <= len(run) <= 64:
@@ -202,6 +205,8 @@ def _decode_row_batch(data: dict) -> RowBatch:
         raise BadMessage("invalid field rows.w: window days between 1 and 2000")
     if not isinstance(rows, list):
         raise BadMessage("invalid field rows.r: a list of rows")
+    if slack is not None and (isinstance(slack, bool) or not isinstance(slack, int) or not 0 <= slack <= 3650):
+        raise BadMessage("invalid field rows.s: slack days between 0 and 3650")
     latest = latest_trade_date()
     valid: list = []
     rejected: list = []
@@ -211,7 +216,7 @@ def _decode_row_batch(data: dict) -> RowBatch:
             rejected.append((problem, raw))
         else:
             valid.append(row)
-    return RowBatch(run, window_days, valid, rejected)
+    return RowBatch(run, window_days, valid, rejected, slack)
 
 
 def decode(raw: bytes | None) -> Message:
@@ -258,94 +263,3 @@ def dead_letter_record(reason: str, topic: str, partition: int | None, offset: i
     batch, that row alone)."""
     return json.dumps({"reason": reason, "topic": topic, "partition": partition, "offset": offset,
                        "payload": payload[:4096].decode("utf-8", "replace")}).encode()
-
-
-# --- embeddings topic: one binary message per (tick, source partition) chunk ---------------------
-
-EMBEDDING_MAGIC = b"EMB1"
-_HEADER_LEN = struct.Struct("<I")
-MAX_EMBEDDING_MESSAGE_BYTES = 512 * 1024
-Embedding = tuple[str, date, str, bytes]
-"""(instrument_id, as_of, model_id, vector bytes); empty bytes mean: delete the stored row (a
-correction left the window without enough history)."""
-
-
-@dataclass(frozen=True)
-class TickDone:
-    """A tick's as_of date is complete for one source partition, and what it computed there."""
-
-    as_of: date
-    embedded: int
-    insufficient: int = 0
-    missing_today: int = 0
-
-
-@dataclass(frozen=True)
-class EmbeddingBatch:
-    """Embeddings computed from one source partition, and optionally the completion of a tick.
-
-    When `done` is set, this is the last message of that tick for `partition`: the sink records
-    the completions in the same transaction as the rows. `scope` is the tick's market (`*` for
-    every market; empty for replays).
-    """
-
-    run: str
-    window_days: int
-    partition: int
-    items: list[Embedding]
-    done: tuple[TickDone, ...] = ()
-    rows_missing: int = 0
-    scope: str = ""
-
-
-def encode_embeddings(batch: EmbeddingBatch) -> bytes:
-    """MAGIC, header length, JSON header (run, window, partition, item keys, done), vectors."""
-    header = {
-        "run": batch.run, "w": batch.window_days, "p": batch.partition,
-        "i": [[i, d.isoformat(), m, len(v)] for i, d, m, v in batch.items],
-        "t": [[t.as_of.isoformat(), t.embedded, t.insufficient, t.missing_today] for t in batch.done],
-        "x": batch.rows_missing, "s": batch.scope,
-    }
-    head = json.dumps(header, separators=(",", ":")).encode()
-    return b"".join([EMBEDDING_MAGIC, _HEADER_LEN.pack(len(head)), head, *(v for *_, v in batch.items)])
-
-
-def decode_embeddings(raw: bytes | None) -> EmbeddingBatch:
-    """Inverse of `encode_embeddings`; BadMessage for anything else."""
-    if not raw or not raw.startswith(EMBEDDING_MAGIC):
-        raise BadMessage("not an embedding batch")
-    try:
-        (size,) = _HEADER_LEN.unpack_from(raw, len(EMBEDDING_MAGIC))
-        start = len(EMBEDDING_MAGIC) + _HEADER_LEN.size
-        header = json.loads(raw[start:start + size])
-        pos = start + size
-        items = []
-        for instrument_id, as_of, model_id, n in header["i"]:
-            items.append((instrument_id, date.fromisoformat(as_of), model_id, raw[pos:pos + n]))
-            pos += n
-        if pos != len(raw):
-            raise ValueError("length mismatch")
-        done = tuple(TickDone(date.fromisoformat(d), e, i, m) for d, e, i, m in header["t"])
-        return EmbeddingBatch(header["run"], header["w"], header["p"], items, done, header["x"], header["s"])
-    except (ValueError, KeyError, TypeError, struct.error) as e:
-        raise BadMessage(f"corrupt embedding batch: {e}") from None
-
-
-def chunk_embeddings(run: str, window_days: int, partition: int, items: list[Embedding],
-                     done: Sequence[TickDone] = (), rows_missing: int = 0, scope: str = "") -> list[EmbeddingBatch]:
-    """Split items into messages under MAX_EMBEDDING_MESSAGE_BYTES; the last carries the tick's done."""
-    chunks: list[list] = [[]]
-    size = 0
-    for item in items:
-        cost = len(item[3]) + len(item[0]) + len(item[2]) + 24
-        if chunks[-1] and size + cost > MAX_EMBEDDING_MESSAGE_BYTES:
-            chunks.append([])
-            size = 0
-        chunks[-1].append(item)
-        size += cost
-    if not items and not done:
-        return []
-    out = [EmbeddingBatch(run, window_days, partition, c, scope=scope) for c in chunks]
-    if done:
-        out[-1] = EmbeddingBatch(run, window_days, partition, out[-1].items, tuple(done), rows_missing, scope)
-    return out

@@ -46,13 +46,12 @@ def wait_until_known(admin: KafkaAdminClient, names: set[str], timeout: float = 
 
 
 def ensure_topics(settings: Settings) -> None:
-    """Create the prices, embeddings, dead-letter and changelog topics where missing (idempotent)."""
+    """Create the prices, dead-letter and changelog topics where missing (idempotent)."""
     admin = admin_client(settings)
     try:
         existing = set(admin.list_topics())
         wanted = [
             NewTopic(settings.prices_topic, settings.partitions, 1),
-            NewTopic(settings.embeddings_topic, settings.partitions, 1),
             NewTopic(settings.dead_letter_topic, 1, 1),
         ] + [
             NewTopic(changelog_topic(settings, t), settings.partitions, 1, topic_configs={"cleanup.policy": "compact"})

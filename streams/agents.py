@@ -1,9 +1,11 @@
-"""Thin Faust adapters: the prices agent feeds a `PartitionProcessor` and applies its effects; the sink
-agent writes embedding batches to PostgreSQL.
+"""The thin Faust adapter: the prices agent feeds a `PartitionProcessor` and applies its effects.
 
 All stream semantics live in `streams/processor.py` (no Faust there). This module
 does the I/O around it: the registry's database reads before an event, and the
-commit order after it (`apply_effects`).
+commit order after it (`apply_effects`). The sink is in this process
+(`streams/sink.py`): events are acked by hand, each once what it produced is
+committed in PostgreSQL, and faust commits offsets only up to the first unacked
+event of a partition.
 """
 from __future__ import annotations
 
@@ -14,23 +16,12 @@ from collections.abc import Callable
 import faust
 
 from shared.config import Settings
-from shared.messages import (
-    LIVE_RUN,
-    BadMessage,
-    EmbeddingBatch,
-    PriceRow,
-    RowBatch,
-    Tick,
-    dead_letter_record,
-    decode,
-    decode_embeddings,
-    encode_embeddings,
-)
+from shared.messages import LIVE_RUN, BadMessage, PriceRow, RowBatch, Tick, dead_letter_record, decode
 from shared.metrics import StreamMetrics
 from streams.gaps import OffsetGuard
 from streams.processor import DeadLetter, Effects, PartitionProcessor, ProcessorConfig, TickReport
 from streams.registry import DbRegistry
-from streams.sink import SinkWriter
+from streams.sink import BatchingSink, SinkWriter
 
 log = logging.getLogger("embedder.stream")
 LostWindows = Callable[[list[str]], None]
@@ -39,10 +30,9 @@ loads them again."""
 
 
 def register(app: faust.App, settings: Settings, metrics: StreamMetrics,
-             on_lost_windows: LostWindows | None = None) -> None:
+             on_lost_windows: LostWindows | None = None) -> BatchingSink:
     raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
     prices = app.topic(settings.prices_topic, partitions=settings.partitions, **raw)
-    embeddings = app.topic(settings.embeddings_topic, partitions=settings.partitions, **raw)
     dead_letter = app.topic(settings.dead_letter_topic, **raw)
     table = dict(partitions=settings.partitions, key_type=str, value_type=bytes)
     windows = app.Table("windows", **table)
@@ -51,6 +41,8 @@ def register(app: faust.App, settings: Settings, metrics: StreamMetrics,
     config = ProcessorConfig(settings.partitions, settings.window_days, settings.retention_slack_days)
     processors: dict[int, PartitionProcessor] = {}
     guard = OffsetGuard(settings.prices_topic)
+    sink = BatchingSink(SinkWriter(settings.database_url, metrics=metrics), settings.sink_batch_embeddings,
+                        settings.sink_batch_seconds, settings.sink_max_pending_embeddings)
 
     def processor_of(partition: int) -> PartitionProcessor:
         proc = processors.get(partition)
@@ -87,29 +79,31 @@ def register(app: faust.App, settings: Settings, metrics: StreamMetrics,
         return pending
 
     async def apply_effects(event: faust.EventT, fx: Effects) -> None:
-        """The commit order, written once. A crash between two steps re-delivers the event, and
-        every step is safe to repeat.
+        """The commit order, written once. A crash between two steps re-delivers the event (it is
+        acked only at the end), and every step is safe to repeat.
 
         1. Dead letters go to the dead-letter topic.
-        2. Embedding batches go to the embeddings topic, in order, on this event's partition (the
-           sink writes them; a tick's last batch carries its completion).
+        2. Embedding batches go to the sink, in order (it writes them with the ticks they complete
+           in one PostgreSQL transaction).
         3. When the state write records work that a re-delivery would skip (`fx.output_before_state`:
-           windows written beside corrections), both are awaited until Kafka has acknowledged them:
-           a changelog record can reach Kafka while messages to another topic, buffered before it,
-           die with the process. A tick is computed whole whenever it comes, so it does not wait
-           (that wait, once per tick, had the prices agent idle a third of a replay).
+           windows written beside corrections), both are awaited: the sink's commit and Kafka's
+           acknowledgement. A tick is computed whole whenever it comes, so it does not wait.
         4. The state writes go to the tables, and so to their changelogs (a re-delivered event then
            finds its offset applied and changes nothing).
-        5. The caller returns and faust acks the event; its offset is committed on faust's timer,
-           after the producer is flushed, so the changelog is durable before the offset counts.
+        5. The event is acked: at once when it produced nothing for the sink, else by the sink after
+           its commit. Faust commits a partition's offset up to its first unacked event, after
+           flushing the producer, so changelogs and dead letters are durable before it counts.
         """
         pending = await send_dead_letters(event, fx.dead_letters)  # 1
-        partition = event.message.partition
-        for batch in fx.embeddings:  # 2
-            metrics.embeddings_emitted.inc(sum(1 for item in batch.items if item[3]))
-            pending.append(await embeddings.send(key=b"", value=encode_embeddings(batch), partition=partition))
-        if pending and fx.output_before_state:
-            await asyncio.gather(*pending)  # 3
+        emitted = sum(1 for b in fx.embeddings for item in b.items if item[3])
+        metrics.embeddings_emitted.inc(emitted)
+        acked_by_sink = bool(fx.embeddings) and not fx.output_before_state
+        if fx.output_before_state:  # 2 and 3
+            await sink.write(fx.embeddings)
+            if pending:
+                await asyncio.gather(*pending)
+        elif acked_by_sink:  # 2
+            await sink.submit(fx.embeddings, committed(event, fx))
         for key, value in fx.writes.windows.items():  # 4
             if value is None:
                 windows.pop(key, None)
@@ -120,6 +114,20 @@ def register(app: faust.App, settings: Settings, metrics: StreamMetrics,
                 runs.pop(key, None)
             else:
                 runs[key] = value
+        if not acked_by_sink:  # 5
+            event.ack()
+
+    def committed(event: faust.EventT, fx: Effects) -> Callable[[], None]:
+        """What runs once the sink has committed an event's output: the ack, and for a tick, telling
+        the processor its windows may now drop the rows only that tick needed."""
+        partition = event.message.partition
+
+        def done() -> None:
+            event.ack()
+            proc = processors.get(partition)
+            if fx.tick is not None and proc is not None:
+                proc.confirm(*fx.tick)
+        return done
 
     def report(partition: int, tick: TickReport) -> None:
         """Count a tick's instruments and log one line for it (not again when it is re-delivered)."""
@@ -166,27 +174,11 @@ def register(app: faust.App, settings: Settings, metrics: StreamMetrics,
 
     @app.agent(prices, name="prices")
     async def process_prices(stream):
-        async for event in stream.events():
+        # noack: an event is acked by apply_effects (step 5), after the sink committed its output.
+        async for event in stream.noack().events():
             partition, offset = event.message.partition, event.message.offset
             metrics.offset_gaps.inc(guard.skipped(partition, offset))
             await on_event(event)
             guard.applied(partition, offset)
 
-    writer = SinkWriter(settings.database_url, metrics=metrics)
-
-    @app.agent(embeddings, name="sink")
-    async def sink(stream):
-        # noack_take, not take: take() acks its buffer in a `finally`, so a worker stopped while the
-        # database write is in flight would commit offsets for a batch that never reached Postgres.
-        # Here events are acked only after the commit; anything unacked is delivered again.
-        async for events in stream.noack_take(settings.sink_batch_size, within=settings.sink_batch_seconds):
-            batches: list[EmbeddingBatch] = []
-            for event in events:
-                try:
-                    batches.append(decode_embeddings(event.value))
-                except BadMessage as e:
-                    msg = event.message
-                    log.error("%s[%s]@%s: %s", msg.topic, msg.partition, msg.offset, e.reason)
-            await asyncio.to_thread(writer.write_until_committed, batches)
-            for event in events:
-                event.ack()
+    return sink

@@ -26,25 +26,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 
-import numpy as np
-
-from shared.messages import (
-    LIVE_RUN,
-    BadMessage,
-    Embedding,
-    EmbeddingBatch,
-    Message,
-    PriceRow,
-    RowBatch,
-    RunEnd,
-    Tick,
-    TickDone,
-    chunk_embeddings,
-    row_payload,
-)
+from shared.messages import LIVE_RUN, BadMessage, Message, PriceRow, RowBatch, RunEnd, Tick, row_payload
+from streams.output import Embedding, EmbeddingBatch, TickDone
 from streams.registry import Registry
 from streams.state import RunPartition, TickRecord, Writes, run_key, window_key
-from streams.ticks import embeddings_at
+from shared.encoder import LOOKBACK_FACTOR
+from streams.ticks import Timeline, embeddings_at
 from streams.window import NO_OFFSET, Window, date_of, day_number, retention_days
 
 DEFAULT_CACHE_WINDOWS = 50_000
@@ -88,13 +75,16 @@ class Effects:
     lost_windows: list[str] = field(default_factory=list)
     """Live instruments a tick covers that have no window at all: the bootstrap should load them."""
     rows: int = 0
+    tick: tuple[str, int] | None = None
+    """(run, offset) of a tick: once the sink has committed its output, `confirm` it."""
 
     @property
     def output_before_state(self) -> bool:
-        """True when the output must be acknowledged before the state is written: the event writes
-        windows (recording its offset as applied, so a re-delivery skips it) and emits something only
-        that first delivery produces (corrections, their dead letters). A tick writes no window: if
-        it comes again it is computed whole, so its output need not be waited for."""
+        """True when the output must be durable (committed by the sink, acknowledged by Kafka) before
+        the state is written: the event writes windows (recording its offset as applied, so a
+        re-delivery skips it) and emits something only that first delivery produces (corrections,
+        their dead letters). A tick writes no window: if it comes again it is computed whole, so its
+        output need not be waited for."""
         return bool(self.writes.windows) and bool(self.embeddings or self.dead_letters)
 
 
@@ -111,11 +101,29 @@ class PartitionProcessor:
         self.cache_windows = cache_windows
         self._windows: OrderedDict[str, Window] = OrderedDict()
         self._runs: dict[str, RunPartition] = {}
+        self._unconfirmed: dict[str, dict[int, int]] = {}
+        """Per run: offset -> first look-back day of each tick whose output the sink has not committed."""
 
     def forget(self) -> None:
         """Drop the parsed-state caches (after a rebalance, or when effects were not applied)."""
         self._windows.clear()
         self._runs.clear()
+        self._unconfirmed.clear()
+
+    def confirm(self, run: str, offset: int) -> None:
+        """The sink committed the output of the tick at `offset` (and of every earlier one): windows
+        may now drop the rows only it needed."""
+        pending = self._unconfirmed.get(run)
+        if pending:
+            for o in [o for o in pending if o <= offset]:
+                del pending[o]
+
+    def _floor(self, run: str) -> int | None:
+        """The first day a tick still waiting for the sink needs: no window drops rows from it on.
+        So the state, written to the changelog before that output is durable, can always
+        recompute the tick when a crash makes it come again."""
+        pending = self._unconfirmed.get(run)
+        return min(pending.values()) if pending else None
 
     def process(self, offset: int, message: Message) -> Effects:
         """What `message`, read at `offset` of this partition, does. Raises BadMessage only for a
@@ -124,7 +132,7 @@ class PartitionProcessor:
         if isinstance(message, RowBatch):
             fx.rows = message.rows_total
             self._rows(message.run, message.window_days, message.rows, message.rejected, message.rows_total,
-                       offset, fx)
+                       offset, fx, message.slack_days)
         elif isinstance(message, PriceRow):
             fx.rows = 1
             row = (message.instrument_id, message.trade_date, message.close, message.volume)
@@ -176,8 +184,8 @@ class PartitionProcessor:
     # --- rows ------------------------------------------------------------------------------------
 
     def _rows(self, run: str, window_days: int, rows: Sequence[tuple], rejected: Sequence[tuple[str, object]],
-              rows_total: int, offset: int, fx: Effects) -> None:
-        keep = retention_days(window_days, self.config.retention_slack_days)
+              rows_total: int, offset: int, fx: Effects, slack_days: int | None = None) -> None:
+        keep = retention_days(window_days, self.config.retention_slack_days if slack_days is None else slack_days)
         before = self._run_state(run)
         state = before.with_received(rows_total, offset)
         for reason, raw in rejected:
@@ -191,6 +199,7 @@ class PartitionProcessor:
                 by_instrument.setdefault(row[0], []).append(row)
         state = state.with_members(set(by_instrument))
         corrections: dict[int, list[Embedding]] = {}
+        floor = self._floor(run)
         for instrument_id, own in by_instrument.items():
             key = window_key(run, instrument_id)
             window = self._window(key)
@@ -198,7 +207,7 @@ class PartitionProcessor:
                 continue  # re-delivered after a restart or rebalance: already in the restored state
             changes = [(day_number(r[1]), r[2], r[3]) if len(r) == 4 else (day_number(r[1]), None, None)
                        for r in own]
-            window, too_old = window.apply(changes, keep, offset)
+            window, too_old = window.apply(changes, keep, offset, floor)
             for k in too_old:
                 fx.dead_letters.append(DeadLetter(
                     f"row older than the stream keeps ({keep} days before the instrument's newest row); "
@@ -219,7 +228,7 @@ class PartitionProcessor:
                     recompute(instrument_id, window, [t for t in fresh if t.window_days == window_days]))
             self._write_window(fx, key, window)
         for window_days, items in corrections.items():
-            fx.embeddings.extend(chunk_embeddings(run, window_days, self.partition, items))
+            fx.embeddings.append(EmbeddingBatch(run, window_days, self.partition, items))
         self._write_run(fx, run, before, state)
 
     def _ticks_reached(self, run: str, instrument_id: str, state: RunPartition, days: list[int]) -> list[TickRecord]:
@@ -251,7 +260,7 @@ class PartitionProcessor:
                 full.append((instrument_id, window))
             else:
                 partial.append((instrument_id, window))
-        items = embeddings_at(full, days, tick.window_days, tick.models)
+        items = Timeline(full).embeddings(days, tick.window_days, tick.models)
         uncovered: list[str] = []
         for instrument_id, window in partial:
             held = [d for d in days if window.covers(d, tick.window_days)]
@@ -266,25 +275,25 @@ class PartitionProcessor:
                 row_payload(tick.run, [tick.as_of.isoformat(), tick.scope])))
         first_model = tick.models[0]
         embedded = Counter(as_of for _, as_of, m, _ in items if m == first_model)
-        day_array = np.asarray(days, dtype=np.int64)
-        missing = np.full(len(days), len(no_window), dtype=np.int64)
-        for _, window in full + partial:
-            missing += ~np.isin(day_array, window.days)
+        held = full + partial
+        present = Timeline(held).present(days)  # (held windows x days)
+        missing = len(no_window) + (~present).sum(axis=0)
         done = [TickDone(as_of, embedded[as_of], len(expected) - embedded[as_of], int(m))
                 for as_of, m in zip(dates, missing)]
         rows_missing = self._rows_missing(tick, before, offset)
-        fx.embeddings.extend(chunk_embeddings(tick.run, tick.window_days, self.partition, items, done, rows_missing,
-                                              tick.scope if live else ""))
+        fx.embeddings.append(EmbeddingBatch(tick.run, tick.window_days, self.partition, items, tuple(done),
+                                            rows_missing, tick.scope if live else "", redelivered))
+        self._unconfirmed.setdefault(tick.run, {})[offset] = days[0] - LOOKBACK_FACTOR * tick.window_days
+        fx.tick = (tick.run, offset)
         keep = retention_days(tick.window_days, self.config.retention_slack_days)
         records = [TickRecord(d, tick.window_days, tuple(tick.models), tick.scope if live else None) for d in days]
         self._write_run(fx, tick.run, before, before.with_ticks(records, keep, offset))
         newest = dates[-1]
         got = {i for i, as_of, m, _ in items if as_of == newest and m == first_model}
-        windows = dict(full + partial)
+        held_newest = {i for (i, _), here in zip(held, present[:, -1]) if here}
         fx.ticks.append(TickReport(
             tick.run, tick.scope if live else "", dates, len(expected), len(got),
-            [i for i in expected if i not in got],
-            [i for i in expected if i not in windows or not windows[i].holds(days[-1])], redelivered))
+            [i for i in expected if i not in got], [i for i in expected if i not in held_newest], redelivered))
         if live and no_window and not redelivered:
             fx.lost_windows.extend(no_window)
 
@@ -308,6 +317,7 @@ class PartitionProcessor:
         for instrument_id in sorted(before.members):
             self._write_window(fx, window_key(run, instrument_id), None)
         self._write_run(fx, run, before, None)
+        self._unconfirmed.pop(run, None)
 
 
 def recompute(instrument_id: str, window: Window, ticks: Sequence[TickRecord]) -> list[Embedding]:

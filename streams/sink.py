@@ -1,24 +1,32 @@
-"""The sink's database write: embeddings and tick completions in one transaction, retried until it lands.
+"""The sink: embeddings and tick completions written to PostgreSQL in batches, in order, in the worker.
 
-Faust's `stream.take()` acks its buffer when the loop body finishes, so a
-failed write must never escape the body: `write_until_committed` retries with
-backoff instead (trap 1 of the design notes), and only returns once PostgreSQL
-has committed.
+quix-streams' model: the sink lives in the process that computes, and an event
+counts as processed (its offset may be committed) only once what it produced is
+committed in PostgreSQL. `BatchingSink` takes the embedding batches of processed
+events in order, groups them into transactions from one writer thread, and runs
+each submission's callback (the event's ack) on the event loop after the commit.
+`SinkWriter` is that transaction: it retries with backoff until PostgreSQL
+commits (trap 1 of the design notes: a failed write never counts as done).
 """
 from __future__ import annotations
 
+import asyncio
 import logging
+import queue
+import threading
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime, timezone
-from collections.abc import Sequence
 
 import psycopg
 
 from shared.db import connect
 from shared.embedding_store import delete_embeddings, upsert_embeddings
 from shared.errors import ServiceUnavailable
-from shared.messages import LIVE_RUN, EmbeddingBatch
+from shared.messages import LIVE_RUN
 from shared.metrics import StreamMetrics
+from streams.output import EmbeddingBatch
 
 log = logging.getLogger("embedder.sink")
 
@@ -50,18 +58,22 @@ class SinkWriter:
                     latest[(i, d, m)] = (i, d, m, b.window_days, v)
             upsert_embeddings(conn, (row for row in latest.values() if row[4]))
             delete_embeddings(conn, [key for key, row in latest.items() if not row[4]])
-            done = [(b.run, b.scope, b.partition, t.as_of, t.embedded, t.insufficient, t.missing_today, b.rows_missing)
+            done = [{"run": b.run, "scope": b.scope, "p": b.partition, "d": t.as_of, "e": t.embedded,
+                     "i": t.insufficient, "m": t.missing_today, "x": b.rows_missing, "again": b.redelivered}
                     for b in batches for t in b.done]
             if done:
                 with conn.cursor() as cur:
                     cur.executemany(
-                        """INSERT INTO embedder_tick_commits (run_id, scope, source_partition, as_of_date,
-                                                              embeddings, insufficient, missing_today, rows_missing)
-                           VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
-                           ON CONFLICT (run_id, scope, source_partition, as_of_date)
-                           DO UPDATE SET embeddings = EXCLUDED.embeddings, insufficient = EXCLUDED.insufficient,
-                                         missing_today = EXCLUDED.missing_today,
-                                         rows_missing = EXCLUDED.rows_missing, committed_at = now()""",
+                        """INSERT INTO embedder_tick_commits AS c (run_id, scope, source_partition, as_of_date,
+                                                                   embeddings, insufficient, missing_today, rows_missing)
+                           VALUES (%(run)s, %(scope)s, %(p)s, %(d)s, %(e)s, %(i)s, %(m)s, %(x)s)
+                           ON CONFLICT (run_id, scope, source_partition, as_of_date) DO UPDATE SET
+                               embeddings = CASE WHEN %(again)s THEN GREATEST(c.embeddings, EXCLUDED.embeddings)
+                                                 ELSE EXCLUDED.embeddings END,
+                               insufficient = CASE WHEN %(again)s THEN LEAST(c.insufficient, EXCLUDED.insufficient)
+                                                   ELSE EXCLUDED.insufficient END,
+                               missing_today = EXCLUDED.missing_today,
+                               rows_missing = EXCLUDED.rows_missing, committed_at = now()""",
                         done,
                     )
             conn.commit()
@@ -128,3 +140,94 @@ class SinkWriter:
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
+
+
+@dataclass
+class _Submission:
+    batches: list[EmbeddingBatch]
+    done: Callable[[], None]
+    size: int
+
+
+class BatchingSink:
+    """Embedding batches of processed events, written in submission order by one thread.
+
+    `submit` (on the event loop) queues a submission and returns; its `done` callback runs on the
+    loop once the transaction holding it has committed. `write` waits for that commit. The thread
+    groups what is queued into one transaction of up to `batch_embeddings`, waiting at most
+    `batch_seconds` for more. `submit` waits while `max_pending` embeddings are queued (backpressure:
+    a database outage stops the stream from reading on, instead of filling memory).
+    """
+
+    def __init__(self, writer: SinkWriter, batch_embeddings: int = 20_000, batch_seconds: float = 0.02,
+                 max_pending: int = 200_000):
+        self.writer = writer
+        self.batch_embeddings = batch_embeddings
+        self.batch_seconds = batch_seconds
+        self.max_pending = max_pending
+        self._queue: queue.Queue[_Submission | None] = queue.Queue()
+        self._pending = 0
+        self._room: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    def _start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._thread = threading.Thread(target=self._run, name="sink", daemon=True)
+        self._thread.start()
+
+    async def submit(self, batches: list[EmbeddingBatch], done: Callable[[], None]) -> None:
+        """Queue `batches`; `done` runs on this loop after their commit. Waits while the queue is full."""
+        if self._thread is None:
+            self._start()
+        while self._pending >= self.max_pending:
+            self._room.clear()
+            await self._room.wait()
+        size = sum(b.size for b in batches) or 1
+        self._pending += size
+        self._queue.put(_Submission(batches, done, size))
+
+    async def write(self, batches: list[EmbeddingBatch]) -> None:
+        """Queue `batches` and return once they are committed (after everything queued before them)."""
+        committed = asyncio.get_running_loop().create_future()
+        await self.submit(batches, lambda: committed.done() or committed.set_result(None))
+        await committed
+
+    def _released(self, size: int) -> None:
+        self._pending -= size
+        if self._pending < self.max_pending:
+            self._room.set()
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            group, size = [first], first.size
+            deadline = time.monotonic() + self.batch_seconds
+            while size < self.batch_embeddings:
+                try:
+                    nxt = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._queue.put(None)
+                    break
+                group.append(nxt)
+                size += nxt.size
+            self.writer.write_until_committed([b for s in group for b in s.batches])
+            try:
+                for submission in group:
+                    self._loop.call_soon_threadsafe(self._released, submission.size)
+                    self._loop.call_soon_threadsafe(submission.done)
+            except RuntimeError:  # the loop has closed: the worker is stopping
+                return
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Write what is queued (up to `timeout`), then end the thread. Unwritten submissions are
+        never acked, so their events come again."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout)

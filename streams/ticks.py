@@ -6,37 +6,58 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from shared.encoder import apply_model, encode_windows
-from shared.messages import Embedding
+from streams.output import Embedding
 from shared.models import get_model
 from streams.window import Window, date_of
 
 SPACING = 1 << 20  # days between instruments on the joint timeline: far beyond any look-back
 
 
+class Timeline:
+    """Many windows on one timeline: each instrument's days shifted onto a stretch of their own
+    (SPACING apart, far beyond any look-back), so one vectorised call serves them all."""
+
+    def __init__(self, windows: Sequence[tuple[str, Window]]):
+        self.ids = [i for i, _ in windows]
+        self.shifts = np.arange(len(windows), dtype=np.int64) * SPACING
+        self.days = (np.concatenate([w.rows["day"].astype(np.int64) + s for (_, w), s in zip(windows, self.shifts)])
+                     if windows else np.empty(0, dtype=np.int64))
+        self.closes = np.concatenate([w.rows["close"] for _, w in windows]) if windows else np.empty(0)
+        self.volumes = np.concatenate([w.rows["volume"] for _, w in windows]) if windows else np.empty(0)
+
+    def present(self, as_of_days: Sequence[int]) -> np.ndarray:
+        """(windows x days) True where the window holds a row for that day."""
+        targets = self.shifts[:, None] + np.asarray(as_of_days, dtype=np.int64)[None, :]
+        idx = np.searchsorted(self.days, targets)
+        found = np.zeros(targets.shape, dtype=bool)
+        inside = idx < self.days.size
+        found[inside] = self.days[idx[inside]] == targets[inside]
+        return found
+
+    def embeddings(self, as_of_days: Iterable[int], window_days: int, model_ids: Iterable[str]) -> list[Embedding]:
+        """(instrument_id, as_of, model_id, vector bytes) of every window at every as_of day with
+        enough history, in one `encode_windows` call."""
+        models = [get_model(m) for m in model_ids]
+        targets = np.unique(np.fromiter(as_of_days, dtype=np.int64))
+        if not self.ids or targets.size == 0:
+            return []
+        all_targets = (self.shifts[:, None] + targets[None, :]).ravel()
+        batch = encode_windows(self.days.astype("datetime64[D]"), self.closes, self.volumes,
+                               all_targets.astype("datetime64[D]"), window_days)
+        got = batch.as_of.astype(np.int64)
+        owner = np.searchsorted(all_targets, got) // targets.size
+        as_of = [date_of(int(t)) for t in got - owner * SPACING]
+        ids = [self.ids[int(k)] for k in owner]
+        out: list[Embedding] = []
+        for model in models:
+            vectors = apply_model(batch.flat, model).astype("<f4", copy=False)
+            raw = vectors.tobytes()
+            width = vectors.shape[1] * 4
+            out.extend((ids[j], as_of[j], model.model_id, raw[j * width:(j + 1) * width]) for j in range(len(ids)))
+        return out
+
+
 def embeddings_at(windows: Sequence[tuple[str, Window]], as_of_days: Iterable[int], window_days: int,
                   model_ids: Iterable[str]) -> list[Embedding]:
-    """(instrument_id, as_of, model_id, vector bytes) of every window at every as_of day with enough
-    history, computed in one `encode_windows` call: each instrument's days are shifted onto its own
-    stretch of one timeline, so no look-back ever reaches another instrument's rows."""
-    models = [get_model(m) for m in model_ids]
-    targets = np.unique(np.fromiter(as_of_days, dtype=np.int64))
-    if not windows or targets.size == 0:
-        return []
-    shifts = np.arange(len(windows), dtype=np.int64) * SPACING
-    days = np.concatenate([w.rows["day"].astype(np.int64) + s for (_, w), s in zip(windows, shifts)])
-    closes = np.concatenate([w.rows["close"] for _, w in windows])
-    volumes = np.concatenate([w.rows["volume"] for _, w in windows])
-    all_targets = (shifts[:, None] + targets[None, :]).ravel()
-    batch = encode_windows(days.astype("datetime64[D]"), closes, volumes, all_targets.astype("datetime64[D]"),
-                           window_days)
-    got = batch.as_of.astype(np.int64)
-    owner = np.searchsorted(all_targets, got) // targets.size
-    as_of = [date_of(int(t)) for t in got - owner * SPACING]
-    ids = [windows[int(k)][0] for k in owner]
-    out: list[Embedding] = []
-    for model in models:
-        vectors = apply_model(batch.flat, model).astype("<f4", copy=False)
-        raw = vectors.tobytes()
-        width = vectors.shape[1] * 4
-        out.extend((ids[j], as_of[j], model.model_id, raw[j * width:(j + 1) * width]) for j in range(len(ids)))
-    return out
+    """The embeddings of `windows` at `as_of_days` (see `Timeline.embeddings`)."""
+    return Timeline(windows).embeddings(as_of_days, window_days, model_ids)

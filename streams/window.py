@@ -69,14 +69,18 @@ class Window:
         return self.rows["day"]
 
     def apply(self, changes: Sequence[tuple[int, float | None, float | None]], keep_days: int,
-              offset: int = NO_OFFSET) -> tuple["Window", list[int]]:
+              offset: int = NO_OFFSET, floor: int | None = None) -> tuple["Window", list[int]]:
         """The window with `changes` applied in order, and the indexes of changes it could not hold.
 
         A change is (day, close, volume), or (day, None, None) for a deleted row; where a day
         repeats, the last change wins. Rows older than the newest day minus `keep_days` are dropped
-        and the horizon moves up (never down: a delete of the newest row leaves it). A change older
-        than the resulting horizon is not applied: its index is returned, so the caller can say so.
+        and the horizon moves up (never down: a delete of the newest row leaves it), but never past
+        `floor` (the first day a tick still waiting for its output needs). A change older than the
+        resulting horizon is not applied: its index is returned, so the caller can say so.
         """
+        appended = self._appended(changes, keep_days, offset, floor)
+        if appended is not None:
+            return appended
         last: dict[int, int] = {}
         for k, (day, _, _) in enumerate(changes):
             last[day] = k
@@ -90,9 +94,31 @@ class Window:
         merged = merged[np.argsort(merged["day"], kind="stable")]
         horizon = self.horizon
         if merged.size:
-            horizon = max(horizon, int(merged["day"][-1]) - keep_days)
+            horizon = self._next_horizon(int(merged["day"][-1]), keep_days, floor)
         rows = merged[merged["day"] >= horizon]
         too_old = [k for k, (day, _, _) in enumerate(changes) if day < horizon]
+        return Window(max(offset, self.applied_offset), horizon, rows), too_old
+
+    def _next_horizon(self, newest: int, keep_days: int, floor: int | None) -> int:
+        target = newest - keep_days if floor is None else min(newest - keep_days, floor)
+        return max(self.horizon, target)
+
+    def _appended(self, changes: Sequence[tuple[int, float | None, float | None]], keep_days: int,
+                  offset: int, floor: int | None) -> tuple["Window", list[int]] | None:
+        """`apply` for the usual case, rows after the newest held day in ascending order (a replay's
+        block, a live day); None when the changes are anything else."""
+        if not changes or any(c[1] is None for c in changes):
+            return None
+        days = [c[0] for c in changes]
+        if (self.rows.size and days[0] <= int(self.rows["day"][-1])) or any(a >= b for a, b in zip(days, days[1:])):
+            return None
+        values = np.array(changes, dtype=np.float64)
+        added = np.empty(len(changes), dtype=ROW)
+        added["day"], added["close"], added["volume"] = values[:, 0], values[:, 1], values[:, 2]
+        merged = np.concatenate((self.rows, added))
+        horizon = self._next_horizon(days[-1], keep_days, floor)
+        rows = merged[int(np.searchsorted(merged["day"], horizon)):]
+        too_old = [k for k, day in enumerate(days) if day < horizon]
         return Window(max(offset, self.applied_offset), horizon, rows), too_old
 
     def holds(self, day: int) -> bool:

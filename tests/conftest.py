@@ -129,7 +129,6 @@ def cli_env(db_url, endpoints) -> dict[str, str]:
     env.update({
         "EMBEDDER_APP_ID": f"embedder-test-{tag}",
         "EMBEDDER_PRICES_TOPIC": f"test-{tag}.prices",
-        "EMBEDDER_EMBEDDINGS_TOPIC": f"test-{tag}.embeddings",
         "EMBEDDER_DEAD_LETTER_TOPIC": f"test-{tag}.dead-letter",
         "EMBEDDER_PARTITIONS": "4",
         "EMBEDDER_WEB_PORT": "0",  # each worker picks a free port (written to <data-dir>/web.port)

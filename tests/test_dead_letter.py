@@ -24,7 +24,7 @@ from shared.topics import ensure_topics
 def settings_of(env: dict[str, str]) -> Settings:
     return Settings(_env_file=None, database_url=env["DATABASE_URL"],
                     kafka_bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"], app_id=env["EMBEDDER_APP_ID"],
-                    prices_topic=env["EMBEDDER_PRICES_TOPIC"], embeddings_topic=env["EMBEDDER_EMBEDDINGS_TOPIC"],
+                    prices_topic=env["EMBEDDER_PRICES_TOPIC"],
                     dead_letter_topic=env["EMBEDDER_DEAD_LETTER_TOPIC"], partitions=int(env["EMBEDDER_PARTITIONS"]))
 
 
@@ -55,7 +55,7 @@ def test_malformed_messages_are_dead_lettered_with_reasons(cli_env, kafka_bootst
     tag = uuid.uuid4().hex[:8]
     env = cli_env | {
         "EMBEDDER_APP_ID": f"embedder-dlq-{tag}", "EMBEDDER_PRICES_TOPIC": f"dlq-{tag}.prices",
-        "EMBEDDER_EMBEDDINGS_TOPIC": f"dlq-{tag}.embeddings", "EMBEDDER_DEAD_LETTER_TOPIC": f"dlq-{tag}.dead",
+        "EMBEDDER_DEAD_LETTER_TOPIC": f"dlq-{tag}.dead",
         "EMBEDDER_PARTITIONS": "2",
     }
     settings = settings_of(env)

@@ -70,7 +70,7 @@ def group_lag(report: dict) -> int:
 def test_lag_report_equals_the_broker_then_zero_then_stall_or_stop(cli_env, tmp_path):
     settings = settings_of(cli_env)
     ensure_topics(settings)
-    topics = [settings.prices_topic, settings.embeddings_topic]
+    topics = [settings.prices_topic]
     publish_backlog(settings, 5, date(2020, 1, 6))
     worker = start_worker(cli_env, tmp_path, "w1")
     try:  # let it consume and commit, then stop it: a committed position with a known backlog after it

@@ -7,17 +7,12 @@ import pytest
 
 from backfill.blocks import RowsOut, TickOut, plan
 from shared.messages import (
-    MAX_EMBEDDING_MESSAGE_BYTES,
     MAX_MESSAGE_BYTES,
     BadMessage,
     RowBatch,
     Tick,
-    TickDone,
-    chunk_embeddings,
     decode,
-    decode_embeddings,
     encode,
-    encode_embeddings,
     row_batches,
 )
 from shared.topics import partition_for
@@ -62,26 +57,6 @@ def test_ticks_carry_many_dates_and_a_market():
     assert back.scope == "US_EQ" and Tick(d=date(2020, 1, 10), w=63, m=("x",)).scope == "*"
     with pytest.raises(BadMessage, match="invalid tick"):
         decode(encode(Tick(d=date(2999, 1, 1), w=63, m=("numeric-simple-v1",))))
-
-
-def test_embedding_batches_round_trip_and_stay_under_the_size_limit():
-    vector = bytes(range(256)) * 6  # 1536 bytes: 384 float32
-    items = [(f"I{k}", date(2020, 1, 2), "num-regime-core-v1", vector) for k in range(800)]
-    items.append(("GONE", date(2020, 1, 2), "num-regime-core-v1", b""))  # a deletion
-    done = (TickDone(date(2020, 1, 2), 800, 3, 2),)
-    batches = chunk_embeddings("live", 63, 5, items, done, scope="US_EQ")
-    assert len(batches) > 1
-    wire = [encode_embeddings(b) for b in batches]
-    assert all(len(w) <= MAX_EMBEDDING_MESSAGE_BYTES + 4096 for w in wire)
-    back = [decode_embeddings(w) for w in wire]
-    assert [i for b in back for i in b.items] == items
-    assert [b.done for b in back] == [()] * (len(back) - 1) + [done]
-    assert back[-1].partition == 5 and back[-1].scope == "US_EQ"
-    empty = chunk_embeddings("live", 63, 0, [], (TickDone(date(2020, 1, 3), 0),))
-    assert len(empty) == 1 and decode_embeddings(encode_embeddings(empty[0])).done[0].embedded == 0
-    assert chunk_embeddings("live", 63, 0, []) == []
-    with pytest.raises(BadMessage):
-        decode_embeddings(wire[0][:-1])
 
 
 def test_replay_plan_sends_each_tick_after_every_row_up_to_it_on_every_partition():

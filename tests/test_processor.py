@@ -15,6 +15,7 @@ from shared.validation import NON_POSITIVE_CLOSE
 from streams.processor import Effects, PartitionProcessor, ProcessorConfig
 from streams.registry import InstrumentInfo, StaticRegistry
 from streams.state import RunPartition, run_key, window_key
+from streams.window import Window, day_number
 from tests.helpers import expected_from_rows
 
 PARTITIONS = 1
@@ -34,8 +35,13 @@ class Harness:
         self.stored: dict[tuple, bytes] = {}  # what the sink would hold: upserts and deletions in order
         self.done: list = []
 
-    def feed(self, offset: int, message) -> Effects:
+    def feed(self, offset: int, message, committed: bool = True) -> Effects:
+        """Process, let the sink commit the output (unless `committed` is False: a crash before the
+        sink's commit), and apply the state writes."""
         fx = self.proc.process(offset, message)
+        if not committed:
+            self._apply_writes(fx)
+            return fx
         for batch in fx.embeddings:
             for i, d, m, v in batch.items:
                 if v:
@@ -43,13 +49,18 @@ class Harness:
                 else:
                     self.stored.pop((i, d, m), None)
             self.done.extend(batch.done)
+        if fx.tick is not None:
+            self.proc.confirm(*fx.tick)
+        self._apply_writes(fx)
+        return fx
+
+    def _apply_writes(self, fx: Effects) -> None:
         for table, writes in ((self.windows, fx.writes.windows), (self.runs, fx.writes.runs)):
             for key, value in writes.items():
                 if value is None:
                     table.pop(key, None)
                 else:
                     table[key] = value
-        return fx
 
 
 def market(ids: list[str], market_id: str = "M1", selectable: bool = True) -> dict[str, InstrumentInfo]:
@@ -149,6 +160,26 @@ def test_a_restart_from_state_ahead_of_the_committed_offsets_skips_what_it_appli
     restarted.feed(8, Tick(run="r", d=dates[-1], ds=tuple(dates[-10:-1]), w=W, m=MODELS))
     assert restarted.stored == expected(rows, IDS, dates[-10:])
     assert h.windows == reference.windows
+
+
+def test_a_tick_whose_output_was_not_committed_is_recomputed_whole_after_a_crash():
+    """The state runs ahead of the sink: rows of later blocks are applied (and written to the
+    changelog) while a tick's embeddings wait in the sink. Windows keep what that tick needs until
+    the sink confirms it, so after a crash the re-delivered tick is computed whole."""
+    rows = history(IDS, 200)  # the windows keep 3 * 10 + 15 days before the newest row
+    tick_day = DAY0 + timedelta(days=40)
+    h = Harness(StaticRegistry(market(IDS), PARTITIONS))
+    h.feed(0, RowBatch("r", W, [r for r in rows if r[1] <= tick_day]))
+    lost = h.feed(1, Tick(run="r", d=tick_day, w=W, m=MODELS), committed=False)  # in the sink at the crash
+    assert lost.embeddings[0].items
+    h.feed(2, RowBatch("r", W, [r for r in rows if r[1] > tick_day]))  # 160 days later: far past the slack
+    restarted = Harness(h.registry, windows=h.windows, runs=h.runs)  # the tables, as the changelog restores them
+    again = restarted.feed(1, Tick(run="r", d=tick_day, w=W, m=MODELS))
+    assert again.embeddings[0].redelivered and not again.dead_letters
+    assert restarted.stored == expected(rows, IDS, [tick_day])
+    # Once the sink confirmed it, the windows drop those rows at the next change.
+    restarted.feed(3, RowBatch("r", W, [("A", max(r[1] for r in rows) + timedelta(days=1), 9.0, 9.0)]))
+    assert Window.parse(restarted.windows[window_key("r", "A")]).horizon > day_number(tick_day)
 
 
 def test_corrections_and_deletions_re_emit_what_they_reach_and_remove_what_falls_short():

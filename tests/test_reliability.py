@@ -64,6 +64,13 @@ def ticks_total(url: str) -> int:
     return dates
 
 
+
+@pytest.fixture
+def cli_env(cli_env):
+    """Replays in 7-day blocks: many ticks, so the faults land mid-run (with the default 60-day blocks
+    the stream finishes these ranges in a handful of blocks, before a fault can be injected)."""
+    return cli_env | {"EMBEDDER_REPLAY_BLOCK_DAYS": "7"}
+
 @pytest.mark.slow
 def test_worker_killed_three_times_and_producer_killed_once(db_url, cli_env, tmp_path):
     load_synthetic(db_url, tmp_path, instruments=100)  # 100 instruments x 2019

@@ -74,6 +74,13 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
         proc.wait(timeout=60)
 
 
+
+@pytest.fixture
+def cli_env(cli_env):
+    """Replays in 7-day blocks: many ticks, so the faults land mid-run (with the default 60-day blocks
+    the stream finishes these ranges in a handful of blocks, before a fault can be injected)."""
+    return cli_env | {"EMBEDDER_REPLAY_BLOCK_DAYS": "7"}
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
 def test_worker_stopped_mid_replay_and_restarted_gives_the_batch_table(db_url, cli_env, tmp_path, sig):

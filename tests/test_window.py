@@ -114,3 +114,18 @@ def test_offsets_and_horizon_tell_what_a_window_can_reproduce():
     assert not window.covers(day_number(date(2020, 2, 20)), 10)  # would need rows from 2020-01-21
     older = upsert_row(state, date(2020, 3, 3), 12.0, 1.0, keep_days=30, offset=3)
     assert Window.parse(older).applied_offset == 9  # the offset never moves back
+
+
+def test_appending_rows_takes_the_fast_path_and_equals_the_general_one():
+    rng = np.random.default_rng(3)
+    window, _ = Window.parse(None).apply([(d, 10.0 + d % 7, float(d)) for d in range(18000, 18200, 2)], 120, 1)
+    for offset in range(2, 8):
+        start = int(window.days[-1]) + int(rng.integers(1, 5))
+        changes = [(d, float(rng.uniform(1, 99)), float(rng.integers(0, 9999)))
+                   for d in range(start, start + int(rng.integers(1, 40)), int(rng.integers(1, 3)))]
+        fast = window.apply(changes, 120, offset)
+        # A deletion of a day nobody holds changes nothing, but sends apply down its general path.
+        general = window.apply(changes + [(changes[-1][0] + 1, None, None)], 120, offset)
+        assert fast[0].to_bytes() == general[0].to_bytes() and fast[1] == general[1]
+        window = fast[0]
+    assert window.applied_offset == 7 and window.days[0] >= window.horizon

@@ -1,0 +1,43 @@
+"""What the processor hands to the sink: embeddings of one source partition, and ticks they complete."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+
+Embedding = tuple[str, date, str, bytes]
+"""(instrument_id, as_of, model_id, vector bytes); empty bytes mean: delete the stored row (a
+correction left the window without enough history)."""
+
+
+@dataclass(frozen=True)
+class TickDone:
+    """A tick's as_of date is complete for one source partition, and what it computed there."""
+
+    as_of: date
+    embedded: int
+    insufficient: int = 0
+    missing_today: int = 0
+
+
+@dataclass(frozen=True)
+class EmbeddingBatch:
+    """Embeddings computed from one source partition, and optionally the ticks they complete.
+
+    The sink writes `items` and records `done` in the same transaction. `scope` is the tick's
+    market (`*` for every market; empty for replays).
+    """
+
+    run: str
+    window_days: int
+    partition: int
+    items: list[Embedding]
+    done: tuple[TickDone, ...] = ()
+    rows_missing: int = 0
+    scope: str = ""
+    redelivered: bool = False
+    """A tick that came again (a crash or rebalance before its offset was committed): its first
+    output may already be committed, so its completion counts must not go down."""
+
+    @property
+    def size(self) -> int:
+        return len(self.items) + len(self.done)
