@@ -52,7 +52,10 @@ class BlockPlanner:
     block_days: int
     max_bytes: int = ROW_BATCH_BYTES - row_batch_overhead()
     """Encoded bytes of rows per message: batches are cut by size, so any id length fits."""
+    max_block_rows: int = 1_000_000
+    """A block held in memory ends early past this many rows (ending a block early is always right)."""
     _buffers: dict[int, dict[str, list]] = field(default_factory=dict)
+    _rows: int = 0
     _block_start: date | None = None
     _next_tick: int = 0
     _partition_of: dict[str, int] = field(default_factory=dict)
@@ -63,8 +66,15 @@ class BlockPlanner:
         self._sent = [0] * self.partitions
 
     def add(self, instrument_id: str, trade_date: date, close: float, volume: float) -> Iterator[RowsOut | TickOut]:
-        """Messages that must go out before this row (those of a finished block)."""
-        if self._block_start is not None and trade_date - self._block_start >= timedelta(days=self.block_days):
+        """Messages that must go out before this row (those of a finished block).
+
+        A block ends where its rows would reach `block_days` past its first tick date: a window
+        keeps that many days beyond the look-back, so no tick of the block loses a row it needs.
+        Rows before the first tick (a replay's look-back) all go in the first block.
+        """
+        if self._block_start is not None and (self._rows >= self.max_block_rows or (
+                self._next_tick < len(self.ticks)
+                and trade_date - max(self._block_start, self.ticks[self._next_tick]) >= timedelta(days=self.block_days))):
             yield from self._end_block(before=trade_date)
         if self._block_start is None:
             self._block_start = trade_date
@@ -73,6 +83,7 @@ class BlockPlanner:
             p = self._partition_of[instrument_id] = partition_for(instrument_id, self.partitions)
         self._buffers.setdefault(p, {}).setdefault(instrument_id, []).append(
             (instrument_id, trade_date, close, volume))
+        self._rows += 1
 
     def finish(self) -> Iterator[RowsOut | TickOut]:
         """The last batches, then every tick not yet sent."""
@@ -82,6 +93,7 @@ class BlockPlanner:
         for p in sorted(self._buffers):
             yield from self._rows_out(p)
         self._block_start = None
+        self._rows = 0
         first = self._next_tick
         while self._next_tick < len(self.ticks) and (before is None or self.ticks[self._next_tick] < before):
             self._next_tick += 1

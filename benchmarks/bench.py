@@ -144,6 +144,33 @@ def measure_live(f: Figures, settings: Settings, days: list[date], workdir: Path
     return datadir, worker
 
 
+def measure_empty_state(f: Figures, settings: Settings, days: list[date], workdir: Path, replays: int) -> None:
+    """`replays` month-long replays of the whole market through a running worker, then a worker on an
+    empty state folder: seconds until it is ready (it restores the changelogs first)."""
+    datadir = workdir / "replays"
+    datadir.mkdir(parents=True, exist_ok=True)
+    worker = start_worker(settings, datadir, capture=False)
+    try:
+        wait_ready(datadir)
+        started = time.perf_counter()
+        for k in range(replays):
+            first = days[-(k + 1) * 21]
+            selection = RunSelection.build(window_days=63, model_ids=[MODEL], date_from=first.isoformat(),
+                                           date_to=days[-k * 21 - 1].isoformat(), market_id="US_EQ")
+            run_stream_replay(settings, selection)
+        f.put("replays_before_empty_state", replays)
+        f.put("replays_seconds", round(time.perf_counter() - started, 1))
+    finally:
+        stop(worker)
+    fresh = workdir / "fresh"
+    fresh.mkdir(parents=True, exist_ok=True)
+    worker = start_worker(settings, fresh, capture=False)
+    try:
+        f.put("empty_state_to_ready_s", round(wait_ready(fresh, timeout=600), 2))
+    finally:
+        stop(worker)
+
+
 def measure_scale(f: Figures, base: Settings, instruments: int, ticks: int, workdir: Path) -> None:
     """The live service on a synthetic market of `instruments` instruments (a year of history)."""
     from backfill.synthetic import synthetic_rows
@@ -212,6 +239,9 @@ def targets(f: Figures) -> list[tuple[str, str, str, bool]]:
         add("live tick p99 (s)", f["live_tick_p99_s"], "<= 0.5", f["live_tick_p99_s"] <= 0.5)
         add("worker peak RSS (MB)", f["live_worker_peak_rss_mb"], "<= 300", f["live_worker_peak_rss_mb"] <= 300)
         add("restart to ready (s)", f["live_restart_to_ready_s"], "<= 5", f["live_restart_to_ready_s"] <= 5)
+    if "empty_state_to_ready_s" in f:
+        add(f"empty state to ready after {f['replays_before_empty_state']} replays (s)", f["empty_state_to_ready_s"],
+            "<= 10", f["empty_state_to_ready_s"] <= 10)
     if "scale_tick_p99_s" in f:
         n = f["scale_instruments"]
         add(f"live tick p99 at {n} instruments (s)", f["scale_tick_p99_s"], "<= 1", f["scale_tick_p99_s"] <= 1)
@@ -236,7 +266,9 @@ def main() -> None:
     parser.add_argument("--scale-instruments", type=int, default=5000,
                         help="instruments of the synthetic live market (0 skips it)")
     parser.add_argument("--scale-ticks", type=int, default=20)
-    parser.add_argument("--only", choices=["live", "scale"], help="measure only this part")
+    parser.add_argument("--empty-state-replays", type=int, default=20,
+                        help="replays run before timing a worker on an empty state folder (0 skips it)")
+    parser.add_argument("--only", choices=["live", "scale", "empty-state"], help="measure only this part")
     args = parser.parse_args()
     base = Settings()
     workdir = Path(tempfile.mkdtemp(prefix="embedder-bench-"))
@@ -273,14 +305,17 @@ def measure_real_data(f: Figures, base: Settings, workdir: Path, args: argparse.
         measure_stream(f, for_app(base, url, uuid.uuid4().hex[:8]), selection, checksum, 1, workdir)
         if not args.quick:
             measure_stream(f, for_app(base, url, uuid.uuid4().hex[:8]), selection, checksum, 2, workdir)
-    live = for_app(base, url, uuid.uuid4().hex[:8])
-    _, worker = measure_live(f, live, days, workdir, args.live_ticks)
-    try:
-        measure_single_as_of(f, live, ids, days[-1])
-    finally:
-        stop(worker)
+    if args.only in (None, "live"):
+        live = for_app(base, url, uuid.uuid4().hex[:8])
+        _, worker = measure_live(f, live, days, workdir, args.live_ticks)
+        try:
+            measure_single_as_of(f, live, ids, days[-1])
+        finally:
+            stop(worker)
     if args.only is None:
         measure_old_way(f, url, ids, days, args.old_loop_instruments)
+    if args.empty_state_replays and args.only in (None, "empty-state"):
+        measure_empty_state(f, for_app(base, url, uuid.uuid4().hex[:8]), days, workdir, args.empty_state_replays)
     with psycopg.connect(base.database_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE "{urlsplit(url).path[1:]}" WITH (FORCE)')
 

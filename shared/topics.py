@@ -28,8 +28,19 @@ def admin_client(settings: Settings) -> KafkaAdminClient:
         raise ServiceUnavailable(f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: {e}") from None
 
 
-STREAM_TABLES = ("windows", "runs")
+STREAM_TABLES = ("windows", "runs", "replay_windows", "replay_runs")
 """The worker's Faust tables; their changelogs are made here with the source topic's partition count."""
+REPLAY_TABLES = ("replay_windows", "replay_runs")
+EAGER_COMPACTION = {
+    "cleanup.policy": "compact",
+    "segment.ms": "60000",  # roll segments every minute: only closed segments are compacted
+    "segment.bytes": str(16 * 1024 * 1024),
+    "min.cleanable.dirty.ratio": "0.01",
+    "delete.retention.ms": "60000",  # tombstones of finished replays go after a minute
+    "min.compaction.lag.ms": "0",
+}
+"""Changelog settings of the replay tables: a finished replay tombstones its keys, and these make the
+cleaner drop them within minutes, so a new worker restores the live state and little else."""
 
 
 def changelog_topic(settings: Settings, table: str) -> str:
@@ -54,7 +65,8 @@ def ensure_topics(settings: Settings) -> None:
             NewTopic(settings.prices_topic, settings.partitions, 1),
             NewTopic(settings.dead_letter_topic, 1, 1),
         ] + [
-            NewTopic(changelog_topic(settings, t), settings.partitions, 1, topic_configs={"cleanup.policy": "compact"})
+            NewTopic(changelog_topic(settings, t), settings.partitions, 1,
+                     topic_configs=EAGER_COMPACTION if t in REPLAY_TABLES else {"cleanup.policy": "compact"})
             for t in STREAM_TABLES
         ]
         missing = [t for t in wanted if t.name not in existing]

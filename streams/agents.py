@@ -21,6 +21,7 @@ from shared.metrics import StreamMetrics
 from streams.gaps import OffsetGuard
 from streams.processor import DeadLetter, Effects, PartitionProcessor, ProcessorConfig, TickReport
 from streams.registry import DbRegistry
+from streams.state import ByRun
 from streams.sink import BatchingSink, SinkWriter
 
 log = logging.getLogger("embedder.stream")
@@ -35,8 +36,8 @@ def register(app: faust.App, settings: Settings, metrics: StreamMetrics,
     prices = app.topic(settings.prices_topic, partitions=settings.partitions, **raw)
     dead_letter = app.topic(settings.dead_letter_topic, **raw)
     table = dict(partitions=settings.partitions, key_type=str, value_type=bytes)
-    windows = app.Table("windows", **table)
-    runs = app.Table("runs", **table)
+    windows = ByRun(app.Table("windows", **table), app.Table("replay_windows", **table))
+    runs = ByRun(app.Table("runs", **table), app.Table("replay_runs", **table))
     registry = DbRegistry(settings.database_url, settings.partitions)
     config = ProcessorConfig(settings.partitions, settings.window_days, settings.retention_slack_days)
     processors: dict[int, PartitionProcessor] = {}
@@ -105,15 +106,9 @@ def register(app: faust.App, settings: Settings, metrics: StreamMetrics,
         elif acked_by_sink:  # 2
             await sink.submit(fx.embeddings, committed(event, fx))
         for key, value in fx.writes.windows.items():  # 4
-            if value is None:
-                windows.pop(key, None)
-            else:
-                windows[key] = value
+            windows.put(key, value)
         for key, value in fx.writes.runs.items():
-            if value is None:
-                runs.pop(key, None)
-            else:
-                runs[key] = value
+            runs.put(key, value)
         if not acked_by_sink:  # 5
             event.ack()
 

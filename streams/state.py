@@ -14,8 +14,10 @@ import json
 from dataclasses import dataclass, field, replace
 
 from shared.encoder import LOOKBACK_FACTOR
+from shared.messages import LIVE_RUN
 
 SEP = "\x1f"
+LIVE_PREFIX = LIVE_RUN + SEP
 
 
 def window_key(run: str, instrument_id: str) -> str:
@@ -108,3 +110,29 @@ class Writes:
 
     def __bool__(self) -> bool:
         return bool(self.windows or self.runs)
+
+
+class ByRun:
+    """One view of two tables: keys of the live run in `live`, keys of replays in `replay`.
+
+    Replay state has changelogs of its own, compacted eagerly (a finished replay tombstones its
+    keys), so a worker starting on an empty state folder restores the live state, not every
+    replay's history. The processor sees one mapping; keys say which run they belong to."""
+
+    def __init__(self, live, replay):
+        self.live = live
+        self.replay = replay
+
+    def table(self, key: str):
+        return self.live if key.startswith(LIVE_PREFIX) else self.replay
+
+    def get(self, key: str, default=None):
+        return self.table(key).get(key, default)
+
+    def put(self, key: str, value: bytes | None) -> None:
+        """Write (a value) or delete (None) through to the right table."""
+        table = self.table(key)
+        if value is None:
+            table.pop(key, None)
+        else:
+            table[key] = value

@@ -116,7 +116,7 @@ def test_live_capture_ticks_corrections_and_a_past_replay_beside_live_state(db_u
         # The finished replay's windows are dropped: tombstones are the last word on its keys.
         with psycopg.connect(db_url) as conn:
             (run_id,) = conn.execute("SELECT run_id FROM embedder_runs WHERE completed_at IS NOT NULL").fetchone()
-        changelog = f"{cli_env['EMBEDDER_APP_ID']}-windows-changelog"
+        changelog = f"{cli_env['EMBEDDER_APP_ID']}-replay_windows-changelog"  # replay state has tables of its own
 
         def replay_windows_deleted() -> bool:
             latest = latest_values(cli_env["KAFKA_BOOTSTRAP_SERVERS"], changelog)

@@ -79,3 +79,22 @@ def test_replay_plan_sends_each_tick_after_every_row_up_to_it_on_every_partition
             sent[o.partition] += len(o.rows)
         else:
             assert o.rows_sent == tuple(sent)  # what the worker checks it received before the tick
+
+
+def test_a_block_ends_block_days_after_its_first_tick_and_a_look_back_is_one_block():
+    day0 = date(2020, 1, 1)
+    rows = [(f"S{k}", day0 + timedelta(days=d), 1.0, 1.0) for d in range(400) for k in range(5)]
+    ticks = [day0 + timedelta(days=d) for d in range(200, 400, 3)]  # 200 days of look-back first
+    out = list(plan(rows, 2, ticks, block_days=30))
+    sent_since: list = []
+    blocks = []
+    for o in out:
+        if isinstance(o, RowsOut):
+            sent_since.extend(r[1] for r in o.rows)
+        else:
+            # every row the worker holds when this tick comes is within 30 days of its first date
+            assert max(sent_since) < o.dates[0] + timedelta(days=30)
+            blocks.append((min(sent_since), max(sent_since), o.dates))
+            sent_since = []
+    assert blocks[0][0] == day0 and blocks[0][1] >= day0 + timedelta(days=200)  # the look-back in block one
+    assert [d for b in blocks for d in b[2]] == ticks and len(blocks) == 7

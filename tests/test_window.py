@@ -129,3 +129,18 @@ def test_appending_rows_takes_the_fast_path_and_equals_the_general_one():
         assert fast[0].to_bytes() == general[0].to_bytes() and fast[1] == general[1]
         window = fast[0]
     assert window.applied_offset == 7 and window.days[0] >= window.horizon
+
+
+def test_live_and_replay_state_go_to_tables_of_their_own():
+    from streams.state import ByRun, window_key
+
+    live, replay = {}, {}
+    tables = ByRun(live, replay)
+    tables.put(window_key("live", "A"), b"1")
+    tables.put(window_key("replay-x", "A"), b"2")
+    tables.put(window_key("liver", "A"), b"3")  # a run id that merely starts like "live"
+    assert live == {window_key("live", "A"): b"1"}
+    assert replay == {window_key("replay-x", "A"): b"2", window_key("liver", "A"): b"3"}
+    assert tables.get(window_key("replay-x", "A")) == b"2" and tables.get(window_key("live", "B")) is None
+    tables.put(window_key("replay-x", "A"), None)
+    assert window_key("replay-x", "A") not in replay
