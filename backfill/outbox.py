@@ -25,11 +25,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 
+from typing import TYPE_CHECKING
+
 import psycopg
-from kafka.errors import KafkaError
 
 from backfill.bootstrap import CHUNK_INSTRUMENTS, mark_published, queue_bootstrap, read_snapshot
-from backfill.publisher import PricePublisher
 from shared.config import Settings
 from shared.db import connect
 from shared.encoder import retention_days
@@ -38,6 +38,9 @@ from shared.messages import LIVE_RUN, Tick, dead_letter_record, row_batches, row
 from shared.metrics import StreamMetrics
 from shared.topics import partition_for
 from shared.validation import key_problem, latest_trade_date, row_problem
+
+if TYPE_CHECKING:  # Kafka is imported where the relay runs, not by `embedder tick` or queries
+    from backfill.publisher import PricePublisher
 
 log = logging.getLogger("embedder.outbox")
 RELAY_LOCK = 727_001  # pg advisory lock key: one active relay per database
@@ -99,6 +102,10 @@ class OutboxRelay:
 
     def run(self) -> None:
         """Hold the relay lock, then relay until stopped; reconnect after database or broker errors."""
+        from kafka.errors import KafkaError
+
+        from backfill.publisher import PricePublisher
+
         while not self.stop.is_set():
             try:
                 with connect(self.settings.database_url, autocommit=True) as conn:
@@ -125,7 +132,8 @@ class OutboxRelay:
     def relay_once(self, conn: psycopg.Connection, publisher: PricePublisher) -> int:
         """Publish the next unpublished outbox entries (up to one snapshot); returns how many."""
         entries = conn.execute(
-            """SELECT id, kind, instrument_id, trade_date, close, volume, window_days, model_ids, market_id
+            """SELECT id, kind, instrument_id, trade_date, close, volume, window_days, model_ids, market_id,
+                      query_run, selection, more_dates
                FROM prices_outbox WHERE published_at IS NULL ORDER BY id LIMIT %s""",
             (BATCH,),
         ).fetchall()
@@ -136,14 +144,19 @@ class OutboxRelay:
         pending: list[tuple] = []  # captured rows since the last tick: (row or deletion, outbox id)
         snapshots: dict[int, Counter] = {}
         done = []
-        for entry_id, kind, instrument_id, trade_date, close, volume, window_days, model_ids, market_id in entries:
+        for (entry_id, kind, instrument_id, trade_date, close, volume, window_days, model_ids, market_id,
+             query_run, selection, more_dates) in entries:
             done.append(entry_id)
             if kind == "tick":
                 self._publish_rows(publisher, pending, latest)
                 pending = []
-                publisher.tick(Tick(run=LIVE_RUN, d=trade_date, w=window_days, m=tuple(model_ids),
-                                    mk=market_id, o=entry_id))
-                self._ticked_through = max(self._ticked_through or trade_date, trade_date)
+                selection = selection or {}
+                publisher.tick(Tick(run=LIVE_RUN, d=trade_date, ds=tuple(more_dates) if more_dates else None,
+                                    w=window_days, m=tuple(model_ids), mk=market_id, o=entry_id, q=query_run,
+                                    lim=selection.get("limit"), off=selection.get("offset", 0),
+                                    ids=tuple(selection["ids"]) if selection.get("ids") else None))
+                if query_run is None:
+                    self._ticked_through = max(self._ticked_through or trade_date, trade_date)
             elif kind == "snapshot":
                 self._publish_rows(publisher, pending, latest)
                 pending = []

@@ -194,7 +194,9 @@ def measure_scale(f: Figures, base: Settings, instruments: int, ticks: int, work
         conn.execute(f'DROP DATABASE "{urlsplit(url).path[1:]}" WITH (FORCE)')
 
 
-def measure_single_as_of(f: Figures, settings: Settings, ids: list[str], last: date) -> None:
+def measure_single_as_of(f: Figures, settings: Settings, ids: list[str], last: date, runs: int = 5) -> None:
+    """One as_of over the market: the old loop, `--direct` in this process, and the platform command
+    as whole processes (`--direct`, and through the stream beside the warm live worker), best of `runs`."""
     url = settings.database_url
     selection = RunSelection.build(window_days=63, model_ids=[MODEL], as_of=last.isoformat(), market_id="US_EQ")
     execute(url, "DELETE FROM numeric_window_embeddings WHERE as_of_date = %s", last)
@@ -203,15 +205,19 @@ def measure_single_as_of(f: Figures, settings: Settings, ids: list[str], last: d
     execute(url, "DELETE FROM numeric_window_embeddings WHERE as_of_date = %s", last)
     _, seconds = timed(run_direct, url, selection)
     f.put("single_as_of_direct_s", round(seconds, 2))
-    execute(url, "DELETE FROM numeric_window_embeddings WHERE as_of_date = %s", last)
     cmd = [sys.executable, "-m", "prometheus.scripts.backfill_numeric_embeddings", "--as-of", last.isoformat(),
            "--market-id", "US_EQ", "--model-id", MODEL]
-    proc, seconds = timed(subprocess.run, cmd, env=worker_env(settings), capture_output=True, text=True,
-                          timeout=600, stdin=subprocess.DEVNULL)
-    if proc.returncode != 0:
-        raise RuntimeError(proc.stderr[-2000:])
-    f.put("single_as_of_platform_kafka_s", round(seconds, 2))
-    f.put("single_as_of_platform_used_running_worker", "started one" not in proc.stderr)
+    for key, extra in (("single_as_of_direct_process_s", ["--direct"]), ("single_as_of_platform_kafka_s", [])):
+        best, stdout = None, ""
+        for _ in range(runs):
+            execute(url, "DELETE FROM numeric_window_embeddings WHERE as_of_date = %s", last)
+            proc, seconds = timed(subprocess.run, cmd + extra, env=worker_env(settings), capture_output=True,
+                                  text=True, timeout=600, stdin=subprocess.DEVNULL)
+            if proc.returncode != 0:
+                raise RuntimeError(proc.stderr[-2000:])
+            best, stdout = min(best or seconds, seconds), proc.stdout
+        f.put(key, round(best, 2))
+    f.put("single_as_of_platform_answered_live", "answered from the live windows" in stdout)
     f.put("single_as_of_embeddings", query(url, "SELECT count(*) FROM numeric_window_embeddings WHERE as_of_date = %s",
                                          last)[0][0])
 
@@ -253,8 +259,12 @@ def targets(f: Figures) -> list[tuple[str, str, str, bool]]:
     if "single_as_of_direct_s" in f and "single_as_of_old_loop_s" in f:
         add("single as_of: old loop / direct", round(f["single_as_of_old_loop_s"] / f["single_as_of_direct_s"], 1),
             "> 1", f["single_as_of_direct_s"] < f["single_as_of_old_loop_s"])
-        add("single as_of through Kafka (s)", f["single_as_of_platform_kafka_s"], "<= 2",
-            f["single_as_of_platform_kafka_s"] <= 2)
+    if "single_as_of_platform_kafka_s" in f:
+        add("platform command via stream / --direct", round(f["single_as_of_platform_kafka_s"]
+                                                             / f["single_as_of_direct_process_s"], 2), "<= 2",
+            f["single_as_of_platform_kafka_s"] <= 2 * f["single_as_of_direct_process_s"])
+        add("platform command via stream (s)", f["single_as_of_platform_kafka_s"], "<= 1",
+            f["single_as_of_platform_kafka_s"] <= 1)
     return rows
 
 

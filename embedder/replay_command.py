@@ -3,19 +3,25 @@ from __future__ import annotations
 
 import time
 
-from backfill.direct import DirectResult, run_direct
-from backfill.replay import ReplayHooks, StreamResult, run_stream_replay
-from backfill.worker_process import worker_for_run
+from typing import TYPE_CHECKING
+
+from backfill.completion import ReplayHooks, StreamResult
 from backfill.selection import RunSelection
 from embedder.console import err, out, progress
 from shared.config import Settings
-from shared.lag import GroupLag
+from shared.db import connection
+
+if TYPE_CHECKING:
+    from backfill.direct import DirectResult
+    from shared.lag import GroupLag
 
 
 def run_replay(settings: Settings, selection: RunSelection, direct: bool) -> DirectResult | StreamResult:
     """Run the selection (batch path or through Kafka) and print a summary."""
     if not direct:
         return run_through_kafka(settings, selection)
+    from backfill.direct import run_direct
+
     started = time.perf_counter()
     bar = progress()
     task = None
@@ -48,8 +54,31 @@ def run_replay(settings: Settings, selection: RunSelection, direct: bool) -> Dir
 
 
 def run_through_kafka(settings: Settings, selection: RunSelection) -> StreamResult:
-    """Publish rows and ticks, wait for every embedding to be committed; start a worker if none runs."""
+    """Through the stream: answered from the live windows when they cover it, else the selection's rows
+    are published into a run of their own (a worker is started for it if none is consuming); returns
+    once every embedding is committed."""
+    from backfill.live_query import live_can_answer, run_live_query
+
     started = time.perf_counter()
+    with connection(settings.database_url) as conn:
+        ids = selection.instruments(conn)
+        dates = selection.as_of_dates(conn, ids) if ids else []
+        answer = live_can_answer(conn, settings, selection, ids, dates)
+    if answer.ok:
+        result = run_live_query(settings, selection, ids, dates)
+        print_summary(selection, result, started, f"run: {result.run_id} (answered from the live windows)  ",
+                      f"embeddings committed: {result.embeddings:,}")
+        return result
+    if ids and dates:
+        err.print(f"publishing the look-back into a run of its own ({answer.reason})", highlight=False)
+    return replay_through_kafka(settings, selection, started)
+
+
+def replay_through_kafka(settings: Settings, selection: RunSelection, started: float) -> StreamResult:
+    """Publish rows and ticks, wait for every embedding to be committed; start a worker if none runs."""
+    from backfill.replay import run_stream_replay
+    from backfill.worker_process import worker_for_run
+
     bar = progress()
     tasks: dict[str, int] = {}
 

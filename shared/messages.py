@@ -76,6 +76,13 @@ class Tick(_Base):
     market_id: str | None = Field(default=None, alias="mk", min_length=1, max_length=50)
     source_id: int | None = Field(default=None, alias="o")
     """Where the tick came from (the outbox id of a live tick): one tick, one identity."""
+    query_run: str | None = Field(default=None, alias="q", min_length=1, max_length=64)
+    """A query of the live windows (`embedder replay` of dates they cover): compute the selection
+    from the live state, record the output under this run id, and leave the live tick log alone."""
+    limit: int | None = Field(default=None, alias="lim", ge=0)
+    offset: int = Field(default=0, alias="off", ge=0)
+    instrument_ids: tuple[str, ...] | None = Field(default=None, alias="ids")
+    """A query's selection: the market's instruments cut by offset/limit, or these ids."""
 
     @property
     def dates(self) -> tuple[date, ...]:
@@ -245,8 +252,10 @@ def decode(raw: bytes | None) -> Message:
             raise BadMessage(problem)
     if isinstance(message, Tick):
         problem = next(filter(None, (date_problem(d) for d in message.dates)), None)
-        if problem or (message.market_id and id_problem(message.market_id)):
-            raise BadMessage(f"invalid tick: {problem or 'market id'}")
+        problem = problem or (message.market_id and id_problem(message.market_id)) or next(
+            filter(None, map(id_problem, message.instrument_ids or ())), None)
+        if problem:
+            raise BadMessage(f"invalid tick: {problem}")
     return message
 
 

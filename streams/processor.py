@@ -242,13 +242,24 @@ class PartitionProcessor:
 
     # --- ticks -----------------------------------------------------------------------------------
 
+    def _expected(self, tick: Tick, state: RunPartition) -> list[str]:
+        """The instruments a tick emits for on this partition."""
+        if tick.run != LIVE_RUN:
+            return sorted(state.members)
+        if tick.query_run is None:
+            return self.registry.in_scope(tick.scope, self.partition)
+        if tick.instrument_ids is not None:
+            return sorted(i for i in set(tick.instrument_ids) if self.registry.partition(i) == self.partition)
+        return self.registry.selection(tick.scope, tick.limit, tick.offset, self.partition)
+
     def _tick(self, tick: Tick, offset: int, fx: Effects) -> None:
         before = self._run_state(tick.run)
-        redelivered = offset <= before.tick_offset
-        live = tick.run == LIVE_RUN
+        query = tick.query_run is not None
+        redelivered = offset <= before.tick_offset and not query
+        live = tick.run == LIVE_RUN and not query
         dates = tick.dates
         days = [day_number(d) for d in dates]
-        expected = self.registry.in_scope(tick.scope, self.partition) if live else sorted(before.members)
+        expected = self._expected(tick, before)
         full: list[tuple[str, Window]] = []
         partial: list[tuple[str, Window]] = []
         no_window: list[str] = []
@@ -281,18 +292,20 @@ class PartitionProcessor:
         done = [TickDone(as_of, embedded[as_of], len(expected) - embedded[as_of], int(m))
                 for as_of, m in zip(dates, missing)]
         rows_missing = self._rows_missing(tick, before, offset)
-        fx.embeddings.append(EmbeddingBatch(tick.run, tick.window_days, self.partition, items, tuple(done),
-                                            rows_missing, tick.scope if live else "", redelivered))
+        fx.embeddings.append(EmbeddingBatch(tick.query_run or tick.run, tick.window_days, self.partition, items,
+                                            tuple(done), rows_missing, tick.scope if live else "", redelivered))
         self._unconfirmed.setdefault(tick.run, {})[offset] = days[0] - LOOKBACK_FACTOR * tick.window_days
         fx.tick = (tick.run, offset)
-        keep = retention_days(tick.window_days, self.config.retention_slack_days)
-        records = [TickRecord(d, tick.window_days, tuple(tick.models), tick.scope if live else None) for d in days]
-        self._write_run(fx, tick.run, before, before.with_ticks(records, keep, offset))
+        if not query:  # a query reads the live state; it is no tick of the live run
+            keep = retention_days(tick.window_days, self.config.retention_slack_days)
+            records = [TickRecord(d, tick.window_days, tuple(tick.models), tick.scope if live else None)
+                       for d in days]
+            self._write_run(fx, tick.run, before, before.with_ticks(records, keep, offset))
         newest = dates[-1]
         got = {i for i, as_of, m, _ in items if as_of == newest and m == first_model}
         held_newest = {i for (i, _), here in zip(held, present[:, -1]) if here}
         fx.ticks.append(TickReport(
-            tick.run, tick.scope if live else "", dates, len(expected), len(got),
+            tick.query_run or tick.run, tick.scope if live else "", dates, len(expected), len(got),
             [i for i in expected if i not in got], [i for i in expected if i not in held_newest], redelivered))
         if live and no_window and not redelivered:
             fx.lost_windows.extend(no_window)

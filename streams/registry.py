@@ -43,6 +43,13 @@ class Registry(Protocol):
     def covers(self, instrument_id: str, scope: str) -> bool:
         """True when a live tick of `scope` emits for `instrument_id`."""
 
+    def partition(self, instrument_id: str) -> int:
+        """The prices partition of the instrument's rows."""
+
+    def selection(self, market_id: str, limit: int | None, offset: int, partition: int) -> list[str]:
+        """A market selection cut by offset/limit (SPEC section 2: in instrument_id order), the ids of
+        it whose rows go to `partition`."""
+
 
 class StaticRegistry:
     """A registry over a fixed map (tests, and each snapshot the database registry takes)."""
@@ -79,6 +86,11 @@ class StaticRegistry:
         info = self.infos.get(instrument_id)
         return info is not None and info.selectable and (scope == ALL_MARKETS or info.market_id == scope)
 
+    def selection(self, market_id: str, limit: int | None, offset: int, partition: int) -> list[str]:
+        market = sorted(i for i, info in self.infos.items() if info.selectable and info.market_id == market_id)
+        cut = market[offset:] if limit is None else market[offset:offset + limit]
+        return [i for i in cut if self.partition(i) == partition]
+
 
 class DbRegistry:
     """The `instruments` table, snapshotted; `refresh` and `learn` do I/O (call them in a thread)."""
@@ -102,6 +114,12 @@ class DbRegistry:
 
     def covers(self, instrument_id: str, scope: str) -> bool:
         return self.snapshot.covers(instrument_id, scope)
+
+    def selection(self, market_id: str, limit: int | None, offset: int, partition: int) -> list[str]:
+        return self.snapshot.selection(market_id, limit, offset, partition)
+
+    def partition(self, instrument_id: str) -> int:
+        return self.snapshot.partition(instrument_id)
 
     def refresh(self, token: object = None) -> None:
         """Reload every instrument; with `token`, only once per token (one live tick reaches every

@@ -7,6 +7,7 @@ import json
 import random
 import re
 import signal
+import sys
 import threading
 import subprocess
 import time
@@ -379,5 +380,40 @@ def test_daily_ticks_without_a_human_once_every_instrument_has_its_row(database_
         assert [t[0] for t in ticks] == live  # once each, in order
         assert stored(url) == expected(url, ids, live, 63, MODELS)
         assert assert_live_equals_direct(env, url, live) == len(ids) * len(live) * len(MODELS)
+    finally:
+        stop(worker)
+
+
+@pytest.mark.slow
+def test_the_platform_command_is_answered_from_the_live_windows_when_they_cover_it(database_factory, cli_env,
+                                                                                  tmp_path):
+    ids = [f"P{k:03d}" for k in range(30)]
+    url, new_rows = platform_market(database_factory, ids)
+    env = platform_env(cli_env, url)
+    day = LIVE_DAYS[0]
+    worker = start_live_worker(env, tmp_path)
+    try:
+        with psycopg.connect(url) as conn, conn.transaction():  # today's rows land; nobody ticks
+            insert_prices(conn, [r for r in new_rows if r[1] == day])
+        wait_for(lambda: bootstrap_published(url)[0] == len(ids) + 1, 120, "the bootstrap")
+        command = [sys.executable, "-m", "prometheus.scripts.backfill_numeric_embeddings", "--as-of", day.isoformat(),
+                   "--market-id", "US_EQ", "--model-id", MODELS[0], "--limit", "10", "--offset", "5"]
+        proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "answered from the live windows" in proc.stdout
+        cut = selectable(url)[5:15]
+        want = expected(url, cut, [day], 63, MODELS[:1])
+        assert stored(url) == want and len(want) >= 8
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT count(*) FROM embedder_tick_commits WHERE run_id = 'live'").fetchone()[0] == 0
+        # An instrument the live run does not load (a future): the command publishes its rows instead.
+        with psycopg.connect(url) as conn:
+            conn.execute("TRUNCATE numeric_window_embeddings")
+        proc = subprocess.run(command[:5] + ["--model-id", MODELS[0], "--instrument-id", "P003",
+                                             "--instrument-id", "FUT-ES-2020"],
+                              env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "not ACTIVE EQUITY" in proc.stderr and "answered from the live windows" not in proc.stdout
+        assert stored(url) == expected(url, ["P003", "FUT-ES-2020"], [day], 63, MODELS[:1])
     finally:
         stop(worker)

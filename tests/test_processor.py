@@ -285,3 +285,23 @@ def test_the_end_of_a_run_deletes_its_state_and_the_live_run_never_ends():
     assert set(h.windows) == {window_key(LIVE_RUN, i) for i in IDS} and run_key("r", 0) not in h.runs
     with pytest.raises(BadMessage, match="never ends"):
         h.feed(3, RunEnd(run=LIVE_RUN))
+
+
+def test_a_query_of_the_live_windows_computes_its_selection_and_leaves_the_live_run_alone():
+    ids = [f"Q{k}" for k in range(6)]
+    infos = market(ids, "US") | market(["J"], "JP")
+    h = Harness(StaticRegistry(infos, PARTITIONS))
+    rows = history(ids + ["J"], 60)
+    h.feed(0, RowBatch(LIVE_RUN, W, rows))
+    runs_before = dict(h.runs)
+    days = sorted({r[1] for r in rows})[-3:]
+    fx = h.feed(1, Tick(d=days[-1], ds=tuple(days[:-1]), w=W, m=MODELS, mk="US", q="query-1", lim=3, off=2))
+    assert {b.run for b in fx.embeddings} == {"query-1"} and fx.embeddings[0].scope == ""
+    assert h.stored == expected(rows, ["Q2", "Q3", "Q4"], days)  # the market's 3rd to 5th, by id
+    assert [t.as_of for t in h.done] == days and h.runs == runs_before  # no tick of the live run recorded
+    h.stored.clear()
+    h.feed(2, Tick(d=days[-1], w=W, m=MODELS[:1], q="query-2", ids=("J", "Q0")))
+    assert h.stored == expected(rows, ["J", "Q0"], [days[-1]], MODELS[:1])
+    # A later correction re-emits live ticks only: the queries were point-in-time answers.
+    fx = h.feed(3, RowBatch(LIVE_RUN, W, [("Q3", days[-1], 99.0, 1.0)]))
+    assert fx.embeddings == []
