@@ -20,10 +20,13 @@ class Timeline:
     def __init__(self, windows: Sequence[tuple[str, Window]]):
         self.ids = [i for i, _ in windows]
         self.shifts = np.arange(len(windows), dtype=np.int64) * SPACING
-        self.days = (np.concatenate([w.rows["day"].astype(np.int64) + s for (_, w), s in zip(windows, self.shifts)])
-                     if windows else np.empty(0, dtype=np.int64))
-        self.closes = np.concatenate([w.rows["close"] for _, w in windows]) if windows else np.empty(0)
-        self.volumes = np.concatenate([w.rows["volume"] for _, w in windows]) if windows else np.empty(0)
+        if windows:
+            rows = np.concatenate([w.rows for _, w in windows])  # one copy of every window's rows
+            lengths = np.fromiter((w.rows.size for _, w in windows), dtype=np.int64, count=len(windows))
+            self.days = rows["day"].astype(np.int64) + np.repeat(self.shifts, lengths)
+            self.closes, self.volumes = rows["close"], rows["volume"]
+        else:
+            self.days, self.closes, self.volumes = (np.empty(0, dtype=np.int64), np.empty(0), np.empty(0))
 
     def present(self, as_of_days: Sequence[int]) -> np.ndarray:
         """(windows x days) True where the window holds a row for that day."""
