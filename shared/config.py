@@ -119,6 +119,9 @@ class Settings(BaseSettings):
     """How often the worker samples its group's lag for the metrics and the lag page."""
     stop_grace_seconds: float = Field(default=30.0, gt=0)
     """After SIGTERM/SIGINT, how long a graceful stop may take before the worker exits anyway."""
+    allow_unverified_faust: bool = False
+    """Start the worker on faust-streaming / mode-streaming / aiokafka versions the patches in
+    streams/faust_fixes.py were not verified against (after re-running the resilience tests)."""
     write_batch_embeddings: int = Field(default=20_000, ge=1)
     """How many embeddings the direct path stages per COPY + upsert transaction."""
 

@@ -19,7 +19,7 @@ def broker_url(bootstrap: str) -> str:
 def create_app(settings: Settings, datadir: Path, metrics: StreamMetrics, *, store: str = "rocksdb://",
                on_lost_windows: LostWindows | None = None) -> faust.App:
     """A Faust app with the project's topics, tables and agents wired in."""
-    faust_fixes.apply()
+    faust_fixes.apply(settings.allow_unverified_faust)
     app = faust.App(
         settings.app_id,
         broker=broker_url(settings.kafka_bootstrap_servers),

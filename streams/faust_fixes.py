@@ -27,24 +27,50 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
+from shared.errors import EmbedderError
+
 log = logging.getLogger("embedder.faust_fixes")
 
 _applied = False
-WRITTEN_FOR = "0.15.3"
+VERIFIED = {"faust-streaming": "0.15.3", "mode-streaming": "0.7.1", "aiokafka": "0.14.0"}
+"""The versions the two patches were written and verified against (pinned in pyproject.toml and
+requirements.lock)."""
 
 
-def apply() -> None:
-    """Patch the classes once per process (before the app starts)."""
+def version_problem(installed: Mapping[str, str | None]) -> str | None:
+    """Why the installed libraries are not the verified ones, or None."""
+    wrong = [f"{name} {installed.get(name) or 'missing'} (verified: {want})"
+             for name, want in VERIFIED.items() if installed.get(name) != want]
+    if not wrong:
+        return None
+    return (f"streams/faust_fixes.py patches faust internals and was verified against other versions: "
+            f"{', '.join(wrong)}. Install the lock file (make setup), or re-run "
+            "tests/test_stream_resilience.py on these versions and set EMBEDDER_ALLOW_UNVERIFIED_FAUST=1")
+
+
+def installed_versions() -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found: dict[str, str | None] = {}
+    for name in VERIFIED:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def apply(allow_unverified: bool = False) -> None:
+    """Patch the classes once per process (before the app starts). Refuses (EmbedderError) on library
+    versions the patches were not verified against, unless `allow_unverified`."""
     global _applied
     if _applied:
         return
-    from importlib.metadata import version
-
-    installed = version("faust-streaming")
-    if installed != WRITTEN_FOR:
-        log.warning("faust-streaming %s is installed; the message-loss patches in streams/faust_fixes.py were "
-                    "written for %s: check that they still apply (tests/test_stream_resilience.py)",
-                    installed, WRITTEN_FOR)
+    problem = version_problem(installed_versions())
+    if problem and not allow_unverified:
+        raise EmbedderError(problem)
+    if problem:
+        log.warning("%s (allowed by EMBEDDER_ALLOW_UNVERIFIED_FAUST)", problem)
     _resume_clears_only_after_a_suspension()
     _uncommitted_source_partitions_restart_from_the_beginning()
     _applied = True

@@ -29,3 +29,65 @@ def test_resume_keeps_queued_messages_unless_flow_was_suspended():
     kept, after_suspension = asyncio.run(scenario())
     assert kept == 2
     assert after_suspension == 0
+
+
+def test_source_partitions_without_a_committed_offset_are_sought_to_their_beginning():
+    """aiokafka's seek_to_committed leaves a partition without a committed offset where it is: after
+    a rebalance in a group's first seconds what was fetched and dropped would never come again."""
+    faust_fixes.apply()
+    from aiokafka.structs import TopicPartition as TP
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    committed_offsets = {TP("prices", 0): 12, TP("prices", 1): None, TP("windows-changelog", 1): None}
+
+    class Consumer:
+        def __init__(self):
+            self.sought_to_beginning: list = []
+
+        async def seek_to_committed(self):
+            return dict(committed_offsets)
+
+        async def seek_to_beginning(self, *tps):
+            self.sought_to_beginning.extend(tps)
+
+    class Tables:
+        changelog_topics = {"windows-changelog"}
+
+    class App:
+        tables = Tables()
+
+    class Thread:
+        app = App()
+        consumer = Consumer()
+
+        def _ensure_consumer(self):
+            return self.consumer
+
+        async def call_thread(self, fn):
+            return await fn()
+
+    thread = Thread()
+    committed = asyncio.run(AIOKafkaConsumerThread.seek_to_committed(thread))
+    assert committed == committed_offsets
+    assert thread.consumer.sought_to_beginning == [TP("prices", 1)]  # the changelog is faust's own business
+
+
+def test_the_worker_refuses_library_versions_the_patches_were_not_verified_against():
+    assert faust_fixes.version_problem(dict(faust_fixes.VERIFIED)) is None
+    assert faust_fixes.version_problem(faust_fixes.installed_versions()) is None  # what make setup installs
+    problem = faust_fixes.version_problem({**faust_fixes.VERIFIED, "faust-streaming": "0.16.0", "aiokafka": None})
+    assert "faust-streaming 0.16.0 (verified: 0.15.3)" in problem and "aiokafka missing" in problem
+    assert "EMBEDDER_ALLOW_UNVERIFIED_FAUST" in problem
+
+
+def test_apply_refuses_to_start_on_unverified_versions_unless_allowed(monkeypatch):
+    import pytest
+
+    from shared.errors import EmbedderError
+
+    monkeypatch.setattr(faust_fixes, "_applied", False)
+    monkeypatch.setattr(faust_fixes, "installed_versions", lambda: {**faust_fixes.VERIFIED, "mode-streaming": "0.8.0"})
+    with pytest.raises(EmbedderError, match="mode-streaming 0.8.0"):
+        faust_fixes.apply()
+    faust_fixes.apply(allow_unverified=True)  # patches applied, with a warning
+    assert faust_fixes._applied
