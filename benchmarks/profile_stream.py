@@ -86,7 +86,7 @@ def main() -> None:
     try:
         wait_ready(workdir / "w")
         spy_proc = subprocess.Popen([spy, "record", "--pid", str(worker.pid), "--rate", str(args.rate), "--format",
-                                     "raw", "--output", str(raw), "--nonblocking", "--threads"],
+                                     "raw", "--output", str(raw), "--nonblocking"],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         selection = RunSelection.build(window_days=63, model_ids=[MODEL], date_from="2015-01-01",
                                        date_to="2020-12-31", market_id="US_EQ")
