@@ -8,16 +8,19 @@ BIN := $(VENV)/bin
 
 setup: $(VENV)/.installed
 
-# Exact versions from the lock file (pip-compile of pyproject.toml: `make lock`), then the project itself.
-$(VENV)/.installed: pyproject.toml requirements.lock
+# Exact versions from the lock files (pip-compile of pyproject.toml: `make lock`), then the project
+# itself. requirements.lock is what the worker image installs; requirements-dev.lock adds the tools.
+$(VENV)/.installed: pyproject.toml requirements-dev.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -r requirements.lock
+	$(BIN)/pip install -q -r requirements-dev.lock
 	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 
+LOCK := $(BIN)/pip-compile -q --strip-extras --no-emit-index-url --no-emit-find-links
 lock: setup
-	$(BIN)/pip-compile -q --extra dev --strip-extras --no-emit-index-url --no-emit-find-links -o requirements.lock pyproject.toml
+	$(LOCK) -o requirements.lock pyproject.toml
+	$(LOCK) --extra dev -o requirements-dev.lock pyproject.toml
 
 demo: setup
 	bash scripts/demo.sh
