@@ -6,6 +6,7 @@ from kafka.errors import KafkaError
 
 from shared.config import Settings
 from shared.errors import ServiceUnavailable
+from shared.kafka_config import kafka_python_config
 from shared.messages import PriceRow, RowBatch, RunEnd, Tick, encode
 from shared.topics import partition_for
 
@@ -21,7 +22,7 @@ class PricePublisher:
         self.partitions = settings.partitions
         try:
             self.producer = KafkaProducer(
-                bootstrap_servers=settings.kafka_bootstrap_servers,
+                **kafka_python_config(settings),
                 acks="all",
                 enable_idempotence=True,
                 linger_ms=20,

@@ -29,8 +29,9 @@ app = typer.Typer(
     name="embedder",
     help="Streaming incremental embedder: prices_daily -> Kafka -> Faust -> numeric_window_embeddings.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: flags without `<bool>`, every value option with a named metavar
 )
 services_app = typer.Typer(help="Local Kafka (KRaft) and PostgreSQL for development, demos and CI.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
@@ -40,6 +41,22 @@ app.add_typer(services_app, name="services")
 app.add_typer(db_app, name="db")
 app.add_typer(prices_app, name="prices")
 app.add_typer(live_app, name="live")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        out.print(f"embedder {version('numeric-window-embedder')}", highlight=False)
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
+                                                    help="Print the version and exit.")] = None,
+) -> None:
+    """Streaming incremental embedder: prices_daily -> Kafka -> Faust -> numeric_window_embeddings."""
 
 
 def _local_services():
@@ -86,6 +103,22 @@ def services_status() -> None:
         out.print(f"export {key}={value}", highlight=False, soft_wrap=True)
 
 
+@db_app.command("status")
+def db_status() -> None:
+    """List applied and pending migrations; exit 0 when none is pending, else 1 (for deploy checks)."""
+    from shared.migrate import migration_status
+
+    applied, pending = migration_status(load_settings().database_url)
+    for m in applied:
+        out.print(f"applied  {m}", highlight=False)
+    for m in pending:
+        out.print(f"pending  {m}", highlight=False)
+    out.print(f"{len(applied)} applied, {len(pending)} pending" + (": run `embedder db upgrade`" if pending else ""),
+              highlight=False)
+    if pending:
+        raise typer.Exit(1)
+
+
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Apply pending migrations (creates missing tables, adds the idempotency key)."""
@@ -106,9 +139,11 @@ def db_upgrade() -> None:
 
 @prices_app.command("import")
 def prices_import(
-    paths: Annotated[list[Path], typer.Argument(help="CSV or CSV.gz files (Yahoo, Kaggle or prices_daily layout).")],
-    market_id: Annotated[str, typer.Option("--market-id", help="Market for newly registered instruments.")] = "US_EQ",
-    currency: Annotated[str, typer.Option("--currency", help="Currency for layouts without one.")] = "USD",
+    paths: Annotated[list[Path], typer.Argument(metavar="FILE...",
+                                                help="CSV or CSV.gz files (Yahoo, Kaggle or prices_daily layout).")],
+    market_id: Annotated[str, typer.Option("--market-id", metavar="MARKET",
+                                           help="Market for newly registered instruments.")] = "US_EQ",
+    currency: Annotated[str, typer.Option("--currency", metavar="CODE", help="Currency for layouts without one.")] = "USD",
 ) -> None:
     """Load price files into prices_daily, registering unknown symbols."""
     import time
@@ -142,11 +177,12 @@ def prices_import(
 
 @prices_app.command("synthetic")
 def prices_synthetic(
-    path: Annotated[Path, typer.Argument(help="Output file (.csv or .csv.gz, Yahoo layout).")],
-    instruments: Annotated[int, typer.Option(min=1)] = 60,
-    date_from: Annotated[str, typer.Option("--from")] = "2015-01-12",
-    date_to: Annotated[str, typer.Option("--to")] = "2020-01-10",
-    seed: Annotated[int, typer.Option()] = 7,
+    path: Annotated[Path, typer.Argument(metavar="FILE", help="Output file (.csv or .csv.gz, Yahoo layout).")],
+    instruments: Annotated[int, typer.Option("--instruments", min=1, metavar="N",
+                                             help="How many instruments.")] = 60,
+    date_from: Annotated[str, typer.Option("--from", metavar="DATE", help="First business day.")] = "2015-01-12",
+    date_to: Annotated[str, typer.Option("--to", metavar="DATE", help="Last business day.")] = "2020-01-10",
+    seed: Annotated[int, typer.Option("--seed", metavar="N", help="Random seed (same seed, same file).")] = 7,
 ) -> None:
     """Write a realistic synthetic market (gaps, short histories, zero volumes)."""
     from backfill.selection import parse_date
@@ -161,15 +197,20 @@ def prices_synthetic(
 
 @app.command("replay")
 def replay(
-    as_of: Annotated[Optional[str], typer.Option("--as-of", help="Single as_of date (YYYY-MM-DD).")] = None,
-    date_from: Annotated[Optional[str], typer.Option("--from", help="First as_of date of a range.")] = None,
-    date_to: Annotated[Optional[str], typer.Option("--to", help="Last as_of date of a range.")] = None,
-    window_days: Annotated[int, typer.Option("--window-days")] = 63,
-    market_id: Annotated[Optional[str], typer.Option("--market-id")] = None,
-    limit: Annotated[Optional[int], typer.Option("--limit")] = None,
-    offset: Annotated[int, typer.Option("--offset")] = 0,
-    instrument_id: Annotated[Optional[list[str]], typer.Option("--instrument-id", help="Repeatable.")] = None,
-    model_id: Annotated[Optional[list[str]], typer.Option("--model-id", help="Repeatable.")] = None,
+    as_of: Annotated[Optional[str], typer.Option("--as-of", metavar="DATE",
+                                                 help="Single as_of date (YYYY-MM-DD).")] = None,
+    date_from: Annotated[Optional[str], typer.Option("--from", metavar="DATE", help="First as_of date of a range.")] = None,
+    date_to: Annotated[Optional[str], typer.Option("--to", metavar="DATE", help="Last as_of date of a range.")] = None,
+    window_days: Annotated[int, typer.Option("--window-days", metavar="N", help="Trading days per window.")] = 63,
+    market_id: Annotated[Optional[str], typer.Option("--market-id", metavar="MARKET",
+                                                     help="The market's ACTIVE EQUITY instruments.")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", metavar="N",
+                                                 help="At most N of the market's instruments (by id).")] = None,
+    offset: Annotated[int, typer.Option("--offset", metavar="N", help="Skip the market's first N instruments.")] = 0,
+    instrument_id: Annotated[Optional[list[str]], typer.Option("--instrument-id", metavar="ID",
+                                                               help="An instrument (repeatable).")] = None,
+    model_id: Annotated[Optional[list[str]], typer.Option("--model-id", metavar="MODEL",
+                                                          help=f"A model (repeatable; default {DEFAULT_MODEL_ID}).")] = None,
     direct: Annotated[bool, typer.Option("--direct", help="Compute from Postgres without Kafka (batch path).")] = False,
 ) -> None:
     """Compute embeddings for a date range or one as_of date, then exit."""
@@ -186,8 +227,10 @@ def replay(
 
 @app.command("worker")
 def worker(
-    data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="RocksDB state folder.")] = None,
-    loglevel: Annotated[str, typer.Option("--loglevel", help="crit, error, warn, info or debug.")] = "warn",
+    data_dir: Annotated[Optional[Path], typer.Option("--data-dir", metavar="DIR",
+                                                     help="RocksDB state folder (default EMBEDDER_STATE_DIR/worker).")] = None,
+    loglevel: Annotated[str, typer.Option("--loglevel", metavar="LEVEL",
+                                          help="crit, error, warn, info or debug.")] = "warn",
     capture: Annotated[bool, typer.Option("--capture/--no-capture",
                                           help="Relay prices_outbox (live capture and ticks) to Kafka.")] = True,
 ) -> None:
@@ -220,11 +263,13 @@ def worker(
 
 @app.command("tick")
 def tick(
-    as_of: Annotated[str, typer.Option("--as-of", help="The day that is complete (YYYY-MM-DD).")],
-    market_id: Annotated[Optional[str], typer.Option("--market-id", help="Only this market's instruments "
+    as_of: Annotated[str, typer.Option("--as-of", metavar="DATE", help="The day that is complete (YYYY-MM-DD).")],
+    market_id: Annotated[Optional[str], typer.Option("--market-id", metavar="MARKET", help="Only this market's instruments "
                                                      "(default: every market).")] = None,
-    window_days: Annotated[Optional[int], typer.Option("--window-days")] = None,
-    model_id: Annotated[Optional[list[str]], typer.Option("--model-id", help="Repeatable; default from settings.")] = None,
+    window_days: Annotated[Optional[int], typer.Option("--window-days", metavar="N",
+                                                       help="Trading days per window (default EMBEDDER_WINDOW_DAYS).")] = None,
+    model_id: Annotated[Optional[list[str]], typer.Option("--model-id", metavar="MODEL",
+                                                          help="A model (repeatable; default EMBEDDER_LIVE_MODEL_IDS).")] = None,
 ) -> None:
     """Declare day D complete for the live service: it emits the embedding as of D of every ACTIVE
     EQUITY instrument (of the market).
@@ -255,7 +300,7 @@ def tick(
 
 @live_app.command("bootstrap")
 def live_bootstrap(
-    market_id: Annotated[Optional[str], typer.Option("--market-id", help="Only this market.")] = None,
+    market_id: Annotated[Optional[str], typer.Option("--market-id", metavar="MARKET", help="Only this market.")] = None,
     reset: Annotated[bool, typer.Option("--reset", help="Load again what was loaded before (the live windows "
                                         "were lost: new Kafka cluster or app id).")] = False,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait until the worker's relay has loaded "
@@ -272,22 +317,31 @@ def live_bootstrap(
 def lag(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable report (fields in the README).")] = False,
     watch: Annotated[bool, typer.Option("--watch", help="Refresh until interrupted.")] = False,
-    samples: Annotated[int, typer.Option("--samples", min=1, help="Readings before judging (one-shot).")] = 3,
-    interval: Annotated[float, typer.Option("--interval", min=0.1, help="Seconds between readings.")] = 1.0,
-    window: Annotated[float, typer.Option("--window", min=1, help="Sliding window of the statuses, seconds.")] = 60.0,
+    samples: Annotated[int, typer.Option("--samples", min=1, metavar="N", help="Readings before judging (one-shot).")] = 3,
+    interval: Annotated[float, typer.Option("--interval", min=0.1, metavar="SECONDS",
+                                            help="Seconds between readings.")] = 1.0,
+    window: Annotated[float, typer.Option("--window", min=1, metavar="SECONDS",
+                                          help="Sliding window of the statuses, seconds.")] = 60.0,
+    group: Annotated[Optional[str], typer.Option("--group", metavar="GROUP",
+                                                 help="Consumer group (default EMBEDDER_APP_ID).")] = None,
+    serve: Annotated[Optional[int], typer.Option("--serve", metavar="PORT", min=0, help="Export the lag as Prometheus "
+                                                 "metrics on PORT until interrupted (reads only the broker).")] = None,
+    host: Annotated[str, typer.Option("--host", metavar="HOST", help="Address --serve listens on.")] = "127.0.0.1",
 ) -> None:
     """Consumer lag of the worker group per topic and partition, in messages and seconds, with a status
-    (OK, WARN, STALL, STOP, ERR). Read from the broker, so it works while every worker is down."""
+    (OK, WARN, REWIND, STALL, STOP, ERR). Read from the broker, so it works while every worker is down.
+
+    Exit code: 0 OK, 3 WARN, 4 REWIND, 5 STALL, 6 STOP, 1 ERR (the worst group's status)."""
     from embedder.lag_command import run_lag
 
-    code = run_lag(load_settings(), as_json, watch, samples, interval, window)
+    code = run_lag(load_settings(), as_json, watch, samples, interval, window, group, serve, host)
     if code:
         raise typer.Exit(code)
 
 
 @app.command("status")
 def status(
-    since: Annotated[str, typer.Option("--since", help="Count dead letters since: 24h, 7d, an ISO date or "
+    since: Annotated[str, typer.Option("--since", metavar="WHEN", help="Count dead letters since: 24h, 7d, an ISO date or "
                                        "date-time.")] = "24h",
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable (version 1).")] = False,
 ) -> None:
@@ -300,10 +354,10 @@ def status(
 
 @app.command("dead-letters")
 def dead_letters(
-    since: Annotated[Optional[str], typer.Option("--since", help="Only these: 24h, 7d, an ISO date or date-time "
+    since: Annotated[Optional[str], typer.Option("--since", metavar="WHEN", help="Only these: 24h, 7d, an ISO date or date-time "
                                                  "(default: every retained one).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable (version 1).")] = False,
-    limit: Annotated[int, typer.Option("--limit", min=1, help="Newest records shown in full.")] = 50,
+    limit: Annotated[int, typer.Option("--limit", min=1, metavar="N", help="Newest records shown in full.")] = 50,
     redrive: Annotated[bool, typer.Option("--redrive", help="Capture the live rows shown again as prices_daily "
                                           "holds them now (after fixing them there).")] = False,
 ) -> None:
@@ -315,9 +369,9 @@ def dead_letters(
 
 @app.command("show")
 def show(
-    as_of: Annotated[str, typer.Option("--as-of")],
-    model_id: Annotated[str, typer.Option("--model-id")] = DEFAULT_MODEL_ID,
-    values: Annotated[int, typer.Option("--values", help="How many leading values to print.")] = 6,
+    as_of: Annotated[str, typer.Option("--as-of", metavar="DATE", help="The as_of date (YYYY-MM-DD).")],
+    model_id: Annotated[str, typer.Option("--model-id", metavar="MODEL", help="The model.")] = DEFAULT_MODEL_ID,
+    values: Annotated[int, typer.Option("--values", metavar="N", help="How many leading values to print.")] = 6,
 ) -> None:
     """Summarise stored embeddings for one as_of date and model, decoding one vector."""
     from backfill.selection import parse_date
@@ -330,10 +384,18 @@ def show(
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning every expected error into one line and an exit code."""
     command = typer.main.get_command(app)
+    try:
+        from shared.logs import configure
 
-    def body() -> None:
+        configure(load_settings().log_format)
+    except BadArguments:
+        pass  # reported as the command's one-line error
+
+    def body() -> int | None:
         try:
-            command.main(args=argv, prog_name="embedder", standalone_mode=False)
+            # standalone_mode=False: click returns a command's typer.Exit code instead of exiting;
+            # it is this process's exit code (it was dropped before, so `embedder lag` exited 0 on ERR).
+            return command.main(args=argv, prog_name="embedder", standalone_mode=False)
         except click_exc.NoArgsIsHelpError as e:
             e.show()
             raise typer.Exit(2) from None

@@ -1,5 +1,13 @@
-"""Terminal output shared by the commands: one stderr console and a progress-bar factory."""
+"""Terminal output shared by the commands: consoles, and progress that suits where it goes.
+
+On a terminal: rich's bars. Elsewhere (cron, CI logs, a pipe): a plain line every
+`EMBEDDER_PROGRESS_SECONDS` (5) and one at the end, so a log shows how far a long
+run is. Piped tables get a wide console, so their headers are never cut.
+"""
 from __future__ import annotations
+
+import sys
+import time
 
 from rich.console import Console
 from rich.progress import (
@@ -12,12 +20,74 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-out = Console(soft_wrap=True, highlight=False)
-err = Console(stderr=True)
+PIPED_WIDTH = 240
+out = Console(soft_wrap=True, highlight=False, width=None if sys.stdout.isatty() else PIPED_WIDTH)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else PIPED_WIDTH)
 
 
-def progress() -> Progress:
-    """A progress bar on stderr, so stdout stays clean for machine-readable output."""
+class PlainProgress:
+    """The part of rich's Progress the commands use, printing plain lines to stderr at an interval."""
+
+    def __init__(self, every: float):
+        self.every = every
+        self.tasks: dict[int, dict] = {}
+        self.started = time.monotonic()
+        self._printed = 0.0
+
+    def __enter__(self) -> "PlainProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self.started = time.monotonic()
+
+    def stop(self) -> None:
+        if self.tasks:
+            self._print()
+            self.tasks = {}
+
+    def add_task(self, description: str, total: float | None = None, completed: float = 0, **fields) -> int:
+        task = len(self.tasks)
+        self.tasks[task] = {"description": description, "total": total, "completed": completed,
+                            "detail": fields.get("detail", "")}
+        return task
+
+    def update(self, task: int, *, completed: float | None = None, advance: float | None = None,
+               total: float | None = None, **fields) -> None:
+        t = self.tasks[task]
+        if completed is not None:
+            t["completed"] = completed
+        if advance is not None:
+            t["completed"] += advance
+        if total is not None:
+            t["total"] = total
+        if "detail" in fields:
+            t["detail"] = fields["detail"]
+        if time.monotonic() - self._printed >= self.every:
+            self._print()
+
+    def advance(self, task: int, advance: float = 1) -> None:
+        self.update(task, advance=advance)
+
+    def _print(self) -> None:
+        self._printed = time.monotonic()
+        parts = []
+        for t in self.tasks.values():
+            done = f"{t['completed']:,.0f}" + (f"/{t['total']:,.0f} ({100 * t['completed'] / t['total']:.0f}%)"
+                                               if t["total"] else "")
+            parts.append(f"{t['description']} {done}" + (f" {t['detail']}" if t["detail"] else ""))
+        sys.stderr.write(f"[{time.monotonic() - self.started:6.1f}s] " + " | ".join(parts) + "\n")
+        sys.stderr.flush()
+
+
+def progress() -> Progress | PlainProgress:
+    """A progress display on stderr, so stdout stays clean for machine-readable output."""
+    if not err.is_terminal:
+        from shared.config import load_settings
+
+        return PlainProgress(load_settings().progress_seconds)
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),

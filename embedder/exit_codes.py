@@ -8,34 +8,46 @@ import psycopg
 
 from shared.config import load_settings, scrub_secret
 from shared.errors import BadArguments, EmbedderError
+from shared.logs import error_line
 
 USAGE = 2
 FAILURE = 1
 INTERRUPTED = 130
+LAG_EXIT_CODES = {"OK": 0, "ERR": FAILURE, "WARN": 3, "REWIND": 4, "STALL": 5, "STOP": 6}
+"""`embedder lag`: one code per status (the worst group's), never USAGE, for cron and monitoring checks."""
 
 
 def run_with_exit_codes(prog: str, body: Callable[[], object]) -> int:
-    """Run `body`; bad arguments -> exit 2, known failures -> 1, never a traceback or a secret."""
+    """Run `body`; bad arguments -> exit 2, known failures -> 1, never a traceback or a secret; an int
+    `body` returns is the exit code (a command's own, e.g. `embedder lag`'s status)."""
     try:
-        body()
+        result = body()
     except BadArguments as e:
-        sys.stderr.write(f"{prog}: error: {e}\n")
+        _say(prog, f"error: {e}")
         return USAGE
     except EmbedderError as e:
-        sys.stderr.write(f"{prog}: {_redacted(str(e))}\n")
+        _say(prog, _redacted(str(e)))
         return FAILURE
     except psycopg.Error as e:
         first = _redacted(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
         if isinstance(e, (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn)):
-            sys.stderr.write(f"{prog}: the database schema is older than this embedder ({first}): "
-                             "run `embedder db upgrade`\n")
+            _say(prog, f"the database schema is older than this embedder ({first}): run `embedder db upgrade`")
         else:
-            sys.stderr.write(f"{prog}: database error: {first}\n")
+            _say(prog, f"database error: {first}")
         return FAILURE
     except KeyboardInterrupt:
-        sys.stderr.write(f"{prog}: interrupted\n")
+        _say(prog, "interrupted")
         return INTERRUPTED
-    return 0
+    return result if isinstance(result, int) else 0
+
+
+def _say(prog: str, message: str) -> None:
+    """The one-line error on stderr: text, or a JSON log line with EMBEDDER_LOG_FORMAT=json."""
+    try:
+        log_format = load_settings().log_format
+    except BadArguments:
+        log_format = "text"
+    sys.stderr.write(error_line(prog, message, log_format) + "\n")
 
 
 def _redacted(message: str) -> str:

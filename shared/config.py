@@ -8,7 +8,9 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from typing import Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.errors import BadArguments
@@ -77,6 +79,23 @@ class Settings(BaseSettings):
         default=LOCAL_KAFKA_BOOTSTRAP,
         validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "EMBEDDER_KAFKA_BOOTSTRAP_SERVERS"),
     )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: str | None = None
+    kafka_ssl_certfile: str | None = None
+    kafka_ssl_keyfile: str | None = None
+    topic_replication_factor: int = Field(default=1, ge=1)
+    """Replication of the topics the project creates (prices, dead letters, table changelogs)."""
+    topic_min_insync_replicas: int | None = Field(default=None, ge=1)
+    prices_retention_hours: float = Field(default=168.0, gt=0)
+    """Retention of the prices topic: longer than any outage of every worker you want to ride out."""
+    dead_letter_retention_hours: float = Field(default=720.0, gt=0)
+    progress_seconds: float = Field(default=5.0, gt=0)
+    """Off a terminal, long commands print a plain progress line this often."""
+    log_format: Literal["text", "json"] = "text"
+    """`json`: one JSON object per log line, for every command and the worker."""
     prices_topic: str = "embedder.prices"
     dead_letter_topic: str = "embedder.dead-letter"
     partitions: int = Field(default=8, ge=1)

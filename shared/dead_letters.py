@@ -18,6 +18,7 @@ from kafka.errors import KafkaError
 
 from shared.config import Settings
 from shared.errors import BadArguments, ServiceUnavailable
+from shared.kafka_config import kafka_python_config
 
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -105,7 +106,7 @@ def read_dead_letters(settings: Settings, since: datetime | None = None, limit: 
     `limit` kept in full. Reads the topic from the broker with no consumer group."""
     report = DeadLetterReport(since.isoformat(timespec="seconds") if since else None)
     try:
-        consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None,
+        consumer = KafkaConsumer(**kafka_python_config(settings), group_id=None,
                                  enable_auto_commit=False, request_timeout_ms=int(timeout * 1000) + 1000,
                                  consumer_timeout_ms=int(timeout * 1000))
     except (KafkaError, OSError) as e:
@@ -152,7 +153,7 @@ def read_dead_letters(settings: Settings, since: datetime | None = None, limit: 
 def count_since(settings: Settings, since: datetime, timeout: float = 10.0) -> int:
     """How many dead letters arrived since `since` (offsets only: nothing is read)."""
     try:
-        consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None,
+        consumer = KafkaConsumer(**kafka_python_config(settings), group_id=None,
                                  enable_auto_commit=False, request_timeout_ms=int(timeout * 1000) + 1000)
     except (KafkaError, OSError) as e:
         raise ServiceUnavailable(f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: {e}") from None

@@ -10,6 +10,8 @@ judges each one in the manner of Burrow's rules:
 - STALL: a member is in the group, but the committed offset did not move across
   the window while lag > 0.
 - STOP: no member is consuming and lag > 0 (no commits can come).
+- REWIND: the committed offset moved backwards within the window (offsets reset by hand, or the
+  topic recreated): prices are processed again.
 - ERR: the broker could not be read.
 
 A group's status is the worst of its partitions'. The JSON form (`as_json`)
@@ -29,6 +31,7 @@ from kafka.errors import KafkaError, UnknownTopicOrPartitionError
 
 from shared.config import Settings
 from shared.errors import ServiceUnavailable
+from shared.kafka_config import kafka_python_config
 from shared.topics import admin_client
 
 class _FaustMetadataNoise(logging.Filter):
@@ -40,7 +43,7 @@ class _FaustMetadataNoise(logging.Filter):
 
 logging.getLogger("kafka.admin._groups").addFilter(_FaustMetadataNoise())
 
-STATUS_ORDER = ("OK", "WARN", "STALL", "STOP", "ERR")
+STATUS_ORDER = ("OK", "WARN", "REWIND", "STALL", "STOP", "ERR")
 JSON_VERSION = 1
 
 
@@ -120,6 +123,9 @@ def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
 def judge(samples: list[Sample], has_members: bool) -> str:
     """Burrow-style status of one partition from its samples, oldest first."""
     latest = samples[-1]
+    committed = [s.committed for s in samples if s.committed is not None]
+    if any(b < a for a, b in zip(committed, committed[1:])):
+        return "REWIND"  # the committed offset moved backwards (offsets reset, topic recreated)
     if latest.lag == 0 or any(s.lag == 0 for s in samples):
         return "OK"
     if not has_members:
@@ -139,10 +145,10 @@ def worst(statuses: list[str]) -> str:
 class LagMonitor:
     """Samples the worker group's offsets; `sample()` returns a report judged over the window."""
 
-    def __init__(self, settings: Settings, window_seconds: float = 60.0):
+    def __init__(self, settings: Settings, window_seconds: float = 60.0, group: str | None = None):
         self.settings = settings
         self.window_seconds = window_seconds
-        self.group = settings.app_id
+        self.group = group or settings.app_id
         self.roles = {settings.prices_topic: "worker"}
         self._history: dict[tuple[str, int], deque[Sample]] = {}
         self._admin = None
@@ -173,7 +179,7 @@ class LagMonitor:
             # It only peeks at the timestamp of each partition's first unconsumed record: no CRC
             # check (kafka-python's is pure Python when the crc32c package is missing, and it cost
             # the worker 16 % of its CPU), and as few bytes as the broker will send.
-            self._consumer = KafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            self._consumer = KafkaConsumer(**kafka_python_config(self.settings),
                                            enable_auto_commit=False, group_id=None, request_timeout_ms=15000,
                                            check_crcs=False, max_partition_fetch_bytes=1024, fetch_max_bytes=65536)
         return self._admin, self._consumer

@@ -22,8 +22,10 @@ class StreamMetrics:
     sink_embeddings_committed: Counter
     last_committed_as_of: Gauge
     db_last_upsert: Gauge
-    lag_messages: Gauge
-    lag_seconds: Gauge
+    lag: "LagMetrics"
+    ready: Gauge
+    market_tick_due: Gauge
+    market_tick_committed: Gauge
     assigned_partitions: Gauge
     offset_gaps: Counter
     tick_instruments: Counter
@@ -55,10 +57,14 @@ class StreamMetrics:
                                        "time of its midnight UTC).", ["run"], registry=r),
             db_last_upsert=Gauge("embedder_db_last_upsert_timestamp_seconds",
                                  "When the sink last committed to PostgreSQL (unix time).", registry=r),
-            lag_messages=Gauge("embedder_consumer_lag_messages", "Messages not yet committed by the worker group.",
-                               ["topic", "partition"], registry=r),
-            lag_seconds=Gauge("embedder_consumer_lag_seconds", "Age of the oldest message not yet committed.",
-                              ["topic", "partition"], registry=r),
+            lag=LagMetrics.create(r),
+            ready=Gauge("embedder_ready", "1 while this worker is ready (what /readyz answers), else 0.", registry=r),
+            market_tick_due=Gauge(
+                "embedder_market_tick_due_as_of_timestamp_seconds", "Per market of the tick schedule: the newest "
+                "day with rows whose deadline has passed (unix time of its midnight UTC).", ["market"], registry=r),
+            market_tick_committed=Gauge(
+                "embedder_market_tick_committed_as_of_timestamp_seconds", "Per market of the tick schedule: the "
+                "newest day whose live tick is committed on every partition.", ["market"], registry=r),
             assigned_partitions=Gauge("embedder_assigned_partitions", "Partitions assigned to this worker.",
                                       registry=r),
             tick_instruments=Counter(
@@ -76,3 +82,40 @@ class StreamMetrics:
             offset_gaps=Counter("embedder_offset_gaps", "Prices offsets the consumer skipped before the "
                                 "agent saw them (a faust-streaming bug during rebalances).", registry=r),
         )
+
+
+LAG_STATUSES = ("OK", "WARN", "REWIND", "STALL", "STOP", "ERR")
+
+
+@dataclass(frozen=True)
+class LagMetrics:
+    """The consumer group's lag, per partition and as one Burrow-style status: exported by every
+    worker, and by `embedder lag --serve` (which reads only the broker, so it reports with every
+    worker down)."""
+
+    messages: Gauge
+    seconds: Gauge
+    status: Gauge
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> "LagMetrics":
+        return cls(
+            messages=Gauge("embedder_consumer_lag_messages", "Messages not yet committed by the worker group.",
+                           ["topic", "partition"], registry=registry),
+            seconds=Gauge("embedder_consumer_lag_seconds", "Age of the oldest message not yet committed.",
+                          ["topic", "partition"], registry=registry),
+            status=Gauge("embedder_lag_status", "The group's status over the sliding window, one-hot: OK, WARN "
+                         "(lag grows), REWIND (committed offsets moved back), STALL (members, offsets not moving), "
+                         "STOP (no member, lag > 0), ERR (broker unreadable).", ["group", "status"], registry=registry),
+        )
+
+    def record(self, report) -> None:
+        """Set the gauges from a `shared.lag.LagReport`."""
+        for g in report.groups:
+            for status in LAG_STATUSES:
+                self.status.labels(g.group, status).set(1 if g.status == status else 0)
+            for p in g.partitions:
+                labels = (p.topic, str(p.partition))
+                self.messages.labels(*labels).set(p.lag)
+                if p.lag_seconds is not None:
+                    self.seconds.labels(*labels).set(p.lag_seconds)

@@ -24,13 +24,25 @@ def _yoyo_url(url: str) -> str:
     return f"postgresql+psycopg://{rest}" if scheme in ("postgres", "postgresql") else url
 
 
-def upgrade(database_url: str) -> UpgradeResult:
-    """Apply every pending migration under yoyo's lock; a second run applies nothing."""
+def _backend(database_url: str):
     try:
-        backend = get_backend(_yoyo_url(database_url))
+        return get_backend(_yoyo_url(database_url))
     except Exception as e:  # yoyo wraps driver errors in several types
         detail = scrub_secret(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__, database_url)
         raise ServiceUnavailable(f"cannot connect to PostgreSQL at {redact_url(database_url)}: {detail}") from None
+
+
+def migration_status(database_url: str) -> tuple[list[str], list[str]]:
+    """(applied, pending) migration ids, in order."""
+    backend = _backend(database_url)
+    migrations = read_migrations(str(MIGRATIONS_DIR))
+    pending = {m.id for m in backend.to_apply(migrations)}
+    return [m.id for m in migrations if m.id not in pending], [m.id for m in migrations if m.id in pending]
+
+
+def upgrade(database_url: str) -> UpgradeResult:
+    """Apply every pending migration under yoyo's lock; a second run applies nothing."""
+    backend = _backend(database_url)
     migrations = read_migrations(str(MIGRATIONS_DIR))
     with backend.lock():
         pending = backend.to_apply(migrations)

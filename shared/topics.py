@@ -13,6 +13,7 @@ from kafka.partitioner.default import murmur2
 
 from shared.config import Settings
 from shared.errors import ServiceUnavailable
+from shared.kafka_config import kafka_python_config, topic_configs
 
 
 def partition_for(instrument_id: str, partitions: int) -> int:
@@ -23,7 +24,7 @@ def partition_for(instrument_id: str, partitions: int) -> int:
 
 def admin_client(settings: Settings) -> KafkaAdminClient:
     try:
-        return KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers, request_timeout_ms=15000)
+        return KafkaAdminClient(**kafka_python_config(settings), request_timeout_ms=15000)
     except (KafkaError, OSError) as e:
         raise ServiceUnavailable(f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: {e}") from None
 
@@ -61,12 +62,15 @@ def ensure_topics(settings: Settings) -> None:
     admin = admin_client(settings)
     try:
         existing = set(admin.list_topics())
+        rf = settings.topic_replication_factor
         wanted = [
-            NewTopic(settings.prices_topic, settings.partitions, 1),
-            NewTopic(settings.dead_letter_topic, 1, 1),
+            NewTopic(settings.prices_topic, settings.partitions, rf,
+                     topic_configs=topic_configs(settings, settings.prices_retention_hours)),
+            NewTopic(settings.dead_letter_topic, 1, rf,
+                     topic_configs=topic_configs(settings, settings.dead_letter_retention_hours)),
         ] + [
-            NewTopic(changelog_topic(settings, t), settings.partitions, 1,
-                     topic_configs=EAGER_COMPACTION if t in REPLAY_TABLES else {"cleanup.policy": "compact"})
+            NewTopic(changelog_topic(settings, t), settings.partitions, rf, topic_configs={
+                **topic_configs(settings), **(EAGER_COMPACTION if t in REPLAY_TABLES else {"cleanup.policy": "compact"})})
             for t in STREAM_TABLES
         ]
         missing = [t for t in wanted if t.name not in existing]

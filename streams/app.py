@@ -6,14 +6,10 @@ from pathlib import Path
 import faust
 
 from shared.config import Settings
+from shared.kafka_config import faust_broker_options
 from streams import faust_fixes
 from shared.metrics import StreamMetrics
 from streams.agents import LostWindows, register
-
-
-def broker_url(bootstrap: str) -> str:
-    """Faust's form of a bootstrap list: kafka://h1:p1;h2:p2."""
-    return "kafka://" + ";".join(s.strip() for s in bootstrap.split(",") if s.strip())
 
 
 def create_app(settings: Settings, datadir: Path, metrics: StreamMetrics, *, store: str = "rocksdb://",
@@ -22,11 +18,11 @@ def create_app(settings: Settings, datadir: Path, metrics: StreamMetrics, *, sto
     faust_fixes.apply(settings.allow_unverified_faust)
     app = faust.App(
         settings.app_id,
-        broker=broker_url(settings.kafka_bootstrap_servers),
+        **faust_broker_options(settings),
         store=store,
         datadir=str(datadir),
         topic_partitions=settings.partitions,
-        topic_replication_factor=1,
+        topic_replication_factor=settings.topic_replication_factor,
         processing_guarantee="at_least_once",
         producer_acks=-1,
         consumer_auto_offset_reset="earliest",

@@ -56,6 +56,7 @@ class LagSampler(threading.Thread):
     def __init__(self, settings: Settings, status: WorkerStatus, metrics: StreamMetrics, interval: float):
         super().__init__(name="lag-sampler", daemon=True)
         self.monitor = LagMonitor(settings)
+        self.settings = settings
         self.status, self.metrics, self.interval = status, metrics, interval
         self.stop = threading.Event()
 
@@ -63,12 +64,8 @@ class LagSampler(threading.Thread):
         while not self.stop.is_set():
             report = self.monitor.sample()
             self.status.record(report)
-            for g in report.groups:
-                for p in g.partitions:
-                    labels = (p.topic, str(p.partition))
-                    self.metrics.lag_messages.labels(*labels).set(p.lag)
-                    if p.lag_seconds is not None:
-                        self.metrics.lag_seconds.labels(*labels).set(p.lag_seconds)
+            self.metrics.lag.record(report)
+            self.metrics.ready.set(1 if readiness(self.settings, self.status, self.interval)["ready"] else 0)
             self.stop.wait(self.interval)
         self.monitor.close()
 

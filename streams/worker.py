@@ -8,9 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import faust
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
 from shared.config import Settings
+from shared.logs import json_logging_config
 from shared.metrics import StreamMetrics
 from shared.topics import ensure_topics
 from streams.agents import LostWindows
@@ -111,6 +112,8 @@ def run_worker(settings: Settings, datadir: Path, loglevel: str = "warn", beside
     ensure_topics(settings)
     datadir.mkdir(parents=True, exist_ok=True)
     registry = CollectorRegistry()
+    ProcessCollector(registry=registry)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
+    PlatformCollector(registry=registry)
     metrics = StreamMetrics.create(registry)
     status = WorkerStatus()
     app = create_app(settings, datadir, metrics, on_lost_windows=on_lost_windows)
@@ -119,7 +122,9 @@ def run_worker(settings: Settings, datadir: Path, loglevel: str = "warn", beside
     if beside:
         stops.append(beside(status.ready, metrics))
     try:
-        GracefulWorker(app, loglevel=loglevel, quiet=True, grace=settings.stop_grace_seconds).execute_from_commandline()
+        logging_config = json_logging_config(loglevel) if settings.log_format == "json" else None
+        GracefulWorker(app, loglevel=loglevel, quiet=True, grace=settings.stop_grace_seconds,
+                       logging_config=logging_config).execute_from_commandline()
     finally:
         for stop in stops:
             stop()

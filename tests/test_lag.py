@@ -21,11 +21,17 @@ from tests.test_dead_letter import settings_of
 EMBEDDER = [sys.executable, "-m", "embedder.cli"]
 
 
+LAG_EXIT = {"OK": 0, "ERR": 1, "WARN": 3, "REWIND": 4, "STALL": 5, "STOP": 6}  # docs/operations.md
+
+
 def lag_json(env: dict[str, str], *extra: str) -> dict:
+    """`embedder lag --json`; its exit code must be the documented one for the status it reports."""
     proc = subprocess.run(EMBEDDER + ["lag", "--json", "--samples", "1", *extra], env=env, capture_output=True,
                           text=True, timeout=120, stdin=subprocess.DEVNULL)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return json.loads(proc.stdout)
+    report = json.loads(proc.stdout)
+    status = report["groups"][0]["status"]
+    assert proc.returncode == LAG_EXIT[status], (status, proc.returncode, proc.stderr[-2000:])
+    return report
 
 
 def broker_view(env: dict[str, str], topics: list[str], partitions: int) -> dict[tuple[str, int], tuple]:
@@ -122,3 +128,36 @@ def test_watch_prints_a_report_per_interval_until_interrupted(cli_env):
     assert [r["groups"][0]["group"] for r in reports] == [cli_env["EMBEDDER_APP_ID"]] * 3
     assert len({r["time"] for r in reports}) >= 2  # fresh samples, not one report repeated
     assert proc.returncode == 0
+
+
+def test_lag_exits_1_when_the_broker_cannot_be_read_and_names_it(cli_env):
+    env = cli_env | {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}
+    report = lag_json(env)  # exit 1 (ERR), never 0 and never the usage code 2
+    assert report["groups"][0]["status"] == "ERR" and report["groups"][0]["error"]
+    table = subprocess.run(EMBEDDER + ["lag", "--samples", "1"], env=env, capture_output=True, text=True, timeout=120,
+                           stdin=subprocess.DEVNULL)
+    assert table.returncode == 1 and "ERR" in table.stdout
+
+
+def test_a_piped_table_keeps_its_headers_and_other_groups_can_be_read(cli_env):
+    ensure_topics(settings_of(cli_env))
+    proc = subprocess.run(EMBEDDER + ["lag", "--samples", "1", "--group", "someone-else"], env=cli_env | {"COLUMNS": ""},
+                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    header = next(line for line in proc.stdout.splitlines() if "partition" in line)
+    for column in ("role", "topic", "partition", "committed", "end", "lag s", "rate/s", "catch-up s", "status"):
+        assert column in header
+    assert "…" not in proc.stdout and "group someone-else" in proc.stdout
+    assert proc.returncode in LAG_EXIT.values()
+
+
+def test_statuses_are_judged_as_burrow_does():
+    from shared.lag import Sample, judge
+
+    def samples(*pairs):
+        return [Sample(float(t), c, e) for t, (c, e) in enumerate(pairs)]
+    assert judge(samples((10, 10), (10, 12)), True) == "OK"  # lag was zero in the window
+    assert judge(samples((5, 10), (5, 12)), True) == "STALL"  # members, offset not moving
+    assert judge(samples((5, 10), (5, 12)), False) == "STOP"  # nobody consuming
+    assert judge(samples((5, 10), (6, 13), (7, 16)), True) == "WARN"  # moving, lag growing every sample
+    assert judge(samples((5, 10), (8, 12), (9, 13)), True) == "OK"
+    assert judge(samples((50, 60), (20, 60), (25, 60)), True) == "REWIND"  # committed offset moved back
