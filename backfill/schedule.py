@@ -98,13 +98,46 @@ def market_days(conn: psycopg.Connection, market_id: str, catch_up_days: int) ->
     return expected, [DayCount(d, n) for d, n in rows]
 
 
+def due_and_committed(conn: psycopg.Connection, schedule: MarketSchedule, now: datetime,
+                      partitions: int) -> tuple[date | None, date | None]:
+    """(the newest day of the market with rows whose deadline has passed, after its baseline; the
+    newest day whose live tick of the market is committed on every partition) — what the alert
+    EmbedderTickMissedDeadline compares."""
+    local_now = now.astimezone(ZoneInfo(schedule.timezone))
+    last = local_now.date() if schedule.deadline is None or local_now.time() >= schedule.deadline \
+        else local_now.date() - timedelta(days=1)
+    due, baseline = conn.execute(
+        f"""SELECT max((SELECT max(p.trade_date) FROM prices_daily p
+                       WHERE p.instrument_id = i.instrument_id AND p.trade_date <= %(last)s)),
+                   (SELECT max(as_of_date) FROM embedder_scheduled_ticks
+                    WHERE market_id = %(m)s AND reason = 'baseline')
+            FROM instruments i WHERE i.market_id = %(m)s AND {SELECTABLE}""", {"last": last, "m": schedule.market_id}
+    ).fetchone()
+    committed = conn.execute(
+        """SELECT max(as_of_date) FROM (SELECT as_of_date FROM embedder_tick_commits
+                                        WHERE run_id = 'live' AND scope IN (%s, '*')
+                                        GROUP BY as_of_date, scope HAVING count(*) >= %s) done""",
+        (schedule.market_id, partitions)).fetchone()[0]
+    if due is not None and baseline is not None and due <= baseline:
+        due = None  # history: the schedule never ticks it
+    return due, committed
+
+
+def _midnight(day: date | None) -> float:
+    return 0.0 if day is None else datetime.combine(day, datetime.min.time(), timezone.utc).timestamp()
+
+
 class TickScheduler:
     """Checks every market of the schedule at most every `check_seconds` (the relay calls it when idle)."""
 
-    def __init__(self, settings: Settings, clock=lambda: datetime.now(timezone.utc)):
+    GAUGE_SECONDS = 30.0
+
+    def __init__(self, settings: Settings, clock=lambda: datetime.now(timezone.utc), metrics=None):
         self.settings = settings
         self.clock = clock
+        self.metrics = metrics
         self._checked_at: datetime | None = None
+        self._gauged_at: datetime | None = None
 
     def __call__(self, conn: psycopg.Connection) -> list[DueTick]:
         now = self.clock()
@@ -127,7 +160,20 @@ class TickScheduler:
                     log.warning("scheduled tick %s %s: %s (%d of %d instruments have their row)", schedule.market_id,
                                 due.as_of, due.reason, due.present, due.expected)
                     queued.append(due)
+        self._export(conn, now)
         return queued
+
+    def _export(self, conn: psycopg.Connection, now: datetime) -> None:
+        """The due and committed days per market with a deadline, as gauges (every half minute)."""
+        if self.metrics is None or (self._gauged_at and (now - self._gauged_at).total_seconds() < self.GAUGE_SECONDS):
+            return
+        self._gauged_at = now
+        for schedule in self.settings.tick_schedule:
+            if schedule.deadline is None:
+                continue
+            due, committed = due_and_committed(conn, schedule, now, self.settings.partitions)
+            self.metrics.market_tick_due.labels(schedule.market_id).set(_midnight(due))
+            self.metrics.market_tick_committed.labels(schedule.market_id).set(_midnight(committed))
 
 
 def deadline_of(schedule: MarketSchedule, day: date) -> datetime | None:

@@ -245,7 +245,7 @@ def worker(
     settings = load_settings()
 
     def relay(ready: threading.Event, metrics: StreamMetrics) -> Callable[[], None]:
-        relay_, thread = start_relay(settings, ready, metrics, idle_tasks=[TickScheduler(settings)])
+        relay_, thread = start_relay(settings, ready, metrics, idle_tasks=[TickScheduler(settings, metrics=metrics)])
 
         def stop() -> None:
             relay_.stop.set()

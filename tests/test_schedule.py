@@ -80,3 +80,39 @@ def test_the_scheduler_ticks_each_market_day_once_on_a_real_database(db_url):
                      (date(2019, 12, 23), "US_EQ", 63, ["num-regime-core-v1"])]
     assert scheduled == [(date(2019, 12, 19), "baseline"), (date(2019, 12, 20), "deadline"),
                          (date(2019, 12, 23), "complete")]
+
+
+def test_the_due_and_committed_days_a_deadline_alert_compares(db_url):
+    from prometheus_client import CollectorRegistry
+
+    from shared.metrics import StreamMetrics
+
+    with psycopg.connect(db_url) as conn:
+        conn.execute("""INSERT INTO instruments (instrument_id, market_id, asset_class, symbol, currency)
+                        VALUES ('A', 'US_EQ', 'EQUITY', 'A', 'USD')""")
+        for d in (date(2019, 12, 19), date(2019, 12, 20)):
+            conn.execute("""INSERT INTO prices_daily (instrument_id, trade_date, open, high, low, close, adjusted_close,
+                            volume, currency) VALUES ('A', %s, 1, 1, 1, 1, 1, 1, 'USD')""", (d,))
+        conn.execute("""INSERT INTO embedder_scheduled_ticks (market_id, as_of_date, reason)
+                        VALUES ('US_EQ', '2019-12-18', 'baseline')""")
+    metrics = StreamMetrics.create(CollectorRegistry())
+    settings = Settings(_env_file=None, database_url=db_url, partitions=2, schedule_check_seconds=0.001,
+                        tick_schedule=(MarketSchedule(market_id="US_EQ", deadline=time(18, 0), timezone=NY),))
+    clock = {"now": at(date(2019, 12, 20), 12)}
+    scheduler = TickScheduler(settings, clock=lambda: clock["now"], metrics=metrics)
+    scheduler.GAUGE_SECONDS = 0
+    due = lambda: metrics.market_tick_due.labels("US_EQ")._value.get()  # noqa: E731
+    committed = lambda: metrics.market_tick_committed.labels("US_EQ")._value.get()  # noqa: E731
+    midnight = lambda d: datetime.combine(d, time(0), timezone.utc).timestamp()  # noqa: E731
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        scheduler(conn)  # before 18:00 New York: the 19th's deadline has passed, the 20th's not yet
+        assert (due(), committed()) == (midnight(date(2019, 12, 19)), 0)
+        clock["now"] = at(date(2019, 12, 20), 19)
+        scheduler(conn)  # the deadline tick of the 20th is queued, not committed: the alert's condition
+        assert (due(), committed()) == (midnight(date(2019, 12, 20)), 0)
+        for p in range(2):  # the sink commits the tick on both partitions
+            conn.execute("""INSERT INTO embedder_tick_commits (run_id, scope, source_partition, as_of_date, embeddings)
+                            VALUES ('live', 'US_EQ', %s, '2019-12-20', 1)""", (p,))
+        clock["now"] = at(date(2019, 12, 20), 20)
+        scheduler(conn)
+        assert committed() == due() == midnight(date(2019, 12, 20))
