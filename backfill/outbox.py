@@ -48,6 +48,7 @@ RELAY_APPLICATION = "embedder relay"
 BATCH = 5000
 PRUNE_EVERY_SECONDS = 60.0
 BOOTSTRAP_CHECK_SECONDS = 30.0
+GAUGE_EVERY_SECONDS = 5.0  # the outbox and bootstrap gauges: counted when idle, not on every 0.1 s poll
 
 
 def enqueue_tick(conn: psycopg.Connection, as_of: date, window_days: int, model_ids: list[str],
@@ -99,6 +100,7 @@ class OutboxRelay:
     _ticked_through: date | None = None
     _pruned_at: float = 0.0
     _bootstrap_checked_at: float = 0.0
+    _gauged_at: float = 0.0
 
     def run(self) -> None:
         """Hold the relay lock, then relay until stopped; reconnect after database or broker errors."""
@@ -216,7 +218,8 @@ class OutboxRelay:
         for task in self.idle_tasks:
             task(conn)
         self.maybe_prune(conn)
-        if self.metrics:
+        if self.metrics and time.monotonic() - self._gauged_at >= GAUGE_EVERY_SECONDS:
+            self._gauged_at = time.monotonic()
             backlog, pending = conn.execute(
                 """SELECT (SELECT count(*) FROM prices_outbox WHERE published_at IS NULL),
                           (SELECT count(*) FROM embedder_bootstrap WHERE published_at IS NULL)""").fetchone()

@@ -384,12 +384,13 @@ def show(
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning every expected error into one line and an exit code."""
     command = typer.main.get_command(app)
-    try:
-        from shared.logs import configure
+    from shared.logs import configure
 
-        configure(load_settings().log_format)
+    try:
+        log_format = load_settings().log_format
     except BadArguments:
-        pass  # reported as the command's one-line error
+        log_format = "text"  # the bad setting is reported as the command's one-line error
+    configure(log_format)
 
     def body() -> int | None:
         try:
