@@ -60,6 +60,17 @@ def register(app: faust.App, settings: Settings, metrics: StreamMetrics,
             proc = processors[partition] = PartitionProcessor(partition, config, windows, runs, registry)
         return proc
 
+    class CommittedOffsets(faust.Sensor):
+        """Faust reports every offset commit here: ticks before a committed offset never come again."""
+
+        def on_tp_commit(self, tp_offsets) -> None:
+            for tp, offset in tp_offsets.items():
+                proc = processors.get(tp.partition)
+                if tp.topic == settings.prices_topic and proc is not None and offset is not None:
+                    proc.committed(offset)
+
+    app.sensors.add(CommittedOffsets())
+
     @app.on_partitions_revoked.connect
     async def on_revoked(sender, revoked, **kwargs) -> None:
         # Another worker may change these partitions' state now: parsed caches are stale.
@@ -113,25 +124,13 @@ def register(app: faust.App, settings: Settings, metrics: StreamMetrics,
             if pending:
                 await asyncio.gather(*pending)
         elif acked_by_sink:  # 2
-            await sink.submit(fx.embeddings, committed(event, fx))
+            await sink.submit(fx.embeddings, event.ack)
         for key, value in fx.writes.windows.items():  # 4
             windows.put(key, value)
         for key, value in fx.writes.runs.items():
             runs.put(key, value)
         if not acked_by_sink:  # 5
             event.ack()
-
-    def committed(event: faust.EventT, fx: Effects) -> Callable[[], None]:
-        """What runs once the sink has committed an event's output: the ack, and for a tick, telling
-        the processor its windows may now drop the rows only that tick needed."""
-        partition = event.message.partition
-
-        def done() -> None:
-            event.ack()
-            proc = processors.get(partition)
-            if fx.tick is not None and proc is not None:
-                proc.confirm(*fx.tick)
-        return done
 
     def report(partition: int, tick: TickReport) -> None:
         """Count a tick's instruments and log one line for it (not again when it is re-delivered)."""

@@ -75,8 +75,6 @@ class Effects:
     lost_windows: list[str] = field(default_factory=list)
     """Live instruments a tick covers that have no window at all: the bootstrap should load them."""
     rows: int = 0
-    tick: tuple[str, int] | None = None
-    """(run, offset) of a tick: once the sink has committed its output, `confirm` it."""
 
     @property
     def output_before_state(self) -> bool:
@@ -102,7 +100,7 @@ class PartitionProcessor:
         self._windows: OrderedDict[str, Window] = OrderedDict()
         self._runs: dict[str, RunPartition] = {}
         self._unconfirmed: dict[str, dict[int, int]] = {}
-        """Per run: offset -> first look-back day of each tick whose output the sink has not committed."""
+        """Per run: offset -> first look-back day of each tick whose offset is not committed yet."""
 
     def forget(self) -> None:
         """Drop the parsed-state caches (after a rebalance, or when effects were not applied)."""
@@ -110,18 +108,17 @@ class PartitionProcessor:
         self._runs.clear()
         self._unconfirmed.clear()
 
-    def confirm(self, run: str, offset: int) -> None:
-        """The sink committed the output of the tick at `offset` (and of every earlier one): windows
-        may now drop the rows only it needed."""
-        pending = self._unconfirmed.get(run)
-        if pending:
-            for o in [o for o in pending if o <= offset]:
+    def committed(self, offset: int) -> None:
+        """Faust committed this partition's offset: events before `offset` will never come again, so
+        windows may drop the rows only their ticks needed."""
+        for pending in self._unconfirmed.values():
+            for o in [o for o in pending if o < offset]:
                 del pending[o]
 
     def _floor(self, run: str) -> int | None:
-        """The first day a tick still waiting for the sink needs: no window drops rows from it on.
-        So the state, written to the changelog before that output is durable, can always
-        recompute the tick when a crash makes it come again."""
+        """The first day a tick whose offset is not committed yet needs: no window drops rows from it
+        on. Such a tick comes again after a crash (whether or not the sink had written its output), and
+        the state written since — restored from the changelog — must still be able to compute it."""
         pending = self._unconfirmed.get(run)
         return min(pending.values()) if pending else None
 
@@ -295,7 +292,6 @@ class PartitionProcessor:
         fx.embeddings.append(EmbeddingBatch(tick.query_run or tick.run, tick.window_days, self.partition, items,
                                             tuple(done), rows_missing, tick.scope if live else "", redelivered))
         self._unconfirmed.setdefault(tick.run, {})[offset] = days[0] - LOOKBACK_FACTOR * tick.window_days
-        fx.tick = (tick.run, offset)
         if not query:  # a query reads the live state; it is no tick of the live run
             keep = retention_days(tick.window_days, self.config.retention_slack_days)
             records = [TickRecord(d, tick.window_days, tuple(tick.models), tick.scope if live else None)

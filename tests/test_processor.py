@@ -34,13 +34,19 @@ class Harness:
         self.proc = PartitionProcessor(0, ProcessorConfig(PARTITIONS, W, 15), self.windows, self.runs, self.registry)
         self.stored: dict[tuple, bytes] = {}  # what the sink would hold: upserts and deletions in order
         self.done: list = []
+        self.unacked: set[int] = set()
+        self.next_offset = 0
 
-    def feed(self, offset: int, message, committed: bool = True) -> Effects:
+    def feed(self, offset: int, message, committed: bool = True, commit_offsets: bool = True) -> Effects:
         """Process, let the sink commit the output (unless `committed` is False: a crash before the
-        sink's commit), and apply the state writes."""
+        sink's commit, so the event is never acked), apply the state writes, and commit offsets as
+        faust does: up to the first unacked event."""
         fx = self.proc.process(offset, message)
+        self.next_offset = max(self.next_offset, offset + 1)
         if not committed:
+            self.unacked.add(offset)
             self._apply_writes(fx)
+            self.proc.committed(min(self.unacked))
             return fx
         for batch in fx.embeddings:
             for i, d, m, v in batch.items:
@@ -49,9 +55,9 @@ class Harness:
                 else:
                     self.stored.pop((i, d, m), None)
             self.done.extend(batch.done)
-        if fx.tick is not None:
-            self.proc.confirm(*fx.tick)
         self._apply_writes(fx)
+        if commit_offsets:  # faust commits on a timer: False models a crash before it came round
+            self.proc.committed(min(self.unacked) if self.unacked else self.next_offset)
         return fx
 
     def _apply_writes(self, fx: Effects) -> None:
@@ -165,7 +171,7 @@ def test_a_restart_from_state_ahead_of_the_committed_offsets_skips_what_it_appli
 def test_a_tick_whose_output_was_not_committed_is_recomputed_whole_after_a_crash():
     """The state runs ahead of the sink: rows of later blocks are applied (and written to the
     changelog) while a tick's embeddings wait in the sink. Windows keep what that tick needs until
-    the sink confirms it, so after a crash the re-delivered tick is computed whole."""
+    faust has committed past it, so after a crash the re-delivered tick is computed whole."""
     rows = history(IDS, 200)  # the windows keep 3 * 10 + 15 days before the newest row
     tick_day = DAY0 + timedelta(days=40)
     h = Harness(StaticRegistry(market(IDS), PARTITIONS))
@@ -177,9 +183,24 @@ def test_a_tick_whose_output_was_not_committed_is_recomputed_whole_after_a_crash
     again = restarted.feed(1, Tick(run="r", d=tick_day, w=W, m=MODELS))
     assert again.embeddings[0].redelivered and not again.dead_letters
     assert restarted.stored == expected(rows, IDS, [tick_day])
-    # Once the sink confirmed it, the windows drop those rows at the next change.
+    # Once its offset is committed, the windows drop those rows at the next change.
     restarted.feed(3, RowBatch("r", W, [("A", max(r[1] for r in rows) + timedelta(days=1), 9.0, 9.0)]))
     assert Window.parse(restarted.windows[window_key("r", "A")]).horizon > day_number(tick_day)
+
+
+def test_a_tick_written_by_the_sink_but_not_yet_committed_by_faust_is_also_recomputed_whole():
+    """The sink wrote the tick's embeddings, then the worker ran on for seconds before faust's next
+    offset commit, and died: the tick comes again, with windows from the state written meanwhile."""
+    rows = history(IDS, 200)
+    tick_day = DAY0 + timedelta(days=40)
+    h = Harness(StaticRegistry(market(IDS), PARTITIONS))
+    h.feed(0, RowBatch("r", W, [r for r in rows if r[1] <= tick_day]))
+    h.feed(1, Tick(run="r", d=tick_day, w=W, m=MODELS), commit_offsets=False)  # written, offset not committed
+    h.feed(2, RowBatch("r", W, [r for r in rows if r[1] > tick_day]), commit_offsets=False)
+    restarted = Harness(h.registry, windows=h.windows, runs=h.runs)
+    again = restarted.feed(1, Tick(run="r", d=tick_day, w=W, m=MODELS))
+    assert not again.dead_letters
+    assert restarted.stored == expected(rows, IDS, [tick_day]) and restarted.done[0].embedded == 3
 
 
 def test_corrections_and_deletions_re_emit_what_they_reach_and_remove_what_falls_short():
