@@ -25,13 +25,12 @@ from datetime import date
 
 import psycopg
 
+from shared.instruments import SELECTABLE, newest_trade_date_sql
 from shared.validation import latest_trade_date
 
 log = logging.getLogger("embedder.bootstrap")
 BOOTSTRAP_LOCK = 727_002  # pg advisory lock: one transaction queues snapshots (or a tick) at a time
 CHUNK_INSTRUMENTS = 100
-
-SELECTABLE = "asset_class = 'EQUITY' AND status = 'ACTIVE'"
 
 
 @dataclass(frozen=True)
@@ -101,11 +100,8 @@ def read_snapshot(conn: psycopg.Connection, outbox_id: int, keep_days: int,
     from its newest plausible trade_date minus `keep_days` on (what the live window keeps). Rows
     dated in the future are included so the relay dead-letters them with their reason."""
     return conn.execute(
-        """WITH ids AS (SELECT instrument_id FROM embedder_bootstrap WHERE outbox_id = %(entry)s),
-                newest AS (SELECT ids.instrument_id,
-                                  (SELECT max(p.trade_date) FROM prices_daily p
-                                   WHERE p.instrument_id = ids.instrument_id AND p.trade_date <= %(latest)s) AS d
-                           FROM ids)
+        f"""WITH ids AS (SELECT instrument_id FROM embedder_bootstrap WHERE outbox_id = %(entry)s),
+                newest AS (SELECT ids.instrument_id, {newest_trade_date_sql('ids', '%(latest)s')} AS d FROM ids)
            SELECT p.instrument_id, p.trade_date, p.close, p.volume
            FROM newest n JOIN prices_daily p ON p.instrument_id = n.instrument_id AND p.trade_date >= n.d - %(keep)s
            ORDER BY p.trade_date, p.instrument_id""",
@@ -131,3 +127,29 @@ def progress(conn: psycopg.Connection, market_id: str | None = None) -> Bootstra
             FROM embedder_bootstrap b JOIN instruments i USING (instrument_id)
             WHERE %(m)s::varchar IS NULL OR i.market_id = %(m)s::varchar""", {"m": market_id}).fetchone()
     return BootstrapProgress(selectable, queued, published, int(rows))
+
+
+def reconcile_state_format(conn: psycopg.Connection, app_id: str, version: int) -> int | None:
+    """On worker start: make the database's record of the worker group's state format `version`.
+
+    Where it records another format, or none although live windows were loaded before (a release
+    before formats were recorded, or a new app id: lost changelogs), the state this worker reads is not
+    the state that was loaded, so everything is queued for loading again from prices_daily. Returns the
+    format that was found (0: unknown) when the live windows are rebuilt, else None."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (BOOTSTRAP_LOCK,))
+        row = conn.execute("SELECT version FROM embedder_state_format WHERE app_id = %s", (app_id,)).fetchone()
+        if row is not None and row[0] == version:
+            return None
+        loaded = conn.execute("SELECT EXISTS (SELECT 1 FROM embedder_bootstrap)").fetchone()[0]
+        conn.execute(
+            """INSERT INTO embedder_state_format (app_id, version) VALUES (%s, %s)
+               ON CONFLICT (app_id) DO UPDATE SET version = EXCLUDED.version, recorded_at = now()""",
+            (app_id, version))
+        if row is None and not loaded:
+            return None  # a first start: nothing was loaded anywhere
+        conn.execute("DELETE FROM embedder_bootstrap")
+    found = row[0] if row is not None else 0
+    log.warning("worker state: the database records state format %s for app id %r, this worker reads format %d; "
+                "the live windows are rebuilt from prices_daily (bootstrap)", found or "unknown", app_id, version)
+    return found

@@ -15,6 +15,7 @@ from backfill.selection import RunSelection
 from shared.db import connection
 from shared.encoder import apply_model, encode_windows, lookback_start
 from shared.embedding_store import upsert_embeddings
+from shared.maintained_keys import outbox_position, queue_changes_since, record_absent
 
 READ_CHUNK_INSTRUMENTS = 16
 
@@ -38,10 +39,17 @@ def run_direct(
     on_start: Callable[[int, int], None] | None = None,
     on_progress: ProgressFn | None = None,
 ) -> DirectResult:
-    """Compute and upsert every embedding of the selection; commits every `write_batch` rows."""
+    """Compute and upsert every embedding of the selection; commits every `write_batch` rows.
+
+    Keys of the selection with too little history are recorded absent (and any stale row of theirs
+    deleted), so a later change that gives them history brings them in. Changes captured while the
+    run read prices_daily are queued for the correction path at the end: nothing the run wrote from
+    rows read before such a change stays stale."""
     result = DirectResult()
     n = selection.window_days
     with connection(database_url) as conn:
+        position = outbox_position(conn)
+        conn.commit()
         ids = selection.instruments(conn)
         dates = selection.as_of_dates(conn, ids) if ids else []
         result.instruments, result.as_of_dates = len(ids), len(dates)
@@ -53,13 +61,17 @@ def run_direct(
         start = lookback_start(as_of.min(), n).astype(object)
         end = as_of.max().astype(object)
         pending: list[tuple] = []
+        absent: list[tuple] = []
         finished = 0
 
         def flush() -> None:
             nonlocal finished
-            if pending:
-                upsert_embeddings(conn, pending)
+            if pending or absent:
+                if pending:
+                    upsert_embeddings(conn, pending)
+                record_absent(conn, absent)
                 conn.commit()
+            absent.clear()
             result.embeddings += len(pending)
             if on_progress:
                 on_progress(finished, len(pending))
@@ -74,17 +86,23 @@ def run_direct(
                 history = histories.get(instrument_id)
                 if history is None:
                     result.insufficient += len(dates)
+                    absent.extend((instrument_id, d, m.model_id, n) for d in dates for m in selection.models)
                     continue
                 batch = encode_windows(history.trade_dates, history.close, history.volume, as_of, n)
                 result.insufficient += batch.insufficient
                 batch_dates = batch.as_of.tolist()
+                if batch.insufficient:
+                    short = np.setdiff1d(as_of, batch.as_of).tolist()
+                    absent.extend((instrument_id, d, m.model_id, n) for d in short for m in selection.models)
                 for model in selection.models:
                     vectors = apply_model(batch.flat, model).astype("<f4", copy=False)
                     pending.extend(
                         (instrument_id, d, model.model_id, n, vectors[j].tobytes())
                         for j, d in enumerate(batch_dates)
                     )
-            if len(pending) >= write_batch:
+            if len(pending) + len(absent) >= write_batch:
                 flush()
         flush()
+        if queue_changes_since(conn, position, ids):
+            conn.commit()
     return result

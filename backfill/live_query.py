@@ -23,13 +23,14 @@ from datetime import date
 import psycopg
 from psycopg.types.json import Jsonb
 
-from backfill.bootstrap import SELECTABLE, queue_bootstrap
+from backfill.bootstrap import queue_bootstrap
 from backfill.completion import ReplayHooks, StreamResult, wait_for_run
 from backfill.outbox import relay_holder
 from backfill.selection import RunSelection
 from shared.config import Settings
 from shared.db import connection
 from shared.encoder import LOOKBACK_FACTOR, retention_days
+from shared.instruments import SELECTABLE, newest_trade_date_sql
 from shared.messages import MAX_MESSAGE_BYTES
 from shared.validation import latest_trade_date
 
@@ -58,9 +59,7 @@ def live_can_answer(conn: psycopg.Connection, settings: Settings, selection: Run
     if relay_holder(conn) is None:
         return LiveAnswer(False, "no worker relays the live run")
     selectable, newest = conn.execute(
-        f"""SELECT count(*) FILTER (WHERE {SELECTABLE}),
-                   max((SELECT max(p.trade_date) FROM prices_daily p
-                        WHERE p.instrument_id = i.instrument_id AND p.trade_date <= %s))
+        f"""SELECT count(*) FILTER (WHERE {SELECTABLE}), max({newest_trade_date_sql('i', '%s')})
             FROM instruments i WHERE i.instrument_id = ANY(%s)""", (latest_trade_date(), ids)).fetchone()
     if selectable < len(ids):
         return LiveAnswer(False, "some selected instruments are not ACTIVE EQUITY (the live run does not load them)")
@@ -70,10 +69,16 @@ def live_can_answer(conn: psycopg.Connection, settings: Settings, selection: Run
     return LiveAnswer(True)
 
 
-def enqueue_query(conn: psycopg.Connection, settings: Settings, selection: RunSelection, dates: list[date]) -> str:
-    """Queue a query tick (behind every captured row and pending bootstrap); returns its run id."""
+def enqueue_query(conn: psycopg.Connection, settings: Settings, selection: RunSelection, dates: list[date],
+                  ids: list[str]) -> str:
+    """Queue a query tick (behind every captured row and pending bootstrap); returns its run id.
+
+    The tick names the instruments the command selected (a market is cut here, in SQL, under the
+    database's collation: `shared.instruments`); only a cut too large for one message travels as
+    limit/offset, which the worker's registry applies in the same database order."""
     run_id = f"query-{uuid.uuid4().hex[:12]}"
-    chosen = {"ids": list(selection.instrument_ids)} if selection.instrument_ids else {
+    fits = len(json.dumps(ids)) <= MAX_MESSAGE_BYTES // 2
+    chosen = {"ids": list(ids)} if selection.instrument_ids or fits else {
         "limit": selection.limit, "offset": selection.offset}
     with conn.transaction():
         queue_bootstrap(conn, chunk=settings.bootstrap_chunk_instruments)
@@ -92,7 +97,7 @@ def run_live_query(settings: Settings, selection: RunSelection, ids: list[str], 
     """Queue the query and wait until the worker's sink has committed every partition's part of it."""
     hooks = hooks or ReplayHooks()
     with connection(settings.database_url) as conn:
-        run_id = enqueue_query(conn, settings, selection, dates)
+        run_id = enqueue_query(conn, settings, selection, dates, ids)
     result = StreamResult(run_id, len(ids), len(dates), answered_live=True)
     if hooks.on_start:
         hooks.on_start(len(ids), len(dates), len(dates) * settings.partitions)

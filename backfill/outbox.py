@@ -34,6 +34,7 @@ from shared.config import Settings
 from shared.db import connect
 from shared.encoder import retention_days
 from shared.errors import EmbedderError
+from shared.maintained_keys import queue_captured_changes
 from shared.messages import LIVE_RUN, Tick, dead_letter_record, row_batches, row_payload
 from shared.metrics import StreamMetrics
 from shared.topics import partition_for
@@ -141,6 +142,15 @@ class OutboxRelay:
         ).fetchall()
         if not entries:
             return 0
+        this_round = []
+        for entry in entries:
+            this_round.append(entry[0])
+            if entry[1] == "snapshot":
+                break
+        # Before anything is published: changes reaching keys stored now go to the database path too
+        # (history the windows do not hold, rows other paths wrote). A key the stream writes after
+        # this is computed from windows that hold the change.
+        queue_captured_changes(conn, this_round)
         latest = latest_trade_date()
         keep = retention_days(self.settings.window_days, self.settings.retention_slack_days)
         pending: list[tuple] = []  # captured rows since the last tick: (row or deletion, outbox id)

@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 
-from backfill.bootstrap import SELECTABLE
+from shared.instruments import SELECTABLE, newest_trade_date, newest_trade_date_sql
 from backfill.outbox import enqueue_tick
 from shared.config import MarketSchedule, Settings
 from shared.validation import latest_trade_date
@@ -71,11 +71,7 @@ def market_days(conn: psycopg.Connection, market_id: str, catch_up_days: int) ->
         """SELECT max(as_of_date) FILTER (WHERE reason = 'baseline'), max(as_of_date)
            FROM embedder_scheduled_ticks WHERE market_id = %s""", (market_id,)).fetchone()
     if baseline is None:
-        baseline = conn.execute(
-            f"""SELECT max((SELECT max(p.trade_date) FROM prices_daily p
-                           WHERE p.instrument_id = i.instrument_id AND p.trade_date <= %s))
-                FROM instruments i WHERE i.market_id = %s AND {SELECTABLE}""",
-            (latest, market_id)).fetchone()[0]
+        baseline = newest_trade_date(conn, latest, market_id)
         if baseline is None:
             return 0, []
         conn.execute("""INSERT INTO embedder_scheduled_ticks (market_id, as_of_date, reason) VALUES (%s, %s, 'baseline')
@@ -107,8 +103,7 @@ def due_and_committed(conn: psycopg.Connection, schedule: MarketSchedule, now: d
     last = local_now.date() if schedule.deadline is None or local_now.time() >= schedule.deadline \
         else local_now.date() - timedelta(days=1)
     due, baseline = conn.execute(
-        f"""SELECT max((SELECT max(p.trade_date) FROM prices_daily p
-                       WHERE p.instrument_id = i.instrument_id AND p.trade_date <= %(last)s)),
+        f"""SELECT max({newest_trade_date_sql('i', '%(last)s')}),
                    (SELECT max(as_of_date) FROM embedder_scheduled_ticks
                     WHERE market_id = %(m)s AND reason = 'baseline')
             FROM instruments i WHERE i.market_id = %(m)s AND {SELECTABLE}""", {"last": last, "m": schedule.market_id}

@@ -10,6 +10,7 @@ from datetime import date
 import psycopg
 
 from shared.errors import BadArguments
+from shared.instruments import market_cut
 from shared.models import ModelSpec, validate_models
 
 
@@ -85,13 +86,7 @@ class RunSelection:
         """The run's instrument ids: the given ones verbatim, or the market's cut (SPEC section 2)."""
         if self.instrument_ids:
             return list(self.instrument_ids)
-        rows = conn.execute(
-            """SELECT instrument_id FROM instruments
-               WHERE market_id = %s AND asset_class = 'EQUITY' AND status = 'ACTIVE'
-               ORDER BY instrument_id LIMIT %s OFFSET %s""",
-            (self.market_id, self.limit, self.offset),
-        ).fetchall()
-        return [r[0] for r in rows]
+        return market_cut(conn, self.market_id, self.limit, self.offset)
 
     def as_of_dates(self, conn: psycopg.Connection, instrument_ids: list[str]) -> list[date]:
         """`--as-of D` gives [D]; a range gives the distinct trade dates of the selection in it."""

@@ -234,22 +234,38 @@ def worker(
     capture: Annotated[bool, typer.Option("--capture/--no-capture",
                                           help="Relay prices_outbox (live capture and ticks) to Kafka.")] = True,
 ) -> None:
-    """The always-on streaming service: live capture, bootstrap, windows, ticks and the Postgres sink."""
-    from backfill.bootstrap import requeue_lost
+    """The always-on streaming service: live capture, bootstrap, windows, ticks and the Postgres sink,
+    the correction path and the parity audit."""
+    from backfill.bootstrap import reconcile_state_format, requeue_lost
+    from backfill.corrections import start_correction_loop
     from backfill.outbox import start_relay
+    from backfill.parity_audit import start_parity_audit
     from backfill.schedule import TickScheduler
     from shared.db import connection
     from shared.metrics import StreamMetrics
+    from shared.topics import STATE_FORMAT
     from streams.worker import run_worker
 
     settings = load_settings()
+    with connection(settings.database_url) as conn:
+        reconcile_state_format(conn, settings.app_id, STATE_FORMAT)
 
-    def relay(ready: threading.Event, metrics: StreamMetrics) -> Callable[[], None]:
-        relay_, thread = start_relay(settings, ready, metrics, idle_tasks=[TickScheduler(settings, metrics=metrics)])
+    def live(ready: threading.Event, metrics: StreamMetrics) -> Callable[[], None]:
+        """Beside the stream: the capture relay (with --capture), the correction path, the audit."""
+        audit, audit_thread = start_parity_audit(settings, ready, metrics)
+        corrections, corrections_thread = start_correction_loop(settings, ready, metrics, audit.corrected)
+        parts = [(audit.stop, audit_thread), (corrections.stop, corrections_thread)]
+        if capture:
+            relay_, thread = start_relay(settings, ready, metrics,
+                                         idle_tasks=[TickScheduler(settings, metrics=metrics)])
+            parts.append((relay_.stop, thread))
 
         def stop() -> None:
-            relay_.stop.set()
-            thread.join(timeout=10)
+            for flag, _ in parts:
+                flag.set()
+            for _, thread_ in parts:
+                if thread_.is_alive():
+                    thread_.join(timeout=10)
 
         return stop
 
@@ -257,7 +273,7 @@ def worker(
         with connection(settings.database_url) as conn:
             requeue_lost(conn, ids)
 
-    run_worker(settings, data_dir or settings.state_dir / "worker", loglevel, beside=relay if capture else None,
+    run_worker(settings, data_dir or settings.state_dir / "worker", loglevel, beside=live,
                on_lost_windows=lost_windows if capture else None)
 
 
@@ -365,6 +381,46 @@ def dead_letters(
     from embedder.dead_letters_command import run_dead_letters
 
     run_dead_letters(load_settings(), since, as_json, limit, redrive)
+
+
+@app.command("verify")
+def verify(
+    date_from: Annotated[Optional[str], typer.Option("--from", metavar="DATE", help="First as_of date.")] = None,
+    date_to: Annotated[Optional[str], typer.Option("--to", metavar="DATE", help="Last as_of date.")] = None,
+    as_of: Annotated[Optional[str], typer.Option("--as-of", metavar="DATE", help="One as_of date.")] = None,
+    market_id: Annotated[Optional[str], typer.Option("--market-id", metavar="MARKET",
+                                                     help="The market's ACTIVE EQUITY instruments.")] = None,
+    instrument_id: Annotated[Optional[list[str]], typer.Option("--instrument-id", metavar="ID",
+                                                               help="An instrument (repeatable).")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", metavar="N", min=0, help="Cut the market.")] = None,
+    offset: Annotated[int, typer.Option("--offset", metavar="N", min=0, help="Cut the market.")] = 0,
+    model_id: Annotated[Optional[list[str]], typer.Option("--model-id", metavar="MODEL", help="A model (repeatable; "
+                                                          "default: every model stored).")] = None,
+    window_days: Annotated[Optional[int], typer.Option("--window-days", metavar="N", help="Window of keys with no "
+                                                       "stored row (default EMBEDDER_WINDOW_DAYS); stored rows use "
+                                                       "their own window_spec.")] = None,
+    repair: Annotated[bool, typer.Option("--repair", help="Rewrite what differs (same write path as every run).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable (version 1).")] = False,
+) -> None:
+    """Recompute a selection from prices_daily and compare it with the table: missing, extra, different
+    bytes, duplicates. With instruments and dates both given, every key `replay --direct` would write is
+    checked too; otherwise the stored and recorded keys of the selection.
+
+    Exit code: 0 equal (or repaired), 3 differences found, 2 bad arguments, 1 database error."""
+    from backfill.selection import parse_date
+    from backfill.verify import VerifySelection
+    from embedder.verify_command import run_verify
+
+    settings = load_settings()
+    selection = VerifySelection(
+        date_from=parse_date(date_from, "--from") if date_from else None,
+        date_to=parse_date(date_to, "--to") if date_to else None,
+        as_of=parse_date(as_of, "--as-of") if as_of else None,
+        market_id=market_id, instrument_ids=tuple(dict.fromkeys(instrument_id or ())), limit=limit, offset=offset,
+        model_ids=tuple(dict.fromkeys(model_id or ())), window_days=window_days or settings.window_days)
+    code = run_verify(settings, selection, repair, as_json)
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command("show")

@@ -46,11 +46,13 @@ def ensure_staging(cur: psycopg.Cursor) -> None:
 
 
 def upsert_embeddings(conn: psycopg.Connection, rows: Iterable[tuple | EmbeddingRow]) -> int:
-    """Stage `rows` and upsert them in the caller's transaction; returns rows staged.
+    """Stage `rows` and upsert them in the caller's transaction; returns how many stored rows were
+    inserted or changed (identical rewrites are skipped).
 
     Rows may be EmbeddingRow or plain tuples in STAGING_COLUMNS order; where a
     batch repeats a key, the last row wins (a correction emitted after the
-    original). The caller commits; on failure nothing of this batch is visible.
+    original). A key written here is no longer an absent one (`shared.maintained_keys`).
+    The caller commits; on failure nothing of this batch is visible.
     """
     latest: dict[tuple, tuple] = {}
     for r in rows:
@@ -65,26 +67,16 @@ def upsert_embeddings(conn: psycopg.Connection, rows: Iterable[tuple | Embedding
             INSERT INTO numeric_window_embeddings AS t
                 (entity_type, entity_id, window_spec, as_of_date, model_id, vector)
             SELECT '{ENTITY_TYPE}', entity_id, {window_spec_sql('window_days')}, as_of_date, model_id, vector
-            FROM {STAGING}
+            FROM {STAGING} ORDER BY entity_id, as_of_date, model_id
             ON CONFLICT (entity_type, entity_id, as_of_date, model_id) DO UPDATE SET
                 window_spec = EXCLUDED.window_spec, vector = EXCLUDED.vector, vector_ref = NULL
             WHERE (t.window_spec, t.vector, t.vector_ref) IS DISTINCT FROM
                   (EXCLUDED.window_spec, EXCLUDED.vector, NULL::varchar)
             """
         )
-        return len(latest)
-
-
-def delete_embeddings(conn: psycopg.Connection, keys: list[tuple[str, date, str]]) -> int:
-    """Delete stored embeddings by (entity_id, as_of_date, model_id) in the caller's transaction;
-    returns how many existed. A correction that leaves a window without enough history does this."""
-    if not keys:
-        return 0
-    ids, dates, models = (list(col) for col in zip(*keys))
-    cur = conn.execute(
-        f"""DELETE FROM numeric_window_embeddings t
-            USING unnest(%s::text[], %s::date[], %s::text[]) AS k(entity_id, as_of_date, model_id)
-            WHERE t.entity_type = '{ENTITY_TYPE}' AND t.entity_id = k.entity_id
-              AND t.as_of_date = k.as_of_date AND t.model_id = k.model_id""",
-        (ids, dates, models))
-    return cur.rowcount
+        changed = cur.rowcount
+        cur.execute(
+            f"""DELETE FROM embedder_absent_embeddings a USING {STAGING} s
+                WHERE a.entity_type = '{ENTITY_TYPE}' AND a.entity_id = s.entity_id
+                  AND a.as_of_date = s.as_of_date AND a.model_id = s.model_id""")
+        return changed

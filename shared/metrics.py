@@ -33,6 +33,14 @@ class StreamMetrics:
     bootstrap_rows: Counter
     bootstrap_pending: Gauge
     outbox_backlog: Gauge
+    corrections_to_database: Counter
+    recompute_queue: Gauge
+    recompute_changes: Counter
+    recompute_keys: Counter
+    recompute_seconds: Histogram
+    parity_checked: Counter
+    parity_mismatches: Counter
+    parity_last_run: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> "StreamMetrics":
@@ -81,6 +89,24 @@ class StreamMetrics:
                                  "(as seen by the relay of this worker, when it holds the relay lock).", registry=r),
             offset_gaps=Counter("embedder_offset_gaps", "Prices offsets the consumer skipped before the "
                                 "agent saw them (a faust-streaming bug during rebalances).", registry=r),
+            corrections_to_database=Counter(
+                "embedder_corrections_to_database", "Live corrections older than the stream's windows hold, "
+                "left to the database path (recomputed from prices_daily).", registry=r),
+            recompute_queue=Gauge("embedder_recompute_queue", "Captured price changes still to be recomputed "
+                                  "into the stored embeddings they reach.", registry=r),
+            recompute_changes=Counter("embedder_recompute_changes", "Captured price changes the database "
+                                      "path has recomputed.", registry=r),
+            recompute_keys=Counter("embedder_recompute_keys", "Maintained keys the database path recomputed, by "
+                                   "outcome (unchanged, changed, removed).", ["outcome"], registry=r),
+            recompute_seconds=Histogram("embedder_recompute_seconds", "Time of one database-path transaction.",
+                                        registry=r),
+            parity_checked=Counter("embedder_parity_checked", "Stored keys the parity audit recomputed from "
+                                   "prices_daily, by source (sample, correction).", ["source"], registry=r),
+            parity_mismatches=Counter("embedder_parity_mismatches", "Keys whose stored embedding differs from "
+                                      "SPEC section 3 over prices_daily, by kind (different, missing, extra).",
+                                      ["kind"], registry=r),
+            parity_last_run=Gauge("embedder_parity_last_run_timestamp_seconds", "When the parity audit last "
+                                  "finished a round.", registry=r),
         )
 
 

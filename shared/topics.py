@@ -29,9 +29,22 @@ def admin_client(settings: Settings) -> KafkaAdminClient:
         raise ServiceUnavailable(f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: {e}") from None
 
 
-STREAM_TABLES = ("windows", "runs", "replay_windows", "replay_runs")
+STATE_FORMAT = 2
+"""The format of the worker's state (`streams/state.py`): 1 was the unversioned tables of the releases
+before it. Table names carry it, so a worker never reads state of another format; the database records
+which format a worker group holds (`backfill.bootstrap.reconcile_state_format`), and a worker meeting
+another one rebuilds its live windows from prices_daily (the bootstrap)."""
+
+
+def table_name(base: str) -> str:
+    """The Faust table (and changelog) name of `base` in this state format."""
+    return f"{base}_v{STATE_FORMAT}"
+
+
+WINDOWS, RUNS, REPLAY_WINDOWS, REPLAY_RUNS = (table_name(t) for t in ("windows", "runs", "replay_windows", "replay_runs"))
+STREAM_TABLES = (WINDOWS, RUNS, REPLAY_WINDOWS, REPLAY_RUNS)
 """The worker's Faust tables; their changelogs are made here with the source topic's partition count."""
-REPLAY_TABLES = ("replay_windows", "replay_runs")
+REPLAY_TABLES = (REPLAY_WINDOWS, REPLAY_RUNS)
 EAGER_COMPACTION = {
     "cleanup.policy": "compact",
     "segment.ms": "60000",  # roll segments every minute: only closed segments are compacted

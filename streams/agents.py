@@ -18,6 +18,7 @@ import faust
 from shared.config import Settings
 from shared.messages import LIVE_RUN, BadMessage, PriceRow, RowBatch, Tick, dead_letter_record, decode
 from shared.metrics import StreamMetrics
+from shared.topics import REPLAY_RUNS, REPLAY_WINDOWS, RUNS, WINDOWS
 from streams.gaps import OffsetGuard
 from streams.processor import DeadLetter, Effects, PartitionProcessor, ProcessorConfig, TickReport
 from streams.registry import DbRegistry
@@ -45,8 +46,8 @@ def register(app: faust.App, settings: Settings, metrics: StreamMetrics,
     prices = app.topic(settings.prices_topic, partitions=settings.partitions, **raw)
     dead_letter = app.topic(settings.dead_letter_topic, **raw)
     table = dict(partitions=settings.partitions, key_type=str, value_type=bytes, options=dict(ROCKSDB_OPTIONS))
-    windows = ByRun(app.Table("windows", **table), app.Table("replay_windows", **table))
-    runs = ByRun(app.Table("runs", **table), app.Table("replay_runs", **table))
+    windows = ByRun(app.Table(WINDOWS, **table), app.Table(REPLAY_WINDOWS, **table))
+    runs = ByRun(app.Table(RUNS, **table), app.Table(REPLAY_RUNS, **table))
     registry = DbRegistry(settings.database_url, settings.partitions)
     config = ProcessorConfig(settings.partitions, settings.window_days, settings.retention_slack_days)
     processors: dict[int, PartitionProcessor] = {}
@@ -163,6 +164,7 @@ def register(app: faust.App, settings: Settings, metrics: StreamMetrics,
             metrics.events.labels("bad").inc()
             fx = Effects(dead_letters=[DeadLetter(e.reason, event.value or b"")])
         metrics.rows.inc(fx.rows)
+        metrics.corrections_to_database.inc(fx.left_to_database)
         try:
             await apply_effects(event, fx)
         except BaseException:

@@ -5,8 +5,8 @@ from dataclasses import dataclass
 from datetime import date
 
 Embedding = tuple[str, date, str, bytes]
-"""(instrument_id, as_of, model_id, vector bytes); empty bytes mean: delete the stored row (a
-correction left the window without enough history)."""
+"""(instrument_id, as_of, model_id, vector bytes); empty bytes mean: the key has too little history (a
+tick asked for it, or a correction left its window short): record it as absent, delete any stored row."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,10 @@ class EmbeddingBatch:
     redelivered: bool = False
     """A tick that came again (a crash or rebalance before its offset was committed): its first
     output may already be committed, so its completion counts must not go down."""
+    recheck: tuple[tuple[str, date], ...] = ()
+    """(instrument, date) the sink queues for the database path, which recomputes the keys they reach from
+    prices_daily: live corrections older than the windows hold, and instruments a live tick found
+    without any window (state lost; their absent keys are recorded first)."""
 
     @property
     def size(self) -> int:

@@ -75,6 +75,10 @@ class Effects:
     lost_windows: list[str] = field(default_factory=list)
     """Live instruments a tick covers that have no window at all: the bootstrap should load them."""
     rows: int = 0
+    left_to_database: int = 0
+    """Live corrections older than the windows hold (or reaching ticks whose look-back they no longer
+    hold): the sink queues them for the database path (`backfill.corrections`), which recomputes what
+    they reach from prices_daily."""
 
     @property
     def output_before_state(self) -> bool:
@@ -196,6 +200,7 @@ class PartitionProcessor:
                 by_instrument.setdefault(row[0], []).append(row)
         state = state.with_members(set(by_instrument))
         corrections: dict[int, list[Embedding]] = {}
+        to_database: list[tuple[str, date]] = []
         floor = self._floor(run)
         for instrument_id, own in by_instrument.items():
             key = window_key(run, instrument_id)
@@ -205,17 +210,24 @@ class PartitionProcessor:
             changes = [(day_number(r[1]), r[2], r[3]) if len(r) == 4 else (day_number(r[1]), None, None)
                        for r in own]
             window, too_old = window.apply(changes, keep, offset, floor)
+            live = run == LIVE_RUN
             for k in too_old:
-                fx.dead_letters.append(DeadLetter(
-                    f"row older than the stream keeps ({keep} days before the instrument's newest row); "
-                    "recompute the embeddings it reaches with `embedder replay --direct`", row_payload(run, own[k])))
+                if live:  # history: the database path recomputes what it reaches
+                    to_database.append((instrument_id, own[k][1]))
+                else:
+                    fx.dead_letters.append(DeadLetter(
+                        f"row older than the stream keeps ({keep} days before the instrument's newest row); "
+                        "recompute the embeddings it reaches with `embedder replay --direct`",
+                        row_payload(run, own[k])))
             skipped = set(too_old)
             applied = [(k, changes[k][0]) for k in range(len(changes)) if k not in skipped]
             reached = self._ticks_reached(run, instrument_id, state, [d for _, d in applied])
             stale = [t for t in reached if not window.covers(t.day, t.window_days)]
             for k, d in applied:
                 lost = [t for t in stale if t.reaches(d)]
-                if lost:
+                if lost and live:
+                    to_database.append((instrument_id, own[k][1]))
+                elif lost:
                     fx.dead_letters.append(DeadLetter(
                         f"correction reaches tick {date_of(lost[0].day)} whose look-back the stream no longer "
                         "holds; recompute it with `embedder replay --direct`", row_payload(run, own[k])))
@@ -226,6 +238,9 @@ class PartitionProcessor:
             self._write_window(fx, key, window)
         for window_days, items in corrections.items():
             fx.embeddings.append(EmbeddingBatch(run, window_days, self.partition, items))
+        if to_database:  # queued by the sink before this event's windows are written
+            fx.left_to_database = len(to_database)
+            fx.embeddings.append(EmbeddingBatch(run, window_days, self.partition, [], recheck=tuple(to_database)))
         self._write_run(fx, run, before, state)
 
     def _ticks_reached(self, run: str, instrument_id: str, state: RunPartition, days: list[int]) -> list[TickRecord]:
@@ -289,8 +304,15 @@ class PartitionProcessor:
         done = [TickDone(as_of, embedded[as_of], len(expected) - embedded[as_of], int(m))
                 for as_of, m in zip(dates, missing)]
         rows_missing = self._rows_missing(tick, before, offset)
-        fx.embeddings.append(EmbeddingBatch(tick.query_run or tick.run, tick.window_days, self.partition, items,
-                                            tuple(done), rows_missing, tick.scope if live else "", redelivered))
+        computed = {(i, as_of) for i, as_of, m, _ in items if m == first_model}
+        asked = [(i, d) for i, _ in full for d in dates] + [
+            (i, date_of(d)) for i, w in partial for d in days if w.covers(d, tick.window_days)] + [
+            (i, d) for i in no_window for d in dates]
+        absent = [(i, d, m, b"") for i, d in asked if (i, d) not in computed for m in tick.models]
+        recheck = tuple((i, dates[0]) for i in no_window) if tick.run == LIVE_RUN else ()
+        fx.embeddings.append(EmbeddingBatch(tick.query_run or tick.run, tick.window_days, self.partition,
+                                            items + absent, tuple(done), rows_missing, tick.scope if live else "",
+                                            redelivered, recheck))
         self._unconfirmed.setdefault(tick.run, {})[offset] = days[0] - LOOKBACK_FACTOR * tick.window_days
         if not query:  # a query reads the live state; it is no tick of the live run
             keep = retention_days(tick.window_days, self.config.retention_slack_days)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -20,6 +20,7 @@ import psycopg
 
 from shared.db import connect
 from shared.errors import ServiceUnavailable
+from shared.instruments import registry_rows
 from shared.messages import ALL_MARKETS
 from shared.topics import partition_for
 
@@ -38,7 +39,7 @@ class Registry(Protocol):
         """Ids not in `instruments`."""
 
     def in_scope(self, scope: str, partition: int) -> list[str]:
-        """Selectable instruments of `scope` (a market, or `*`) whose rows go to `partition`, sorted."""
+        """Selectable instruments of `scope` (a market, or `*`) whose rows go to `partition`, in the database's order."""
 
     def covers(self, instrument_id: str, scope: str) -> bool:
         """True when a live tick of `scope` emits for `instrument_id`."""
@@ -52,7 +53,9 @@ class Registry(Protocol):
 
 
 class StaticRegistry:
-    """A registry over a fixed map (tests, and each snapshot the database registry takes)."""
+    """A registry over a fixed map (tests, and each snapshot the database registry takes). The map's
+    order is the database's `ORDER BY instrument_id` (`shared.instruments.registry_rows`): market cuts
+    follow it, never Python's sort of the ids."""
 
     def __init__(self, infos: dict[str, InstrumentInfo], partitions: int,
                  partition_of: dict[str, int] | None = None):
@@ -73,7 +76,7 @@ class StaticRegistry:
     def in_scope(self, scope: str, partition: int) -> list[str]:
         if self._scopes is None:
             scopes: dict[tuple[str, int], list[str]] = {}
-            for instrument_id in sorted(self.infos):
+            for instrument_id in self.infos:
                 info = self.infos[instrument_id]
                 if info.selectable:
                     p = self.partition(instrument_id)
@@ -87,7 +90,7 @@ class StaticRegistry:
         return info is not None and info.selectable and (scope == ALL_MARKETS or info.market_id == scope)
 
     def selection(self, market_id: str, limit: int | None, offset: int, partition: int) -> list[str]:
-        market = sorted(i for i, info in self.infos.items() if info.selectable and info.market_id == market_id)
+        market = [i for i, info in self.infos.items() if info.selectable and info.market_id == market_id]
         cut = market[offset:] if limit is None else market[offset:offset + limit]
         return [i for i in cut if self.partition(i) == partition]
 
@@ -127,8 +130,7 @@ class DbRegistry:
         with self._lock:
             if token is not None and token == self._refreshed_for:
                 return
-            rows = self._query("SELECT instrument_id, market_id, asset_class = 'EQUITY' AND status = 'ACTIVE' "
-                               "FROM instruments", ())
+            rows = self._query(registry_rows, None)
             self.snapshot = StaticRegistry({i: InstrumentInfo(m, s) for i, m, s in rows}, self.partitions,
                                            self._partition_of)
             self._refreshed_for = token
@@ -139,20 +141,19 @@ class DbRegistry:
             missing = self.snapshot.unknown(ids)
             if not missing:
                 return
-            rows = self._query("SELECT instrument_id, market_id, asset_class = 'EQUITY' AND status = 'ACTIVE' "
-                               "FROM instruments WHERE instrument_id = ANY(%s)", (list(missing),))
-            if rows:
-                infos = dict(self.snapshot.infos)
-                infos.update({i: InstrumentInfo(m, s) for i, m, s in rows})
+            rows = self._query(registry_rows, list(missing))
+            if rows:  # new ids join the snapshot in the database's order
+                infos = {i: InstrumentInfo(m, s) for i, m, s in self._query(registry_rows, None)}
                 self.snapshot = StaticRegistry(infos, self.partitions, self._partition_of)
 
-    def _query(self, sql: str, params: tuple) -> list[tuple]:
+    def _query(self, read: Callable[[psycopg.Connection, list[str] | None], list[tuple]],
+               ids: list[str] | None) -> list[tuple]:
         delay = 0.2
         while True:
             try:
                 if self._conn is None or self._conn.closed:
                     self._conn = connect(self.database_url, autocommit=True)
-                return self._conn.execute(sql, params).fetchall()
+                return read(self._conn, ids)
             except (psycopg.OperationalError, psycopg.InterfaceError, ServiceUnavailable) as e:
                 log.warning("instrument lookup failed (%s); retrying in %.1fs", str(e).splitlines()[0], delay)
                 if self._conn is not None:

@@ -22,7 +22,8 @@ from datetime import date, datetime, timezone
 import psycopg
 
 from shared.db import connect
-from shared.embedding_store import delete_embeddings, upsert_embeddings
+from shared.embedding_store import upsert_embeddings
+from shared.maintained_keys import queue_recompute, record_absent
 from shared.errors import ServiceUnavailable
 from shared.messages import LIVE_RUN
 from shared.metrics import StreamMetrics
@@ -48,7 +49,8 @@ class SinkWriter:
 
     def write_once(self, batches: Sequence[EmbeddingBatch]) -> None:
         """One transaction: the batches' embeddings (in order: where a key repeats, the last item
-        wins, and an empty vector deletes the stored row) and their ticks' completions."""
+        wins, and an empty vector records the key as absent and deletes its stored row) and their
+        ticks' completions."""
         conn = self._connection()
         try:
             batches = self._drop_completed_runs(conn, batches)
@@ -57,7 +59,8 @@ class SinkWriter:
                 for i, d, m, v in b.items:
                     latest[(i, d, m)] = (i, d, m, b.window_days, v)
             upsert_embeddings(conn, (row for row in latest.values() if row[4]))
-            delete_embeddings(conn, [key for key, row in latest.items() if not row[4]])
+            record_absent(conn, (row[:4] for row in latest.values() if not row[4]))
+            queue_recompute(conn, [key for b in batches for key in b.recheck])
             done = [{"run": b.run, "scope": b.scope, "p": b.partition, "d": t.as_of, "e": t.embedded,
                      "i": t.insufficient, "m": t.missing_today, "x": b.rows_missing, "again": b.redelivered}
                     for b in batches for t in b.done]

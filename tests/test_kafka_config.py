@@ -59,7 +59,7 @@ def test_topics_are_created_with_their_retention_on_the_broker(kafka_bootstrap):
 
     from kafka.admin import ConfigResource, ConfigResourceType
 
-    from shared.topics import admin_client, changelog_topic, ensure_topics
+    from shared.topics import REPLAY_WINDOWS, admin_client, changelog_topic, ensure_topics
 
     tag = uuid.uuid4().hex[:8]
     s = Settings(_env_file=None, kafka_bootstrap_servers=kafka_bootstrap, app_id=f"cfg-{tag}",
@@ -68,12 +68,12 @@ def test_topics_are_created_with_their_retention_on_the_broker(kafka_bootstrap):
     ensure_topics(s)
     admin = admin_client(s)
     try:
-        names = [s.prices_topic, s.dead_letter_topic, changelog_topic(s, "replay_windows")]
+        names = [s.prices_topic, s.dead_letter_topic, changelog_topic(s, REPLAY_WINDOWS)]
         found = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, n) for n in names])["topic"]
         configs = {name: {key: entry["value"] for key, entry in entries.items()} for name, entries in found.items()}
     finally:
         admin.close()
     assert configs[s.prices_topic]["retention.ms"] == str(5 * 3600 * 1000)
     assert configs[s.dead_letter_topic]["retention.ms"] == str(720 * 3600 * 1000)
-    assert configs[changelog_topic(s, "replay_windows")]["cleanup.policy"] == "compact"
+    assert configs[changelog_topic(s, REPLAY_WINDOWS)]["cleanup.policy"] == "compact"
     assert configs[s.prices_topic]["min.insync.replicas"] == "1"

@@ -12,6 +12,7 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from tests.helpers import assert_same_embeddings, expected, load_synthetic, stored, wait_for
+from shared.topics import REPLAY_WINDOWS
 
 EMBEDDER = [sys.executable, "-m", "embedder.cli"]
 MODELS = ["numeric-simple-v1", "num-regime-core-v1"]
@@ -116,7 +117,7 @@ def test_live_capture_ticks_corrections_and_a_past_replay_beside_live_state(db_u
         # The finished replay's windows are dropped: tombstones are the last word on its keys.
         with psycopg.connect(db_url) as conn:
             (run_id,) = conn.execute("SELECT run_id FROM embedder_runs WHERE completed_at IS NOT NULL").fetchone()
-        changelog = f"{cli_env['EMBEDDER_APP_ID']}-replay_windows-changelog"  # replay state has tables of its own
+        changelog = f"{cli_env['EMBEDDER_APP_ID']}-{REPLAY_WINDOWS}-changelog"  # replay state has tables of its own
 
         def replay_windows_deleted() -> bool:
             latest = latest_values(cli_env["KAFKA_BOOTSTRAP_SERVERS"], changelog)

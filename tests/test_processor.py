@@ -227,7 +227,7 @@ def test_corrections_and_deletions_re_emit_what_they_reach_and_remove_what_falls
     assert h.stored == want
 
 
-def test_a_correction_reaching_a_tick_the_window_can_no_longer_reproduce_is_dead_lettered():
+def test_a_live_correction_older_than_the_windows_goes_to_the_database_path():
     rows = history(IDS, 90)  # newest row day 89 (2020-03-30): the windows keep rows from 2020-02-14
     early, mid, last = DAY0 + timedelta(days=30), DAY0 + timedelta(days=50), max(r[1] for r in rows)
     h = Harness(StaticRegistry(market(IDS), PARTITIONS))
@@ -235,14 +235,27 @@ def test_a_correction_reaching_a_tick_the_window_can_no_longer_reproduce_is_dead
     assert {k[1] for k in h.stored} == {early, mid, last}
     row = [r for r in rows if r[0] == "A" and r[1] <= early][-1]
     fx = h.feed(offset, RowBatch(LIVE_RUN, W, [(row[0], row[1], row[2] * 2, row[3])]))
-    assert [d.reason.split(";")[0] for d in fx.dead_letters] == [
-        "row older than the stream keeps (45 days before the instrument's newest row)"]
+    assert not fx.dead_letters and fx.left_to_database == 1
+    assert [b.recheck for b in fx.embeddings] == [(("A", row[1]),)]  # the sink queues it for the database
+    assert fx.output_before_state  # queued before the window records the offset as applied
     # Held by the window, so applied (later ticks need it), but the 2020-02-20 tick's look-back
-    # (from 2020-01-21) is gone: that embedding cannot be recomputed here, and the row says so.
+    # (from 2020-01-21) is gone: the database path recomputes that embedding.
     row = [r for r in rows if r[0] == "A" and r[1] <= mid][-1]
     fx = h.feed(offset + 1, RowBatch(LIVE_RUN, W, [(row[0], row[1], row[2] * 2, row[3])]))
-    assert [d.reason.split(" whose")[0] for d in fx.dead_letters] == [f"correction reaches tick {mid}"]
+    assert not fx.dead_letters and fx.left_to_database == 1
+    assert ("A", row[1]) in [k for b in fx.embeddings for k in b.recheck]
     assert fx.writes.windows
+
+
+def test_a_replay_correction_older_than_its_windows_is_dead_lettered():
+    rows = history(IDS, 90)
+    early, last = DAY0 + timedelta(days=30), max(r[1] for r in rows)
+    h = Harness(StaticRegistry(market(IDS), PARTITIONS))
+    offset = replay(h, "replay-old", rows, [early, last])
+    row = [r for r in rows if r[0] == "A" and r[1] <= early][-1]
+    fx = h.feed(offset, RowBatch("replay-old", W, [(row[0], row[1], row[2] * 2, row[3])]))
+    assert [d.reason.split(";")[0] for d in fx.dead_letters] == [
+        "row older than the stream keeps (45 days before the instrument's newest row)"]
 
 
 def test_a_bad_row_and_an_unknown_instrument_cost_exactly_themselves():

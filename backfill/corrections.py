@@ -1,0 +1,158 @@
+"""The database path for corrections: every captured price change reaches every stored embedding.
+
+The stream recomputes what its live windows remember; history older than they keep, rows written by
+other paths (replays, `replay --direct`, the platform command, a previous release) and state lost with
+a state folder or changelogs are the database's to maintain. The relay queues each captured change
+that reaches a maintained key (`shared.maintained_keys`) in `embedder_recompute_queue`; this loop takes
+the queue in order, a few instruments per transaction, recomputes the keys each change reaches from
+`prices_daily` (`backfill.recompute`), writes what differs and deletes the queue entries it took, all
+in one transaction: a kill -9 leaves them queued, and doing one twice changes nothing. Memory is
+bounded by one transaction's instruments. One worker per database drains (an advisory lock); it runs
+in a thread of its own with its own connection, so live ticks never wait for it.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date
+
+import psycopg
+
+from backfill.recompute import Rewritten, rewrite_keys
+from shared.config import Settings
+from shared.db import connect
+from shared.errors import EmbedderError
+from shared.maintained_keys import MaintainedKey, affected_keys
+from shared.metrics import StreamMetrics
+
+log = logging.getLogger("embedder.corrections")
+RECOMPUTE_LOCK = 727_003  # pg advisory lock key: one correction loop per database
+MAX_CHANGES = 2_000
+MAX_INSTRUMENTS = 20
+GAUGE_EVERY_SECONDS = 5.0
+
+
+@dataclass
+class Drained:
+    """One transaction of the correction loop."""
+
+    changes: int = 0
+    instruments: int = 0
+    rewritten: Rewritten = field(default_factory=Rewritten)
+    keys: list[MaintainedKey] = field(default_factory=list)
+    oldest_queued_at: object = None
+
+
+def drain_once(conn: psycopg.Connection, max_changes: int = MAX_CHANGES,
+               max_instruments: int = MAX_INSTRUMENTS) -> Drained:
+    """Recompute the oldest queued changes of at most `max_instruments` instruments, in one transaction."""
+    out = Drained()
+    with conn.transaction():
+        queued = conn.execute(
+            """SELECT instrument_id, trade_date, seq, queued_at FROM embedder_recompute_queue
+               ORDER BY seq LIMIT %s""", (max_changes,)).fetchall()
+        instruments: list[str] = []
+        for instrument_id, *_ in queued:
+            if instrument_id not in instruments:
+                instruments.append(instrument_id)
+        taken = set(instruments[:max_instruments])
+        items = [q for q in queued if q[0] in taken]
+        if not items:
+            return out
+        changes: list[tuple[str, date]] = [(i, d) for i, d, _, _ in items]
+        out.keys = affected_keys(conn, changes)
+        out.rewritten = rewrite_keys(conn, out.keys)
+        conn.execute(
+            """DELETE FROM embedder_recompute_queue q
+               USING unnest(%s::text[], %s::date[], %s::bigint[]) AS t(i, d, s)
+               WHERE q.instrument_id = t.i AND q.trade_date = t.d AND q.seq = t.s""",
+            ([i for i, *_ in items], [d for _, d, *_ in items], [s for _, _, s, _ in items]))
+        out.changes, out.instruments = len(items), len(taken)
+        out.oldest_queued_at = min(q[3] for q in items)
+    return out
+
+
+def queue_depth(conn: psycopg.Connection) -> int:
+    return conn.execute("SELECT count(*) FROM embedder_recompute_queue").fetchone()[0]
+
+
+KeysCallback = Callable[[list[MaintainedKey]], None]
+
+
+@dataclass
+class CorrectionLoop:
+    """Drains the recompute queue until `stop` is set; reconnects after database errors."""
+
+    settings: Settings
+    metrics: StreamMetrics | None = None
+    on_rewritten: KeysCallback | None = None
+    """Called with the keys each transaction recomputed (the parity audit checks them)."""
+    poll_seconds: float = 0.5
+    stop: threading.Event = field(default_factory=threading.Event)
+    total: Rewritten = field(default_factory=Rewritten)
+    _gauged_at: float = 0.0
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                with connect(self.settings.database_url, autocommit=True) as conn:
+                    if not conn.execute("SELECT pg_try_advisory_lock(%s)", (RECOMPUTE_LOCK,)).fetchone()[0]:
+                        self.stop.wait(2.0)  # another worker drains; stand by
+                        continue
+                    while not self.stop.is_set():
+                        if not self.step(conn):
+                            self.stop.wait(self.poll_seconds)
+            except (psycopg.Error, EmbedderError) as e:
+                log.warning("correction loop: %s; retrying in 2s", str(e).splitlines()[0])
+                self.stop.wait(2.0)
+
+    def step(self, conn: psycopg.Connection) -> bool:
+        """One transaction; False when the queue was empty."""
+        started = time.monotonic()
+        done = drain_once(conn)
+        if done.changes == 0:
+            self._gauge(conn)
+            return False
+        seconds = time.monotonic() - started
+        self.total.add(done.rewritten)
+        r = done.rewritten
+        log.info("corrections: %d change(s) of %d instrument(s) reached %d stored key(s): %d changed, %d removed "
+                 "(%.2fs)", done.changes, done.instruments, r.keys, r.changed, r.removed, seconds)
+        if self.metrics:
+            m = self.metrics
+            m.recompute_changes.inc(done.changes)
+            m.recompute_keys.labels("changed").inc(r.changed)
+            m.recompute_keys.labels("removed").inc(r.removed)
+            m.recompute_keys.labels("unchanged").inc(max(r.unchanged, 0))
+            m.recompute_seconds.observe(seconds)
+        if self.on_rewritten and done.keys:
+            self.on_rewritten(done.keys)
+        self._gauge(conn)
+        time.sleep(0)  # let the event loop's thread run between transactions
+        return True
+
+    def _gauge(self, conn: psycopg.Connection) -> None:
+        if self.metrics is None or time.monotonic() - self._gauged_at < GAUGE_EVERY_SECONDS:
+            return
+        self._gauged_at = time.monotonic()
+        self.metrics.recompute_queue.set(queue_depth(conn))
+
+
+def start_correction_loop(settings: Settings, ready: threading.Event | None = None,
+                          metrics: StreamMetrics | None = None,
+                          on_rewritten: KeysCallback | None = None) -> tuple[CorrectionLoop, threading.Thread]:
+    """Run the correction loop in a daemon thread, starting once `ready` is set."""
+    loop = CorrectionLoop(settings, metrics, on_rewritten)
+
+    def run() -> None:
+        while ready is not None and not ready.wait(0.5):
+            if loop.stop.is_set():
+                return
+        loop.run()
+
+    thread = threading.Thread(target=run, name="corrections", daemon=True)
+    thread.start()
+    return loop, thread

@@ -1,0 +1,106 @@
+"""Maintained keys recomputed from `prices_daily`: what they should hold, and writing it.
+
+One computation (the batch path's reader and `shared.encoder`) serves the three users of "what should
+the table hold here": the correction path (`backfill.corrections`), `embedder verify` and the worker's
+parity audit. Writes go through the same store as every other path (`upsert_embeddings`, and
+`record_absent` for keys whose window has too little history).
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date, timedelta
+
+import numpy as np
+import psycopg
+
+from backfill.reader import read_histories
+from shared.encoder import LOOKBACK_FACTOR, apply_model, encode_windows
+from shared.embedding_store import upsert_embeddings
+from shared.maintained_keys import MaintainedKey, record_absent
+from shared.models import get_model
+
+READ_CHUNK_INSTRUMENTS = 32
+
+Key = tuple[str, date, str]
+
+
+def expected_vectors(conn: psycopg.Connection, keys: Iterable[MaintainedKey]) -> dict[Key, bytes | None]:
+    """SPEC section 3 over `prices_daily` now, for each key: its vector bytes, or None for too little
+    history. Reads each instrument's rows once, in chunks of instruments (memory: one chunk)."""
+    by_instrument: dict[str, list[MaintainedKey]] = defaultdict(list)
+    for k in keys:
+        by_instrument[k.entity_id].append(k)
+    out: dict[Key, bytes | None] = {}
+    ids = list(by_instrument)
+    for start in range(0, len(ids), READ_CHUNK_INSTRUMENTS):
+        chunk = ids[start:start + READ_CHUNK_INSTRUMENTS]
+        wanted = [k for i in chunk for k in by_instrument[i]]
+        lo = min(k.as_of_date - timedelta(days=LOOKBACK_FACTOR * k.window_days) for k in wanted)
+        hi = max(k.as_of_date for k in wanted)
+        histories = read_histories(conn, chunk, lo, hi)
+        for instrument_id in chunk:
+            out.update(_instrument_vectors(histories.get(instrument_id), by_instrument[instrument_id]))
+    return out
+
+
+def _instrument_vectors(history, keys: Sequence[MaintainedKey]) -> dict[Key, bytes | None]:
+    out: dict[Key, bytes | None] = {k.key: None for k in keys}
+    if history is None:
+        return out
+    groups: dict[int, dict[str, list[date]]] = defaultdict(lambda: defaultdict(list))
+    for k in keys:
+        groups[k.window_days][k.model_id].append(k.as_of_date)
+    for window_days, by_model in groups.items():
+        dates = sorted({d for ds in by_model.values() for d in ds})
+        batch = encode_windows(history.trade_dates, history.close, history.volume,
+                               np.array(dates, dtype="datetime64[D]"), window_days)
+        got = batch.as_of.astype(object).tolist()
+        for model_id, wanted in by_model.items():
+            vectors = apply_model(batch.flat, get_model(model_id)).astype("<f4", copy=False)
+            row_of = {d: j for j, d in enumerate(got)}
+            instrument_id = keys[0].entity_id
+            for d in wanted:
+                j = row_of.get(d)
+                if j is not None:
+                    out[(instrument_id, d, model_id)] = vectors[j].tobytes()
+    return out
+
+
+@dataclass
+class Rewritten:
+    """What `rewrite_keys` did: keys recomputed, rows inserted or changed, rows removed (too little
+    history now), and the rest unchanged."""
+
+    keys: int = 0
+    changed: int = 0
+    removed: int = 0
+
+    @property
+    def unchanged(self) -> int:
+        return self.keys - self.changed - self.removed
+
+    def add(self, other: "Rewritten") -> None:
+        self.keys += other.keys
+        self.changed += other.changed
+        self.removed += other.removed
+
+
+def write_expected(conn: psycopg.Connection, keys: Sequence[MaintainedKey],
+                   expected: dict[Key, bytes | None]) -> Rewritten:
+    """Write `expected` for `keys` in the caller's transaction: vectors upserted (identical ones left
+    alone), keys without enough history recorded absent and their rows deleted."""
+    window = {k.key: k.window_days for k in keys}
+    present = [(k[0], k[1], k[2], window[k], v) for k, v in expected.items() if v is not None and k in window]
+    absent = [(k[0], k[1], k[2], window[k]) for k, v in expected.items() if v is None and k in window]
+    changed = upsert_embeddings(conn, present) if present else 0
+    removed = record_absent(conn, absent)
+    return Rewritten(len(window), changed, removed)
+
+
+def rewrite_keys(conn: psycopg.Connection, keys: Sequence[MaintainedKey]) -> Rewritten:
+    """Recompute `keys` from `prices_daily` and write what differs, in the caller's transaction."""
+    if not keys:
+        return Rewritten()
+    return write_expected(conn, keys, expected_vectors(conn, keys))

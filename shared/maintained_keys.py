@@ -1,0 +1,182 @@
+"""Which keys of `numeric_window_embeddings` the project keeps exact, in one place (SPEC section 4).
+
+A *maintained key* is `(entity_id, as_of_date, model_id)` with its `window_days`, that some run asked
+for — whatever wrote it (live ticks, replays, `replay --direct`, the platform command, a legacy INSERT):
+
+- every stored row of entity_type INSTRUMENT whose `window_spec` names its window (SQL function
+  `embedder_window_days`) and whose model is known (`shared.models`); the window is the row's own;
+- every key a run asked for whose window had too little history, recorded in
+  `embedder_absent_embeddings` (so a later INSERT of older history brings its row in).
+
+Its value is SPEC section 3 over `prices_daily` as it is now: a row where history suffices, else no row
+and an absent record. A change of the price at `(instrument, d)` can only reach the keys of that
+instrument with `d <= as_of <= d + 3 * window_days` (`affected_keys`).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date
+
+import psycopg
+
+from shared.db import copy_rows
+from shared.encoder import LOOKBACK_FACTOR
+from shared.embedding_store import ENTITY_TYPE
+from shared.models import MODELS
+
+ABSENT_STAGING = "absent_staging"
+
+
+@dataclass(frozen=True, order=True)
+class MaintainedKey:
+    entity_id: str
+    as_of_date: date
+    model_id: str
+    window_days: int
+
+    @property
+    def key(self) -> tuple[str, date, str]:
+        return (self.entity_id, self.as_of_date, self.model_id)
+
+
+def _keys(rows: Iterable[tuple]) -> list[MaintainedKey]:
+    return sorted({MaintainedKey(i, d, m, int(n)) for i, d, m, n in rows if m in MODELS and n})
+
+
+def affected_keys(conn: psycopg.Connection, changes: Sequence[tuple[str, date]]) -> list[MaintainedKey]:
+    """The maintained keys whose windows hold one of the changed `(instrument_id, trade_date)`."""
+    if not changes:
+        return []
+    ids, days = (list(c) for c in zip(*changes))
+    rows = conn.execute(
+        f"""WITH c AS (SELECT i, d FROM unnest(%(ids)s::text[], %(days)s::date[]) AS c(i, d)),
+                 lo AS (SELECT i, min(d) AS d FROM c GROUP BY i),
+                 k AS (SELECT e.entity_id, e.as_of_date, e.model_id, embedder_window_days(e.window_spec) AS n
+                       FROM lo JOIN numeric_window_embeddings e
+                         ON e.entity_type = '{ENTITY_TYPE}' AND e.entity_id = lo.i AND e.as_of_date >= lo.d
+                       UNION ALL
+                       SELECT a.entity_id, a.as_of_date, a.model_id, a.window_days
+                       FROM lo JOIN embedder_absent_embeddings a
+                         ON a.entity_type = '{ENTITY_TYPE}' AND a.entity_id = lo.i AND a.as_of_date >= lo.d)
+            SELECT DISTINCT k.entity_id, k.as_of_date, k.model_id, k.n FROM k
+            WHERE k.n IS NOT NULL AND EXISTS (
+                SELECT 1 FROM c WHERE c.i = k.entity_id AND c.d <= k.as_of_date
+                                  AND k.as_of_date <= c.d + {LOOKBACK_FACTOR} * k.n)""",
+        {"ids": ids, "days": days}).fetchall()
+    return _keys(rows)
+
+
+def stored_keys_between(conn: psycopg.Connection, instrument_ids: Sequence[str], date_from: date | None,
+                        date_to: date | None, model_ids: Sequence[str] | None) -> list[tuple]:
+    """(entity_id, as_of_date, model_id, window_days or None, vector, embedding_id) of the stored rows of
+    `instrument_ids` in a date range (None: unbounded) and of `model_ids` (None: all), in key order."""
+    with conn.cursor(binary=True) as cur:
+        cur.execute(
+            f"""SELECT entity_id, as_of_date, model_id, embedder_window_days(window_spec), vector, embedding_id
+                FROM numeric_window_embeddings
+                WHERE entity_type = '{ENTITY_TYPE}' AND entity_id = ANY(%(ids)s)
+                  AND (%(lo)s::date IS NULL OR as_of_date >= %(lo)s::date)
+                  AND (%(hi)s::date IS NULL OR as_of_date <= %(hi)s::date)
+                  AND (%(models)s::text[] IS NULL OR model_id = ANY(%(models)s::text[]))
+                ORDER BY entity_id, as_of_date, model_id, embedding_id""",
+            {"ids": list(instrument_ids), "lo": date_from, "hi": date_to,
+             "models": list(model_ids) if model_ids else None})
+        return cur.fetchall()
+
+
+def absent_keys_between(conn: psycopg.Connection, instrument_ids: Sequence[str], date_from: date | None,
+                        date_to: date | None, model_ids: Sequence[str] | None) -> list[MaintainedKey]:
+    """The recorded absent keys of `instrument_ids` in a date range and of `model_ids` (None: all)."""
+    rows = conn.execute(
+        f"""SELECT entity_id, as_of_date, model_id, window_days FROM embedder_absent_embeddings
+            WHERE entity_type = '{ENTITY_TYPE}' AND entity_id = ANY(%(ids)s)
+              AND (%(lo)s::date IS NULL OR as_of_date >= %(lo)s::date)
+              AND (%(hi)s::date IS NULL OR as_of_date <= %(hi)s::date)
+              AND (%(models)s::text[] IS NULL OR model_id = ANY(%(models)s::text[]))""",
+        {"ids": list(instrument_ids), "lo": date_from, "hi": date_to,
+         "models": list(model_ids) if model_ids else None}).fetchall()
+    return _keys(rows)
+
+
+def record_absent(conn: psycopg.Connection, keys: Iterable[tuple[str, date, str, int]]) -> int:
+    """Record keys that have no embedding (too little history) and delete their stored rows, in the
+    caller's transaction; returns how many stored rows were deleted."""
+    latest = {(k[0], k[1], k[2]): tuple(k[:4]) for k in keys}
+    if not latest:
+        return 0
+    with conn.cursor() as cur:
+        cur.execute(f"""CREATE TEMP TABLE IF NOT EXISTS {ABSENT_STAGING} (
+                            entity_id text NOT NULL, as_of_date date NOT NULL, model_id text NOT NULL,
+                            window_days int4 NOT NULL)""")
+        cur.execute(f"TRUNCATE {ABSENT_STAGING}")
+        copy_rows(cur, ABSENT_STAGING, ("entity_id", "as_of_date", "model_id", "window_days"), latest.values(),
+                  ("text", "date", "text", "int4"))
+        cur.execute(
+            f"""INSERT INTO embedder_absent_embeddings AS a (entity_type, entity_id, as_of_date, model_id, window_days)
+                SELECT '{ENTITY_TYPE}', entity_id, as_of_date, model_id, window_days FROM {ABSENT_STAGING}
+                ORDER BY entity_id, as_of_date, model_id
+                ON CONFLICT (entity_type, entity_id, as_of_date, model_id) DO UPDATE
+                    SET window_days = EXCLUDED.window_days, recorded_at = now()
+                    WHERE a.window_days <> EXCLUDED.window_days""")
+        cur.execute(
+            f"""DELETE FROM numeric_window_embeddings t USING {ABSENT_STAGING} s
+                WHERE t.entity_type = '{ENTITY_TYPE}' AND t.entity_id = s.entity_id
+                  AND t.as_of_date = s.as_of_date AND t.model_id = s.model_id""")
+        return cur.rowcount
+
+
+def queue_recompute(conn: psycopg.Connection, changes: Sequence[tuple[str, date]]) -> int:
+    """Queue `(instrument_id, trade_date)` changes for the database path (`backfill.corrections`), in the
+    caller's transaction: every maintained key they reach is recomputed from `prices_daily`. A change
+    queued again gets a new sequence number, so a recomputation running meanwhile keeps it queued."""
+    unique = sorted(set(changes))
+    if not unique:
+        return 0
+    ids, days = (list(c) for c in zip(*unique))
+    return conn.execute(
+        """INSERT INTO embedder_recompute_queue AS q (instrument_id, trade_date)
+           SELECT i, d FROM unnest(%s::text[], %s::date[]) AS c(i, d) ORDER BY i, d
+           ON CONFLICT (instrument_id, trade_date) DO UPDATE
+               SET seq = nextval('embedder_recompute_seq'), queued_at = now()""", (ids, days)).rowcount
+
+
+CHANGES_REACHING_STORED_KEYS = f"""
+    SELECT DISTINCT o.instrument_id, o.trade_date FROM prices_outbox o
+    WHERE o.id = ANY(%(ids)s) AND o.kind IN ('row', 'delete')
+      AND o.instrument_id IS NOT NULL AND o.trade_date IS NOT NULL
+      AND (EXISTS (SELECT 1 FROM numeric_window_embeddings e
+                   WHERE e.entity_type = '{ENTITY_TYPE}' AND e.entity_id = o.instrument_id
+                     AND e.as_of_date >= o.trade_date)
+           OR EXISTS (SELECT 1 FROM embedder_absent_embeddings a
+                      WHERE a.entity_type = '{ENTITY_TYPE}' AND a.entity_id = o.instrument_id
+                        AND a.as_of_date >= o.trade_date))"""
+"""Captured changes (outbox ids) that reach a key stored now: a new day's row reaches none (its tick comes
+after it), a correction of history does."""
+
+
+def queue_captured_changes(conn: psycopg.Connection, outbox_ids: Sequence[int]) -> int:
+    """Queue the captured changes among `outbox_ids` that reach a maintained key (the relay calls this for
+    every round it publishes, before publishing: a key the stream writes later is computed from a window
+    that already holds the change)."""
+    if not outbox_ids:
+        return 0
+    changes = conn.execute(CHANGES_REACHING_STORED_KEYS, {"ids": list(outbox_ids)}).fetchall()
+    return queue_recompute(conn, [tuple(c) for c in changes])
+
+
+def queue_changes_since(conn: psycopg.Connection, outbox_id: int | None, instrument_ids: Sequence[str]) -> int:
+    """Queue every change captured after outbox entry `outbox_id` for `instrument_ids`: a run that read
+    `prices_daily` before such a change may have written embeddings that miss it."""
+    if outbox_id is None or not instrument_ids:
+        return 0
+    changes = conn.execute(
+        """SELECT DISTINCT instrument_id, trade_date FROM prices_outbox
+           WHERE id > %s AND kind IN ('row', 'delete') AND instrument_id = ANY(%s)
+             AND trade_date IS NOT NULL""", (outbox_id, list(instrument_ids))).fetchall()
+    return queue_recompute(conn, [tuple(c) for c in changes])
+
+
+def outbox_position(conn: psycopg.Connection) -> int | None:
+    """The newest outbox id now (None where nothing was ever captured)."""
+    return conn.execute("SELECT max(id) FROM prices_outbox").fetchone()[0]
