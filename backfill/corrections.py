@@ -112,7 +112,7 @@ class CorrectionLoop:
     def step(self, conn: psycopg.Connection) -> bool:
         """One transaction; False when the queue was empty."""
         started = time.monotonic()
-        done = drain_once(conn)
+        done = drain_once(conn, max_instruments=self.settings.correction_batch_instruments)
         if done.changes == 0:
             self._gauge(conn)
             return False

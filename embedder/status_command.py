@@ -50,6 +50,25 @@ def scheduled(conn: psycopg.Connection, settings: Settings) -> list[dict]:
     return out_
 
 
+def corrections(conn: psycopg.Connection) -> dict:
+    """The correction path's queue (captured changes still to reach the stored embeddings they reach)."""
+    queued, oldest = conn.execute("SELECT count(*), min(queued_at) FROM embedder_recompute_queue").fetchone()
+    return {"queued": int(queued), "oldest_queued": oldest.isoformat(timespec="seconds") if oldest else None}
+
+
+def parity(conn: psycopg.Connection, since: datetime) -> dict:
+    """The worker's parity audit since a time: rounds, keys checked, mismatches, the newest examples."""
+    rounds, checked, mismatched, last = conn.execute(
+        """SELECT count(*), coalesce(sum(keys_checked), 0), coalesce(sum(mismatches), 0), max(checked_at)
+           FROM embedder_parity_audits WHERE checked_at >= %s""", (since,)).fetchone()
+    examples = conn.execute(
+        """SELECT examples FROM embedder_parity_audits WHERE checked_at >= %s AND mismatches > 0
+           ORDER BY checked_at DESC LIMIT 1""", (since,)).fetchone()
+    return {"since": since.isoformat(timespec="seconds"), "rounds": int(rounds), "keys_checked": int(checked),
+            "mismatches": int(mismatched), "last_round": last.isoformat(timespec="seconds") if last else None,
+            "examples": examples[0] if examples else []}
+
+
 def gather(settings: Settings, since: datetime) -> dict:
     """Everything the status shows, as JSON-ready data (version 1)."""
     with connection(settings.database_url, autocommit=True) as conn:
@@ -65,6 +84,8 @@ def gather(settings: Settings, since: datetime) -> dict:
                           "rows": boot.rows, "pending": boot.pending, "not_queued": boot.unqueued},
             "outbox": {"unpublished": int(backlog),
                        "oldest_unpublished": oldest.isoformat(timespec="seconds") if oldest else None},
+            "corrections": corrections(conn),
+            "parity": parity(conn, since),
             "relay": None if holder is None else {
                 "application": holder.application, "pid": holder.pid, "client": holder.client,
                 "since": holder.since.isoformat(timespec="seconds")},
@@ -103,6 +124,14 @@ def run_status(settings: Settings, since: str, as_json: bool) -> None:
     o = report["outbox"]
     oldest = f", oldest from {o['oldest_unpublished']}" if o["oldest_unpublished"] else ""
     say(f"outbox: {o['unpublished']} unpublished{oldest}")
+    c = report["corrections"]
+    say(f"corrections: {c['queued']} captured change(s) queued for the stored embeddings they reach"
+        + (f", oldest from {c['oldest_queued']}" if c["oldest_queued"] else ""))
+    p = report["parity"]
+    say(f"parity audit since {p['since']}: {p['keys_checked']:,} stored keys checked in {p['rounds']} round(s), "
+        f"{p['mismatches']} mismatch(es)" + (f", last round {p['last_round']}" if p["last_round"] else ""))
+    for e in p["examples"]:
+        say(f"  {e['kind']} {e['entity_id']} {e['as_of_date']} {e['model_id']} (window {e['window_days']})")
     r = report["relay"]
     say("relay: no worker holds the relay lock (captured rows and ticks wait in the outbox)" if r is None else
         f"relay: {r['application']} (pid {r['pid']} at {r['client'] or 'local socket'}, since {r['since']})")

@@ -101,7 +101,7 @@ class StreamMetrics:
             recompute_seconds=Histogram("embedder_recompute_seconds", "Time of one database-path transaction.",
                                         registry=r),
             parity_checked=Counter("embedder_parity_checked", "Stored keys the parity audit recomputed from "
-                                   "prices_daily, by source (sample, correction).", ["source"], registry=r),
+                                   "prices_daily, by kind of check (sample, correction).", ["kind"], registry=r),
             parity_mismatches=Counter("embedder_parity_mismatches", "Keys whose stored embedding differs from "
                                       "SPEC section 3 over prices_daily, by kind (different, missing, extra).",
                                       ["kind"], registry=r),

@@ -99,7 +99,9 @@ def db_url(session_db) -> str:
     """A migrated database with empty tables for this test."""
     with psycopg.connect(session_db) as conn:
         conn.execute("""TRUNCATE numeric_window_embeddings, prices_daily, instruments, prices_outbox,
-                        embedder_tick_commits, embedder_runs, embedder_bootstrap, embedder_scheduled_ticks
+                        embedder_tick_commits, embedder_runs, embedder_bootstrap, embedder_scheduled_ticks,
+                        embedder_absent_embeddings, embedder_recompute_queue, embedder_parity_audits,
+                        embedder_state_format
                         RESTART IDENTITY""")
     return session_db
 
