@@ -27,6 +27,7 @@ from backfill.replay import run_stream_replay
 from backfill.selection import RunSelection
 from backfill.worker_process import worker_env, worker_for_run
 from benchmarks.copy_limit import raw_copy_seconds
+from benchmarks.exact import measure_exact
 from benchmarks.live import (peak_rss_mb, start_worker, stop, tick_latencies, wait_bootstrapped, wait_caught_up,
                              wait_ready, withhold_days)
 from benchmarks.old_way import old_loop
@@ -265,6 +266,10 @@ def targets(f: Figures) -> list[tuple[str, str, str, bool]]:
             f["single_as_of_platform_kafka_s"] <= 2 * f["single_as_of_direct_process_s"])
         add("platform command via stream (s)", f["single_as_of_platform_kafka_s"], "<= 1",
             f["single_as_of_platform_kafka_s"] <= 1)
+    if "verify_vs_direct_speed" in f:
+        add("verify speed / replay --direct", f["verify_vs_direct_speed"], ">= 0.5", f["verify_vs_direct_speed"] >= 0.5)
+        add("live tick p99 during a large restatement (s)", f["exact_busy_tick_p99_s"], "<= 0.5",
+            f["exact_busy_tick_p99_s"] <= 0.5)
     return rows
 
 
@@ -278,7 +283,7 @@ def main() -> None:
     parser.add_argument("--scale-ticks", type=int, default=20)
     parser.add_argument("--empty-state-replays", type=int, default=20,
                         help="replays run before timing a worker on an empty state folder (0 skips it)")
-    parser.add_argument("--only", choices=["live", "scale", "empty-state"], help="measure only this part")
+    parser.add_argument("--only", choices=["live", "scale", "empty-state", "exact"], help="measure only this part")
     args = parser.parse_args()
     base = Settings()
     workdir = Path(tempfile.mkdtemp(prefix="embedder-bench-"))
@@ -293,9 +298,10 @@ def main() -> None:
     print("\n  target                              measured   wanted   met")
     for name, measured, wanted, met in targets(f):
         print(f"  {name:<34} {measured:>9}   {wanted:<7}  {'yes' if met else 'NO'}")
-    OUT.parent.mkdir(exist_ok=True)
-    OUT.write_text(json.dumps({**f, "targets": targets(f)}, indent=2, default=str) + "\n")
-    print(f"\n  figures written to {OUT}")
+    out = OUT if args.only is None else OUT.with_name(f"bench-{args.only}.json")
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({**f, "targets": targets(f)}, indent=2, default=str) + "\n")
+    print(f"\n  figures written to {out}")
 
 
 def measure_real_data(f: Figures, base: Settings, workdir: Path, args: argparse.Namespace) -> None:
@@ -324,6 +330,8 @@ def measure_real_data(f: Figures, base: Settings, workdir: Path, args: argparse.
             stop(worker)
     if args.only is None:
         measure_old_way(f, url, ids, days, args.old_loop_instruments)
+    if args.only in (None, "exact"):
+        measure_exact(f, for_app(base, url, uuid.uuid4().hex[:8]), days, workdir)
     if args.empty_state_replays and args.only in (None, "empty-state"):
         measure_empty_state(f, for_app(base, url, uuid.uuid4().hex[:8]), days, workdir, args.empty_state_replays)
     with psycopg.connect(base.database_url, autocommit=True) as conn:

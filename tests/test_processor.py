@@ -339,3 +339,17 @@ def test_a_query_of_the_live_windows_computes_its_selection_and_leaves_the_live_
     # A later correction re-emits live ticks only: the queries were point-in-time answers.
     fx = h.feed(3, RowBatch(LIVE_RUN, W, [("Q3", days[-1], 99.0, 1.0)]))
     assert fx.embeddings == []
+
+
+def test_a_tick_names_the_keys_it_asked_for_without_enough_history_and_windows_it_lacks():
+    rows = history(["A", "B"], 40) + [("C", DAY0 + timedelta(days=38), 12.0, 5.0)]  # C: one row, too short
+    h = Harness(StaticRegistry(market(["A", "B", "C", "D"]), PARTITIONS))  # D: no window at all
+    h.feed(0, RowBatch(LIVE_RUN, W, sorted(rows, key=lambda r: r[1])))
+    day = DAY0 + timedelta(days=39)
+    fx = h.feed(1, Tick(run=LIVE_RUN, d=day, w=W, m=MODELS, mk="M1"))
+    (batch,) = fx.embeddings
+    absent = sorted((i, d, m) for i, d, m, v in batch.items if not v)
+    assert absent == sorted((i, day, m) for i in ("C", "D") for m in MODELS)  # recorded absent by the sink
+    assert {(i, d, m) for i, d, m, v in batch.items if v} == set(expected(rows, ["A", "B"], [day]))
+    assert batch.recheck == (("D", day),)  # no window: the database path computes it from prices_daily
+    assert fx.lost_windows == ["D"]
