@@ -22,6 +22,7 @@ from datetime import date
 import psycopg
 
 from backfill.recompute import Rewritten, rewrite_keys
+from shared.background import start_when_ready
 from shared.config import Settings
 from shared.db import connect
 from shared.errors import EmbedderError
@@ -146,13 +147,4 @@ def start_correction_loop(settings: Settings, ready: threading.Event | None = No
                           on_rewritten: KeysCallback | None = None) -> tuple[CorrectionLoop, threading.Thread]:
     """Run the correction loop in a daemon thread, starting once `ready` is set."""
     loop = CorrectionLoop(settings, metrics, on_rewritten)
-
-    def run() -> None:
-        while ready is not None and not ready.wait(0.5):
-            if loop.stop.is_set():
-                return
-        loop.run()
-
-    thread = threading.Thread(target=run, name="corrections", daemon=True)
-    thread.start()
-    return loop, thread
+    return loop, start_when_ready("corrections", loop.run, loop.stop, ready)

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 import psycopg
 
 from backfill.bootstrap import CHUNK_INSTRUMENTS, mark_published, queue_bootstrap, read_snapshot
+from shared.background import start_when_ready
 from shared.config import Settings
 from shared.db import connect
 from shared.encoder import retention_days
@@ -301,13 +302,4 @@ def start_relay(settings: Settings, ready: threading.Event | None = None, metric
                 idle_tasks: list[IdleTask] | None = None) -> tuple[OutboxRelay, threading.Thread]:
     """Run the relay in a daemon thread beside the worker, starting once `ready` is set."""
     relay = OutboxRelay(settings, metrics, poll_seconds=settings.outbox_poll_seconds, idle_tasks=idle_tasks or [])
-
-    def run() -> None:
-        while ready is not None and not ready.wait(0.5):
-            if relay.stop.is_set():
-                return
-        relay.run()
-
-    thread = threading.Thread(target=run, name="outbox-relay", daemon=True)
-    thread.start()
-    return relay, thread
+    return relay, start_when_ready("outbox-relay", relay.run, relay.stop, ready)

@@ -20,6 +20,7 @@ from psycopg.types.json import Jsonb
 
 from backfill.recompute import Key, expected_vectors
 from backfill.verify import Finding, compare
+from shared.background import start_when_ready
 from shared.config import Settings
 from shared.db import connect
 from shared.embedding_store import ENTITY_TYPE
@@ -145,14 +146,6 @@ def start_parity_audit(settings: Settings, ready: threading.Event | None = None,
                        metrics: StreamMetrics | None = None) -> tuple[ParityAudit, threading.Thread]:
     """Run the audit in a daemon thread, its first round one period after `ready` is set."""
     audit = ParityAudit(settings, metrics)
-
-    def run() -> None:
-        while ready is not None and not ready.wait(0.5):
-            if audit.stop.is_set():
-                return
-        audit.run()
-
-    thread = threading.Thread(target=run, name="parity-audit", daemon=True)
-    if settings.parity_audit_seconds > 0:
-        thread.start()
-    return audit, thread
+    if settings.parity_audit_seconds <= 0:
+        audit.stop.set()
+    return audit, start_when_ready("parity-audit", audit.run, audit.stop, ready)

@@ -22,6 +22,7 @@ from backfill.blocks import TickOut, plan
 from backfill.completion import ReplayHooks, StreamResult, wait_for_run
 from backfill.publisher import PricePublisher
 from backfill.selection import RunSelection
+from shared.maintained_keys import outbox_position, queue_changes_since
 from shared.config import Settings
 from shared.db import connection
 from shared.encoder import lookback_start
@@ -88,6 +89,7 @@ def run_stream_replay(settings: Settings, selection: RunSelection, hooks: Replay
     result = StreamResult(run_id)
     ensure_topics(settings)
     with connection(settings.database_url) as conn:
+        position = outbox_position(conn)
         ids = selection.instruments(conn)
         dates = selection.as_of_dates(conn, ids) if ids else []
         result.instruments, result.as_of_dates = len(ids), len(dates)
@@ -111,6 +113,7 @@ def run_stream_replay(settings: Settings, selection: RunSelection, hooks: Replay
             monitor.close()
     with connection(settings.database_url) as conn:
         conn.execute("UPDATE embedder_runs SET completed_at = now() WHERE run_id = %s", (run_id,))
+        queue_changes_since(conn, position, ids)  # changes committed after the run read them
     end_run(settings, run_id)
     return result
 

@@ -284,6 +284,7 @@ class PartitionProcessor:
             else:
                 partial.append((instrument_id, window))
         items = Timeline(full).embeddings(days, tick.window_days, tick.models)
+        every_full_computed = len(items) == len(full) * len(dates) * len(tick.models)
         uncovered: list[str] = []
         for instrument_id, window in partial:
             held = [d for d in days if window.covers(d, tick.window_days)]
@@ -305,9 +306,9 @@ class PartitionProcessor:
                 for as_of, m in zip(dates, missing)]
         rows_missing = self._rows_missing(tick, before, offset)
         computed = {(i, as_of) for i, as_of, m, _ in items if m == first_model}
-        asked = [(i, d) for i, _ in full for d in dates] + [
-            (i, date_of(d)) for i, w in partial for d in days if w.covers(d, tick.window_days)] + [
-            (i, d) for i in no_window for d in dates]
+        asked = [] if every_full_computed else [(i, d) for i, _ in full for d in dates]  # the usual case: none
+        asked += [(i, date_of(d)) for i, w in partial for d in days if w.covers(d, tick.window_days)]
+        asked += [(i, d) for i in no_window for d in dates]
         absent = [(i, d, m, b"") for i, d in asked if (i, d) not in computed for m in tick.models]
         recheck = tuple((i, dates[0]) for i in no_window) if tick.run == LIVE_RUN else ()
         fx.embeddings.append(EmbeddingBatch(tick.query_run or tick.run, tick.window_days, self.partition,
