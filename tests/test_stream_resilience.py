@@ -91,7 +91,7 @@ def test_worker_stopped_mid_replay_and_restarted_gives_the_batch_table(db_url, c
         wait_for(lambda: group_members(cli_env) == 1, 60, "the worker to join its group")
         replay = subprocess.Popen(EMBEDDER + ["replay", *RANGE], env=cli_env, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True)
-        wait_for(lambda: replay_ticks_committed(db_url) >= 40, 120, "the replay to be under way")
+        wait_for(lambda: replay_ticks_committed(db_url) >= 40, 120, "the replay to be under way", interval=0.02)
         stop(worker, sig)
         assert replay.poll() is None  # still waiting: the run is not complete
         worker = start_worker(cli_env, tmp_path, "w")  # same state folder
