@@ -88,7 +88,7 @@ def measure_exact(f, settings: Settings, days: list[date], workdir: Path, ticks:
                                     SELECT instrument_id FROM instruments ORDER BY instrument_id LIMIT 100)
                                   AND trade_date BETWEEN '2016-06-01' AND '2016-12-31') k
                             WHERE p.instrument_id = k.instrument_id AND p.trade_date = k.trade_date
-                              AND k.n %% 12 = 0 AND k.n <= 120""")
+                              AND k.n % 12 = 0 AND k.n <= 120""")
             rows = conn.execute("SELECT count(*) FROM prices_outbox WHERE published_at IS NULL").fetchone()[0]
         f.put("correction_restatement_rows", rows)
         f.put("correction_restatement_to_last_embedding_s", round(until_settled(url), 3))

@@ -61,13 +61,15 @@ def upsert_embeddings(conn: psycopg.Connection, rows: Iterable[tuple | Embedding
     with conn.cursor() as cur:
         ensure_staging(cur)
         cur.execute(f"TRUNCATE {STAGING}")
-        copy_rows(cur, STAGING, STAGING_COLUMNS, latest.values(), STAGING_TYPES)
+        # In key order (nearly free: every path produces rows per instrument and date), so concurrent
+        # writers (the sink, the correction path) lock rows in one order.
+        copy_rows(cur, STAGING, STAGING_COLUMNS, (latest[k] for k in sorted(latest)), STAGING_TYPES)
         cur.execute(
             f"""
             INSERT INTO numeric_window_embeddings AS t
                 (entity_type, entity_id, window_spec, as_of_date, model_id, vector)
             SELECT '{ENTITY_TYPE}', entity_id, {window_spec_sql('window_days')}, as_of_date, model_id, vector
-            FROM {STAGING} ORDER BY entity_id, as_of_date, model_id
+            FROM {STAGING}
             ON CONFLICT (entity_type, entity_id, as_of_date, model_id) DO UPDATE SET
                 window_spec = EXCLUDED.window_spec, vector = EXCLUDED.vector, vector_ref = NULL
             WHERE (t.window_spec, t.vector, t.vector_ref) IS DISTINCT FROM
@@ -75,8 +77,12 @@ def upsert_embeddings(conn: psycopg.Connection, rows: Iterable[tuple | Embedding
             """
         )
         changed = cur.rowcount
-        cur.execute(
-            f"""DELETE FROM embedder_absent_embeddings a USING {STAGING} s
-                WHERE a.entity_type = '{ENTITY_TYPE}' AND a.entity_id = s.entity_id
-                  AND a.as_of_date = s.as_of_date AND a.model_id = s.model_id""")
+        ids = list({k[0] for k in latest})
+        if cur.execute(f"""SELECT EXISTS (SELECT 1 FROM embedder_absent_embeddings
+                                          WHERE entity_type = '{ENTITY_TYPE}' AND entity_id = ANY(%s))""",
+                       (ids,)).fetchone()[0]:  # the usual case: none of these instruments has absent keys
+            cur.execute(
+                f"""DELETE FROM embedder_absent_embeddings a USING {STAGING} s
+                    WHERE a.entity_type = '{ENTITY_TYPE}' AND a.entity_id = s.entity_id
+                      AND a.as_of_date = s.as_of_date AND a.model_id = s.model_id""")
         return changed
