@@ -32,7 +32,8 @@ from shared.metrics import StreamMetrics
 log = logging.getLogger("embedder.corrections")
 RECOMPUTE_LOCK = 727_003  # pg advisory lock key: one correction loop per database
 MAX_CHANGES = 2_000
-MAX_INSTRUMENTS = 20
+"""Oldest queued changes looked at to choose the instruments of a transaction."""
+MAX_INSTRUMENTS = 10
 GAUGE_EVERY_SECONDS = 5.0
 
 
@@ -49,20 +50,21 @@ class Drained:
 
 def drain_once(conn: psycopg.Connection, max_changes: int = MAX_CHANGES,
                max_instruments: int = MAX_INSTRUMENTS) -> Drained:
-    """Recompute the oldest queued changes of at most `max_instruments` instruments, in one transaction."""
+    """Recompute every queued change of the (at most `max_instruments`) instruments with the oldest
+    queued changes, in one transaction: an instrument's keys are recomputed once for all its changes."""
     out = Drained()
     with conn.transaction():
-        queued = conn.execute(
-            """SELECT instrument_id, trade_date, seq, queued_at FROM embedder_recompute_queue
-               ORDER BY seq LIMIT %s""", (max_changes,)).fetchall()
-        instruments: list[str] = []
-        for instrument_id, *_ in queued:
-            if instrument_id not in instruments:
-                instruments.append(instrument_id)
-        taken = set(instruments[:max_instruments])
-        items = [q for q in queued if q[0] in taken]
-        if not items:
+        taken = [r[0] for r in conn.execute(
+            """SELECT instrument_id FROM (SELECT instrument_id, min(seq) AS first
+                                          FROM (SELECT instrument_id, seq FROM embedder_recompute_queue
+                                                ORDER BY seq LIMIT %s) oldest
+                                          GROUP BY instrument_id) t
+               ORDER BY first LIMIT %s""", (max_changes, max_instruments))]
+        if not taken:
             return out
+        items = conn.execute(
+            """SELECT instrument_id, trade_date, seq, queued_at FROM embedder_recompute_queue
+               WHERE instrument_id = ANY(%s)""", (taken,)).fetchall()
         changes: list[tuple[str, date]] = [(i, d) for i, d, _, _ in items]
         out.keys = affected_keys(conn, changes)
         out.rewritten = rewrite_keys(conn, out.keys)

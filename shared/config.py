@@ -143,7 +143,7 @@ class Settings(BaseSettings):
     streams/faust_fixes.py were not verified against (after re-running the resilience tests)."""
     write_batch_embeddings: int = Field(default=20_000, ge=1)
     """How many embeddings the direct path stages per COPY + upsert transaction."""
-    correction_batch_instruments: int = Field(default=20, ge=1)
+    correction_batch_instruments: int = Field(default=10, ge=1)
     """Instruments the correction path recomputes per transaction (memory and lock time stay bounded)."""
     parity_audit_seconds: float = Field(default=60.0, ge=0)
     """How often the worker's parity audit recomputes a sample of stored keys (0 turns it off)."""

@@ -15,8 +15,9 @@ instrument with `d <= as_of <= d + 3 * window_days` (`affected_keys`).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from bisect import bisect_right
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 
 import psycopg
 
@@ -48,23 +49,34 @@ def affected_keys(conn: psycopg.Connection, changes: Sequence[tuple[str, date]])
     """The maintained keys whose windows hold one of the changed `(instrument_id, trade_date)`."""
     if not changes:
         return []
-    ids, days = (list(c) for c in zip(*changes))
-    rows = conn.execute(
-        f"""WITH c AS (SELECT i, d FROM unnest(%(ids)s::text[], %(days)s::date[]) AS c(i, d)),
-                 lo AS (SELECT i, min(d) AS d FROM c GROUP BY i),
-                 k AS (SELECT e.entity_id, e.as_of_date, e.model_id, embedder_window_days(e.window_spec) AS n
-                       FROM lo JOIN numeric_window_embeddings e
-                         ON e.entity_type = '{ENTITY_TYPE}' AND e.entity_id = lo.i AND e.as_of_date >= lo.d
-                       UNION ALL
-                       SELECT a.entity_id, a.as_of_date, a.model_id, a.window_days
-                       FROM lo JOIN embedder_absent_embeddings a
-                         ON a.entity_type = '{ENTITY_TYPE}' AND a.entity_id = lo.i AND a.as_of_date >= lo.d)
-            SELECT DISTINCT k.entity_id, k.as_of_date, k.model_id, k.n FROM k
-            WHERE k.n IS NOT NULL AND EXISTS (
-                SELECT 1 FROM c WHERE c.i = k.entity_id AND c.d <= k.as_of_date
-                                  AND k.as_of_date <= c.d + {LOOKBACK_FACTOR} * k.n)""",
-        {"ids": ids, "days": days}).fetchall()
-    return _keys(rows)
+    by_instrument: dict[str, list[date]] = {}
+    for instrument_id, day in changes:
+        by_instrument.setdefault(instrument_id, []).append(day)
+    for days in by_instrument.values():
+        days.sort()
+    ids = list(by_instrument)
+    lows = [by_instrument[i][0] for i in ids]
+    candidates = conn.execute(  # every key of the instrument from its earliest change on
+        f"""SELECT e.entity_id, e.as_of_date, e.model_id, embedder_window_days(e.window_spec)
+            FROM unnest(%(ids)s::text[], %(lows)s::date[]) AS lo(i, d)
+            JOIN numeric_window_embeddings e
+              ON e.entity_type = '{ENTITY_TYPE}' AND e.entity_id = lo.i AND e.as_of_date >= lo.d
+            UNION ALL
+            SELECT a.entity_id, a.as_of_date, a.model_id, a.window_days
+            FROM unnest(%(ids)s::text[], %(lows)s::date[]) AS lo(i, d)
+            JOIN embedder_absent_embeddings a
+              ON a.entity_type = '{ENTITY_TYPE}' AND a.entity_id = lo.i AND a.as_of_date >= lo.d""",
+        {"ids": ids, "lows": lows}).fetchall()
+
+    def reached(instrument_id: str, as_of: date, window_days: int | None) -> bool:
+        """The newest change on or before as_of lies in its look-back."""
+        if not window_days:
+            return False
+        days = by_instrument[instrument_id]
+        k = bisect_right(days, as_of)
+        return k > 0 and days[k - 1] >= as_of - timedelta(days=LOOKBACK_FACTOR * window_days)
+
+    return _keys(r for r in candidates if reached(r[0], r[1], r[3]))
 
 
 def stored_keys_between(conn: psycopg.Connection, instrument_ids: Sequence[str], date_from: date | None,
