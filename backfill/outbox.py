@@ -23,7 +23,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date
 
 from typing import TYPE_CHECKING
 
@@ -35,7 +35,6 @@ from shared.config import Settings
 from shared.db import connect
 from shared.encoder import retention_days
 from shared.errors import EmbedderError
-from shared.instruments import newest_trade_dates
 from shared.maintained_keys import queue_captured_changes
 from shared.messages import LIVE_RUN, Tick, dead_letter_record, row_batches, row_payload
 from shared.metrics import StreamMetrics
@@ -104,7 +103,6 @@ class OutboxRelay:
     _pruned_at: float = 0.0
     _bootstrap_checked_at: float = 0.0
     _gauged_at: float = 0.0
-    _window_starts: dict[str, date] = field(default_factory=dict)
 
     def run(self) -> None:
         """Hold the relay lock, then relay until stopped; reconnect after database or broker errors."""
@@ -156,7 +154,6 @@ class OutboxRelay:
         queue_captured_changes(conn, this_round)
         latest = latest_trade_date()
         keep = retention_days(self.settings.window_days, self.settings.retention_slack_days)
-        self._window_starts = self._window_starts_of(conn, entries[:len(this_round)], latest, keep)
         pending: list[tuple] = []  # captured rows since the last tick: (row or deletion, outbox id)
         snapshots: dict[int, Counter] = {}
         done = []
@@ -196,24 +193,10 @@ class OutboxRelay:
         self._last_activity = time.monotonic()
         return len(done)
 
-    @staticmethod
-    def _window_starts_of(conn: psycopg.Connection, entries: list[tuple], latest: date, keep: int) -> dict[str, date]:
-        """For instruments with captured changes older than any live window could hold (before `latest`
-        minus `keep` days): the first day their window holds (newest row minus `keep`). A change before
-        it is history: the windows would drop it (their horizon is never lower), so it is not
-        published; the database path recomputes what it reaches (`queue_captured_changes`)."""
-        bound = latest - timedelta(days=keep)
-        old = {e[2] for e in entries if e[1] in ("row", "delete") and e[2] and e[3] is not None and e[3] < bound}
-        if not old:
-            return {}
-        return {i: d - timedelta(days=keep) for i, d in newest_trade_dates(conn, sorted(old), latest).items()}
-
     def _publish_rows(self, publisher: PricePublisher, entries: list[tuple], latest: date) -> None:
         """Captured rows as size-cut row batches per partition, each partition's in outbox order; a row
-        the shared rule refuses is dead-lettered alone, with its outbox id; valid history older than
-        the live windows hold is left to the database path."""
+        the shared rule refuses is dead-lettered alone, with its outbox id."""
         by_partition: dict[int, list[tuple]] = {}
-        history = 0
         for row, entry_id in entries:
             if len(row) == 2 and key_problem(*row, latest):
                 continue  # deleting a row the rule refused (fixing a typo'd date): it never reached a window
@@ -226,13 +209,7 @@ class OutboxRelay:
                 if self.metrics:
                     self.metrics.dead_letters.inc()
                 continue
-            start = self._window_starts.get(row[0])
-            if start is not None and row[1] < start:
-                history += 1
-                continue
             by_partition.setdefault(partition_for(row[0], self.settings.partitions), []).append(row)
-        if history and self.metrics:
-            self.metrics.corrections_to_database.inc(history)
         for partition, rows in by_partition.items():
             for batch in row_batches(LIVE_RUN, self.settings.window_days, rows):
                 publisher.row_batch(partition, batch)

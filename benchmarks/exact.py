@@ -63,9 +63,6 @@ def measure_exact(f, settings: Settings, days: list[date], workdir: Path, ticks:
     # The live service on the same table: history no trigger saw, the last days withheld for live ticks.
     measured = days[-2 * ticks:]
     withhold_days(url, measured[0])
-    with psycopg.connect(url, autocommit=True) as conn:  # live days are the live service's to compute
-        conn.execute("DELETE FROM numeric_window_embeddings WHERE as_of_date >= %s", (measured[0],))
-        conn.execute("DELETE FROM embedder_absent_embeddings WHERE as_of_date >= %s", (measured[0],))
     datadir = workdir / "exact"
     datadir.mkdir(parents=True, exist_ok=True)
     worker = start_worker(settings, datadir)

@@ -72,7 +72,12 @@ def withhold_days(url: str, first: date) -> int:
         conn.execute("DROP TABLE IF EXISTS bench_withheld")
         conn.execute("CREATE TABLE bench_withheld AS SELECT * FROM prices_daily WHERE trade_date >= %s", (first,))
         n = conn.execute("DELETE FROM prices_daily WHERE trade_date >= %s", (first,)).rowcount
-        conn.execute("""TRUNCATE prices_outbox, embedder_bootstrap, embedder_tick_commits, embedder_scheduled_ticks""")
+        conn.execute("""TRUNCATE prices_outbox, embedder_bootstrap, embedder_tick_commits, embedder_scheduled_ticks,
+                        embedder_recompute_queue""")
+        # Their embeddings are the live service's to compute: keys stored ahead of the rows would make
+        # every landing day a correction of them (recomputed by the database path, as it should).
+        conn.execute("DELETE FROM numeric_window_embeddings WHERE as_of_date >= %s", (first,))
+        conn.execute("DELETE FROM embedder_absent_embeddings WHERE as_of_date >= %s", (first,))
     return n
 
 

@@ -52,10 +52,3 @@ def newest_trade_date(conn: psycopg.Connection, latest: date, market_id: str | N
                OR (%(ids)s::text[] IS NULL AND i.market_id = %(m)s AND {SELECTABLE})""",
         {"latest": latest, "m": market_id, "ids": ids}).fetchone()[0]
 
-
-def newest_trade_dates(conn: psycopg.Connection, ids: list[str], latest: date) -> dict[str, date]:
-    """Each instrument's newest trade date on or before `latest` (instruments without rows are absent)."""
-    rows = conn.execute(
-        f"""SELECT i.instrument_id, {newest_trade_date_sql('i', '%s')}
-            FROM unnest(%s::text[]) AS i(instrument_id)""", (latest, ids)).fetchall()
-    return {i: d for i, d in rows if d is not None}

@@ -38,9 +38,9 @@ class EmbeddingBatch:
     """A tick that came again (a crash or rebalance before its offset was committed): its first
     output may already be committed, so its completion counts must not go down."""
     recheck: tuple[tuple[str, date], ...] = ()
-    """(instrument, date) the sink queues for the database path, which recomputes the keys they reach from
-    prices_daily: live corrections older than the windows hold, and instruments a live tick found
-    without any window (state lost; their absent keys are recorded first)."""
+    """(instrument, first as_of) of live instruments a tick found without any window (state lost): the
+    sink records their keys absent and queues them for the database path, which computes them from
+    prices_daily."""
 
     @property
     def size(self) -> int:

@@ -77,8 +77,9 @@ class Effects:
     rows: int = 0
     left_to_database: int = 0
     """Live corrections older than the windows hold (or reaching ticks whose look-back they no longer
-    hold): the sink queues them for the database path (`backfill.corrections`), which recomputes what
-    they reach from prices_daily."""
+    hold): the database path (`backfill.corrections`) recomputes what they reach from prices_daily. The
+    relay queued them there before publishing them (the keys they reach were stored long before: no
+    tick reaching beyond a window's horizon is ever computed from it)."""
 
     @property
     def output_before_state(self) -> bool:
@@ -200,7 +201,6 @@ class PartitionProcessor:
                 by_instrument.setdefault(row[0], []).append(row)
         state = state.with_members(set(by_instrument))
         corrections: dict[int, list[Embedding]] = {}
-        to_database: list[tuple[str, date]] = []
         floor = self._floor(run)
         for instrument_id, own in by_instrument.items():
             key = window_key(run, instrument_id)
@@ -213,7 +213,7 @@ class PartitionProcessor:
             live = run == LIVE_RUN
             for k in too_old:
                 if live:  # history: the database path recomputes what it reaches
-                    to_database.append((instrument_id, own[k][1]))
+                    fx.left_to_database += 1
                 else:
                     fx.dead_letters.append(DeadLetter(
                         f"row older than the stream keeps ({keep} days before the instrument's newest row); "
@@ -226,7 +226,7 @@ class PartitionProcessor:
             for k, d in applied:
                 lost = [t for t in stale if t.reaches(d)]
                 if lost and live:
-                    to_database.append((instrument_id, own[k][1]))
+                    fx.left_to_database += 1
                 elif lost:
                     fx.dead_letters.append(DeadLetter(
                         f"correction reaches tick {date_of(lost[0].day)} whose look-back the stream no longer "
@@ -238,9 +238,6 @@ class PartitionProcessor:
             self._write_window(fx, key, window)
         for window_days, items in corrections.items():
             fx.embeddings.append(EmbeddingBatch(run, window_days, self.partition, items))
-        if to_database:  # queued by the sink before this event's windows are written
-            fx.left_to_database = len(to_database)
-            fx.embeddings.append(EmbeddingBatch(run, window_days, self.partition, [], recheck=tuple(to_database)))
         self._write_run(fx, run, before, state)
 
     def _ticks_reached(self, run: str, instrument_id: str, state: RunPartition, days: list[int]) -> list[TickRecord]:
