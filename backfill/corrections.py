@@ -45,7 +45,6 @@ class Drained:
     instruments: int = 0
     rewritten: Rewritten = field(default_factory=Rewritten)
     keys: list[MaintainedKey] = field(default_factory=list)
-    oldest_queued_at: object = None
 
 
 def drain_once(conn: psycopg.Connection, max_changes: int = MAX_CHANGES,
@@ -63,18 +62,17 @@ def drain_once(conn: psycopg.Connection, max_changes: int = MAX_CHANGES,
         if not taken:
             return out
         items = conn.execute(
-            """SELECT instrument_id, trade_date, seq, queued_at FROM embedder_recompute_queue
+            """SELECT instrument_id, trade_date, seq FROM embedder_recompute_queue
                WHERE instrument_id = ANY(%s)""", (taken,)).fetchall()
-        changes: list[tuple[str, date]] = [(i, d) for i, d, _, _ in items]
+        changes: list[tuple[str, date]] = [(i, d) for i, d, _ in items]
         out.keys = affected_keys(conn, changes)
         out.rewritten = rewrite_keys(conn, out.keys)
         conn.execute(
             """DELETE FROM embedder_recompute_queue q
                USING unnest(%s::text[], %s::date[], %s::bigint[]) AS t(i, d, s)
                WHERE q.instrument_id = t.i AND q.trade_date = t.d AND q.seq = t.s""",
-            ([i for i, *_ in items], [d for _, d, *_ in items], [s for _, _, s, _ in items]))
+            ([i for i, _, _ in items], [d for _, d, _ in items], [s for _, _, s in items]))
         out.changes, out.instruments = len(items), len(taken)
-        out.oldest_queued_at = min(q[3] for q in items)
     return out
 
 
@@ -95,7 +93,6 @@ class CorrectionLoop:
     """Called with the keys each transaction recomputed (the parity audit checks them)."""
     poll_seconds: float = 0.5
     stop: threading.Event = field(default_factory=threading.Event)
-    total: Rewritten = field(default_factory=Rewritten)
     _gauged_at: float = 0.0
 
     def run(self) -> None:
@@ -120,7 +117,6 @@ class CorrectionLoop:
             self._gauge(conn)
             return False
         seconds = time.monotonic() - started
-        self.total.add(done.rewritten)
         r = done.rewritten
         log.info("corrections: %d change(s) of %d instrument(s) reached %d stored key(s): %d changed, %d removed "
                  "(%.2fs)", done.changes, done.instruments, r.keys, r.changed, r.removed, seconds)

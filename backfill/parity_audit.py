@@ -91,8 +91,6 @@ class ParityAudit:
     stop: threading.Event = field(default_factory=threading.Event)
     _corrected: list[MaintainedKey] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    checked: int = 0
-    mismatches: int = 0
 
     def corrected(self, keys: list[MaintainedKey]) -> None:
         """The correction path recomputed `keys`: check them in the next round (at most a bounded number)."""
@@ -120,8 +118,6 @@ class ParityAudit:
                 continue
             found, checked = check_keys(conn, keys)
             findings.extend(found)
-            self.checked += checked
-            self.mismatches += len(found)
             if self.metrics:
                 self.metrics.parity_checked.labels(source).inc(checked)
                 for f in found:
