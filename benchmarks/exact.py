@@ -46,7 +46,7 @@ def measure_exact(f, settings: Settings, days: list[date], workdir: Path, ticks:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("TRUNCATE numeric_window_embeddings, embedder_absent_embeddings")
     started = time.perf_counter()
-    direct = run_direct(url, selection)
+    run_direct(url, selection)
     direct_s = time.perf_counter() - started
     f.put("exact_direct_seconds", round(direct_s, 2))
     with psycopg.connect(url) as conn:

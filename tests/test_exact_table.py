@@ -23,7 +23,7 @@ import pytest
 from backfill.price_import import import_prices
 from tests.conftest import REAL_DATA
 from tests.helpers import assert_same_embeddings, stored, wait_for
-from tests.platform import EMBEDDER, insert_prices, upgrade
+from tests.platform import EMBEDDER, insert_prices
 from tests.reference import reference_embedding
 from tests.test_live_service import start_live_worker
 from tests.test_worker_web import stop
