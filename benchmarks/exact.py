@@ -82,7 +82,9 @@ def measure_exact(f, settings: Settings, days: list[date], workdir: Path, ticks:
                                 SELECT instrument_id, trade_date, row_number() OVER (PARTITION BY instrument_id
                                                                                      ORDER BY trade_date) AS n
                                 FROM prices_daily WHERE instrument_id IN (
-                                    SELECT instrument_id FROM instruments ORDER BY instrument_id LIMIT 100)
+                                    SELECT instrument_id FROM prices_daily
+                                    WHERE trade_date BETWEEN '2016-06-01' AND '2016-12-31'
+                                    GROUP BY instrument_id HAVING count(*) >= 120 ORDER BY instrument_id LIMIT 100)
                                   AND trade_date BETWEEN '2016-06-01' AND '2016-12-31') k
                             WHERE p.instrument_id = k.instrument_id AND p.trade_date = k.trade_date
                               AND k.n % 12 = 0 AND k.n <= 120""")
