@@ -16,6 +16,7 @@ from kafka.errors import KafkaError
 
 from shared.config import Settings
 from shared.errors import EmbedderError
+from shared.lag import LagMonitor
 from shared.topics import admin_client
 
 
@@ -69,9 +70,30 @@ def wait_until_ready(proc: subprocess.Popen, datadir: Path, timeout: float = 120
     raise EmbedderError(f"the worker started for this run was not ready after {timeout:.0f}s")
 
 
+def wait_caught_up(settings: Settings, timeout: float) -> bool:
+    """Wait until the worker group has committed every message of its topics (lag 0); False on timeout."""
+    monitor = LagMonitor(settings)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if monitor.sample().groups[0].lag == 0:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.2)
+    finally:
+        monitor.close()
+
+
 @contextmanager
-def worker_for_run(settings: Settings, log_path: Path | None = None) -> Iterator[bool]:
-    """Yield True if a worker was started here (stopped with SIGTERM on exit), False if one ran already."""
+def worker_for_run(settings: Settings, log_path: Path | None = None,
+                   settle_seconds: float = 30.0) -> Iterator[bool]:
+    """Yield True if a worker was started here (stopped with SIGTERM on exit), False if one ran already.
+
+    After a run that ended well, the worker it started is stopped only once it has committed every
+    message (the run's end messages included, up to `settle_seconds`): a one-shot replay leaves its
+    group with no lag behind it, so `embedder lag` says OK and no alert pages for a consumer that was
+    never meant to stay."""
     if worker_running(settings):
         yield False
         return
@@ -84,6 +106,7 @@ def worker_for_run(settings: Settings, log_path: Path | None = None) -> Iterator
     try:
         wait_until_ready(proc, datadir)
         yield True
+        wait_caught_up(settings, settle_seconds)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

@@ -15,9 +15,8 @@ from pathlib import Path
 import psycopg
 
 from backfill.outbox import enqueue_tick
-from backfill.worker_process import worker_env
+from backfill.worker_process import wait_caught_up as caught_up, worker_env
 from shared.config import Settings
-from shared.lag import LagMonitor
 
 
 def start_worker(settings: Settings, datadir: Path, capture: bool = True) -> subprocess.Popen:
@@ -46,15 +45,8 @@ def wait_ready(datadir: Path, timeout: float = 120.0) -> float:
 
 
 def wait_caught_up(settings: Settings, timeout: float = 600.0) -> None:
-    monitor = LagMonitor(settings)
-    try:
-        deadline = time.monotonic() + timeout
-        while monitor.sample().groups[0].lag > 0:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the worker did not catch up")
-            time.sleep(0.5)
-    finally:
-        monitor.close()
+    if not caught_up(settings, timeout):
+        raise RuntimeError("the worker did not catch up")
 
 
 def peak_rss_mb(pid: int) -> float:

@@ -161,3 +161,16 @@ def test_statuses_are_judged_as_burrow_does():
     assert judge(samples((5, 10), (6, 13), (7, 16)), True) == "WARN"  # moving, lag growing every sample
     assert judge(samples((5, 10), (8, 12), (9, 13)), True) == "OK"
     assert judge(samples((50, 60), (20, 60), (25, 60)), True) == "REWIND"  # committed offset moved back
+
+
+@pytest.mark.slow
+def test_a_one_shot_replay_leaves_its_group_with_no_lag(db_url, cli_env, tmp_path):
+    from tests.helpers import load_synthetic
+
+    load_synthetic(db_url, tmp_path, instruments=6)
+    proc = subprocess.run(EMBEDDER + ["replay", "--from", "2019-11-01", "--to", "2019-12-31", "--market-id", "US_EQ",
+                                      "--model-id", "num-regime-core-v1"], env=cli_env, capture_output=True,
+                          text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0 and "started one for this run" in proc.stderr, proc.stderr[-2000:]
+    report = lag_json(cli_env)  # the worker the replay started is gone, and left nothing behind
+    assert report["groups"][0]["status"] == "OK" and group_lag(report) == 0
