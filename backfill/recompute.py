@@ -56,10 +56,9 @@ def _instrument_vectors(history, keys: Sequence[MaintainedKey]) -> dict[Key, byt
         dates = sorted({d for ds in by_model.values() for d in ds})
         batch = encode_windows(history.trade_dates, history.close, history.volume,
                                np.array(dates, dtype="datetime64[D]"), window_days)
-        got = batch.as_of.astype(object).tolist()
+        row_of = {d: j for j, d in enumerate(batch.as_of.astype(object).tolist())}
         for model_id, wanted in by_model.items():
             vectors = apply_model(batch.flat, get_model(model_id)).astype("<f4", copy=False)
-            row_of = {d: j for j, d in enumerate(got)}
             instrument_id = keys[0].entity_id
             for d in wanted:
                 j = row_of.get(d)

@@ -10,7 +10,7 @@ from datetime import date
 import psycopg
 
 from shared.errors import BadArguments
-from shared.instruments import market_cut
+from shared.instruments import market_cut, trade_dates_between
 from shared.models import ModelSpec, validate_models
 
 
@@ -92,9 +92,4 @@ class RunSelection:
         """`--as-of D` gives [D]; a range gives the distinct trade dates of the selection in it."""
         if self.as_of is not None:
             return [self.as_of]
-        rows = conn.execute(
-            """SELECT DISTINCT trade_date FROM prices_daily
-               WHERE instrument_id = ANY(%s) AND trade_date BETWEEN %s AND %s ORDER BY trade_date""",
-            (instrument_ids, self.date_from, self.date_to),
-        ).fetchall()
-        return [r[0] for r in rows]
+        return trade_dates_between(conn, instrument_ids, self.date_from, self.date_to)

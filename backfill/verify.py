@@ -26,7 +26,7 @@ import psycopg
 from backfill.recompute import Key, Rewritten, expected_vectors, write_expected
 from shared.embedding_store import ENTITY_TYPE
 from shared.errors import BadArguments
-from shared.instruments import market_cut
+from shared.instruments import market_cut, trade_dates_between
 from shared.maintained_keys import MaintainedKey, absent_keys_between, stored_keys_between
 from shared.models import MODELS, validate_models
 
@@ -58,7 +58,7 @@ def compare(keys: Sequence[MaintainedKey], stored: dict[Key, tuple[int | None, b
             out.append(Finding("missing", *k.key, k.window_days))
         elif have is not None and want is None:
             out.append(Finding("extra", *k.key, k.window_days))
-        elif have is not None and (have[1] != want or have[0] != k.window_days):
+        elif have is not None and have[1] != want:
             out.append(Finding("different", *k.key, k.window_days))
     return out
 
@@ -123,10 +123,7 @@ class VerifySelection:
         """The as_of dates `replay --direct` takes for this selection."""
         if self.as_of is not None:
             return [self.as_of]
-        return [r[0] for r in conn.execute(
-            """SELECT DISTINCT trade_date FROM prices_daily
-               WHERE instrument_id = ANY(%s) AND trade_date BETWEEN %s AND %s ORDER BY trade_date""",
-            (ids, self.date_from, self.date_to))]
+        return trade_dates_between(conn, ids, self.date_from, self.date_to)
 
     def models(self, conn: psycopg.Connection) -> list[str]:
         """The given models, else every known model stored or recorded absent."""

@@ -52,3 +52,10 @@ def newest_trade_date(conn: psycopg.Connection, latest: date, market_id: str | N
                OR (%(ids)s::text[] IS NULL AND i.market_id = %(m)s AND {SELECTABLE})""",
         {"latest": latest, "m": market_id, "ids": ids}).fetchone()[0]
 
+
+def trade_dates_between(conn: psycopg.Connection, ids: list[str], date_from: date, date_to: date) -> list[date]:
+    """The distinct trade dates of `ids` in [date_from, date_to]: the as_of dates of a range selection."""
+    return [r[0] for r in conn.execute(
+        """SELECT DISTINCT trade_date FROM prices_daily
+           WHERE instrument_id = ANY(%s) AND trade_date BETWEEN %s AND %s ORDER BY trade_date""",
+        (ids, date_from, date_to))]
