@@ -29,6 +29,7 @@ from tests.platform import (
     upgrade,
 )
 from tests.test_live_service import live_tick_committed, start_live_worker
+from tests.test_stream_resilience import group_members
 from tests.test_worker_web import stop
 
 MODELS = ["num-regime-core-v1", "numeric-simple-v1"]
@@ -179,7 +180,10 @@ def test_the_bootstrap_killed_half_way_and_restarted(database_factory, cli_env, 
         loaded, queued = at_kill["state"]
         print(f"\nFAULT-TABLE | worker kill -9 during the bootstrap | at {loaded} of {queued} instruments loaded")
         assert queued == len(ids) + 1 and loaded < queued  # + EU-ONE: selectable in its own market
-        time.sleep(1)
+        # Restart once the dead member has left the group: a worker that joins while its group is still
+        # rebalancing can sit without fetching in faust-streaming 0.15.3 (README, Known issues), and the
+        # relay waits for a ready worker, so the bootstrap would wait with it.
+        wait_for(lambda: group_members(env) == 0, 60, "the killed worker to leave its group")
         worker = start_live_worker(env, tmp_path)  # the same state folder
         wait_for(lambda: bootstrap_published(url)[0] == len(ids) + 1, 180, "the bootstrap to finish")
         stop_writing.set()
