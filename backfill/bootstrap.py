@@ -52,9 +52,10 @@ class BootstrapProgress:
 
 
 def queue_bootstrap(conn: psycopg.Connection, market_id: str | None = None, chunk: int = CHUNK_INSTRUMENTS,
-                    only: list[str] | None = None) -> int:
+                    only: list[str] | None = None, resync: bool = False) -> int:
     """Queue every selectable instrument (of `market_id`, or of `only`) not queued before; returns how
-    many. Runs in the caller's transaction (or its own, on an autocommit connection)."""
+    many. With `resync`, the snapshots also delete from the windows the dates prices_daily no longer
+    has (`backfill.capture`). Runs in the caller's transaction (or its own, on an autocommit connection)."""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (BOOTSTRAP_LOCK,))
         ids = [r[0] for r in conn.execute(
@@ -65,8 +66,8 @@ def queue_bootstrap(conn: psycopg.Connection, market_id: str | None = None, chun
                 ORDER BY instrument_id""", (market_id, market_id, only, only))]
         for start in range(0, len(ids), chunk):
             (outbox_id,) = conn.execute("INSERT INTO prices_outbox (kind) VALUES ('snapshot') RETURNING id").fetchone()
-            conn.execute("INSERT INTO embedder_bootstrap (instrument_id, outbox_id) SELECT unnest(%s::text[]), %s",
-                         (ids[start:start + chunk], outbox_id))
+            conn.execute("""INSERT INTO embedder_bootstrap (instrument_id, outbox_id, resync)
+                            SELECT unnest(%s::text[]), %s, %s""", (ids[start:start + chunk], outbox_id, resync))
     if ids:
         log.warning("bootstrap: queued %d instrument(s) for loading from prices_daily", len(ids))
     return len(ids)
@@ -98,14 +99,26 @@ def read_snapshot(conn: psycopg.Connection, outbox_id: int, keep_days: int,
                   today: date | None = None) -> list[tuple]:
     """The rows a snapshot entry loads, in trade_date order: for each of its instruments, every row
     from its newest plausible trade_date minus `keep_days` on (what the live window keeps). Rows
-    dated in the future are included so the relay dead-letters them with their reason."""
-    return conn.execute(
+    dated in the future are included so the relay dead-letters them with their reason. An instrument
+    queued by a resync also gets a deletion (a 2-tuple) for every other day since its window's first
+    kept day: the windows may hold rows deleted while capture was off."""
+    params = {"entry": outbox_id, "latest": latest_trade_date(today), "keep": keep_days}
+    rows = conn.execute(
         f"""WITH ids AS (SELECT instrument_id FROM embedder_bootstrap WHERE outbox_id = %(entry)s),
                 newest AS (SELECT ids.instrument_id, {newest_trade_date_sql('ids', '%(latest)s')} AS d FROM ids)
            SELECT p.instrument_id, p.trade_date, p.close, p.volume
            FROM newest n JOIN prices_daily p ON p.instrument_id = n.instrument_id AND p.trade_date >= n.d - %(keep)s
-           ORDER BY p.trade_date, p.instrument_id""",
-        {"entry": outbox_id, "latest": latest_trade_date(today), "keep": keep_days}).fetchall()
+           ORDER BY p.trade_date, p.instrument_id""", params).fetchall()
+    gone = conn.execute(
+        f"""WITH ids AS (SELECT instrument_id FROM embedder_bootstrap WHERE outbox_id = %(entry)s AND resync),
+                newest AS (SELECT ids.instrument_id, {newest_trade_date_sql('ids', '%(latest)s')} AS d FROM ids)
+           SELECT n.instrument_id, day::date
+           FROM newest n CROSS JOIN LATERAL generate_series(coalesce(n.d, %(latest)s::date) - %(keep)s,
+                                                             %(latest)s::date, interval '1 day') AS day
+           WHERE NOT EXISTS (SELECT 1 FROM prices_daily p WHERE p.instrument_id = n.instrument_id
+                                                           AND p.trade_date = day::date)
+           ORDER BY 2, 1""", params).fetchall()
+    return [tuple(r) for r in gone] + rows
 
 
 def mark_published(conn: psycopg.Connection, rows_by_entry: dict[int, dict[str, int]]) -> None:

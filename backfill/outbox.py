@@ -1,13 +1,13 @@
 """Live capture: relay `prices_outbox` to the prices topic in id order, marking entries only after Kafka acks.
 
-The triggers of migrations 0004/0007 write every inserted, changed or deleted
-price into the outbox in the same transaction; `embedder tick` writes ticks
-there too, so a tick can never overtake the rows committed before it; bootstrap
-snapshots (backfill/bootstrap.py) take their place in the same order. One relay
-is active at a time (a PostgreSQL advisory lock), so several workers never
-interleave the order. If anything dies between the publish and the mark, the
-entries are published again: the stream is idempotent, so nothing is lost or
-doubled.
+The triggers (migrations 0004/0007/0010) write the keys of every inserted, changed or deleted price
+into the outbox in the same transaction, grouped per statement (`keys` entries); the relay reads
+those keys' rows from `prices_daily` when it publishes them (a key without a row is published as a
+deletion). `embedder tick` writes ticks there too, so a tick can never overtake the rows committed
+before it; bootstrap snapshots (backfill/bootstrap.py) take their place in the same order. One relay
+is active at a time (a PostgreSQL advisory lock), so several workers never interleave the order. If
+anything dies between the publish and the mark, the entries are published again: the stream is
+idempotent, so nothing is lost or doubled. The relay also keeps capture on (backfill/capture.py).
 
 Every captured row is checked with the shared row rule before it is published;
 a row that fails goes alone to the dead-letter topic (with its outbox id), and
@@ -21,7 +21,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
 
@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 import psycopg
 
 from backfill.bootstrap import CHUNK_INSTRUMENTS, mark_published, queue_bootstrap, read_snapshot
+from backfill.capture import capture_state, heartbeat, start_capture
 from shared.background import start_when_ready
 from shared.config import Settings
 from shared.db import connect
@@ -51,6 +52,11 @@ BATCH = 5000
 PRUNE_EVERY_SECONDS = 60.0
 BOOTSTRAP_CHECK_SECONDS = 30.0
 GAUGE_EVERY_SECONDS = 5.0  # the outbox and bootstrap gauges: counted when idle, not on every 0.1 s poll
+HEARTBEAT_SECONDS = 30.0
+ROUND_KEYS = 200_000
+"""Captured keys one round publishes at most (beyond its first entry): bounds the time to the mark."""
+SLICE_KEYS = 50_000
+"""Keys of one entry read from prices_daily at a time: bounds the relay's memory."""
 
 
 def enqueue_tick(conn: psycopg.Connection, as_of: date, window_days: int, model_ids: list[str],
@@ -103,6 +109,11 @@ class OutboxRelay:
     _pruned_at: float = 0.0
     _bootstrap_checked_at: float = 0.0
     _gauged_at: float = 0.0
+    _heartbeat_at: float = 0.0
+
+    @property
+    def by(self) -> str:
+        return f"{RELAY_APPLICATION} {socket.gethostname()}:{os.getpid()}"
 
     def run(self) -> None:
         """Hold the relay lock, then relay until stopped; reconnect after database or broker errors."""
@@ -114,16 +125,20 @@ class OutboxRelay:
             try:
                 with connect(self.settings.database_url, autocommit=True) as conn:
                     conn.execute("SELECT set_config('application_name', %s, false)",
-                                 (f"{RELAY_APPLICATION} {socket.gethostname()}:{os.getpid()}",))
+                                 (self.by,))
                     if not conn.execute("SELECT pg_try_advisory_lock(%s)", (RELAY_LOCK,)).fetchone()[0]:
+                        self.gauge(conn)
                         self.stop.wait(2.0)  # another worker relays; stand by
                         continue
                     log.info("relaying prices_outbox (this worker holds the relay lock)")
+                    start_capture(conn, self.settings.capture_idle_limit, self.by)
+                    self._heartbeat_at = time.monotonic()
                     self._bootstrap_checked_at = 0.0
                     self.maybe_queue_bootstrap(conn)  # automatic on start: history no trigger saw
                     publisher = PricePublisher(self.settings)
                     try:
                         while not self.stop.is_set():
+                            self.maybe_heartbeat(conn)
                             if not self.relay_once(conn, publisher):
                                 self.when_idle(conn)
                                 self.stop.wait(self.poll_seconds)
@@ -134,20 +149,25 @@ class OutboxRelay:
                 self.stop.wait(2.0)
 
     def relay_once(self, conn: psycopg.Connection, publisher: PricePublisher) -> int:
-        """Publish the next unpublished outbox entries (up to one snapshot); returns how many."""
+        """Publish the next unpublished outbox entries (up to one snapshot, about ROUND_KEYS captured
+        keys); returns how many."""
         entries = conn.execute(
             """SELECT id, kind, instrument_id, trade_date, close, volume, window_days, model_ids, market_id,
-                      query_run, selection, more_dates
+                      query_run, selection, more_dates, instrument_ids, trade_dates
                FROM prices_outbox WHERE published_at IS NULL ORDER BY id LIMIT %s""",
             (BATCH,),
         ).fetchall()
         if not entries:
             return 0
-        this_round = []
+        this_round, keys = [], 0
         for entry in entries:
+            if this_round and keys >= ROUND_KEYS:
+                break
             this_round.append(entry[0])
+            keys += len(entry[12] or ()) * len(entry[13] or ()) or 1
             if entry[1] == "snapshot":
                 break
+        entries = entries[:len(this_round)]
         # Before anything is published: changes reaching keys stored now go to the database path too
         # (history the windows do not hold, rows other paths wrote). A key the stream writes after
         # this is computed from windows that hold the change.
@@ -156,10 +176,8 @@ class OutboxRelay:
         keep = retention_days(self.settings.window_days, self.settings.retention_slack_days)
         pending: list[tuple] = []  # captured rows since the last tick: (row or deletion, outbox id)
         snapshots: dict[int, Counter] = {}
-        done = []
         for (entry_id, kind, instrument_id, trade_date, close, volume, window_days, model_ids, market_id,
-             query_run, selection, more_dates) in entries:
-            done.append(entry_id)
+             query_run, selection, more_dates, instrument_ids, trade_dates) in entries:
             if kind == "tick":
                 self._publish_rows(publisher, pending, latest)
                 pending = []
@@ -175,23 +193,33 @@ class OutboxRelay:
                 pending = []
                 rows = read_snapshot(conn, entry_id, keep)
                 self._publish_rows(publisher, [(r, entry_id) for r in rows], latest)
-                snapshots[entry_id] = Counter(r[0] for r in rows)
-                break  # one snapshot per round: memory stays bounded by its chunk
+                snapshots[entry_id] = Counter(r[0] for r in rows if len(r) == 4)
+            elif kind == "keys":
+                self._publish_rows(publisher, pending, latest)
+                pending = []
+                for part in captured_rows(conn, instrument_ids, trade_dates):
+                    self._publish_rows(publisher, [(r, entry_id) for r in part], latest)
+                    self._saw_rows(part, latest)
             elif kind == "delete":
                 pending.append(((instrument_id, trade_date), entry_id))
             else:
                 pending.append(((instrument_id, trade_date, close, volume), entry_id))
-                if trade_date is not None and trade_date <= latest:
-                    self.last_row_date = max(self.last_row_date or trade_date, trade_date)
+                self._saw_rows([(instrument_id, trade_date, close, volume)], latest)
         self._publish_rows(publisher, pending, latest)
         publisher.flush()  # raises if Kafka did not acknowledge every message
-        conn.execute("UPDATE prices_outbox SET published_at = now() WHERE id = ANY(%s)", (done,))
+        conn.execute("UPDATE prices_outbox SET published_at = now() WHERE id = ANY(%s)", (this_round,))
         if snapshots:
             mark_published(conn, snapshots)
             self._count_bootstrap(snapshots)
-        self.published += len(done)
+        self.published += len(this_round)
         self._last_activity = time.monotonic()
-        return len(done)
+        return len(this_round)
+
+    def _saw_rows(self, rows: list[tuple], latest: date) -> None:
+        """The newest plausible trade date of captured rows: what an automatic tick covers."""
+        days = [r[1] for r in rows if len(r) == 4 and r[1] is not None and r[1] <= latest]
+        if days:
+            self.last_row_date = max(self.last_row_date or days[0], max(days))
 
     def _publish_rows(self, publisher: PricePublisher, entries: list[tuple], latest: date) -> None:
         """Captured rows as size-cut row batches per partition, each partition's in outbox order; a row
@@ -229,13 +257,30 @@ class OutboxRelay:
         for task in self.idle_tasks:
             task(conn)
         self.maybe_prune(conn)
-        if self.metrics and time.monotonic() - self._gauged_at >= GAUGE_EVERY_SECONDS:
-            self._gauged_at = time.monotonic()
-            backlog, pending = conn.execute(
-                """SELECT (SELECT count(*) FROM prices_outbox WHERE published_at IS NULL),
-                          (SELECT count(*) FROM embedder_bootstrap WHERE published_at IS NULL)""").fetchone()
-            self.metrics.outbox_backlog.set(backlog)
-            self.metrics.bootstrap_pending.set(pending)
+        self.gauge(conn)
+
+    def gauge(self, conn: psycopg.Connection) -> None:
+        """The outbox, capture and bootstrap gauges, at most every few seconds (standby workers too: a
+        backlog that grows while no worker relays is what the alert is for)."""
+        if not self.metrics or time.monotonic() - self._gauged_at < GAUGE_EVERY_SECONDS:
+            return
+        self._gauged_at = time.monotonic()
+        backlog = outbox_backlog(conn)
+        self.metrics.outbox_backlog.set(backlog.entries)
+        self.metrics.outbox_keys.set(backlog.keys)
+        self.metrics.outbox_bytes.set(backlog.bytes)
+        self.metrics.outbox_oldest_seconds.set(backlog.oldest_seconds)
+        self.metrics.capture_on.set(1 if capture_state(conn).capturing else 0)
+        pending = conn.execute("SELECT count(*) FROM embedder_bootstrap WHERE published_at IS NULL").fetchone()[0]
+        self.metrics.bootstrap_pending.set(pending)
+
+    def maybe_heartbeat(self, conn: psycopg.Connection) -> None:
+        """Keep capture on while this worker relays (and resync if it lapsed meanwhile)."""
+        limit = self.settings.capture_idle_limit
+        every = min(HEARTBEAT_SECONDS, limit * 3600 / 4) if limit else HEARTBEAT_SECONDS
+        if time.monotonic() - self._heartbeat_at >= every:
+            self._heartbeat_at = time.monotonic()
+            heartbeat(conn, self.settings.capture_idle_limit, self.by)
 
     def maybe_queue_bootstrap(self, conn: psycopg.Connection) -> None:
         """On start and every half minute: queue instruments that became selectable (a new market,
@@ -288,6 +333,47 @@ def relay_holder(conn: psycopg.Connection) -> RelayHolder | None:
              AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())""",
         (RELAY_LOCK,)).fetchone()
     return RelayHolder(*row) if row else None
+
+
+def captured_rows(conn: psycopg.Connection, instrument_ids: list[str], trade_dates: list[date]) -> Iterator[list[tuple]]:
+    """The keys of a `keys` entry as prices_daily holds them now, a slice of instruments at a time: a
+    row `(instrument_id, trade_date, close, volume)` where the key has one, else a deletion
+    `(instrument_id, trade_date)`; in (trade_date, instrument_id) order within a slice."""
+    days = sorted(set(trade_dates))
+    step = max(1, SLICE_KEYS // max(len(days), 1))
+    ids = sorted(set(instrument_ids))
+    wanted = set(days)
+    for start in range(0, len(ids), step):
+        part = ids[start:start + step]
+        present = conn.execute(
+            """SELECT instrument_id, trade_date, close, volume FROM prices_daily
+               WHERE instrument_id = ANY(%s) AND trade_date BETWEEN %s AND %s""",
+            (part, days[0], days[-1])).fetchall()
+        rows = {(r[0], r[1]): r for r in present if r[1] in wanted}
+        out = [rows.get((i, d), (i, d)) for d in days for i in part]
+        yield [tuple(r) for r in out]
+
+
+@dataclass(frozen=True)
+class OutboxBacklog:
+    """What waits in the outbox: entries, the captured keys they name, the table's bytes on disk, and
+    the age of the oldest unpublished entry (0 when none waits)."""
+
+    entries: int
+    keys: int
+    bytes: int
+    oldest_seconds: float
+
+
+def outbox_backlog(conn: psycopg.Connection) -> OutboxBacklog:
+    entries, keys, size, oldest = conn.execute(
+        """SELECT count(*),
+                  coalesce(sum(CASE WHEN kind = 'keys' THEN cardinality(instrument_ids) * cardinality(trade_dates)
+                                    WHEN kind IN ('row', 'delete') THEN 1 ELSE 0 END), 0),
+                  pg_total_relation_size('prices_outbox'),
+                  coalesce(extract(epoch FROM clock_timestamp() - min(created_at)), 0)
+           FROM prices_outbox WHERE published_at IS NULL""").fetchone()
+    return OutboxBacklog(int(entries), int(keys), int(size), float(oldest))
 
 
 def prune_outbox(conn: psycopg.Connection, keep_hours: float) -> int:

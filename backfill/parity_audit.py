@@ -69,8 +69,8 @@ def in_flight(conn: psycopg.Connection, instrument_ids: Sequence[str]) -> set[st
     return {r[0] for r in conn.execute(
         """SELECT instrument_id FROM embedder_recompute_queue WHERE instrument_id = ANY(%(ids)s)
            UNION
-           SELECT instrument_id FROM prices_outbox
-           WHERE published_at IS NULL AND kind IN ('row', 'delete') AND instrument_id = ANY(%(ids)s)""",
+           SELECT instrument_id FROM embedder_outbox_changes
+           WHERE published_at IS NULL AND instrument_id = ANY(%(ids)s)""",
         {"ids": list(set(instrument_ids))})}
 
 

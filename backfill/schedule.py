@@ -81,8 +81,14 @@ def market_days(conn: psycopg.Connection, market_id: str, catch_up_days: int) ->
         baseline = max(baseline, newest - timedelta(days=catch_up_days))
     rows = conn.execute(
         f"""WITH sel AS (SELECT instrument_id FROM instruments WHERE market_id = %(m)s AND {SELECTABLE}),
-                 cand AS (SELECT DISTINCT o.trade_date FROM prices_outbox o JOIN sel USING (instrument_id)
-                          WHERE o.kind = 'row' AND o.trade_date > %(base)s AND o.trade_date <= %(latest)s
+                 captured AS (SELECT o.trade_date FROM prices_outbox o JOIN sel USING (instrument_id)
+                              WHERE o.kind = 'row'
+                              UNION ALL  -- keys entries: their dates, where one of their instruments is selected
+                              SELECT d FROM prices_outbox o CROSS JOIN LATERAL unnest(o.trade_dates) AS d
+                              WHERE o.kind = 'keys'
+                                AND o.instrument_ids && (SELECT array_agg(instrument_id)::text[] FROM sel)),
+                 cand AS (SELECT DISTINCT o.trade_date FROM captured o
+                          WHERE o.trade_date > %(base)s AND o.trade_date <= %(latest)s
                             AND NOT EXISTS (SELECT 1 FROM embedder_scheduled_ticks s
                                             WHERE s.market_id = %(m)s AND s.as_of_date = o.trade_date))
             SELECT c.trade_date,

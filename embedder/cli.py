@@ -329,6 +329,19 @@ def live_bootstrap(
     run_bootstrap(load_settings(), market_id, reset, wait)
 
 
+@live_app.command("capture")
+def live_capture(
+    on: Annotated[Optional[bool], typer.Option("--on/--off", help="Turn capture on (the triggers write the "
+                                               "outbox; a gap is resynced) or off (nothing is captured).")] = None,
+) -> None:
+    """Show or switch live capture. The worker turns it on when it starts relaying; off, or after
+    EMBEDDER_CAPTURE_IDLE_HOURS without a relay, the platform's writes cost no capture and no outbox grows.
+    Turning it on after a gap rebuilds the live windows and rechecks the table from prices_daily."""
+    from embedder.live_command import run_capture
+
+    run_capture(load_settings(), on)
+
+
 @app.command("lag")
 def lag(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable report (fields in the README).")] = False,

@@ -1,11 +1,12 @@
-"""`embedder live bootstrap`: queue instruments' history for the live windows and follow the load."""
+"""`embedder live bootstrap` and `embedder live capture`: the live windows' history, the capture switch."""
 from __future__ import annotations
 
 import time
 
 from backfill.bootstrap import progress as bootstrap_progress
 from backfill.bootstrap import queue_bootstrap, reset_bootstrap
-from backfill.outbox import relay_holder
+from backfill.capture import capture_state, start_capture, stop_capture
+from backfill.outbox import outbox_backlog, relay_holder
 from embedder.console import err, out, progress
 from shared.config import Settings
 from shared.db import connection
@@ -45,3 +46,29 @@ def run_bootstrap(settings: Settings, market_id: str | None, reset: bool, wait: 
                 else:
                     no_relay_since = None
         err.print(f"loaded: {state.published} instrument(s), {state.rows:,} rows", highlight=False)
+
+
+def run_capture(settings: Settings, on: bool | None) -> None:
+    """Switch capture (with `on`), then show its state and the outbox's backlog."""
+    by = "embedder live capture"
+    with connection(settings.database_url, autocommit=True) as conn:
+        if on is True:
+            resynced = start_capture(conn, settings.capture_idle_limit, by)
+            if resynced is not None:
+                out.print(f"capture on after a gap: {resynced.instruments} instrument(s) queued for the live windows, "
+                          f"{resynced.keys:,} maintained key(s) queued for a recheck", highlight=False)
+        elif on is False:
+            was = stop_capture(conn, by)
+            out.print("capture off" + ("" if was else " (it was off)") + "; entries already captured are still relayed",
+                      highlight=False)
+        state = capture_state(conn)
+        backlog = outbox_backlog(conn)
+        holder = relay_holder(conn)
+    out.print(f"capture: {state.describe} (since {state.changed_at:%Y-%m-%d %H:%M:%S %Z}"
+              + (f", by {state.changed_by}" if state.changed_by else "") + ")", highlight=False)
+    out.print(f"outbox: {backlog.entries} unpublished entr{'y' if backlog.entries == 1 else 'ies'} "
+              f"({backlog.keys:,} captured keys), {backlog.bytes / 1e6:.1f} MB on disk"
+              + (f", oldest waiting {backlog.oldest_seconds:.0f} s" if backlog.entries else ""), highlight=False)
+    if holder is None and state.capturing:
+        err.print("no worker relays the outbox now: start `embedder worker` (capture stops by itself after "
+                  f"{settings.capture_idle_hours:g} h without one)", highlight=False)

@@ -12,7 +12,8 @@ from datetime import datetime
 import psycopg
 
 from backfill.bootstrap import progress as bootstrap_progress
-from backfill.outbox import relay_holder
+from backfill.capture import capture_state
+from backfill.outbox import outbox_backlog, relay_holder
 from embedder.console import out
 from shared.config import Settings
 from shared.db import connection
@@ -73,8 +74,8 @@ def gather(settings: Settings, since: datetime) -> dict:
     """Everything the status shows, as JSON-ready data (version 1)."""
     with connection(settings.database_url, autocommit=True) as conn:
         boot = bootstrap_progress(conn)
-        backlog, oldest = conn.execute(
-            "SELECT count(*), min(created_at) FROM prices_outbox WHERE published_at IS NULL").fetchone()
+        backlog = outbox_backlog(conn)
+        capture = capture_state(conn)
         holder = relay_holder(conn)
         report = {
             "version": 1,
@@ -82,8 +83,13 @@ def gather(settings: Settings, since: datetime) -> dict:
             "schedule": scheduled(conn, settings),
             "bootstrap": {"selectable": boot.selectable, "queued": boot.queued, "loaded": boot.published,
                           "rows": boot.rows, "pending": boot.pending, "not_queued": boot.unqueued},
-            "outbox": {"unpublished": int(backlog),
-                       "oldest_unpublished": oldest.isoformat(timespec="seconds") if oldest else None},
+            "capture": {"state": capture.describe, "capturing": capture.capturing, "enabled": capture.enabled,
+                        "idle_hours": capture.idle_hours, "changed_by": capture.changed_by,
+                        "changed_at": capture.changed_at.isoformat(timespec="seconds"),
+                        "relay_seen_at": capture.relay_seen_at.isoformat(timespec="seconds")
+                        if capture.relay_seen_at else None},
+            "outbox": {"unpublished": backlog.entries, "keys": backlog.keys, "bytes": backlog.bytes,
+                       "oldest_unpublished_seconds": round(backlog.oldest_seconds, 1)},
             "corrections": corrections(conn),
             "parity": parity(conn, since),
             "relay": None if holder is None else {
@@ -121,9 +127,12 @@ def run_status(settings: Settings, since: str, as_json: bool) -> None:
     b = report["bootstrap"]
     say(f"bootstrap: {b['loaded']} of {b['selectable']} ACTIVE EQUITY instruments loaded ({b['rows']:,} rows), "
         f"{b['pending']} waiting for the relay, {b['not_queued']} not queued yet")
+    cap = report["capture"]
+    say(f"capture: {cap['state']} since {cap['changed_at']}" + (f" (by {cap['changed_by']})" if cap["changed_by"] else ""))
     o = report["outbox"]
-    oldest = f", oldest from {o['oldest_unpublished']}" if o["oldest_unpublished"] else ""
-    say(f"outbox: {o['unpublished']} unpublished{oldest}")
+    oldest = f", oldest waiting {o['oldest_unpublished_seconds']:.0f} s" if o["unpublished"] else ""
+    say(f"outbox: {o['unpublished']} unpublished entries ({o['keys']:,} captured keys), "
+        f"{o['bytes'] / 1e6:.1f} MB on disk{oldest}")
     c = report["corrections"]
     say(f"corrections: {c['queued']} captured change(s) queued for the stored embeddings they reach"
         + (f", oldest from {c['oldest_queued']}" if c["oldest_queued"] else ""))

@@ -122,6 +122,9 @@ class Settings(BaseSettings):
     """How often the live relay looks for new outbox entries when idle."""
     outbox_keep_hours: float = Field(default=24.0, ge=0)
     """Published outbox entries older than this are deleted by the relay (0 keeps them all)."""
+    capture_idle_hours: float = Field(default=72.0, ge=0)
+    """Capture stops by itself after this many hours without a relay (0: never); a worker starting
+    after such a gap rebuilds the live windows and rechecks the table from prices_daily."""
     bootstrap_chunk_instruments: int = Field(default=100, ge=1)
     """Instruments per bootstrap snapshot: the relay loads one chunk's look-back at a time."""
     auto_tick_quiet_seconds: float = Field(default=0.0, ge=0)
@@ -151,6 +154,11 @@ class Settings(BaseSettings):
     """Stored keys the parity audit samples per round (besides every key a correction recomputed)."""
     parity_repair: bool = True
     """Queue every mismatch the audit finds for the database path (it is counted and logged first)."""
+
+    @property
+    def capture_idle_limit(self) -> float | None:
+        """The idle limit as the capture switch stores it (None: capture never stops by itself)."""
+        return self.capture_idle_hours or None
 
 
 @lru_cache(maxsize=1)

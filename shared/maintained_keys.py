@@ -154,15 +154,16 @@ def queue_recompute(conn: psycopg.Connection, changes: Sequence[tuple[str, date]
 
 
 CHANGES_REACHING_STORED_KEYS = f"""
-    SELECT DISTINCT o.instrument_id, o.trade_date FROM prices_outbox o
-    WHERE o.id = ANY(%(ids)s) AND o.kind IN ('row', 'delete')
-      AND o.instrument_id IS NOT NULL AND o.trade_date IS NOT NULL
-      AND (EXISTS (SELECT 1 FROM numeric_window_embeddings e
-                   WHERE e.entity_type = '{ENTITY_TYPE}' AND e.entity_id = o.instrument_id
-                     AND e.as_of_date >= o.trade_date)
-           OR EXISTS (SELECT 1 FROM embedder_absent_embeddings a
-                      WHERE a.entity_type = '{ENTITY_TYPE}' AND a.entity_id = o.instrument_id
-                        AND a.as_of_date >= o.trade_date))"""
+    WITH changed AS (SELECT DISTINCT instrument_id, trade_date FROM embedder_outbox_changes
+                     WHERE id = ANY(%(ids)s) AND instrument_id IS NOT NULL AND trade_date IS NOT NULL),
+         newest AS (SELECT c.instrument_id,
+                           greatest((SELECT max(e.as_of_date) FROM numeric_window_embeddings e
+                                     WHERE e.entity_type = '{ENTITY_TYPE}' AND e.entity_id = c.instrument_id),
+                                    (SELECT max(a.as_of_date) FROM embedder_absent_embeddings a
+                                     WHERE a.entity_type = '{ENTITY_TYPE}' AND a.entity_id = c.instrument_id)) AS d
+                    FROM (SELECT DISTINCT instrument_id FROM changed) c)
+    SELECT changed.instrument_id, changed.trade_date FROM changed JOIN newest USING (instrument_id)
+    WHERE changed.trade_date <= newest.d"""
 """Captured changes (outbox ids) that reach a key stored now: a new day's row reaches none (its tick comes
 after it), a correction of history does."""
 
@@ -183,9 +184,9 @@ def queue_changes_since(conn: psycopg.Connection, outbox_id: int | None, instrum
     if outbox_id is None or not instrument_ids:
         return 0
     changes = conn.execute(
-        """SELECT DISTINCT instrument_id, trade_date FROM prices_outbox
-           WHERE id > %s AND kind IN ('row', 'delete') AND instrument_id = ANY(%s)
-             AND trade_date IS NOT NULL""", (outbox_id, list(instrument_ids))).fetchall()
+        """SELECT DISTINCT instrument_id, trade_date FROM embedder_outbox_changes
+           WHERE id > %s AND instrument_id = ANY(%s) AND trade_date IS NOT NULL""",
+        (outbox_id, list(instrument_ids))).fetchall()
     return queue_recompute(conn, [tuple(c) for c in changes])
 
 

@@ -33,6 +33,10 @@ class StreamMetrics:
     bootstrap_rows: Counter
     bootstrap_pending: Gauge
     outbox_backlog: Gauge
+    outbox_keys: Gauge
+    outbox_bytes: Gauge
+    outbox_oldest_seconds: Gauge
+    capture_on: Gauge
     corrections_to_database: Counter
     recompute_queue: Gauge
     recompute_changes: Counter
@@ -85,8 +89,14 @@ class StreamMetrics:
             bootstrap_rows=Counter("embedder_bootstrap_rows", "Rows the live bootstrap published.", registry=r),
             bootstrap_pending=Gauge("embedder_bootstrap_pending_instruments",
                                     "Instruments queued for the live bootstrap and not loaded yet.", registry=r),
-            outbox_backlog=Gauge("embedder_outbox_backlog", "prices_outbox entries not yet published "
-                                 "(as seen by the relay of this worker, when it holds the relay lock).", registry=r),
+            outbox_backlog=Gauge("embedder_outbox_backlog", "prices_outbox entries not yet published.", registry=r),
+            outbox_keys=Gauge("embedder_outbox_backlog_keys", "Captured (instrument, date) keys the unpublished "
+                              "prices_outbox entries name.", registry=r),
+            outbox_bytes=Gauge("embedder_outbox_bytes", "prices_outbox on disk (table, indexes, TOAST).", registry=r),
+            outbox_oldest_seconds=Gauge("embedder_outbox_oldest_unpublished_seconds", "Age of the oldest "
+                                        "unpublished prices_outbox entry (0: none waits).", registry=r),
+            capture_on=Gauge("embedder_capture_on", "1 while the capture triggers write the outbox (the live "
+                             "service is enabled and a relay was seen within the idle limit), else 0.", registry=r),
             offset_gaps=Counter("embedder_offset_gaps", "Prices offsets the consumer skipped before the "
                                 "agent saw them (a faust-streaming bug during rebalances).", registry=r),
             corrections_to_database=Counter(

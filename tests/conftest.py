@@ -103,6 +103,9 @@ def db_url(session_db) -> str:
                         embedder_absent_embeddings, embedder_recompute_queue, embedder_parity_audits,
                         embedder_state_format
                         RESTART IDENTITY""")
+        # A database whose live service is enabled (capture on); tests of a batch-only database turn it off.
+        conn.execute("""UPDATE embedder_capture SET enabled = true, idle_hours = 72, relay_seen_at = now(),
+                        changed_at = now(), changed_by = 'tests'""")
     return session_db
 
 

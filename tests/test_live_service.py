@@ -53,7 +53,7 @@ def live_tick_committed(url: str, as_of: date, partitions: int) -> bool:
 
 
 def live_market(url: str, tmp_path) -> tuple[list[str], list[date]]:
-    """A synthetic market imported (so its rows are in prices_outbox): its ids and last 5 days."""
+    """A synthetic market imported (so its rows are captured in prices_outbox): its ids and last 5 days."""
     load_synthetic(url, tmp_path, instruments=12)
     with psycopg.connect(url) as conn:
         ids = [r[0] for r in conn.execute("SELECT instrument_id FROM instruments ORDER BY 1")]
@@ -79,7 +79,7 @@ def tick_live(env: dict[str, str], url: str, days: list[date]) -> None:
 def test_live_capture_ticks_corrections_and_a_past_replay_beside_live_state(db_url, cli_env, tmp_path):
     ids, days = live_market(db_url, tmp_path)
     with psycopg.connect(db_url) as conn:
-        assert conn.execute("SELECT count(*) FROM prices_outbox").fetchone()[0] > 2000
+        assert conn.execute("SELECT count(*) FROM embedder_outbox_changes").fetchone()[0] > 2000
     partitions = int(cli_env["EMBEDDER_PARTITIONS"])
     worker = start_live_worker(cli_env, tmp_path)
     try:
