@@ -121,12 +121,18 @@ def stop_capture(conn: psycopg.Connection, by: str) -> bool:
 
 
 def resync(conn: psycopg.Connection) -> Resync:
-    """Bring the live windows and every maintained key back to prices_daily after capture was off."""
+    """Bring the live windows and every maintained key back to prices_daily after capture was off: what
+    the windows loaded is loaded again (snapshots queued now read prices_daily after the gap), ticks
+    still waiting in the outbox move behind those snapshots, and every maintained key is queued for the
+    correction path."""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (BOOTSTRAP_LOCK,))
         loaded = conn.execute("SELECT EXISTS (SELECT 1 FROM embedder_bootstrap WHERE rows > 0)").fetchone()[0]
-        conn.execute("DELETE FROM embedder_bootstrap")
+        conn.execute("DELETE FROM embedder_bootstrap WHERE published_at IS NOT NULL")
+        if loaded:  # snapshots still waiting load windows that may hold rows deleted during the gap
+            conn.execute("UPDATE embedder_bootstrap SET resync = true")
         instruments = queue_bootstrap(conn, resync=loaded)
+        move_ticks_behind(conn)
         keys = conn.execute(
             f"""INSERT INTO embedder_recompute_queue AS q (instrument_id, trade_date)
                 SELECT entity_id, as_of_date FROM numeric_window_embeddings
@@ -140,3 +146,17 @@ def resync(conn: psycopg.Connection) -> Resync:
     log.warning("capture is on again after a gap: the live windows are rebuilt from prices_daily (%d instrument(s)) "
                 "and %d maintained key(s) are rechecked by the correction path", instruments, keys)
     return Resync(instruments, keys)
+
+
+def move_ticks_behind(conn: psycopg.Connection) -> int:
+    """Give ticks still waiting in the outbox new ids, in their order, so they come after everything
+    queued so far (a tick queued while the service was away must not compute from windows its resync
+    has not reloaded yet). Returns how many moved."""
+    waiting = [r[0] for r in conn.execute(
+        "SELECT id FROM prices_outbox WHERE kind = 'tick' AND published_at IS NULL ORDER BY id")]
+    for old in waiting:
+        (new,) = conn.execute(
+            """UPDATE prices_outbox SET id = nextval(pg_get_serial_sequence('prices_outbox', 'id'))
+               WHERE id = %s RETURNING id""", (old,)).fetchone()
+        conn.execute("UPDATE embedder_scheduled_ticks SET outbox_id = %s WHERE outbox_id = %s", (new, old))
+    return len(waiting)

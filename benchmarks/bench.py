@@ -26,6 +26,7 @@ from backfill.price_import import import_prices
 from backfill.replay import run_stream_replay
 from backfill.selection import RunSelection
 from backfill.worker_process import worker_env, worker_for_run
+from benchmarks.capture import measure_capture
 from benchmarks.copy_limit import raw_copy_seconds
 from benchmarks.exact import measure_exact
 from benchmarks.live import (peak_rss_mb, start_worker, stop, tick_latencies, wait_bootstrapped, wait_caught_up,
@@ -270,6 +271,12 @@ def targets(f: Figures) -> list[tuple[str, str, str, bool]]:
         add("verify speed / replay --direct", f["verify_vs_direct_speed"], ">= 0.5", f["verify_vs_direct_speed"] >= 0.5)
         add("live ticks after the first, p99 during a large restatement (s)", f["exact_busy_later_ticks_p99_s"],
             "<= 0.5", f["exact_busy_later_ticks_p99_s"] <= 0.5)
+    if "platform_copy_capture_ratio" in f:
+        add("platform COPY with / without capture", f["platform_copy_capture_ratio"], "<= 1.2",
+            f["platform_copy_capture_ratio"] <= 1.2)
+        add("a day of INSERTs (one statement) with / without capture", f["day_insert_one_statement_capture_ratio"],
+            "<= 1.2", f["day_insert_one_statement_capture_ratio"] <= 1.2)
+        add("import speed / raw COPY", f["import_vs_raw_copy_speed"], ">= 0.5", f["import_vs_raw_copy_speed"] >= 0.5)
     return rows
 
 
@@ -283,14 +290,22 @@ def main() -> None:
     parser.add_argument("--scale-ticks", type=int, default=20)
     parser.add_argument("--empty-state-replays", type=int, default=20,
                         help="replays run before timing a worker on an empty state folder (0 skips it)")
-    parser.add_argument("--only", choices=["live", "scale", "empty-state", "exact"], help="measure only this part")
+    parser.add_argument("--only", choices=["live", "scale", "empty-state", "exact", "capture"], help="measure only this part")
     args = parser.parse_args()
     base = Settings()
     workdir = Path(tempfile.mkdtemp(prefix="embedder-bench-"))
     f = Figures()
     f.put("machine_cpus", os.cpu_count())
     f.put("partitions", base.partitions)
-    if args.only != "scale":
+    if args.only in (None, "capture"):
+        url = fresh_database(base.database_url)
+        upgrade(url)
+        try:
+            measure_capture(f, url, DATA)
+        finally:
+            with psycopg.connect(base.database_url, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE "{urlsplit(url).path[1:]}" WITH (FORCE)')
+    if args.only not in ("scale", "capture"):
         measure_real_data(f, base, workdir, args)
     if args.scale_instruments and args.only in (None, "scale"):
         measure_scale(f, base, args.scale_instruments, args.scale_ticks, workdir)

@@ -9,7 +9,7 @@ import psycopg
 
 from backfill.bootstrap import read_snapshot
 from backfill.capture import capture_state, heartbeat, start_capture, stop_capture
-from backfill.outbox import captured_rows, outbox_backlog
+from backfill.outbox import captured_rows, enqueue_tick, outbox_backlog
 from tests.platform import insert_prices
 
 D1, D2, D3 = date(2020, 1, 2), date(2020, 1, 3), date(2020, 1, 6)
@@ -113,12 +113,15 @@ def test_capture_lapses_without_a_relay_and_a_gap_resyncs_from_prices_daily(db_u
         before = entries(conn)
         conn.execute("DELETE FROM prices_daily WHERE trade_date = %s", (D1,))
         assert entries(conn) == before  # lapsed: not captured
+        enqueue_tick(conn, D3, 63, ["num-regime-core-v1"])  # `embedder tick` while no worker runs
 
         resynced = heartbeat(conn, 1.0, "test")
         assert resynced is not None and (resynced.instruments, resynced.keys) == (1, 1)
         assert capture_state(conn).capturing
         assert conn.execute("SELECT instrument_id, trade_date FROM embedder_recompute_queue").fetchall() == [("A", D3)]
         (entry,) = conn.execute("SELECT outbox_id FROM embedder_bootstrap WHERE resync").fetchone()
+        (tick,) = conn.execute("SELECT id FROM prices_outbox WHERE kind = 'tick'").fetchone()
+        assert tick > entry  # the waiting tick moved behind the reloading snapshot
         loaded = read_snapshot(conn, entry, keep_days=10, today=D3 + timedelta(days=1))
     rows = [r for r in loaded if len(r) == 4]
     gone = {r[1] for r in loaded if len(r) == 2}

@@ -25,7 +25,7 @@ from tests.conftest import REAL_DATA
 from tests.helpers import assert_same_embeddings, stored, wait_for
 from tests.platform import EMBEDDER, insert_prices
 from tests.reference import reference_embedding
-from tests.test_live_service import start_live_worker
+from tests.test_live_service import live_tick_committed, start_live_worker
 from tests.test_worker_web import stop
 
 MODEL = "num-regime-core-v1"
@@ -93,24 +93,29 @@ def history_keys(url: str) -> dict[tuple[str, date, str], int]:
     return keys
 
 
-@pytest.fixture
-def history(cli_env, tmp_path) -> tuple[dict[str, str], str, dict]:
-    """A database with real prices of INSTRUMENTS instruments and 18 months of embeddings written by the
-    batch path (plus a window-150 row of the platform command): (env, url, the keys runs asked for)."""
+def write_history(env: dict[str, str], tmp_path: Path) -> dict:
+    """Real prices of INSTRUMENTS instruments and 18 months of embeddings written by the batch path (plus a
+    window-150 row of the platform command); returns the keys the runs asked for."""
     if not REAL_DATA.exists():
         pytest.skip(f"real data set not present at {REAL_DATA}")
-    url = cli_env["DATABASE_URL"]
+    url = env["DATABASE_URL"]
     import_prices(url, [real_subset(tmp_path, INSTRUMENTS)])
     keys = history_keys(url)
-    run(cli_env, "replay", "--direct", "--market-id", "US_EQ", "--from", FROM.isoformat(), "--to", TO.isoformat(),
+    run(env, "replay", "--direct", "--market-id", "US_EQ", "--from", FROM.isoformat(), "--to", TO.isoformat(),
         "--model-id", MODEL)
     first = min(k[0] for k in keys)
-    run(cli_env, "--as-of", WIDE_AS_OF.isoformat(), "--window-days", str(WIDE_WINDOW), "--instrument-id", first,
+    run(env, "--as-of", WIDE_AS_OF.isoformat(), "--window-days", str(WIDE_WINDOW), "--instrument-id", first,
         "--model-id", MODEL, "--direct", module=[sys.executable, "-m", "prometheus.scripts.backfill_numeric_embeddings"])
     want = reference_table(url, keys)
     assert_same_embeddings(stored(url), want, url)
     assert len(want) > 8_000
-    return cli_env, url, keys
+    return keys
+
+
+@pytest.fixture
+def history(cli_env, tmp_path) -> tuple[dict[str, str], str, dict]:
+    """A database with history written by the batch path (`write_history`): (env, url, the keys runs asked for)."""
+    return cli_env, cli_env["DATABASE_URL"], write_history(cli_env, tmp_path)
 
 
 def settled(url: str) -> bool:
@@ -244,6 +249,78 @@ def test_kill_9_during_corrections_then_state_and_changelogs_lost(history, tmp_p
                             AND trade_date IN ('2016-08-01', '2019-12-16')""", (ids[5],))
             conn.execute("DELETE FROM prices_daily WHERE instrument_id = %s AND trade_date = '2019-12-20'", (ids[6],))
         assert_exact(url, keys)
+    finally:
+        stop(worker)
+
+
+def outbox_entries(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        return conn.execute("SELECT count(*) FROM prices_outbox").fetchone()[0]
+
+
+def capturing(url: str) -> bool:
+    with psycopg.connect(url) as conn:
+        return conn.execute("SELECT embedder_capturing()").fetchone()[0]
+
+
+def tick_again(env: dict[str, str], url: str, as_of: date) -> None:
+    """Forget the live tick of `as_of` (rows and commits), tick it again and wait for it: what it writes
+    comes from the live windows alone."""
+    with psycopg.connect(url) as conn:
+        conn.execute("DELETE FROM numeric_window_embeddings WHERE as_of_date = %s", (as_of,))
+        conn.execute("DELETE FROM embedder_tick_commits WHERE run_id = 'live' AND as_of_date = %s", (as_of,))
+    run(env, "tick", "--as-of", as_of.isoformat(), "--model-id", MODEL)
+    wait_for(lambda: live_tick_committed(url, as_of, int(env["EMBEDDER_PARTITIONS"])), 120, f"the live tick of {as_of}")
+
+
+@pytest.mark.slow
+def test_a_batch_only_database_keeps_no_outbox_and_the_live_service_resyncs_what_it_missed(cli_env, tmp_path):
+    """Issue 17: where the live service is not enabled nothing is captured (history imported, written by
+    the batch path and restated, no outbox entry); enabling it gives the table of `replay --direct` over
+    the prices as they are now, and so does a restart after capture lapsed without a relay — the live
+    windows included (a row deleted during the gap leaves them)."""
+    url = cli_env["DATABASE_URL"]
+    with psycopg.connect(url) as conn:  # as `db upgrade` leaves a database where no worker ever ran
+        conn.execute("UPDATE embedder_capture SET enabled = false, relay_seen_at = NULL")
+    keys = write_history(cli_env, tmp_path)
+    ids = sorted({k[0] for k in keys})
+    changed_rows, _ = restate(url, ids)
+    assert changed_rows > 60
+    assert outbox_entries(url) == 0
+    with psycopg.connect(url) as conn:
+        newest = conn.execute("SELECT max(trade_date) FROM prices_daily").fetchone()[0]
+        recent = [r[0] for r in conn.execute("SELECT DISTINCT trade_date FROM prices_daily WHERE trade_date > %s "
+                                             "ORDER BY 1", (newest - timedelta(days=20),))]
+    env = cli_env | {"EMBEDDER_CAPTURE_IDLE_HOURS": str(8 / 3600)}  # capture lapses 8 s after the last relay
+    worker = start_live_worker(env, tmp_path)
+    try:
+        wait_for(lambda: worker_ready(url), 120, "the live bootstrap")
+        assert capturing(url)
+        assert_exact(url, keys)  # the restatement nobody captured is in the table
+        keys |= {(i, newest, MODEL): 63 for i in ids}
+        tick_again(env, url, newest)
+        assert_exact(url, keys)
+    finally:
+        stop(worker)
+
+    wait_for(lambda: not capturing(url), 60, "capture to lapse without a relay")
+    before = outbox_entries(url)
+    gone = ids[5]
+    with psycopg.connect(url) as conn:
+        assert conn.execute("DELETE FROM prices_daily WHERE instrument_id = %s AND trade_date = %s",
+                            (gone, recent[-3])).rowcount == 1  # inside the live window of the newest day
+        assert conn.execute("UPDATE prices_daily SET close = close * 0.97 WHERE instrument_id = %s AND trade_date "
+                            "BETWEEN '2016-09-01' AND '2016-09-09'", (ids[6],)).rowcount > 3  # history
+    assert outbox_entries(url) == before  # lapsed: nothing captured
+    worker = start_live_worker(env, tmp_path)
+    try:
+        wait_for(lambda: "capture is on again after a gap" in (tmp_path / "worker.log").read_text(errors="replace"),
+                 60, "the worker to resync after the gap")
+        wait_for(lambda: worker_ready(url), 120, "the live bootstrap after the gap")
+        assert_exact(url, keys)
+        tick_again(env, url, newest)  # from the rebuilt windows: without the deleted row
+        assert_exact(url, keys)
+        assert worker.poll() is None
     finally:
         stop(worker)
 

@@ -139,3 +139,51 @@ def test_a_future_trade_date_is_rejected_with_the_reason_the_stream_gives_it(db_
     result = import_prices(db_url, [f])
     assert result.rejected == {FUTURE_DATE: 2} and result.inserted == 2
     assert [r[1] for r in prices(db_url)] == [date(2017, 3, 1), ok]
+
+
+YAHOO_ROWS = "\n".join([
+    "Date,High,Low,Open,Close,Volume,Adj Close,Name",
+    "2020-01-02,11,9,10,10.5,1000,10.4,AAA",
+    "2020-01-03,12,10,11,11.5,0,11.4,AAA",
+    "2020-01-06,12,10,11,0.0,0,0,AAA",            # rejected
+    "2020-01-02,11,9,10,10.75,1500,10.6,AAA",     # a later chunk repeats a key: this row wins
+    "2020-01-03,12,10,11,11.5,0,11.4,BBB",
+    "2020-01-03,12,10,11,12.5,10,12.4,BBB",       # and again within its chunk
+]) + "\n"
+
+
+def test_chunks_written_while_the_next_is_parsed_keep_last_valid_row_wins(db_url, tmp_path):
+    """Chunks of two rows: the database writes one while the parser reads the next; a key repeated in a
+    later chunk is overwritten by it, in one transaction."""
+    f = write(tmp_path / "chunks.csv", YAHOO_ROWS)
+    result = import_prices(db_url, [f], chunk_rows=2)
+    assert result.rows == 6 and result.rejected == {"non-positive close": 1}
+    assert prices(db_url) == [
+        ("AAA", date(2020, 1, 2), 10.0, 11.0, 9.0, 10.75, 10.6, 1500.0, "USD"),
+        ("AAA", date(2020, 1, 3), 11.0, 12.0, 10.0, 11.5, 11.4, 0.0, "USD"),
+        ("BBB", date(2020, 1, 3), 11.0, 12.0, 10.0, 12.5, 12.4, 10.0, "USD"),
+    ]
+    assert result.inserted == 3 and result.new_instruments == 2
+    whole = import_prices(db_url, [f])  # one chunk: the same rows, nothing to change
+    assert (whole.inserted, whole.updated, whole.unchanged) == (0, 0, 3)
+
+
+def test_a_key_another_writer_inserts_meanwhile_is_upserted_not_a_failure(db_url, tmp_path):
+    """The plain INSERT of new keys meets a key a concurrent transaction committed after the import's
+    snapshot: the chunk is written again as an upsert, and the file's row wins."""
+    import threading
+
+    f = write(tmp_path / "race.csv", YAHOO_ROWS)
+    other = psycopg.connect(db_url)
+    other.execute("""INSERT INTO prices_daily (instrument_id, trade_date, open, high, low, close, adjusted_close,
+                     volume, currency) VALUES ('BBB', '2020-01-03', 1, 1, 1, 1, 1, 1, 'USD')""")
+    done: dict = {}
+    importer = threading.Thread(target=lambda: done.update(result=import_prices(db_url, [f])))
+    importer.start()
+    importer.join(timeout=2)
+    assert importer.is_alive()  # waiting for the other writer's key
+    other.commit()
+    other.close()
+    importer.join(timeout=60)
+    assert ("BBB", date(2020, 1, 3), 11.0, 12.0, 10.0, 12.5, 12.4, 10.0, "USD") in prices(db_url)
+    assert (done["result"].inserted, done["result"].updated) == (2, 1)
