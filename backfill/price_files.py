@@ -13,7 +13,7 @@ import io
 import json
 import math
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -121,38 +121,99 @@ def read_price_file(path: Path, currency: str, report: ReadReport) -> Iterator[P
         yield PriceRow(*record)
 
 
+@dataclass(frozen=True)
+class FileSpec:
+    """How to read the records of one file (from its header): picklable, for parse processes."""
+
+    width: int
+    cols: dict[str, int]
+    id_col: int | None
+    key_is_id: bool
+    default_key: str | None
+    currency: str
+    latest: date
+
+    @property
+    def exact_only(self) -> bool:
+        """Metadata JSON to check on every row: the exact path only."""
+        return "metadata" in self.cols
+
+
+def open_price_file(path: Path, currency: str) -> tuple[FileSpec | None, IO[str]]:
+    """The file's spec (None when it is empty) and its text positioned after the header."""
+    f = _open_text(path)
+    try:
+        header_line = f.readline()
+        headers = next(csv.reader([header_line]), None) if header_line else None
+        if not headers:
+            return None, f
+        cols = column_map(headers, path)
+        id_col = cols.get("instrument_id", cols.get("symbol"))
+        spec = FileSpec(len(headers), cols, id_col, "instrument_id" in cols,
+                        None if id_col is not None else symbol_from_filename(path), currency, latest_trade_date())
+        return spec, f
+    except BaseException:
+        f.close()
+        raise
+
+
 def read_price_records(path: Path, currency: str, report: ReadReport) -> Iterator[Record]:
-    """The valid rows of one file as plain tuples in PriceRow's field order (what the import stages).
+    """The valid rows of one file as plain tuples in PriceRow's field order (what the import stages)."""
+    spec, f = open_price_file(path, currency)
+    with f:
+        if spec is not None:
+            yield from records(f, spec, report)
+
+
+def records(lines: Iterable[str], spec: FileSpec, report: ReadReport) -> Iterator[Record]:
+    """The valid rows among `lines` (CSV text after the header), counting rejects in `report`.
 
     The usual row takes a fast path: keys and dates are judged once per distinct value (a file repeats
     them), numbers are parsed once. A row the fast path does not accept as it is goes through
     `_validate`, which gives the exact reason, so both paths accept and refuse the same rows."""
-    with _open_text(path) as f:
-        reader = csv.reader(f)
-        try:
-            headers = next(reader)
-        except StopIteration:
-            return
-        cols = column_map(headers, path)
-        id_col = cols.get("instrument_id", cols.get("symbol"))
-        key_is_id = "instrument_id" in cols
-        default_key = None if id_col is not None else symbol_from_filename(path)
-        width = len(headers)
-        latest = latest_trade_date()
-        args = (width, cols, id_col, key_is_id, default_key, currency, latest)
-        if "metadata" in cols:  # JSON to check on every row: the exact path only
-            for record in reader:
-                if not record or (len(record) == 1 and not record[0].strip()):
-                    continue
-                report.rows += 1
-                reason, row = _validate(record, *args)
-                if reason:
-                    report.rejected[reason] += 1
-                    continue
-                report.valid += 1
-                yield astuple_row(row)
-            return
+    for row, _ in records_with_text(lines, spec, report):
+        yield row
+
+
+def records_with_text(lines: Iterable[str], spec: FileSpec, report: ReadReport) -> Iterator[tuple[Record, str | None]]:
+    """`records`, each with the text of its six numbers as the file has them, joined by commas (open,
+    high, low, close, adjusted_close, volume), where the fast path read them, else None."""
+    reader = csv.reader(lines)
+    args = (spec.width, spec.cols, spec.id_col, spec.key_is_id, spec.default_key, spec.currency, spec.latest)
+    if not spec.exact_only:
         yield from _fast_records(reader, report, args)
+        return
+    for record in reader:
+        if not record or (len(record) == 1 and not record[0].strip()):
+            continue
+        report.rows += 1
+        reason, row = _validate(record, *args)
+        if reason:
+            report.rejected[reason] += 1
+            continue
+        report.valid += 1
+        yield astuple_row(row), None
+
+
+def text_blocks(f: IO[str], size: int) -> Iterator[str]:
+    """The rest of `f` in blocks of about `size` characters, each cut at a record boundary: after a
+    newline preceded by an even number of quote characters (a quoted field may span lines)."""
+    carry = ""
+    while True:
+        text = f.read(size)
+        if not text:
+            if carry:
+                yield carry
+            return
+        block = carry + text
+        cut = block.rfind("\n")
+        while cut >= 0 and block.count('"', 0, cut) % 2:
+            cut = block.rfind("\n", 0, cut)
+        if cut < 0:
+            carry = block
+            continue
+        yield block[:cut + 1]
+        carry = block[cut + 1:]
 
 
 def astuple_row(row: PriceRow) -> Record:
@@ -160,7 +221,7 @@ def astuple_row(row: PriceRow) -> Record:
             row.volume, row.currency, row.metadata)
 
 
-def _fast_records(reader: Iterator[list[str]], report: ReadReport, args: tuple) -> Iterator[Record]:
+def _fast_records(reader: Iterator[list[str]], report: ReadReport, args: tuple) -> Iterator[tuple[Record, str | None]]:
     width, cols, id_col, key_is_id, default_key, currency, latest = args
     date_col = cols["trade_date"]
     o_col, h_col, l_col, c_col, v_col = cols["open"], cols["high"], cols["low"], cols["close"], cols["volume"]
@@ -199,13 +260,14 @@ def _fast_records(reader: Iterator[list[str]], report: ReadReport, args: tuple) 
                     report.rejected[reason] += 1
                     continue
                 valid += 1
-                yield astuple_row(row)
+                yield astuple_row(row), None
                 continue
             row_currency = currency
             if cur_col is not None:
                 row_currency = record[cur_col].strip() or currency
             valid += 1
-            yield (key, key_is_id, day, o, h, lo, c, a, v, row_currency, None)
+            yield ((key, key_is_id, day, o, h, lo, c, a, v, row_currency, None),
+                   f"{record[o_col]},{record[h_col]},{record[l_col]},{record[c_col]},{record[a_col]},{record[v_col]}")
     finally:
         report.rows += rows
         report.valid += valid

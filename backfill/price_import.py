@@ -1,35 +1,33 @@
-"""`embedder prices import`: COPY valid rows into a staging table, then write them, a chunk at a time.
+"""`embedder prices import`: parse blocks of the files in parallel, write each as a COPY.
 
 Everything happens in one transaction, so a failing file leaves nothing
 half-written; where the input repeats an (instrument, date), the last valid
 row wins; unchanged rows are not rewritten, so re-importing changes nothing.
-The database writes a chunk while the next one is parsed (`ChunkWriter`), and
-new keys are plain INSERTs: the import runs near the pace of a raw COPY.
+Processes parse the blocks ahead (`backfill.price_blocks`) while this one writes
+them in file order: a block of new keys (new days, new history) is one plain
+COPY into prices_daily, any other is staged and upserted. The import runs near
+the pace of a raw COPY of the same rows.
 """
 from __future__ import annotations
 
-import queue
-import threading
-from collections import Counter
+import contextlib
+import multiprocessing
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from concurrent.futures import Future, ProcessPoolExecutor
+
 import psycopg
 
-from backfill.price_files import ReadReport, read_price_records
-from shared.db import connection, copy_rows
+from backfill.price_blocks import ParsedBlock, parse_block
+from backfill.price_files import ReadReport, open_price_file, text_blocks
+from shared.db import connection
 from shared.errors import BadArguments
 
 STAGING = "prices_import_staging"
-STAGING_COLUMNS = (
-    "seq", "key", "key_is_id", "trade_date", "open", "high", "low", "close",
-    "adjusted_close", "volume", "currency", "metadata",
-)
-STAGING_TYPES = (
-    "int8", "text", "bool", "date", "float8", "float8", "float8", "float8",
-    "float8", "float8", "text", "text",
-)
+PRICE_COLUMNS = ("instrument_id", "trade_date", "open", "high", "low", "close", "adjusted_close", "volume", "currency")
 
 
 @dataclass
@@ -63,8 +61,13 @@ def check_paths(paths: Iterable[Path]) -> list[Path]:
     return out
 
 
-CHUNK_ROWS = 100_000
-"""Rows staged and written per statement: the database writes one chunk while the next is parsed."""
+BLOCK_CHARS = 4 << 20
+"""Characters of the file per parsed block (about 50,000 rows of a Yahoo file)."""
+PARSE_PROCESSES = 2
+AHEAD = 4
+"""Blocks parsed ahead of the one being written (memory stays bounded)."""
+STAGED_ROWS = 500_000
+"""Rows staged before they are upserted together (an upsert joins the whole table: fewer is cheaper)."""
 
 
 def import_prices(
@@ -73,109 +76,159 @@ def import_prices(
     market_id: str = "US_EQ",
     currency: str = "USD",
     on_rows: Callable[[int], None] | None = None,
-    chunk_rows: int = CHUNK_ROWS,
+    block_chars: int = BLOCK_CHARS,
 ) -> ImportResult:
     """Load price files into prices_daily, registering unknown symbols in `market_id`.
 
-    One transaction: a failing file leaves nothing written. Parsing (Python) and writing (the
-    database) overlap: a thread owns the connection and writes chunk after chunk, in file order, while
-    this thread parses the next; a chunk written later overwrites an earlier one's rows, so the last
-    valid row of a key still wins across chunks."""
+    One transaction: a failing file leaves nothing written. Blocks of each file are parsed by a pool of
+    processes while this one writes the blocks before them, in file order; a block written later
+    overwrites an earlier one's rows, so the last valid row of a key still wins across blocks."""
     files = check_paths(paths)
     result = ImportResult()
-    with connection(database_url) as conn, conn.cursor() as cur:
+    small = sum(p.stat().st_size * (5 if p.suffix == ".gz" else 1) for p in files) < block_chars
+    with (Inline() if small else parse_pool()) as pool, connection(database_url) as conn, conn.cursor() as cur:
         cur.execute(
             f"""CREATE TEMP TABLE {STAGING} (
-                seq int8, key text, key_is_id bool, trade_date date, open float8, high float8,
+                seq bigserial, key text, key_is_id bool, trade_date date, open float8, high float8,
                 low float8, close float8, adjusted_close float8, volume float8, currency text,
                 metadata text) ON COMMIT DROP"""
         )
-        writer = ChunkWriter(cur, market_id, result)
-        writer.start()
-        try:
-            seq = 0
-            chunk: list[tuple] = []
-            for path in files:
-                report = ReadReport(path)
-                result.files.append(report)
-                for record in read_price_records(path, currency, report):
-                    seq += 1
-                    chunk.append((seq, *record))
-                    if len(chunk) == chunk_rows:
-                        writer.submit(chunk)
-                        chunk = []
-                    if on_rows and seq % 20_000 == 0:
-                        on_rows(20_000)
-            if chunk:
-                writer.submit(chunk)
-            if on_rows:
-                on_rows(seq % 20_000)
-        finally:
-            writer.finish()
+        seq = 0
+        writer = BlockWriter(cur, market_id, result)
+        for path in files:
+            report = ReadReport(path)
+            result.files.append(report)
+            spec, f = open_price_file(path, currency)
+            with f:
+                if spec is None:
+                    continue
+                pending: deque[Future] = deque()
+                blocks = text_blocks(f, block_chars)
+                while True:
+                    while len(pending) < AHEAD and (text := next(blocks, None)) is not None:
+                        pending.append(pool.submit(parse_block, text, seq, spec))
+                        seq += text.count("\n") + 1  # at least the block's rows: numbers stay in file order
+                    if not pending:
+                        break
+                    block = pending.popleft().result()
+                    report.rows += block.rows
+                    report.valid += block.valid
+                    report.rejected.update(block.rejected)
+                    writer.write(block)
+                    if on_rows:
+                        on_rows(block.rows)
+            writer.flush()
     return result
 
 
-class ChunkWriter(threading.Thread):
-    """Stages and writes chunks of parsed rows on the import's connection, in the order submitted (the
-    only thread that uses the connection while it runs). The database works while the parser does:
-    waiting on the server releases the GIL."""
+def parse_pool() -> ProcessPoolExecutor:
+    """Parse processes, forked and started before the import connects (no child holds its socket)."""
+    pool = ProcessPoolExecutor(PARSE_PROCESSES, mp_context=multiprocessing.get_context("fork"))
+    for started in [pool.submit(int) for _ in range(PARSE_PROCESSES)]:
+        started.result()
+    return pool
+
+
+class Inline(contextlib.AbstractContextManager):
+    """The pool's interface, parsing in this process (a small import spawns no process)."""
+
+    def submit(self, fn: Callable, *args) -> Future:
+        future: Future = Future()
+        future.set_result(fn(*args))
+        return future
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+class BlockWriter:
+    """Writes parsed blocks in file order. A block of new keys (none of its instruments has a row in its
+    dates: new days, new history — the usual import) is one plain COPY into prices_daily; any other is
+    staged, and the staged rows are upserted together (at most STAGED_ROWS at a time, and before the
+    next direct COPY or file, so the last valid row of a key still wins)."""
 
     def __init__(self, cur: psycopg.Cursor, market_id: str, result: ImportResult):
-        super().__init__(name="price-import-writer", daemon=True)
         self.cur, self.market_id, self.result = cur, market_id, result
-        self.chunks: queue.Queue[list[tuple] | None] = queue.Queue(maxsize=2)
-        self.error: BaseException | None = None
+        self.staged_rows = 0
 
-    def run(self) -> None:
-        try:
-            while (chunk := self.chunks.get()) is not None:
-                self.write(chunk)
-        except BaseException as e:  # handed to the parsing thread, which raises it
-            self.error = e
-
-    def write(self, chunk: list[tuple]) -> None:
+    def write(self, block: ParsedBlock) -> None:
+        if not block.valid:
+            return
         cur = self.cur
-        cur.execute(f"TRUNCATE {STAGING}")
-        copy_rows(cur, STAGING, STAGING_COLUMNS, chunk, STAGING_TYPES)
-        cur.execute(f"ANALYZE {STAGING}")
-        self.result.new_instruments += _register_instruments(cur, self.market_id)
-        inserted, updated, keys = _upsert_prices(cur, self.market_id)
+        self.result.new_instruments += register_instruments(cur, self.market_id, block.keys)
+        if not block.staged and direct_possible(cur, self.market_id, block):
+            if self.staged_rows:  # staged keys are not in the table yet: write them, then judge again
+                self.flush()
+            if direct_possible(cur, self.market_id, block):
+                cur.execute("SAVEPOINT embedder_import_copy")
+                try:
+                    copy_text(cur, f"prices_daily ({', '.join(PRICE_COLUMNS)})", block.csv)
+                except psycopg.errors.UniqueViolation:  # a key a concurrent writer inserted meanwhile
+                    cur.execute("ROLLBACK TO SAVEPOINT embedder_import_copy")
+                else:
+                    cur.execute("RELEASE SAVEPOINT embedder_import_copy")
+                    self.result.inserted += block.lines
+                    return
+        self.stage(block)
+        if self.staged_rows >= STAGED_ROWS:
+            self.flush()
+
+    def stage(self, block: ParsedBlock) -> None:
+        cur = self.cur
+        if not self.staged_rows:
+            cur.execute(f"TRUNCATE {STAGING}")
+        if block.staged:
+            copy_text(cur, STAGING, block.csv)
+        else:  # one row per key: seq from the staging sequence, key_is_id from the file
+            key_is_id = next(iter(block.keys))[1]
+            cur.execute(f"ALTER TABLE {STAGING} ALTER COLUMN key_is_id SET DEFAULT {'true' if key_is_id else 'false'}")
+            copy_text(cur, f"{STAGING} (key, {', '.join(PRICE_COLUMNS[1:])})", block.csv)
+        self.staged_rows += block.lines
+
+    def flush(self) -> None:
+        """Upsert what is staged."""
+        if not self.staged_rows:
+            return
+        self.cur.execute(f"ANALYZE {STAGING}")
+        inserted, updated, keys = _upsert_prices(self.cur, self.market_id)
         self.result.inserted += inserted
         self.result.updated += updated
         self.result.unchanged += keys - inserted - updated
-
-    def submit(self, chunk: list[tuple]) -> None:
-        while True:
-            self._raise_error()
-            try:
-                self.chunks.put(chunk, timeout=0.5)
-                return
-            except queue.Full:
-                continue
-
-    def finish(self) -> None:
-        """Wait for every chunk submitted; raise what the writer met."""
-        while self.is_alive():
-            try:
-                self.chunks.put(None, timeout=0.5)
-                break
-            except queue.Full:
-                continue
-        self.join()
-        self._raise_error()
-
-    def _raise_error(self) -> None:
-        if self.error is not None:
-            raise self.error
+        self.staged_rows = 0
 
 
-def _register_instruments(cur, market_id: str) -> int:
-    """Insert instruments for symbols (or ids) the market does not know yet."""
+def copy_text(cur: psycopg.Cursor, target: str, text: str) -> None:
+    with cur.copy(f"COPY {target} FROM STDIN (FORMAT csv)") as copy:
+        copy.write(text)
+
+
+def direct_possible(cur: psycopg.Cursor, market_id: str, block: ParsedBlock) -> bool:
+    """Every key is its own instrument id (the market maps each symbol to itself, as registering it
+    does) and prices_daily holds no row of the block's instruments within the block's dates."""
+    symbols = sorted(k for k, is_id in block.keys if not is_id)
+    if symbols and cur.execute(
+            """SELECT EXISTS (SELECT 1 FROM (SELECT DISTINCT ON (symbol) symbol, instrument_id FROM instruments
+                                             WHERE market_id = %s AND symbol = ANY(%s)
+                                             ORDER BY symbol, instrument_id) m
+                              WHERE m.instrument_id <> m.symbol)""", (market_id, symbols)).fetchone()[0]:
+        return False
+    ids = list(block.spans)
+    return not cur.execute(
+        """SELECT EXISTS (SELECT 1 FROM unnest(%s::text[], %s::date[], %s::date[]) AS s(i, lo, hi)
+                          JOIN prices_daily p ON p.instrument_id = s.i AND p.trade_date BETWEEN s.lo AND s.hi)""",
+        (ids, [block.spans[i][0] for i in ids], [block.spans[i][1] for i in ids])).fetchone()[0]
+
+
+def register_instruments(cur, market_id: str, currencies: dict[tuple[str, bool], str]) -> int:
+    """Insert instruments for symbols (or ids) the market does not know yet; `currencies` maps
+    (key, key_is_id) to the currency it is registered with."""
+    if not currencies:
+        return 0
     cur.execute(
-        f"""
+        """
         INSERT INTO instruments (instrument_id, market_id, asset_class, symbol, currency, status)
         SELECT s.key, %(market)s::varchar, 'EQUITY', s.key, min(s.currency), 'ACTIVE'
-        FROM {STAGING} s
+        FROM unnest(%(keys)s::text[], %(is_id)s::bool[], %(currencies)s::text[]) AS s(key, key_is_id, currency)
         WHERE NOT EXISTS (
             SELECT 1 FROM instruments i
             WHERE (s.key_is_id AND i.instrument_id = s.key)
@@ -184,7 +237,8 @@ def _register_instruments(cur, market_id: str) -> int:
         GROUP BY s.key
         ON CONFLICT (instrument_id) DO NOTHING
         """,
-        {"market": market_id},
+        {"market": market_id, "keys": [k for k, _ in currencies], "is_id": [i for _, i in currencies],
+         "currencies": list(currencies.values())},
     )
     return cur.rowcount
 

@@ -101,9 +101,9 @@ def measure_capture(f, url: str, data_path: Path, copies: int = 3, days: int = 9
     f.put("outbox_bytes_per_captured_row", round(outbox_bytes / rows, 2))
     f.put("outbox_bytes_vs_prices_bytes", round(outbox_bytes / prices_bytes, 4))
 
+    day = date(2031, 1, 1)
     for one_statement, name in ((True, "one_statement"), (False, "row_statements")):
         timings: dict[Mode, list[float]] = {"none": [], "on": []}
-        day = date(2031, 1, 1)
         for _ in range(days):
             for mode in ("none", "on"):
                 day += timedelta(days=1)

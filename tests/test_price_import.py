@@ -152,11 +152,11 @@ YAHOO_ROWS = "\n".join([
 ]) + "\n"
 
 
-def test_chunks_written_while_the_next_is_parsed_keep_last_valid_row_wins(db_url, tmp_path):
-    """Chunks of two rows: the database writes one while the parser reads the next; a key repeated in a
-    later chunk is overwritten by it, in one transaction."""
-    f = write(tmp_path / "chunks.csv", YAHOO_ROWS)
-    result = import_prices(db_url, [f], chunk_rows=2)
+def test_blocks_parsed_in_processes_keep_last_valid_row_wins(db_url, tmp_path):
+    """Blocks of about two rows, parsed by the pool of processes while the blocks before them are written;
+    a key repeated in a later block is overwritten by it, in one transaction."""
+    f = write(tmp_path / "blocks.csv", YAHOO_ROWS)
+    result = import_prices(db_url, [f], block_chars=80)
     assert result.rows == 6 and result.rejected == {"non-positive close": 1}
     assert prices(db_url) == [
         ("AAA", date(2020, 1, 2), 10.0, 11.0, 9.0, 10.75, 10.6, 1500.0, "USD"),
