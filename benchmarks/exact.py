@@ -69,6 +69,8 @@ def measure_exact(f, settings: Settings, days: list[date], workdir: Path, ticks:
     try:
         wait_ready(datadir)
         wait_bootstrapped(settings, url)
+        # Capture turned on for the first time: every stored key is rechecked once, in the background.
+        f.put("exact_first_capture_recheck_s", round(until_settled(url), 2))
         quiet = tick_latencies(settings, url, measured[:ticks], MODEL)
         f.put("exact_quiet_tick_p50_s", round(statistics.median(quiet), 3))
         f.put("exact_quiet_tick_p99_s", round(p99(quiet), 3))
@@ -88,7 +90,7 @@ def measure_exact(f, settings: Settings, days: list[date], workdir: Path, ticks:
                                   AND trade_date BETWEEN '2016-06-01' AND '2016-12-31') k
                             WHERE p.instrument_id = k.instrument_id AND p.trade_date = k.trade_date
                               AND k.n % 12 = 0 AND k.n <= 120""")
-            rows = conn.execute("SELECT count(*) FROM prices_outbox WHERE published_at IS NULL").fetchone()[0]
+            rows = conn.execute("SELECT count(*) FROM embedder_outbox_changes WHERE published_at IS NULL").fetchone()[0]
         f.put("correction_restatement_rows", rows)
         f.put("correction_restatement_to_last_embedding_s", round(until_settled(url), 3))
         with psycopg.connect(url, autocommit=True) as conn:  # a large restatement: every close of 2016

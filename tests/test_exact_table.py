@@ -297,6 +297,8 @@ def test_a_batch_only_database_keeps_no_outbox_and_the_live_service_resyncs_what
         wait_for(lambda: worker_ready(url), 120, "the live bootstrap")
         assert capturing(url)
         assert_exact(url, keys)  # the restatement nobody captured is in the table
+        code, report = verify(env, "--market-id", "US_EQ", "--model-id", MODEL)  # every stored and absent key
+        assert code == 0 and report["equal"], json.dumps(report)[:3000]  # is what `replay --direct` writes
         keys |= {(i, newest, MODEL): 63 for i in ids}
         tick_again(env, url, newest)
         assert_exact(url, keys)
