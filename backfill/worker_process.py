@@ -15,21 +15,26 @@ from typing import Iterator
 from kafka.errors import KafkaError
 
 from shared.config import Settings
-from shared.errors import EmbedderError
+from shared.errors import EmbedderError, ServiceUnavailable
+from shared.kafka_retry import with_retries
 from shared.lag import LagMonitor
 from shared.topics import admin_client
 
 
 def worker_running(settings: Settings) -> bool:
-    """True when the worker group has members (a worker is consuming)."""
-    admin = admin_client(settings)
+    """True when the worker group has members (a worker is consuming); asks again while a broker is lost."""
+    def attempt() -> bool:
+        admin = admin_client(settings)
+        try:
+            groups = admin.describe_groups([settings.app_id])
+            return any(g.get("members") for g in groups.values())
+        finally:
+            admin.close()
+
     try:
-        groups = admin.describe_groups([settings.app_id])
-        return any(g.get("members") for g in groups.values())
-    except KafkaError:
+        return with_retries("looking for a worker of the group", attempt, deadline_seconds=30.0)
+    except (KafkaError, OSError, ServiceUnavailable):
         return False
-    finally:
-        admin.close()
 
 
 def worker_env(settings: Settings) -> dict[str, str]:

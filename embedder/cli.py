@@ -66,40 +66,58 @@ def _local_services():
 
 
 @services_app.command("up")
-def services_up() -> None:
-    """Start the local broker and database (idempotent); print the settings to export."""
+def services_up(
+    brokers: Annotated[int, typer.Option("--brokers", metavar="N",
+                                         help="1: one broker; 3: a KRaft cluster of 3 nodes with replication 3 "
+                                              "and min.insync.replicas 2 (ports 29192-29197).")] = 1,
+) -> None:
+    """Start the local broker (or cluster) and database (idempotent); print the settings to export."""
     import time
 
+    from shared.errors import BadArguments
+
     services = _local_services()
+    if brokers not in (1, services.cluster.size):
+        raise BadArguments(f"--brokers takes 1 or {services.cluster.size}, got {brokers}")
+    if brokers > 1:
+        if services.kafka.running_pid():
+            raise BadArguments("the single local broker runs: `embedder services down` first, then up --brokers N")
+    elif services.clustered:
+        raise BadArguments("the local Kafka cluster runs: `embedder services down` first, or up --brokers N")
     t0 = time.perf_counter()
     with err.status("starting PostgreSQL..."):
         pg_started = services.postgres.up()
-    with err.status("starting Kafka..."):
-        kafka_started = services.kafka.up()
+    with err.status(f"starting Kafka ({brokers} node{'s' if brokers > 1 else ''})..."):
+        kafka_started = services.cluster.up() if brokers > 1 else services.kafka.up()
     err.print(
         f"PostgreSQL {'started' if pg_started else 'already running'}, "
         f"Kafka {'started' if kafka_started else 'already running'} ({time.perf_counter() - t0:.1f}s)"
     )
-    for key, value in services.env().items():
+    for key, value in services.env(cluster=brokers > 1).items():
         out.print(f"export {key}={value}", highlight=False, soft_wrap=True)
 
 
 @services_app.command("down")
 def services_down() -> None:
-    """Stop the local broker and database this project started."""
+    """Stop the local broker (or cluster) and database this project started."""
     services = _local_services()
     kafka = services.kafka.down()
+    cluster = services.cluster.down()
     pg = services.postgres.down()
-    out.print(f"Kafka {'stopped' if kafka else 'was not running'}; PostgreSQL {'stopped' if pg else 'was not running'}")
+    out.print(f"Kafka {'stopped' if kafka or cluster else 'was not running'}; "
+              f"PostgreSQL {'stopped' if pg else 'was not running'}")
 
 
 @services_app.command("status")
 def services_status() -> None:
     """Show whether the local services run, and where."""
     services = _local_services()
-    out.print(f"kafka: {services.kafka.status()}", highlight=False)
+    if services.clustered:
+        out.print(f"kafka cluster: {services.cluster.status()}", highlight=False)
+    else:
+        out.print(f"kafka: {services.kafka.status()}", highlight=False)
     out.print(f"postgres: {services.postgres.status()}", highlight=False)
-    for key, value in services.env().items():
+    for key, value in services.env(cluster=services.clustered).items():
         out.print(f"export {key}={value}", highlight=False, soft_wrap=True)
 
 

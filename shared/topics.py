@@ -14,6 +14,7 @@ from kafka.partitioner.default import murmur2
 from shared.config import Settings
 from shared.errors import ServiceUnavailable
 from shared.kafka_config import kafka_python_config, topic_configs
+from shared.kafka_retry import RETRIABLE, with_retries
 
 
 def partition_for(instrument_id: str, partitions: int) -> int:
@@ -71,27 +72,35 @@ def wait_until_known(admin: KafkaAdminClient, names: set[str], timeout: float = 
 
 
 def ensure_topics(settings: Settings) -> None:
-    """Create the prices, dead-letter and changelog topics where missing (idempotent)."""
-    admin = admin_client(settings)
+    """Create the prices, dead-letter and changelog topics where missing (idempotent); rides out a broker
+    loss (`shared.kafka_retry`)."""
+    def attempt() -> None:
+        admin = KafkaAdminClient(**kafka_python_config(settings), request_timeout_ms=15000)
+        try:
+            existing = set(admin.list_topics())
+            rf = settings.topic_replication_factor
+            wanted = [
+                NewTopic(settings.prices_topic, settings.partitions, rf,
+                         topic_configs=topic_configs(settings, settings.prices_retention_hours)),
+                NewTopic(settings.dead_letter_topic, 1, rf,
+                         topic_configs=topic_configs(settings, settings.dead_letter_retention_hours)),
+            ] + [
+                NewTopic(changelog_topic(settings, t), settings.partitions, rf, topic_configs={
+                    **topic_configs(settings),
+                    **(EAGER_COMPACTION if t in REPLAY_TABLES else {"cleanup.policy": "compact"})})
+                for t in STREAM_TABLES
+            ]
+            missing = [t for t in wanted if t.name not in existing]
+            if missing:
+                try:
+                    admin.create_topics(missing)
+                except TopicAlreadyExistsError:
+                    pass
+                wait_until_known(admin, {t.name for t in missing})
+        finally:
+            admin.close()
+
     try:
-        existing = set(admin.list_topics())
-        rf = settings.topic_replication_factor
-        wanted = [
-            NewTopic(settings.prices_topic, settings.partitions, rf,
-                     topic_configs=topic_configs(settings, settings.prices_retention_hours)),
-            NewTopic(settings.dead_letter_topic, 1, rf,
-                     topic_configs=topic_configs(settings, settings.dead_letter_retention_hours)),
-        ] + [
-            NewTopic(changelog_topic(settings, t), settings.partitions, rf, topic_configs={
-                **topic_configs(settings), **(EAGER_COMPACTION if t in REPLAY_TABLES else {"cleanup.policy": "compact"})})
-            for t in STREAM_TABLES
-        ]
-        missing = [t for t in wanted if t.name not in existing]
-        if missing:
-            try:
-                admin.create_topics(missing)
-            except TopicAlreadyExistsError:
-                pass
-            wait_until_known(admin, {t.name for t in missing})
-    finally:
-        admin.close()
+        with_retries("creating the project's topics", attempt)
+    except RETRIABLE as e:
+        raise ServiceUnavailable(f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: {e}") from None

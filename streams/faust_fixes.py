@@ -1,4 +1,5 @@
-"""Two fixes to faust-streaming 0.15.3 that stop it from losing fetched messages around recovery.
+"""Fixes to faust-streaming 0.15.3: two stop it from losing fetched messages around recovery, a third lets
+a worker start while a broker is down.
 
 Found with the worker restarted on a backlog (tests/test_stream_resilience.py), traced by logging
 every flow-control call and every fetched offset:
@@ -18,7 +19,13 @@ every flow-control call and every fetched offset:
    offset are sought to their beginning (`auto_offset_reset="earliest"`, what a fresh group reads).
    Changelog partitions are left alone: faust tracks their positions itself.
 
-Both only ever cause a message to be delivered again, never skipped; the worker's processing is
+3. Creating a topic asks the cluster's controller; with that broker just lost, aiokafka raises
+   (`NodeNotReadyError`, a connection error, "Controller node not found") and the worker exits while
+   starting, though the other brokers serve (issue 18, on a 3-node cluster with a broker killed -9).
+   Fixed: the creation is tried again with backoff (0.2 s to 5 s, for up to 90 s) after a metadata
+   refresh, logged once when it starts failing and once when it succeeds.
+
+The first two only ever cause a message to be delivered again, never skipped; the worker's processing is
 idempotent (windows are upserts keyed by date, replay row counts are kept per offset, embeddings
 are upserted), so a repeat changes nothing. `streams/gaps.py` still reports any skipped offset.
 """
@@ -73,7 +80,46 @@ def apply(allow_unverified: bool = False) -> None:
         log.warning("%s (allowed by EMBEDDER_ALLOW_UNVERIFIED_FAUST)", problem)
     _resume_clears_only_after_a_suspension()
     _uncommitted_source_partitions_restart_from_the_beginning()
+    _topic_creation_rides_out_a_broker_loss()
     _applied = True
+
+
+TOPIC_CREATION_DEADLINE_SECONDS = 90.0
+
+
+def _topic_creation_rides_out_a_broker_loss() -> None:
+    import asyncio
+    import time
+
+    from faust.transport.drivers.aiokafka import Transport
+
+    original = Transport._really_create_topic
+
+    async def _really_create_topic(self, owner, client, topic, *args, **kwargs):  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + TOPIC_CREATION_DEADLINE_SECONDS
+        delay, failing_since = 0.2, None
+        while True:
+            try:
+                result = await original(self, owner, client, topic, *args, **kwargs)
+            except Exception as e:  # aiokafka's errors, and faust's own "Controller node not found"
+                if owner.should_stop or time.monotonic() + delay > deadline:
+                    raise
+                if failing_since is None:
+                    failing_since = time.monotonic()
+                    log.warning("creating topic %r: %s; retrying for up to %.0f s", topic,
+                                str(e).splitlines()[0] if str(e) else type(e).__name__, TOPIC_CREATION_DEADLINE_SECONDS)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                try:
+                    await client.force_metadata_update()
+                except Exception:  # the next attempt says what is wrong
+                    pass
+                continue
+            if failing_since is not None:
+                log.warning("creating topic %r: done after %.1f s of retries", topic, time.monotonic() - failing_since)
+            return result
+
+    Transport._really_create_topic = _really_create_topic
 
 
 def _resume_clears_only_after_a_suspension() -> None:

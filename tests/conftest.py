@@ -156,3 +156,27 @@ def local_services(endpoints):
     if endpoints["KAFKA_BOOTSTRAP_SERVERS"] != services.env()["KAFKA_BOOTSTRAP_SERVERS"]:
         return None
     return services
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster(endpoints):
+    """A real 3-node KRaft cluster (replication 3, min.insync.replicas 2) from the project's broker jars, on
+    ports of its own beside the single broker, for tests that kill brokers; stopped at the end."""
+    from embedder.services.kafka_cluster import LocalKafkaCluster
+
+    cluster = LocalKafkaCluster(REPO / ".services" / "kafka-cluster-test", base_port=29292)
+    cluster.up()
+    try:
+        yield cluster
+    finally:
+        cluster.down()
+
+
+@pytest.fixture
+def cluster_env(cli_env, kafka_cluster) -> dict[str, str]:
+    """`cli_env` on the 3-node cluster, with production replication for the topics the project creates."""
+    for node in kafka_cluster.nodes:
+        if not node.running_pid():
+            kafka_cluster.start(node.node_id)
+    return cli_env | {"KAFKA_BOOTSTRAP_SERVERS": kafka_cluster.bootstrap, "EMBEDDER_TOPIC_REPLICATION_FACTOR": "3",
+                      "EMBEDDER_TOPIC_MIN_INSYNC_REPLICAS": "2"}

@@ -1,4 +1,5 @@
-"""A real single-node Apache Kafka broker in KRaft mode, run from Maven Central jars."""
+"""A real Apache Kafka node in KRaft mode (broker and controller), run from Maven Central jars: alone, or
+one of a local cluster (`embedder/services/kafka_cluster.py`)."""
 from __future__ import annotations
 
 import base64
@@ -17,18 +18,29 @@ from embedder.services.process import ServiceError, describe, pid_alive, poll_un
 from shared.config import LOCAL_KAFKA_PORT
 
 POM = Path(__file__).with_name("pom.xml")
-CONTROLLER_PORT = LOCAL_KAFKA_PORT + 1
 MAIN_CLASS = "kafka.Kafka"
 STORAGE_TOOL = "kafka.tools.StorageTool"
 
 
 @dataclass(frozen=True)
 class LocalKafka:
-    """Paths and ports of the project-local broker under `<services_dir>/kafka`."""
+    """Paths and ports of a project-local broker: alone under `<services_dir>/kafka`, or node `node_id` of
+    a cluster whose controllers are `voters` ((node id, controller port) of each), with topics replicated
+    `replication` times and `min.insync.replicas` one less (at least 1), as a production cluster has."""
 
     root: Path
     host: str = "127.0.0.1"
     port: int = LOCAL_KAFKA_PORT
+    node_id: int = 1
+    voters: tuple[tuple[int, int], ...] = ()
+    replication: int = 1
+    libs_root: Path | None = None
+    """Where the jars are (a cluster's nodes share one copy); default `root`."""
+    heap_mb: int = 768
+
+    @property
+    def controller_port(self) -> int:
+        return self.port + 1
 
     @property
     def bootstrap(self) -> str:
@@ -36,7 +48,7 @@ class LocalKafka:
 
     @property
     def libs(self) -> Path:
-        return self.root / "libs"
+        return (self.libs_root or self.root) / "libs"
 
     @property
     def pid_file(self) -> Path:
@@ -64,10 +76,11 @@ class LocalKafka:
         """Copy the broker's runtime jars from Maven Central into `libs/` once."""
         if self.libs.is_dir() and any(self.libs.glob("kafka_2.13-*.jar")):
             return
+        self.libs.parent.mkdir(parents=True, exist_ok=True)
         mvn = shutil.which("mvn")
         if not mvn:
             raise ServiceError("Maven (mvn) is required to fetch the Kafka broker jars; install it (apt-get install maven)")
-        tmp = (self.root / "libs.partial").resolve()
+        tmp = (self.libs.parent / "libs.partial").resolve()
         shutil.rmtree(tmp, ignore_errors=True)
         run(
             [mvn, "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
@@ -77,13 +90,17 @@ class LocalKafka:
         tmp.rename(self.libs)
 
     def _write_config(self) -> None:
+        quorum = (f"controller.quorum.voters={','.join(f'{n}@{self.host}:{p}' for n, p in self.voters)}"
+                  if self.voters else f"controller.quorum.bootstrap.servers={self.host}:{self.controller_port}")
+        rf, isr = self.replication, max(self.replication - 1, 1)
+        self.root.mkdir(parents=True, exist_ok=True)
         self.config.write_text(
             "\n".join(
                 [
                     "process.roles=broker,controller",
-                    "node.id=1",
-                    f"controller.quorum.bootstrap.servers={self.host}:{CONTROLLER_PORT}",
-                    f"listeners=PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{CONTROLLER_PORT}",
+                    f"node.id={self.node_id}",
+                    quorum,
+                    f"listeners=PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}",
                     f"advertised.listeners=PLAINTEXT://{self.host}:{self.port}",
                     "controller.listener.names=CONTROLLER",
                     "inter.broker.listener.name=PLAINTEXT",
@@ -91,12 +108,14 @@ class LocalKafka:
                     f"log.dirs={self.data_dir.resolve()}",
                     "num.partitions=1",
                     "auto.create.topics.enable=true",
-                    "offsets.topic.replication.factor=1",
+                    f"default.replication.factor={rf}",
+                    f"min.insync.replicas={isr}",
+                    f"offsets.topic.replication.factor={rf}",
                     "offsets.topic.num.partitions=8",
-                    "transaction.state.log.replication.factor=1",
-                    "transaction.state.log.min.isr=1",
-                    "share.coordinator.state.topic.replication.factor=1",
-                    "share.coordinator.state.topic.min.isr=1",
+                    f"transaction.state.log.replication.factor={rf}",
+                    f"transaction.state.log.min.isr={isr}",
+                    f"share.coordinator.state.topic.replication.factor={rf}",
+                    f"share.coordinator.state.topic.min.isr={isr}",
                     "group.initial.rebalance.delay.ms=0",
                     "log.retention.hours=-1",
                     "",
@@ -126,7 +145,7 @@ class LocalKafka:
         return [
             shutil.which("java") or "java",
             "-Xms256m",
-            "-Xmx768m",
+            f"-Xmx{self.heap_mb}m",
             "-XX:+UseG1GC",
             "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={(self.root / 'log4j2.properties').resolve()}",
@@ -136,15 +155,27 @@ class LocalKafka:
             *args,
         ]
 
-    def _format_storage(self) -> None:
+    def _format_storage(self, cluster_id: str | None = None) -> None:
+        """Format the data directory once: alone as a standalone controller, in a cluster with the
+        cluster's id and its static voters."""
         if (self.data_dir / "meta.properties").exists():
             return
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = cluster_id or base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         run(
-            self._java(STORAGE_TOOL, "format", "-t", cluster_id, "-c", str(self.config), "--standalone"),
+            self._java(STORAGE_TOOL, "format", "-t", cluster_id, "-c", str(self.config),
+                       *([] if self.voters else ["--standalone"])),
             what="formatting Kafka KRaft storage",
         )
+
+    def prepare(self, cluster_id: str | None = None) -> None:
+        """Jars, configuration and formatted storage, without starting anything."""
+        if not shutil.which("java"):
+            raise ServiceError("Java is required to run the Kafka broker; install a JDK 17+")
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.fetch_jars()
+        self._write_config()
+        self._format_storage(cluster_id)
 
     def up(self, timeout: float = 120.0, attempts: int = 3) -> bool:
         """Start the broker unless ours already runs; True when this call started it.
@@ -160,12 +191,7 @@ class LocalKafka:
                 f"port {self.port} is already used by a process this project did not start; "
                 "stop it or set KAFKA_BOOTSTRAP_SERVERS to use it"
             )
-        if not shutil.which("java"):
-            raise ServiceError("Java is required to run the Kafka broker; install a JDK 17+")
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.fetch_jars()
-        self._write_config()
-        self._format_storage()
+        self.prepare()
         for attempt in range(1, attempts):
             self._wait_data_dir_unlocked(60.0)
             try:
@@ -180,8 +206,8 @@ class LocalKafka:
         self._start(timeout)  # the last attempt: its failure is the error
         return True
 
-    def _start(self, timeout: float) -> None:
-        log_start = self.log_file.stat().st_size if self.log_file.exists() else 0
+    def spawn(self) -> subprocess.Popen:
+        """Start the node's process and return at once (a cluster's nodes wait for each other)."""
         with open(self.log_file, "ab") as log:
             proc = subprocess.Popen(
                 self._java(MAIN_CLASS, str(self.config)),
@@ -191,6 +217,21 @@ class LocalKafka:
                 start_new_session=True,
             )
         self.pid_file.write_text(f"{proc.pid}\n")
+        return proc
+
+    def kill(self) -> bool:
+        """SIGKILL the node (tests of broker loss); True if it was running."""
+        pid = self.running_pid()
+        if not pid:
+            return False
+        os.killpg(pid, signal.SIGKILL)
+        poll_until(lambda: not pid_alive(self.pid_file), 30.0)
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+    def _start(self, timeout: float) -> None:
+        log_start = self.log_file.stat().st_size if self.log_file.exists() else 0
+        proc = self.spawn()
 
         def ready() -> bool:
             if proc.poll() is not None:
@@ -223,7 +264,10 @@ class LocalKafka:
 
     def _ports_free(self) -> bool:
         """Nothing listens on the broker's or the controller's port."""
-        return not port_open(self.host, self.port) and not port_open(self.host, CONTROLLER_PORT)
+        return not port_open(self.host, self.port) and not port_open(self.host, self.controller_port)
+
+    def ready(self) -> bool:
+        return self._ready()
 
     def _ready(self) -> bool:
         """The broker answers a metadata request (not only a TCP connect)."""
@@ -237,6 +281,8 @@ class LocalKafka:
         except (KafkaError, OSError):
             return False
         try:
+            if self.voters:  # in a cluster: ready once this broker is registered with the controllers
+                return self.node_id in {b["broker_id"] for b in admin.describe_cluster()["brokers"]}
             admin.list_topics()
             return True
         except (KafkaError, OSError):

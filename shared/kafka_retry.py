@@ -1,0 +1,58 @@
+"""Riding out a broker loss: a Kafka call retried with bounded backoff, logged once per state change.
+
+A broker restart is routine (rolling upgrades, a node lost): while the other brokers hold the in-sync
+replicas, a client request that went to the dead one must go again (kafka-python picks another node on
+the next attempt, once its metadata drops the dead one). Retries back off from 0.2 s to 5 s and stop at
+a deadline; the log says once that Kafka is failing and once that it answers again, not a line per
+attempt.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from kafka.errors import KafkaError
+
+T = TypeVar("T")
+log = logging.getLogger("embedder.kafka")
+
+RETRIABLE = (KafkaError, OSError, TimeoutError)
+
+
+def with_retries(what: str, call: Callable[[], T], deadline_seconds: float = 90.0, first_delay: float = 0.2,
+                 max_delay: float = 5.0) -> T:
+    """`call()`, again after a Kafka or network error until `deadline_seconds` have passed (the last
+    error is raised then). Errors that are not the broker's (a bad argument, a missing topic the caller
+    handles) should be raised by `call` as something else."""
+    deadline = time.monotonic() + deadline_seconds
+    delay = first_delay
+    failing_since: float | None = None
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            result = call()
+        except RETRIABLE as e:
+            now = time.monotonic()
+            if failing_since is None:
+                failing_since = now
+                log.warning("%s: Kafka did not answer (%s); retrying for up to %.0f s", what, _first_line(e),
+                            deadline_seconds)
+            if now + delay > deadline:
+                log.error("%s: Kafka did not answer for %.0f s (%d attempts): %s", what, now - failing_since,
+                          attempts, _first_line(e))
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, max_delay)
+            continue
+        if failing_since is not None:
+            log.warning("%s: Kafka answers again after %.1f s (%d attempts)", what, time.monotonic() - failing_since,
+                        attempts)
+        return result
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:300]
