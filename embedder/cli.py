@@ -478,6 +478,10 @@ def main(argv: list[str] | None = None) -> None:
     except BadArguments:
         log_format = "text"  # the bad setting is reported as the command's one-line error
     configure(log_format)
+    # The Kafka clients log every reconnect attempt to a lost broker; commands say once what they wait for
+    # (shared.kafka_retry) and what failed, in their own words. The worker shows the clients' lines
+    # itself, once a minute each (streams/worker.py).
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
 
     def body() -> int | None:
         try:

@@ -22,10 +22,9 @@ RETRIABLE = (KafkaError, OSError, TimeoutError)
 
 
 def with_retries(what: str, call: Callable[[], T], deadline_seconds: float = 90.0, first_delay: float = 0.2,
-                 max_delay: float = 5.0) -> T:
+                 max_delay: float = 5.0, final: tuple[type[BaseException], ...] = ()) -> T:
     """`call()`, again after a Kafka or network error until `deadline_seconds` have passed (the last
-    error is raised then). Errors that are not the broker's (a bad argument, a missing topic the caller
-    handles) should be raised by `call` as something else."""
+    error is raised then); errors of the `final` types are raised at once (an answer, not a lost broker)."""
     deadline = time.monotonic() + deadline_seconds
     delay = first_delay
     failing_since: float | None = None
@@ -34,6 +33,8 @@ def with_retries(what: str, call: Callable[[], T], deadline_seconds: float = 90.
         attempts += 1
         try:
             result = call()
+        except final:
+            raise
         except RETRIABLE as e:
             now = time.monotonic()
             if failing_since is None:

@@ -26,13 +26,13 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
 from kafka import KafkaConsumer, TopicPartition
-from kafka.admin import OffsetSpec
+from kafka.admin import KafkaAdminClient, OffsetSpec
 from kafka.errors import KafkaError, UnknownTopicOrPartitionError
 
 from shared.config import Settings
 from shared.errors import ServiceUnavailable
 from shared.kafka_config import kafka_python_config
-from shared.topics import admin_client
+from shared.kafka_retry import with_retries
 
 class _FaustMetadataNoise(logging.Filter):
     """kafka-python warns on every describe of a Faust group (its member metadata is Faust's own)."""
@@ -102,22 +102,20 @@ class LagReport:
 
 
 def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
-    """Log-end offset of each partition of `topic`."""
-    admin = admin_client(settings)
+    """Log-end offset of each partition of `topic` (asked again while a broker is lost)."""
     tps = {TopicPartition(topic, p): OffsetSpec.LATEST for p in range(settings.partitions)}
-    deadline = time.monotonic() + 15.0
-    try:
-        while True:
-            try:
-                return {tp.partition: o.offset for tp, o in admin.list_partition_offsets(tps).items()}
-            except UnknownTopicOrPartitionError:  # just created: metadata still propagating
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-    except KafkaError as e:
+
+    def attempt() -> dict[int, int]:
+        admin = KafkaAdminClient(**kafka_python_config(settings), request_timeout_ms=15000)
+        try:
+            return {tp.partition: o.offset for tp, o in admin.list_partition_offsets(tps).items()}
+        finally:
+            admin.close()
+
+    try:  # a topic just created is unknown for a moment (metadata propagating): asked again too
+        return with_retries(f"reading the offsets of {topic}", attempt)
+    except (KafkaError, OSError) as e:
         raise ServiceUnavailable(f"cannot read the offsets of {topic}: {e}") from None
-    finally:
-        admin.close()
 
 
 def judge(samples: list[Sample], has_members: bool) -> str:
@@ -160,10 +158,23 @@ class LagMonitor:
                 client.close()
         self._admin = self._consumer = None
 
-    def sample(self) -> LagReport:
+    def sample(self, patience_seconds: float = 10.0) -> LagReport:
+        """One reading; a broker lost meanwhile is ridden out for `patience_seconds` (ERR only when no
+        broker answers for that long)."""
         now = time.time()
+
+        def attempt() -> GroupLag:
+            try:
+                return self._read(now)
+            except UnknownTopicOrPartitionError:
+                raise
+            except (KafkaError, OSError):
+                self.close()  # new clients for the next attempt: another broker answers
+                raise
+
         try:
-            group = self._read(now)
+            group = with_retries(f"reading the lag of group {self.group}", attempt, deadline_seconds=patience_seconds,
+                                 final=(UnknownTopicOrPartitionError,))
         except UnknownTopicOrPartitionError:
             group = GroupLag(self.group, "UNKNOWN", 0, "ERR", 0, None,
                              error=f"topics {', '.join(self.roles)} not found (no worker or replay created them yet)")
@@ -174,7 +185,7 @@ class LagMonitor:
 
     def _clients(self):
         if self._admin is None:
-            self._admin = admin_client(self.settings)
+            self._admin = KafkaAdminClient(**kafka_python_config(self.settings), request_timeout_ms=15000)
         if self._consumer is None:
             # It only peeks at the timestamp of each partition's first unconsumed record: no CRC
             # check (kafka-python's is pure Python when the crc32c package is missing, and it cost

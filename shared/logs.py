@@ -43,3 +43,46 @@ def error_line(prog: str, message: str, log_format: str) -> str:
         return json.dumps({"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), "level": "error",
                            "logger": prog, "message": message}, ensure_ascii=False)
     return f"{prog}: {message}"
+
+
+class RepeatFilter(logging.Filter):
+    """Lets the first of similar records (same logger, same text once digits are masked) through, then
+    drops the repeats for `window` seconds and says on the next one let through how many it dropped: a
+    client that reconnects every 0.1 s to a lost broker logs a line a minute, not 600."""
+
+    def __init__(self, window: float = 60.0, clock=None):
+        super().__init__()
+        self.window = window
+        self.clock = clock or __import__("time").monotonic
+        self._seen: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.CRITICAL:
+            return True
+        key = (record.name, _DIGITS.sub("#", str(record.msg)))
+        now = self.clock()
+        first, dropped = self._seen.get(key, (None, 0))
+        if first is not None and now - first < self.window:
+            self._seen[key] = (first, dropped + 1)
+            return False
+        self._seen[key] = (now, 0)
+        if dropped:
+            record.msg = f"{record.msg} ({dropped} similar line(s) in the last {self.window:.0f} s not shown)"
+        return True
+
+
+_DIGITS = __import__("re").compile(r"\d+")
+REPEATING_LOGGERS = ("kafka", "aiokafka")
+"""The Kafka clients' loggers: they log every reconnect attempt."""
+
+
+def quiet_repeats(prefixes: tuple[str, ...] = REPEATING_LOGGERS, window: float = 60.0) -> RepeatFilter:
+    """Put one RepeatFilter on every logger under `prefixes` that exists now (call it after importing
+    the clients); returns it."""
+    repeat = RepeatFilter(window)
+    names = [n for n in logging.root.manager.loggerDict if n.split(".")[0] in prefixes] + list(prefixes)
+    for name in set(names):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RepeatFilter) for f in logger.filters):
+            logger.addFilter(repeat)
+    return repeat

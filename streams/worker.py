@@ -11,7 +11,7 @@ import faust
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
 from shared.config import Settings
-from shared.logs import json_logging_config
+from shared.logs import json_logging_config, quiet_repeats
 from shared.metrics import StreamMetrics
 from shared.topics import ensure_topics
 from streams.agents import LostWindows
@@ -109,6 +109,8 @@ def run_worker(settings: Settings, datadir: Path, loglevel: str = "warn", beside
     guard), and the worker's metrics. `on_lost_windows` is told of live instruments a tick found
     without a window (see streams/agents.py).
     """
+    logging.getLogger("kafka").setLevel(logging.NOTSET)  # the CLI silences the clients; the worker shows them,
+    quiet_repeats()  # but a line a minute each: they log every reconnect to a lost broker
     ensure_topics(settings)
     datadir.mkdir(parents=True, exist_ok=True)
     registry = CollectorRegistry()
@@ -117,6 +119,7 @@ def run_worker(settings: Settings, datadir: Path, loglevel: str = "warn", beside
     metrics = StreamMetrics.create(registry)
     status = WorkerStatus()
     app = create_app(settings, datadir, metrics, on_lost_windows=on_lost_windows)
+    quiet_repeats()  # again: the clients' modules are imported now
     watch_assignment(app, settings, status, metrics)
     stops = [start_web(settings, datadir, registry, metrics, status)]
     if beside:

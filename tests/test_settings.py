@@ -20,3 +20,29 @@ def test_redaction():
     assert redact_url("postgresql://host/db") == "postgresql://host/db"
     assert "hunter2" not in scrub_secret(f"failed for {url} with hunter2", url)
     assert scrub_secret("password=hunter2 near hunter2_table", url) == "password=*** near hunter2_table"
+
+
+def test_repeated_client_log_lines_are_shown_once_a_minute_with_a_count():
+    """A Kafka client reconnecting to a lost broker every 0.1 s logs a line a minute, then says how many
+    similar lines it held back."""
+    import logging
+
+    from shared.logs import RepeatFilter
+
+    clock = {"now": 0.0}
+    repeat = RepeatFilter(window=60.0, clock=lambda: clock["now"])
+
+    def record(msg: str, *args) -> logging.LogRecord:
+        return logging.LogRecord("kafka.net.manager", logging.ERROR, __file__, 1, msg, args, None)
+
+    shown = []
+    for k in range(600):  # a minute of attempts, every 0.1 s, naming ports and attempt numbers
+        clock["now"] = k * 0.1
+        r = record(f"Connection failed to node 2 at 127.0.0.1:2929{k % 3} (attempt {k})")
+        if repeat.filter(r):
+            shown.append(r.getMessage())
+    assert shown == ["Connection failed to node 2 at 127.0.0.1:29290 (attempt 0)"]
+    clock["now"] = 61.0
+    r = record("Connection failed to node 2 at 127.0.0.1:29291 (attempt 610)")
+    assert repeat.filter(r) and r.getMessage().endswith("(599 similar line(s) in the last 60 s not shown)")
+    assert repeat.filter(record("Connection lost to node 3"))  # another message is shown at once
