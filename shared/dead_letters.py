@@ -18,6 +18,7 @@ from kafka.errors import KafkaError
 
 from shared.config import Settings
 from shared.errors import BadArguments, ServiceUnavailable
+from shared.kafka_retry import with_retries
 from shared.kafka_config import kafka_python_config
 
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
@@ -104,13 +105,20 @@ def read_dead_letters(settings: Settings, since: datetime | None = None, limit: 
                       timeout: float = 15.0) -> DeadLetterReport:
     """Every dead letter since `since` (all retained ones without it), counted by reason; the newest
     `limit` kept in full. Reads the topic from the broker with no consumer group."""
-    report = DeadLetterReport(since.isoformat(timespec="seconds") if since else None)
     try:
-        consumer = KafkaConsumer(**kafka_python_config(settings), group_id=None,
-                                 enable_auto_commit=False, request_timeout_ms=int(timeout * 1000) + 1000,
-                                 consumer_timeout_ms=int(timeout * 1000))
+        return with_retries(f"reading {settings.dead_letter_topic}",
+                            lambda: _read_dead_letters_once(settings, since, limit, timeout), deadline_seconds=60.0)
     except (KafkaError, OSError) as e:
-        raise ServiceUnavailable(f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: {e}") from None
+        raise ServiceUnavailable(f"cannot read {settings.dead_letter_topic} at {settings.kafka_bootstrap_servers}: "
+                                 f"{e}") from None
+
+
+def _read_dead_letters_once(settings: Settings, since: datetime | None, limit: int,
+                            timeout: float) -> DeadLetterReport:
+    report = DeadLetterReport(since.isoformat(timespec="seconds") if since else None)
+    consumer = KafkaConsumer(**kafka_python_config(settings), group_id=None,
+                             enable_auto_commit=False, request_timeout_ms=int(timeout * 1000) + 1000,
+                             consumer_timeout_ms=int(timeout * 1000))
     try:
         partitions = consumer.partitions_for_topic(settings.dead_letter_topic)
         if not partitions:
@@ -144,8 +152,6 @@ def read_dead_letters(settings: Settings, since: datetime | None = None, limit: 
         report.distinct_rows = len(seen)
         report.records.sort(key=lambda r: r.time)
         return report
-    except KafkaError as e:
-        raise ServiceUnavailable(f"cannot read {settings.dead_letter_topic}: {e}") from None
     finally:
         consumer.close()
 
@@ -153,10 +159,16 @@ def read_dead_letters(settings: Settings, since: datetime | None = None, limit: 
 def count_since(settings: Settings, since: datetime, timeout: float = 10.0) -> int:
     """How many dead letters arrived since `since` (offsets only: nothing is read)."""
     try:
-        consumer = KafkaConsumer(**kafka_python_config(settings), group_id=None,
-                                 enable_auto_commit=False, request_timeout_ms=int(timeout * 1000) + 1000)
+        return with_retries(f"counting {settings.dead_letter_topic}", lambda: _count_since_once(settings, since, timeout),
+                            deadline_seconds=30.0)
     except (KafkaError, OSError) as e:
-        raise ServiceUnavailable(f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: {e}") from None
+        raise ServiceUnavailable(f"cannot read {settings.dead_letter_topic} at {settings.kafka_bootstrap_servers}: "
+                                 f"{e}") from None
+
+
+def _count_since_once(settings: Settings, since: datetime, timeout: float) -> int:
+    consumer = KafkaConsumer(**kafka_python_config(settings), group_id=None,
+                             enable_auto_commit=False, request_timeout_ms=int(timeout * 1000) + 1000)
     try:
         partitions = consumer.partitions_for_topic(settings.dead_letter_topic) or set()
         tps = [TopicPartition(settings.dead_letter_topic, p) for p in partitions]
@@ -165,7 +177,5 @@ def count_since(settings: Settings, since: datetime, timeout: float = 10.0) -> i
         end = consumer.end_offsets(tps)
         found = consumer.offsets_for_times({tp: int(since.timestamp() * 1000) for tp in tps})
         return sum(end[tp] - (found[tp].offset if found.get(tp) else end[tp]) for tp in tps)
-    except KafkaError as e:
-        raise ServiceUnavailable(f"cannot read {settings.dead_letter_topic}: {e}") from None
     finally:
         consumer.close()
