@@ -110,6 +110,7 @@ class OutboxRelay:
     _bootstrap_checked_at: float = 0.0
     _gauged_at: float = 0.0
     _heartbeat_at: float = 0.0
+    _failing_since: float | None = None
 
     @property
     def by(self) -> str:
@@ -145,8 +146,18 @@ class OutboxRelay:
                     finally:
                         publisher.close()
             except (psycopg.Error, EmbedderError, KafkaError) as e:
-                log.warning("outbox relay: %s; retrying in 2s", str(e).splitlines()[0])
+                problem = str(e).splitlines()[0] if str(e) else type(e).__name__
+                if self._failing_since is None:  # logged once per state change, not every 2 s
+                    self._failing_since = time.monotonic()
+                    log.warning("outbox relay: %s; retrying every 2 s", problem)
+                else:
+                    log.debug("outbox relay: %s; retrying in 2 s", problem)
                 self.stop.wait(2.0)
+
+    def _recovered(self) -> None:
+        if self._failing_since is not None:
+            log.warning("outbox relay: relaying again after %.0f s", time.monotonic() - self._failing_since)
+            self._failing_since = None
 
     def relay_once(self, conn: psycopg.Connection, publisher: PricePublisher) -> int:
         """Publish the next unpublished outbox entries (up to one snapshot, about ROUND_KEYS captured
@@ -158,6 +169,7 @@ class OutboxRelay:
             (BATCH,),
         ).fetchall()
         if not entries:
+            self._recovered()
             return 0
         this_round, keys = [], 0
         for entry in entries:
@@ -213,6 +225,7 @@ class OutboxRelay:
             self._count_bootstrap(snapshots)
         self.published += len(this_round)
         self._last_activity = time.monotonic()
+        self._recovered()
         return len(this_round)
 
     def _saw_rows(self, rows: list[tuple], latest: date) -> None:
