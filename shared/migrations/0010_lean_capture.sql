@@ -34,10 +34,12 @@ CREATE TABLE IF NOT EXISTS embedder_capture (
     changed_at timestamptz NOT NULL DEFAULT now(),
     changed_by text
 );
--- A database whose live service ran before this release keeps capturing across the upgrade.
+-- Off after the upgrade, also where a live service ran before: a worker of the previous release still
+-- relaying would not understand `keys` entries (it would dead-letter them as rows without an id). Off,
+-- nothing is captured until a worker of this release takes the relay lock; it then resyncs from
+-- prices_daily (windows and every maintained key), so nothing written meanwhile is missed.
 INSERT INTO embedder_capture (enabled, idle_hours, relay_seen_at, changed_by)
-SELECT EXISTS (SELECT 1 FROM embedder_bootstrap) OR EXISTS (SELECT 1 FROM prices_outbox WHERE kind = 'tick'),
-       72, now(), 'migration 0010'
+VALUES (false, 72, NULL, 'migration 0010 (the next worker resyncs)')
 ON CONFLICT (singleton) DO NOTHING;
 
 -- plpgsql, not sql: its plan is cached, where a non-inlined SQL function is planned on every call
