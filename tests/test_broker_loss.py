@@ -3,6 +3,7 @@ from the project's broker jars, with a broker killed -9 while commands run. Ever
 loss of one broker while the other two hold the in-sync replicas."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -84,6 +85,11 @@ def test_the_live_worker_and_its_relay_ride_out_a_broker_loss(cluster_env, kafka
         for k, day in enumerate(days):
             if k == 1:
                 kafka_cluster.kill(1)
+                status = run(cluster_env, "status", "--json")  # the operator's commands while a broker is down
+                assert status.returncode == 0 and json.loads(status.stdout)["dead_letters"]["error"] is None, \
+                    status.stdout[-2000:] + status.stderr[-2000:]
+                letters = run(cluster_env, "dead-letters", "--json", "--since", "1d")
+                assert letters.returncode == 0, letters.stderr[-2000:]
             if k == 3:
                 kafka_cluster.start(1)
             with psycopg.connect(url) as conn, conn.transaction():
