@@ -52,29 +52,30 @@ BEGIN
 END $$;
 
 -- 3. The triggers: one statement-level INSERT of grouped keys, skipped whole when capture is off.
-CREATE OR REPLACE FUNCTION embedder_capture_inserted_prices() RETURNS trigger LANGUAGE plpgsql AS $$
+-- INSERT and DELETE: every key of the statement's rows (one function; both triggers name their
+-- transition table `changed_prices`).
+CREATE OR REPLACE FUNCTION embedder_capture_changed_keys() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF NOT embedder_capturing() THEN
         RETURN NULL;
     END IF;
     INSERT INTO prices_outbox (kind, instrument_ids, trade_dates)
     SELECT 'keys', array_agg(instrument_id), trade_dates
-    FROM (SELECT instrument_id, array_agg(trade_date) AS trade_dates FROM inserted_prices GROUP BY instrument_id) k
+    FROM (SELECT instrument_id, array_agg(trade_date) AS trade_dates FROM changed_prices GROUP BY instrument_id) k
     GROUP BY trade_dates;
     RETURN NULL;
 END $$;
 
-CREATE OR REPLACE FUNCTION embedder_capture_deleted_prices() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF NOT embedder_capturing() THEN
-        RETURN NULL;
-    END IF;
-    INSERT INTO prices_outbox (kind, instrument_ids, trade_dates)
-    SELECT 'keys', array_agg(instrument_id), trade_dates
-    FROM (SELECT instrument_id, array_agg(trade_date) AS trade_dates FROM deleted_prices GROUP BY instrument_id) k
-    GROUP BY trade_dates;
-    RETURN NULL;
-END $$;
+DROP TRIGGER IF EXISTS embedder_capture_inserted_prices ON prices_daily;
+CREATE TRIGGER embedder_capture_inserted_prices AFTER INSERT ON prices_daily
+    REFERENCING NEW TABLE AS changed_prices
+    FOR EACH STATEMENT EXECUTE FUNCTION embedder_capture_changed_keys();
+DROP TRIGGER IF EXISTS embedder_capture_deleted_prices ON prices_daily;
+CREATE TRIGGER embedder_capture_deleted_prices AFTER DELETE ON prices_daily
+    REFERENCING OLD TABLE AS changed_prices
+    FOR EACH STATEMENT EXECUTE FUNCTION embedder_capture_changed_keys();
+DROP FUNCTION IF EXISTS embedder_capture_inserted_prices();
+DROP FUNCTION IF EXISTS embedder_capture_deleted_prices();
 
 -- An UPDATE changes the keys whose close or volume changed, and the old key of a row moved to another.
 CREATE OR REPLACE FUNCTION embedder_capture_updated_prices() RETURNS trigger LANGUAGE plpgsql AS $$
