@@ -187,3 +187,16 @@ def test_a_key_another_writer_inserts_meanwhile_is_upserted_not_a_failure(db_url
     importer.join(timeout=60)
     assert ("BBB", date(2020, 1, 3), 11.0, 12.0, 10.0, 12.5, 12.4, 10.0, "USD") in prices(db_url)
     assert (done["result"].inserted, done["result"].updated) == (2, 1)
+
+
+def test_the_real_data_set_imported_where_no_live_service_runs_leaves_no_outbox(real_db_url):
+    """Issue 17: a batch-only database (capture never turned on) keeps no copy of what it imports."""
+    from backfill.capture import capture_state
+    from backfill.outbox import outbox_backlog
+
+    with psycopg.connect(real_db_url) as conn:
+        assert not capture_state(conn).capturing
+        assert conn.execute("SELECT count(*) FROM prices_daily").fetchone()[0] == 592_355
+        backlog = outbox_backlog(conn)
+        assert backlog.entries == 0 and backlog.keys == 0
+        assert conn.execute("SELECT count(*) FROM prices_outbox").fetchone()[0] == 0
