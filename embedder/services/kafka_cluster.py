@@ -73,6 +73,37 @@ class LocalKafkaCluster:
     def kill(self, node_id: int) -> bool:
         return self.node(node_id).kill()
 
+    def under_replicated(self) -> int | None:
+        """Partitions whose in-sync replicas are fewer than their replicas (None when no node answers)."""
+        from kafka import KafkaAdminClient
+        from kafka.errors import KafkaError
+
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=10000)
+        except (KafkaError, OSError):
+            return None
+        try:
+            return sum(1 for topic in admin.describe_topics() for p in topic["partitions"]
+                       if len(p["isr"]) < len(p["replicas"]))
+        except (KafkaError, OSError):
+            return None
+        finally:
+            admin.close()
+
+    def wait_in_sync(self, timeout: float = 180.0) -> None:
+        """Wait until every partition has all its replicas in sync (the step between two restarts of a
+        rolling restart: restarting the next node earlier could take a partition below its minimum ISR)."""
+        wait_until(lambda: self.under_replicated() == 0, timeout, "every partition's replicas in sync", interval=1.0)
+
+    def rolling_restart(self, graceful: bool = True, timeout: float = 180.0) -> None:
+        """Restart every node in turn, as an upgrade does: stop one (SIGTERM, or kill -9), start it, wait
+        until the cluster is in sync again, then the next."""
+        for node in self.nodes:
+            self.wait_in_sync(timeout)
+            node.down() if graceful else node.kill()
+            self.start(node.node_id, timeout)
+        self.wait_in_sync(timeout)
+
     def down(self) -> bool:
         stopped = [node.down() for node in self.nodes]
         return any(stopped)
