@@ -45,6 +45,7 @@ class StreamMetrics:
     parity_checked: Counter
     parity_mismatches: Counter
     parity_last_run: Gauge
+    state_bytes: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> "StreamMetrics":
@@ -117,6 +118,9 @@ class StreamMetrics:
                                       ["kind"], registry=r),
             parity_last_run=Gauge("embedder_parity_last_run_timestamp_seconds", "When the parity audit last "
                                   "finished a round.", registry=r),
+            state_bytes=Counter("embedder_state_bytes_written", "Bytes of values written to the worker's state "
+                                "tables (and so to their changelogs), by table: windows or runs.", ["table"],
+                                registry=r),
         )
 
 

@@ -23,6 +23,7 @@ from streams.gaps import OffsetGuard
 from streams.processor import DeadLetter, Effects, PartitionProcessor, ProcessorConfig, TickReport
 from streams.registry import DbRegistry
 from streams.state import ByRun
+from streams.window_store import value_bytes
 from streams.sink import BatchingSink, SinkWriter
 
 log = logging.getLogger("embedder.stream")
@@ -126,10 +127,12 @@ def register(app: faust.App, settings: Settings, metrics: StreamMetrics,
                 await asyncio.gather(*pending)
         elif acked_by_sink:  # 2
             await sink.submit(fx.embeddings, event.ack)
-        for key, value in fx.writes.windows.items():  # 4
+        for key, value in fx.writes.windows.items():  # 4 (a window's chunks before its head)
             windows.put(key, value)
         for key, value in fx.writes.runs.items():
             runs.put(key, value)
+        metrics.state_bytes.labels("windows").inc(value_bytes(fx.writes.windows.values()))
+        metrics.state_bytes.labels("runs").inc(value_bytes(fx.writes.runs.values()))
         if not acked_by_sink:  # 5
             event.ack()
 

@@ -32,6 +32,7 @@ from streams.registry import Registry
 from streams.state import RunPartition, TickRecord, Writes, run_key, window_key
 from shared.encoder import LOOKBACK_FACTOR
 from streams.ticks import Timeline, embeddings_at
+from streams import window_store
 from streams.window import NO_OFFSET, Window, date_of, day_number, retention_days
 
 DEFAULT_CACHE_WINDOWS = 50_000
@@ -150,7 +151,7 @@ class PartitionProcessor:
     def _window(self, key: str) -> Window:
         window = self._windows.get(key)
         if window is None:
-            window = Window.parse(self.windows.get(key))
+            window = window_store.read(self.windows, key)
             self._cache_window(key, window)
         else:
             self._windows.move_to_end(key)
@@ -171,8 +172,10 @@ class PartitionProcessor:
             state = self._runs[run] = RunPartition.parse(self.runs.get(run_key(run, self.partition)))
         return state
 
-    def _write_window(self, fx: Effects, key: str, window: Window | None) -> None:
-        fx.writes.windows[key] = None if window is None else window.to_bytes()
+    def _write_window(self, fx: Effects, key: str, before: Window, window: Window | None,
+                      changed_days: Sequence[int] = ()) -> None:
+        """Write `window` (None: delete it) in place of `before`, as stored: only the chunks that differ."""
+        fx.writes.windows.update(window_store.writes(key, before, window, changed_days))
         self._cache_window(key, window)
 
     def _write_run(self, fx: Effects, run: str, before: RunPartition, after: RunPartition | None) -> None:
@@ -204,12 +207,12 @@ class PartitionProcessor:
         floor = self._floor(run)
         for instrument_id, own in by_instrument.items():
             key = window_key(run, instrument_id)
-            window = self._window(key)
-            if window.applied_offset >= offset:
+            stored = self._window(key)
+            if stored.applied_offset >= offset:
                 continue  # re-delivered after a restart or rebalance: already in the restored state
             changes = [(day_number(r[1]), r[2], r[3]) if len(r) == 4 else (day_number(r[1]), None, None)
                        for r in own]
-            window, too_old = window.apply(changes, keep, offset, floor)
+            window, too_old = stored.apply(changes, keep, offset, floor)
             live = run == LIVE_RUN
             for k in too_old:
                 if live:  # history: the database path recomputes what it reaches
@@ -235,7 +238,7 @@ class PartitionProcessor:
             for window_days in {t.window_days for t in fresh}:
                 corrections.setdefault(window_days, []).extend(
                     recompute(instrument_id, window, [t for t in fresh if t.window_days == window_days]))
-            self._write_window(fx, key, window)
+            self._write_window(fx, key, stored, window, [c[0] for c in changes])
         for window_days, items in corrections.items():
             fx.embeddings.append(EmbeddingBatch(run, window_days, self.partition, items))
         self._write_run(fx, run, before, state)
@@ -344,7 +347,8 @@ class PartitionProcessor:
             raise BadMessage("the live run never ends")
         before = self._run_state(run)
         for instrument_id in sorted(before.members):
-            self._write_window(fx, window_key(run, instrument_id), None)
+            key = window_key(run, instrument_id)
+            self._write_window(fx, key, self._window(key), None)
         self._write_run(fx, run, before, None)
         self._unconfirmed.pop(run, None)
 

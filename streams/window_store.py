@@ -1,0 +1,102 @@
+"""How a `Window` is kept in a state table: a head and sealed chunks, so a day's rows rewrite the head only.
+
+A window of 63 trading days keeps ~130 rows (its look-back); written whole, every live day would put
+~2.6 KB per instrument into the changelog. Here rows are grouped by calendar chunk (`CHUNK_DAYS` days,
+about 22 trading days). The value under the window's key, the head, holds the header (applied source
+offset, horizon), the list of sealed chunks, and the rows of the newest chunk; each older chunk is a
+value of its own under `key \\x1f <chunk>`. A day appended to the newest chunk writes the head alone
+(its rows and ~50 bytes of header); a chunk is written again only when a row of it changes or the
+head moves past it, and deleted when the horizon passes its last row. Rows below the horizon may stay
+in a chunk until then; reads drop them.
+
+Writes of one event list the chunks before the head, and the head records the offset: if a chunk of an
+event were lost while its head was kept, reading finds a listed chunk missing and reports the window
+as lost (`Window` with no offset and no rows), so it is loaded again from prices_daily.
+"""
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+
+from streams.state import SEP
+from streams.window import NO_OFFSET, NOTHING_DROPPED, ROW, Window
+
+CHUNK_DAYS = 32
+HEAD = struct.Struct("<qiH")  # applied offset, horizon, number of sealed chunks
+CHUNK_ID = np.dtype("<i4")
+EMPTY_ROWS = np.empty(0, dtype=ROW)
+LOST = Window(NO_OFFSET, NOTHING_DROPPED, EMPTY_ROWS)
+
+
+def chunk_key(key: str, chunk: int) -> str:
+    return f"{key}{SEP}{chunk}"
+
+
+def chunks_of(days: np.ndarray) -> np.ndarray:
+    """The distinct chunks of ascending `days`, ascending."""
+    if not days.size:
+        return np.empty(0, dtype=np.int64)
+    chunks = days.astype(np.int64) // CHUNK_DAYS
+    return chunks[np.r_[True, chunks[1:] != chunks[:-1]]]
+
+
+def layout(window: Window) -> tuple[int | None, list[int]]:
+    """(the head's chunk, the sealed chunks) of a window's rows: the head holds the newest chunk."""
+    chunks = chunks_of(window.days).tolist()
+    return (chunks[-1], chunks[:-1]) if chunks else (None, [])
+
+
+def read(table: Mapping[str, bytes], key: str) -> Window:
+    """The window stored under `key` (an empty window when there is none; `LOST` when a chunk is missing)."""
+    head = table.get(key)
+    if not head:
+        return LOST
+    offset, horizon, n = HEAD.unpack_from(head)
+    sealed = np.frombuffer(head, dtype=CHUNK_ID, count=n, offset=HEAD.size)
+    parts = []
+    for chunk in sealed.tolist():
+        value = table.get(chunk_key(key, chunk))
+        if value is None:
+            return LOST
+        parts.append(np.frombuffer(value, dtype=ROW))
+    parts.append(np.frombuffer(head, dtype=ROW, offset=HEAD.size + CHUNK_ID.itemsize * n))
+    rows = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    if rows.size and int(rows["day"][0]) < horizon:
+        rows = rows[int(np.searchsorted(rows["day"], horizon)):]
+    return Window(offset, horizon, rows)
+
+
+def _chunk_rows(window: Window, chunk: int) -> np.ndarray:
+    days = window.days
+    lo, hi = np.searchsorted(days, [chunk * CHUNK_DAYS, (chunk + 1) * CHUNK_DAYS])
+    return window.rows[int(lo):int(hi)]
+
+
+def head_bytes(window: Window, head: int | None, sealed: list[int]) -> bytes:
+    rows = _chunk_rows(window, head) if head is not None else EMPTY_ROWS
+    return (HEAD.pack(window.applied_offset, window.horizon, len(sealed))
+            + np.asarray(sealed, dtype=CHUNK_ID).tobytes() + rows.tobytes())
+
+
+def writes(key: str, before: Window, after: Window | None, changed_days: Iterable[int] = ()) -> dict[str, bytes | None]:
+    """The table writes that turn the stored `before` into `after` (None: delete the window): chunks first,
+    the head last. `changed_days` are the days the event changed (their chunks are rewritten)."""
+    old_head, old_sealed = layout(before)
+    if after is None:
+        return {**{chunk_key(key, c): None for c in old_sealed}, key: None}
+    new_head, new_sealed = layout(after)
+    old, new = set(old_sealed), set(new_sealed)
+    touched = {int(d) // CHUNK_DAYS for d in changed_days}
+    out: dict[str, bytes | None] = {chunk_key(key, c): None for c in sorted(old - new)}
+    for chunk in new_sealed:
+        if chunk not in old or chunk in touched or chunk == old_head:
+            out[chunk_key(key, chunk)] = _chunk_rows(after, chunk).tobytes()
+    out[key] = head_bytes(after, new_head, new_sealed)
+    return out
+
+
+def value_bytes(values: Iterable[bytes | None]) -> int:
+    """Bytes a set of writes puts into the changelog (values only; a deletion counts 0)."""
+    return sum(len(v) for v in values if v)

@@ -1,0 +1,99 @@
+"""Windows kept in chunks (`streams/window_store.py`), over dict tables: what is read back is the window that
+was written, and a day's rows rewrite the head only."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from streams import window_store
+from streams.window import Window, retention_days
+from streams.window_store import CHUNK_DAYS, LOST, chunk_key, read, writes
+
+KEEP = retention_days(63, 15)
+
+
+def apply(table: dict[str, bytes], writes_: dict[str, bytes | None]) -> None:
+    for key, value in writes_.items():
+        if value is None:
+            table.pop(key, None)
+        else:
+            table[key] = value
+
+
+def same(a: Window, b: Window) -> bool:
+    return (a.applied_offset, a.horizon) == (b.applied_offset, b.horizon) and a.rows.tobytes() == b.rows.tobytes()
+
+
+def trading_days(start: int, n: int) -> list[int]:
+    days, d = [], start
+    while len(days) < n:
+        if d % 7 not in (2, 3):  # day 0 (1970-01-01) was a Thursday: 2 and 3 are Saturday and Sunday
+            days.append(d)
+        d += 1
+    return days
+
+
+def test_random_corrections_deletions_and_days_read_back_as_written():
+    """Every kind of change a window sees (a bootstrap's history, days appended, corrections of old days,
+    deletions, a deleted newest row, moving horizons): after each, the table reads back the same window and
+    holds no chunk the head does not list."""
+    rng = np.random.default_rng(7)
+    table: dict[str, bytes] = {}
+    stored = read(table, "w")
+    days = trading_days(18_000, 600)
+    history = [(d, float(rng.uniform(10, 20)), float(rng.integers(1, 10**6))) for d in days[:150]]
+    offset = 0
+    steps = [history] + [[(d, 1.0 + k, 2.0)] for k, d in enumerate(days[150:400])]
+    for k in range(60):  # corrections and deletions of held days, and out-of-order inserts
+        pick = int(rng.choice(days[:400]))  # held, not yet arrived, or older than the horizon by then
+        steps.insert(int(rng.integers(1, len(steps))), [(pick, None, None)] if k % 3 == 0 else [(pick, 5.0, 6.0)])
+    for changes in steps:
+        offset += 1
+        after, _ = stored.apply(changes, KEEP, offset)
+        apply(table, writes("w", stored, after, [c[0] for c in changes]))
+        got = read(table, "w")
+        assert same(got, after)
+        heads = [k for k in table if k == "w"]
+        assert len(heads) == 1
+        _, sealed = window_store.layout(after)
+        assert set(table) == {"w"} | {chunk_key("w", c) for c in sealed}
+        stored = after
+    apply(table, writes("w", stored, None))
+    assert table == {}
+
+
+def test_a_day_appended_writes_the_head_alone_and_far_fewer_bytes_than_the_window():
+    table: dict[str, bytes] = {}
+    days = trading_days(18_000, 400)
+    stored, _ = read(table, "w").apply([(d, 10.0, 1.0) for d in days[:200]], KEEP, 1)
+    apply(table, writes("w", read(table, "w"), stored))
+    sizes = []
+    for k, d in enumerate(days[200:300]):
+        after, _ = stored.apply([(d, 11.0, 2.0)], KEEP, 2 + k)
+        w = writes("w", stored, after, [d])
+        apply(table, w)
+        sizes.append(window_store.value_bytes(w.values()))
+        stored = after
+    whole = len(stored.to_bytes())  # what one value per window wrote every day
+    assert whole > 2_000
+    assert max(sizes) <= whole / 2 and np.mean(sizes) <= whole / 5
+    assert same(read(table, "w"), stored)
+
+
+def test_a_missing_chunk_reads_as_a_lost_window():
+    table: dict[str, bytes] = {}
+    days = trading_days(18_000, 100)
+    window, _ = read(table, "w").apply([(d, 10.0, 1.0) for d in days], 10_000, 1)
+    apply(table, writes("w", read(table, "w"), window))
+    sealed = [k for k in table if k != "w"]
+    assert len(sealed) >= (days[-1] - days[0]) // CHUNK_DAYS - 1
+    del table[sealed[0]]
+    assert read(table, "w") is LOST
+
+
+@pytest.mark.parametrize("n", [0, 1])
+def test_an_empty_or_single_row_window(n):
+    table: dict[str, bytes] = {}
+    window, _ = read(table, "w").apply([(18_000, 1.0, 2.0)][:n] or [(18_000, None, None)], KEEP, 3)
+    apply(table, writes("w", read(table, "w"), window))
+    assert same(read(table, "w"), window)
