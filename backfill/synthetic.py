@@ -22,13 +22,17 @@ def business_days(start: date, end: date) -> np.ndarray:
     return days[np.is_busday(days)]
 
 
-def synthetic_rows(instruments: int, start: date, end: date, seed: int = 7) -> list[list[str]]:
-    """Yahoo-layout rows (strings) for `instruments` symbols SYN000.. over start..end."""
+LONG_ID_TAIL = ".ISIN-US0000000000-XNYS-CLASS-A-PREFERRED-SERIES-B"
+
+
+def synthetic_rows(instruments: int, start: date, end: date, seed: int = 7, long_ids: bool = False) -> list[list[str]]:
+    """Yahoo-layout rows (strings) for `instruments` symbols SYN000.. over start..end; with `long_ids`,
+    ids of every length from 8 to 50 characters (the schema's limit): SYN00042.ISIN-…"""
     rng = np.random.default_rng(seed)
     days = business_days(start, end)
     rows: list[list[str]] = []
     for k in range(instruments):
-        symbol = f"SYN{k:03d}"
+        symbol = f"SYN{k:05d}{LONG_ID_TAIL[:k % 43]}" if long_ids else f"SYN{k:03d}"
         keep = rng.random(days.size) > 0.02  # ~2 % missing days
         kind = k % 10
         if kind == 3:  # late listing

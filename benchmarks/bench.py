@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from datetime import date
 from pathlib import Path
@@ -118,36 +120,73 @@ def measure_stream(f: Figures, settings: Settings, selection: RunSelection, chec
 
 
 def measure_live(f: Figures, settings: Settings, days: list[date], workdir: Path, ticks: int,
-                 prefix: str = "live") -> tuple[Path, subprocess.Popen]:
-    """Bootstrap a worker from history no trigger saw, time ticks of days landing with INSERTs, then
-    restart the worker on its state; returns the running worker."""
+                 prefix: str = "live", workers: int = 1) -> tuple[Path, subprocess.Popen]:
+    """Bootstrap `workers` workers from history no trigger saw, time ticks of days landing with INSERTs
+    (and the window state each day writes), kill -9 one worker and time it back to ready, then restart a
+    worker on its state; returns the running worker (the others are stopped)."""
     url = settings.database_url
     measured = days[-ticks:]
     withhold_days(url, measured[0])
-    datadir = workdir / prefix
-    datadir.mkdir(parents=True, exist_ok=True)
+    dirs = [workdir / (prefix if workers == 1 else f"{prefix}-w{k}") for k in range(workers)]
+    for d in dirs:
+        d.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    worker = start_worker(settings, datadir)
+    procs = [start_worker(settings, d) for d in dirs]
     try:
-        wait_ready(datadir)
+        for d, p in zip(dirs, procs):
+            wait_ready(d, timeout=600, proc=p)
+        f.put(f"{prefix}_workers", workers)
         f.put(f"{prefix}_bootstrap_rows", wait_bootstrapped(settings, url))
         f.put(f"{prefix}_bootstrap_seconds", round(time.perf_counter() - started, 2))
-        f.put(f"{prefix}_bootstrap_peak_rss_mb", round(peak_rss_mb(worker.pid), 1))
+        f.put(f"{prefix}_bootstrap_peak_rss_mb", round(max(peak_rss_mb(p.pid) for p in procs), 1))
         # Capture turned on for the first time: every stored key is rechecked once (in the background);
         # the ticks are timed after it, as a live service runs day to day.
         f.put(f"{prefix}_first_capture_recheck_keys", recheck_keys(url))
         f.put(f"{prefix}_first_capture_recheck_s", round(wait_rechecked(url), 2))
+        written = window_bytes_written(dirs)
         latencies = tick_latencies(settings, url, measured, MODEL)
+        new_rows = query(url, "SELECT count(*) FROM bench_withheld WHERE trade_date <= %s", measured[-1])[0][0]
         f.put(f"{prefix}_ticks", len(latencies))
         f.put(f"{prefix}_tick_p50_s", round(statistics.median(latencies), 3))
         f.put(f"{prefix}_tick_p99_s", round(sorted(latencies)[max(0, round(0.99 * len(latencies)) - 1)], 3))
         f.put(f"{prefix}_tick_max_s", round(max(latencies), 3))
-        f.put(f"{prefix}_worker_peak_rss_mb", round(peak_rss_mb(worker.pid), 1))
+        f.put(f"{prefix}_window_state_bytes_per_new_row", round((window_bytes_written(dirs) - written) / new_rows, 1))
+        f.put(f"{prefix}_whole_window_bytes_per_new_row", whole_window_bytes(url, measured, settings))
+        f.put(f"{prefix}_worker_peak_rss_mb", round(max(peak_rss_mb(p.pid) for p in procs), 1))
+        os.kill(procs[-1].pid, signal.SIGKILL)  # a worker lost while the others run
+        procs[-1].wait()
+        procs[-1] = start_worker(settings, dirs[-1])
+        f.put(f"{prefix}_kill9_to_ready_s", round(wait_ready(dirs[-1], timeout=600, proc=procs[-1]), 2))
     finally:
-        stop(worker)
-    worker = start_worker(settings, datadir)  # warm RocksDB state in the same folder
-    f.put(f"{prefix}_restart_to_ready_s", round(wait_ready(datadir), 2))
-    return datadir, worker
+        for p in procs:
+            stop(p)
+    worker = start_worker(settings, dirs[0])  # warm RocksDB state in the same folder
+    f.put(f"{prefix}_restart_to_ready_s", round(wait_ready(dirs[0], timeout=600, proc=worker), 2))
+    return dirs[0], worker
+
+
+def window_bytes_written(dirs: list[Path]) -> float:
+    """`embedder_state_bytes_written_total{table="windows"}` summed over the workers' /metrics."""
+    total = 0.0
+    for d in dirs:
+        port = (d / "web.port").read_text().strip()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith('embedder_state_bytes_written_total{table="windows"}'):
+                    total += float(line.split()[-1])
+    return total
+
+
+def whole_window_bytes(url: str, days: list[date], settings: Settings) -> float:
+    """Per new row of `days`: the bytes its window would write as one value (state format 2: a 12-byte
+    header and 20 bytes per held row), for comparison."""
+    from shared.encoder import retention_days
+
+    keep = retention_days(settings.window_days, settings.retention_slack_days)
+    return round(float(query(url, """
+        SELECT avg(12 + 20 * (SELECT count(*) FROM prices_daily p WHERE p.instrument_id = w.instrument_id
+                               AND p.trade_date BETWEEN w.trade_date - %s AND w.trade_date))
+        FROM bench_withheld w WHERE w.trade_date BETWEEN %s AND %s""", keep, days[0], days[-1])[0][0]), 1)
 
 
 def recheck_keys(url: str) -> int:
@@ -192,27 +231,32 @@ def measure_empty_state(f: Figures, settings: Settings, days: list[date], workdi
         stop(worker)
 
 
-def measure_scale(f: Figures, base: Settings, instruments: int, ticks: int, workdir: Path) -> None:
-    """The live service on a synthetic market of `instruments` instruments (a year of history)."""
+def measure_scale(f: Figures, base: Settings, instruments: int, ticks: int, workdir: Path, workers: tuple[int, ...] = (1,),
+                  prefix: str = "scale") -> None:
+    """The live service on a synthetic market of `instruments` instruments (a year of history, ids up to 50
+    characters), on each number of `workers` in turn (a fresh database and app each)."""
     from backfill.synthetic import synthetic_rows
     from benchmarks.live import load_quietly
 
-    url = fresh_database(base.database_url)
-    upgrade(url)
-    started = time.perf_counter()
     rows = [(symbol, date.fromisoformat(d), float(c), float(v))
-            for d, _h, _l, _o, c, v, _a, symbol in synthetic_rows(instruments, date(2019, 1, 1), date(2019, 12, 31))]
-    load_quietly(url, rows, "SCALE")
-    f.put("scale_instruments", instruments)
-    f.put("scale_rows", len(rows))
-    f.put("scale_load_seconds", round(time.perf_counter() - started, 1))
+            for d, _h, _l, _o, c, v, _a, symbol in synthetic_rows(instruments, date(2019, 1, 1), date(2019, 12, 31),
+                                                                  long_ids=True)]
     days = sorted({r[1] for r in rows})
-    del rows
-    settings = for_app(base, url, uuid.uuid4().hex[:8])
-    _, worker = measure_live(f, settings, days, workdir, ticks, prefix="scale")
-    stop(worker)
-    with psycopg.connect(base.database_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE "{urlsplit(url).path[1:]}" WITH (FORCE)')
+    for n in workers:
+        key = prefix if len(workers) == 1 else f"{prefix}_{n}w"
+        url = fresh_database(base.database_url)
+        upgrade(url)
+        started = time.perf_counter()
+        load_quietly(url, rows, "SCALE")
+        f.put(f"{key}_instruments", instruments)
+        f.put(f"{key}_rows", len(rows))
+        f.put(f"{key}_longest_id", max(len(r[0]) for r in rows))
+        f.put(f"{key}_load_seconds", round(time.perf_counter() - started, 1))
+        settings = for_app(base, url, uuid.uuid4().hex[:8])
+        _, worker = measure_live(f, settings, days, workdir, ticks, prefix=key, workers=n)
+        stop(worker)
+        with psycopg.connect(base.database_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE "{urlsplit(url).path[1:]}" WITH (FORCE)')
 
 
 def measure_single_as_of(f: Figures, settings: Settings, ids: list[str], last: date, runs: int = 5) -> None:
@@ -274,6 +318,17 @@ def targets(f: Figures) -> list[tuple[str, str, str, bool]]:
         add(f"live tick p99 at {n} instruments (s)", f["scale_tick_p99_s"], "<= 1", f["scale_tick_p99_s"] <= 1)
         add(f"worker peak RSS at {n} (MB)", f["scale_worker_peak_rss_mb"], "<= 300",
             f["scale_worker_peak_rss_mb"] <= 300)
+    for w in (2, 1):
+        key = f"large_{w}w"
+        if f"{key}_tick_p99_s" not in f:
+            continue
+        n = f[f"{key}_instruments"]
+        if w == 2:
+            add(f"live tick p99 at {n} on 2 workers (s)", f[f"{key}_tick_p99_s"], "<= 2", f[f"{key}_tick_p99_s"] <= 2)
+        add(f"worker peak RSS at {n} on {w} worker(s) (MB)", f[f"{key}_worker_peak_rss_mb"], "<= 600",
+            f[f"{key}_worker_peak_rss_mb"] <= 600)
+        add(f"worker killed -9 at {n} on {w}: ready again (s)", f[f"{key}_kill9_to_ready_s"], "<= 30",
+            f[f"{key}_kill9_to_ready_s"] <= 30)
     if "old_loop_per_s" in f and "direct_per_s" in f:
         add("direct / old loop per embedding", round(f["direct_per_s"] / f["old_loop_per_s"], 1), ">= 50",
             f["direct_per_s"] >= 50 * f["old_loop_per_s"])
@@ -307,9 +362,11 @@ def main() -> None:
     parser.add_argument("--scale-instruments", type=int, default=5000,
                         help="instruments of the synthetic live market (0 skips it)")
     parser.add_argument("--scale-ticks", type=int, default=20)
+    parser.add_argument("--large-instruments", type=int, default=20000,
+                        help="instruments of the large synthetic market, run on 2 workers and on 1 (0 skips it)")
     parser.add_argument("--empty-state-replays", type=int, default=20,
                         help="replays run before timing a worker on an empty state folder (0 skips it)")
-    parser.add_argument("--only", choices=["live", "scale", "empty-state", "exact", "capture"], help="measure only this part")
+    parser.add_argument("--only", choices=["live", "scale", "large", "empty-state", "exact", "capture"], help="measure only this part")
     args = parser.parse_args()
     base = Settings()
     workdir = Path(tempfile.mkdtemp(prefix="embedder-bench-"))
@@ -324,10 +381,12 @@ def main() -> None:
         finally:
             with psycopg.connect(base.database_url, autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE "{urlsplit(url).path[1:]}" WITH (FORCE)')
-    if args.only not in ("scale", "capture"):
+    if args.only not in ("scale", "large", "capture"):
         measure_real_data(f, base, workdir, args)
     if args.scale_instruments and args.only in (None, "scale"):
         measure_scale(f, base, args.scale_instruments, args.scale_ticks, workdir)
+    if args.large_instruments and args.only in (None, "large"):
+        measure_scale(f, base, args.large_instruments, args.scale_ticks, workdir, workers=(2, 1), prefix="large")
 
     print("\n  target                              measured   wanted   met")
     for name, measured, wanted, met in targets(f):

@@ -27,11 +27,13 @@ def start_worker(settings: Settings, datadir: Path, capture: bool = True) -> sub
                             stdout=open(datadir.parent / f"{datadir.name}.log", "ab"), stderr=subprocess.STDOUT)
 
 
-def wait_ready(datadir: Path, timeout: float = 120.0) -> float:
-    """Seconds until the worker's /readyz answers 200."""
+def wait_ready(datadir: Path, timeout: float = 120.0, proc: subprocess.Popen | None = None) -> float:
+    """Seconds until the worker's /readyz answers 200 (an error at once if `proc` exits meanwhile)."""
     started = time.perf_counter()
     port_file = datadir / "web.port"
     while time.perf_counter() - started < timeout:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the worker exited with {proc.returncode} (its log: {datadir.parent / datadir.name}.log)")
         if port_file.exists():
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port_file.read_text().strip()}/readyz",

@@ -141,6 +141,9 @@ class Settings(BaseSettings):
     """How often the worker samples its group's lag for the metrics and the lag page."""
     stop_grace_seconds: float = Field(default=30.0, gt=0)
     """After SIGTERM/SIGINT, how long a graceful stop may take before the worker exits anyway."""
+    consumer_fetch_wait_ms: int = Field(default=100, ge=1, le=30_000)
+    """Longest a fetch of the worker's consumer waits at the broker (faust's fixed 1,500 ms let a live
+    tick's rows wait that long in the topic: streams/faust_fixes.py, fix 4)."""
     allow_unverified_faust: bool = False
     """Start the worker on faust-streaming / mode-streaming / aiokafka versions the patches in
     streams/faust_fixes.py were not verified against (after re-running the resilience tests)."""

@@ -46,9 +46,9 @@ def register(app: faust.App, settings: Settings, metrics: StreamMetrics,
     raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
     prices = app.topic(settings.prices_topic, partitions=settings.partitions, **raw)
     dead_letter = app.topic(settings.dead_letter_topic, **raw)
-    table = dict(partitions=settings.partitions, key_type=str, value_type=bytes, options=dict(ROCKSDB_OPTIONS))
-    windows = ByRun(app.Table(WINDOWS, **table), app.Table(REPLAY_WINDOWS, **table))
-    runs = ByRun(app.Table(RUNS, **table), app.Table(REPLAY_RUNS, **table))
+    table = dict(partitions=settings.partitions, key_type=bytes, value_type=bytes, options=dict(ROCKSDB_OPTIONS))
+    windows = ByRun(app.Table(WINDOWS, **table), app.Table(REPLAY_WINDOWS, **table), raw_keys=True)
+    runs = ByRun(app.Table(RUNS, **table), app.Table(REPLAY_RUNS, **table), raw_keys=True)
     registry = DbRegistry(settings.database_url, settings.partitions)
     config = ProcessorConfig(settings.partitions, settings.window_days, settings.retention_slack_days)
     processors: dict[int, PartitionProcessor] = {}

@@ -15,7 +15,7 @@ from streams.agents import LostWindows, register
 def create_app(settings: Settings, datadir: Path, metrics: StreamMetrics, *, store: str = "rocksdb://",
                on_lost_windows: LostWindows | None = None) -> faust.App:
     """A Faust app with the project's topics, tables and agents wired in."""
-    faust_fixes.apply(settings.allow_unverified_faust)
+    faust_fixes.apply(settings.allow_unverified_faust, settings.consumer_fetch_wait_ms)
     app = faust.App(
         settings.app_id,
         **faust_broker_options(settings),
@@ -25,6 +25,10 @@ def create_app(settings: Settings, datadir: Path, metrics: StreamMetrics, *, sto
         topic_replication_factor=settings.topic_replication_factor,
         processing_guarantee="at_least_once",
         producer_acks=-1,
+        # A live day writes a changelog record per window: batched for 5 ms in batches up to 256 KB, they
+        # go out in a few produce requests per partition instead of one small request each.
+        producer_linger=0.005,
+        producer_max_batch_size=256 * 1024,
         consumer_auto_offset_reset="earliest",
         web_enabled=False,
         # A worker killed without leaving the group holds its partitions until the session times out.

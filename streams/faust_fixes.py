@@ -1,5 +1,5 @@
 """Fixes to faust-streaming 0.15.3: two stop it from losing fetched messages around recovery, a third lets
-a worker start while a broker is down.
+a worker start while a broker is down, a fourth bounds how long fetched data can wait.
 
 Found with the worker restarted on a backlog (tests/test_stream_resilience.py), traced by logging
 every flow-control call and every fetched offset:
@@ -24,6 +24,14 @@ every flow-control call and every fetched offset:
    starting, though the other brokers serve (issue 18, on a 3-node cluster with a broker killed -9).
    Fixed: the creation is tried again with backoff (0.2 s to 5 s, for up to 90 s) after a metadata
    refresh, logged once when it starts failing and once when it succeeds.
+
+4. faust creates its consumer with `fetch_max_wait_ms=1500`, fixed. aiokafka leaves a partition whose
+   fetched records are not consumed yet out of the next fetch request, and sends no new request to a
+   broker while one is parked there: records produced meanwhile to a left-out partition wait until the
+   parked request times out. In live ticks of 5,000 instruments, 2 of 10 ticks waited ~0.7 s this way
+   (benchmarks/profile_ticks.py: the worker idle while the day's rows sat in the topic). Fixed: the
+   worker's consumer waits at most `EMBEDDER_CONSUMER_FETCH_WAIT_MS` (100 ms; a fetch answers at once
+   when data is there, so this costs an idle worker ten empty fetches a second per broker).
 
 The first two only ever cause a message to be delivered again, never skipped; the worker's processing is
 idempotent (windows are upserts keyed by date, replay row counts are kept per offset, embeddings
@@ -67,10 +75,11 @@ def installed_versions() -> dict[str, str | None]:
     return found
 
 
-def apply(allow_unverified: bool = False) -> None:
+def apply(allow_unverified: bool = False, fetch_wait_ms: int = 100) -> None:
     """Patch the classes once per process (before the app starts). Refuses (EmbedderError) on library
     versions the patches were not verified against, unless `allow_unverified`."""
-    global _applied
+    global _applied, _fetch_wait_ms
+    _fetch_wait_ms = fetch_wait_ms
     if _applied:
         return
     problem = version_problem(installed_versions())
@@ -81,7 +90,24 @@ def apply(allow_unverified: bool = False) -> None:
     _resume_clears_only_after_a_suspension()
     _uncommitted_source_partitions_restart_from_the_beginning()
     _topic_creation_rides_out_a_broker_loss()
+    _fetch_wait_is_bounded()
     _applied = True
+
+
+_fetch_wait_ms = 100
+
+
+def _fetch_wait_is_bounded() -> None:
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    original = AIOKafkaConsumerThread._create_worker_consumer
+
+    def _create_worker_consumer(self, transport):  # type: ignore[no-untyped-def]
+        consumer = original(self, transport)
+        consumer._fetch_max_wait_ms = _fetch_wait_ms  # read when the consumer starts its fetcher
+        return consumer
+
+    AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer
 
 
 TOPIC_CREATION_DEADLINE_SECONDS = 90.0
@@ -153,3 +179,4 @@ def _uncommitted_source_partitions_restart_from_the_beginning() -> None:
         return await self.call_thread(seek)
 
     AIOKafkaConsumerThread.seek_to_committed = seek_to_committed
+

@@ -117,22 +117,27 @@ class ByRun:
 
     Replay state has changelogs of its own, compacted eagerly (a finished replay tombstones its
     keys), so a worker starting on an empty state folder restores the live state, not every
-    replay's history. The processor sees one mapping; keys say which run they belong to."""
+    replay's history. The processor sees one mapping; keys say which run they belong to.
 
-    def __init__(self, live, replay):
+    With `raw_keys` the tables hold keys as UTF-8 bytes (faust's raw key serializer: no JSON encoding
+    of every key a live day writes)."""
+
+    def __init__(self, live, replay, raw_keys: bool = False):
         self.live = live
         self.replay = replay
+        self.raw_keys = raw_keys
 
     def table(self, key: str):
         return self.live if key.startswith(LIVE_PREFIX) else self.replay
 
     def get(self, key: str, default=None):
-        return self.table(key).get(key, default)
+        return self.table(key).get(key.encode() if self.raw_keys else key, default)
 
     def put(self, key: str, value: bytes | None) -> None:
         """Write (a value) or delete (None) through to the right table."""
         table = self.table(key)
+        stored = key.encode() if self.raw_keys else key
         if value is None:
-            table.pop(key, None)
+            table.pop(stored, None)
         else:
-            table[key] = value
+            table[stored] = value

@@ -8,7 +8,7 @@ import numpy as np
 from shared.encoder import apply_model, encode_windows
 from streams.output import Embedding
 from shared.models import get_model
-from streams.window import Window, date_of
+from streams.window import ROW, Window, date_of
 
 SPACING = 1 << 20  # days between instruments on the joint timeline: far beyond any look-back
 
@@ -21,7 +21,9 @@ class Timeline:
         self.ids = [i for i, _ in windows]
         self.shifts = np.arange(len(windows), dtype=np.int64) * SPACING
         if windows:
-            rows = np.concatenate([w.rows for _, w in windows])  # one copy of every window's rows
+            # One copy of every window's rows, concatenated as bytes: numpy's concatenation of structured
+            # arrays promotes their fields once per array (5x slower for a partition's 600 windows).
+            rows = np.concatenate([w.rows.view(np.uint8) for _, w in windows]).view(ROW)
             lengths = np.fromiter((w.rows.size for _, w in windows), dtype=np.int64, count=len(windows))
             self.days = rows["day"].astype(np.int64) + np.repeat(self.shifts, lengths)
             self.closes, self.volumes = rows["close"], rows["volume"]

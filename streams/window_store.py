@@ -34,17 +34,20 @@ def chunk_key(key: str, chunk: int) -> str:
     return f"{key}{SEP}{chunk}"
 
 
-def chunks_of(days: np.ndarray) -> np.ndarray:
+def chunks_of(days: np.ndarray) -> list[int]:
     """The distinct chunks of ascending `days`, ascending."""
     if not days.size:
-        return np.empty(0, dtype=np.int64)
-    chunks = days.astype(np.int64) // CHUNK_DAYS
-    return chunks[np.r_[True, chunks[1:] != chunks[:-1]]]
+        return []
+    chunks = days // CHUNK_DAYS
+    first, last = int(chunks[0]), int(chunks[-1])
+    if first == last:
+        return [first]
+    return [first] + chunks[np.flatnonzero(chunks[1:] != chunks[:-1]) + 1].tolist()
 
 
 def layout(window: Window) -> tuple[int | None, list[int]]:
     """(the head's chunk, the sealed chunks) of a window's rows: the head holds the newest chunk."""
-    chunks = chunks_of(window.days).tolist()
+    chunks = chunks_of(window.days)
     return (chunks[-1], chunks[:-1]) if chunks else (None, [])
 
 
@@ -83,18 +86,31 @@ def head_bytes(window: Window, head: int | None, sealed: list[int]) -> bytes:
 def writes(key: str, before: Window, after: Window | None, changed_days: Iterable[int] = ()) -> dict[str, bytes | None]:
     """The table writes that turn the stored `before` into `after` (None: delete the window): chunks first,
     the head last. `changed_days` are the days the event changed (their chunks are rewritten)."""
-    old_head, old_sealed = layout(before)
     if after is None:
-        return {**{chunk_key(key, c): None for c in old_sealed}, key: None}
+        return {**{chunk_key(key, c): None for c in layout(before)[1]}, key: None}
     new_head, new_sealed = layout(after)
-    old, new = set(old_sealed), set(new_sealed)
     touched = {int(d) // CHUNK_DAYS for d in changed_days}
+    if _head_only(before, after, touched, new_head):  # the usual live day: rows of the newest chunk
+        return {key: head_bytes(after, new_head, new_sealed)}
+    old_head, old_sealed = layout(before)
+    old, new = set(old_sealed), set(new_sealed)
     out: dict[str, bytes | None] = {chunk_key(key, c): None for c in sorted(old - new)}
     for chunk in new_sealed:
         if chunk not in old or chunk in touched or chunk == old_head:
             out[chunk_key(key, chunk)] = _chunk_rows(after, chunk).tobytes()
     out[key] = head_bytes(after, new_head, new_sealed)
     return out
+
+
+def _head_only(before: Window, after: Window, touched: set[int], new_head: int | None) -> bool:
+    """True when the sealed chunks are those stored and none changed: the head's chunk is the same, the
+    changes lie in it, and the first chunk is the same (a horizon that emptied a chunk moves it; a
+    deletion that empties one in the middle touches it)."""
+    if not before.rows.size or new_head is None or touched - {new_head}:
+        return False
+    days, new_days = before.days, after.days
+    return (int(days[-1]) // CHUNK_DAYS == new_head
+            and int(days[0]) // CHUNK_DAYS == int(new_days[0]) // CHUNK_DAYS)
 
 
 def value_bytes(values: Iterable[bytes | None]) -> int:

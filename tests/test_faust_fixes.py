@@ -91,3 +91,21 @@ def test_apply_refuses_to_start_on_unverified_versions_unless_allowed(monkeypatc
         faust_fixes.apply()
     faust_fixes.apply(allow_unverified=True)  # patches applied, with a warning
     assert faust_fixes._applied
+
+
+def test_the_worker_consumer_waits_at_most_the_configured_fetch_time():
+    """faust fixes fetch_max_wait_ms at 1500: a live tick's rows could sit that long in the topic while a
+    parked fetch (of other partitions) held the broker's connection."""
+    import faust
+
+    faust_fixes.apply(fetch_wait_ms=80)
+    app = faust.App("fetch-wait-test", broker="kafka://127.0.0.1:1")
+
+    async def consumer_fetch_wait() -> int:
+        thread = app.consumer._thread
+        return thread._create_worker_consumer(app.transport)._fetch_max_wait_ms
+
+    try:
+        assert asyncio.run(consumer_fetch_wait()) == 80
+    finally:
+        faust_fixes.apply()  # back to the default for the other tests of this process

@@ -144,3 +144,8 @@ def test_live_and_replay_state_go_to_tables_of_their_own():
     assert tables.get(window_key("replay-x", "A")) == b"2" and tables.get(window_key("live", "B")) is None
     tables.put(window_key("replay-x", "A"), None)
     assert window_key("replay-x", "A") not in replay
+    raw = ByRun(live := {}, replay := {}, raw_keys=True)  # the worker's tables: keys as UTF-8 bytes
+    raw.put(window_key("live", "É"), b"1")
+    raw.put(window_key("replay-x", "A"), b"2")
+    assert live == {window_key("live", "É").encode(): b"1"} and replay == {window_key("replay-x", "A").encode(): b"2"}
+    assert raw.get(window_key("live", "É")) == b"1"

@@ -1,0 +1,108 @@
+"""Where a live tick's time goes: a synthetic market of N instruments (as `make bench`'s scale part),
+a worker bootstrapped on it, then days landing with INSERTs and `tick`s while py-spy samples the worker
+(every thread). Prints the ticks' latencies, the CPU seconds of each process kind during them, and the
+top frames (own time and including callees, per thread); writes them to
+bench-results/profile-ticks-<label>.txt with the collapsed stacks beside it.
+
+Run: `.venv/bin/python -m benchmarks.profile_ticks --instruments 5000 --label before` (needs py-spy, as for
+benchmarks.profile_stream).
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+import uuid
+from datetime import date
+from pathlib import Path
+
+import psycopg
+
+from backfill.synthetic import synthetic_rows
+from benchmarks.bench import MODEL, fresh_database, for_app
+from benchmarks.live import (load_quietly, start_worker, stop, tick_latencies, wait_bootstrapped, wait_ready,
+                             withhold_days)
+from benchmarks.profile_stream import OUT, cpu_seconds, top_frames
+from shared.config import Settings
+from shared.migrate import upgrade
+
+
+def tick_stages(url: str) -> list[tuple]:
+    """Per live tick: seconds from its outbox entry to the publication of the day's rows and of the
+    tick, and to the first and last partition's commit."""
+    with psycopg.connect(url) as conn:
+        return conn.execute("""
+            SELECT t.trade_date,
+                   extract(epoch FROM (SELECT max(k.published_at) FROM prices_outbox k
+                                       WHERE k.kind = 'keys' AND k.id < t.id AND t.trade_date = ANY(k.trade_dates))
+                                      - t.created_at),
+                   extract(epoch FROM t.published_at - t.created_at),
+                   extract(epoch FROM min(c.committed_at) - t.created_at),
+                   extract(epoch FROM max(c.committed_at) - t.created_at)
+            FROM prices_outbox t JOIN embedder_tick_commits c ON c.run_id = 'live' AND c.as_of_date = t.trade_date
+            WHERE t.kind = 'tick' GROUP BY t.id ORDER BY t.trade_date""").fetchall()[1:]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--instruments", type=int, default=5000)
+    parser.add_argument("--ticks", type=int, default=10)
+    parser.add_argument("--label", default="now")
+    parser.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
+    args = parser.parse_args()
+    spy = shutil.which("py-spy") or str(Path(__file__).resolve().parents[1] / ".venv" / "bin" / "py-spy")
+    base = Settings()
+    url = fresh_database(base.database_url)
+    upgrade(url)
+    rows = [(s, date.fromisoformat(d), float(c), float(v))
+            for d, _h, _l, _o, c, v, _a, s in synthetic_rows(args.instruments, date(2019, 1, 1), date(2019, 12, 31),
+                                                             long_ids=True)]
+    load_quietly(url, rows, "SCALE")
+    days = sorted({r[1] for r in rows})[-args.ticks - 1:]
+    del rows
+    settings = for_app(base, url, uuid.uuid4().hex[:8])
+    withhold_days(url, days[0])
+    workdir = Path(tempfile.mkdtemp(prefix="embedder-profile-"))
+    worker = start_worker(settings, workdir / "w")
+    raw = OUT / f"profile-ticks-{args.label}.collapsed"
+    try:
+        wait_ready(workdir / "w", timeout=600, proc=worker)
+        wait_bootstrapped(settings, url)
+        tick_latencies(settings, url, days[:1], MODEL)  # the first day after the bootstrap, unmeasured
+        spy_proc = subprocess.Popen([spy, "record", "--pid", str(worker.pid), "--rate", str(args.rate), "--format",
+                                     "raw", "--threads", "--output", str(raw), "--nonblocking"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1.0)
+        before = cpu_seconds()
+        latencies = tick_latencies(settings, url, days[1:], MODEL)
+        cpu = cpu_seconds()
+        cpu.subtract(before)
+        spy_proc.send_signal(2)
+        spy_proc.wait(timeout=60)
+        stages = tick_stages(url)
+    finally:
+        stop(worker)
+        with psycopg.connect(base.database_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+    own, inclusive, samples = top_frames(raw, 40)
+    wall = sum(latencies)
+    lines = [f"{len(latencies)} live ticks of {args.instruments} instruments: p50 {statistics.median(latencies):.3f} s, "
+             f"max {max(latencies):.3f} s, {wall:.1f} s in all; {samples} py-spy samples of the worker at "
+             f"{args.rate}/s", "CPU seconds during the ticks (2 cores: at most twice the wall time): "
+             + ", ".join(f"{k} {v:.1f}" for k, v in cpu.most_common()), "",
+             "stages of each tick, seconds from its entry in the outbox: the relay published the day's rows, "
+             "then the tick; the first and the last partition committed",
+             *[f"  {d}: rows {a:.3f}  tick {b:.3f}  first commit {c:.3f}  last commit {e:.3f}"
+               for d, a, b, c, e in stages], "",
+             "own time (% of samples)"] + [f"  {p:5.1f}  {f}" for f, p in own] + \
+            ["", "including callees (% of samples)"] + [f"  {p:5.1f}  {f}" for f, p in inclusive]
+    text = "\n".join(lines) + "\n"
+    (OUT / f"profile-ticks-{args.label}.txt").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
