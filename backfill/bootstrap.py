@@ -142,27 +142,53 @@ def progress(conn: psycopg.Connection, market_id: str | None = None) -> Bootstra
     return BootstrapProgress(selectable, queued, published, int(rows))
 
 
-def reconcile_state_format(conn: psycopg.Connection, app_id: str, version: int) -> int | None:
-    """On worker start: make the database's record of the worker group's state format `version`.
+def reconcile_state_format(conn: psycopg.Connection, app_id: str, version: int, generation: int = 0) -> int | None:
+    """On worker start: make the database's record of the worker group's state format `version` in layout
+    `generation` (`shared.live_layout`).
 
-    Where it records another format, or none although live windows were loaded before (a release
-    before formats were recorded, or a new app id: lost changelogs), the state this worker reads is not
-    the state that was loaded, so everything is queued for loading again from prices_daily. Returns the
-    format that was found (0: unknown) when the live windows are rebuilt, else None."""
+    Where it records another format or generation, or none although live windows were loaded before (a
+    release before formats were recorded, or a new app id: lost changelogs), the state this worker reads is
+    not the state that was loaded, so everything is queued for loading again from prices_daily, and ticks
+    waiting in the outbox are moved behind those loads. Returns the format that was found (0: unknown) when
+    the live windows are rebuilt, else None."""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (BOOTSTRAP_LOCK,))
-        row = conn.execute("SELECT version FROM embedder_state_format WHERE app_id = %s", (app_id,)).fetchone()
-        if row is not None and row[0] == version:
+        row = conn.execute("SELECT version, generation FROM embedder_state_format WHERE app_id = %s",
+                           (app_id,)).fetchone()
+        if row is not None and tuple(row) == (version, generation):
             return None
         loaded = conn.execute("SELECT EXISTS (SELECT 1 FROM embedder_bootstrap)").fetchone()[0]
         conn.execute(
-            """INSERT INTO embedder_state_format (app_id, version) VALUES (%s, %s)
-               ON CONFLICT (app_id) DO UPDATE SET version = EXCLUDED.version, recorded_at = now()""",
-            (app_id, version))
+            """INSERT INTO embedder_state_format (app_id, version, generation) VALUES (%s, %s, %s)
+               ON CONFLICT (app_id) DO UPDATE SET version = EXCLUDED.version, generation = EXCLUDED.generation,
+                                                  recorded_at = now()""",
+            (app_id, version, generation))
         if row is None and not loaded:
             return None  # a first start: nothing was loaded anywhere
         conn.execute("DELETE FROM embedder_bootstrap")
+        queue_bootstrap(conn)
+        moved = move_ticks_behind(conn)
     found = row[0] if row is not None else 0
-    log.warning("worker state: the database records state format %s for app id %r, this worker reads format %d; "
-                "the live windows are rebuilt from prices_daily (bootstrap)", found or "unknown", app_id, version)
+    if row is not None and row[0] == version:
+        log.warning("worker state: app id %r moves to live layout generation %d (was %d); the live windows are "
+                    "rebuilt from prices_daily (bootstrap), %d waiting tick(s) behind them", app_id, generation,
+                    row[1], moved)
+    else:
+        log.warning("worker state: the database records state format %s for app id %r, this worker reads format "
+                    "%d; the live windows are rebuilt from prices_daily (bootstrap)", found or "unknown", app_id,
+                    version)
     return found
+
+
+def move_ticks_behind(conn: psycopg.Connection) -> int:
+    """Give ticks still waiting in the outbox new ids, in their order, so they come after everything
+    queued so far (a tick queued while the service was away, or before a repartition, must not compute
+    from windows not reloaded yet). Returns how many moved."""
+    waiting = [r[0] for r in conn.execute(
+        "SELECT id FROM prices_outbox WHERE kind = 'tick' AND published_at IS NULL ORDER BY id")]
+    for old in waiting:
+        (new,) = conn.execute(
+            """UPDATE prices_outbox SET id = nextval(pg_get_serial_sequence('prices_outbox', 'id'))
+               WHERE id = %s RETURNING id""", (old,)).fetchone()
+        conn.execute("UPDATE embedder_scheduled_ticks SET outbox_id = %s WHERE outbox_id = %s", (new, old))
+    return len(waiting)

@@ -21,7 +21,7 @@ from datetime import datetime
 
 import psycopg
 
-from backfill.bootstrap import BOOTSTRAP_LOCK, queue_bootstrap
+from backfill.bootstrap import BOOTSTRAP_LOCK, move_ticks_behind, queue_bootstrap
 from shared.embedding_store import ENTITY_TYPE
 
 log = logging.getLogger("embedder.capture")
@@ -148,15 +148,3 @@ def resync(conn: psycopg.Connection) -> Resync:
     return Resync(instruments, keys)
 
 
-def move_ticks_behind(conn: psycopg.Connection) -> int:
-    """Give ticks still waiting in the outbox new ids, in their order, so they come after everything
-    queued so far (a tick queued while the service was away must not compute from windows its resync
-    has not reloaded yet). Returns how many moved."""
-    waiting = [r[0] for r in conn.execute(
-        "SELECT id FROM prices_outbox WHERE kind = 'tick' AND published_at IS NULL ORDER BY id")]
-    for old in waiting:
-        (new,) = conn.execute(
-            """UPDATE prices_outbox SET id = nextval(pg_get_serial_sequence('prices_outbox', 'id'))
-               WHERE id = %s RETURNING id""", (old,)).fetchone()
-        conn.execute("UPDATE embedder_scheduled_ticks SET outbox_id = %s WHERE outbox_id = %s", (new, old))
-    return len(waiting)

@@ -219,7 +219,17 @@ class OutboxRelay:
                 self._saw_rows([(instrument_id, trade_date, close, volume)], latest)
         self._publish_rows(publisher, pending, latest)
         publisher.flush()  # raises if Kafka did not acknowledge every message
-        conn.execute("UPDATE prices_outbox SET published_at = now() WHERE id = ANY(%s)", (this_round,))
+        # Marked published only while this worker's layout is the live one: after `embedder live repartition`
+        # what was just sent went to the old layout's topic, so the new layout's relay sends it again.
+        marked = conn.execute(
+            """UPDATE prices_outbox SET published_at = now() WHERE id = ANY(%s)
+               AND NOT EXISTS (SELECT 1 FROM embedder_live_layout WHERE app_id = %s AND generation <> %s)""",
+            (this_round, self.settings.app_id, self.settings.live_generation)).rowcount
+        if not marked:
+            log.warning("outbox relay: the live layout changed (embedder live repartition); this worker stops "
+                        "relaying and restarts on the new layout")
+            self.stop.set()
+            return 0
         if snapshots:
             mark_published(conn, snapshots)
             self._count_bootstrap(snapshots)

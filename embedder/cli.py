@@ -21,7 +21,7 @@ except ImportError:  # pragma: no cover
 
 from embedder.console import err, out
 from embedder.exit_codes import run_with_exit_codes
-from shared.config import load_settings
+from shared.config import Settings, load_settings
 from shared.errors import BadArguments
 from shared.models import DEFAULT_MODEL_ID
 
@@ -63,6 +63,14 @@ def _local_services():
     from embedder.services.local import LocalServices
 
     return LocalServices.under(load_settings().services_dir)
+
+
+def live_settings() -> Settings:
+    """The settings on the live layout the database records (partitions, prices topic): for commands that
+    publish to or measure the prices topic."""
+    from shared.live_layout import resolve_if_reachable
+
+    return resolve_if_reachable(load_settings())
 
 
 @services_app.command("up")
@@ -240,7 +248,7 @@ def replay(
         date_from=date_from, date_to=date_to, market_id=market_id, instrument_ids=instrument_id,
         limit=limit, offset=offset,
     )
-    run_replay(load_settings(), selection, direct=direct)
+    run_replay(load_settings() if direct else live_settings(), selection, direct=direct)
 
 
 @app.command("worker")
@@ -264,9 +272,11 @@ def worker(
     from shared.topics import STATE_FORMAT
     from streams.worker import run_worker
 
-    settings = load_settings()
+    from shared.live_layout import resolve
+
+    settings = resolve(load_settings())  # the partitions and generation the database records
     with connection(settings.database_url) as conn:
-        reconcile_state_format(conn, settings.app_id, STATE_FORMAT)
+        reconcile_state_format(conn, settings.app_id, STATE_FORMAT, settings.live_generation)
 
     def live(ready: threading.Event, metrics: StreamMetrics) -> Callable[[], None]:
         """Beside the stream: the capture relay (with --capture), the correction path, the audit."""
@@ -360,6 +370,19 @@ def live_capture(
     run_capture(load_settings(), on)
 
 
+@live_app.command("repartition")
+def live_repartition(
+    partitions: Annotated[int, typer.Argument(metavar="N", help="The new partition count of the prices topic and "
+                                              "the workers' state.")],
+) -> None:
+    """Move the live service to N partitions (more workers can then share it, or fewer partitions serve a
+    smaller one). Running workers restart on the new layout by themselves and reload their windows from
+    prices_daily; ticks wait meanwhile and none is lost (docs/operations.md → Repartitioning)."""
+    from embedder.live_command import run_repartition
+
+    run_repartition(live_settings(), partitions)
+
+
 @app.command("lag")
 def lag(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable report (fields in the README).")] = False,
@@ -381,7 +404,7 @@ def lag(
     Exit code: 0 OK, 3 WARN, 4 REWIND, 5 STALL, 6 STOP, 1 ERR (the worst group's status)."""
     from embedder.lag_command import run_lag
 
-    code = run_lag(load_settings(), as_json, watch, samples, interval, window, group, serve, host)
+    code = run_lag(live_settings(), as_json, watch, samples, interval, window, group, serve, host)
     if code:
         raise typer.Exit(code)
 
@@ -396,7 +419,7 @@ def status(
     that day), the tick schedule, bootstrap progress, outbox backlog, the relay's holder, dead letters."""
     from embedder.status_command import run_status
 
-    run_status(load_settings(), since, as_json)
+    run_status(live_settings(), since, as_json)
 
 
 @app.command("dead-letters")

@@ -72,3 +72,19 @@ def run_capture(settings: Settings, on: bool | None) -> None:
     if holder is None and state.capturing:
         err.print("no worker relays the outbox now: start `embedder worker` (capture stops by itself after "
                   f"{settings.capture_idle_hours:g} h without one)", highlight=False)
+
+
+def run_repartition(settings: Settings, partitions: int) -> None:
+    """`embedder live repartition N` (backfill/repartition.py), said in a few lines."""
+    from backfill.repartition import repartition
+
+    done = repartition(settings, partitions, "embedder live repartition")
+    if done.after == done.before:
+        out.print(f"the live service already runs {partitions} partitions (layout generation {done.after.generation}, "
+                  f"prices topic {done.prices_topic}); nothing to do", highlight=False)
+        return
+    out.print(f"live layout: {done.before.partitions} -> {done.after.partitions} partitions (generation "
+              f"{done.after.generation}), prices topic {done.prices_topic}", highlight=False)
+    out.print(f"{done.requeued_ticks} live tick(s) not committed on every partition are queued again", highlight=False)
+    out.print("running workers restart on it within a few seconds and reload their windows from prices_daily; "
+              "ticks wait until then (`embedder status` shows the bootstrap)", highlight=False)

@@ -79,6 +79,7 @@ def gather(settings: Settings, since: datetime) -> dict:
         holder = relay_holder(conn)
         report = {
             "version": 1,
+            "layout": {"partitions": settings.partitions, "generation": settings.live_generation},
             "ticks": last_ticks(conn),
             "schedule": scheduled(conn, settings),
             "bootstrap": {"selectable": boot.selectable, "queued": boot.queued, "loaded": boot.published,
@@ -124,6 +125,8 @@ def run_status(settings: Settings, since: str, as_json: bool) -> None:
             f"last {last['as_of']} ({last['reason']}" + (
                 f", {last['instruments']} of {last['expected']} instruments)" if last["reason"] != "baseline" else ")"))
         say(f"schedule {s['market']}: ticks {rule}; {done}")
+    lay = report["layout"]
+    say(f"layout: {lay['partitions']} partitions (generation {lay['generation']}, prices topic {settings.prices_topic})")
     b = report["bootstrap"]
     say(f"bootstrap: {b['loaded']} of {b['selectable']} ACTIVE EQUITY instruments loaded ({b['rows']:,} rows), "
         f"{b['pending']} waiting for the relay, {b['not_queued']} not queued yet")

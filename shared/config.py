@@ -99,6 +99,9 @@ class Settings(BaseSettings):
     prices_topic: str = "embedder.prices"
     dead_letter_topic: str = "embedder.dead-letter"
     partitions: int = Field(default=8, ge=1)
+    live_generation: int = Field(default=0, ge=0)
+    """Set from the database's live layout (`shared.live_layout`), not by hand: which partitioning of the
+    prices topic and the worker's state the live service runs (a repartition starts a new one)."""
     window_days: int = Field(default=63, ge=1)
     services_dir: Path = Path(".services")
     state_dir: Path = Path(".state")

@@ -72,8 +72,9 @@ class RepeatFilter(logging.Filter):
 
 
 _DIGITS = __import__("re").compile(r"\d+")
-REPEATING_LOGGERS = ("kafka", "aiokafka")
-"""The Kafka clients' loggers: they log every reconnect attempt."""
+REPEATING_LOGGERS = ("kafka", "aiokafka", "faust.transport.producer")
+"""The Kafka clients' loggers: they log every reconnect attempt; faust's producer logs a warning each time
+its buffer of changelog writes waits for a flush (normal back-pressure while a bootstrap loads windows)."""
 
 
 def quiet_repeats(prefixes: tuple[str, ...] = REPEATING_LOGGERS, window: float = 60.0) -> RepeatFilter:

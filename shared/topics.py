@@ -43,9 +43,16 @@ def table_name(base: str) -> str:
 
 
 WINDOWS, RUNS, REPLAY_WINDOWS, REPLAY_RUNS = (table_name(t) for t in ("windows", "runs", "replay_windows", "replay_runs"))
-STREAM_TABLES = (WINDOWS, RUNS, REPLAY_WINDOWS, REPLAY_RUNS)
-"""The worker's Faust tables; their changelogs are made here with the source topic's partition count."""
-REPLAY_TABLES = (REPLAY_WINDOWS, REPLAY_RUNS)
+
+
+def stream_tables(generation: int = 0) -> tuple[str, str, str, str]:
+    """(windows, runs, replay windows, replay runs): the worker's Faust tables in a live layout generation
+    (their changelogs are made by `ensure_topics` with the source topic's partition count)
+    (`shared.live_layout`; a repartition starts a new one, so no worker reads state partitioned otherwise)."""
+    suffix = f"_g{generation}" if generation else ""
+    return (f"{WINDOWS}{suffix}", f"{RUNS}{suffix}", f"{REPLAY_WINDOWS}{suffix}", f"{REPLAY_RUNS}{suffix}")
+
+
 EAGER_COMPACTION = {
     "cleanup.policy": "compact",
     "segment.ms": "60000",  # roll segments every minute: only closed segments are compacted
@@ -87,8 +94,8 @@ def ensure_topics(settings: Settings) -> None:
             ] + [
                 NewTopic(changelog_topic(settings, t), settings.partitions, rf, topic_configs={
                     **topic_configs(settings),
-                    **(EAGER_COMPACTION if t in REPLAY_TABLES else {"cleanup.policy": "compact"})})
-                for t in STREAM_TABLES
+                    **(EAGER_COMPACTION if k >= 2 else {"cleanup.policy": "compact"})})  # replay tables
+                for k, t in enumerate(stream_tables(settings.live_generation))
             ]
             missing = [t for t in wanted if t.name not in existing]
             if missing:

@@ -18,7 +18,7 @@ import faust
 from shared.config import Settings
 from shared.messages import LIVE_RUN, BadMessage, PriceRow, RowBatch, Tick, dead_letter_record, decode
 from shared.metrics import StreamMetrics
-from shared.topics import REPLAY_RUNS, REPLAY_WINDOWS, RUNS, WINDOWS
+from shared.topics import stream_tables
 from streams.gaps import OffsetGuard
 from streams.processor import DeadLetter, Effects, PartitionProcessor, ProcessorConfig, TickReport
 from streams.registry import DbRegistry
@@ -47,8 +47,9 @@ def register(app: faust.App, settings: Settings, metrics: StreamMetrics,
     prices = app.topic(settings.prices_topic, partitions=settings.partitions, **raw)
     dead_letter = app.topic(settings.dead_letter_topic, **raw)
     table = dict(partitions=settings.partitions, key_type=bytes, value_type=bytes, options=dict(ROCKSDB_OPTIONS))
-    windows = ByRun(app.Table(WINDOWS, **table), app.Table(REPLAY_WINDOWS, **table), raw_keys=True)
-    runs = ByRun(app.Table(RUNS, **table), app.Table(REPLAY_RUNS, **table), raw_keys=True)
+    windows_name, runs_name, replay_windows_name, replay_runs_name = stream_tables(settings.live_generation)
+    windows = ByRun(app.Table(windows_name, **table), app.Table(replay_windows_name, **table), raw_keys=True)
+    runs = ByRun(app.Table(runs_name, **table), app.Table(replay_runs_name, **table), raw_keys=True)
     registry = DbRegistry(settings.database_url, settings.partitions)
     config = ProcessorConfig(settings.partitions, settings.window_days, settings.retention_slack_days)
     processors: dict[int, PartitionProcessor] = {}

@@ -16,6 +16,7 @@ from shared.metrics import StreamMetrics
 from shared.topics import ensure_topics
 from streams.agents import LostWindows
 from streams.app import create_app
+from streams.layout_watch import LayoutWatch, restart_process
 from streams.web import LagSampler, WorkerStatus, serve
 
 log = logging.getLogger("embedder.worker")
@@ -125,7 +126,8 @@ def run_worker(settings: Settings, datadir: Path, loglevel: str = "warn", beside
     app = create_app(settings, datadir, metrics, on_lost_windows=on_lost_windows)
     quiet_repeats()  # again: the clients' modules are imported now
     watch_assignment(app, settings, status, metrics)
-    stops = [start_web(settings, datadir, registry, metrics, status)]
+    layout = LayoutWatch(settings).start()  # `embedder live repartition`: stop, then start again on it
+    stops = [start_web(settings, datadir, registry, metrics, status), layout.close]
     if beside:
         stops.append(beside(status.ready, metrics))
     try:
@@ -135,3 +137,5 @@ def run_worker(settings: Settings, datadir: Path, loglevel: str = "warn", beside
     finally:
         for stop in stops:
             stop()
+        if layout.restart.is_set():
+            restart_process()

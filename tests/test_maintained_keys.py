@@ -65,6 +65,27 @@ def test_a_change_queued_again_while_it_is_recomputed_stays_queued(db_url, monke
     assert stored(db_url) == expected_from_rows(rows, ["X"], [D], 63, [MODEL])
 
 
+def test_a_new_layout_generation_rebuilds_the_live_windows_with_waiting_ticks_behind_the_loads(db_url):
+    """After `embedder live repartition`: the worker of the new generation queues every instrument for
+    loading and moves the ticks waiting in the outbox behind those loads."""
+    from backfill.outbox import enqueue_tick
+
+    with psycopg.connect(db_url) as conn:
+        conn.execute("INSERT INTO instruments (instrument_id, market_id, asset_class, symbol, currency) "
+                     "VALUES ('Y', 'US_EQ', 'EQUITY', 'Y', 'USD') ON CONFLICT DO NOTHING")
+        assert reconcile_state_format(conn, "gen", 3, 0) is None
+        conn.execute("INSERT INTO embedder_bootstrap (instrument_id, outbox_id, published_at, rows) "
+                     "VALUES ('Y', 1, now(), 10)")
+        waiting = enqueue_tick(conn, D, 63, [MODEL])
+        assert reconcile_state_format(conn, "gen", 3, 0) is None  # the same generation: nothing to do
+        assert reconcile_state_format(conn, "gen", 3, 1) == 3
+        loads = conn.execute("SELECT max(outbox_id), count(*), count(published_at) FROM embedder_bootstrap").fetchone()
+        assert loads[1] >= 1 and loads[2] == 0
+        tick = conn.execute("SELECT id FROM prices_outbox WHERE kind = 'tick' AND trade_date = %s", (D,)).fetchone()[0]
+        assert tick > loads[0] and tick != waiting  # behind every load
+        assert conn.execute("SELECT generation FROM embedder_state_format WHERE app_id = 'gen'").fetchone()[0] == 1
+
+
 @pytest.mark.parametrize("recorded", [None, 1])
 def test_a_worker_meeting_another_state_format_rebuilds_the_live_windows(db_url, recorded):
     with psycopg.connect(db_url) as conn:
@@ -78,5 +99,5 @@ def test_a_worker_meeting_another_state_format_rebuilds_the_live_windows(db_url,
         else:
             app = "lost-changelogs"  # a new app id where windows were loaded before
         assert reconcile_state_format(conn, app, 2) == (recorded or 0)
-        assert conn.execute("SELECT count(*) FROM embedder_bootstrap").fetchone()[0] == 0  # loaded again
+        assert conn.execute("SELECT count(published_at) FROM embedder_bootstrap").fetchone()[0] == 0  # loaded again
         assert conn.execute("SELECT version FROM embedder_state_format WHERE app_id = %s", (app,)).fetchone()[0] == 2

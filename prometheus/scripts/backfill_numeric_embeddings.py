@@ -13,6 +13,7 @@ from backfill.selection import RunSelection
 from embedder.replay_command import run_replay
 from embedder.exit_codes import run_with_exit_codes
 from shared.config import load_settings
+from shared.live_layout import resolve_if_reachable
 from shared.models import DEFAULT_MODEL_ID
 
 PROG = "backfill_numeric_embeddings"
@@ -53,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
             limit=args.limit,
             offset=args.offset,
         )
-        run_replay(load_settings(), selection, direct=args.direct)
+        run_replay(load_settings() if args.direct else resolve_if_reachable(load_settings()), selection,
+                   direct=args.direct)
 
     return run_with_exit_codes(PROG, body)
 
