@@ -380,7 +380,8 @@ def main() -> None:
                         help="instruments of the large synthetic market, run on 2 workers and on 1 (0 skips it)")
     parser.add_argument("--empty-state-replays", type=int, default=20,
                         help="replays run before timing a worker on an empty state folder (0 skips it)")
-    parser.add_argument("--only", choices=["live", "scale", "large", "empty-state", "exact", "capture"], help="measure only this part")
+    parser.add_argument("--only", choices=["stream", "live", "scale", "large", "empty-state", "exact",
+                                                      "capture"], help="measure only this part")
     args = parser.parse_args()
     base = Settings()
     workdir = Path(tempfile.mkdtemp(prefix="embedder-bench-"))
@@ -421,7 +422,7 @@ def measure_real_data(f: Figures, base: Settings, workdir: Path, args: argparse.
     days = [r[0] for r in query(url, "SELECT DISTINCT trade_date FROM prices_daily ORDER BY 1")]
     ids = [r[0] for r in query(url, """SELECT instrument_id FROM instruments WHERE market_id = 'US_EQ'
                                       AND asset_class = 'EQUITY' AND status = 'ACTIVE' ORDER BY 1""")]
-    if args.only is None:
+    if args.only in (None, "stream"):
         selection = RunSelection.build(window_days=63, model_ids=[MODEL], date_from="2015-01-01",
                                        date_to="2020-12-31", market_id="US_EQ")
         checksum, _ = measure_batch(f, url, selection)

@@ -29,7 +29,7 @@ from datetime import date
 from shared.messages import LIVE_RUN, BadMessage, Message, PriceRow, RowBatch, RunEnd, Tick, row_payload
 from streams.output import Embedding, EmbeddingBatch, TickDone
 from streams.registry import Registry
-from streams.state import RunPartition, TickRecord, Writes, run_key, window_key
+from streams.state import LIVE_PREFIX, RunPartition, TickRecord, Writes, run_key, window_key
 from shared.encoder import LOOKBACK_FACTOR
 from streams.ticks import Timeline, embeddings_at
 from streams import window_store
@@ -174,8 +174,10 @@ class PartitionProcessor:
 
     def _write_window(self, fx: Effects, key: str, before: Window, window: Window | None,
                       changed_days: Sequence[int] = ()) -> None:
-        """Write `window` (None: delete it) in place of `before`, as stored: only the chunks that differ."""
-        fx.writes.windows.update(window_store.writes(key, before, window, changed_days))
+        """Write `window` (None: delete it) in place of `before`, as stored: a live window's chunks that
+        differ, a replay's window whole (`streams/window_store.py`)."""
+        live = key.startswith(LIVE_PREFIX)
+        fx.writes.windows.update(window_store.writes(key, before, window, changed_days, chunked=live))
         self._cache_window(key, window)
 
     def _write_run(self, fx: Effects, run: str, before: RunPartition, after: RunPartition | None) -> None:

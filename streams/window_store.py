@@ -77,15 +77,21 @@ def _chunk_rows(window: Window, chunk: int) -> np.ndarray:
     return window.rows[int(lo):int(hi)]
 
 
-def head_bytes(window: Window, head: int | None, sealed: list[int]) -> bytes:
-    rows = _chunk_rows(window, head) if head is not None else EMPTY_ROWS
+def head_bytes(window: Window, head: int | None, sealed: list[int], every_row: bool = False) -> bytes:
+    rows = window.rows if every_row else _chunk_rows(window, head) if head is not None else EMPTY_ROWS
     return (HEAD.pack(window.applied_offset, window.horizon, len(sealed))
             + np.asarray(sealed, dtype=CHUNK_ID).tobytes() + rows.tobytes())
 
 
-def writes(key: str, before: Window, after: Window | None, changed_days: Iterable[int] = ()) -> dict[str, bytes | None]:
+def writes(key: str, before: Window, after: Window | None, changed_days: Iterable[int] = (),
+           chunked: bool = True) -> dict[str, bytes | None]:
     """The table writes that turn the stored `before` into `after` (None: delete the window): chunks first,
-    the head last. `changed_days` are the days the event changed (their chunks are rewritten)."""
+    the head last. `changed_days` are the days the event changed (their chunks are rewritten).
+
+    Unchunked (a replay's windows: written once per block of ~60 days and deleted when the run ends) the
+    head holds every row: one value per window and block, not one per chunk."""
+    if not chunked:
+        return {key: None if after is None else head_bytes(after, None, [], every_row=True)}
     if after is None:
         return {**{chunk_key(key, c): None for c in layout(before)[1]}, key: None}
     new_head, new_sealed = layout(after)

@@ -123,3 +123,14 @@ def test_unreachable_database_is_one_line(cli_env):
 def test_db_upgrade_command_is_idempotent(cli_env):
     proc = run(EMBEDDER + ["db", "upgrade"], cli_env)
     assert proc.returncode == 0 and "up to date" in proc.stdout
+
+
+@pytest.mark.parametrize("n", ["0", "2000", "many"])
+def test_a_repartition_to_an_impossible_count_is_one_line_and_changes_nothing(cli_env, db_url, n):
+    proc = run(EMBEDDER + ["live", "repartition", n], cli_env)
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    with psycopg.connect(db_url) as conn:
+        layout = conn.execute("SELECT partitions, generation FROM embedder_live_layout WHERE app_id = %s",
+                              (cli_env["EMBEDDER_APP_ID"],)).fetchall()
+    assert layout in ([], [(int(cli_env["EMBEDDER_PARTITIONS"]), 0)])

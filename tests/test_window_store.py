@@ -97,3 +97,18 @@ def test_an_empty_or_single_row_window(n):
     window, _ = read(table, "w").apply([(18_000, 1.0, 2.0)][:n] or [(18_000, None, None)], KEEP, 3)
     apply(table, writes("w", read(table, "w"), window))
     assert same(read(table, "w"), window)
+
+
+def test_a_replay_window_is_one_value_read_back_as_written():
+    table: dict[str, bytes] = {}
+    days = trading_days(18_000, 300)
+    stored = read(table, "r")
+    for k in range(0, 300, 60):  # blocks of a replay
+        after, _ = stored.apply([(d, 1.0 + d, 2.0) for d in days[k:k + 60]], KEEP, k + 1)
+        w = writes("r", stored, after, days[k:k + 60], chunked=False)
+        assert list(w) == ["r"]
+        apply(table, w)
+        assert table.keys() == {"r"} and same(read(table, "r"), after)
+        stored = after
+    apply(table, writes("r", stored, None, chunked=False))
+    assert table == {}
