@@ -18,6 +18,8 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
+import psycopg
+
 from backfill.price_import import import_prices
 from backfill.replay import run_stream_replay
 from backfill.selection import RunSelection
@@ -100,6 +102,8 @@ def main() -> None:
         spy_proc.wait(timeout=60)
     finally:
         stop(worker)
+        with psycopg.connect(base.database_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
     own, inclusive, samples = top_frames(raw)
     lines = [f"streaming replay of the real data: {result.embeddings} embeddings in {seconds:.1f}s "
              f"({result.embeddings / seconds:,.0f}/s); {samples} py-spy samples of the worker at {args.rate}/s",

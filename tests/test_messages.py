@@ -6,6 +6,7 @@ from datetime import date, timedelta
 import pytest
 
 from backfill.blocks import RowsOut, TickOut, plan
+from shared.messages import loads
 from shared.messages import (
     MAX_MESSAGE_BYTES,
     BadMessage,
@@ -98,3 +99,31 @@ def test_a_block_ends_block_days_after_its_first_tick_and_a_look_back_is_one_blo
             sent_since = []
     assert blocks[0][0] == day0 and blocks[0][1] >= day0 + timedelta(days=200)  # the look-back in block one
     assert [d for b in blocks for d in b[2]] == ticks and len(blocks) == 7
+
+
+def test_messages_read_alike_whichever_parser_reads_them():
+    """orjson reads the usual message; what it refuses and the json module accepts (NaN, a lone surrogate)
+    is read by the json module: a bad row in a batch still costs only itself. (An integer beyond 64 bits
+    comes back as the float it is read as anyway.)"""
+    import json as stdlib_json
+
+    from shared.messages import loads
+
+    usual = b'{"v":1,"run":"r","k":"rows","w":63,"r":[["A","2020-01-02",1.5,1e-05],["\\u00c9","2020-01-03",2,3]]}'
+    assert loads(usual) == stdlib_json.loads(usual)
+    for odd in (b'[NaN, 1.0]', b'["\\ud800"]'):
+        assert repr(loads(odd)) == repr(stdlib_json.loads(odd))
+    assert float(loads(b'[123456789012345678901234567890]')[0]) == 1.2345678901234568e29
+    batch = decode(b'{"v":1,"run":"r","k":"rows","w":63,"r":[["A","2020-01-02",NaN,5.0],["B","2020-01-02",1.0,5.0]]}')
+    assert [r[0] for r in batch.rows] == ["B"] and len(batch.rejected) == 1
+
+
+def test_rows_encode_to_what_the_decoder_reads_back():
+    from shared.messages import row_wire
+
+    rows = [("A", date(2020, 1, 2), 1.5, 1e-05), ("É\"\\x", date(2020, 1, 3), 2, 3.0),
+            ("N", date(2020, 1, 6), float("nan"), 1.0), ("B", date(2020, 1, 7), 1.0, 2**70), ("D", date(2020, 1, 8))]
+    for row in rows:
+        back = loads(row_wire(row))
+        assert back[0] == row[0] and back[1] == row[1].isoformat()
+        assert repr([float(v) for v in back[2:]]) == repr([float(v) for v in row[2:]])  # nan too
