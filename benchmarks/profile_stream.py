@@ -105,14 +105,19 @@ def main() -> None:
         with psycopg.connect(base.database_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
     own, inclusive, samples = top_frames(raw)
-    lines = [f"streaming replay of the real data: {result.embeddings} embeddings in {seconds:.1f}s "
-             f"({result.embeddings / seconds:,.0f}/s); {samples} py-spy samples of the worker at {args.rate}/s",
-             "CPU seconds during the replay (2 cores: at most twice the wall time): "
-             + ", ".join(f"{k} {v:.1f}" for k, v in cpu.most_common()), "",
-             "own time (% of samples)"] + [f"  {p:5.1f}  {f}" for f, p in own] + \
-            ["", "including callees (% of samples)"] + [f"  {p:5.1f}  {f}" for f, p in inclusive]
+    write_report(OUT / f"profile-stream-{args.label}.txt", [
+        f"streaming replay of the real data: {result.embeddings} embeddings in {seconds:.1f}s "
+        f"({result.embeddings / seconds:,.0f}/s); {samples} py-spy samples of the worker at {args.rate}/s",
+        "CPU seconds during the replay (2 cores: at most twice the wall time): "
+        + ", ".join(f"{k} {v:.1f}" for k, v in cpu.most_common()), ""], own, inclusive)
+
+
+def write_report(path: Path, head: list[str], own: list[tuple[str, float]], inclusive: list[tuple[str, float]]) -> None:
+    """`head`, then the top frames by own time and including callees; written to `path` and printed."""
+    lines = head + ["own time (% of samples)"] + [f"  {p:5.1f}  {f}" for f, p in own] + \
+        ["", "including callees (% of samples)"] + [f"  {p:5.1f}  {f}" for f, p in inclusive]
     text = "\n".join(lines) + "\n"
-    (OUT / f"profile-stream-{args.label}.txt").write_text(text)
+    path.write_text(text)
     print(text)
 
 

@@ -25,7 +25,7 @@ from backfill.synthetic import synthetic_rows
 from benchmarks.bench import MODEL, fresh_database, for_app
 from benchmarks.live import (load_quietly, start_worker, stop, tick_latencies, wait_bootstrapped, wait_ready,
                              withhold_days)
-from benchmarks.profile_stream import OUT, cpu_seconds, top_frames
+from benchmarks.profile_stream import OUT, cpu_seconds, top_frames, write_report
 from shared.config import Settings
 from shared.migrate import upgrade
 
@@ -89,19 +89,15 @@ def main() -> None:
             conn.execute(f'DROP DATABASE "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
     own, inclusive, samples = top_frames(raw, 40)
     wall = sum(latencies)
-    lines = [f"{len(latencies)} live ticks of {args.instruments} instruments: p50 {statistics.median(latencies):.3f} s, "
-             f"max {max(latencies):.3f} s, {wall:.1f} s in all; {samples} py-spy samples of the worker at "
-             f"{args.rate}/s", "CPU seconds during the ticks (2 cores: at most twice the wall time): "
-             + ", ".join(f"{k} {v:.1f}" for k, v in cpu.most_common()), "",
-             "stages of each tick, seconds from its entry in the outbox: the relay published the day's rows, "
-             "then the tick; the first and the last partition committed",
-             *[f"  {d}: rows {a:.3f}  tick {b:.3f}  first commit {c:.3f}  last commit {e:.3f}"
-               for d, a, b, c, e in stages], "",
-             "own time (% of samples)"] + [f"  {p:5.1f}  {f}" for f, p in own] + \
-            ["", "including callees (% of samples)"] + [f"  {p:5.1f}  {f}" for f, p in inclusive]
-    text = "\n".join(lines) + "\n"
-    (OUT / f"profile-ticks-{args.label}.txt").write_text(text)
-    print(text)
+    write_report(OUT / f"profile-ticks-{args.label}.txt", [
+        f"{len(latencies)} live ticks of {args.instruments} instruments: p50 {statistics.median(latencies):.3f} s, "
+        f"max {max(latencies):.3f} s, {wall:.1f} s in all; {samples} py-spy samples of the worker at {args.rate}/s",
+        "CPU seconds during the ticks (2 cores: at most twice the wall time): "
+        + ", ".join(f"{k} {v:.1f}" for k, v in cpu.most_common()), "",
+        "stages of each tick, seconds from its entry in the outbox: the relay published the day's rows, "
+        "then the tick; the first and the last partition committed",
+        *[f"  {d}: rows {a:.3f}  tick {b:.3f}  first commit {c:.3f}  last commit {e:.3f}"
+          for d, a, b, c, e in stages], ""], own, inclusive)
 
 
 if __name__ == "__main__":
