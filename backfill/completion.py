@@ -47,10 +47,11 @@ def wait_for_run(database_url: str, run_id: str, last_tick: date, partitions: in
     one never arrives fails after `settle` seconds without progress, naming the missing tick:
     a lost tick would otherwise leave a silent hole of embeddings. (Long enough to ride out a broker
     restart, during which a retried earlier tick can land after the last one.)
-    With `lag` and `hooks.on_lag`, the worker group's lag is reported every `lag_every` seconds.
+    With `lag` and `hooks.on_lag`, the worker group's lag is reported every `lag_every` seconds, the first
+    time `lag_every` seconds in.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
-    next_lag = time.monotonic()
+    next_lag = time.monotonic() + lag_every  # a run done sooner never pays for a lag reading (~0.15 s)
     stalled_since: float | None = None
     last_count = -1
     with connection(database_url, autocommit=True) as conn:

@@ -104,7 +104,7 @@ def replay_through_kafka(settings: Settings, selection: RunSelection, started: f
         with worker_for_run(settings) as started_worker:
             if started_worker:
                 err.print("no worker is consuming: started one for this run", highlight=False)
-            result = run_stream_replay(settings, selection, hooks)
+            result = run_stream_replay(settings, selection, hooks, topics_exist=True)  # a worker consumes them
     finally:
         bar.stop()
     print_summary(selection, result, started, f"run: {result.run_id}  ",
