@@ -49,6 +49,13 @@ def top_frames(collapsed: Path, n: int = 25) -> tuple[list[tuple[str, float]], l
     return pct(own), pct(inclusive), total
 
 
+def start_py_spy(pid: int, rate: int, out: Path, *extra: str) -> subprocess.Popen:
+    """py-spy sampling process `pid` into collapsed stacks at `out` until it gets SIGINT."""
+    spy = shutil.which("py-spy") or str(Path(__file__).resolve().parents[1] / ".venv" / "bin" / "py-spy")
+    return subprocess.Popen([spy, "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw", *extra,
+                             "--output", str(out), "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def cpu_seconds() -> Counter:
     """CPU seconds used so far by process kind: this process (the replay: reads, plans, publishes),
     the worker, the Kafka broker, PostgreSQL, everything else."""
@@ -75,7 +82,6 @@ def main() -> None:
     parser.add_argument("--label", default="now", help="suffix of the output files (e.g. before, after)")
     parser.add_argument("--rate", type=int, default=50, help="py-spy samples per second")
     args = parser.parse_args()
-    spy = shutil.which("py-spy") or str(Path(__file__).resolve().parents[1] / ".venv" / "bin" / "py-spy")
     base = Settings()
     url = fresh_database(base.database_url)
     upgrade(url)
@@ -87,9 +93,7 @@ def main() -> None:
     OUT.mkdir(exist_ok=True)
     try:
         wait_ready(workdir / "w")
-        spy_proc = subprocess.Popen([spy, "record", "--pid", str(worker.pid), "--rate", str(args.rate), "--format",
-                                     "raw", "--output", str(raw), "--nonblocking"],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        spy_proc = start_py_spy(worker.pid, args.rate, raw)
         selection = RunSelection.build(window_days=63, model_ids=[MODEL], date_from="2015-01-01",
                                        date_to="2020-12-31", market_id="US_EQ")
         before = cpu_seconds()

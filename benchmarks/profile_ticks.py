@@ -10,9 +10,7 @@ benchmarks.profile_stream).
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
-import subprocess
 import tempfile
 import time
 import uuid
@@ -25,7 +23,7 @@ from backfill.synthetic import synthetic_rows
 from benchmarks.bench import MODEL, fresh_database, for_app
 from benchmarks.live import (load_quietly, start_worker, stop, tick_latencies, wait_bootstrapped, wait_ready,
                              withhold_days)
-from benchmarks.profile_stream import OUT, cpu_seconds, top_frames, write_report
+from benchmarks.profile_stream import OUT, cpu_seconds, start_py_spy, top_frames, write_report
 from shared.config import Settings
 from shared.migrate import upgrade
 
@@ -53,7 +51,6 @@ def main() -> None:
     parser.add_argument("--label", default="now")
     parser.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
     args = parser.parse_args()
-    spy = shutil.which("py-spy") or str(Path(__file__).resolve().parents[1] / ".venv" / "bin" / "py-spy")
     base = Settings()
     url = fresh_database(base.database_url)
     upgrade(url)
@@ -72,9 +69,7 @@ def main() -> None:
         wait_ready(workdir / "w", timeout=600, proc=worker)
         wait_bootstrapped(settings, url)
         tick_latencies(settings, url, days[:1], MODEL)  # the first day after the bootstrap, unmeasured
-        spy_proc = subprocess.Popen([spy, "record", "--pid", str(worker.pid), "--rate", str(args.rate), "--format",
-                                     "raw", "--threads", "--output", str(raw), "--nonblocking"],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        spy_proc = start_py_spy(worker.pid, args.rate, raw, "--threads")
         time.sleep(1.0)
         before = cpu_seconds()
         latencies = tick_latencies(settings, url, days[1:], MODEL)
