@@ -1,9 +1,10 @@
 """A pure per-instrument window: add, correct or delete rows, view rows as of a date. No Faust here.
 
-The state is compact bytes: a 12-byte header (the source offset of the last
-event applied, and the `horizon` day before which rows were dropped) followed
-by fixed-width rows (day int32, close float64, volume float64) sorted by day.
-Every change is a reassignment, so it reaches the changelog.
+A window holds the source offset of the last event applied, the `horizon` day
+before which rows were dropped, and fixed-width rows (day int32, close float64,
+volume float64) sorted by day. How the worker stores it (a head and sealed
+chunks) is `streams/window_store.py`; `to_bytes`/`parse` and `upsert_rows` are a
+single-value form for building and checking windows in tests.
 
 The header makes replays of the source safe: after a crash or a rebalance the
 table (restored from its changelog) can be ahead of the committed offsets, so a
