@@ -26,6 +26,8 @@ class StreamResult:
     embeddings: int = 0
     answered_live: bool = False
     """True when the live run's windows answered it (nothing was republished)."""
+    answered_from_database: bool = False
+    """True when the live worker answered it from look-backs it read from prices_daily."""
 
 
 @dataclass

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from backfill.reader import read_histories
+from shared.price_history import read_histories
 from backfill.selection import RunSelection
 from shared.db import connection
 from shared.encoder import apply_model, encode_windows, lookback_start

@@ -1,4 +1,4 @@
-"""Answering a replay from the live windows when they already hold what it needs.
+"""Answering a replay with a query tick to the live worker instead of republishing its look-back.
 
 The usual call of the platform's command is one recent as_of (the latest day, a
 month end). The live run's windows hold every ACTIVE EQUITY instrument's rows
@@ -8,10 +8,15 @@ captured row, so it sees all committed data), the worker computes the selection
 from the live state and records the output under the query's own run id, and the
 command waits for those completions as it would for a replay.
 
-It applies when a worker relays the live run (someone holds the relay lock), every
-selected instrument is one the live run loads (ACTIVE EQUITY), the window is the
-live one, and the look-back of the earliest date lies inside what the windows keep.
-Otherwise the replay publishes its rows into a run of its own, as before.
+The windows answer when every selected instrument is one the live run loads
+(ACTIVE EQUITY), the window is the live one, and the look-back of the earliest
+date lies inside what the windows keep. Otherwise (a historical as_of, another
+window) the query tick asks each partition to read its instruments' look-back from
+prices_daily with the batch path's reader (`streams/lookback.py`): a few queries
+instead of tens of thousands of rows through Kafka. Either needs a worker relaying
+the live run (someone holds the relay lock; one that reads look-backs for the
+second), and the selected ids must fit in the tick for the second. Otherwise the
+replay publishes its rows into a run of its own, as before.
 """
 from __future__ import annotations
 
@@ -25,12 +30,13 @@ from psycopg.types.json import Jsonb
 
 from backfill.bootstrap import queue_bootstrap
 from backfill.completion import ReplayHooks, StreamResult, wait_for_run
-from backfill.outbox import relay_holder
+from backfill.outbox import relay_holder, wake_relay
 from backfill.selection import RunSelection
 from shared.config import Settings
 from shared.db import connection
 from shared.encoder import LOOKBACK_FACTOR, retention_days
 from shared.instruments import SELECTABLE, newest_trade_date_sql
+from shared.maintained_keys import outbox_position, queue_changes_since
 from shared.messages import MAX_MESSAGE_BYTES
 from shared.validation import latest_trade_date
 
@@ -39,50 +45,70 @@ MAX_QUERY_DATES = 400
 
 @dataclass(frozen=True)
 class LiveAnswer:
-    """Whether the live windows can answer a selection, and if not, why."""
+    """Whether the live worker can answer a selection with a query tick, and how: from its windows, or
+    (`from_database`) from the look-back each partition reads from prices_daily; `reason` says why not
+    from the windows."""
 
     ok: bool
     reason: str = ""
+    from_database: bool = False
 
 
 def live_can_answer(conn: psycopg.Connection, settings: Settings, selection: RunSelection, ids: list[str],
                     dates: list[date]) -> LiveAnswer:
-    """Can the live run's windows give the selection's embeddings at `dates`, exactly as a replay would?"""
+    """Can the live worker give the selection's embeddings at `dates`, exactly as a replay would?"""
     if not ids or not dates:
         return LiveAnswer(False, "nothing selected")
-    if selection.window_days != settings.window_days:
-        return LiveAnswer(False, f"the live windows are for window_days {settings.window_days}")
     if len(dates) > MAX_QUERY_DATES:
         return LiveAnswer(False, f"more than {MAX_QUERY_DATES} as_of dates")
-    if selection.instrument_ids and len(json.dumps(ids)) > MAX_MESSAGE_BYTES // 2:
+    ids_fit = len(json.dumps(ids)) <= MAX_MESSAGE_BYTES // 2
+    if selection.instrument_ids and not ids_fit:
         return LiveAnswer(False, "too many instrument ids for one query")
-    if relay_holder(conn) is None:
+    holder = relay_holder(conn)
+    if holder is None:
         return LiveAnswer(False, "no worker relays the live run")
+    why = windows_miss(conn, settings, selection, ids, dates)
+    if not why:
+        return LiveAnswer(True)
+    if holder.protocol >= 2 and ids_fit:
+        return LiveAnswer(True, why, from_database=True)
+    return LiveAnswer(False, why)
+
+
+def windows_miss(conn: psycopg.Connection, settings: Settings, selection: RunSelection, ids: list[str],
+                 dates: list[date]) -> str:
+    """Why the live windows cannot answer the selection ("" when they can)."""
+    if selection.window_days != settings.window_days:
+        return f"the live windows are for window_days {settings.window_days}"
     selectable, newest = conn.execute(
         f"""SELECT count(*) FILTER (WHERE {SELECTABLE}), max({newest_trade_date_sql('i', '%s')})
             FROM instruments i WHERE i.instrument_id = ANY(%s)""", (latest_trade_date(), ids)).fetchone()
     if selectable < len(ids):
-        return LiveAnswer(False, "some selected instruments are not ACTIVE EQUITY (the live run does not load them)")
+        return "some selected instruments are not ACTIVE EQUITY (the live run does not load them)"
     keep = retention_days(settings.window_days, settings.retention_slack_days)
     if newest is not None and (min(dates) - newest).days + keep < LOOKBACK_FACTOR * selection.window_days:
-        return LiveAnswer(False, f"{min(dates)} is older than the live windows keep")
-    return LiveAnswer(True)
+        return f"{min(dates)} is older than the live windows keep"
+    return ""
 
 
 def enqueue_query(conn: psycopg.Connection, settings: Settings, selection: RunSelection, dates: list[date],
-                  ids: list[str]) -> str:
+                  ids: list[str], from_database: bool = False) -> str:
     """Queue a query tick (behind every captured row and pending bootstrap); returns its run id.
 
     The tick names the instruments the command selected (a market is cut here, in SQL, under the
     database's collation: `shared.instruments`); only a cut too large for one message travels as
-    limit/offset, which the worker's registry applies in the same database order."""
+    limit/offset, which the worker's registry applies in the same database order (never for a query
+    `from_database`: `live_can_answer` asks it only when the ids fit)."""
     run_id = f"query-{uuid.uuid4().hex[:12]}"
     fits = len(json.dumps(ids)) <= MAX_MESSAGE_BYTES // 2
-    chosen = {"ids": list(ids)} if selection.instrument_ids or fits else {
+    chosen: dict = {"ids": list(ids)} if selection.instrument_ids or fits else {
         "limit": selection.limit, "offset": selection.offset}
+    if from_database:
+        chosen["lookback"] = "database"
     with conn.transaction():
         queue_bootstrap(conn, chunk=settings.bootstrap_chunk_instruments)
         conn.execute("INSERT INTO embedder_runs (run_id) VALUES (%s)", (run_id,))
+        wake_relay(conn)
         conn.execute(
             """INSERT INTO prices_outbox (kind, trade_date, more_dates, window_days, model_ids, market_id, query_run,
                                           selection)
@@ -93,16 +119,25 @@ def enqueue_query(conn: psycopg.Connection, settings: Settings, selection: RunSe
 
 
 def run_live_query(settings: Settings, selection: RunSelection, ids: list[str], dates: list[date],
-                   hooks: ReplayHooks | None = None, timeout: float | None = None) -> StreamResult:
-    """Queue the query and wait until the worker's sink has committed every partition's part of it."""
+                   hooks: ReplayHooks | None = None, timeout: float | None = None,
+                   from_database: bool = False) -> StreamResult:
+    """Queue the query and wait until the worker's sink has committed every partition's part of it.
+
+    A query `from_database` reads prices_daily when the worker gets to it: changes captured after it
+    was queued are queued for the correction path at the end (as a replay does), so nothing it wrote
+    from rows read before such a change stays stale."""
     hooks = hooks or ReplayHooks()
     with connection(settings.database_url) as conn:
-        run_id = enqueue_query(conn, settings, selection, dates, ids)
-    result = StreamResult(run_id, len(ids), len(dates), answered_live=True)
+        position = outbox_position(conn)
+        run_id = enqueue_query(conn, settings, selection, dates, ids, from_database)
+    result = StreamResult(run_id, len(ids), len(dates), answered_live=not from_database,
+                          answered_from_database=from_database)
     if hooks.on_start:
         hooks.on_start(len(ids), len(dates), len(dates) * settings.partitions)
     result.embeddings = wait_for_run(settings.database_url, run_id, max(dates), settings.partitions, hooks, timeout,
                                      poll=0.01, expected_ticks=len(dates) * settings.partitions)
     with connection(settings.database_url) as conn:
         conn.execute("UPDATE embedder_runs SET completed_at = now() WHERE run_id = %s", (run_id,))
+        if from_database:
+            queue_changes_since(conn, position, ids)
     return result

@@ -48,6 +48,9 @@ if TYPE_CHECKING:  # Kafka is imported where the relay runs, not by `embedder ti
 log = logging.getLogger("embedder.outbox")
 RELAY_LOCK = 727_001  # pg advisory lock key: one active relay per database
 RELAY_APPLICATION = "embedder relay"
+RELAY_PROTOCOL = 2
+"""What the relaying worker understands, in its connection's application name (`relay_holder`): 2 adds
+query ticks that read their look-back from prices_daily (a command asks them only of such a worker)."""
 BATCH = 5000
 PRUNE_EVERY_SECONDS = 60.0
 BOOTSTRAP_CHECK_SECONDS = 30.0
@@ -59,6 +62,15 @@ SLICE_KEYS = 50_000
 """Keys of one entry read from prices_daily at a time: bounds the relay's memory."""
 
 
+OUTBOX_CHANNEL = "embedder_outbox"
+"""Notified (at commit) when a tick or a query is queued: the relay, waiting between polls, wakes at once."""
+
+
+def wake_relay(conn: psycopg.Connection) -> None:
+    """Wake the relay when the current transaction commits (a no-op for it until then)."""
+    conn.execute(f"NOTIFY {OUTBOX_CHANNEL}")
+
+
 def enqueue_tick(conn: psycopg.Connection, as_of: date, window_days: int, model_ids: list[str],
                  market_id: str | None = None, chunk: int = CHUNK_INSTRUMENTS) -> int:
     """Queue a live tick behind every row already committed to the outbox, and behind the bootstrap
@@ -66,6 +78,7 @@ def enqueue_tick(conn: psycopg.Connection, as_of: date, window_days: int, model_
     history); returns its outbox id."""
     with conn.transaction():
         queue_bootstrap(conn, chunk=chunk)
+        wake_relay(conn)
         return conn.execute(
             """INSERT INTO prices_outbox (kind, trade_date, window_days, model_ids, market_id)
                VALUES ('tick', %s, %s, %s, %s) RETURNING id""",
@@ -114,7 +127,7 @@ class OutboxRelay:
 
     @property
     def by(self) -> str:
-        return f"{RELAY_APPLICATION} {socket.gethostname()}:{os.getpid()}"
+        return f"{RELAY_APPLICATION} v{RELAY_PROTOCOL} {socket.gethostname()}:{os.getpid()}"[:63]
 
     def run(self) -> None:
         """Hold the relay lock, then relay until stopped; reconnect after database or broker errors."""
@@ -137,12 +150,13 @@ class OutboxRelay:
                     self._bootstrap_checked_at = 0.0
                     self.maybe_queue_bootstrap(conn)  # automatic on start: history no trigger saw
                     publisher = PricePublisher(self.settings)
+                    conn.execute(f"LISTEN {OUTBOX_CHANNEL}")
                     try:
                         while not self.stop.is_set():
                             self.maybe_heartbeat(conn)
                             if not self.relay_once(conn, publisher):
                                 self.when_idle(conn)
-                                self.stop.wait(self.poll_seconds)
+                                self.idle_wait(conn)
                     finally:
                         publisher.close()
             except (psycopg.Error, EmbedderError, KafkaError) as e:
@@ -153,6 +167,12 @@ class OutboxRelay:
                 else:
                     log.debug("outbox relay: %s; retrying in 2 s", problem)
                 self.stop.wait(2.0)
+
+    def idle_wait(self, conn: psycopg.Connection) -> None:
+        """Until the next poll, or sooner when a tick or query is queued (`wake_relay`): captured rows
+        wait for a poll (a notification per row would cost every writer), a tick does not."""
+        for _ in conn.notifies(timeout=self.poll_seconds, stop_after=1):
+            pass
 
     def _recovered(self) -> None:
         if self._failing_since is not None:
@@ -197,7 +217,8 @@ class OutboxRelay:
                 publisher.tick(Tick(run=LIVE_RUN, d=trade_date, ds=tuple(more_dates) if more_dates else None,
                                     w=window_days, m=tuple(model_ids), mk=market_id, o=entry_id, q=query_run,
                                     lim=selection.get("limit"), off=selection.get("offset", 0),
-                                    ids=tuple(selection["ids"]) if selection.get("ids") else None))
+                                    ids=tuple(selection["ids"]) if selection.get("ids") else None,
+                                    db=True if selection.get("lookback") == "database" else None))
                 if query_run is None:
                     self._ticked_through = max(self._ticked_through or trade_date, trade_date)
             elif kind == "snapshot":
@@ -345,6 +366,14 @@ class RelayHolder:
     application: str
     client: str | None
     since: object
+
+    @property
+    def protocol(self) -> int:
+        """`RELAY_PROTOCOL` of the relaying worker (1: from before the application name carried it)."""
+        words = self.application.split()
+        if len(words) > 2 and words[2].startswith("v") and words[2][1:].isdigit():
+            return int(words[2][1:])
+        return 1
 
 
 def relay_holder(conn: psycopg.Connection) -> RelayHolder | None:

@@ -15,7 +15,7 @@ from datetime import date, timedelta
 import numpy as np
 import psycopg
 
-from backfill.reader import read_histories
+from shared.price_history import read_histories
 from shared.encoder import LOOKBACK_FACTOR, apply_model, encode_windows
 from shared.embedding_store import upsert_embeddings
 from shared.maintained_keys import MaintainedKey, record_absent

@@ -263,8 +263,8 @@ def measure_single_as_of(f: Figures, settings: Settings, ids: list[str], last: d
                          runs: int = 5) -> None:
     """One as_of over the market: the old loop, `--direct` in this process, and the platform command
     as whole processes (`--direct`, and through the stream beside the warm live worker), best of `runs`;
-    then the platform command for a `historical` as_of (older than the live windows: published into a
-    run of its own) against its `--direct`."""
+    then the platform command for a `historical` as_of (older than the live windows: the worker reads its
+    look-back from prices_daily) against its `--direct`."""
     url = settings.database_url
     selection = RunSelection.build(window_days=63, model_ids=[MODEL], as_of=last.isoformat(), market_id="US_EQ")
     execute(url, "DELETE FROM numeric_window_embeddings WHERE as_of_date = %s", last)
@@ -278,6 +278,7 @@ def measure_single_as_of(f: Figures, settings: Settings, ids: list[str], last: d
             seconds, stdout = platform_command(settings, day, extra, runs)
             f.put(key, round(seconds, 2))
         f.put(f"{prefix}_platform_answered_live", "answered from the live windows" in stdout)
+        f.put(f"{prefix}_platform_answered_from_database", "answered by the live worker from prices_daily" in stdout)
         f.put(f"{prefix}_embeddings", query(url, "SELECT count(*) FROM numeric_window_embeddings WHERE as_of_date = %s",
                                             day)[0][0])
 

@@ -238,6 +238,9 @@ def replay(
     model_id: Annotated[Optional[list[str]], typer.Option("--model-id", metavar="MODEL",
                                                           help=f"A model (repeatable; default {DEFAULT_MODEL_ID}).")] = None,
     direct: Annotated[bool, typer.Option("--direct", help="Compute from Postgres without Kafka (batch path).")] = False,
+    publish_rows: Annotated[bool, typer.Option(
+        "--publish-rows", help="Publish the selection's rows through Kafka into a run of its own, even when the "
+                               "live worker could answer it.")] = False,
 ) -> None:
     """Compute embeddings for a date range or one as_of date, then exit."""
     from backfill.selection import RunSelection
@@ -248,7 +251,9 @@ def replay(
         date_from=date_from, date_to=date_to, market_id=market_id, instrument_ids=instrument_id,
         limit=limit, offset=offset,
     )
-    run_replay(load_settings() if direct else live_settings(), selection, direct=direct)
+    if direct and publish_rows:
+        raise BadArguments("--publish-rows publishes through Kafka; --direct computes without it: choose one")
+    run_replay(load_settings() if direct else live_settings(), selection, direct=direct, publish_rows=publish_rows)
 
 
 @app.command("worker")

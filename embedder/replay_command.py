@@ -16,10 +16,11 @@ if TYPE_CHECKING:
     from shared.lag import GroupLag
 
 
-def run_replay(settings: Settings, selection: RunSelection, direct: bool) -> DirectResult | StreamResult:
+def run_replay(settings: Settings, selection: RunSelection, direct: bool,
+               publish_rows: bool = False) -> DirectResult | StreamResult:
     """Run the selection (batch path or through Kafka) and print a summary."""
     if not direct:
-        return run_through_kafka(settings, selection)
+        return run_through_kafka(settings, selection, publish_rows)
     from backfill.direct import run_direct
 
     started = time.perf_counter()
@@ -53,20 +54,25 @@ def run_replay(settings: Settings, selection: RunSelection, direct: bool) -> Dir
     return result
 
 
-def run_through_kafka(settings: Settings, selection: RunSelection) -> StreamResult:
-    """Through the stream: answered from the live windows when they cover it, else the selection's rows
-    are published into a run of their own (a worker is started for it if none is consuming); returns
-    once every embedding is committed."""
+def run_through_kafka(settings: Settings, selection: RunSelection, publish_rows: bool = False) -> StreamResult:
+    """Through the stream: a query tick to the live worker when one relays (answered from its windows
+    when they cover it, else from look-backs it reads from prices_daily), else the selection's rows are
+    published into a run of their own (a worker is started for it if none is consuming); returns once
+    every embedding is committed. `publish_rows`: a run of its own whatever a live worker could answer."""
     from backfill.live_query import live_can_answer, run_live_query
 
     started = time.perf_counter()
+    if publish_rows:
+        return replay_through_kafka(settings, selection, started)
     with connection(settings.database_url) as conn:
         ids = selection.instruments(conn)
         dates = selection.as_of_dates(conn, ids) if ids else []
         answer = live_can_answer(conn, settings, selection, ids, dates)
     if answer.ok:
-        result = run_live_query(settings, selection, ids, dates)
-        print_summary(selection, result, started, f"run: {result.run_id} (answered from the live windows)  ",
+        result = run_live_query(settings, selection, ids, dates, from_database=answer.from_database)
+        how = (f"answered by the live worker from prices_daily: {answer.reason}" if answer.from_database
+               else "answered from the live windows")
+        print_summary(selection, result, started, f"run: {result.run_id} ({how})  ",
                       f"embeddings committed: {result.embeddings:,}")
         return result
     if ids and dates:

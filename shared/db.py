@@ -1,15 +1,20 @@
 """Database access: connections with secret-free errors, and the COPY + upsert helper."""
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, TypeVar
 
 import psycopg
 from psycopg import sql
 
 from shared.config import redact_url, scrub_secret
 from shared.errors import ServiceUnavailable
+
+T = TypeVar("T")
+log = logging.getLogger("embedder.db")
 
 
 def connect(url: str, *, autocommit: bool = False, connect_timeout: int = 10) -> psycopg.Connection:
@@ -30,6 +35,32 @@ def connection(url: str, *, autocommit: bool = False) -> Iterator[psycopg.Connec
             yield conn
     finally:
         conn.close()
+
+
+class PatientReader:
+    """One autocommit connection for a worker's reads, re-made after a failure: `read` retries with
+    backoff while PostgreSQL is away (a restart must not crash the stream). Not thread-safe."""
+
+    def __init__(self, url: str, what: str, max_backoff: float = 10.0):
+        self.url = url
+        self.what = what
+        self.max_backoff = max_backoff
+        self._conn: psycopg.Connection | None = None
+
+    def read(self, query: Callable[[psycopg.Connection], T]) -> T:
+        delay = 0.2
+        while True:
+            try:
+                if self._conn is None or self._conn.closed:
+                    self._conn = connect(self.url, autocommit=True)
+                return query(self._conn)
+            except (psycopg.OperationalError, psycopg.InterfaceError, ServiceUnavailable) as e:
+                log.warning("%s failed (%s); retrying in %.1fs", self.what, str(e).splitlines()[0], delay)
+                if self._conn is not None:
+                    self._conn.close()
+                self._conn = None
+                time.sleep(delay)
+                delay = min(delay * 2, self.max_backoff)
 
 
 def copy_rows(

@@ -16,7 +16,7 @@ from datetime import date
 from typing import Annotated, Any, Literal, Union
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from shared.errors import EmbedderError
 from shared.validation import date_problem, id_problem, key_problem, latest_trade_date, row_problem
@@ -85,6 +85,16 @@ class Tick(_Base):
     offset: int = Field(default=0, alias="off", ge=0)
     instrument_ids: tuple[str, ...] | None = Field(default=None, alias="ids")
     """A query's selection: the market's instruments cut by offset/limit, or these ids."""
+    lookback_from_db: bool | None = Field(default=None, alias="db")
+    """A query older than the live windows keep (`instrument_ids` required): each partition reads its
+    instruments' look-back from prices_daily (the batch path's reader) instead of the windows. Absent
+    unless true, so workers that predate it reject such a tick rather than misread it."""
+
+    @model_validator(mode="after")
+    def _lookback_names_instruments(self) -> "Tick":
+        if self.lookback_from_db and (self.query_run is None or self.instrument_ids is None):
+            raise ValueError("a tick reading its look-back from the database is a query naming its instruments")
+        return self
 
     @property
     def dates(self) -> tuple[date, ...]:

@@ -1,8 +1,8 @@
 """The thin Faust adapter: the prices agent feeds a `PartitionProcessor` and applies its effects.
 
 All stream semantics live in `streams/processor.py` (no Faust there). This module
-does the I/O around it: the registry's database reads before an event, and the
-commit order after it (`apply_effects`). The sink is in this process
+does the I/O around it: the registry's database reads before an event (and a historical query's
+look-back), and the commit order after it (`apply_effects`). The sink is in this process
 (`streams/sink.py`): events are acked by hand, each once what it produced is
 committed in PostgreSQL, and faust commits offsets only up to the first unacked
 event of a partition.
@@ -20,9 +20,11 @@ from shared.messages import LIVE_RUN, BadMessage, PriceRow, RowBatch, Tick, dead
 from shared.metrics import StreamMetrics
 from shared.topics import stream_tables
 from streams.gaps import OffsetGuard
+from streams.lookback import DbLookback
 from streams.processor import DeadLetter, Effects, PartitionProcessor, ProcessorConfig, TickReport
 from streams.registry import DbRegistry
 from streams.state import ByRun
+from streams.window import Window
 from streams.window_store import value_bytes
 from streams.sink import BatchingSink, SinkWriter
 
@@ -51,6 +53,7 @@ def register(app: faust.App, settings: Settings, metrics: StreamMetrics,
     windows = ByRun(app.Table(windows_name, **table), app.Table(replay_windows_name, **table), raw_keys=True)
     runs = ByRun(app.Table(runs_name, **table), app.Table(replay_runs_name, **table), raw_keys=True)
     registry = DbRegistry(settings.database_url, settings.partitions)
+    lookback = DbLookback(settings.database_url)
     config = ProcessorConfig(settings.partitions, settings.window_days, settings.retention_slack_days)
     processors: dict[int, PartitionProcessor] = {}
     guard = OffsetGuard(settings.prices_topic)
@@ -80,8 +83,12 @@ def register(app: faust.App, settings: Settings, metrics: StreamMetrics,
         processors.clear()
         guard.forget()
 
-    async def prepare(message) -> None:
-        """The database reads the processor will need, done before it runs (in a thread)."""
+    async def prepare(message, partition: int) -> dict[str, Window] | None:
+        """The database reads the processor will need, done before it runs (in a thread); returns the
+        look-back of a query tick that reads it from the database."""
+        if isinstance(message, Tick) and message.lookback_from_db:
+            ids = sorted(i for i in set(message.instrument_ids or ()) if registry.partition(i) == partition)
+            return await asyncio.to_thread(lookback.read, ids, message.dates, message.window_days)
         if isinstance(message, RowBatch):
             ids = {r[0] for r in message.rows}
             if registry.unknown(ids):
@@ -91,6 +98,7 @@ def register(app: faust.App, settings: Settings, metrics: StreamMetrics,
                 await asyncio.to_thread(registry.learn, {message.instrument_id})
         elif isinstance(message, Tick) and message.run == LIVE_RUN:
             await asyncio.to_thread(registry.refresh, (message.source_id, message.as_of, message.scope))
+        return None
 
     async def send_dead_letters(event: faust.EventT, letters: list[DeadLetter]) -> list:
         msg = event.message
@@ -162,8 +170,7 @@ def register(app: faust.App, settings: Settings, metrics: StreamMetrics,
         try:
             message = decode(event.value)
             metrics.events.labels(message.kind).inc()
-            await prepare(message)
-            fx = proc.process(offset, message)
+            fx = proc.process(offset, message, await prepare(message, partition))
         except BadMessage as e:
             metrics.events.labels("bad").inc()
             fx = Effects(dead_letters=[DeadLetter(e.reason, event.value or b"")])

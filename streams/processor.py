@@ -33,7 +33,7 @@ from streams.state import LIVE_PREFIX, RunPartition, TickRecord, Writes, run_key
 from shared.encoder import LOOKBACK_FACTOR
 from streams.ticks import Timeline, embeddings_at
 from streams import window_store
-from streams.window import NO_OFFSET, Window, date_of, day_number, retention_days
+from streams.window import NO_OFFSET, NO_ROWS, Window, date_of, day_number, retention_days
 
 DEFAULT_CACHE_WINDOWS = 50_000
 
@@ -128,9 +128,12 @@ class PartitionProcessor:
         pending = self._unconfirmed.get(run)
         return min(pending.values()) if pending else None
 
-    def process(self, offset: int, message: Message) -> Effects:
+    def process(self, offset: int, message: Message, lookback: Mapping[str, Window] | None = None) -> Effects:
         """What `message`, read at `offset` of this partition, does. Raises BadMessage only for a
-        message that is wrong as a whole (its reason is dead-lettered by the caller)."""
+        message that is wrong as a whole (its reason is dead-lettered by the caller).
+
+        `lookback`: for a query tick reading its look-back from the database (`Tick.lookback_from_db`),
+        its instruments' windows as read (`streams/lookback.py`); the tick is computed from them."""
         fx = Effects()
         if isinstance(message, RowBatch):
             fx.rows = message.rows_total
@@ -141,7 +144,9 @@ class PartitionProcessor:
             row = (message.instrument_id, message.trade_date, message.close, message.volume)
             self._rows(message.run, message.window_days or self.config.live_window_days, [row], [], 1, offset, fx)
         elif isinstance(message, Tick):
-            self._tick(message, offset, fx)
+            if message.lookback_from_db and lookback is None:
+                raise BadMessage("a query tick reading its look-back from the database came without it")
+            self._tick(message, offset, fx, lookback if message.lookback_from_db else None)
         elif isinstance(message, RunEnd):
             self._end(message.run, fx)
         return fx
@@ -266,7 +271,7 @@ class PartitionProcessor:
             return sorted(i for i in set(tick.instrument_ids) if self.registry.partition(i) == self.partition)
         return self.registry.selection(tick.scope, tick.limit, tick.offset, self.partition)
 
-    def _tick(self, tick: Tick, offset: int, fx: Effects) -> None:
+    def _tick(self, tick: Tick, offset: int, fx: Effects, lookback: Mapping[str, Window] | None = None) -> None:
         before = self._run_state(tick.run)
         query = tick.query_run is not None
         redelivered = offset <= before.tick_offset and not query
@@ -278,7 +283,10 @@ class PartitionProcessor:
         partial: list[tuple[str, Window]] = []
         no_window: list[str] = []
         for instrument_id in expected:
-            window = self._window(window_key(tick.run, instrument_id))
+            if lookback is None:
+                window = self._window(window_key(tick.run, instrument_id))
+            else:
+                window = lookback.get(instrument_id, NO_ROWS)
             if window.applied_offset == NO_OFFSET and not window.rows.size:
                 no_window.append(instrument_id)
             elif window.covers(days[0], tick.window_days):
@@ -316,7 +324,8 @@ class PartitionProcessor:
         fx.embeddings.append(EmbeddingBatch(tick.query_run or tick.run, tick.window_days, self.partition,
                                             items + absent, tuple(done), rows_missing, tick.scope if live else "",
                                             redelivered, recheck))
-        self._unconfirmed.setdefault(tick.run, {})[offset] = days[0] - LOOKBACK_FACTOR * tick.window_days
+        if lookback is None:  # a look-back read from the database is read again if the tick comes again
+            self._unconfirmed.setdefault(tick.run, {})[offset] = days[0] - LOOKBACK_FACTOR * tick.window_days
         if not query:  # a query reads the live state; it is no tick of the live run
             keep = retention_days(tick.window_days, self.config.retention_slack_days)
             records = [TickRecord(d, tick.window_days, tuple(tick.models), tick.scope if live else None)

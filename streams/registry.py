@@ -9,22 +9,18 @@ batch, in a thread, retrying while the database is unreachable.
 """
 from __future__ import annotations
 
-import logging
 import threading
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
 import psycopg
 
-from shared.db import connect
-from shared.errors import ServiceUnavailable
+from shared.db import PatientReader
 from shared.instruments import registry_rows
 from shared.messages import ALL_MARKETS
 from shared.topics import partition_for
 
-log = logging.getLogger("embedder.registry")
 
 
 @dataclass(frozen=True)
@@ -105,7 +101,7 @@ class DbRegistry:
         self._partition_of: dict[str, int] = {}
         self.snapshot = StaticRegistry({}, partitions, self._partition_of)
         self._refreshed_for: object = None
-        self._conn: psycopg.Connection | None = None
+        self._reader = PatientReader(database_url, "instrument lookup", max_backoff)
         self._lock = threading.Lock()
 
     # the Registry protocol, answered from the snapshot (no I/O)
@@ -148,16 +144,4 @@ class DbRegistry:
 
     def _query(self, read: Callable[[psycopg.Connection, list[str] | None], list[tuple]],
                ids: list[str] | None) -> list[tuple]:
-        delay = 0.2
-        while True:
-            try:
-                if self._conn is None or self._conn.closed:
-                    self._conn = connect(self.database_url, autocommit=True)
-                return read(self._conn, ids)
-            except (psycopg.OperationalError, psycopg.InterfaceError, ServiceUnavailable) as e:
-                log.warning("instrument lookup failed (%s); retrying in %.1fs", str(e).splitlines()[0], delay)
-                if self._conn is not None:
-                    self._conn.close()
-                self._conn = None
-                time.sleep(delay)
-                delay = min(delay * 2, self.max_backoff)
+        return self._reader.read(lambda conn: read(conn, ids))

@@ -133,6 +133,10 @@ class Window:
         return r["day"].astype("datetime64[D]"), r["close"].astype(np.float64), r["volume"].astype(np.float64)
 
 
+NO_ROWS = Window.parse(None)
+"""The window of an instrument with no row at all."""
+
+
 def upsert_rows(state: bytes | None, days: np.ndarray, closes: np.ndarray, volumes: np.ndarray, keep_days: int,
                 offset: int = NO_OFFSET) -> bytes:
     """State with the rows added or replaced (`Window.apply` of upserts only)."""

@@ -32,6 +32,7 @@ BAD_REPLAYS = [
     (["--as-of", "2019-06-03"], "nothing selected"),
     (["--as-of", "2019-06-03", "--market-id", "US_EQ", "--window-days", "zero"], "--window-days"),
     (["--from", "2019-06-01", "--market-id", "US_EQ"], "both --from and --to"),
+    (["--as-of", "2019-06-03", "--market-id", "US_EQ", "--publish-rows"], "--publish-rows"),
 ]
 
 

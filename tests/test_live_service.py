@@ -107,7 +107,7 @@ def test_live_capture_ticks_corrections_and_a_past_replay_beside_live_state(db_u
         # A replay of a past range through the same worker leaves the live rows and windows alone.
         live_before = stored(db_url)
         run(cli_env, "replay", "--from", "2019-03-01", "--to", "2019-03-29", "--market-id", "US_EQ",
-            "--model-id", MODELS[0])
+            "--model-id", MODELS[0], "--publish-rows")  # a run of its own (else the worker reads prices_daily)
         after = stored(db_url)
         assert {k: v for k, v in after.items() if k[1] in days} == live_before
         with psycopg.connect(db_url) as conn:

@@ -389,8 +389,8 @@ def test_daily_ticks_without_a_human_once_every_instrument_has_its_row(database_
 
 
 @pytest.mark.slow
-def test_the_platform_command_is_answered_from_the_live_windows_when_they_cover_it(database_factory, cli_env,
-                                                                                  tmp_path):
+def test_the_platform_command_is_answered_by_the_live_worker_from_its_windows_or_from_prices_daily(
+        database_factory, cli_env, tmp_path):
     ids = [f"P{k:03d}" for k in range(30)]
     url, new_rows = platform_market(database_factory, ids)
     env = platform_env(cli_env, url)
@@ -410,14 +410,36 @@ def test_the_platform_command_is_answered_from_the_live_windows_when_they_cover_
         assert stored(url) == want and len(want) >= 8
         with psycopg.connect(url) as conn:
             assert conn.execute("SELECT count(*) FROM embedder_tick_commits WHERE run_id = 'live'").fetchone()[0] == 0
-        # An instrument the live run does not load (a future): the command publishes its rows instead.
+        # An instrument the live run does not load (a future): the worker reads the look-back from prices_daily.
+        from_database = "answered by the live worker from prices_daily"
         with psycopg.connect(url) as conn:
             conn.execute("TRUNCATE numeric_window_embeddings")
         proc = subprocess.run(command[:5] + ["--model-id", MODELS[0], "--instrument-id", "P003",
                                              "--instrument-id", "FUT-ES-2020"],
                               env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
         assert proc.returncode == 0, proc.stderr[-2000:]
-        assert "not ACTIVE EQUITY" in proc.stderr and "answered from the live windows" not in proc.stdout
+        assert f"{from_database}: some selected instruments are not ACTIVE EQUITY" in proc.stdout
         assert stored(url) == expected(url, ["P003", "FUT-ES-2020"], [day], 63, MODELS[:1])
+        # A historical as_of (older than the windows keep), then a month of another window: the same.
+        with psycopg.connect(url) as conn:
+            conn.execute("TRUNCATE numeric_window_embeddings")
+        historical = date(2019, 6, 28)
+        proc = subprocess.run(command[:4] + [historical.isoformat(), "--market-id", "US_EQ", "--model-id", MODELS[0]],
+                              env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert f"{from_database}: {historical} is older than the live windows keep" in proc.stdout
+        assert stored(url) == expected(url, selectable(url), [historical], 63, MODELS[:1]) != {}
+        with psycopg.connect(url) as conn:
+            month = [r[0] for r in conn.execute("""SELECT DISTINCT trade_date FROM prices_daily
+                                                   WHERE trade_date BETWEEN '2019-05-01' AND '2019-05-31' ORDER BY 1""")]
+        proc = run(env, "replay", "--from", month[0].isoformat(), "--to", month[-1].isoformat(), "--window-days", "21",
+                   "--market-id", "US_EQ", *[flag for m in MODELS for flag in ("--model-id", m)])
+        assert f"{from_database}: the live windows are for window_days 63" in proc.stdout
+        want = expected(url, selectable(url), [historical], 63, MODELS[:1]) | expected(
+            url, selectable(url), month, 21, MODELS)
+        assert stored(url) == want
+        with psycopg.connect(url) as conn:  # neither query touched the live run or published a row
+            assert conn.execute("SELECT count(*) FROM embedder_tick_commits WHERE run_id = 'live'").fetchone()[0] == 0
+            assert conn.execute("SELECT count(*) FROM embedder_runs WHERE run_id LIKE 'replay-%'").fetchone()[0] == 0
     finally:
         stop(worker)

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 
+import numpy as np
 import pytest
 
+from shared.encoder import LOOKBACK_FACTOR
 from shared.messages import LIVE_RUN, BadMessage, RowBatch, RunEnd, Tick
 from shared.validation import NON_POSITIVE_CLOSE
+from shared.price_history import History
+from streams.lookback import window_of
 from streams.processor import Effects, PartitionProcessor, ProcessorConfig
 from streams.registry import InstrumentInfo, StaticRegistry
 from streams import window_store
@@ -338,6 +342,36 @@ def test_a_query_of_the_live_windows_computes_its_selection_and_leaves_the_live_
     # A later correction re-emits live ticks only: the queries were point-in-time answers.
     fx = h.feed(3, RowBatch(LIVE_RUN, W, [("Q3", days[-1], 99.0, 1.0)]))
     assert fx.embeddings == []
+
+
+def look_back(rows: list[tuple], ids: list[str], as_of: date) -> dict:
+    """The windows `streams.lookback.DbLookback` reads for a query of `as_of`: rows of its look-back on."""
+    first = as_of - timedelta(days=LOOKBACK_FACTOR * W)
+    out = {}
+    for i in ids:
+        own = [r for r in rows if r[0] == i and first <= r[1] <= as_of]
+        if own:
+            out[i] = window_of(History(np.array([r[1] for r in own], dtype="datetime64[D]"),
+                                       np.array([r[2] for r in own]), np.array([r[3] for r in own])),
+                               day_number(first))
+    return out
+
+
+def test_a_query_reading_its_look_back_from_the_database_computes_from_it_and_leaves_the_state_alone():
+    h = Harness(StaticRegistry(market(IDS), PARTITIONS))
+    rows = history(IDS, 90)
+    day = sorted({r[1] for r in rows})[-20]
+    h.feed(0, RowBatch(LIVE_RUN, W, [r for r in rows if r[1] > day]))  # the live windows hold only newer rows
+    state = (dict(h.windows), dict(h.runs))
+    tick = Tick(d=day, w=W, m=MODELS, q="query-1", ids=("A", "B", "GONE"), db=True)
+    fx = h.proc.process(1, tick, look_back(rows, ["A", "B"], day))
+    assert {b.run for b in fx.embeddings} == {"query-1"} and not fx.dead_letters and not fx.lost_windows
+    got = {(i, d, m): v for b in fx.embeddings for i, d, m, v in b.items}
+    assert {k: v for k, v in got.items() if v} == expected(rows, ["A", "B"], [day])
+    assert {k for k, v in got.items() if not v} == {("GONE", day, m) for m in MODELS}  # no row at all: absent
+    assert fx.writes.windows == {} and fx.writes.runs == {} and (h.windows, h.runs) == state
+    with pytest.raises(BadMessage, match="without it"):
+        h.proc.process(2, tick)
 
 
 def test_a_tick_names_the_keys_it_asked_for_without_enough_history_and_windows_it_lacks():

@@ -1,4 +1,7 @@
-"""Reading instrument histories from prices_daily: only the columns the encoder needs."""
+"""Reading instrument histories from prices_daily: only the columns the encoder needs.
+
+One reader for every path that computes from the database: the batch path, the correction
+path and the worker answering a historical query (`streams/lookback.py`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,7 +9,6 @@ from datetime import date
 
 import numpy as np
 import psycopg
-
 
 
 @dataclass(frozen=True)

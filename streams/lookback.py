@@ -1,0 +1,47 @@
+"""A historical query's look-back, read from prices_daily into windows the processor computes from.
+
+A query older than the live windows keep (`Tick.lookback_from_db`) used to be answered by
+publishing every row of its look-back through Kafka into a run of its own: 62,000 rows for one
+as_of over the S&P 500, which cost three times the batch path. The worker reads them itself
+instead, with the batch path's reader (`shared.price_history`), one query per partition; the
+processor then computes them as any tick (`PartitionProcessor.process(..., lookback=...)`).
+These windows are never stored: a re-delivered query reads the database again.
+"""
+from __future__ import annotations
+
+import threading
+from datetime import date
+
+import numpy as np
+
+from shared.db import PatientReader
+from shared.encoder import lookback_start
+from shared.price_history import History, read_histories
+from streams.window import NO_OFFSET, ROW, Window, day_number
+
+
+def window_of(history: History, horizon: int) -> Window:
+    """A window holding `history`, complete from day `horizon` on."""
+    rows = np.empty(history.trade_dates.size, dtype=ROW)
+    rows["day"] = history.trade_dates.astype(np.int64)
+    rows["close"] = history.close
+    rows["volume"] = history.volume
+    return Window(NO_OFFSET, horizon, rows)
+
+
+class DbLookback:
+    """Reads look-backs on its own connection (call `read` in a thread), riding out a database restart."""
+
+    def __init__(self, database_url: str):
+        self._reader = PatientReader(database_url, "reading a query's look-back")
+        self._lock = threading.Lock()
+
+    def read(self, instrument_ids: list[str], dates: tuple[date, ...], window_days: int) -> dict[str, Window]:
+        """The windows of `instrument_ids` holding every row the `dates` need (absent: no row at all)."""
+        if not instrument_ids:
+            return {}
+        first = lookback_start(np.datetime64(min(dates), "D"), window_days).astype(object)
+        with self._lock:
+            histories = self._reader.read(lambda conn: read_histories(conn, instrument_ids, first, max(dates)))
+        horizon = day_number(first)
+        return {i: window_of(h, horizon) for i, h in histories.items()}
