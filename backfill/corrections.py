@@ -26,6 +26,7 @@ from shared.background import start_when_ready
 from shared.config import Settings
 from shared.db import connect
 from shared.errors import EmbedderError
+from shared.embedding_store import price_changes, set_cause
 from shared.maintained_keys import MaintainedKey, affected_keys
 from shared.metrics import StreamMetrics
 
@@ -65,6 +66,7 @@ def drain_once(conn: psycopg.Connection, max_changes: int = MAX_CHANGES,
             """SELECT instrument_id, trade_date, seq FROM embedder_recompute_queue
                WHERE instrument_id = ANY(%s)""", (taken,)).fetchall()
         changes: list[tuple[str, date]] = [(i, d) for i, d, _ in items]
+        set_cause(conn, "correction", price_changes(changes))
         out.keys = affected_keys(conn, changes)
         out.rewritten = rewrite_keys(conn, out.keys)
         conn.execute(

@@ -14,7 +14,7 @@ from shared.price_history import read_histories
 from backfill.selection import RunSelection
 from shared.db import connection
 from shared.encoder import apply_model, encode_windows, lookback_start
-from shared.embedding_store import upsert_embeddings
+from shared.embedding_store import set_cause, upsert_embeddings
 from shared.maintained_keys import outbox_position, queue_changes_since, record_absent
 
 READ_CHUNK_INSTRUMENTS = 16
@@ -67,6 +67,7 @@ def run_direct(
         def flush() -> None:
             nonlocal finished
             if pending or absent:
+                set_cause(conn, "direct", f"replay --direct {selection.describe()}")
                 if pending:
                     upsert_embeddings(conn, pending)
                 record_absent(conn, absent)

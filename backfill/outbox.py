@@ -34,6 +34,7 @@ from backfill.capture import capture_state, heartbeat, start_capture
 from shared.background import start_when_ready
 from shared.config import Settings
 from shared.db import connect
+from shared.embedding_history import CAUSE_KINDS, prune_versions, revisions_today
 from shared.encoder import retention_days
 from shared.errors import EmbedderError
 from shared.maintained_keys import queue_captured_changes
@@ -317,6 +318,9 @@ class OutboxRelay:
         self.metrics.capture_on.set(1 if capture_state(conn).capturing else 0)
         pending = conn.execute("SELECT count(*) FROM embedder_bootstrap WHERE published_at IS NULL").fetchone()[0]
         self.metrics.bootstrap_pending.set(pending)
+        revised = revisions_today(conn)
+        for cause in CAUSE_KINDS | set(revised):
+            self.metrics.embeddings_revised_today.labels(cause).set(revised.get(cause, 0))
 
     def maybe_heartbeat(self, conn: psycopg.Connection) -> None:
         """Keep capture on while this worker relays (and resync if it lapsed meanwhile)."""
@@ -348,14 +352,20 @@ class OutboxRelay:
         log.info("auto tick for %s after %.0fs without new rows", self.last_row_date, quiet)
 
     def maybe_prune(self, conn: psycopg.Connection) -> None:
-        """At most once a minute, when idle: drop published entries past their keep time."""
+        """At most once a minute, when idle: drop published entries and superseded embeddings past their
+        keep times."""
         keep = self.settings.outbox_keep_hours
-        if keep <= 0 or time.monotonic() - self._pruned_at < PRUNE_EVERY_SECONDS:
+        if time.monotonic() - self._pruned_at < PRUNE_EVERY_SECONDS:
             return
         self._pruned_at = time.monotonic()
-        deleted = prune_outbox(conn, keep)
+        deleted = prune_outbox(conn, keep) if keep > 0 else 0
         if deleted:
             log.info("outbox: deleted %d published entries older than %.0f h", deleted, keep)
+        if self.settings.version_retention_days:
+            gone = prune_versions(conn, self.settings.version_retention_days)
+            if gone:
+                log.info("history: deleted %d superseded embeddings older than %g days", gone,
+                         self.settings.version_retention_days)
 
 
 @dataclass(frozen=True)

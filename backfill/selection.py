@@ -78,6 +78,17 @@ class RunSelection:
         return cls(window_days, models, date_from=start, date_to=end, market_id=market_id,
                    instrument_ids=ids, limit=limit, offset=offset)
 
+    def describe(self) -> str:
+        """One line naming the selection (for logs and the causes of the versions a run supersedes)."""
+        when = str(self.as_of) if self.as_of else f"{self.date_from}..{self.date_to}"
+        if self.instrument_ids:
+            what = ", ".join(self.instrument_ids[:3]) + (f" and {len(self.instrument_ids) - 3} more"
+                                                        if len(self.instrument_ids) > 3 else "")
+        else:
+            what = f"market {self.market_id}" + (f" limit {self.limit}" if self.limit is not None else "") + (
+                f" offset {self.offset}" if self.offset else "")
+        return f"{when} {what} window {self.window_days} {', '.join(self.model_ids)}"
+
     @property
     def model_ids(self) -> list[str]:
         return [m.model_id for m in self.models]

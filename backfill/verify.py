@@ -24,7 +24,7 @@ from datetime import date
 import psycopg
 
 from backfill.recompute import Key, Rewritten, expected_vectors, write_expected
-from shared.embedding_store import ENTITY_TYPE
+from shared.embedding_store import ENTITY_TYPE, set_cause
 from shared.errors import BadArguments
 from shared.instruments import market_cut, trade_dates_between
 from shared.maintained_keys import MaintainedKey, absent_keys_between, stored_keys_between
@@ -215,6 +215,8 @@ def _verify_chunk(conn: psycopg.Connection, selection: VerifySelection, chunk: l
     expected = expected_vectors(conn, wanted)
     findings = compare(wanted, stored, expected)
     if repair and (findings or duplicates):
+        set_cause(conn, "repair", f"embedder verify --repair: {len(findings)} key(s) differed from prices_daily, "
+                                  f"{len(duplicates)} duplicate(s)")
         if duplicates:
             _drop_duplicates(conn, [(f.entity_id, f.as_of_date, f.model_id) for f in duplicates])
         fix = {(f.entity_id, f.as_of_date, f.model_id) for f in findings + duplicates}

@@ -37,10 +37,13 @@ services_app = typer.Typer(help="Local Kafka (KRaft) and PostgreSQL for developm
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 prices_app = typer.Typer(help="Loading daily prices.", no_args_is_help=True)
 live_app = typer.Typer(help="The always-on service's live state.", no_args_is_help=True)
+embeddings_app = typer.Typer(help="Reading the table: current or as known at an instant, and its history.",
+                             no_args_is_help=True)
 app.add_typer(services_app, name="services")
 app.add_typer(db_app, name="db")
 app.add_typer(prices_app, name="prices")
 app.add_typer(live_app, name="live")
+app.add_typer(embeddings_app, name="embeddings")
 
 
 def _version(value: bool) -> None:
@@ -386,6 +389,59 @@ def live_repartition(
     from embedder.live_command import run_repartition
 
     run_repartition(live_settings(), partitions)
+
+
+@embeddings_app.command("export")
+def embeddings_export(
+    output: Annotated[Path, typer.Option("--output", "-o", metavar="PATH", help="The file to write.")],
+    fmt: Annotated[str, typer.Option("--format", metavar="FORMAT", help="parquet, npy or csv.")] = "parquet",
+    as_of: Annotated[Optional[str], typer.Option("--as-of", metavar="DATE", help="One as_of date.")] = None,
+    date_from: Annotated[Optional[str], typer.Option("--from", metavar="DATE", help="First as_of date.")] = None,
+    date_to: Annotated[Optional[str], typer.Option("--to", metavar="DATE", help="Last as_of date.")] = None,
+    market_id: Annotated[Optional[str], typer.Option("--market-id", metavar="MARKET",
+                                                     help="The market's ACTIVE EQUITY instruments.")] = None,
+    instrument_id: Annotated[Optional[list[str]], typer.Option("--instrument-id", metavar="ID",
+                                                               help="An instrument (repeatable).")] = None,
+    model_id: Annotated[str, typer.Option("--model-id", metavar="MODEL", help="The model.")] = DEFAULT_MODEL_ID,
+    window_days: Annotated[Optional[int], typer.Option("--window-days", metavar="N",
+                                                       help="Only rows of this window.")] = None,
+    known_at: Annotated[Optional[str], typer.Option("--known-at", metavar="TIME", help="The table as it was at "
+                                                    "this instant (ISO 8601; UTC when no offset is given).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
+) -> None:
+    """Export stored embeddings (now, or as known at an instant) to Parquet, .npy or CSV, with progress."""
+    from embedder.embeddings_command import run_export
+    from shared.embedding_reads import EmbeddingQuery
+
+    if market_id is not None and instrument_id:
+        raise BadArguments("give --market-id or --instrument-id, not both")
+    query = EmbeddingQuery.build(model_id, as_of=as_of, date_from=date_from, date_to=date_to,
+                                 window_days=window_days, known_at=known_at, instrument_ids=instrument_id or None)
+    run_export(load_settings(), query, market_id, fmt, output, force)
+
+
+@embeddings_app.command("history")
+def embeddings_history(
+    instrument_id: Annotated[str, typer.Option("--instrument-id", metavar="ID", help="The instrument.")],
+    as_of: Annotated[str, typer.Option("--as-of", metavar="DATE", help="The as_of date.")],
+    model_id: Annotated[str, typer.Option("--model-id", metavar="MODEL", help="The model.")] = DEFAULT_MODEL_ID,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """The versions of one embedding: when each was current, what ended it and why, and how far it moved."""
+    from embedder.embeddings_command import run_history
+
+    run_history(load_settings(), instrument_id, as_of, model_id, as_json)
+
+
+@embeddings_app.command("keep-history")
+def embeddings_keep_history(
+    on: Annotated[Optional[bool], typer.Option("--on/--off", help="Keep superseded embeddings (default) or not.")] = None,
+) -> None:
+    """Show or switch the keeping of superseded embeddings (what reads as known at an instant need);
+    EMBEDDER_VERSION_RETENTION_DAYS bounds how long they are kept."""
+    from embedder.embeddings_command import run_keep_history
+
+    run_keep_history(load_settings(), on)
 
 
 @app.command("lag")

@@ -18,6 +18,7 @@ from embedder.console import out
 from shared.config import Settings
 from shared.db import connection
 from shared.dead_letters import count_since, parse_since
+from shared.embedding_history import history_state, revisions_by_day
 from shared.errors import ServiceUnavailable
 from shared.messages import LIVE_RUN
 
@@ -70,6 +71,16 @@ def parity(conn: psycopg.Connection, since: datetime) -> dict:
             "examples": examples[0] if examples else []}
 
 
+def history(conn: psycopg.Connection) -> dict:
+    """The history switch, and embeddings revised per UTC day and cause over the last week."""
+    state = history_state(conn)
+    days: dict[str, dict[str, int]] = {}
+    for day, cause, n in revisions_by_day(conn, 7):
+        days.setdefault(str(day), {})[cause] = int(n)
+    return {"enabled": state.enabled, "complete_since": state.complete_since.isoformat(timespec="seconds"),
+            "versions": state.versions, "revised_by_day": days}
+
+
 def gather(settings: Settings, since: datetime) -> dict:
     """Everything the status shows, as JSON-ready data (version 1)."""
     with connection(settings.database_url, autocommit=True) as conn:
@@ -93,6 +104,7 @@ def gather(settings: Settings, since: datetime) -> dict:
                        "oldest_unpublished_seconds": round(backlog.oldest_seconds, 1)},
             "corrections": corrections(conn),
             "parity": parity(conn, since),
+            "history": history(conn),
             "relay": None if holder is None else {
                 "application": holder.application, "pid": holder.pid, "client": holder.client,
                 "since": holder.since.isoformat(timespec="seconds")},
@@ -144,6 +156,11 @@ def run_status(settings: Settings, since: str, as_json: bool) -> None:
         f"{p['mismatches']} mismatch(es)" + (f", last round {p['last_round']}" if p["last_round"] else ""))
     for e in p["examples"]:
         say(f"  {e['kind']} {e['entity_id']} {e['as_of_date']} {e['model_id']} (window {e['window_days']})")
+    h = report["history"]
+    say(f"history: {'on' if h['enabled'] else 'OFF'}, {h['versions']:,} superseded embeddings kept, exact as known "
+        f"at any instant from {h['complete_since']}")
+    for day, causes in h["revised_by_day"].items():
+        say(f"  revised {day}: " + ", ".join(f"{n:,} by {cause}" for cause, n in sorted(causes.items())))
     r = report["relay"]
     say("relay: no worker holds the relay lock (captured rows and ticks wait in the outbox)" if r is None else
         f"relay: {r['application']} (pid {r['pid']} at {r['client'] or 'local socket'}, since {r['since']})")

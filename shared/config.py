@@ -125,6 +125,9 @@ class Settings(BaseSettings):
     """How often the live relay looks for new outbox entries when idle."""
     outbox_keep_hours: float = Field(default=24.0, ge=0)
     """Published outbox entries older than this are deleted by the relay (0 keeps them all)."""
+    version_retention_days: float | None = Field(default=None, gt=0)
+    """Superseded embeddings (numeric_window_embedding_versions) older than this are deleted by the relay;
+    unset keeps them all. Reads as known at an instant are exact only within it."""
     capture_idle_hours: float = Field(default=72.0, ge=0)
     """Capture stops by itself after this many hours without a relay (0: never); a worker starting
     after such a gap rebuilds the live windows and rechecks the table from prices_daily."""

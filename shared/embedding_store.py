@@ -36,6 +36,31 @@ def window_spec_sql(window_days_expr: str) -> str:
     return f"jsonb_build_object('window_days', {window_days_expr}, 'entity_type', '{ENTITY_TYPE}')"
 
 
+CAUSE_SETTING = "embedder.cause"
+"""Transaction-local: why the transaction changes embeddings. The version triggers (migration 0012) record
+it with every row a change supersedes; a writer that does not set it is named by role and application."""
+
+
+def set_cause(conn: psycopg.Connection, kind: str, detail: str) -> None:
+    """Name why the current transaction changes embeddings ("kind: detail"; kinds: live, correction,
+    replay, query, direct, repair). Call it inside the transaction that writes."""
+    conn.execute("SELECT set_config(%s, %s, true)", (CAUSE_SETTING, f"{kind}: {detail}"[:1000]))
+
+
+def price_changes(changes: Iterable[tuple[str, date]], shown: int = 5) -> str:
+    """The price changes behind a correction, for the versions it supersedes: "prices of A 2019-12-19,
+    2019-12-20; B 2018-03-01 and 4 more instruments"."""
+    by_instrument: dict[str, list[date]] = {}
+    for instrument_id, day in changes:
+        by_instrument.setdefault(instrument_id, []).append(day)
+    if not by_instrument:
+        return ""
+    parts = [f"{i} " + ", ".join(str(d) for d in sorted(set(days))[:3]) + ("…" if len(set(days)) > 3 else "")
+             for i, days in list(by_instrument.items())[:shown]]
+    more = f" and {len(by_instrument) - shown} more instruments" if len(by_instrument) > shown else ""
+    return "prices of " + "; ".join(parts) + more
+
+
 def ensure_staging(cur: psycopg.Cursor) -> None:
     """Create this session's temporary staging table once (it lives until disconnect)."""
     cur.execute(

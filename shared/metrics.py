@@ -37,6 +37,7 @@ class StreamMetrics:
     outbox_bytes: Gauge
     outbox_oldest_seconds: Gauge
     capture_on: Gauge
+    embeddings_revised_today: Gauge
     corrections_to_database: Counter
     recompute_queue: Gauge
     recompute_changes: Counter
@@ -98,6 +99,10 @@ class StreamMetrics:
                                         "unpublished prices_outbox entry (0: none waits).", registry=r),
             capture_on=Gauge("embedder_capture_on", "1 while the capture triggers write the outbox (the live "
                              "service is enabled and a relay was seen within the idle limit), else 0.", registry=r),
+            embeddings_revised_today=Gauge(
+                "embedder_embeddings_revised_today", "Stored embeddings changed or removed since midnight UTC (each "
+                "kept as a version), by cause: live, correction, replay, query, direct, repair, sql (written "
+                "outside the project).", ["cause"], registry=r),
             offset_gaps=Counter("embedder_offset_gaps", "Prices offsets the consumer skipped before the "
                                 "agent saw them (a faust-streaming bug during rebalances).", registry=r),
             corrections_to_database=Counter(

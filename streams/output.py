@@ -41,6 +41,9 @@ class EmbeddingBatch:
     """(instrument, first as_of) of live instruments a tick found without any window (state lost): the
     sink records their keys absent and queues them for the database path, which computes them from
     prices_daily."""
+    cause: str = ""
+    """Corrections: the price changes that re-emitted these embeddings (recorded with the versions they
+    supersede)."""
 
     @property
     def size(self) -> int:

@@ -30,6 +30,7 @@ from shared.messages import LIVE_RUN, BadMessage, Message, PriceRow, RowBatch, R
 from streams.output import Embedding, EmbeddingBatch, TickDone
 from streams.registry import Registry
 from streams.state import LIVE_PREFIX, RunPartition, TickRecord, Writes, run_key, window_key
+from shared.embedding_store import price_changes
 from shared.encoder import LOOKBACK_FACTOR
 from streams.ticks import Timeline, embeddings_at
 from streams import window_store
@@ -211,6 +212,7 @@ class PartitionProcessor:
                 by_instrument.setdefault(row[0], []).append(row)
         state = state.with_members(set(by_instrument))
         corrections: dict[int, list[Embedding]] = {}
+        changed_prices: list[tuple[str, date]] = []
         floor = self._floor(run)
         for instrument_id, own in by_instrument.items():
             key = window_key(run, instrument_id)
@@ -245,9 +247,12 @@ class PartitionProcessor:
             for window_days in {t.window_days for t in fresh}:
                 corrections.setdefault(window_days, []).extend(
                     recompute(instrument_id, window, [t for t in fresh if t.window_days == window_days]))
+            if fresh:
+                changed_prices.extend((instrument_id, date_of(d)) for _, d in applied)
             self._write_window(fx, key, stored, window, [c[0] for c in changes])
+        cause = price_changes(changed_prices)
         for window_days, items in corrections.items():
-            fx.embeddings.append(EmbeddingBatch(run, window_days, self.partition, items))
+            fx.embeddings.append(EmbeddingBatch(run, window_days, self.partition, items, cause=cause))
         self._write_run(fx, run, before, state)
 
     def _ticks_reached(self, run: str, instrument_id: str, state: RunPartition, days: list[int]) -> list[TickRecord]:

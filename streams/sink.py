@@ -22,7 +22,7 @@ from datetime import date, datetime, timezone
 import psycopg
 
 from shared.db import connect
-from shared.embedding_store import upsert_embeddings
+from shared.embedding_store import set_cause, upsert_embeddings
 from shared.maintained_keys import queue_recompute, record_absent
 from shared.errors import ServiceUnavailable
 from shared.messages import LIVE_RUN
@@ -30,6 +30,27 @@ from shared.metrics import StreamMetrics
 from streams.output import EmbeddingBatch
 
 log = logging.getLogger("embedder.sink")
+
+
+def change_cause(batches: Sequence[EmbeddingBatch], shown: int = 4) -> tuple[str, str]:
+    """(kind, detail) of a sink transaction for the versions it supersedes: live corrections (with the
+    price changes), live ticks, replays or queries, by their runs, dates and partitions."""
+    parts: list[str] = []
+    kinds: set[str] = set()
+    for b in batches:
+        if b.done:
+            kind = "live" if b.run == LIVE_RUN else "query" if b.run.startswith("query-") else "replay"
+            dates = sorted({t.as_of for t in b.done})
+            when = f"{dates[0]}" + (f"..{dates[-1]}" if len(dates) > 1 else "")
+            parts.append(f"{'tick' if kind == 'live' else b.run} {when} p{b.partition}")
+        else:
+            kind = "correction" if b.run == LIVE_RUN else "replay"
+            parts.append(b.cause or f"{b.run} p{b.partition}")
+        kinds.add(kind)
+    kind = next((k for k in ("correction", "live", "replay", "query") if k in kinds), "live")
+    unique = list(dict.fromkeys(parts))
+    more = f"; and {len(unique) - shown} more" if len(unique) > shown else ""
+    return kind, "; ".join(unique[:shown]) + more
 
 
 class SinkWriter:
@@ -54,6 +75,7 @@ class SinkWriter:
         conn = self._connection()
         try:
             batches = self._drop_completed_runs(conn, batches)
+            set_cause(conn, *change_cause(batches))
             latest: dict[tuple, tuple] = {}
             for b in batches:
                 for i, d, m, v in b.items:

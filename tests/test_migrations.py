@@ -27,11 +27,11 @@ def test_upgrade_creates_tables_and_second_run_is_a_noop(database_factory):
     assert first.applied == ["0001_base_tables", "0002_embeddings_unique_key", "0003_stream_progress",
                              "0004_live_capture", "0005_tick_rows_missing", "0006_run_offsets",
                              "0007_live_bootstrap", "0008_live_queries", "0009_exact_table", "0010_lean_capture",
-                             "0011_live_layout"]
+                             "0011_live_layout", "0012_embedding_versions"]
     assert {"instruments", "prices_daily", "numeric_window_embeddings", "embedder_absent_embeddings",
             "embedder_recompute_queue", "embedder_state_format", "embedder_parity_audits"} <= tables(url)
     second = upgrade(url)
-    assert second.applied == [] and second.already_applied == 11
+    assert second.applied == [] and second.already_applied == 12
     with psycopg.connect(url) as conn:
         cols = dict(conn.execute(
             """SELECT column_name, data_type FROM information_schema.columns

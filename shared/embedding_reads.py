@@ -1,0 +1,264 @@
+"""Reading the table for the platform's consumers: the embeddings now, or exactly as known at an instant.
+
+`read_embeddings` returns ids, dates and a float32 matrix (`Embeddings`; `.to_pandas()` for a
+DataFrame). With `known_at=T` it returns what `numeric_window_embeddings` held at T: each key's
+current row where it has been current since T or before, else the version that was current at T
+(`numeric_window_embedding_versions`, kept by the triggers of migration 0012 whatever wrote the
+table). Times compare with the writing transactions' start times: a write in flight at T counts as
+done. Rows are ordered by as_of date, then instrument id (the database's collation).
+
+The same reads serve `embedder embeddings export` (in chunks: `iter_embeddings`) and `history`.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import psycopg
+
+from shared.embedding_store import ENTITY_TYPE
+from shared.errors import BadArguments, EmbedderError
+from shared.instruments import market_cut
+from shared.models import validate_models
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+CHUNK_ROWS = 20_000
+VERSIONS = "numeric_window_embedding_versions"
+
+
+@dataclass(frozen=True)
+class EmbeddingQuery:
+    """A validated read: one model, a date range, optionally instruments and a window, now or as known at."""
+
+    model_id: str
+    date_from: date
+    date_to: date
+    instrument_ids: tuple[str, ...] | None = None
+    window_days: int | None = None
+    known_at: datetime | None = None
+
+    @classmethod
+    def build(cls, model_id: str, *, as_of: date | str | None = None, date_from: date | str | None = None,
+              date_to: date | str | None = None, window_days: int | None = None,
+              known_at: datetime | str | None = None, instrument_ids: Sequence[str] | None = None) -> "EmbeddingQuery":
+        """Checks the arguments (BadArguments: one line, nothing read)."""
+        validate_models([model_id])
+        if as_of is not None and (date_from is not None or date_to is not None):
+            raise BadArguments("give as_of or a date range (date_from, date_to), not both")
+        if as_of is not None:
+            lo = hi = to_date(as_of, "as_of")
+        elif date_from is not None and date_to is not None:
+            lo, hi = to_date(date_from, "date_from"), to_date(date_to, "date_to")
+            if lo > hi:
+                raise BadArguments(f"the date range is upside down: {lo} is after {hi}")
+        else:
+            raise BadArguments("give as_of, or both date_from and date_to")
+        if window_days is not None and not 1 <= window_days <= 2000:
+            raise BadArguments(f"window_days must be between 1 and 2000, got {window_days}")
+        when = to_instant(known_at) if known_at is not None else None
+        if when is not None and when > datetime.now(timezone.utc):
+            raise BadArguments(f"known_at {when.isoformat()} is in the future")
+        ids = tuple(instrument_ids) if instrument_ids is not None else None
+        return cls(model_id, lo, hi, ids, window_days, when)
+
+
+def to_date(value: date | str, name: str) -> date:
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    try:
+        return date.fromisoformat(str(value).strip())
+    except ValueError:
+        raise BadArguments(f"{name}: not a date (YYYY-MM-DD): {value!r}") from None
+
+
+def to_instant(value: datetime | date | str) -> datetime:
+    """An aware instant; a naive time or a bare date is taken as UTC."""
+    if isinstance(value, datetime):
+        when = value
+    elif isinstance(value, date):
+        when = datetime(value.year, value.month, value.day)
+    else:
+        try:
+            when = datetime.fromisoformat(str(value).strip())
+        except ValueError:
+            raise BadArguments(f"known_at: not a time (ISO 8601, e.g. 2026-11-23T17:00:00Z): {value!r}") from None
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """Embeddings of one model: row k is `instrument_ids[k]` as of `as_of_dates[k]`, its vector
+    `vectors[k]` (float32, the stored bytes exactly), of window `window_days[k]`."""
+
+    model_id: str
+    instrument_ids: np.ndarray
+    as_of_dates: np.ndarray
+    window_days: np.ndarray
+    vectors: np.ndarray
+    known_at: datetime | None = None
+
+    def __len__(self) -> int:
+        return len(self.instrument_ids)
+
+    def to_pandas(self) -> "pd.DataFrame":
+        """A DataFrame indexed by (instrument_id, as_of_date), one float32 column per vector element."""
+        import pandas as pd
+
+        index = pd.MultiIndex.from_arrays([self.instrument_ids, self.as_of_dates],
+                                          names=["instrument_id", "as_of_date"])
+        return pd.DataFrame(self.vectors, index=index, copy=False)
+
+    @classmethod
+    def concat(cls, parts: Sequence["Embeddings"], model_id: str, known_at: datetime | None) -> "Embeddings":
+        parts = [p for p in parts if len(p)]
+        if len({p.vectors.shape[1] for p in parts}) > 1:
+            raise EmbedderError(f"the rows have vectors of different lengths {sorted({p.vectors.shape[1] for p in parts})} "
+                                "(different window_days): read one window at a time (window_days=...)")
+        if not parts:
+            return cls(model_id, *fields(empty(model_id)), known_at)
+        return cls(model_id, np.concatenate([p.instrument_ids for p in parts]),
+                   np.concatenate([p.as_of_dates for p in parts]), np.concatenate([p.window_days for p in parts]),
+                   np.concatenate([p.vectors for p in parts]), known_at)
+
+
+def empty(model_id: str) -> Embeddings:
+    return Embeddings(model_id, np.empty(0, dtype=object), np.empty(0, dtype="datetime64[D]"),
+                      np.empty(0, dtype=np.int32), np.empty((0, 0), dtype="<f4"))
+
+
+def fields(e: Embeddings) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    return e.instrument_ids, e.as_of_dates, e.window_days, e.vectors
+
+
+def read_embeddings(model_id: str, *, as_of: date | str | None = None, date_from: date | str | None = None,
+                    date_to: date | str | None = None, instruments: Sequence[str] | None = None,
+                    market_id: str | None = None, window_days: int | None = None,
+                    known_at: datetime | str | None = None, database_url: str | None = None,
+                    conn: psycopg.Connection | None = None) -> Embeddings:
+    """The stored embeddings of `model_id` at `as_of` (or from `date_from` to `date_to`), of `instruments`
+    or of a market's ACTIVE EQUITY instruments (`market_id`; neither: every instrument), as they are now
+    or, with `known_at`, exactly as the table held them then. `database_url` defaults to the settings'
+    (`DATABASE_URL`); `conn` reuses an open connection."""
+    query = EmbeddingQuery.build(model_id, as_of=as_of, date_from=date_from, date_to=date_to,
+                                 window_days=window_days, known_at=known_at, instrument_ids=instruments)
+    if instruments is not None and market_id is not None:
+        raise BadArguments("give instruments or market_id, not both")
+    with _connection(database_url, conn) as c:
+        if market_id is not None:
+            query = EmbeddingQuery(query.model_id, query.date_from, query.date_to, tuple(market_cut(c, market_id)),
+                                   query.window_days, query.known_at)
+        return Embeddings.concat(list(iter_embeddings(c, query)), model_id, query.known_at)
+
+
+def read_embeddings_frame(model_id: str, **selection: Any) -> "pd.DataFrame":
+    """`read_embeddings(...).to_pandas()`."""
+    return read_embeddings(model_id, **selection).to_pandas()
+
+
+class _connection:
+    """The caller's connection, or one of our own (closed after)."""
+
+    def __init__(self, database_url: str | None, conn: psycopg.Connection | None):
+        self.database_url, self.conn, self.own = database_url, conn, None
+
+    def __enter__(self) -> psycopg.Connection:
+        if self.conn is not None:
+            return self.conn
+        from shared.config import load_settings
+        from shared.db import connect
+
+        self.own = connect(self.database_url or load_settings().database_url)
+        return self.own
+
+    def __exit__(self, *exc: object) -> None:
+        if self.own is not None:
+            self.own.close()
+
+
+def check_known_at(conn: psycopg.Connection, when: datetime) -> None:
+    """Refuse an instant the versions kept cannot answer exactly (history off, or pruned before it)."""
+    row = conn.execute("SELECT enabled, complete_since, changed_at FROM embedder_history").fetchone()
+    if row is None or not row[0]:
+        since = f" since {row[2].isoformat(timespec='seconds')}" if row else ""
+        raise BadArguments(f"embedding history is off{since} (`embedder embeddings keep-history --on`): "
+                           "no read as known at an instant")
+    if when < row[1]:
+        raise BadArguments(f"known_at {when.isoformat(timespec='seconds')} is before the history kept, which "
+                           f"is complete from {row[1].isoformat(timespec='seconds')}")
+
+
+def filters(alias: str, query: EmbeddingQuery) -> tuple[str, dict[str, Any]]:
+    """WHERE conditions of `query` on a table aliased `alias` (the live table or the versions)."""
+    sql = [f"{alias}.entity_type = '{ENTITY_TYPE}'", f"{alias}.model_id = %(model)s",
+           f"{alias}.as_of_date BETWEEN %(lo)s AND %(hi)s"]
+    params: dict[str, Any] = {"model": query.model_id, "lo": query.date_from, "hi": query.date_to}
+    if query.instrument_ids is not None:
+        sql.append(f"{alias}.entity_id = ANY(%(ids)s)")
+        params["ids"] = list(query.instrument_ids)
+    if query.window_days is not None:
+        sql.append(f"({alias}.window_spec->>'window_days')::int = %(window)s")
+        params["window"] = query.window_days
+    return " AND ".join(sql), params
+
+
+def select_sql(query: EmbeddingQuery) -> tuple[str, dict[str, Any]]:
+    """The SELECT of (entity_id, as_of_date, window_days, vector) for `query`, in read order."""
+    where_e, params = filters("e", query)
+    columns = "e.entity_id, e.as_of_date, (e.window_spec->>'window_days')::int4 AS window_days, e.vector"
+    if query.known_at is None:
+        return f"SELECT {columns} FROM numeric_window_embeddings e WHERE {where_e} ORDER BY 2, 1", params
+    where_v, _ = filters("v", query)
+    params["t"] = query.known_at
+    return f"""
+        SELECT entity_id, as_of_date, window_days, vector FROM (
+            SELECT {columns} FROM numeric_window_embeddings e
+            LEFT JOIN (SELECT v.entity_id, v.as_of_date, max(v.recorded_to) AS since FROM {VERSIONS} v
+                       WHERE {where_v} GROUP BY 1, 2) s ON s.entity_id = e.entity_id AND s.as_of_date = e.as_of_date
+            WHERE {where_e} AND greatest(e.created_at, s.since) <= %(t)s
+            UNION ALL
+            SELECT v.entity_id, v.as_of_date, (v.window_spec->>'window_days')::int4, v.vector FROM {VERSIONS} v
+            WHERE {where_v} AND v.change <> 'absent' AND v.recorded_from <= %(t)s AND v.recorded_to > %(t)s
+        ) k ORDER BY 2, 1""", params
+
+
+def count_rows(conn: psycopg.Connection, query: EmbeddingQuery) -> int:
+    """How many rows `query` reads (for progress, and to size an .npy file before writing it)."""
+    sql, params = select_sql(query)
+    return conn.execute(f"SELECT count(*) FROM ({sql}) c WHERE vector IS NOT NULL", params).fetchone()[0]
+
+
+def iter_embeddings(conn: psycopg.Connection, query: EmbeddingQuery,
+                    chunk_rows: int = CHUNK_ROWS) -> Iterator[Embeddings]:
+    """`query`'s rows in chunks, read with a binary server-side cursor (memory: one chunk). Rows
+    without a vector (a platform row holding only a `vector_ref`) are skipped."""
+    if query.known_at is not None:
+        check_known_at(conn, query.known_at)
+    sql, params = select_sql(query)
+    with conn.transaction():  # a named cursor lives in a transaction (and sees one snapshot)
+        with conn.cursor(name="embedder_read", binary=True) as cur:
+            cur.itersize = chunk_rows
+            cur.execute(sql, params)
+            while rows := cur.fetchmany(chunk_rows):
+                yield chunk_of(query.model_id, rows, query.known_at)
+
+
+def chunk_of(model_id: str, rows: list[tuple], known_at: datetime | None) -> Embeddings:
+    rows = [r for r in rows if r[3] is not None]
+    if not rows:
+        return empty(model_id)
+    ids, days, windows, vectors = zip(*rows)
+    lengths = {len(v) for v in vectors}
+    if len(lengths) > 1:
+        raise EmbedderError(f"the rows have vectors of different lengths {sorted(n // 4 for n in lengths)} "
+                            "(different window_days): read one window at a time (window_days=...)")
+    dim = lengths.pop() // 4
+    matrix = np.frombuffer(b"".join(vectors), dtype="<f4").reshape(len(rows), dim)
+    return Embeddings(model_id, np.array(ids, dtype=object), np.array(days, dtype="datetime64[D]"),
+                      np.array(windows, dtype=np.int32), matrix, known_at)
