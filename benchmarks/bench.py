@@ -318,6 +318,15 @@ def targets(f: Figures) -> list[tuple[str, str, str, bool]]:
             f["direct_per_s"] >= 0.8 * f["raw_copy_per_s"])
         add("stream / direct", round(f["stream_per_s"] / f["direct_per_s"], 3), ">= 0.8",
             f["stream_per_s"] >= 0.8 * f["direct_per_s"])
+    for path in ("direct", "stream"):
+        key = f"history_{path}_again_on_vs_off"
+        if key in f:
+            add(f"{path}, nothing changes: history on/off", f[key], "<= 1.1", f[key] <= 1.1)
+    for label in ("one_as_of", "year"):
+        for fmt in ("parquet", "npy"):
+            key = f"export_{label}_{fmt}_vs_copy_speed"
+            if key in f:
+                add(f"export {label} {fmt} / COPY speed", f[key], ">= 0.5", f[key] >= 0.5)
     if "live_tick_p99_s" in f:
         add("live tick p99 (s)", f["live_tick_p99_s"], "<= 0.5", f["live_tick_p99_s"] <= 0.5)
         add("worker peak RSS (MB)", f["live_worker_peak_rss_mb"], "<= 300", f["live_worker_peak_rss_mb"] <= 300)
@@ -382,7 +391,7 @@ def main() -> None:
     parser.add_argument("--empty-state-replays", type=int, default=20,
                         help="replays run before timing a worker on an empty state folder (0 skips it)")
     parser.add_argument("--only", choices=["stream", "live", "scale", "large", "empty-state", "exact",
-                                                      "capture"], help="measure only this part")
+                                                      "capture", "history"], help="measure only this part")
     args = parser.parse_args()
     base = Settings()
     workdir = Path(tempfile.mkdtemp(prefix="embedder-bench-"))
@@ -437,6 +446,11 @@ def measure_real_data(f: Figures, base: Settings, workdir: Path, args: argparse.
             measure_single_as_of(f, live, ids, days[-1], days[-260])
         finally:
             stop(worker)
+    if args.only in (None, "history"):
+        from benchmarks.history import measure_exports, measure_writers
+
+        measure_writers(f, for_app(base, url, uuid.uuid4().hex[:8]), ("2019-01-01", "2019-12-31"))
+        measure_exports(f, url, days[-1], ("2019-01-01", "2019-12-31"))
     if args.only is None:
         measure_old_way(f, url, ids, days, args.old_loop_instruments)
     if args.only in (None, "exact"):

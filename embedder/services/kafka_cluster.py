@@ -83,8 +83,9 @@ class LocalKafkaCluster:
         except (KafkaError, OSError):
             return None
         try:
-            return sum(1 for topic in admin.describe_topics() for p in topic["partitions"]
-                       if len(p["isr"]) < len(p["replicas"]))
+            # A partition described without an ISR (its leader is away, mid-election) counts as under-replicated.
+            return sum(1 for topic in admin.describe_topics() for p in topic.get("partitions") or []
+                       if len(p.get("isr") or []) < len(p.get("replicas") or [None]))
         except (KafkaError, OSError):
             return None
         finally:
