@@ -450,7 +450,7 @@ def measure_real_data(f: Figures, base: Settings, workdir: Path, args: argparse.
         from benchmarks.history import measure_exports, measure_writers
 
         measure_writers(f, for_app(base, url, uuid.uuid4().hex[:8]), ("2019-01-01", "2019-12-31"))
-        measure_exports(f, url, days[-1], ("2019-01-01", "2019-12-31"))
+        measure_exports(f, url, ("2019-01-01", "2019-12-31"))
     if args.only is None:
         measure_old_way(f, url, ids, days, args.old_loop_instruments)
     if args.only in (None, "exact"):

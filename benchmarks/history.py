@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import statistics
 import tempfile
-from datetime import date
 from pathlib import Path
 
 import psycopg
@@ -21,7 +20,7 @@ from backfill.worker_process import worker_for_run
 from embedder.embedding_files import write_embeddings
 from shared.config import Settings
 from shared.embedding_history import switch_history
-from shared.embedding_reads import EmbeddingQuery, count_rows, iter_embeddings, read_embeddings
+from shared.embedding_reads import EmbeddingQuery, count_rows, iter_batches, read_embeddings
 
 MODEL = "num-regime-core-v1"
 
@@ -85,11 +84,13 @@ def copy_seconds(url: str, query: EmbeddingQuery) -> tuple[int, float]:
     return n, time.perf_counter() - started
 
 
-def measure_exports(f, url: str, day: date, year: tuple[str, str], rounds: int = 3) -> None:
+def measure_exports(f, url: str, year: tuple[str, str], rounds: int = 3) -> None:
     """Exports of one as_of and of a year against COPY TO of the same rows (best of `rounds`)."""
     run_direct(url, RunSelection.build(window_days=63, model_ids=[MODEL], date_from=year[0], date_to=year[1],
                                        market_id="US_EQ"))
     out = Path(tempfile.mkdtemp(prefix="embedder-export-"))
+    with psycopg.connect(url) as conn:  # the year's last trading day
+        day = conn.execute("SELECT max(trade_date) FROM prices_daily WHERE trade_date <= %s", (year[1],)).fetchone()[0]
     for label, query in (("one_as_of", EmbeddingQuery.build(MODEL, as_of=day)),
                          ("year", EmbeddingQuery.build(MODEL, date_from=year[0], date_to=year[1]))):
         best: dict[str, float] = {}
@@ -97,13 +98,14 @@ def measure_exports(f, url: str, day: date, year: tuple[str, str], rounds: int =
             rows = count_rows(conn, query)
         for _ in range(rounds):
             best["copy"] = min(best.get("copy", 1e9), copy_seconds(url, query)[1])
-            with psycopg.connect(url) as conn:
-                for fmt in ("parquet", "npy"):  # as the command does it (.npy counts its rows first)
-                    seconds = timed(lambda: write_embeddings(iter_embeddings(conn, query), out / f"e.{fmt}", fmt,
-                                                             count_rows(conn, query) if fmt == "npy" else None))
-                    best[fmt] = min(best.get(fmt, 1e9), seconds)
-                best["read_embeddings"] = min(best.get("read_embeddings", 1e9), timed(
-                    read_embeddings, MODEL, date_from=query.date_from, date_to=query.date_to, conn=conn))
+            for fmt in ("parquet", "npy"):  # as the command does it (.npy counts its rows first)
+                def export() -> None:
+                    with psycopg.connect(url) as conn:
+                        total = count_rows(conn, query) if fmt == "npy" else None
+                    write_embeddings(iter_batches(url, query), out / f"e.{fmt}", fmt, MODEL, total)
+                best[fmt] = min(best.get(fmt, 1e9), timed(export))
+            best["read_embeddings"] = min(best.get("read_embeddings", 1e9), timed(
+                read_embeddings, MODEL, date_from=query.date_from, date_to=query.date_to, database_url=url))
         f.put(f"export_{label}_rows", rows)
         for key, seconds in best.items():
             f.put(f"export_{label}_{key}_s", round(seconds, 3))

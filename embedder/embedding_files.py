@@ -11,14 +11,21 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from shared.embedding_reads import Embeddings
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 from shared.errors import EmbedderError
 
 FORMATS = ("parquet", "npy", "csv")
+PARQUET_OPTIONS = dict(compression="snappy", use_dictionary=["instrument_id"],
+                       write_statistics=["instrument_id", "as_of_date", "window_days"])
+"""No dictionary or statistics for the vectors: on float32 data they cost more than the rest of the write
+(a year of the market: 0.79 s against 0.34 s, for a file of 53 MB instead of 95)."""
 ID_CHARS = 64  # numeric_window_embeddings.entity_id is varchar(64)
 
 
@@ -27,12 +34,19 @@ def npy_dtype(dim: int) -> np.dtype:
                      ("vector", "<f4", (dim,))])
 
 
-def write_embeddings(chunks: Iterable[Embeddings], path: Path, fmt: str, rows: int | None = None,
-                     on_rows: Callable[[int], None] | None = None, metadata: dict[str, str] | None = None) -> int:
-    """Write `chunks` to `path` in `fmt`; `rows` (the total) is needed for npy. Returns rows written."""
+def write_embeddings(batches: Iterable["pa.RecordBatch"], path: Path, fmt: str, model_id: str,
+                     rows: int | None = None, on_rows: Callable[[int], None] | None = None,
+                     metadata: dict[str, str] | None = None) -> int:
+    """Write `batches` (`shared.embedding_reads.iter_batches`) to `path` in `fmt`; `rows` (the total) is
+    needed for npy. Returns rows written."""
     tmp = path.with_name(f".{path.name}.partial")
+    if fmt == "parquet":
+        writer = lambda: _parquet(batches, tmp, rows, on_rows, metadata or {})  # noqa: E731
+    else:
+        chunks = (Embeddings.from_batch(b, model_id, None) for b in batches)
+        writer = lambda: {"npy": _npy, "csv": _csv}[fmt](chunks, tmp, rows, on_rows, metadata or {})  # noqa: E731
     try:
-        written = {"parquet": _parquet, "npy": _npy, "csv": _csv}[fmt](chunks, tmp, rows, on_rows, metadata or {})
+        written = writer()
         os.replace(tmp, path)
         return written
     finally:
@@ -46,34 +60,29 @@ def _dim(chunk: Embeddings, dim: int | None) -> int:
     return chunk.vectors.shape[1]
 
 
-def _parquet(chunks, tmp: Path, rows, on_rows, metadata) -> int:
+def _parquet(batches, tmp: Path, rows, on_rows, metadata) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     writer, dim, n = None, None, 0
+    meta = {k.encode(): v.encode() for k, v in metadata.items()}
     try:
-        for chunk in chunks:
-            if not len(chunk):
-                continue
-            dim = _dim(chunk, dim)
-            table = pa.table({
-                "instrument_id": pa.array(chunk.instrument_ids.tolist(), pa.string()),
-                "as_of_date": pa.array(chunk.as_of_dates, pa.date32()),
-                "window_days": pa.array(chunk.window_days, pa.int32()),
-                "vector": pa.FixedSizeListArray.from_arrays(pa.array(chunk.vectors.reshape(-1), pa.float32()), dim),
-            })
+        for batch in batches:
+            size = batch.column(3).type.list_size
+            if dim is not None and size != dim:
+                raise EmbedderError(f"the rows have vectors of different lengths ({dim} and {size}: different "
+                                    "window_days): export one window at a time (--window-days)")
+            dim = size
             if writer is None:
-                schema = table.schema.with_metadata({k.encode(): v.encode() for k, v in metadata.items()})
-                writer = pq.ParquetWriter(tmp, schema)
-            writer.write_table(table.replace_schema_metadata(writer.schema.metadata))
-            n += len(chunk)
+                writer = pq.ParquetWriter(tmp, batch.schema.with_metadata(meta), **PARQUET_OPTIONS)
+            writer.write_batch(batch)
+            n += batch.num_rows
             if on_rows:
-                on_rows(len(chunk))
+                on_rows(batch.num_rows)
         if writer is None:  # nothing selected: an empty file with the columns
-            schema = pa.schema([("instrument_id", pa.string()), ("as_of_date", pa.date32()),
-                                ("window_days", pa.int32()), ("vector", pa.list_(pa.float32()))],
-                               metadata={k.encode(): v.encode() for k, v in metadata.items()})
-            writer = pq.ParquetWriter(tmp, schema)
+            writer = pq.ParquetWriter(tmp, pa.schema([("instrument_id", pa.string()), ("as_of_date", pa.date32()),
+                                                      ("window_days", pa.int32()),
+                                                      ("vector", pa.list_(pa.float32()))], metadata=meta))
     finally:
         if writer is not None:
             writer.close()

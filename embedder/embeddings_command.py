@@ -12,9 +12,8 @@ from embedder.embedding_files import FORMATS, write_embeddings
 from shared.config import Settings
 from shared.db import connection
 from shared.embedding_history import drift, history_state, switch_history, versions_of
-from shared.embedding_reads import EmbeddingQuery, count_rows, iter_embeddings, to_date
+from shared.embedding_reads import EmbeddingQuery, count_rows, iter_batches, resolve, to_date
 from shared.errors import BadArguments
-from shared.instruments import market_cut
 from shared.models import validate_models
 
 
@@ -28,21 +27,23 @@ def run_export(settings: Settings, query: EmbeddingQuery, market_id: str | None,
     if not output.parent.is_dir():
         raise BadArguments(f"{output.parent} is not a folder")
     started = time.perf_counter()
-    with connection(settings.database_url) as conn:
-        if market_id is not None:
-            query = EmbeddingQuery(query.model_id, query.date_from, query.date_to, tuple(market_cut(conn, market_id)),
-                                   query.window_days, query.known_at)
-        total = count_rows(conn, query) if fmt == "npy" else None
-        metadata = {"model_id": query.model_id, "known_at": query.known_at.isoformat() if query.known_at else "now",
-                    "date_from": str(query.date_from), "date_to": str(query.date_to)}
-        bar = progress()
-        bar.start()
-        task = bar.add_task(f"export {fmt}", total=total, detail=str(output))
-        try:
-            written = write_embeddings(iter_embeddings(conn, query), output, fmt, total,
-                                       lambda n: bar.advance(task, n), metadata)
-        finally:
-            bar.stop()
+    url = settings.database_url
+    query = resolve(url, query, market_id)
+    if fmt == "npy":  # its header holds the row count
+        with connection(url) as conn:
+            total: int | None = count_rows(conn, query)
+    else:
+        total = None
+    metadata = {"model_id": query.model_id, "known_at": query.known_at.isoformat() if query.known_at else "now",
+                "date_from": str(query.date_from), "date_to": str(query.date_to)}
+    bar = progress()
+    bar.start()
+    task = bar.add_task(f"export {fmt}", total=total, detail=str(output))
+    try:
+        written = write_embeddings(iter_batches(url, query), output, fmt, query.model_id, total,
+                                   lambda n: bar.advance(task, n), metadata)
+    finally:
+        bar.stop()
     elapsed = time.perf_counter() - started
     when = f" as known at {query.known_at.isoformat(timespec='seconds')}" if query.known_at else ""
     out.print(f"exported {written:,} embeddings of {query.model_id}{when} to {output} ({fmt}) in {elapsed:.1f}s "

@@ -7,7 +7,9 @@ current row where it has been current since T or before, else the version that w
 table). Times compare with the writing transactions' start times: a write in flight at T counts as
 done. Rows are ordered by as_of date, then instrument id (the database's collation).
 
-The same reads serve `embedder embeddings export` (in chunks: `iter_embeddings`) and `history`.
+Rows are read with Apache Arrow's ADBC PostgreSQL driver (binary COPY straight into Arrow record
+batches, streamed: memory is one batch), at about the speed of a plain `COPY ... TO`; the same
+batches feed `embedder embeddings export` (`iter_batches`) and these arrays.
 """
 from __future__ import annotations
 
@@ -20,12 +22,13 @@ import numpy as np
 import psycopg
 
 from shared.embedding_store import ENTITY_TYPE
-from shared.errors import BadArguments, EmbedderError
+from shared.errors import BadArguments, EmbedderError, ServiceUnavailable
 from shared.instruments import market_cut
 from shared.models import validate_models
 
 if TYPE_CHECKING:
     import pandas as pd
+    import pyarrow as pa
 
 CHUNK_ROWS = 20_000
 VERSIONS = "numeric_window_embedding_versions"
@@ -116,6 +119,16 @@ class Embeddings:
         return pd.DataFrame(self.vectors, index=index, copy=False)
 
     @classmethod
+    def from_batch(cls, batch: "pa.RecordBatch", model_id: str, known_at: datetime | None) -> "Embeddings":
+        """One of `iter_batches`' record batches as arrays (the vectors without a copy)."""
+        vectors = batch.column(3)
+        dim = vectors.type.list_size
+        return cls(model_id, batch.column(0).to_numpy(zero_copy_only=False),
+                   batch.column(1).to_numpy(zero_copy_only=False).astype("datetime64[D]"),
+                   batch.column(2).to_numpy(zero_copy_only=False).astype(np.int32),
+                   vectors.values.to_numpy(zero_copy_only=False).reshape(len(batch), dim), known_at)
+
+    @classmethod
     def concat(cls, parts: Sequence["Embeddings"], model_id: str, known_at: datetime | None) -> "Embeddings":
         parts = [p for p in parts if len(p)]
         if len({p.vectors.shape[1] for p in parts}) > 1:
@@ -140,21 +153,17 @@ def fields(e: Embeddings) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
 def read_embeddings(model_id: str, *, as_of: date | str | None = None, date_from: date | str | None = None,
                     date_to: date | str | None = None, instruments: Sequence[str] | None = None,
                     market_id: str | None = None, window_days: int | None = None,
-                    known_at: datetime | str | None = None, database_url: str | None = None,
-                    conn: psycopg.Connection | None = None) -> Embeddings:
+                    known_at: datetime | str | None = None, database_url: str | None = None) -> Embeddings:
     """The stored embeddings of `model_id` at `as_of` (or from `date_from` to `date_to`), of `instruments`
     or of a market's ACTIVE EQUITY instruments (`market_id`; neither: every instrument), as they are now
     or, with `known_at`, exactly as the table held them then. `database_url` defaults to the settings'
-    (`DATABASE_URL`); `conn` reuses an open connection."""
-    query = EmbeddingQuery.build(model_id, as_of=as_of, date_from=date_from, date_to=date_to,
-                                 window_days=window_days, known_at=known_at, instrument_ids=instruments)
-    if instruments is not None and market_id is not None:
-        raise BadArguments("give instruments or market_id, not both")
-    with _connection(database_url, conn) as c:
-        if market_id is not None:
-            query = EmbeddingQuery(query.model_id, query.date_from, query.date_to, tuple(market_cut(c, market_id)),
-                                   query.window_days, query.known_at)
-        return Embeddings.concat(list(iter_embeddings(c, query)), model_id, query.known_at)
+    (`DATABASE_URL`)."""
+    url = database_url or default_database_url()
+    query = resolve(url, EmbeddingQuery.build(model_id, as_of=as_of, date_from=date_from, date_to=date_to,
+                                              window_days=window_days, known_at=known_at,
+                                              instrument_ids=instruments), market_id)
+    return Embeddings.concat([Embeddings.from_batch(b, model_id, query.known_at) for b in iter_batches(url, query)],
+                             model_id, query.known_at)
 
 
 def read_embeddings_frame(model_id: str, **selection: Any) -> "pd.DataFrame":
@@ -162,24 +171,28 @@ def read_embeddings_frame(model_id: str, **selection: Any) -> "pd.DataFrame":
     return read_embeddings(model_id, **selection).to_pandas()
 
 
-class _connection:
-    """The caller's connection, or one of our own (closed after)."""
+def default_database_url() -> str:
+    from shared.config import load_settings
 
-    def __init__(self, database_url: str | None, conn: psycopg.Connection | None):
-        self.database_url, self.conn, self.own = database_url, conn, None
+    return load_settings().database_url
 
-    def __enter__(self) -> psycopg.Connection:
-        if self.conn is not None:
-            return self.conn
-        from shared.config import load_settings
-        from shared.db import connect
 
-        self.own = connect(self.database_url or load_settings().database_url)
-        return self.own
+def resolve(database_url: str, query: EmbeddingQuery, market_id: str | None) -> EmbeddingQuery:
+    """The query with a market cut into its instruments (in the database's order), and a `known_at` the
+    versions kept can answer (else BadArguments)."""
+    if market_id is not None and query.instrument_ids is not None:
+        raise BadArguments("give instruments or market_id, not both")
+    if market_id is None and query.known_at is None:
+        return query
+    from shared.db import connection
 
-    def __exit__(self, *exc: object) -> None:
-        if self.own is not None:
-            self.own.close()
+    with connection(database_url) as conn:
+        if query.known_at is not None:
+            check_known_at(conn, query.known_at)
+        if market_id is None:
+            return query
+        return EmbeddingQuery(query.model_id, query.date_from, query.date_to, tuple(market_cut(conn, market_id)),
+                              query.window_days, query.known_at)
 
 
 def check_known_at(conn: psycopg.Connection, when: datetime) -> None:
@@ -208,12 +221,13 @@ def filters(alias: str, query: EmbeddingQuery) -> tuple[str, dict[str, Any]]:
     return " AND ".join(sql), params
 
 
-def select_sql(query: EmbeddingQuery) -> tuple[str, dict[str, Any]]:
-    """The SELECT of (entity_id, as_of_date, window_days, vector) for `query`, in read order."""
+def select_sql(query: EmbeddingQuery, ordered: bool = True) -> tuple[str, dict[str, Any]]:
+    """The SELECT of (entity_id, as_of_date, window_days, vector) for `query`, in read order (`ordered`)."""
     where_e, params = filters("e", query)
     columns = "e.entity_id, e.as_of_date, (e.window_spec->>'window_days')::int4 AS window_days, e.vector"
+    order = " ORDER BY 2, 1" if ordered else ""
     if query.known_at is None:
-        return f"SELECT {columns} FROM numeric_window_embeddings e WHERE {where_e} ORDER BY 2, 1", params
+        return f"SELECT {columns} FROM numeric_window_embeddings e WHERE {where_e}{order}", params
     where_v, _ = filters("v", query)
     params["t"] = query.known_at
     return f"""
@@ -225,40 +239,65 @@ def select_sql(query: EmbeddingQuery) -> tuple[str, dict[str, Any]]:
             UNION ALL
             SELECT v.entity_id, v.as_of_date, (v.window_spec->>'window_days')::int4, v.vector FROM {VERSIONS} v
             WHERE {where_v} AND v.change <> 'absent' AND v.recorded_from <= %(t)s AND v.recorded_to > %(t)s
-        ) k ORDER BY 2, 1""", params
+        ) k{order}""", params
 
 
 def count_rows(conn: psycopg.Connection, query: EmbeddingQuery) -> int:
     """How many rows `query` reads (for progress, and to size an .npy file before writing it)."""
-    sql, params = select_sql(query)
+    sql, params = select_sql(query, ordered=False)
     return conn.execute(f"SELECT count(*) FROM ({sql}) c WHERE vector IS NOT NULL", params).fetchone()[0]
 
 
-def iter_embeddings(conn: psycopg.Connection, query: EmbeddingQuery,
-                    chunk_rows: int = CHUNK_ROWS) -> Iterator[Embeddings]:
-    """`query`'s rows in chunks, read with a binary server-side cursor (memory: one chunk). Rows
-    without a vector (a platform row holding only a `vector_ref`) are skipped."""
-    if query.known_at is not None:
-        check_known_at(conn, query.known_at)
-    sql, params = select_sql(query)
-    with conn.transaction():  # a named cursor lives in a transaction (and sees one snapshot)
-        with conn.cursor(name="embedder_read", binary=True) as cur:
-            cur.itersize = chunk_rows
-            cur.execute(sql, params)
-            while rows := cur.fetchmany(chunk_rows):
-                yield chunk_of(query.model_id, rows, query.known_at)
+def iter_batches(database_url: str, query: EmbeddingQuery) -> Iterator["pa.RecordBatch"]:
+    """`query`'s rows as Arrow record batches in read order: instrument_id (string), as_of_date (date32),
+    window_days (int32), vector (fixed-size list of float32, the stored bytes). Rows without a vector (a
+    platform row holding only a `vector_ref`) are skipped; vectors of different lengths (windows) in one
+    read are an error naming the fix."""
+    import adbc_driver_postgresql.dbapi as adbc
+    from adbc_driver_manager import Error as AdbcError
+
+    text = render(*select_sql(query, ordered=False))
+    try:
+        conn = adbc.connect(database_url)
+    except AdbcError as e:
+        from shared.config import redact_url, scrub_secret
+
+        raise ServiceUnavailable(f"cannot connect to PostgreSQL at {redact_url(database_url)}: "
+                                 f"{scrub_secret(str(e).splitlines()[0], database_url)}") from None
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"SELECT * FROM ({text}) r WHERE r.vector IS NOT NULL ORDER BY r.as_of_date, r.entity_id")
+            for batch in cur.fetch_record_batch():
+                if batch.num_rows:
+                    yield with_fixed_vectors(batch)
+    finally:
+        conn.close()
 
 
-def chunk_of(model_id: str, rows: list[tuple], known_at: datetime | None) -> Embeddings:
-    rows = [r for r in rows if r[3] is not None]
-    if not rows:
-        return empty(model_id)
-    ids, days, windows, vectors = zip(*rows)
-    lengths = {len(v) for v in vectors}
-    if len(lengths) > 1:
-        raise EmbedderError(f"the rows have vectors of different lengths {sorted(n // 4 for n in lengths)} "
-                            "(different window_days): read one window at a time (window_days=...)")
-    dim = lengths.pop() // 4
-    matrix = np.frombuffer(b"".join(vectors), dtype="<f4").reshape(len(rows), dim)
-    return Embeddings(model_id, np.array(ids, dtype=object), np.array(days, dtype="datetime64[D]"),
-                      np.array(windows, dtype=np.int32), matrix, known_at)
+def render(sql: str, params: dict[str, Any]) -> str:
+    """`sql` with its parameters quoted in (psycopg's client-side quoting), for a driver taking text."""
+    from psycopg.adapt import Transformer
+
+    tx = Transformer()
+    quoted = {k: tx.as_literal(v).decode() for k, v in params.items()}
+    return sql % quoted if quoted else sql
+
+
+def with_fixed_vectors(batch: "pa.RecordBatch") -> "pa.RecordBatch":
+    """The batch with its bytea vectors as fixed-size lists of float32 (zero-copy over the same bytes)."""
+    import pyarrow as pa
+
+    vectors = batch.column(3)
+    offsets = np.frombuffer(vectors.buffers()[1], dtype=np.int32)[vectors.offset:vectors.offset + len(vectors) + 1]
+    lengths = np.diff(offsets)
+    if lengths.size and (lengths.min() != lengths.max() or lengths[0] % 4):
+        raise EmbedderError(f"the rows have vectors of different lengths ({lengths.min() // 4} and "
+                            f"{lengths.max() // 4}: different window_days): read one window at a time "
+                            "(window_days=...)")
+    dim = int(lengths[0]) // 4 if lengths.size else 0
+    data = vectors.buffers()[2].slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
+    values = pa.Array.from_buffers(pa.float32(), len(vectors) * dim, [None, data])
+    return pa.RecordBatch.from_arrays(
+        [batch.column(0).cast(pa.string()), batch.column(1), batch.column(2),
+         pa.FixedSizeListArray.from_arrays(values, dim)],
+        names=["instrument_id", "as_of_date", "window_days", "vector"])
