@@ -3,7 +3,8 @@
 - the batch path and the stream over a year of the real market, history on and off, alternating, on an
   empty table and again over it (nothing changes: the case that must cost nothing), medians;
 - one as_of over the market and a year, exported to Parquet and .npy (and read by `read_embeddings`),
-  against a plain `COPY (SELECT ...) TO STDOUT` of the same rows read whole (binary), best of 3.
+  against a plain `COPY (SELECT ...) TO STDOUT` of the same rows read whole (binary), best of 3 (a fresh
+  connection each, as a command makes).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from backfill.worker_process import worker_for_run
 from embedder.embedding_files import write_embeddings
 from shared.config import Settings
 from shared.embedding_history import switch_history
-from shared.embedding_reads import EmbeddingQuery, count_rows, iter_batches, read_embeddings
+from shared.embedding_reads import EmbeddingQuery, iter_batches, read_embeddings, resolve
 
 MODEL = "num-regime-core-v1"
 
@@ -91,21 +92,20 @@ def measure_exports(f, url: str, year: tuple[str, str], rounds: int = 3) -> None
     out = Path(tempfile.mkdtemp(prefix="embedder-export-"))
     with psycopg.connect(url) as conn:  # the year's last trading day
         day = conn.execute("SELECT max(trade_date) FROM prices_daily WHERE trade_date <= %s", (year[1],)).fetchone()[0]
-    for label, query in (("one_as_of", EmbeddingQuery.build(MODEL, as_of=day)),
-                         ("year", EmbeddingQuery.build(MODEL, date_from=year[0], date_to=year[1]))):
+    for label, query in (("one_as_of", resolve(url, EmbeddingQuery.build(MODEL, as_of=day), "US_EQ")),
+                         ("year", resolve(url, EmbeddingQuery.build(MODEL, date_from=year[0], date_to=year[1]),
+                                          "US_EQ"))):
         best: dict[str, float] = {}
-        with psycopg.connect(url) as conn:
-            rows = count_rows(conn, query)
         for _ in range(rounds):
             best["copy"] = min(best.get("copy", 1e9), copy_seconds(url, query)[1])
-            for fmt in ("parquet", "npy"):  # as the command does it (.npy counts its rows first)
-                def export() -> None:
-                    with psycopg.connect(url) as conn:
-                        total = count_rows(conn, query) if fmt == "npy" else None
-                    write_embeddings(iter_batches(url, query), out / f"e.{fmt}", fmt, MODEL, total)
-                best[fmt] = min(best.get(fmt, 1e9), timed(export))
+            for fmt in ("parquet", "npy"):
+                best[fmt] = min(best.get(fmt, 1e9), timed(
+                    lambda: write_embeddings(iter_batches(url, query), out / f"e.{fmt}", fmt, MODEL)))
             best["read_embeddings"] = min(best.get("read_embeddings", 1e9), timed(
-                read_embeddings, MODEL, date_from=query.date_from, date_to=query.date_to, database_url=url))
+                read_embeddings, MODEL, date_from=query.date_from, date_to=query.date_to, market_id="US_EQ",
+                database_url=url))
+        rows = len(read_embeddings(MODEL, date_from=query.date_from, date_to=query.date_to, market_id="US_EQ",
+                                   database_url=url))
         f.put(f"export_{label}_rows", rows)
         for key, seconds in best.items():
             f.put(f"export_{label}_{key}_s", round(seconds, 3))

@@ -35,16 +35,15 @@ def npy_dtype(dim: int) -> np.dtype:
 
 
 def write_embeddings(batches: Iterable["pa.RecordBatch"], path: Path, fmt: str, model_id: str,
-                     rows: int | None = None, on_rows: Callable[[int], None] | None = None,
-                     metadata: dict[str, str] | None = None) -> int:
-    """Write `batches` (`shared.embedding_reads.iter_batches`) to `path` in `fmt`; `rows` (the total) is
-    needed for npy. Returns rows written."""
+                     on_rows: Callable[[int], None] | None = None, metadata: dict[str, str] | None = None) -> int:
+    """Write `batches` (`shared.embedding_reads.iter_batches`) to `path` in `fmt`, streaming (memory: one
+    batch). Returns rows written."""
     tmp = path.with_name(f".{path.name}.partial")
     if fmt == "parquet":
-        writer = lambda: _parquet(batches, tmp, rows, on_rows, metadata or {})  # noqa: E731
+        writer = lambda: _parquet(batches, tmp, on_rows, metadata or {})  # noqa: E731
     else:
         chunks = (Embeddings.from_batch(b, model_id, None) for b in batches)
-        writer = lambda: {"npy": _npy, "csv": _csv}[fmt](chunks, tmp, rows, on_rows, metadata or {})  # noqa: E731
+        writer = lambda: {"npy": _npy, "csv": _csv}[fmt](chunks, tmp, on_rows, metadata or {})  # noqa: E731
     try:
         written = writer()
         os.replace(tmp, path)
@@ -60,7 +59,7 @@ def _dim(chunk: Embeddings, dim: int | None) -> int:
     return chunk.vectors.shape[1]
 
 
-def _parquet(batches, tmp: Path, rows, on_rows, metadata) -> int:
+def _parquet(batches, tmp: Path, on_rows, metadata) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -89,39 +88,42 @@ def _parquet(batches, tmp: Path, rows, on_rows, metadata) -> int:
     return n
 
 
-def _npy(chunks, tmp: Path, rows, on_rows, metadata) -> int:
-    if rows is None:
-        raise ValueError("an .npy file needs the row count before it is written")
-    out, dim, n = None, None, 0
-    for chunk in chunks:
-        if not len(chunk):
-            continue
-        dim = _dim(chunk, dim)
-        if out is None:
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=npy_dtype(dim), shape=(rows,))
-        k = len(chunk)
-        if n + k > rows:
-            raise EmbedderError("the table changed during the export (more rows than counted): run it again")
-        part = out[n:n + k]
-        part["instrument_id"] = chunk.instrument_ids
-        part["as_of_date"] = chunk.as_of_dates
-        part["window_days"] = chunk.window_days
-        part["vector"] = chunk.vectors
-        n += k
-        if on_rows:
-            on_rows(k)
-    if out is None:
-        with open(tmp, "wb") as f:  # nothing selected: an empty array of the row type
-            np.save(f, np.empty(0, dtype=npy_dtype(0)), allow_pickle=False)
-        return 0
-    out.flush()
-    del out
-    if n != rows:
-        raise EmbedderError("the table changed during the export (fewer rows than counted): run it again")
+NPY_HEADER_BYTES = 512
+"""The .npy header is written last (its shape is known only then) into room kept for it: the format pads
+its header with spaces, and 512 bytes hold any row type here while keeping the data 64-byte aligned."""
+
+
+def npy_header(dtype: np.dtype, rows: int) -> bytes:
+    """A version 1.0 .npy header for `rows` records of `dtype`, padded to NPY_HEADER_BYTES."""
+    text = repr({"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (rows,)})
+    body = text.encode("latin1").ljust(NPY_HEADER_BYTES - 10 - 1) + b"\n"
+    return np.lib.format.magic(1, 0) + len(body).to_bytes(2, "little") + body
+
+
+def _npy(chunks, tmp: Path, on_rows, metadata) -> int:
+    dtype, n = None, 0
+    with open(tmp, "wb") as f:
+        f.write(b"\0" * NPY_HEADER_BYTES)
+        for chunk in chunks:
+            if not len(chunk):
+                continue
+            dim = _dim(chunk, None if dtype is None else dtype["vector"].shape[0])
+            dtype = dtype or npy_dtype(dim)
+            part = np.empty(len(chunk), dtype=dtype)
+            part["instrument_id"] = chunk.instrument_ids
+            part["as_of_date"] = chunk.as_of_dates
+            part["window_days"] = chunk.window_days
+            part["vector"] = chunk.vectors
+            f.write(part.tobytes())
+            n += len(chunk)
+            if on_rows:
+                on_rows(len(chunk))
+        f.seek(0)
+        f.write(npy_header(dtype or npy_dtype(0), n))
     return n
 
 
-def _csv(chunks, tmp: Path, rows, on_rows, metadata) -> int:
+def _csv(chunks, tmp: Path, on_rows, metadata) -> int:
     n, dim = 0, None
     with open(tmp, "w", encoding="utf-8", newline="") as f:
         for chunk in chunks:

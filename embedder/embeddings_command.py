@@ -12,7 +12,7 @@ from embedder.embedding_files import FORMATS, write_embeddings
 from shared.config import Settings
 from shared.db import connection
 from shared.embedding_history import drift, history_state, switch_history, versions_of
-from shared.embedding_reads import EmbeddingQuery, count_rows, iter_batches, resolve, to_date
+from shared.embedding_reads import EmbeddingQuery, iter_batches, resolve, to_date
 from shared.errors import BadArguments
 from shared.models import validate_models
 
@@ -29,18 +29,13 @@ def run_export(settings: Settings, query: EmbeddingQuery, market_id: str | None,
     started = time.perf_counter()
     url = settings.database_url
     query = resolve(url, query, market_id)
-    if fmt == "npy":  # its header holds the row count
-        with connection(url) as conn:
-            total: int | None = count_rows(conn, query)
-    else:
-        total = None
     metadata = {"model_id": query.model_id, "known_at": query.known_at.isoformat() if query.known_at else "now",
                 "date_from": str(query.date_from), "date_to": str(query.date_to)}
     bar = progress()
     bar.start()
-    task = bar.add_task(f"export {fmt}", total=total, detail=str(output))
+    task = bar.add_task(f"export {fmt}", total=None, detail=str(output))
     try:
-        written = write_embeddings(iter_batches(url, query), output, fmt, query.model_id, total,
+        written = write_embeddings(iter_batches(url, query), output, fmt, query.model_id,
                                    lambda n: bar.advance(task, n), metadata)
     finally:
         bar.stop()

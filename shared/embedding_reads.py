@@ -30,7 +30,9 @@ if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
 
-CHUNK_ROWS = 20_000
+SMALL_READ_ROWS = 20_000
+"""Reads of at most this many rows (instruments x calendar days) go through psycopg, larger ones through ADBC."""
+BATCH_COLUMNS = ["instrument_id", "as_of_date", "window_days", "vector"]
 VERSIONS = "numeric_window_embedding_versions"
 
 
@@ -242,17 +244,15 @@ def select_sql(query: EmbeddingQuery, ordered: bool = True) -> tuple[str, dict[s
         ) k{order}""", params
 
 
-def count_rows(conn: psycopg.Connection, query: EmbeddingQuery) -> int:
-    """How many rows `query` reads (for progress, and to size an .npy file before writing it)."""
-    sql, params = select_sql(query, ordered=False)
-    return conn.execute(f"SELECT count(*) FROM ({sql}) c WHERE vector IS NOT NULL", params).fetchone()[0]
-
-
 def iter_batches(database_url: str, query: EmbeddingQuery) -> Iterator["pa.RecordBatch"]:
     """`query`'s rows as Arrow record batches in read order: instrument_id (string), as_of_date (date32),
     window_days (int32), vector (fixed-size list of float32, the stored bytes). Rows without a vector (a
     platform row holding only a `vector_ref`) are skipped; vectors of different lengths (windows) in one
     read are an error naming the fix."""
+    if query.instrument_ids is not None and len(query.instrument_ids) * (
+            (query.date_to - query.date_from).days + 1) <= SMALL_READ_ROWS:
+        yield from small_read(database_url, query)
+        return
     import adbc_driver_postgresql.dbapi as adbc
     from adbc_driver_manager import Error as AdbcError
 
@@ -272,6 +272,32 @@ def iter_batches(database_url: str, query: EmbeddingQuery) -> Iterator["pa.Recor
                     yield with_fixed_vectors(batch)
     finally:
         conn.close()
+
+
+def small_read(database_url: str, query: EmbeddingQuery) -> Iterator["pa.RecordBatch"]:
+    """A read of at most `SMALL_READ_ROWS` rows (one as_of over a market) as one batch, through psycopg: the
+    ADBC driver's connection set-up (~50 ms: it loads the server's type catalog) would cost more than
+    the read."""
+    import pyarrow as pa
+
+    from shared.db import connection
+
+    sql, params = select_sql(query)
+    with connection(database_url) as conn, conn.cursor(binary=True) as cur:
+        rows = [r for r in cur.execute(sql, params) if r[3] is not None]
+    if not rows:
+        return
+    ids, days, windows, vectors = zip(*rows)
+    lengths = {len(v) for v in vectors}
+    if len(lengths) > 1:
+        raise EmbedderError(f"the rows have vectors of different lengths ({min(lengths) // 4} and "
+                            f"{max(lengths) // 4}: different window_days): read one window at a time "
+                            "(window_days=...)")
+    dim = lengths.pop() // 4
+    values = pa.array(np.frombuffer(b"".join(vectors), dtype="<f4"), pa.float32())
+    yield pa.RecordBatch.from_arrays(
+        [pa.array(ids, pa.string()), pa.array(days, pa.date32()), pa.array(windows, pa.int32()),
+         pa.FixedSizeListArray.from_arrays(values, dim)], names=BATCH_COLUMNS)
 
 
 def render(sql: str, params: dict[str, Any]) -> str:
@@ -300,4 +326,4 @@ def with_fixed_vectors(batch: "pa.RecordBatch") -> "pa.RecordBatch":
     return pa.RecordBatch.from_arrays(
         [batch.column(0).cast(pa.string()), batch.column(1), batch.column(2),
          pa.FixedSizeListArray.from_arrays(values, dim)],
-        names=["instrument_id", "as_of_date", "window_days", "vector"])
+        names=BATCH_COLUMNS)
