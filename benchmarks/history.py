@@ -1,7 +1,8 @@
 """What keeping versions costs the writers, and how fast the consumer's exports are (issue 19).
 
 - the batch path and the stream over a year of the real market, history on and off, alternating, on an
-  empty table and again over it (nothing changes: the case that must cost nothing), medians;
+  empty table and again over it (nothing changes: the case that must cost nothing), medians; and one
+  plain UPDATE changing every vector of the year (each superseded row kept: what a version costs);
 - one as_of over the market and a year, exported to Parquet and .npy (and read by `read_embeddings`),
   against a plain `COPY (SELECT ...) TO STDOUT` of the same rows read whole (binary), best of 3 (a fresh
   connection each, as a command makes).
@@ -59,13 +60,31 @@ def measure_writers(f, settings: Settings, year: tuple[str, str], rounds: int = 
                         conn.commit()
                     times.setdefault(f"{path}_empty_history_{label}", []).append(timed(run))
                     times.setdefault(f"{path}_again_history_{label}", []).append(timed(run))
+    # When everything changes: one plain UPDATE of every vector of the year (each row kept as a version).
+    for _ in range(rounds):
+        for on in (True, False):
+            set_history(url, on)
+            with psycopg.connect(url) as conn:
+                conn.execute("TRUNCATE numeric_window_embedding_versions")
+                conn.commit()
+                flip = "UPDATE numeric_window_embeddings SET vector = overlay(vector placing %s from 1 for 1)"
+                times.setdefault(f"update_every_row_history_{'on' if on else 'off'}", []).append(
+                    timed(lambda: (conn.execute(flip, (bytes([_ % 2 + 1 if on else _ % 2 + 3]),)), conn.commit())))
+    f.put("history_update_every_row_rows", count_embeddings(url))
     set_history(url, True)
     for key, values in sorted(times.items()):
         f.put(f"history_{key}_s", round(statistics.median(values), 2))
+    on, off = (statistics.median(times[f"update_every_row_history_{x}"]) for x in ("on", "off"))
+    f.put("history_update_every_row_on_vs_off", round(on / off, 3))
     for path in ("direct", "stream"):
         for case in ("empty", "again"):
             on, off = (statistics.median(times[f"{path}_{case}_history_{x}"]) for x in ("on", "off"))
             f.put(f"history_{path}_{case}_on_vs_off", round(on / off, 3))
+
+
+def count_embeddings(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        return conn.execute("SELECT count(*) FROM numeric_window_embeddings").fetchone()[0]
 
 
 def copy_seconds(url: str, query: EmbeddingQuery) -> tuple[int, float]:
