@@ -319,8 +319,10 @@ class OutboxRelay:
         pending = conn.execute("SELECT count(*) FROM embedder_bootstrap WHERE published_at IS NULL").fetchone()[0]
         self.metrics.bootstrap_pending.set(pending)
         revised = revisions_today(conn)
-        for cause in CAUSE_KINDS | set(revised):
+        other = sum(n for cause, n in revised.items() if cause not in CAUSE_KINDS)  # a fixed label set
+        for cause in CAUSE_KINDS:
             self.metrics.embeddings_revised_today.labels(cause).set(revised.get(cause, 0))
+        self.metrics.embeddings_revised_today.labels("other").set(other)
 
     def maybe_heartbeat(self, conn: psycopg.Connection) -> None:
         """Keep capture on while this worker relays (and resync if it lapsed meanwhile)."""

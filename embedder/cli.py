@@ -393,7 +393,7 @@ def live_repartition(
 
 @embeddings_app.command("export")
 def embeddings_export(
-    output: Annotated[Path, typer.Option("--output", "-o", metavar="PATH", help="The file to write.")],
+    output: Annotated[Path, typer.Option("--output", "-o", metavar="FILE", help="The file to write.")],
     fmt: Annotated[str, typer.Option("--format", metavar="FORMAT", help="parquet, npy or csv.")] = "parquet",
     as_of: Annotated[Optional[str], typer.Option("--as-of", metavar="DATE", help="One as_of date.")] = None,
     date_from: Annotated[Optional[str], typer.Option("--from", metavar="DATE", help="First as_of date.")] = None,

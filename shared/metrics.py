@@ -102,7 +102,7 @@ class StreamMetrics:
             embeddings_revised_today=Gauge(
                 "embedder_embeddings_revised_today", "Stored embeddings changed or removed since midnight UTC (each "
                 "kept as a version), by cause: live, correction, replay, query, direct, repair, sql (written "
-                "outside the project).", ["cause"], registry=r),
+                "outside the project), other (a cause set by hand).", ["cause"], registry=r),
             offset_gaps=Counter("embedder_offset_gaps", "Prices offsets the consumer skipped before the "
                                 "agent saw them (a faust-streaming bug during rebalances).", registry=r),
             corrections_to_database=Counter(

@@ -73,7 +73,10 @@ def test_every_metric_the_dashboard_and_the_alerts_query_is_exported(cli_env, tm
         assert "process_resident_memory_bytes" in worker_metrics
         # No label whose values grow without bound: every label set of the worker is small and fixed.
         labels = {(m, k) for m, k in re.findall(r"^(embedder_\w+)\{(\w+)=", worker_metrics, re.M)}
-        assert {k for _, k in labels} <= {"kind", "outcome", "run", "topic", "partition", "group", "status", "market", "le"}
+        assert {k for _, k in labels} <= {"kind", "outcome", "run", "topic", "partition", "group", "status", "market", "le",
+                                          "cause"}
+        assert set(re.findall(r'^embedder_embeddings_revised_today\{cause="(\w+)"\}', worker_metrics, re.M)) == {
+            "live", "correction", "replay", "query", "direct", "repair", "sql", "other"}
     finally:
         exporter.send_signal(signal.SIGINT)
         exporter.wait(timeout=30)
