@@ -1,10 +1,12 @@
 # make demo: set up, start local services, load data, run the platform command, show the result.
 # make test: the whole test suite against real Kafka and PostgreSQL (started if none are running).
+# make test-unit: the tests that need no broker or database (the inner loop, under a minute).
+# make lint: ruff (lint and format) and mypy, as CI runs them.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup lock demo test bench services services-down clean
+.PHONY: setup lock demo test test-unit lint bench services services-down clean
 
 setup: $(VENV)/.installed
 
@@ -27,6 +29,14 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+test-unit: setup
+	$(BIN)/python -m pytest -q -m "not services"
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 bench: setup
 	$(BIN)/embedder services up

@@ -8,20 +8,21 @@ rows of the block newer than T reach the worker first, which is harmless because
 read as of T and keeps, beyond the look-back, as many days as a block spans
 (each row batch tells the worker: `RowBatch.slack_days`).
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
-from shared.messages import ROW_BATCH_BYTES, row_batch_overhead, row_wire
+from shared.messages import ROW_BATCH_BYTES, Deletion, Row, row_batch_overhead, row_wire
 from shared.topics import partition_for
 
 
 @dataclass(frozen=True)
 class RowsOut:
     partition: int
-    rows: list[tuple[str, date, float, float]]
+    rows: list[Row | Deletion]
     wire: list[bytes]  # the rows encoded (shared.messages.row_wire), once
 
 
@@ -72,17 +73,20 @@ class BlockPlanner:
         keeps that many days beyond the look-back, so no tick of the block loses a row it needs.
         Rows before the first tick (a replay's look-back) all go in the first block.
         """
-        if self._block_start is not None and (self._rows >= self.max_block_rows or (
+        if self._block_start is not None and (
+            self._rows >= self.max_block_rows
+            or (
                 self._next_tick < len(self.ticks)
-                and trade_date - max(self._block_start, self.ticks[self._next_tick]) >= timedelta(days=self.block_days))):
+                and trade_date - max(self._block_start, self.ticks[self._next_tick]) >= timedelta(days=self.block_days)
+            )
+        ):
             yield from self._end_block(before=trade_date)
         if self._block_start is None:
             self._block_start = trade_date
         p = self._partition_of.get(instrument_id)
         if p is None:
             p = self._partition_of[instrument_id] = partition_for(instrument_id, self.partitions)
-        self._buffers.setdefault(p, {}).setdefault(instrument_id, []).append(
-            (instrument_id, trade_date, close, volume))
+        self._buffers.setdefault(p, {}).setdefault(instrument_id, []).append((instrument_id, trade_date, close, volume))
         self._rows += 1
 
     def finish(self) -> Iterator[RowsOut | TickOut]:
@@ -98,7 +102,7 @@ class BlockPlanner:
         while self._next_tick < len(self.ticks) and (before is None or self.ticks[self._next_tick] < before):
             self._next_tick += 1
         if self._next_tick > first:
-            yield TickOut(tuple(self.ticks[first:self._next_tick]), tuple(self._sent))
+            yield TickOut(tuple(self.ticks[first : self._next_tick]), tuple(self._sent))
 
     def _rows_out(self, p: int) -> Iterator[RowsOut]:
         """A partition's block as batches, whole instruments each (an instrument's rows are split
@@ -126,8 +130,9 @@ class BlockPlanner:
         return RowsOut(p, rows, wire)
 
 
-def plan(rows: Iterable[tuple[str, date, float, float]], partitions: int, ticks: list[date],
-         block_days: int) -> Iterator[RowsOut | TickOut]:
+def plan(
+    rows: Iterable[tuple[str, date, float, float]], partitions: int, ticks: list[date], block_days: int
+) -> Iterator[RowsOut | TickOut]:
     """All messages of a replay for rows in trade_date order."""
     planner = BlockPlanner(partitions, ticks, block_days)
     for row in rows:

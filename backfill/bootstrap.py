@@ -17,14 +17,17 @@ chunk. Ticks are queued behind the snapshots of the instruments they cover
 (`enqueue_tick` queues what is pending first), so no tick computes from a window
 still waiting for its history.
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
 
 import psycopg
 
+from shared.db import one
 from shared.instruments import SELECTABLE, newest_trade_date_sql
 from shared.validation import latest_trade_date
 
@@ -51,23 +54,36 @@ class BootstrapProgress:
         return max(self.selectable - self.queued, 0)
 
 
-def queue_bootstrap(conn: psycopg.Connection, market_id: str | None = None, chunk: int = CHUNK_INSTRUMENTS,
-                    only: list[str] | None = None, resync: bool = False) -> int:
+def queue_bootstrap(
+    conn: psycopg.Connection,
+    market_id: str | None = None,
+    chunk: int = CHUNK_INSTRUMENTS,
+    only: list[str] | None = None,
+    resync: bool = False,
+) -> int:
     """Queue every selectable instrument (of `market_id`, or of `only`) not queued before; returns how
     many. With `resync`, the snapshots also delete from the windows the dates prices_daily no longer
     has (`backfill.capture`). Runs in the caller's transaction (or its own, on an autocommit connection)."""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (BOOTSTRAP_LOCK,))
-        ids = [r[0] for r in conn.execute(
-            f"""SELECT instrument_id FROM instruments i
+        ids = [
+            r[0]
+            for r in conn.execute(
+                f"""SELECT instrument_id FROM instruments i
                 WHERE {SELECTABLE} AND (%s::varchar IS NULL OR market_id = %s::varchar)
                   AND (%s::text[] IS NULL OR instrument_id = ANY(%s::text[]))
                   AND NOT EXISTS (SELECT 1 FROM embedder_bootstrap b WHERE b.instrument_id = i.instrument_id)
-                ORDER BY instrument_id""", (market_id, market_id, only, only))]
+                ORDER BY instrument_id""",
+                (market_id, market_id, only, only),
+            )
+        ]
         for start in range(0, len(ids), chunk):
-            (outbox_id,) = conn.execute("INSERT INTO prices_outbox (kind) VALUES ('snapshot') RETURNING id").fetchone()
-            conn.execute("""INSERT INTO embedder_bootstrap (instrument_id, outbox_id, resync)
-                            SELECT unnest(%s::text[]), %s, %s""", (ids[start:start + chunk], outbox_id, resync))
+            (outbox_id,) = one(conn.execute("INSERT INTO prices_outbox (kind) VALUES ('snapshot') RETURNING id"))
+            conn.execute(
+                """INSERT INTO embedder_bootstrap (instrument_id, outbox_id, resync)
+                            SELECT unnest(%s::text[]), %s, %s""",
+                (ids[start : start + chunk], outbox_id, resync),
+            )
     if ids:
         log.warning("bootstrap: queued %d instrument(s) for loading from prices_daily", len(ids))
     return len(ids)
@@ -78,9 +94,15 @@ def requeue_lost(conn: psycopg.Connection, instrument_ids: list[str]) -> int:
     snapshot had rows: state folder and changelogs gone). Instruments without history stay done."""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (BOOTSTRAP_LOCK,))
-        lost = [r[0] for r in conn.execute(
-            """DELETE FROM embedder_bootstrap WHERE instrument_id = ANY(%s) AND published_at IS NOT NULL AND rows > 0
-               RETURNING instrument_id""", (instrument_ids,))]
+        lost = [
+            r[0]
+            for r in conn.execute(
+                """DELETE FROM embedder_bootstrap
+                   WHERE instrument_id = ANY(%s) AND published_at IS NOT NULL AND rows > 0
+               RETURNING instrument_id""",
+                (instrument_ids,),
+            )
+        ]
     return queue_bootstrap(conn, only=lost) if lost else 0
 
 
@@ -92,11 +114,11 @@ def reset_bootstrap(conn: psycopg.Connection, market_id: str | None = None) -> i
         return conn.execute(
             """DELETE FROM embedder_bootstrap b USING instruments i
                WHERE i.instrument_id = b.instrument_id AND (%s::varchar IS NULL OR i.market_id = %s::varchar)""",
-            (market_id, market_id)).rowcount
+            (market_id, market_id),
+        ).rowcount
 
 
-def read_snapshot(conn: psycopg.Connection, outbox_id: int, keep_days: int,
-                  today: date | None = None) -> list[tuple]:
+def read_snapshot(conn: psycopg.Connection, outbox_id: int, keep_days: int, today: date | None = None) -> list[tuple]:
     """The rows a snapshot entry loads, in trade_date order: for each of its instruments, every row
     from its newest plausible trade_date minus `keep_days` on (what the live window keeps). Rows
     dated in the future are included so the relay dead-letters them with their reason. An instrument
@@ -105,40 +127,49 @@ def read_snapshot(conn: psycopg.Connection, outbox_id: int, keep_days: int,
     params = {"entry": outbox_id, "latest": latest_trade_date(today), "keep": keep_days}
     rows = conn.execute(
         f"""WITH ids AS (SELECT instrument_id FROM embedder_bootstrap WHERE outbox_id = %(entry)s),
-                newest AS (SELECT ids.instrument_id, {newest_trade_date_sql('ids', '%(latest)s')} AS d FROM ids)
+                newest AS (SELECT ids.instrument_id, {newest_trade_date_sql("ids", "%(latest)s")} AS d FROM ids)
            SELECT p.instrument_id, p.trade_date, p.close, p.volume
            FROM newest n JOIN prices_daily p ON p.instrument_id = n.instrument_id AND p.trade_date >= n.d - %(keep)s
-           ORDER BY p.trade_date, p.instrument_id""", params).fetchall()
+           ORDER BY p.trade_date, p.instrument_id""",
+        params,
+    ).fetchall()
     gone = conn.execute(
         f"""WITH ids AS (SELECT instrument_id FROM embedder_bootstrap WHERE outbox_id = %(entry)s AND resync),
-                newest AS (SELECT ids.instrument_id, {newest_trade_date_sql('ids', '%(latest)s')} AS d FROM ids)
+                newest AS (SELECT ids.instrument_id, {newest_trade_date_sql("ids", "%(latest)s")} AS d FROM ids)
            SELECT n.instrument_id, day::date
            FROM newest n CROSS JOIN LATERAL generate_series(coalesce(n.d, %(latest)s::date) - %(keep)s,
                                                              %(latest)s::date, interval '1 day') AS day
            WHERE NOT EXISTS (SELECT 1 FROM prices_daily p WHERE p.instrument_id = n.instrument_id
                                                            AND p.trade_date = day::date)
-           ORDER BY 2, 1""", params).fetchall()
+           ORDER BY 2, 1""",
+        params,
+    ).fetchall()
     return [tuple(r) for r in gone] + rows
 
 
-def mark_published(conn: psycopg.Connection, rows_by_entry: dict[int, dict[str, int]]) -> None:
+def mark_published(conn: psycopg.Connection, rows_by_entry: Mapping[int, Mapping[str, int]]) -> None:
     """Record the snapshot entries as loaded, with the rows each instrument got."""
     for outbox_id, counts in rows_by_entry.items():
         conn.execute(
             """UPDATE embedder_bootstrap b SET published_at = now(), rows = coalesce(c.n, 0)
                FROM embedder_bootstrap x LEFT JOIN unnest(%s::text[], %s::int[]) AS c(id, n) ON c.id = x.instrument_id
                WHERE x.outbox_id = %s AND b.instrument_id = x.instrument_id""",
-            (list(counts), list(counts.values()), outbox_id))
+            (list(counts), list(counts.values()), outbox_id),
+        )
 
 
 def progress(conn: psycopg.Connection, market_id: str | None = None) -> BootstrapProgress:
     """Counts for `embedder status` and `embedder live bootstrap`."""
-    selectable, queued, published, rows = conn.execute(
-        f"""SELECT (SELECT count(*) FROM instruments WHERE {SELECTABLE}
+    selectable, queued, published, rows = one(
+        conn.execute(
+            f"""SELECT (SELECT count(*) FROM instruments WHERE {SELECTABLE}
                       AND (%(m)s::varchar IS NULL OR market_id = %(m)s::varchar)),
                    count(b.*), count(b.published_at), coalesce(sum(b.rows), 0)
             FROM embedder_bootstrap b JOIN instruments i USING (instrument_id)
-            WHERE %(m)s::varchar IS NULL OR i.market_id = %(m)s::varchar""", {"m": market_id}).fetchone()
+            WHERE %(m)s::varchar IS NULL OR i.market_id = %(m)s::varchar""",
+            {"m": market_id},
+        )
+    )
     return BootstrapProgress(selectable, queued, published, int(rows))
 
 
@@ -153,16 +184,18 @@ def reconcile_state_format(conn: psycopg.Connection, app_id: str, version: int, 
     the live windows are rebuilt, else None."""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (BOOTSTRAP_LOCK,))
-        row = conn.execute("SELECT version, generation FROM embedder_state_format WHERE app_id = %s",
-                           (app_id,)).fetchone()
+        row = conn.execute(
+            "SELECT version, generation FROM embedder_state_format WHERE app_id = %s", (app_id,)
+        ).fetchone()
         if row is not None and tuple(row) == (version, generation):
             return None
-        loaded = conn.execute("SELECT EXISTS (SELECT 1 FROM embedder_bootstrap)").fetchone()[0]
+        loaded = one(conn.execute("SELECT EXISTS (SELECT 1 FROM embedder_bootstrap)"))[0]
         conn.execute(
             """INSERT INTO embedder_state_format (app_id, version, generation) VALUES (%s, %s, %s)
                ON CONFLICT (app_id) DO UPDATE SET version = EXCLUDED.version, generation = EXCLUDED.generation,
                                                   recorded_at = now()""",
-            (app_id, version, generation))
+            (app_id, version, generation),
+        )
         if row is None and not loaded:
             return None  # a first start: nothing was loaded anywhere
         conn.execute("DELETE FROM embedder_bootstrap")
@@ -170,13 +203,22 @@ def reconcile_state_format(conn: psycopg.Connection, app_id: str, version: int, 
         moved = move_ticks_behind(conn)
     found = row[0] if row is not None else 0
     if row is not None and row[0] == version:
-        log.warning("worker state: app id %r moves to live layout generation %d (was %d); the live windows are "
-                    "rebuilt from prices_daily (bootstrap), %d waiting tick(s) behind them", app_id, generation,
-                    row[1], moved)
+        log.warning(
+            "worker state: app id %r moves to live layout generation %d (was %d); the live windows are "
+            "rebuilt from prices_daily (bootstrap), %d waiting tick(s) behind them",
+            app_id,
+            generation,
+            row[1],
+            moved,
+        )
     else:
-        log.warning("worker state: the database records state format %s for app id %r, this worker reads format "
-                    "%d; the live windows are rebuilt from prices_daily (bootstrap)", found or "unknown", app_id,
-                    version)
+        log.warning(
+            "worker state: the database records state format %s for app id %r, this worker reads format "
+            "%d; the live windows are rebuilt from prices_daily (bootstrap)",
+            found or "unknown",
+            app_id,
+            version,
+        )
     return found
 
 
@@ -184,11 +226,17 @@ def move_ticks_behind(conn: psycopg.Connection) -> int:
     """Give ticks still waiting in the outbox new ids, in their order, so they come after everything
     queued so far (a tick queued while the service was away, or before a repartition, must not compute
     from windows not reloaded yet). Returns how many moved."""
-    waiting = [r[0] for r in conn.execute(
-        "SELECT id FROM prices_outbox WHERE kind = 'tick' AND published_at IS NULL ORDER BY id")]
+    waiting = [
+        r[0]
+        for r in conn.execute("SELECT id FROM prices_outbox WHERE kind = 'tick' AND published_at IS NULL ORDER BY id")
+    ]
     for old in waiting:
-        (new,) = conn.execute(
-            """UPDATE prices_outbox SET id = nextval(pg_get_serial_sequence('prices_outbox', 'id'))
-               WHERE id = %s RETURNING id""", (old,)).fetchone()
+        (new,) = one(
+            conn.execute(
+                """UPDATE prices_outbox SET id = nextval(pg_get_serial_sequence('prices_outbox', 'id'))
+               WHERE id = %s RETURNING id""",
+                (old,),
+            )
+        )
         conn.execute("UPDATE embedder_scheduled_ticks SET outbox_id = %s WHERE outbox_id = %s", (new, old))
     return len(waiting)

@@ -12,6 +12,7 @@ hold that is gone) and every maintained key is queued for the correction path, w
 differs. Nothing that happened meanwhile is silently missed; on a database that never changed, the
 recheck writes nothing.
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,6 +23,7 @@ from datetime import datetime
 import psycopg
 
 from backfill.bootstrap import BOOTSTRAP_LOCK, move_ticks_behind, queue_bootstrap
+from shared.db import one
 from shared.embedding_store import ENTITY_TYPE
 
 log = logging.getLogger("embedder.capture")
@@ -58,7 +60,8 @@ class Resync:
 def capture_state(conn: psycopg.Connection) -> CaptureState:
     row = conn.execute(
         """SELECT enabled, embedder_capturing(), idle_hours, relay_seen_at, changed_at, changed_by
-           FROM embedder_capture""").fetchone()
+           FROM embedder_capture"""
+    ).fetchone()
     if row is None:  # a database migrated by hand without the seed row: the triggers read it as off
         return CaptureState(False, False, None, None, datetime.now().astimezone(), None)
     return CaptureState(*row)
@@ -70,12 +73,13 @@ def start_capture(conn: psycopg.Connection, idle_hours: float | None, by: str) -
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (BOOTSTRAP_LOCK,))
         conn.execute("INSERT INTO embedder_capture (enabled) VALUES (false) ON CONFLICT DO NOTHING")
-        was_capturing = conn.execute(
-            "SELECT embedder_capturing() FROM embedder_capture FOR UPDATE").fetchone()[0]
+        was_capturing = one(conn.execute("SELECT embedder_capturing() FROM embedder_capture FOR UPDATE"))[0]
         conn.execute(
             """UPDATE embedder_capture SET relay_seen_at = clock_timestamp(), idle_hours = %s,
                       enabled = true, changed_at = CASE WHEN enabled THEN changed_at ELSE clock_timestamp() END,
-                      changed_by = CASE WHEN enabled THEN changed_by ELSE %s END""", (idle_hours, by))
+                      changed_by = CASE WHEN enabled THEN changed_by ELSE %s END""",
+            (idle_hours, by),
+        )
     if was_capturing:
         return None
     wait_for_uncaptured_writes(conn)
@@ -99,7 +103,7 @@ def wait_for_uncaptured_writes(conn: psycopg.Connection, lock_timeout_s: float =
             break
     in_flight = conn.execute("SELECT txid_snapshot_xip(txid_current_snapshot())::text").fetchall()
     for (xid,) in in_flight:
-        while conn.execute("SELECT txid_status(%s::bigint) = 'in progress'", (int(xid),)).fetchone()[0]:
+        while one(conn.execute("SELECT txid_status(%s::bigint) = 'in progress'", (int(xid),)))[0]:
             time.sleep(0.5)
 
 
@@ -108,7 +112,8 @@ def heartbeat(conn: psycopg.Connection, idle_hours: float | None, by: str) -> Re
     limit), this is a restart after a gap, with its resync."""
     alive = conn.execute(
         """UPDATE embedder_capture SET relay_seen_at = clock_timestamp()
-           WHERE embedder_capturing() RETURNING 1""").fetchone()
+           WHERE embedder_capturing() RETURNING 1"""
+    ).fetchone()
     return None if alive else start_capture(conn, idle_hours, by)
 
 
@@ -116,7 +121,9 @@ def stop_capture(conn: psycopg.Connection, by: str) -> bool:
     """Turn capture off; returns whether it was on. Entries already captured are still relayed."""
     row = conn.execute(
         """UPDATE embedder_capture SET enabled = false, changed_at = clock_timestamp(), changed_by = %s
-           WHERE enabled RETURNING 1""", (by,)).fetchone()
+           WHERE enabled RETURNING 1""",
+        (by,),
+    ).fetchone()
     return row is not None
 
 
@@ -127,7 +134,7 @@ def resync(conn: psycopg.Connection) -> Resync:
     correction path."""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (BOOTSTRAP_LOCK,))
-        loaded = conn.execute("SELECT EXISTS (SELECT 1 FROM embedder_bootstrap WHERE rows > 0)").fetchone()[0]
+        loaded = one(conn.execute("SELECT EXISTS (SELECT 1 FROM embedder_bootstrap WHERE rows > 0)"))[0]
         conn.execute("DELETE FROM embedder_bootstrap WHERE published_at IS NOT NULL")
         if loaded:  # snapshots still waiting load windows that may hold rows deleted during the gap
             conn.execute("UPDATE embedder_bootstrap SET resync = true")
@@ -142,9 +149,12 @@ def resync(conn: psycopg.Connection) -> Resync:
                 SELECT entity_id, as_of_date FROM embedder_absent_embeddings
                 WHERE entity_type = '{ENTITY_TYPE}' AND length(entity_id) <= 50
                 ON CONFLICT (instrument_id, trade_date) DO UPDATE
-                    SET seq = nextval('embedder_recompute_seq'), queued_at = now()""").rowcount
-    log.warning("capture is on again after a gap: the live windows are rebuilt from prices_daily (%d instrument(s)) "
-                "and %d maintained key(s) are rechecked by the correction path", instruments, keys)
+                    SET seq = nextval('embedder_recompute_seq'), queued_at = now()"""
+        ).rowcount
+    log.warning(
+        "capture is on again after a gap: the live windows are rebuilt from prices_daily (%d instrument(s)) "
+        "and %d maintained key(s) are rechecked by the correction path",
+        instruments,
+        keys,
+    )
     return Resync(instruments, keys)
-
-

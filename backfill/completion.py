@@ -1,5 +1,6 @@
 """When a run through the stream is complete: read from `embedder_tick_commits`, which the sink writes
 in the same transaction as the embeddings (no Kafka needed to follow a run)."""
+
 from __future__ import annotations
 
 import time
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import psycopg
 
-from shared.db import connection
+from shared.db import connection, one
 from shared.errors import EmbedderError
 
 if TYPE_CHECKING:
@@ -40,9 +41,19 @@ class ReplayHooks:
     on_lag: Callable[[GroupLag], None] | None = None  # the worker group's lag, every few seconds
 
 
-def wait_for_run(database_url: str, run_id: str, last_tick: date, partitions: int, hooks: ReplayHooks,
-                 timeout: float | None = None, poll: float = 0.1, lag: LagMonitor | None = None,
-                 lag_every: float = 2.0, expected_ticks: int | None = None, settle: float = 60.0) -> int:
+def wait_for_run(
+    database_url: str,
+    run_id: str,
+    last_tick: date,
+    partitions: int,
+    hooks: ReplayHooks,
+    timeout: float | None = None,
+    poll: float = 0.1,
+    lag: LagMonitor | None = None,
+    lag_every: float = 2.0,
+    expected_ticks: int | None = None,
+    settle: float = 60.0,
+) -> int:
     """Block until every partition has committed `last_tick`; returns embeddings committed.
 
     With `expected_ticks` (as_of dates x partitions), a run whose last tick is in while an earlier
@@ -61,12 +72,14 @@ def wait_for_run(database_url: str, run_id: str, last_tick: date, partitions: in
             if lag is not None and hooks.on_lag and time.monotonic() >= next_lag:
                 hooks.on_lag(lag.sample().groups[0])
                 next_lag = time.monotonic() + lag_every
-            ticks, embeddings, last, missing = conn.execute(
-                """SELECT count(*), coalesce(sum(embeddings), 0),
+            ticks, embeddings, last, missing = one(
+                conn.execute(
+                    """SELECT count(*), coalesce(sum(embeddings), 0),
                           count(*) FILTER (WHERE as_of_date = %s), coalesce(max(rows_missing), 0)
                    FROM embedder_tick_commits WHERE run_id = %s""",
-                (last_tick, run_id),
-            ).fetchone()
+                    (last_tick, run_id),
+                )
+            )
             if missing:
                 raise EmbedderError(lost_rows_message(conn, run_id))
             if hooks.on_committed:
@@ -76,7 +89,7 @@ def wait_for_run(database_url: str, run_id: str, last_tick: date, partitions: in
                     return int(embeddings)
                 if ticks != last_count:
                     stalled_since, last_count = time.monotonic(), ticks
-                elif time.monotonic() - stalled_since > settle:
+                elif stalled_since is not None and time.monotonic() - stalled_since > settle:
                     raise EmbedderError(lost_ticks_message(conn, run_id, expected_ticks - ticks, partitions))
             if deadline is not None and time.monotonic() > deadline:
                 raise EmbedderError(f"replay {run_id} not complete after {timeout:.0f}s")
@@ -89,17 +102,25 @@ def lost_ticks_message(conn: psycopg.Connection, run_id: str, lost: int, partiti
            CROSS JOIN generate_series(0, %s - 1) AS p
            WHERE NOT EXISTS (SELECT 1 FROM embedder_tick_commits c
                              WHERE c.run_id = %s AND c.as_of_date = d AND c.source_partition = p)
-           ORDER BY d, p LIMIT 1""", (run_id, partitions, run_id)).fetchone() or (None, None)
+           ORDER BY d, p LIMIT 1""",
+        (run_id, partitions, run_id),
+    ).fetchone() or (None, None)
     where = f" (first: the tick of {as_of} on partition {partition})" if as_of else ""
-    return (f"replay {run_id}: {lost} tick(s) never committed{where} although the last one was; "
-            "their embeddings are missing. Run the replay again.")
+    return (
+        f"replay {run_id}: {lost} tick(s) never committed{where} although the last one was; "
+        "their embeddings are missing. Run the replay again."
+    )
 
 
 def lost_rows_message(conn: psycopg.Connection, run_id: str) -> str:
-    partition, as_of, missing = conn.execute(
-        """SELECT source_partition, as_of_date, rows_missing FROM embedder_tick_commits
-           WHERE run_id = %s AND rows_missing > 0 ORDER BY as_of_date, source_partition LIMIT 1""", (run_id,)).fetchone()
-    return (f"replay {run_id}: partition {partition} of the prices topic did not deliver {missing} row(s) "
-            f"published before the tick of {as_of}; its embeddings are incomplete. Run the replay again.")
-
-
+    partition, as_of, missing = one(
+        conn.execute(
+            """SELECT source_partition, as_of_date, rows_missing FROM embedder_tick_commits
+           WHERE run_id = %s AND rows_missing > 0 ORDER BY as_of_date, source_partition LIMIT 1""",
+            (run_id,),
+        )
+    )
+    return (
+        f"replay {run_id}: partition {partition} of the prices topic did not deliver {missing} row(s) "
+        f"published before the tick of {as_of}; its embeddings are incomplete. Run the replay again."
+    )

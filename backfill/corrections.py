@@ -10,6 +10,7 @@ in one transaction: a kill -9 leaves them queued, and doing one twice changes no
 bounded by one transaction's instruments. One worker per database drains (an advisory lock); it runs
 in a thread of its own with its own connection, so live ticks never wait for it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -24,9 +25,9 @@ import psycopg
 from backfill.recompute import Rewritten, rewrite_keys
 from shared.background import start_when_ready
 from shared.config import Settings
-from shared.db import connect
-from shared.errors import EmbedderError
+from shared.db import connect, one
 from shared.embedding_store import price_changes, set_cause
+from shared.errors import EmbedderError
 from shared.maintained_keys import MaintainedKey, affected_keys
 from shared.metrics import StreamMetrics
 
@@ -48,23 +49,31 @@ class Drained:
     keys: list[MaintainedKey] = field(default_factory=list)
 
 
-def drain_once(conn: psycopg.Connection, max_changes: int = MAX_CHANGES,
-               max_instruments: int = MAX_INSTRUMENTS) -> Drained:
+def drain_once(
+    conn: psycopg.Connection, max_changes: int = MAX_CHANGES, max_instruments: int = MAX_INSTRUMENTS
+) -> Drained:
     """Recompute every queued change of the (at most `max_instruments`) instruments with the oldest
     queued changes, in one transaction: an instrument's keys are recomputed once for all its changes."""
     out = Drained()
     with conn.transaction():
-        taken = [r[0] for r in conn.execute(
-            """SELECT instrument_id FROM (SELECT instrument_id, min(seq) AS first
+        taken = [
+            r[0]
+            for r in conn.execute(
+                """SELECT instrument_id FROM (SELECT instrument_id, min(seq) AS first
                                           FROM (SELECT instrument_id, seq FROM embedder_recompute_queue
                                                 ORDER BY seq LIMIT %s) oldest
                                           GROUP BY instrument_id) t
-               ORDER BY first LIMIT %s""", (max_changes, max_instruments))]
+               ORDER BY first LIMIT %s""",
+                (max_changes, max_instruments),
+            )
+        ]
         if not taken:
             return out
         items = conn.execute(
             """SELECT instrument_id, trade_date, seq FROM embedder_recompute_queue
-               WHERE instrument_id = ANY(%s)""", (taken,)).fetchall()
+               WHERE instrument_id = ANY(%s)""",
+            (taken,),
+        ).fetchall()
         changes: list[tuple[str, date]] = [(i, d) for i, d, _ in items]
         set_cause(conn, "correction", price_changes(changes))
         out.keys = affected_keys(conn, changes)
@@ -73,13 +82,14 @@ def drain_once(conn: psycopg.Connection, max_changes: int = MAX_CHANGES,
             """DELETE FROM embedder_recompute_queue q
                USING unnest(%s::text[], %s::date[], %s::bigint[]) AS t(i, d, s)
                WHERE q.instrument_id = t.i AND q.trade_date = t.d AND q.seq = t.s""",
-            ([i for i, _, _ in items], [d for _, d, _ in items], [s for _, _, s in items]))
+            ([i for i, _, _ in items], [d for _, d, _ in items], [s for _, _, s in items]),
+        )
         out.changes, out.instruments = len(items), len(taken)
     return out
 
 
 def queue_depth(conn: psycopg.Connection) -> int:
-    return conn.execute("SELECT count(*) FROM embedder_recompute_queue").fetchone()[0]
+    return one(conn.execute("SELECT count(*) FROM embedder_recompute_queue"))[0]
 
 
 KeysCallback = Callable[[list[MaintainedKey]], None]
@@ -101,7 +111,7 @@ class CorrectionLoop:
         while not self.stop.is_set():
             try:
                 with connect(self.settings.database_url, autocommit=True) as conn:
-                    if not conn.execute("SELECT pg_try_advisory_lock(%s)", (RECOMPUTE_LOCK,)).fetchone()[0]:
+                    if not one(conn.execute("SELECT pg_try_advisory_lock(%s)", (RECOMPUTE_LOCK,)))[0]:
                         self.stop.wait(2.0)  # another worker drains; stand by
                         continue
                     while not self.stop.is_set():
@@ -120,8 +130,15 @@ class CorrectionLoop:
             return False
         seconds = time.monotonic() - started
         r = done.rewritten
-        log.info("corrections: %d change(s) of %d instrument(s) reached %d stored key(s): %d changed, %d removed "
-                 "(%.2fs)", done.changes, done.instruments, r.keys, r.changed, r.removed, seconds)
+        log.info(
+            "corrections: %d change(s) of %d instrument(s) reached %d stored key(s): %d changed, %d removed (%.2fs)",
+            done.changes,
+            done.instruments,
+            r.keys,
+            r.changed,
+            r.removed,
+            seconds,
+        )
         if self.metrics:
             m = self.metrics
             m.recompute_changes.inc(done.changes)
@@ -142,9 +159,12 @@ class CorrectionLoop:
         self.metrics.recompute_queue.set(queue_depth(conn))
 
 
-def start_correction_loop(settings: Settings, ready: threading.Event | None = None,
-                          metrics: StreamMetrics | None = None,
-                          on_rewritten: KeysCallback | None = None) -> tuple[CorrectionLoop, threading.Thread]:
+def start_correction_loop(
+    settings: Settings,
+    ready: threading.Event | None = None,
+    metrics: StreamMetrics | None = None,
+    on_rewritten: KeysCallback | None = None,
+) -> tuple[CorrectionLoop, threading.Thread]:
     """Run the correction loop in a daemon thread, starting once `ready` is set."""
     loop = CorrectionLoop(settings, metrics, on_rewritten)
     return loop, start_when_ready("corrections", loop.run, loop.stop, ready)

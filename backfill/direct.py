@@ -3,6 +3,7 @@
 It is also the reference the stream is checked against: both call
 `shared.encoder.encode_windows`, and both write through `upsert_embeddings`.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -10,12 +11,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shared.price_history import read_histories
 from backfill.selection import RunSelection
 from shared.db import connection
-from shared.encoder import apply_model, encode_windows, lookback_start
 from shared.embedding_store import set_cause, upsert_embeddings
+from shared.encoder import apply_model, encode_windows, lookback_start
 from shared.maintained_keys import outbox_position, queue_changes_since, record_absent
+from shared.price_history import read_histories
 
 READ_CHUNK_INSTRUMENTS = 16
 
@@ -98,8 +99,7 @@ def run_direct(
                 for model in selection.models:
                     vectors = apply_model(batch.flat, model).astype("<f4", copy=False)
                     pending.extend(
-                        (instrument_id, d, model.model_id, n, vectors[j].tobytes())
-                        for j, d in enumerate(batch_dates)
+                        (instrument_id, d, model.model_id, n, vectors[j].tobytes()) for j, d in enumerate(batch_dates)
                     )
             if len(pending) + len(absent) >= write_batch:
                 flush()

@@ -18,6 +18,7 @@ the live run (someone holds the relay lock; one that reads look-backs for the
 second), and the selected ids must fit in the tick for the second. Otherwise the
 replay publishes its rows into a run of its own, as before.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,7 +34,7 @@ from backfill.completion import ReplayHooks, StreamResult, wait_for_run
 from backfill.outbox import relay_holder, wake_relay
 from backfill.selection import RunSelection
 from shared.config import Settings
-from shared.db import connection
+from shared.db import connection, one
 from shared.encoder import LOOKBACK_FACTOR, retention_days
 from shared.instruments import SELECTABLE, newest_trade_date_sql
 from shared.maintained_keys import outbox_position, queue_changes_since
@@ -54,8 +55,9 @@ class LiveAnswer:
     from_database: bool = False
 
 
-def live_can_answer(conn: psycopg.Connection, settings: Settings, selection: RunSelection, ids: list[str],
-                    dates: list[date]) -> LiveAnswer:
+def live_can_answer(
+    conn: psycopg.Connection, settings: Settings, selection: RunSelection, ids: list[str], dates: list[date]
+) -> LiveAnswer:
     """Can the live worker give the selection's embeddings at `dates`, exactly as a replay would?"""
     if not ids or not dates:
         return LiveAnswer(False, "nothing selected")
@@ -75,14 +77,19 @@ def live_can_answer(conn: psycopg.Connection, settings: Settings, selection: Run
     return LiveAnswer(False, why)
 
 
-def windows_miss(conn: psycopg.Connection, settings: Settings, selection: RunSelection, ids: list[str],
-                 dates: list[date]) -> str:
+def windows_miss(
+    conn: psycopg.Connection, settings: Settings, selection: RunSelection, ids: list[str], dates: list[date]
+) -> str:
     """Why the live windows cannot answer the selection ("" when they can)."""
     if selection.window_days != settings.window_days:
         return f"the live windows are for window_days {settings.window_days}"
-    selectable, newest = conn.execute(
-        f"""SELECT count(*) FILTER (WHERE {SELECTABLE}), max({newest_trade_date_sql('i', '%s')})
-            FROM instruments i WHERE i.instrument_id = ANY(%s)""", (latest_trade_date(), ids)).fetchone()
+    selectable, newest = one(
+        conn.execute(
+            f"""SELECT count(*) FILTER (WHERE {SELECTABLE}), max({newest_trade_date_sql("i", "%s")})
+            FROM instruments i WHERE i.instrument_id = ANY(%s)""",
+            (latest_trade_date(), ids),
+        )
+    )
     if selectable < len(ids):
         return "some selected instruments are not ACTIVE EQUITY (the live run does not load them)"
     keep = retention_days(settings.window_days, settings.retention_slack_days)
@@ -91,8 +98,14 @@ def windows_miss(conn: psycopg.Connection, settings: Settings, selection: RunSel
     return ""
 
 
-def enqueue_query(conn: psycopg.Connection, settings: Settings, selection: RunSelection, dates: list[date],
-                  ids: list[str], from_database: bool = False) -> str:
+def enqueue_query(
+    conn: psycopg.Connection,
+    settings: Settings,
+    selection: RunSelection,
+    dates: list[date],
+    ids: list[str],
+    from_database: bool = False,
+) -> str:
     """Queue a query tick (behind every captured row and pending bootstrap); returns its run id.
 
     The tick names the instruments the command selected (a market is cut here, in SQL, under the
@@ -101,8 +114,11 @@ def enqueue_query(conn: psycopg.Connection, settings: Settings, selection: RunSe
     `from_database`: `live_can_answer` asks it only when the ids fit)."""
     run_id = f"query-{uuid.uuid4().hex[:12]}"
     fits = len(json.dumps(ids)) <= MAX_MESSAGE_BYTES // 2
-    chosen: dict = {"ids": list(ids)} if selection.instrument_ids or fits else {
-        "limit": selection.limit, "offset": selection.offset}
+    chosen: dict = (
+        {"ids": list(ids)}
+        if selection.instrument_ids or fits
+        else {"limit": selection.limit, "offset": selection.offset}
+    )
     if from_database:
         chosen["lookback"] = "database"
     with conn.transaction():
@@ -113,14 +129,28 @@ def enqueue_query(conn: psycopg.Connection, settings: Settings, selection: RunSe
             """INSERT INTO prices_outbox (kind, trade_date, more_dates, window_days, model_ids, market_id, query_run,
                                           selection)
                VALUES ('tick', %s, %s, %s, %s, %s, %s, %s)""",
-            (max(dates), sorted(dates)[:-1] or None, selection.window_days, selection.model_ids,
-             selection.market_id, run_id, Jsonb(chosen)))
+            (
+                max(dates),
+                sorted(dates)[:-1] or None,
+                selection.window_days,
+                selection.model_ids,
+                selection.market_id,
+                run_id,
+                Jsonb(chosen),
+            ),
+        )
     return run_id
 
 
-def run_live_query(settings: Settings, selection: RunSelection, ids: list[str], dates: list[date],
-                   hooks: ReplayHooks | None = None, timeout: float | None = None,
-                   from_database: bool = False) -> StreamResult:
+def run_live_query(
+    settings: Settings,
+    selection: RunSelection,
+    ids: list[str],
+    dates: list[date],
+    hooks: ReplayHooks | None = None,
+    timeout: float | None = None,
+    from_database: bool = False,
+) -> StreamResult:
     """Queue the query and wait until the worker's sink has committed every partition's part of it.
 
     A query `from_database` reads prices_daily when the worker gets to it: changes captured after it
@@ -130,12 +160,21 @@ def run_live_query(settings: Settings, selection: RunSelection, ids: list[str], 
     with connection(settings.database_url) as conn:
         position = outbox_position(conn)
         run_id = enqueue_query(conn, settings, selection, dates, ids, from_database)
-    result = StreamResult(run_id, len(ids), len(dates), answered_live=not from_database,
-                          answered_from_database=from_database)
+    result = StreamResult(
+        run_id, len(ids), len(dates), answered_live=not from_database, answered_from_database=from_database
+    )
     if hooks.on_start:
         hooks.on_start(len(ids), len(dates), len(dates) * settings.partitions)
-    result.embeddings = wait_for_run(settings.database_url, run_id, max(dates), settings.partitions, hooks, timeout,
-                                     poll=0.01, expected_ticks=len(dates) * settings.partitions)
+    result.embeddings = wait_for_run(
+        settings.database_url,
+        run_id,
+        max(dates),
+        settings.partitions,
+        hooks,
+        timeout,
+        poll=0.01,
+        expected_ticks=len(dates) * settings.partitions,
+    )
     with connection(settings.database_url) as conn:
         conn.execute("UPDATE embedder_runs SET completed_at = now() WHERE run_id = %s", (run_id,))
         if from_database:

@@ -13,6 +13,7 @@ Every captured row is checked with the shared row rule before it is published;
 a row that fails goes alone to the dead-letter topic (with its outbox id), and
 the rows beside it are published.
 """
+
 from __future__ import annotations
 
 import logging
@@ -23,8 +24,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import date
-
+from datetime import date, datetime
 from typing import TYPE_CHECKING
 
 import psycopg
@@ -33,7 +33,7 @@ from backfill.bootstrap import CHUNK_INSTRUMENTS, mark_published, queue_bootstra
 from backfill.capture import capture_state, heartbeat, start_capture
 from shared.background import start_when_ready
 from shared.config import Settings
-from shared.db import connect
+from shared.db import connect, one
 from shared.embedding_history import CAUSE_KINDS, prune_versions, revisions_today
 from shared.encoder import retention_days
 from shared.errors import EmbedderError
@@ -72,19 +72,27 @@ def wake_relay(conn: psycopg.Connection) -> None:
     conn.execute(f"NOTIFY {OUTBOX_CHANNEL}")
 
 
-def enqueue_tick(conn: psycopg.Connection, as_of: date, window_days: int, model_ids: list[str],
-                 market_id: str | None = None, chunk: int = CHUNK_INSTRUMENTS) -> int:
+def enqueue_tick(
+    conn: psycopg.Connection,
+    as_of: date,
+    window_days: int,
+    model_ids: list[str],
+    market_id: str | None = None,
+    chunk: int = CHUNK_INSTRUMENTS,
+) -> int:
     """Queue a live tick behind every row already committed to the outbox, and behind the bootstrap
     of every instrument not loaded yet (so it never computes from a window still missing its
     history); returns its outbox id."""
     with conn.transaction():
         queue_bootstrap(conn, chunk=chunk)
         wake_relay(conn)
-        return conn.execute(
-            """INSERT INTO prices_outbox (kind, trade_date, window_days, model_ids, market_id)
+        return one(
+            conn.execute(
+                """INSERT INTO prices_outbox (kind, trade_date, window_days, model_ids, market_id)
                VALUES ('tick', %s, %s, %s, %s) RETURNING id""",
-            (as_of, window_days, model_ids, market_id),
-        ).fetchone()[0]
+                (as_of, window_days, model_ids, market_id),
+            )
+        )[0]
 
 
 def recapture(conn: psycopg.Connection, keys: list[tuple[str, date]]) -> int:
@@ -99,10 +107,12 @@ def recapture(conn: psycopg.Connection, keys: list[tuple[str, date]]) -> int:
            SELECT p.instrument_id, p.trade_date, p.close, p.volume
            FROM (SELECT DISTINCT * FROM unnest(%s::text[], %s::date[]) AS k(i, d)) k
            JOIN prices_daily p ON p.instrument_id = k.i AND p.trade_date = k.d
-           ORDER BY p.trade_date, p.instrument_id""", (ids, days)).rowcount
+           ORDER BY p.trade_date, p.instrument_id""",
+        (ids, days),
+    ).rowcount
 
 
-IdleTask = Callable[[psycopg.Connection], None]
+IdleTask = Callable[[psycopg.Connection], object]
 
 
 @dataclass
@@ -139,9 +149,8 @@ class OutboxRelay:
         while not self.stop.is_set():
             try:
                 with connect(self.settings.database_url, autocommit=True) as conn:
-                    conn.execute("SELECT set_config('application_name', %s, false)",
-                                 (self.by,))
-                    if not conn.execute("SELECT pg_try_advisory_lock(%s)", (RELAY_LOCK,)).fetchone()[0]:
+                    conn.execute("SELECT set_config('application_name', %s, false)", (self.by,))
+                    if not one(conn.execute("SELECT pg_try_advisory_lock(%s)", (RELAY_LOCK,)))[0]:
                         self.gauge(conn)
                         self.stop.wait(2.0)  # another worker relays; stand by
                         continue
@@ -192,7 +201,8 @@ class OutboxRelay:
         if not entries:
             self._recovered()
             return 0
-        this_round, keys = [], 0
+        this_round: list[int] = []
+        keys = 0
         for entry in entries:
             if this_round and keys >= ROUND_KEYS:
                 break
@@ -200,7 +210,7 @@ class OutboxRelay:
             keys += len(entry[12] or ()) * len(entry[13] or ()) or 1
             if entry[1] == "snapshot":
                 break
-        entries = entries[:len(this_round)]
+        entries = entries[: len(this_round)]
         # Before anything is published: changes reaching keys stored now go to the database path too
         # (history the windows do not hold, rows other paths wrote). A key the stream writes after
         # this is computed from windows that hold the change.
@@ -209,17 +219,42 @@ class OutboxRelay:
         keep = retention_days(self.settings.window_days, self.settings.retention_slack_days)
         pending: list[tuple] = []  # captured rows since the last tick: (row or deletion, outbox id)
         snapshots: dict[int, Counter] = {}
-        for (entry_id, kind, instrument_id, trade_date, close, volume, window_days, model_ids, market_id,
-             query_run, selection, more_dates, instrument_ids, trade_dates) in entries:
+        for (
+            entry_id,
+            kind,
+            instrument_id,
+            trade_date,
+            close,
+            volume,
+            window_days,
+            model_ids,
+            market_id,
+            query_run,
+            selection,
+            more_dates,
+            instrument_ids,
+            trade_dates,
+        ) in entries:
             if kind == "tick":
                 self._publish_rows(publisher, pending, latest)
                 pending = []
                 selection = selection or {}
-                publisher.tick(Tick(run=LIVE_RUN, d=trade_date, ds=tuple(more_dates) if more_dates else None,
-                                    w=window_days, m=tuple(model_ids), mk=market_id, o=entry_id, q=query_run,
-                                    lim=selection.get("limit"), off=selection.get("offset", 0),
-                                    ids=tuple(selection["ids"]) if selection.get("ids") else None,
-                                    db=True if selection.get("lookback") == "database" else None))
+                publisher.tick(
+                    Tick(
+                        run=LIVE_RUN,
+                        d=trade_date,
+                        ds=tuple(more_dates) if more_dates else None,
+                        w=window_days,
+                        m=tuple(model_ids),
+                        mk=market_id,
+                        o=entry_id,
+                        q=query_run,
+                        lim=selection.get("limit"),
+                        off=selection.get("offset", 0),
+                        ids=tuple(selection["ids"]) if selection.get("ids") else None,
+                        db=True if selection.get("lookback") == "database" else None,
+                    )
+                )
                 if query_run is None:
                     self._ticked_through = max(self._ticked_through or trade_date, trade_date)
             elif kind == "snapshot":
@@ -246,10 +281,13 @@ class OutboxRelay:
         marked = conn.execute(
             """UPDATE prices_outbox SET published_at = now() WHERE id = ANY(%s)
                AND NOT EXISTS (SELECT 1 FROM embedder_live_layout WHERE app_id = %s AND generation <> %s)""",
-            (this_round, self.settings.app_id, self.settings.live_generation)).rowcount
+            (this_round, self.settings.app_id, self.settings.live_generation),
+        ).rowcount
         if not marked:
-            log.warning("outbox relay: the live layout changed (embedder live repartition); this worker stops "
-                        "relaying and restarts on the new layout")
+            log.warning(
+                "outbox relay: the live layout changed (embedder live repartition); this worker stops "
+                "relaying and restarts on the new layout"
+            )
             self.stop.set()
             return 0
         if snapshots:
@@ -271,12 +309,13 @@ class OutboxRelay:
         the shared rule refuses is dead-lettered alone, with its outbox id."""
         by_partition: dict[int, list[tuple]] = {}
         for row, entry_id in entries:
-            if len(row) == 2 and key_problem(*row, latest):
+            if len(row) == 2 and key_problem(row[0], row[1], latest):
                 continue  # deleting a row the rule refused (fixing a typo'd date): it never reached a window
-            problem = row_problem(*row, latest) if len(row) == 4 else None
+            problem = row_problem(row[0], row[1], row[2], row[3], latest) if len(row) == 4 else None
             if problem:
-                publisher.dead_letter(dead_letter_record(problem, "prices_outbox", None, entry_id,
-                                                         row_payload(LIVE_RUN, row)))
+                publisher.dead_letter(
+                    dead_letter_record(problem, "prices_outbox", None, entry_id, row_payload(LIVE_RUN, row))
+                )
                 log.warning("dead-letter prices_outbox id %s: %s", entry_id, problem)
                 self.dead_lettered += 1
                 if self.metrics:
@@ -316,7 +355,7 @@ class OutboxRelay:
         self.metrics.outbox_bytes.set(backlog.bytes)
         self.metrics.outbox_oldest_seconds.set(backlog.oldest_seconds)
         self.metrics.capture_on.set(1 if capture_state(conn).capturing else 0)
-        pending = conn.execute("SELECT count(*) FROM embedder_bootstrap WHERE published_at IS NULL").fetchone()[0]
+        pending = one(conn.execute("SELECT count(*) FROM embedder_bootstrap WHERE published_at IS NULL"))[0]
         self.metrics.bootstrap_pending.set(pending)
         revised = revisions_today(conn)
         other = sum(n for cause, n in revised.items() if cause not in CAUSE_KINDS)  # a fixed label set
@@ -349,8 +388,13 @@ class OutboxRelay:
             return
         if time.monotonic() - self._last_activity < quiet:
             return
-        enqueue_tick(conn, self.last_row_date, self.settings.window_days, list(self.settings.live_model_ids),
-                     chunk=self.settings.bootstrap_chunk_instruments)
+        enqueue_tick(
+            conn,
+            self.last_row_date,
+            self.settings.window_days,
+            list(self.settings.live_model_ids),
+            chunk=self.settings.bootstrap_chunk_instruments,
+        )
         log.info("auto tick for %s after %.0fs without new rows", self.last_row_date, quiet)
 
     def maybe_prune(self, conn: psycopg.Connection) -> None:
@@ -366,8 +410,11 @@ class OutboxRelay:
         if self.settings.version_retention_days:
             gone = prune_versions(conn, self.settings.version_retention_days)
             if gone:
-                log.info("history: deleted %d superseded embeddings older than %g days", gone,
-                         self.settings.version_retention_days)
+                log.info(
+                    "history: deleted %d superseded embeddings older than %g days",
+                    gone,
+                    self.settings.version_retention_days,
+                )
 
 
 @dataclass(frozen=True)
@@ -377,7 +424,7 @@ class RelayHolder:
     pid: int
     application: str
     client: str | None
-    since: object
+    since: datetime
 
     @property
     def protocol(self) -> int:
@@ -395,11 +442,14 @@ def relay_holder(conn: psycopg.Connection) -> RelayHolder | None:
            FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
            WHERE l.locktype = 'advisory' AND l.granted AND l.classid = 0 AND l.objid = %s AND l.objsubid = 1
              AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())""",
-        (RELAY_LOCK,)).fetchone()
+        (RELAY_LOCK,),
+    ).fetchone()
     return RelayHolder(*row) if row else None
 
 
-def captured_rows(conn: psycopg.Connection, instrument_ids: list[str], trade_dates: list[date]) -> Iterator[list[tuple]]:
+def captured_rows(
+    conn: psycopg.Connection, instrument_ids: list[str], trade_dates: list[date]
+) -> Iterator[list[tuple]]:
     """The keys of a `keys` entry as prices_daily holds them now, a slice of instruments at a time: a
     row `(instrument_id, trade_date, close, volume)` where the key has one, else a deletion
     `(instrument_id, trade_date)`; in (trade_date, instrument_id) order within a slice."""
@@ -408,11 +458,12 @@ def captured_rows(conn: psycopg.Connection, instrument_ids: list[str], trade_dat
     ids = sorted(set(instrument_ids))
     wanted = set(days)
     for start in range(0, len(ids), step):
-        part = ids[start:start + step]
+        part = ids[start : start + step]
         present = conn.execute(
             """SELECT instrument_id, trade_date, close, volume FROM prices_daily
                WHERE instrument_id = ANY(%s) AND trade_date BETWEEN %s AND %s""",
-            (part, days[0], days[-1])).fetchall()
+            (part, days[0], days[-1]),
+        ).fetchall()
         rows = {(r[0], r[1]): r for r in present if r[1] in wanted}
         out = [rows.get((i, d), (i, d)) for d in days for i in part]
         yield [tuple(r) for r in out]
@@ -430,26 +481,34 @@ class OutboxBacklog:
 
 
 def outbox_backlog(conn: psycopg.Connection) -> OutboxBacklog:
-    entries, keys, size, oldest = conn.execute(
-        """SELECT count(*),
+    entries, keys, size, oldest = one(
+        conn.execute(
+            """SELECT count(*),
                   coalesce(sum(CASE WHEN kind = 'keys' THEN cardinality(instrument_ids) * cardinality(trade_dates)
                                     WHEN kind IN ('row', 'delete') THEN 1 ELSE 0 END), 0),
                   pg_total_relation_size('prices_outbox'),
                   coalesce(extract(epoch FROM clock_timestamp() - min(created_at)), 0)
-           FROM prices_outbox WHERE published_at IS NULL""").fetchone()
+           FROM prices_outbox WHERE published_at IS NULL"""
+        )
+    )
     return OutboxBacklog(int(entries), int(keys), int(size), float(oldest))
 
 
 def prune_outbox(conn: psycopg.Connection, keep_hours: float) -> int:
     """Delete outbox entries published more than `keep_hours` ago; unpublished ones are never touched
     (the table would otherwise grow by every captured price forever)."""
-    cur = conn.execute("DELETE FROM prices_outbox WHERE published_at < now() - make_interval(secs => %s)",
-                       (keep_hours * 3600.0,))
+    cur = conn.execute(
+        "DELETE FROM prices_outbox WHERE published_at < now() - make_interval(secs => %s)", (keep_hours * 3600.0,)
+    )
     return cur.rowcount
 
 
-def start_relay(settings: Settings, ready: threading.Event | None = None, metrics: StreamMetrics | None = None,
-                idle_tasks: list[IdleTask] | None = None) -> tuple[OutboxRelay, threading.Thread]:
+def start_relay(
+    settings: Settings,
+    ready: threading.Event | None = None,
+    metrics: StreamMetrics | None = None,
+    idle_tasks: list[IdleTask] | None = None,
+) -> tuple[OutboxRelay, threading.Thread]:
     """Run the relay in a daemon thread beside the worker, starting once `ready` is set."""
     relay = OutboxRelay(settings, metrics, poll_seconds=settings.outbox_poll_seconds, idle_tasks=idle_tasks or [])
     return relay, start_when_ready("outbox-relay", relay.run, relay.stop, ready)

@@ -5,6 +5,7 @@ pool of processes (`parse_block`), each returning what the import writes — CSV
 layout, and in `prices_daily`'s layout for the direct path — plus what it must know before writing:
 the instruments named, each one's first and last date, and the counts of the block's rows.
 """
+
 from __future__ import annotations
 
 import re
@@ -66,7 +67,9 @@ def parse_block(text: str, first_seq: int, spec: FileSpec) -> ParsedBlock:
         day_text = days.get(day) or days.setdefault(day, day.isoformat())
         if staged:
             meta = "" if r[10] is None else csv_field(r[10]) if r[10] else '""'
-            lines.append(f"{seq},{key_field},{'t' if key_is_id else 'f'},{day_text},{numbers},{currency_field},{meta}\n")
+            lines.append(
+                f"{seq},{key_field},{'t' if key_is_id else 'f'},{day_text},{numbers},{currency_field},{meta}\n"
+            )
             seq += 1
         else:
             line = f"{key_field},{day_text},{numbers},{currency_field}\n"
@@ -86,5 +89,13 @@ def parse_block(text: str, first_seq: int, spec: FileSpec) -> ParsedBlock:
             span[0] = day
         elif day > span[1]:
             span[1] = day
-    return ParsedBlock(report.rows, report.valid, report.rejected, "".join(lines), staged, len(lines), keys,
-                       {k: (a, b) for k, (a, b) in spans.items()})
+    return ParsedBlock(
+        report.rows,
+        report.valid,
+        report.rejected,
+        "".join(lines),
+        staged,
+        len(lines),
+        keys,
+        {k: (a, b) for k, (a, b) in spans.items()},
+    )

@@ -5,6 +5,7 @@ Columns are matched by header name in any order, so the Yahoo layout
 (`date,open,high,low,close,volume,Name`) and the project's own `prices_daily`
 layout all read through the same code.
 """
+
 from __future__ import annotations
 
 import csv
@@ -149,8 +150,15 @@ def open_price_file(path: Path, currency: str) -> tuple[FileSpec | None, IO[str]
             return None, f
         cols = column_map(headers, path)
         id_col = cols.get("instrument_id", cols.get("symbol"))
-        spec = FileSpec(len(headers), cols, id_col, "instrument_id" in cols,
-                        None if id_col is not None else symbol_from_filename(path), currency, latest_trade_date())
+        spec = FileSpec(
+            len(headers),
+            cols,
+            id_col,
+            "instrument_id" in cols,
+            None if id_col is not None else symbol_from_filename(path),
+            currency,
+            latest_trade_date(),
+        )
         return spec, f
     except BaseException:
         f.close()
@@ -192,6 +200,7 @@ def records_with_text(lines: Iterable[str], spec: FileSpec, report: ReadReport) 
             report.rejected[reason] += 1
             continue
         report.valid += 1
+        assert row is not None  # no reason: a row
         yield astuple_row(row), None
 
 
@@ -212,13 +221,24 @@ def text_blocks(f: IO[str], size: int) -> Iterator[str]:
         if cut < 0:
             carry = block
             continue
-        yield block[:cut + 1]
-        carry = block[cut + 1:]
+        yield block[: cut + 1]
+        carry = block[cut + 1 :]
 
 
 def astuple_row(row: PriceRow) -> Record:
-    return (row.key, row.key_is_id, row.trade_date, row.open, row.high, row.low, row.close, row.adjusted_close,
-            row.volume, row.currency, row.metadata)
+    return (
+        row.key,
+        row.key_is_id,
+        row.trade_date,
+        row.open,
+        row.high,
+        row.low,
+        row.close,
+        row.adjusted_close,
+        row.volume,
+        row.currency,
+        row.metadata,
+    )
 
 
 def _fast_records(reader: Iterator[list[str]], report: ReadReport, args: tuple) -> Iterator[tuple[Record, str | None]]:
@@ -247,8 +267,13 @@ def _fast_records(reader: Iterator[list[str]], report: ReadReport, args: tuple) 
                 day = good_dates.get(raw_date, False)
                 if day is False:
                     day = good_dates[raw_date] = _good_date(raw_date, latest)
-                o, h, lo, c, v = (float(record[o_col]), float(record[h_col]), float(record[l_col]),
-                                  float(record[c_col]), float(record[v_col]))
+                o, h, lo, c, v = (
+                    float(record[o_col]),
+                    float(record[h_col]),
+                    float(record[l_col]),
+                    float(record[c_col]),
+                    float(record[v_col]),
+                )
                 a = float(record[a_col])
                 # A sum is finite only if every term is (a finite sum that overflows sends the row to
                 # the exact path, which accepts it).
@@ -260,14 +285,17 @@ def _fast_records(reader: Iterator[list[str]], report: ReadReport, args: tuple) 
                     report.rejected[reason] += 1
                     continue
                 valid += 1
+                assert row is not None  # no reason: a row
                 yield astuple_row(row), None
                 continue
             row_currency = currency
             if cur_col is not None:
                 row_currency = record[cur_col].strip() or currency
             valid += 1
-            yield ((key, key_is_id, day, o, h, lo, c, a, v, row_currency, None),
-                   f"{record[o_col]},{record[h_col]},{record[l_col]},{record[c_col]},{record[a_col]},{record[v_col]}")
+            yield (
+                (key, key_is_id, day, o, h, lo, c, a, v, row_currency, None),
+                f"{record[o_col]},{record[h_col]},{record[l_col]},{record[c_col]},{record[a_col]},{record[v_col]}",
+            )
     finally:
         report.rows += rows
         report.valid += valid

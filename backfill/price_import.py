@@ -8,22 +8,22 @@ them in file order: a block of new keys (new days, new history) is one plain
 COPY into prices_daily, any other is staged and upserted. The import runs near
 the pace of a raw COPY of the same rows.
 """
+
 from __future__ import annotations
 
 import contextlib
 import multiprocessing
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from concurrent.futures import Future, ProcessPoolExecutor
 
 import psycopg
 
 from backfill.price_blocks import ParsedBlock, parse_block
 from backfill.price_files import ReadReport, open_price_file, text_blocks
-from shared.db import connection
+from shared.db import connection, one
 from shared.errors import BadArguments
 
 STAGING = "prices_import_staging"
@@ -86,7 +86,7 @@ def import_prices(
     files = check_paths(paths)
     result = ImportResult()
     small = sum(p.stat().st_size * (5 if p.suffix == ".gz" else 1) for p in files) < block_chars
-    with (Inline() if small else parse_pool()) as pool, connection(database_url) as conn, conn.cursor() as cur:
+    with Inline() if small else parse_pool() as pool, connection(database_url) as conn, conn.cursor() as cur:
         cur.execute(
             f"""CREATE TEMP TABLE {STAGING} (
                 seq bigserial, key text, key_is_id bool, trade_date date, open float8, high float8,
@@ -206,17 +206,27 @@ def direct_possible(cur: psycopg.Cursor, market_id: str, block: ParsedBlock) -> 
     """Every key is its own instrument id (the market maps each symbol to itself, as registering it
     does) and prices_daily holds no row of the block's instruments within the block's dates."""
     symbols = sorted(k for k, is_id in block.keys if not is_id)
-    if symbols and cur.execute(
-            """SELECT EXISTS (SELECT 1 FROM (SELECT DISTINCT ON (symbol) symbol, instrument_id FROM instruments
+    if (
+        symbols
+        and one(
+            cur.execute(
+                """SELECT EXISTS (SELECT 1 FROM (SELECT DISTINCT ON (symbol) symbol, instrument_id FROM instruments
                                              WHERE market_id = %s AND symbol = ANY(%s)
                                              ORDER BY symbol, instrument_id) m
-                              WHERE m.instrument_id <> m.symbol)""", (market_id, symbols)).fetchone()[0]:
+                              WHERE m.instrument_id <> m.symbol)""",
+                (market_id, symbols),
+            )
+        )[0]
+    ):
         return False
     ids = list(block.spans)
-    return not cur.execute(
-        """SELECT EXISTS (SELECT 1 FROM unnest(%s::text[], %s::date[], %s::date[]) AS s(i, lo, hi)
+    return not one(
+        cur.execute(
+            """SELECT EXISTS (SELECT 1 FROM unnest(%s::text[], %s::date[], %s::date[]) AS s(i, lo, hi)
                           JOIN prices_daily p ON p.instrument_id = s.i AND p.trade_date BETWEEN s.lo AND s.hi)""",
-        (ids, [block.spans[i][0] for i in ids], [block.spans[i][1] for i in ids])).fetchone()[0]
+            (ids, [block.spans[i][0] for i in ids], [block.spans[i][1] for i in ids]),
+        )
+    )[0]
 
 
 def register_instruments(cur, market_id: str, currencies: dict[tuple[str, bool], str]) -> int:
@@ -237,8 +247,12 @@ def register_instruments(cur, market_id: str, currencies: dict[tuple[str, bool],
         GROUP BY s.key
         ON CONFLICT (instrument_id) DO NOTHING
         """,
-        {"market": market_id, "keys": [k for k, _ in currencies], "is_id": [i for _, i in currencies],
-         "currencies": list(currencies.values())},
+        {
+            "market": market_id,
+            "keys": [k for k, _ in currencies],
+            "is_id": [i for _, i in currencies],
+            "currencies": list(currencies.values()),
+        },
     )
     return cur.rowcount
 
@@ -262,11 +276,11 @@ RESOLVED = f"""
         )"""
 """The last valid row per (instrument, date) of the staged file, symbols mapped to the market's ids."""
 
+
 def same_values(new: str) -> str:
     """SQL: the stored row `p` already holds the values of row `new`."""
     columns = ("open", "high", "low", "close", "adjusted_close", "volume", "currency", "metadata")
-    return (f"({', '.join(f'p.{c}' for c in columns)}) IS NOT DISTINCT FROM "
-            f"({', '.join(f'{new}.{c}' for c in columns)})")
+    return f"({', '.join(f'p.{c}' for c in columns)}) IS NOT DISTINCT FROM ({', '.join(f'{new}.{c}' for c in columns)})"
 
 
 def _upsert_prices(cur, market_id: str) -> tuple[int, int, int]:
@@ -280,7 +294,8 @@ def _upsert_prices(cur, market_id: str) -> tuple[int, int, int]:
     cur.execute("SAVEPOINT embedder_import")
     try:
         cur.execute(
-            RESOLVED + f""",
+            RESOLVED
+            + f""",
             updated AS (
                 UPDATE prices_daily AS p SET
                     open = r.open, high = r.high, low = r.low, close = r.close, adjusted_close = r.adjusted_close,
@@ -297,13 +312,16 @@ def _upsert_prices(cur, market_id: str) -> tuple[int, int, int]:
                 RETURNING 1
             )
             SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM updated), (SELECT count(*) FROM resolved)
-            """, params)
+            """,
+            params,
+        )
         counts = cur.fetchone()
         cur.execute("RELEASE SAVEPOINT embedder_import")
     except psycopg.errors.UniqueViolation:
         cur.execute("ROLLBACK TO SAVEPOINT embedder_import")
         cur.execute(
-            RESOLVED + f""",
+            RESOLVED
+            + f""",
             up AS (
                 INSERT INTO prices_daily AS p
                     (instrument_id, trade_date, open, high, low, close, adjusted_close, volume, currency, metadata)
@@ -317,7 +335,9 @@ def _upsert_prices(cur, market_id: str) -> tuple[int, int, int]:
             )
             SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted),
                    (SELECT count(*) FROM resolved) FROM up
-            """, params)
+            """,
+            params,
+        )
         counts = cur.fetchone()
     inserted, updated, keys = counts
     return int(inserted), int(updated), int(keys)

@@ -1,5 +1,8 @@
 """Publishing to the prices topic with kafka-python (acks=all, idempotent); `flush` surfaces errors."""
+
 from __future__ import annotations
+
+from typing import Any
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
@@ -31,7 +34,7 @@ class PricePublisher:
             )
         except (KafkaError, OSError) as e:
             raise ServiceUnavailable(f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: {e}") from None
-        self._pending = []
+        self._pending: list[Any] = []
 
     def row(self, row: PriceRow) -> None:
         self._pending.append(self.producer.send(self.topic, key=row.instrument_id.encode(), value=encode(row)))

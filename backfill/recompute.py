@@ -5,6 +5,7 @@ the table hold here": the correction path (`backfill.corrections`), `embedder ve
 parity audit. Writes go through the same store as every other path (`upsert_embeddings`, and
 `record_absent` for keys whose window has too little history).
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -15,11 +16,11 @@ from datetime import date, timedelta
 import numpy as np
 import psycopg
 
-from shared.price_history import read_histories
-from shared.encoder import LOOKBACK_FACTOR, apply_model, encode_windows
 from shared.embedding_store import upsert_embeddings
+from shared.encoder import LOOKBACK_FACTOR, apply_model, encode_windows
 from shared.maintained_keys import MaintainedKey, record_absent
 from shared.models import get_model
+from shared.price_history import read_histories
 
 READ_CHUNK_INSTRUMENTS = 32
 
@@ -35,7 +36,7 @@ def expected_vectors(conn: psycopg.Connection, keys: Iterable[MaintainedKey]) ->
     out: dict[Key, bytes | None] = {}
     ids = list(by_instrument)
     for start in range(0, len(ids), READ_CHUNK_INSTRUMENTS):
-        chunk = ids[start:start + READ_CHUNK_INSTRUMENTS]
+        chunk = ids[start : start + READ_CHUNK_INSTRUMENTS]
         wanted = [k for i in chunk for k in by_instrument[i]]
         lo = min(k.as_of_date - timedelta(days=LOOKBACK_FACTOR * k.window_days) for k in wanted)
         hi = max(k.as_of_date for k in wanted)
@@ -54,8 +55,9 @@ def _instrument_vectors(history, keys: Sequence[MaintainedKey]) -> dict[Key, byt
         groups[k.window_days][k.model_id].append(k.as_of_date)
     for window_days, by_model in groups.items():
         dates = sorted({d for ds in by_model.values() for d in ds})
-        batch = encode_windows(history.trade_dates, history.close, history.volume,
-                               np.array(dates, dtype="datetime64[D]"), window_days)
+        batch = encode_windows(
+            history.trade_dates, history.close, history.volume, np.array(dates, dtype="datetime64[D]"), window_days
+        )
         row_of = {d: j for j, d in enumerate(batch.as_of.astype(object).tolist())}
         for model_id, wanted in by_model.items():
             vectors = apply_model(batch.flat, get_model(model_id)).astype("<f4", copy=False)
@@ -80,14 +82,15 @@ class Rewritten:
     def unchanged(self) -> int:
         return self.keys - self.changed - self.removed
 
-    def add(self, other: "Rewritten") -> None:
+    def add(self, other: Rewritten) -> None:
         self.keys += other.keys
         self.changed += other.changed
         self.removed += other.removed
 
 
-def write_expected(conn: psycopg.Connection, keys: Sequence[MaintainedKey],
-                   expected: dict[Key, bytes | None]) -> Rewritten:
+def write_expected(
+    conn: psycopg.Connection, keys: Sequence[MaintainedKey], expected: dict[Key, bytes | None]
+) -> Rewritten:
     """Write `expected` for `keys` in the caller's transaction: vectors upserted (identical ones left
     alone), keys without enough history recorded absent and their rows deleted."""
     window = {k.key: k.window_days for k in keys}

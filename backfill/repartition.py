@@ -12,13 +12,14 @@ published the moment the layout changes, so whatever it was sending is sent agai
 Ticks wait, and are not lost, from the command until the windows are reloaded: the watch interval, a
 graceful stop and a start, and the bootstrap of the market (docs/operations.md → Repartitioning).
 """
+
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 
 from shared.config import Settings
-from shared.db import connection
+from shared.db import connection, one
 from shared.errors import BadArguments
 from shared.live_layout import LiveLayout, record_layout, with_layout
 from shared.topics import ensure_topics
@@ -51,22 +52,41 @@ def repartition(settings: Settings, partitions: int, by: str) -> Repartitioned:
         target = with_layout(settings, after)
         ensure_topics(target)
         with conn.transaction():
-            current = conn.execute("SELECT partitions, generation FROM embedder_live_layout WHERE app_id = %s "
-                                   "FOR UPDATE", (settings.app_id,)).fetchone()
+            current = one(
+                conn.execute(
+                    "SELECT partitions, generation FROM embedder_live_layout WHERE app_id = %s FOR UPDATE",
+                    (settings.app_id,),
+                )
+            )
             if tuple(current) != (before.partitions, before.generation):
                 raise BadArguments("the live layout changed meanwhile (another repartition?); run the command again")
-            conn.execute("""UPDATE embedder_live_layout SET partitions = %s, generation = %s, changed_at = now(),
-                            changed_by = %s WHERE app_id = %s""", (partitions, after.generation, by, settings.app_id))
+            conn.execute(
+                """UPDATE embedder_live_layout SET partitions = %s, generation = %s, changed_at = now(),
+                            changed_by = %s WHERE app_id = %s""",
+                (partitions, after.generation, by, settings.app_id),
+            )
             requeued = conn.execute(
                 """UPDATE prices_outbox o SET published_at = NULL
                    WHERE kind = 'tick' AND query_run IS NULL AND published_at > now() - make_interval(days => %s)
                      AND (SELECT count(*) FROM embedder_tick_commits c
                           WHERE c.run_id = 'live' AND c.as_of_date = o.trade_date) < %s
-                   RETURNING trade_date""", (REQUEUE_DAYS, before.partitions)).fetchall()
+                   RETURNING trade_date""",
+                (REQUEUE_DAYS, before.partitions),
+            ).fetchall()
             if requeued:
-                conn.execute("DELETE FROM embedder_tick_commits WHERE run_id = 'live' AND as_of_date = ANY(%s)",
-                             ([r[0] for r in requeued],))
-    log.warning("live layout of %r: %d partitions (generation %d) -> %d partitions (generation %d), prices topic %s; "
-                "%d live tick(s) put back in the outbox", settings.app_id, before.partitions, before.generation,
-                partitions, after.generation, target.prices_topic, len(requeued))
+                conn.execute(
+                    "DELETE FROM embedder_tick_commits WHERE run_id = 'live' AND as_of_date = ANY(%s)",
+                    ([r[0] for r in requeued],),
+                )
+    log.warning(
+        "live layout of %r: %d partitions (generation %d) -> %d partitions (generation %d), prices topic %s; "
+        "%d live tick(s) put back in the outbox",
+        settings.app_id,
+        before.partitions,
+        before.generation,
+        partitions,
+        after.generation,
+        target.prices_topic,
+        len(requeued),
+    )
     return Repartitioned(before, after, target.prices_topic, len(requeued))

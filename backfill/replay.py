@@ -6,6 +6,7 @@ from `embedder_tick_commits`, which the sink writes in the same transaction as
 the embeddings: when every partition has committed the last tick, every
 embedding of the run is in Postgres.
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,12 +23,12 @@ from backfill.blocks import TickOut, plan
 from backfill.completion import ReplayHooks, StreamResult, wait_for_run
 from backfill.publisher import PricePublisher
 from backfill.selection import RunSelection
-from shared.maintained_keys import outbox_position, queue_changes_since
 from shared.config import Settings
 from shared.db import connection
 from shared.encoder import lookback_start
 from shared.errors import EmbedderError
 from shared.lag import LagMonitor, end_offsets
+from shared.maintained_keys import outbox_position, queue_changes_since
 from shared.messages import RowBatch, RunEnd, Tick
 from shared.topics import ensure_topics
 
@@ -35,8 +36,15 @@ log = logging.getLogger("embedder.replay")
 __all__ = ["ReplayHooks", "StreamResult", "publish_run", "run_stream_replay", "wait_for_run"]
 
 
-def publish_run(settings: Settings, conn: psycopg.Connection, selection: RunSelection, run_id: str,
-                ids: list[str], dates: list[date], hooks: ReplayHooks) -> int:
+def publish_run(
+    settings: Settings,
+    conn: psycopg.Connection,
+    selection: RunSelection,
+    run_id: str,
+    ids: list[str],
+    dates: list[date],
+    hooks: ReplayHooks,
+) -> int:
     """Publish rows from the first look-back day through the last as_of, in per-partition batches,
     with each tick after the block holding its rows (see backfill/blocks.py)."""
     n = selection.window_days
@@ -57,8 +65,9 @@ def publish_run(settings: Settings, conn: psycopg.Connection, selection: RunSele
             )
             for out in plan(cur, settings.partitions, dates, block_days(settings)):
                 if isinstance(out, TickOut):  # every as_of date of the block in one tick
-                    publisher.tick(Tick(run=run_id, d=out.as_of, ds=out.dates[:-1] or None, w=n, m=models,
-                                        n=out.rows_sent))
+                    publisher.tick(
+                        Tick(run=run_id, d=out.as_of, ds=out.dates[:-1] or None, w=n, m=models, n=out.rows_sent)
+                    )
                     continue
                 publisher.row_batch(out.partition, RowBatch(run_id, n, out.rows, slack_days=slack, wire=out.wire))
                 published += len(out.rows)
@@ -81,8 +90,13 @@ def block_days(settings: Settings) -> int:
     return settings.replay_block_days
 
 
-def run_stream_replay(settings: Settings, selection: RunSelection, hooks: ReplayHooks | None = None,
-                      timeout: float | None = None, topics_exist: bool = False) -> StreamResult:
+def run_stream_replay(
+    settings: Settings,
+    selection: RunSelection,
+    hooks: ReplayHooks | None = None,
+    timeout: float | None = None,
+    topics_exist: bool = False,
+) -> StreamResult:
     """Publish the selection through Kafka and wait until the worker's sink has committed it all.
     `topics_exist`: a worker consumes the prices topic (`worker_for_run`), so it need not be checked
     (an admin client's round trips: ~0.15 s of a one-day command)."""
@@ -100,17 +114,29 @@ def run_stream_replay(settings: Settings, selection: RunSelection, hooks: Replay
             hooks.on_start(len(ids), len(dates), len(dates) * settings.partitions)
         if not ids or not dates:
             return result
-        conn.execute("INSERT INTO embedder_runs (run_id, start_offsets) VALUES (%s, %s)",
-                     (run_id, Jsonb(end_offsets(settings, settings.prices_topic))))
+        conn.execute(
+            "INSERT INTO embedder_runs (run_id, start_offsets) VALUES (%s, %s)",
+            (run_id, Jsonb(end_offsets(settings, settings.prices_topic))),
+        )
         conn.commit()
         result.rows_published = publish_run(settings, conn, selection, run_id, ids, dates, hooks)
-        conn.execute("UPDATE embedder_runs SET target_offsets = %s WHERE run_id = %s",
-                     (Jsonb(end_offsets(settings, settings.prices_topic)), run_id))
+        conn.execute(
+            "UPDATE embedder_runs SET target_offsets = %s WHERE run_id = %s",
+            (Jsonb(end_offsets(settings, settings.prices_topic)), run_id),
+        )
         conn.commit()
     monitor = LagMonitor(settings, window_seconds=30.0) if hooks.on_lag else None
     try:
-        result.embeddings = wait_for_run(settings.database_url, run_id, max(dates), settings.partitions, hooks,
-                                         timeout, lag=monitor, expected_ticks=len(dates) * settings.partitions)
+        result.embeddings = wait_for_run(
+            settings.database_url,
+            run_id,
+            max(dates),
+            settings.partitions,
+            hooks,
+            timeout,
+            lag=monitor,
+            expected_ticks=len(dates) * settings.partitions,
+        )
     finally:
         if monitor is not None:
             monitor.close()
@@ -141,8 +167,11 @@ def end_run(settings: Settings, run_id: str, patience: float = 120.0) -> None:
                 publisher.close()
         except (EmbedderError, KafkaError) as e:
             if time.monotonic() + delay > deadline:
-                log.warning("replay %s is complete, but its end could not be sent to the worker: %s",
-                            run_id, str(e).splitlines()[0])
+                log.warning(
+                    "replay %s is complete, but its end could not be sent to the worker: %s",
+                    run_id,
+                    str(e).splitlines()[0],
+                )
                 return
             time.sleep(delay)
             delay = min(delay * 2, 10.0)

@@ -15,18 +15,20 @@ never ticks years of history), then the newest scheduled day minus
 `catch_up_days`; the deadline applies only to days within `catch_up_days` of
 today. Older days are ticked by hand (`embedder tick`) or replayed.
 """
+
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import psycopg
 
-from shared.instruments import SELECTABLE, newest_trade_date, newest_trade_date_sql
 from backfill.outbox import enqueue_tick
 from shared.config import MarketSchedule, Settings
+from shared.db import one
+from shared.instruments import SELECTABLE, newest_trade_date, newest_trade_date_sql
 from shared.validation import latest_trade_date
 
 log = logging.getLogger("embedder.schedule")
@@ -56,9 +58,12 @@ def due_ticks(schedule: MarketSchedule, expected: int, days: list[DayCount], now
     for day in sorted(days, key=lambda d: d.as_of):
         if schedule.when_complete and expected > 0 and day.present >= expected:
             due.append(DueTick(day.as_of, "complete", day.present, expected))
-        elif schedule.deadline is not None and day.present > 0 \
-                and day.as_of >= local_now.date() - timedelta(days=schedule.catch_up_days) \
-                and local_now >= datetime.combine(day.as_of, schedule.deadline, zone):
+        elif (
+            schedule.deadline is not None
+            and day.present > 0
+            and day.as_of >= local_now.date() - timedelta(days=schedule.catch_up_days)
+            and local_now >= datetime.combine(day.as_of, schedule.deadline, zone)
+        ):
             due.append(DueTick(day.as_of, "deadline", day.present, expected))
     return due
 
@@ -67,15 +72,22 @@ def market_days(conn: psycopg.Connection, market_id: str, catch_up_days: int) ->
     """(selectable instruments, candidate days with their row counts) of a market; records the
     market's baseline the first time it is seen."""
     latest = latest_trade_date()
-    baseline, newest = conn.execute(
-        """SELECT max(as_of_date) FILTER (WHERE reason = 'baseline'), max(as_of_date)
-           FROM embedder_scheduled_ticks WHERE market_id = %s""", (market_id,)).fetchone()
+    baseline, newest = one(
+        conn.execute(
+            """SELECT max(as_of_date) FILTER (WHERE reason = 'baseline'), max(as_of_date)
+           FROM embedder_scheduled_ticks WHERE market_id = %s""",
+            (market_id,),
+        )
+    )
     if baseline is None:
         baseline = newest_trade_date(conn, latest, market_id)
         if baseline is None:
             return 0, []
-        conn.execute("""INSERT INTO embedder_scheduled_ticks (market_id, as_of_date, reason) VALUES (%s, %s, 'baseline')
-                        ON CONFLICT DO NOTHING""", (market_id, baseline))
+        conn.execute(
+            """INSERT INTO embedder_scheduled_ticks (market_id, as_of_date, reason) VALUES (%s, %s, 'baseline')
+                        ON CONFLICT DO NOTHING""",
+            (market_id, baseline),
+        )
         log.warning("tick schedule of %s starts after %s (the newest day present now)", market_id, baseline)
     else:
         baseline = max(baseline, newest - timedelta(days=catch_up_days))
@@ -94,38 +106,51 @@ def market_days(conn: psycopg.Connection, market_id: str, catch_up_days: int) ->
             SELECT c.trade_date,
                    (SELECT count(*) FROM sel WHERE EXISTS (SELECT 1 FROM prices_daily p
                         WHERE p.instrument_id = sel.instrument_id AND p.trade_date = c.trade_date))
-            FROM cand c ORDER BY 1""", {"m": market_id, "base": baseline, "latest": latest}).fetchall()
-    expected = conn.execute(f"SELECT count(*) FROM instruments WHERE market_id = %s AND {SELECTABLE}",
-                            (market_id,)).fetchone()[0]
+            FROM cand c ORDER BY 1""",
+        {"m": market_id, "base": baseline, "latest": latest},
+    ).fetchall()
+    expected = one(
+        conn.execute(f"SELECT count(*) FROM instruments WHERE market_id = %s AND {SELECTABLE}", (market_id,))
+    )[0]
     return expected, [DayCount(d, n) for d, n in rows]
 
 
-def due_and_committed(conn: psycopg.Connection, schedule: MarketSchedule, now: datetime,
-                      partitions: int) -> tuple[date | None, date | None]:
+def due_and_committed(
+    conn: psycopg.Connection, schedule: MarketSchedule, now: datetime, partitions: int
+) -> tuple[date | None, date | None]:
     """(the newest day of the market with rows whose deadline has passed, after its baseline; the
     newest day whose live tick of the market is committed on every partition) — what the alert
     EmbedderTickMissedDeadline compares."""
     local_now = now.astimezone(ZoneInfo(schedule.timezone))
-    last = local_now.date() if schedule.deadline is None or local_now.time() >= schedule.deadline \
+    last = (
+        local_now.date()
+        if schedule.deadline is None or local_now.time() >= schedule.deadline
         else local_now.date() - timedelta(days=1)
-    due, baseline = conn.execute(
-        f"""SELECT max({newest_trade_date_sql('i', '%(last)s')}),
+    )
+    due, baseline = one(
+        conn.execute(
+            f"""SELECT max({newest_trade_date_sql("i", "%(last)s")}),
                    (SELECT max(as_of_date) FROM embedder_scheduled_ticks
                     WHERE market_id = %(m)s AND reason = 'baseline')
-            FROM instruments i WHERE i.market_id = %(m)s AND {SELECTABLE}""", {"last": last, "m": schedule.market_id}
-    ).fetchone()
-    committed = conn.execute(
-        """SELECT max(as_of_date) FROM (SELECT as_of_date FROM embedder_tick_commits
+            FROM instruments i WHERE i.market_id = %(m)s AND {SELECTABLE}""",
+            {"last": last, "m": schedule.market_id},
+        )
+    )
+    committed = one(
+        conn.execute(
+            """SELECT max(as_of_date) FROM (SELECT as_of_date FROM embedder_tick_commits
                                         WHERE run_id = 'live' AND scope IN (%s, '*')
                                         GROUP BY as_of_date, scope HAVING count(*) >= %s) done""",
-        (schedule.market_id, partitions)).fetchone()[0]
+            (schedule.market_id, partitions),
+        )
+    )[0]
     if due is not None and baseline is not None and due <= baseline:
         due = None  # history: the schedule never ticks it
     return due, committed
 
 
 def _midnight(day: date | None) -> float:
-    return 0.0 if day is None else datetime.combine(day, datetime.min.time(), timezone.utc).timestamp()
+    return 0.0 if day is None else datetime.combine(day, datetime.min.time(), UTC).timestamp()
 
 
 class TickScheduler:
@@ -133,7 +158,7 @@ class TickScheduler:
 
     GAUGE_SECONDS = 30.0
 
-    def __init__(self, settings: Settings, clock=lambda: datetime.now(timezone.utc), metrics=None):
+    def __init__(self, settings: Settings, clock=lambda: datetime.now(UTC), metrics=None):
         self.settings = settings
         self.clock = clock
         self.metrics = metrics
@@ -143,7 +168,8 @@ class TickScheduler:
     def __call__(self, conn: psycopg.Connection) -> list[DueTick]:
         now = self.clock()
         if not self.settings.tick_schedule or (
-                self._checked_at and (now - self._checked_at).total_seconds() < self.settings.schedule_check_seconds):
+            self._checked_at and (now - self._checked_at).total_seconds() < self.settings.schedule_check_seconds
+        ):
             return []
         self._checked_at = now
         queued = []
@@ -151,15 +177,28 @@ class TickScheduler:
             with conn.transaction():
                 expected, days = market_days(conn, schedule.market_id, schedule.catch_up_days)
                 for due in due_ticks(schedule, expected, days, now):
-                    outbox_id = enqueue_tick(conn, due.as_of, schedule.window_days or self.settings.window_days,
-                                             list(schedule.model_ids or self.settings.live_model_ids),
-                                             schedule.market_id, self.settings.bootstrap_chunk_instruments)
-                    conn.execute("""INSERT INTO embedder_scheduled_ticks
+                    outbox_id = enqueue_tick(
+                        conn,
+                        due.as_of,
+                        schedule.window_days or self.settings.window_days,
+                        list(schedule.model_ids or self.settings.live_model_ids),
+                        schedule.market_id,
+                        self.settings.bootstrap_chunk_instruments,
+                    )
+                    conn.execute(
+                        """INSERT INTO embedder_scheduled_ticks
                                         (market_id, as_of_date, reason, instruments, expected, outbox_id)
                                     VALUES (%s, %s, %s, %s, %s, %s)""",
-                                 (schedule.market_id, due.as_of, due.reason, due.present, due.expected, outbox_id))
-                    log.warning("scheduled tick %s %s: %s (%d of %d instruments have their row)", schedule.market_id,
-                                due.as_of, due.reason, due.present, due.expected)
+                        (schedule.market_id, due.as_of, due.reason, due.present, due.expected, outbox_id),
+                    )
+                    log.warning(
+                        "scheduled tick %s %s: %s (%d of %d instruments have their row)",
+                        schedule.market_id,
+                        due.as_of,
+                        due.reason,
+                        due.present,
+                        due.expected,
+                    )
                     queued.append(due)
         self._export(conn, now)
         return queued
@@ -182,4 +221,3 @@ def deadline_of(schedule: MarketSchedule, day: date) -> datetime | None:
     if schedule.deadline is None:
         return None
     return datetime.combine(day, schedule.deadline, ZoneInfo(schedule.timezone))
-

@@ -4,6 +4,7 @@ Geometric Brownian motion closes on business days, with the quirks of real
 data: gaps, short and late-starting histories, delistings and zero volumes.
 Deterministic for a seed.
 """
+
 from __future__ import annotations
 
 import csv
@@ -32,13 +33,13 @@ def synthetic_rows(instruments: int, start: date, end: date, seed: int = 7, long
     days = business_days(start, end)
     rows: list[list[str]] = []
     for k in range(instruments):
-        symbol = f"SYN{k:05d}{LONG_ID_TAIL[:k % 43]}" if long_ids else f"SYN{k:03d}"
+        symbol = f"SYN{k:05d}{LONG_ID_TAIL[: k % 43]}" if long_ids else f"SYN{k:03d}"
         keep = rng.random(days.size) > 0.02  # ~2 % missing days
         kind = k % 10
         if kind == 3:  # late listing
             keep[: rng.integers(days.size // 4, days.size // 2)] = False
         elif kind == 5:  # delisted early
-            keep[rng.integers(days.size // 2, days.size - 10):] = False
+            keep[rng.integers(days.size // 2, days.size - 10) :] = False
         elif kind == 7:  # only a handful of rows
             keep[:] = False
             keep[rng.choice(days.size, size=min(12, days.size), replace=False)] = True
@@ -53,8 +54,18 @@ def synthetic_rows(instruments: int, start: date, end: date, seed: int = 7, long
         spread = np.abs(rng.normal(0, 0.01, picked.size)) * closes
         for d, c, v, s in zip(picked.tolist(), closes, volume, spread):
             o = c + rng.normal(0, 0.3) * s
-            rows.append([d.isoformat(), repr(float(max(c, o) + s)), repr(float(min(c, o) - s)),
-                         repr(float(o)), repr(float(c)), repr(float(v)), repr(float(c)), symbol])
+            rows.append(
+                [
+                    d.isoformat(),
+                    repr(float(max(c, o) + s)),
+                    repr(float(min(c, o) - s)),
+                    repr(float(o)),
+                    repr(float(c)),
+                    repr(float(v)),
+                    repr(float(c)),
+                    symbol,
+                ]
+            )
     rows.sort(key=lambda r: (r[0], r[7]))
     return rows
 

@@ -14,6 +14,7 @@ as they are now:
 `--repair` writes the reference for every finding through the same store as every path, in one
 transaction per chunk of instruments.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -44,12 +45,18 @@ class Finding:
     window_days: int | None
 
     def as_dict(self) -> dict:
-        return {"kind": self.kind, "entity_id": self.entity_id, "as_of_date": self.as_of_date.isoformat(),
-                "model_id": self.model_id, "window_days": self.window_days}
+        return {
+            "kind": self.kind,
+            "entity_id": self.entity_id,
+            "as_of_date": self.as_of_date.isoformat(),
+            "model_id": self.model_id,
+            "window_days": self.window_days,
+        }
 
 
-def compare(keys: Sequence[MaintainedKey], stored: dict[Key, tuple[int | None, bytes]],
-            expected: dict[Key, bytes | None]) -> list[Finding]:
+def compare(
+    keys: Sequence[MaintainedKey], stored: dict[Key, tuple[int | None, bytes]], expected: dict[Key, bytes | None]
+) -> list[Finding]:
     """Findings for `keys`: stored (window, bytes) against the reference bytes (None: no embedding)."""
     out = []
     for k in keys:
@@ -104,34 +111,45 @@ class VerifySelection:
     def has_grid(self) -> bool:
         """Instruments and dates both given: the keys `replay --direct` would write are checked too."""
         return bool(self.market_id or self.instrument_ids) and (
-            self.as_of is not None or (self.date_from is not None and self.date_to is not None))
+            self.as_of is not None or (self.date_from is not None and self.date_to is not None)
+        )
 
     def instruments(self, conn: psycopg.Connection) -> list[str]:
         if self.instrument_ids:
             return list(self.instrument_ids)
         if self.market_id:
             return market_cut(conn, self.market_id, self.limit, self.offset)
-        return [r[0] for r in conn.execute(
-            f"""SELECT entity_id FROM numeric_window_embeddings WHERE entity_type = '{ENTITY_TYPE}'
+        return [
+            r[0]
+            for r in conn.execute(
+                f"""SELECT entity_id FROM numeric_window_embeddings WHERE entity_type = '{ENTITY_TYPE}'
                   AND (%(lo)s::date IS NULL OR as_of_date >= %(lo)s) AND (%(hi)s::date IS NULL OR as_of_date <= %(hi)s)
                 UNION
                 SELECT entity_id FROM embedder_absent_embeddings WHERE entity_type = '{ENTITY_TYPE}'
                   AND (%(lo)s::date IS NULL OR as_of_date >= %(lo)s) AND (%(hi)s::date IS NULL OR as_of_date <= %(hi)s)
-                ORDER BY 1""", {"lo": self.lo, "hi": self.hi})]
+                ORDER BY 1""",
+                {"lo": self.lo, "hi": self.hi},
+            )
+        ]
 
     def grid_dates(self, conn: psycopg.Connection, ids: list[str]) -> list[date]:
         """The as_of dates `replay --direct` takes for this selection."""
         if self.as_of is not None:
             return [self.as_of]
+        assert self.date_from is not None and self.date_to is not None  # has_grid: a range then
         return trade_dates_between(conn, ids, self.date_from, self.date_to)
 
     def models(self, conn: psycopg.Connection) -> list[str]:
         """The given models, else every known model stored or recorded absent."""
         if self.model_ids:
             return list(self.model_ids)
-        found = {r[0] for r in conn.execute(
-            """SELECT DISTINCT model_id FROM numeric_window_embeddings
-               UNION SELECT DISTINCT model_id FROM embedder_absent_embeddings""")}
+        found = {
+            r[0]
+            for r in conn.execute(
+                """SELECT DISTINCT model_id FROM numeric_window_embeddings
+               UNION SELECT DISTINCT model_id FROM embedder_absent_embeddings"""
+            )
+        }
         return sorted(m for m in found if m in MODELS)
 
 
@@ -157,19 +175,30 @@ class VerifyReport:
                 shown.append(f)
 
     def as_dict(self) -> dict:
-        return {"equal": self.equal, "instruments": self.instruments, "keys_checked": self.keys,
-                **{k: self.counts[k] for k in KINDS}, "unmaintained_rows": self.unmaintained,
-                "examples": {k: [f.as_dict() for f in v] for k, v in self.examples.items()},
-                "repaired": None if self.repaired is None else {
-                    "keys": self.repaired.keys, "written": self.repaired.changed, "removed": self.repaired.removed}}
+        return {
+            "equal": self.equal,
+            "instruments": self.instruments,
+            "keys_checked": self.keys,
+            **{k: self.counts[k] for k in KINDS},
+            "unmaintained_rows": self.unmaintained,
+            "examples": {k: [f.as_dict() for f in v] for k, v in self.examples.items()},
+            "repaired": None
+            if self.repaired is None
+            else {"keys": self.repaired.keys, "written": self.repaired.changed, "removed": self.repaired.removed},
+        }
 
 
 ProgressFn = Callable[[int, int], None]
 """Called with (instruments just checked, keys just checked)."""
 
 
-def verify(conn: psycopg.Connection, selection: VerifySelection, repair: bool = False,
-           on_start: Callable[[int], None] | None = None, on_progress: ProgressFn | None = None) -> VerifyReport:
+def verify(
+    conn: psycopg.Connection,
+    selection: VerifySelection,
+    repair: bool = False,
+    on_start: Callable[[int], None] | None = None,
+    on_progress: ProgressFn | None = None,
+) -> VerifyReport:
     """Compare the selection with the reference, chunk by chunk of instruments (memory: one chunk); with
     `repair`, write the reference for every finding (one transaction per chunk)."""
     report = VerifyReport(repaired=Rewritten() if repair else None)
@@ -180,7 +209,7 @@ def verify(conn: psycopg.Connection, selection: VerifySelection, repair: bool = 
     if on_start:
         on_start(len(ids))
     for start in range(0, len(ids), CHUNK_INSTRUMENTS):
-        chunk = ids[start:start + CHUNK_INSTRUMENTS]
+        chunk = ids[start : start + CHUNK_INSTRUMENTS]
         with conn.transaction():
             findings, checked = _verify_chunk(conn, selection, chunk, models, dates, report, repair)
         report.keys += checked
@@ -190,8 +219,15 @@ def verify(conn: psycopg.Connection, selection: VerifySelection, repair: bool = 
     return report
 
 
-def _verify_chunk(conn: psycopg.Connection, selection: VerifySelection, chunk: list[str], models: list[str],
-                  dates: list[date], report: VerifyReport, repair: bool) -> tuple[list[Finding], int]:
+def _verify_chunk(
+    conn: psycopg.Connection,
+    selection: VerifySelection,
+    chunk: list[str],
+    models: list[str],
+    dates: list[date],
+    report: VerifyReport,
+    repair: bool,
+) -> tuple[list[Finding], int]:
     stored: dict[Key, tuple[int | None, bytes]] = {}
     keys: dict[Key, MaintainedKey] = {}
     duplicates: list[Finding] = []
@@ -215,12 +251,17 @@ def _verify_chunk(conn: psycopg.Connection, selection: VerifySelection, chunk: l
     expected = expected_vectors(conn, wanted)
     findings = compare(wanted, stored, expected)
     if repair and (findings or duplicates):
-        set_cause(conn, "repair", f"embedder verify --repair: {len(findings)} key(s) differed from prices_daily, "
-                                  f"{len(duplicates)} duplicate(s)")
+        set_cause(
+            conn,
+            "repair",
+            f"embedder verify --repair: {len(findings)} key(s) differed from prices_daily, "
+            f"{len(duplicates)} duplicate(s)",
+        )
         if duplicates:
             _drop_duplicates(conn, [(f.entity_id, f.as_of_date, f.model_id) for f in duplicates])
         fix = {(f.entity_id, f.as_of_date, f.model_id) for f in findings + duplicates}
         fixed_keys = [keys[k] for k in fix if k in keys]
+        assert report.repaired is not None  # verify() sets it when repairing
         report.repaired.add(write_expected(conn, fixed_keys, {k.key: expected[k.key] for k in fixed_keys}))
     return findings + duplicates, len(wanted)
 
@@ -235,4 +276,5 @@ def _drop_duplicates(conn: psycopg.Connection, keys: list[Key]) -> None:
               AND t.embedding_id < (SELECT max(x.embedding_id) FROM numeric_window_embeddings x
                                     WHERE x.entity_type = t.entity_type AND x.entity_id = t.entity_id
                                       AND x.as_of_date = t.as_of_date AND x.model_id = t.model_id)""",
-        (ids, days, models))
+        (ids, days, models),
+    )

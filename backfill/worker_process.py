@@ -1,4 +1,5 @@
 """Starting a worker for a replay when no worker is consuming, and stopping it afterwards."""
+
 from __future__ import annotations
 
 import os
@@ -8,9 +9,9 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from kafka.errors import KafkaError
 
@@ -23,6 +24,7 @@ from shared.topics import admin_client
 
 def worker_running(settings: Settings) -> bool:
     """True when the worker group has members (a worker is consuming); asks again while a broker is lost."""
+
     def attempt() -> bool:
         admin = admin_client(settings)
         try:
@@ -65,8 +67,7 @@ def wait_until_ready(proc: subprocess.Popen, datadir: Path, timeout: float = 120
             raise EmbedderError(f"the worker started for this run exited with {proc.returncode}: {tail}")
         if port_file.exists():
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port_file.read_text().strip()}/readyz",
-                                            timeout=2) as r:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port_file.read_text().strip()}/readyz", timeout=2) as r:
                     if r.status == 200:
                         return
             except OSError:
@@ -91,8 +92,7 @@ def wait_caught_up(settings: Settings, timeout: float) -> bool:
 
 
 @contextmanager
-def worker_for_run(settings: Settings, log_path: Path | None = None,
-                   settle_seconds: float = 30.0) -> Iterator[bool]:
+def worker_for_run(settings: Settings, log_path: Path | None = None, settle_seconds: float = 30.0) -> Iterator[bool]:
     """Yield True if a worker was started here (stopped with SIGTERM on exit), False if one ran already.
 
     After a run that ended well, the worker it started is stopped only once it has committed every
@@ -106,7 +106,10 @@ def worker_for_run(settings: Settings, log_path: Path | None = None,
     log = open(log_path or datadir / "worker.log", "ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "embedder.cli", "worker", "--no-capture", "--data-dir", str(datadir)],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=worker_env(settings),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=worker_env(settings),
     )
     try:
         wait_until_ready(proc, datadir)

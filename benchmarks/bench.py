@@ -4,6 +4,7 @@ Runs against the services in DATABASE_URL / KAFKA_BOOTSTRAP_SERVERS (default: `e
 up`), in a fresh database and fresh topics of its own. Figures are printed as they are measured,
 then the table of targets; bench-results/bench.json keeps them for comparing commits.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,16 @@ from backfill.worker_process import worker_env, worker_for_run
 from benchmarks.capture import measure_capture
 from benchmarks.copy_limit import raw_copy_seconds
 from benchmarks.exact import measure_exact
-from benchmarks.live import (peak_rss_mb, start_worker, stop, tick_latencies, wait_bootstrapped, wait_caught_up,
-                             wait_ready, withhold_days)
+from benchmarks.live import (
+    peak_rss_mb,
+    start_worker,
+    stop,
+    tick_latencies,
+    wait_bootstrapped,
+    wait_caught_up,
+    wait_ready,
+    withhold_days,
+)
 from benchmarks.old_way import old_loop
 from shared.config import Settings
 from shared.migrate import upgrade
@@ -59,9 +68,14 @@ class Figures(dict):
 
 
 def for_app(base: Settings, url: str, tag: str) -> Settings:
-    return base.model_copy(update={
-        "database_url": url, "app_id": f"embedder-bench-{tag}", "prices_topic": f"bench-{tag}.prices",
-        "dead_letter_topic": f"bench-{tag}.dead-letter"})
+    return base.model_copy(
+        update={
+            "database_url": url,
+            "app_id": f"embedder-bench-{tag}",
+            "prices_topic": f"bench-{tag}.prices",
+            "dead_letter_topic": f"bench-{tag}.dead-letter",
+        }
+    )
 
 
 def query(url: str, statement: str, *params) -> list[tuple]:
@@ -96,8 +110,9 @@ def measure_batch(f: Figures, url: str, selection: RunSelection) -> tuple:
     return checksum, direct.embeddings
 
 
-def measure_stream(f: Figures, settings: Settings, selection: RunSelection, checksum, workers: int,
-                   workdir: Path) -> None:
+def measure_stream(
+    f: Figures, settings: Settings, selection: RunSelection, checksum, workers: int, workdir: Path
+) -> None:
     url = settings.database_url
     execute(url, "TRUNCATE numeric_window_embeddings")
     key = "stream" if workers == 1 else f"stream_{workers}_workers"
@@ -119,8 +134,9 @@ def measure_stream(f: Figures, settings: Settings, selection: RunSelection, chec
     f.put(f"{key}_equals_direct", query(url, CHECKSUM)[0] == checksum)
 
 
-def measure_live(f: Figures, settings: Settings, days: list[date], workdir: Path, ticks: int,
-                 prefix: str = "live", workers: int = 1) -> tuple[Path, subprocess.Popen]:
+def measure_live(
+    f: Figures, settings: Settings, days: list[date], workdir: Path, ticks: int, prefix: str = "live", workers: int = 1
+) -> tuple[Path, subprocess.Popen]:
     """Bootstrap `workers` workers from history no trigger saw, time ticks of days landing with INSERTs
     (and the window state each day writes), kill -9 one worker and time it back to ready, then restart a
     worker on its state; returns the running worker (the others are stopped)."""
@@ -183,10 +199,21 @@ def whole_window_bytes(url: str, days: list[date], settings: Settings) -> float:
     from shared.encoder import retention_days
 
     keep = retention_days(settings.window_days, settings.retention_slack_days)
-    return round(float(query(url, """
+    return round(
+        float(
+            query(
+                url,
+                """
         SELECT avg(12 + 20 * (SELECT count(*) FROM prices_daily p WHERE p.instrument_id = w.instrument_id
                                AND p.trade_date BETWEEN w.trade_date - %s AND w.trade_date))
-        FROM bench_withheld w WHERE w.trade_date BETWEEN %s AND %s""", keep, days[0], days[-1])[0][0]), 1)
+        FROM bench_withheld w WHERE w.trade_date BETWEEN %s AND %s""",
+                keep,
+                days[0],
+                days[-1],
+            )[0][0]
+        ),
+        1,
+    )
 
 
 def recheck_keys(url: str) -> int:
@@ -215,8 +242,13 @@ def measure_empty_state(f: Figures, settings: Settings, days: list[date], workdi
         started = time.perf_counter()
         for k in range(replays):
             first = days[-(k + 1) * 21]
-            selection = RunSelection.build(window_days=63, model_ids=[MODEL], date_from=first.isoformat(),
-                                           date_to=days[-k * 21 - 1].isoformat(), market_id="US_EQ")
+            selection = RunSelection.build(
+                window_days=63,
+                model_ids=[MODEL],
+                date_from=first.isoformat(),
+                date_to=days[-k * 21 - 1].isoformat(),
+                market_id="US_EQ",
+            )
             run_stream_replay(settings, selection)
         f.put("replays_before_empty_state", replays)
         f.put("replays_seconds", round(time.perf_counter() - started, 1))
@@ -231,16 +263,26 @@ def measure_empty_state(f: Figures, settings: Settings, days: list[date], workdi
         stop(worker)
 
 
-def measure_scale(f: Figures, base: Settings, instruments: int, ticks: int, workdir: Path, workers: tuple[int, ...] = (1,),
-                  prefix: str = "scale") -> None:
+def measure_scale(
+    f: Figures,
+    base: Settings,
+    instruments: int,
+    ticks: int,
+    workdir: Path,
+    workers: tuple[int, ...] = (1,),
+    prefix: str = "scale",
+) -> None:
     """The live service on a synthetic market of `instruments` instruments (a year of history, ids up to 50
     characters), on each number of `workers` in turn (a fresh database and app each)."""
     from backfill.synthetic import synthetic_rows
     from benchmarks.live import load_quietly
 
-    rows = [(symbol, date.fromisoformat(d), float(c), float(v))
-            for d, _h, _l, _o, c, v, _a, symbol in synthetic_rows(instruments, date(2019, 1, 1), date(2019, 12, 31),
-                                                                  long_ids=True)]
+    rows = [
+        (symbol, date.fromisoformat(d), float(c), float(v))
+        for d, _h, _l, _o, c, v, _a, symbol in synthetic_rows(
+            instruments, date(2019, 1, 1), date(2019, 12, 31), long_ids=True
+        )
+    ]
     days = sorted({r[1] for r in rows})
     for n in workers:
         key = prefix if len(workers) == 1 else f"{prefix}_{n}w"
@@ -259,8 +301,9 @@ def measure_scale(f: Figures, base: Settings, instruments: int, ticks: int, work
             conn.execute(f'DROP DATABASE "{urlsplit(url).path[1:]}" WITH (FORCE)')
 
 
-def measure_single_as_of(f: Figures, settings: Settings, ids: list[str], last: date, historical: date,
-                         runs: int = 5) -> None:
+def measure_single_as_of(
+    f: Figures, settings: Settings, ids: list[str], last: date, historical: date, runs: int = 5
+) -> None:
     """One as_of over the market: the old loop, `--direct` in this process, and the platform command
     as whole processes (`--direct`, and through the stream beside the warm live worker), best of `runs`;
     then the platform command for a `historical` as_of (older than the live windows: the worker reads its
@@ -279,20 +322,39 @@ def measure_single_as_of(f: Figures, settings: Settings, ids: list[str], last: d
             f.put(key, round(seconds, 2))
         f.put(f"{prefix}_platform_answered_live", "answered from the live windows" in stdout)
         f.put(f"{prefix}_platform_answered_from_database", "answered by the live worker from prices_daily" in stdout)
-        f.put(f"{prefix}_embeddings", query(url, "SELECT count(*) FROM numeric_window_embeddings WHERE as_of_date = %s",
-                                            day)[0][0])
+        f.put(
+            f"{prefix}_embeddings",
+            query(url, "SELECT count(*) FROM numeric_window_embeddings WHERE as_of_date = %s", day)[0][0],
+        )
 
 
 def platform_command(settings: Settings, day: date, extra: list[str], runs: int) -> tuple[float, str]:
     """The platform's command for one as_of over the market as a whole process: best seconds of `runs`
     (its embeddings deleted before each), and the last run's output."""
-    cmd = [sys.executable, "-m", "prometheus.scripts.backfill_numeric_embeddings", "--as-of", day.isoformat(),
-           "--market-id", "US_EQ", "--model-id", MODEL, *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "prometheus.scripts.backfill_numeric_embeddings",
+        "--as-of",
+        day.isoformat(),
+        "--market-id",
+        "US_EQ",
+        "--model-id",
+        MODEL,
+        *extra,
+    ]
     best, stdout = None, ""
     for _ in range(runs):
         execute(settings.database_url, "DELETE FROM numeric_window_embeddings WHERE as_of_date = %s", day)
-        proc, seconds = timed(subprocess.run, cmd, env=worker_env(settings), capture_output=True, text=True,
-                              timeout=600, stdin=subprocess.DEVNULL)
+        proc, seconds = timed(
+            subprocess.run,
+            cmd,
+            env=worker_env(settings),
+            capture_output=True,
+            text=True,
+            timeout=600,
+            stdin=subprocess.DEVNULL,
+        )
         if proc.returncode != 0:
             raise RuntimeError(proc.stderr[-2000:])
         best, stdout = min(best or seconds, seconds), proc.stdout
@@ -313,11 +375,20 @@ def targets(f: Figures) -> list[tuple[str, str, str, bool]]:
 
     def add(name: str, measured: float, wanted: str, met: bool) -> None:
         rows.append((name, f"{measured:g}", wanted, met))
+
     if "stream_per_s" in f:
-        add("direct / raw COPY", round(f["direct_per_s"] / f["raw_copy_per_s"], 3), ">= 0.8",
-            f["direct_per_s"] >= 0.8 * f["raw_copy_per_s"])
-        add("stream / direct", round(f["stream_per_s"] / f["direct_per_s"], 3), ">= 0.8",
-            f["stream_per_s"] >= 0.8 * f["direct_per_s"])
+        add(
+            "direct / raw COPY",
+            round(f["direct_per_s"] / f["raw_copy_per_s"], 3),
+            ">= 0.8",
+            f["direct_per_s"] >= 0.8 * f["raw_copy_per_s"],
+        )
+        add(
+            "stream / direct",
+            round(f["stream_per_s"] / f["direct_per_s"], 3),
+            ">= 0.8",
+            f["stream_per_s"] >= 0.8 * f["direct_per_s"],
+        )
     for path in ("direct", "stream"):
         key = f"history_{path}_again_on_vs_off"
         if key in f:
@@ -332,13 +403,21 @@ def targets(f: Figures) -> list[tuple[str, str, str, bool]]:
         add("worker peak RSS (MB)", f["live_worker_peak_rss_mb"], "<= 300", f["live_worker_peak_rss_mb"] <= 300)
         add("restart to ready (s)", f["live_restart_to_ready_s"], "<= 5", f["live_restart_to_ready_s"] <= 5)
     if "empty_state_to_ready_s" in f:
-        add(f"empty state to ready after {f['replays_before_empty_state']} replays (s)", f["empty_state_to_ready_s"],
-            "<= 10", f["empty_state_to_ready_s"] <= 10)
+        add(
+            f"empty state to ready after {f['replays_before_empty_state']} replays (s)",
+            f["empty_state_to_ready_s"],
+            "<= 10",
+            f["empty_state_to_ready_s"] <= 10,
+        )
     if "scale_tick_p99_s" in f:
         n = f["scale_instruments"]
         add(f"live tick p99 at {n} instruments (s)", f["scale_tick_p99_s"], "<= 1", f["scale_tick_p99_s"] <= 1)
-        add(f"worker peak RSS at {n} (MB)", f["scale_worker_peak_rss_mb"], "<= 300",
-            f["scale_worker_peak_rss_mb"] <= 300)
+        add(
+            f"worker peak RSS at {n} (MB)",
+            f["scale_worker_peak_rss_mb"],
+            "<= 300",
+            f["scale_worker_peak_rss_mb"] <= 300,
+        )
     for w in (2, 1):
         key = f"large_{w}w"
         if f"{key}_tick_p99_s" not in f:
@@ -346,34 +425,69 @@ def targets(f: Figures) -> list[tuple[str, str, str, bool]]:
         n = f[f"{key}_instruments"]
         if w == 2:
             add(f"live tick p99 at {n} on 2 workers (s)", f[f"{key}_tick_p99_s"], "<= 2", f[f"{key}_tick_p99_s"] <= 2)
-        add(f"worker peak RSS at {n} on {w} worker(s) (MB)", f[f"{key}_worker_peak_rss_mb"], "<= 600",
-            f[f"{key}_worker_peak_rss_mb"] <= 600)
-        add(f"worker killed -9 at {n} on {w}: ready again (s)", f[f"{key}_kill9_to_ready_s"], "<= 30",
-            f[f"{key}_kill9_to_ready_s"] <= 30)
+        add(
+            f"worker peak RSS at {n} on {w} worker(s) (MB)",
+            f[f"{key}_worker_peak_rss_mb"],
+            "<= 600",
+            f[f"{key}_worker_peak_rss_mb"] <= 600,
+        )
+        add(
+            f"worker killed -9 at {n} on {w}: ready again (s)",
+            f[f"{key}_kill9_to_ready_s"],
+            "<= 30",
+            f[f"{key}_kill9_to_ready_s"] <= 30,
+        )
     if "old_loop_per_s" in f and "direct_per_s" in f:
-        add("direct / old loop per embedding", round(f["direct_per_s"] / f["old_loop_per_s"], 1), ">= 50",
-            f["direct_per_s"] >= 50 * f["old_loop_per_s"])
+        add(
+            "direct / old loop per embedding",
+            round(f["direct_per_s"] / f["old_loop_per_s"], 1),
+            ">= 50",
+            f["direct_per_s"] >= 50 * f["old_loop_per_s"],
+        )
     if "single_as_of_direct_s" in f and "single_as_of_old_loop_s" in f:
-        add("single as_of: old loop / direct", round(f["single_as_of_old_loop_s"] / f["single_as_of_direct_s"], 1),
-            "> 1", f["single_as_of_direct_s"] < f["single_as_of_old_loop_s"])
+        add(
+            "single as_of: old loop / direct",
+            round(f["single_as_of_old_loop_s"] / f["single_as_of_direct_s"], 1),
+            "> 1",
+            f["single_as_of_direct_s"] < f["single_as_of_old_loop_s"],
+        )
     if "single_as_of_platform_kafka_s" in f:
-        add("platform command via stream / --direct", round(f["single_as_of_platform_kafka_s"]
-                                                             / f["single_as_of_direct_process_s"], 2), "<= 2",
-            f["single_as_of_platform_kafka_s"] <= 2 * f["single_as_of_direct_process_s"])
-        add("platform command via stream (s)", f["single_as_of_platform_kafka_s"], "<= 1",
-            f["single_as_of_platform_kafka_s"] <= 1)
+        add(
+            "platform command via stream / --direct",
+            round(f["single_as_of_platform_kafka_s"] / f["single_as_of_direct_process_s"], 2),
+            "<= 2",
+            f["single_as_of_platform_kafka_s"] <= 2 * f["single_as_of_direct_process_s"],
+        )
+        add(
+            "platform command via stream (s)",
+            f["single_as_of_platform_kafka_s"],
+            "<= 1",
+            f["single_as_of_platform_kafka_s"] <= 1,
+        )
     if "historical_as_of_platform_kafka_s" in f:
         ratio = round(f["historical_as_of_platform_kafka_s"] / f["historical_as_of_direct_process_s"], 2)
         add("platform command, historical as_of: stream / --direct", ratio, "<= 1.5", ratio <= 1.5)
     if "verify_vs_direct_speed" in f:
         add("verify speed / replay --direct", f["verify_vs_direct_speed"], ">= 0.5", f["verify_vs_direct_speed"] >= 0.5)
-        add("live ticks after the first, p99 during a large restatement (s)", f["exact_busy_later_ticks_p99_s"],
-            "<= 0.5", f["exact_busy_later_ticks_p99_s"] <= 0.5)
+        add(
+            "live ticks after the first, p99 during a large restatement (s)",
+            f["exact_busy_later_ticks_p99_s"],
+            "<= 0.5",
+            f["exact_busy_later_ticks_p99_s"] <= 0.5,
+        )
     if "platform_copy_capture_ratio" in f:
-        add("platform COPY with / without capture", f["platform_copy_capture_ratio"], "<= 1.2",
-            f["platform_copy_capture_ratio"] <= 1.2)
-        add("a day of INSERTs (one statement) with / without capture", f["day_insert_one_statement_capture_ratio"],
-            "<= 1.2", f["day_insert_one_statement_capture_ratio"] <= 1.2)
+        add(
+            "platform COPY with / without capture",
+            f["platform_copy_capture_ratio"],
+            "<= 1.2",
+            f["platform_copy_capture_ratio"] <= 1.2,
+        )
+        add(
+            "a day of INSERTs (one statement) with / without capture",
+            f["day_insert_one_statement_capture_ratio"],
+            "<= 1.2",
+            f["day_insert_one_statement_capture_ratio"] <= 1.2,
+        )
         add("import speed / raw COPY", f["import_vs_raw_copy_speed"], ">= 0.5", f["import_vs_raw_copy_speed"] >= 0.5)
     return rows
 
@@ -383,15 +497,27 @@ def main() -> None:
     parser.add_argument("--live-ticks", type=int, default=60, help="ticks timed by the live benchmark")
     parser.add_argument("--old-loop-instruments", type=int, default=20)
     parser.add_argument("--quick", action="store_true", help="skip the 2-worker run")
-    parser.add_argument("--scale-instruments", type=int, default=5000,
-                        help="instruments of the synthetic live market (0 skips it)")
+    parser.add_argument(
+        "--scale-instruments", type=int, default=5000, help="instruments of the synthetic live market (0 skips it)"
+    )
     parser.add_argument("--scale-ticks", type=int, default=20)
-    parser.add_argument("--large-instruments", type=int, default=20000,
-                        help="instruments of the large synthetic market, run on 2 workers and on 1 (0 skips it)")
-    parser.add_argument("--empty-state-replays", type=int, default=20,
-                        help="replays run before timing a worker on an empty state folder (0 skips it)")
-    parser.add_argument("--only", choices=["stream", "live", "scale", "large", "empty-state", "exact",
-                                                      "capture", "history"], help="measure only this part")
+    parser.add_argument(
+        "--large-instruments",
+        type=int,
+        default=20000,
+        help="instruments of the large synthetic market, run on 2 workers and on 1 (0 skips it)",
+    )
+    parser.add_argument(
+        "--empty-state-replays",
+        type=int,
+        default=20,
+        help="replays run before timing a worker on an empty state folder (0 skips it)",
+    )
+    parser.add_argument(
+        "--only",
+        choices=["stream", "live", "scale", "large", "empty-state", "exact", "capture", "history"],
+        help="measure only this part",
+    )
     args = parser.parse_args()
     base = Settings()
     workdir = Path(tempfile.mkdtemp(prefix="embedder-bench-"))
@@ -430,11 +556,18 @@ def measure_real_data(f: Figures, base: Settings, workdir: Path, args: argparse.
     f.put("import_seconds", round(seconds, 2))
     f.put("import_rows_per_s", round(imported.rows / seconds))
     days = [r[0] for r in query(url, "SELECT DISTINCT trade_date FROM prices_daily ORDER BY 1")]
-    ids = [r[0] for r in query(url, """SELECT instrument_id FROM instruments WHERE market_id = 'US_EQ'
-                                      AND asset_class = 'EQUITY' AND status = 'ACTIVE' ORDER BY 1""")]
+    ids = [
+        r[0]
+        for r in query(
+            url,
+            """SELECT instrument_id FROM instruments WHERE market_id = 'US_EQ'
+                                      AND asset_class = 'EQUITY' AND status = 'ACTIVE' ORDER BY 1""",
+        )
+    ]
     if args.only in (None, "stream"):
-        selection = RunSelection.build(window_days=63, model_ids=[MODEL], date_from="2015-01-01",
-                                       date_to="2020-12-31", market_id="US_EQ")
+        selection = RunSelection.build(
+            window_days=63, model_ids=[MODEL], date_from="2015-01-01", date_to="2020-12-31", market_id="US_EQ"
+        )
         checksum, _ = measure_batch(f, url, selection)
         measure_stream(f, for_app(base, url, uuid.uuid4().hex[:8]), selection, checksum, 1, workdir)
         if not args.quick:

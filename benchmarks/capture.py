@@ -10,6 +10,7 @@
 Runs alternate (off, on, off, on, ...) and the medians are compared, so drift of the machine hits
 both sides alike.
 """
+
 from __future__ import annotations
 
 import io
@@ -36,15 +37,16 @@ def prices_csv(path: Path) -> tuple[bytes, int]:
         last[(r.key, r.trade_date)] = r
     buf = io.StringIO()
     for r in last.values():
-        buf.write(f"{r.key},{r.trade_date},{r.open!r},{r.high!r},{r.low!r},{r.close!r},{r.adjusted_close!r},"
-                  f"{r.volume!r},{r.currency}\n")
+        buf.write(
+            f"{r.key},{r.trade_date},{r.open!r},{r.high!r},{r.low!r},{r.close!r},{r.adjusted_close!r},"
+            f"{r.volume!r},{r.currency}\n"
+        )
     return buf.getvalue().encode(), len(last)
 
 
 def set_mode(conn: psycopg.Connection, mode: Mode) -> None:
     conn.execute(f"ALTER TABLE prices_daily {'DISABLE' if mode == 'none' else 'ENABLE'} TRIGGER USER")
-    conn.execute("UPDATE embedder_capture SET enabled = %s, idle_hours = NULL, relay_seen_at = now()",
-                 (mode == "on",))
+    conn.execute("UPDATE embedder_capture SET enabled = %s, idle_hours = NULL, relay_seen_at = now()", (mode == "on",))
 
 
 def copy_seconds(url: str, data: bytes, mode: Mode) -> float:
@@ -56,7 +58,7 @@ def copy_seconds(url: str, data: bytes, mode: Mode) -> float:
         started = time.perf_counter()
         with conn.cursor() as cur, cur.copy(f"COPY prices_daily ({COLUMNS}) FROM STDIN (FORMAT csv)") as copy:
             for start in range(0, len(data), 1 << 20):
-                copy.write(data[start:start + (1 << 20)])
+                copy.write(data[start : start + (1 << 20)])
         conn.commit()
         return time.perf_counter() - started
 
@@ -68,10 +70,12 @@ def day_seconds(url: str, day: date, mode: Mode, one_statement: bool) -> float:
     with psycopg.connect(url) as conn, conn.cursor() as cur:
         started = time.perf_counter()
         if one_statement:
-            cur.execute(f"""INSERT INTO prices_daily ({COLUMNS})
+            cur.execute(
+                f"""INSERT INTO prices_daily ({COLUMNS})
                             SELECT * FROM unnest(%s::text[], %s::date[], %s::float8[], %s::float8[], %s::float8[],
                                                  %s::float8[], %s::float8[], %s::float8[], %s::text[])""",
-                        [list(col) for col in zip(*rows)])
+                [list(col) for col in zip(*rows)],
+            )
         else:
             cur.executemany(f"INSERT INTO prices_daily ({COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)", rows)
         conn.commit()
@@ -96,7 +100,8 @@ def measure_capture(f, url: str, data_path: Path, copies: int = 3, days: int = 9
     with psycopg.connect(url) as conn:
         entries, outbox_bytes, prices_bytes = conn.execute(
             """SELECT count(*), pg_total_relation_size('prices_outbox'), pg_total_relation_size('prices_daily')
-               FROM prices_outbox""").fetchone()
+               FROM prices_outbox"""
+        ).fetchone()
     f.put("outbox_entries_after_copy", entries)
     f.put("outbox_bytes_per_captured_row", round(outbox_bytes / rows, 2))
     f.put("outbox_bytes_vs_prices_bytes", round(outbox_bytes / prices_bytes, 4))

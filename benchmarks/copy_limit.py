@@ -1,4 +1,5 @@
 """The limit: a raw binary COPY of the same embeddings into an empty copy of the table."""
+
 from __future__ import annotations
 
 import time

@@ -1,6 +1,7 @@
 """The table kept exact (issue 16), measured on the real data set: `verify` over the whole table against
 `replay --direct`, the time from an old correction to its last recomputed embedding (one row; 1,000 rows
 across 100 instruments), and live ticks while a large restatement is being recomputed."""
+
 from __future__ import annotations
 
 import statistics
@@ -41,8 +42,9 @@ def p99(values: list[float]) -> float:
 
 def measure_exact(f, settings: Settings, days: list[date], workdir: Path, ticks: int = 20) -> None:
     url = settings.database_url
-    selection = RunSelection.build(window_days=63, model_ids=[MODEL], date_from="2015-01-01", date_to="2020-12-31",
-                                   market_id="US_EQ")
+    selection = RunSelection.build(
+        window_days=63, model_ids=[MODEL], date_from="2015-01-01", date_to="2020-12-31", market_id="US_EQ"
+    )
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("TRUNCATE numeric_window_embeddings, embedder_absent_embeddings")
     started = time.perf_counter()
@@ -51,8 +53,12 @@ def measure_exact(f, settings: Settings, days: list[date], workdir: Path, ticks:
     f.put("exact_direct_seconds", round(direct_s, 2))
     with psycopg.connect(url) as conn:
         started = time.perf_counter()
-        report = verify(conn, VerifySelection(date_from=date(2015, 1, 1), date_to=date(2020, 12, 31),
-                                              market_id="US_EQ", model_ids=(MODEL,)))
+        report = verify(
+            conn,
+            VerifySelection(
+                date_from=date(2015, 1, 1), date_to=date(2020, 12, 31), market_id="US_EQ", model_ids=(MODEL,)
+            ),
+        )
         verify_s = time.perf_counter() - started
     assert report.equal, report.as_dict()
     f.put("verify_keys", report.keys)
@@ -61,7 +67,7 @@ def measure_exact(f, settings: Settings, days: list[date], workdir: Path, ticks:
     f.put("verify_vs_direct_speed", round(direct_s / verify_s, 2))
 
     # The live service on the same table: history no trigger saw, the last days withheld for live ticks.
-    measured = days[-2 * ticks:]
+    measured = days[-2 * ticks :]
     withhold_days(url, measured[0])
     datadir = workdir / "exact"
     datadir.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@
   against a plain `COPY (SELECT ...) TO STDOUT` of the same rows read whole (binary), best of 3 (a fresh
   connection each, as a command makes).
 """
+
 from __future__ import annotations
 
 import statistics
@@ -44,16 +45,19 @@ def timed(fn, *args, **kwargs) -> float:
 def measure_writers(f, settings: Settings, year: tuple[str, str], rounds: int = 3) -> None:
     """Batch path and stream, history on vs off: fresh table, then the same run again (nothing changes)."""
     url = settings.database_url
-    selection = RunSelection.build(window_days=63, model_ids=[MODEL], date_from=year[0], date_to=year[1],
-                                   market_id="US_EQ")
+    selection = RunSelection.build(
+        window_days=63, model_ids=[MODEL], date_from=year[0], date_to=year[1], market_id="US_EQ"
+    )
     times: dict[str, list[float]] = {}
     with worker_for_run(settings):
         for _ in range(rounds):
             for on in (True, False):
                 label = "on" if on else "off"
                 set_history(url, on)
-                for path, run in (("direct", lambda: run_direct(url, selection)),
-                                  ("stream", lambda: run_stream_replay(settings, selection, topics_exist=True))):
+                for path, run in (
+                    ("direct", lambda: run_direct(url, selection)),
+                    ("stream", lambda: run_stream_replay(settings, selection, topics_exist=True)),
+                ):
                     with psycopg.connect(url) as conn:
                         conn.execute("DELETE FROM numeric_window_embeddings")
                         conn.execute("TRUNCATE numeric_window_embedding_versions")
@@ -67,9 +71,15 @@ def measure_writers(f, settings: Settings, year: tuple[str, str], rounds: int = 
             with psycopg.connect(url) as conn:
                 conn.execute("TRUNCATE numeric_window_embedding_versions")
                 conn.commit()
-                flip = "UPDATE numeric_window_embeddings SET vector = overlay(vector placing %s from 1 for 1)"
-                times.setdefault(f"update_every_row_history_{'on' if on else 'off'}", []).append(
-                    timed(lambda: (conn.execute(flip, (bytes([_ % 2 + 1 if on else _ % 2 + 3]),)), conn.commit())))
+                first_byte = bytes([_ % 2 + 1 if on else _ % 2 + 3])  # differs from the last run's
+
+                def flip(c: psycopg.Connection = conn, b: bytes = first_byte) -> None:
+                    c.execute(
+                        "UPDATE numeric_window_embeddings SET vector = overlay(vector placing %s from 1 for 1)", (b,)
+                    )
+                    c.commit()
+
+                times.setdefault(f"update_every_row_history_{'on' if on else 'off'}", []).append(timed(flip))
     f.put("history_update_every_row_rows", count_embeddings(url))
     set_history(url, True)
     for key, values in sorted(times.items()):
@@ -95,10 +105,11 @@ def copy_seconds(url: str, query: EmbeddingQuery) -> tuple[int, float]:
     n = 0
     with psycopg.connect(url) as conn, conn.cursor() as cur:
         with cur.copy(
-                """COPY (SELECT entity_id, as_of_date, window_spec, vector FROM numeric_window_embeddings
+            """COPY (SELECT entity_id, as_of_date, window_spec, vector FROM numeric_window_embeddings
                          WHERE entity_type = 'INSTRUMENT' AND model_id = %s AND as_of_date BETWEEN %s AND %s
                          ORDER BY as_of_date, entity_id) TO STDOUT (FORMAT BINARY)""",
-                (query.model_id, query.date_from, query.date_to)) as copy:
+            (query.model_id, query.date_from, query.date_to),
+        ) as copy:
             for block in copy:
                 n += len(block)
     return n, time.perf_counter() - started
@@ -106,25 +117,41 @@ def copy_seconds(url: str, query: EmbeddingQuery) -> tuple[int, float]:
 
 def measure_exports(f, url: str, year: tuple[str, str], rounds: int = 3) -> None:
     """Exports of one as_of and of a year against COPY TO of the same rows (best of `rounds`)."""
-    run_direct(url, RunSelection.build(window_days=63, model_ids=[MODEL], date_from=year[0], date_to=year[1],
-                                       market_id="US_EQ"))
+    run_direct(
+        url,
+        RunSelection.build(window_days=63, model_ids=[MODEL], date_from=year[0], date_to=year[1], market_id="US_EQ"),
+    )
     out = Path(tempfile.mkdtemp(prefix="embedder-export-"))
     with psycopg.connect(url) as conn:  # the year's last trading day
         day = conn.execute("SELECT max(trade_date) FROM prices_daily WHERE trade_date <= %s", (year[1],)).fetchone()[0]
-    for label, query in (("one_as_of", resolve(url, EmbeddingQuery.build(MODEL, as_of=day), "US_EQ")),
-                         ("year", resolve(url, EmbeddingQuery.build(MODEL, date_from=year[0], date_to=year[1]),
-                                          "US_EQ"))):
+    for label, query in (
+        ("one_as_of", resolve(url, EmbeddingQuery.build(MODEL, as_of=day), "US_EQ")),
+        ("year", resolve(url, EmbeddingQuery.build(MODEL, date_from=year[0], date_to=year[1]), "US_EQ")),
+    ):
         best: dict[str, float] = {}
         for _ in range(rounds):
             best["copy"] = min(best.get("copy", 1e9), copy_seconds(url, query)[1])
             for fmt in ("parquet", "npy"):
-                best[fmt] = min(best.get(fmt, 1e9), timed(
-                    lambda: write_embeddings(iter_batches(url, query), out / f"e.{fmt}", fmt, MODEL)))
-            best["read_embeddings"] = min(best.get("read_embeddings", 1e9), timed(
-                read_embeddings, MODEL, date_from=query.date_from, date_to=query.date_to, market_id="US_EQ",
-                database_url=url))
-        rows = len(read_embeddings(MODEL, date_from=query.date_from, date_to=query.date_to, market_id="US_EQ",
-                                   database_url=url))
+                best[fmt] = min(
+                    best.get(fmt, 1e9),
+                    timed(lambda q=query, f=fmt: write_embeddings(iter_batches(url, q), out / f"e.{f}", f, MODEL)),
+                )
+            best["read_embeddings"] = min(
+                best.get("read_embeddings", 1e9),
+                timed(
+                    read_embeddings,
+                    MODEL,
+                    date_from=query.date_from,
+                    date_to=query.date_to,
+                    market_id="US_EQ",
+                    database_url=url,
+                ),
+            )
+        rows = len(
+            read_embeddings(
+                MODEL, date_from=query.date_from, date_to=query.date_to, market_id="US_EQ", database_url=url
+            )
+        )
         f.put(f"export_{label}_rows", rows)
         for key, seconds in best.items():
             f.put(f"export_{label}_{key}_s", round(seconds, 3))

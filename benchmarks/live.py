@@ -1,6 +1,7 @@
 """The always-on service, measured as a user starts it: history in prices_daily that no trigger saw, a
 worker that bootstraps it, then day after day of rows landing with plain INSERTs, each followed by
 `embedder tick`; latency from the tick to the last commit."""
+
 from __future__ import annotations
 
 import os
@@ -15,7 +16,8 @@ from pathlib import Path
 import psycopg
 
 from backfill.outbox import enqueue_tick
-from backfill.worker_process import wait_caught_up as caught_up, worker_env
+from backfill.worker_process import wait_caught_up as caught_up
+from backfill.worker_process import worker_env
 from shared.config import Settings
 
 
@@ -23,8 +25,12 @@ def start_worker(settings: Settings, datadir: Path, capture: bool = True) -> sub
     cmd = [sys.executable, "-m", "embedder.cli", "worker", "--data-dir", str(datadir)]
     if not capture:
         cmd.append("--no-capture")
-    return subprocess.Popen(cmd, env=worker_env(settings) | {"EMBEDDER_OUTBOX_POLL_SECONDS": "0.05"},
-                            stdout=open(datadir.parent / f"{datadir.name}.log", "ab"), stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        cmd,
+        env=worker_env(settings) | {"EMBEDDER_OUTBOX_POLL_SECONDS": "0.05"},
+        stdout=open(datadir.parent / f"{datadir.name}.log", "ab"),
+        stderr=subprocess.STDOUT,
+    )
 
 
 def wait_ready(datadir: Path, timeout: float = 120.0, proc: subprocess.Popen | None = None) -> float:
@@ -33,11 +39,12 @@ def wait_ready(datadir: Path, timeout: float = 120.0, proc: subprocess.Popen | N
     port_file = datadir / "web.port"
     while time.perf_counter() - started < timeout:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"the worker exited with {proc.returncode} (its log: {datadir.parent / datadir.name}.log)")
+            raise RuntimeError(
+                f"the worker exited with {proc.returncode} (its log: {datadir.parent / datadir.name}.log)"
+            )
         if port_file.exists():
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port_file.read_text().strip()}/readyz",
-                                            timeout=2) as r:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port_file.read_text().strip()}/readyz", timeout=2) as r:
                     if r.status == 200:
                         return time.perf_counter() - started
             except OSError:
@@ -81,7 +88,8 @@ def wait_bootstrapped(settings: Settings, url: str, timeout: float = 1800.0) -> 
     with psycopg.connect(url, autocommit=True) as conn:
         while True:
             queued, loaded, rows = conn.execute(
-                "SELECT count(*), count(published_at), coalesce(sum(rows), 0) FROM embedder_bootstrap").fetchone()
+                "SELECT count(*), count(published_at), coalesce(sum(rows), 0) FROM embedder_bootstrap"
+            ).fetchone()
             if queued and queued == loaded:
                 break
             if time.monotonic() > deadline:
@@ -100,9 +108,14 @@ def tick_latencies(settings: Settings, url: str, days: list[date], model_id: str
             conn.execute("INSERT INTO prices_daily SELECT * FROM bench_withheld WHERE trade_date = %s", (day,))
             started = time.perf_counter()
             enqueue_tick(conn, day, settings.window_days, [model_id])
-            while conn.execute("""SELECT count(*) FROM embedder_tick_commits
-                                  WHERE run_id = 'live' AND as_of_date = %s""", (day,)).fetchone()[0] \
-                    < settings.partitions:
+            while (
+                conn.execute(
+                    """SELECT count(*) FROM embedder_tick_commits
+                                  WHERE run_id = 'live' AND as_of_date = %s""",
+                    (day,),
+                ).fetchone()[0]
+                < settings.partitions
+            ):
                 time.sleep(0.005)
             latencies.append(time.perf_counter() - started)
     return latencies
@@ -116,12 +129,19 @@ def load_quietly(url: str, rows: list[tuple], market_id: str) -> None:
     with psycopg.connect(url) as conn:
         conn.execute("SET session_replication_role = replica")
         with conn.cursor() as cur:
-            copy_rows(cur, "instruments", ("instrument_id", "market_id", "asset_class", "symbol", "currency"),
-                      [(i, market_id, "EQUITY", i, "USD") for i in sorted({r[0] for r in rows})])
-            copy_rows(cur, "prices_daily", ("instrument_id", "trade_date", "open", "high", "low", "close",
-                                            "adjusted_close", "volume", "currency"),
-                      ((i, d, c, c, c, c, c, v, "USD") for i, d, c, v in rows),
-                      ("text", "date", "float8", "float8", "float8", "float8", "float8", "float8", "text"))
+            copy_rows(
+                cur,
+                "instruments",
+                ("instrument_id", "market_id", "asset_class", "symbol", "currency"),
+                [(i, market_id, "EQUITY", i, "USD") for i in sorted({r[0] for r in rows})],
+            )
+            copy_rows(
+                cur,
+                "prices_daily",
+                ("instrument_id", "trade_date", "open", "high", "low", "close", "adjusted_close", "volume", "currency"),
+                ((i, d, c, c, c, c, c, v, "USD") for i, d, c, v in rows),
+                ("text", "date", "float8", "float8", "float8", "float8", "float8", "float8", "text"),
+            )
 
 
 def stop(proc: subprocess.Popen) -> None:

@@ -6,6 +6,7 @@ written to bench-results/profile-stream.txt, with the collapsed stacks beside it
 Run: `.venv/bin/python -m benchmarks.profile_stream` (needs py-spy: `pip install py-spy`; as root,
 or with ptrace allowed).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,7 +24,7 @@ import psycopg
 from backfill.price_import import import_prices
 from backfill.replay import run_stream_replay
 from backfill.selection import RunSelection
-from benchmarks.bench import DATA, MODEL, fresh_database, for_app
+from benchmarks.bench import DATA, MODEL, for_app, fresh_database
 from benchmarks.live import start_worker, stop, wait_ready
 from shared.config import Settings
 from shared.migrate import upgrade
@@ -52,8 +53,24 @@ def top_frames(collapsed: Path, n: int = 25) -> tuple[list[tuple[str, float]], l
 def start_py_spy(pid: int, rate: int, out: Path, *extra: str) -> subprocess.Popen:
     """py-spy sampling process `pid` into collapsed stacks at `out` until it gets SIGINT."""
     spy = shutil.which("py-spy") or str(Path(__file__).resolve().parents[1] / ".venv" / "bin" / "py-spy")
-    return subprocess.Popen([spy, "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw", *extra,
-                             "--output", str(out), "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [
+            spy,
+            "record",
+            "--pid",
+            str(pid),
+            "--rate",
+            str(rate),
+            "--format",
+            "raw",
+            *extra,
+            "--output",
+            str(out),
+            "--nonblocking",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def cpu_seconds() -> Counter:
@@ -69,10 +86,19 @@ def cpu_seconds() -> Counter:
             cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()
+        fields = stat[stat.rindex(")") + 2 :].split()
         seconds = (int(fields[11]) + int(fields[12])) / tick
-        kind = ("replay" if int(proc.name) == os.getpid() else "worker" if "embedder.cli worker" in cmd
-                else "kafka" if "kafka.Kafka" in cmd else "postgres" if "postgres" in cmd else "other")
+        kind = (
+            "replay"
+            if int(proc.name) == os.getpid()
+            else "worker"
+            if "embedder.cli worker" in cmd
+            else "kafka"
+            if "kafka.Kafka" in cmd
+            else "postgres"
+            if "postgres" in cmd
+            else "other"
+        )
         used[kind] += seconds
     return used
 
@@ -94,8 +120,9 @@ def main() -> None:
     try:
         wait_ready(workdir / "w")
         spy_proc = start_py_spy(worker.pid, args.rate, raw)
-        selection = RunSelection.build(window_days=63, model_ids=[MODEL], date_from="2015-01-01",
-                                       date_to="2020-12-31", market_id="US_EQ")
+        selection = RunSelection.build(
+            window_days=63, model_ids=[MODEL], date_from="2015-01-01", date_to="2020-12-31", market_id="US_EQ"
+        )
         before = cpu_seconds()
         started = time.perf_counter()
         result = run_stream_replay(settings, selection)
@@ -109,17 +136,29 @@ def main() -> None:
         with psycopg.connect(base.database_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
     own, inclusive, samples = top_frames(raw)
-    write_report(OUT / f"profile-stream-{args.label}.txt", [
-        f"streaming replay of the real data: {result.embeddings} embeddings in {seconds:.1f}s "
-        f"({result.embeddings / seconds:,.0f}/s); {samples} py-spy samples of the worker at {args.rate}/s",
-        "CPU seconds during the replay (2 cores: at most twice the wall time): "
-        + ", ".join(f"{k} {v:.1f}" for k, v in cpu.most_common()), ""], own, inclusive)
+    write_report(
+        OUT / f"profile-stream-{args.label}.txt",
+        [
+            f"streaming replay of the real data: {result.embeddings} embeddings in {seconds:.1f}s "
+            f"({result.embeddings / seconds:,.0f}/s); {samples} py-spy samples of the worker at {args.rate}/s",
+            "CPU seconds during the replay (2 cores: at most twice the wall time): "
+            + ", ".join(f"{k} {v:.1f}" for k, v in cpu.most_common()),
+            "",
+        ],
+        own,
+        inclusive,
+    )
 
 
 def write_report(path: Path, head: list[str], own: list[tuple[str, float]], inclusive: list[tuple[str, float]]) -> None:
     """`head`, then the top frames by own time and including callees; written to `path` and printed."""
-    lines = head + ["own time (% of samples)"] + [f"  {p:5.1f}  {f}" for f, p in own] + \
-        ["", "including callees (% of samples)"] + [f"  {p:5.1f}  {f}" for f, p in inclusive]
+    lines = (
+        head
+        + ["own time (% of samples)"]
+        + [f"  {p:5.1f}  {f}" for f, p in own]
+        + ["", "including callees (% of samples)"]
+        + [f"  {p:5.1f}  {f}" for f, p in inclusive]
+    )
     text = "\n".join(lines) + "\n"
     path.write_text(text)
     print(text)

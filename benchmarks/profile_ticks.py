@@ -7,6 +7,7 @@ bench-results/profile-ticks-<label>.txt with the collapsed stacks beside it.
 Run: `.venv/bin/python -m benchmarks.profile_ticks --instruments 5000 --label before` (needs py-spy, as for
 benchmarks.profile_stream).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,9 +21,16 @@ from pathlib import Path
 import psycopg
 
 from backfill.synthetic import synthetic_rows
-from benchmarks.bench import MODEL, fresh_database, for_app
-from benchmarks.live import (load_quietly, start_worker, stop, tick_latencies, wait_bootstrapped, wait_ready,
-                             withhold_days)
+from benchmarks.bench import MODEL, for_app, fresh_database
+from benchmarks.live import (
+    load_quietly,
+    start_worker,
+    stop,
+    tick_latencies,
+    wait_bootstrapped,
+    wait_ready,
+    withhold_days,
+)
 from benchmarks.profile_stream import OUT, cpu_seconds, start_py_spy, top_frames, write_report
 from shared.config import Settings
 from shared.migrate import upgrade
@@ -54,11 +62,14 @@ def main() -> None:
     base = Settings()
     url = fresh_database(base.database_url)
     upgrade(url)
-    rows = [(s, date.fromisoformat(d), float(c), float(v))
-            for d, _h, _l, _o, c, v, _a, s in synthetic_rows(args.instruments, date(2019, 1, 1), date(2019, 12, 31),
-                                                             long_ids=True)]
+    rows = [
+        (s, date.fromisoformat(d), float(c), float(v))
+        for d, _h, _l, _o, c, v, _a, s in synthetic_rows(
+            args.instruments, date(2019, 1, 1), date(2019, 12, 31), long_ids=True
+        )
+    ]
     load_quietly(url, rows, "SCALE")
-    days = sorted({r[1] for r in rows})[-args.ticks - 1:]
+    days = sorted({r[1] for r in rows})[-args.ticks - 1 :]
     del rows
     settings = for_app(base, url, uuid.uuid4().hex[:8])
     withhold_days(url, days[0])
@@ -84,15 +95,25 @@ def main() -> None:
             conn.execute(f'DROP DATABASE "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
     own, inclusive, samples = top_frames(raw, 40)
     wall = sum(latencies)
-    write_report(OUT / f"profile-ticks-{args.label}.txt", [
-        f"{len(latencies)} live ticks of {args.instruments} instruments: p50 {statistics.median(latencies):.3f} s, "
-        f"max {max(latencies):.3f} s, {wall:.1f} s in all; {samples} py-spy samples of the worker at {args.rate}/s",
-        "CPU seconds during the ticks (2 cores: at most twice the wall time): "
-        + ", ".join(f"{k} {v:.1f}" for k, v in cpu.most_common()), "",
-        "stages of each tick, seconds from its entry in the outbox: the relay published the day's rows, "
-        "then the tick; the first and the last partition committed",
-        *[f"  {d}: rows {a:.3f}  tick {b:.3f}  first commit {c:.3f}  last commit {e:.3f}"
-          for d, a, b, c, e in stages], ""], own, inclusive)
+    write_report(
+        OUT / f"profile-ticks-{args.label}.txt",
+        [
+            f"{len(latencies)} live ticks of {args.instruments} instruments: p50 {statistics.median(latencies):.3f} s, "
+            f"max {max(latencies):.3f} s, {wall:.1f} s in all; {samples} py-spy samples of the worker at {args.rate}/s",
+            "CPU seconds during the ticks (2 cores: at most twice the wall time): "
+            + ", ".join(f"{k} {v:.1f}" for k, v in cpu.most_common()),
+            "",
+            "stages of each tick, seconds from its entry in the outbox: the relay published the day's rows, "
+            "then the tick; the first and the last partition committed",
+            *[
+                f"  {d}: rows {a:.3f}  tick {b:.3f}  first commit {c:.3f}  last commit {e:.3f}"
+                for d, a, b, c, e in stages
+            ],
+            "",
+        ],
+        own,
+        inclusive,
+    )
 
 
 if __name__ == "__main__":

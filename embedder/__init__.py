@@ -9,12 +9,17 @@
 (`shared/embedding_reads.py`; `versions_of` in `shared/embedding_history.py` lists one key's versions.)
 Loaded on first use, so the CLI does not import numpy for commands that do not need it.
 """
+
 from __future__ import annotations
 
 from typing import Any
 
-_API = {"read_embeddings": "shared.embedding_reads", "read_embeddings_frame": "shared.embedding_reads",
-        "Embeddings": "shared.embedding_reads", "versions_of": "shared.embedding_history"}
+_API = {
+    "read_embeddings": "shared.embedding_reads",
+    "read_embeddings_frame": "shared.embedding_reads",
+    "Embeddings": "shared.embedding_reads",
+    "versions_of": "shared.embedding_history",
+}
 __all__ = sorted(_API)
 
 

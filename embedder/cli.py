@@ -2,14 +2,15 @@
 
 Errors print one line: bad arguments exit 2 (nothing written), failures exit 1.
 """
+
 from __future__ import annotations
 
 import logging
 import sys
 import threading
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
-from collections.abc import Callable
 from typing import Annotated, Optional
 
 import typer
@@ -17,7 +18,7 @@ import typer
 try:  # Typer >= 0.20 vendors click; older versions use the click package
     from typer._click import exceptions as click_exc
 except ImportError:  # pragma: no cover
-    import click.exceptions as click_exc
+    import click.exceptions as click_exc  # type: ignore[no-redef]
 
 from embedder.console import err, out
 from embedder.exit_codes import run_with_exit_codes
@@ -33,12 +34,15 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # plain help: flags without `<bool>`, every value option with a named metavar
 )
-services_app = typer.Typer(help="Local Kafka (KRaft) and PostgreSQL for development, demos and CI.", no_args_is_help=True)
+services_app = typer.Typer(
+    help="Local Kafka (KRaft) and PostgreSQL for development, demos and CI.", no_args_is_help=True
+)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 prices_app = typer.Typer(help="Loading daily prices.", no_args_is_help=True)
 live_app = typer.Typer(help="The always-on service's live state.", no_args_is_help=True)
-embeddings_app = typer.Typer(help="Reading the table: current or as known at an instant, and its history.",
-                             no_args_is_help=True)
+embeddings_app = typer.Typer(
+    help="Reading the table: current or as known at an instant, and its history.", no_args_is_help=True
+)
 app.add_typer(services_app, name="services")
 app.add_typer(db_app, name="db")
 app.add_typer(prices_app, name="prices")
@@ -56,8 +60,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
-                                                    help="Print the version and exit.")] = None,
+    version: Annotated[
+        Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = None,
 ) -> None:
     """Streaming incremental embedder: prices_daily -> Kafka -> Faust -> numeric_window_embeddings."""
 
@@ -78,9 +83,15 @@ def live_settings() -> Settings:
 
 @services_app.command("up")
 def services_up(
-    brokers: Annotated[int, typer.Option("--brokers", metavar="N",
-                                         help="1: one broker; 3: a KRaft cluster of 3 nodes with replication 3 "
-                                              "and min.insync.replicas 2 (ports 29192-29197).")] = 1,
+    brokers: Annotated[
+        int,
+        typer.Option(
+            "--brokers",
+            metavar="N",
+            help="1: one broker; 3: a KRaft cluster of 3 nodes with replication 3 "
+            "and min.insync.replicas 2 (ports 29192-29197).",
+        ),
+    ] = 1,
 ) -> None:
     """Start the local broker (or cluster) and database (idempotent); print the settings to export."""
     import time
@@ -115,8 +126,10 @@ def services_down() -> None:
     kafka = services.kafka.down()
     cluster = services.cluster.down()
     pg = services.postgres.down()
-    out.print(f"Kafka {'stopped' if kafka or cluster else 'was not running'}; "
-              f"PostgreSQL {'stopped' if pg else 'was not running'}")
+    out.print(
+        f"Kafka {'stopped' if kafka or cluster else 'was not running'}; "
+        f"PostgreSQL {'stopped' if pg else 'was not running'}"
+    )
 
 
 @services_app.command("status")
@@ -142,8 +155,10 @@ def db_status() -> None:
         out.print(f"applied  {m}", highlight=False)
     for m in pending:
         out.print(f"pending  {m}", highlight=False)
-    out.print(f"{len(applied)} applied, {len(pending)} pending" + (": run `embedder db upgrade`" if pending else ""),
-              highlight=False)
+    out.print(
+        f"{len(applied)} applied, {len(pending)} pending" + (": run `embedder db upgrade`" if pending else ""),
+        highlight=False,
+    )
     if pending:
         raise typer.Exit(1)
 
@@ -168,11 +183,16 @@ def db_upgrade() -> None:
 
 @prices_app.command("import")
 def prices_import(
-    paths: Annotated[list[Path], typer.Argument(metavar="FILE...",
-                                                help="CSV or CSV.gz files (Yahoo, Kaggle or prices_daily layout).")],
-    market_id: Annotated[str, typer.Option("--market-id", metavar="MARKET",
-                                           help="Market for newly registered instruments.")] = "US_EQ",
-    currency: Annotated[str, typer.Option("--currency", metavar="CODE", help="Currency for layouts without one.")] = "USD",
+    paths: Annotated[
+        list[Path],
+        typer.Argument(metavar="FILE...", help="CSV or CSV.gz files (Yahoo, Kaggle or prices_daily layout)."),
+    ],
+    market_id: Annotated[
+        str, typer.Option("--market-id", metavar="MARKET", help="Market for newly registered instruments.")
+    ] = "US_EQ",
+    currency: Annotated[
+        str, typer.Option("--currency", metavar="CODE", help="Currency for layouts without one.")
+    ] = "USD",
 ) -> None:
     """Load price files into prices_daily, registering unknown symbols."""
     import time
@@ -186,7 +206,10 @@ def prices_import(
     with progress() as bar:
         task = bar.add_task("import", total=None, detail="rows read")
         result = import_prices(
-            settings.database_url, paths, market_id=market_id, currency=currency,
+            settings.database_url,
+            paths,
+            market_id=market_id,
+            currency=currency,
             on_rows=lambda n: bar.advance(task, n),
         )
     elapsed = time.perf_counter() - t0
@@ -207,8 +230,7 @@ def prices_import(
 @prices_app.command("synthetic")
 def prices_synthetic(
     path: Annotated[Path, typer.Argument(metavar="FILE", help="Output file (.csv or .csv.gz, Yahoo layout).")],
-    instruments: Annotated[int, typer.Option("--instruments", min=1, metavar="N",
-                                             help="How many instruments.")] = 60,
+    instruments: Annotated[int, typer.Option("--instruments", min=1, metavar="N", help="How many instruments.")] = 60,
     date_from: Annotated[str, typer.Option("--from", metavar="DATE", help="First business day.")] = "2015-01-12",
     date_to: Annotated[str, typer.Option("--to", metavar="DATE", help="Last business day.")] = "2020-01-10",
     seed: Annotated[int, typer.Option("--seed", metavar="N", help="Random seed (same seed, same file).")] = 7,
@@ -226,33 +248,52 @@ def prices_synthetic(
 
 @app.command("replay")
 def replay(
-    as_of: Annotated[Optional[str], typer.Option("--as-of", metavar="DATE",
-                                                 help="Single as_of date (YYYY-MM-DD).")] = None,
-    date_from: Annotated[Optional[str], typer.Option("--from", metavar="DATE", help="First as_of date of a range.")] = None,
+    as_of: Annotated[
+        Optional[str], typer.Option("--as-of", metavar="DATE", help="Single as_of date (YYYY-MM-DD).")
+    ] = None,
+    date_from: Annotated[
+        Optional[str], typer.Option("--from", metavar="DATE", help="First as_of date of a range.")
+    ] = None,
     date_to: Annotated[Optional[str], typer.Option("--to", metavar="DATE", help="Last as_of date of a range.")] = None,
     window_days: Annotated[int, typer.Option("--window-days", metavar="N", help="Trading days per window.")] = 63,
-    market_id: Annotated[Optional[str], typer.Option("--market-id", metavar="MARKET",
-                                                     help="The market's ACTIVE EQUITY instruments.")] = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", metavar="N",
-                                                 help="At most N of the market's instruments (by id).")] = None,
+    market_id: Annotated[
+        Optional[str], typer.Option("--market-id", metavar="MARKET", help="The market's ACTIVE EQUITY instruments.")
+    ] = None,
+    limit: Annotated[
+        Optional[int], typer.Option("--limit", metavar="N", help="At most N of the market's instruments (by id).")
+    ] = None,
     offset: Annotated[int, typer.Option("--offset", metavar="N", help="Skip the market's first N instruments.")] = 0,
-    instrument_id: Annotated[Optional[list[str]], typer.Option("--instrument-id", metavar="ID",
-                                                               help="An instrument (repeatable).")] = None,
-    model_id: Annotated[Optional[list[str]], typer.Option("--model-id", metavar="MODEL",
-                                                          help=f"A model (repeatable; default {DEFAULT_MODEL_ID}).")] = None,
+    instrument_id: Annotated[
+        Optional[list[str]], typer.Option("--instrument-id", metavar="ID", help="An instrument (repeatable).")
+    ] = None,
+    model_id: Annotated[
+        Optional[list[str]],
+        typer.Option("--model-id", metavar="MODEL", help=f"A model (repeatable; default {DEFAULT_MODEL_ID})."),
+    ] = None,
     direct: Annotated[bool, typer.Option("--direct", help="Compute from Postgres without Kafka (batch path).")] = False,
-    publish_rows: Annotated[bool, typer.Option(
-        "--publish-rows", help="Publish the selection's rows through Kafka into a run of its own, even when the "
-                               "live worker could answer it.")] = False,
+    publish_rows: Annotated[
+        bool,
+        typer.Option(
+            "--publish-rows",
+            help="Publish the selection's rows through Kafka into a run of its own, even when the "
+            "live worker could answer it.",
+        ),
+    ] = False,
 ) -> None:
     """Compute embeddings for a date range or one as_of date, then exit."""
     from backfill.selection import RunSelection
     from embedder.replay_command import run_replay
 
     selection = RunSelection.build(
-        window_days=window_days, model_ids=model_id or [DEFAULT_MODEL_ID], as_of=as_of,
-        date_from=date_from, date_to=date_to, market_id=market_id, instrument_ids=instrument_id,
-        limit=limit, offset=offset,
+        window_days=window_days,
+        model_ids=model_id or [DEFAULT_MODEL_ID],
+        as_of=as_of,
+        date_from=date_from,
+        date_to=date_to,
+        market_id=market_id,
+        instrument_ids=instrument_id,
+        limit=limit,
+        offset=offset,
     )
     if direct and publish_rows:
         raise BadArguments("--publish-rows publishes through Kafka; --direct computes without it: choose one")
@@ -261,12 +302,16 @@ def replay(
 
 @app.command("worker")
 def worker(
-    data_dir: Annotated[Optional[Path], typer.Option("--data-dir", metavar="DIR",
-                                                     help="RocksDB state folder (default EMBEDDER_STATE_DIR/worker).")] = None,
-    loglevel: Annotated[str, typer.Option("--loglevel", metavar="LEVEL",
-                                          help="crit, error, warn, info or debug.")] = "warn",
-    capture: Annotated[bool, typer.Option("--capture/--no-capture",
-                                          help="Relay prices_outbox (live capture and ticks) to Kafka.")] = True,
+    data_dir: Annotated[
+        Optional[Path],
+        typer.Option("--data-dir", metavar="DIR", help="RocksDB state folder (default EMBEDDER_STATE_DIR/worker)."),
+    ] = None,
+    loglevel: Annotated[
+        str, typer.Option("--loglevel", metavar="LEVEL", help="crit, error, warn, info or debug.")
+    ] = "warn",
+    capture: Annotated[
+        bool, typer.Option("--capture/--no-capture", help="Relay prices_outbox (live capture and ticks) to Kafka.")
+    ] = True,
 ) -> None:
     """The always-on streaming service: live capture, bootstrap, windows, ticks and the Postgres sink,
     the correction path and the parity audit."""
@@ -276,11 +321,10 @@ def worker(
     from backfill.parity_audit import start_parity_audit
     from backfill.schedule import TickScheduler
     from shared.db import connection
+    from shared.live_layout import resolve
     from shared.metrics import StreamMetrics
     from shared.topics import STATE_FORMAT
     from streams.worker import run_worker
-
-    from shared.live_layout import resolve
 
     settings = resolve(load_settings())  # the partitions and generation the database records
     with connection(settings.database_url) as conn:
@@ -292,8 +336,9 @@ def worker(
         corrections, corrections_thread = start_correction_loop(settings, ready, metrics, audit.corrected)
         parts = [(audit.stop, audit_thread), (corrections.stop, corrections_thread)]
         if capture:
-            relay_, thread = start_relay(settings, ready, metrics,
-                                         idle_tasks=[TickScheduler(settings, metrics=metrics)])
+            relay_, thread = start_relay(
+                settings, ready, metrics, idle_tasks=[TickScheduler(settings, metrics=metrics)]
+            )
             parts.append((relay_.stop, thread))
 
         def stop() -> None:
@@ -309,19 +354,30 @@ def worker(
         with connection(settings.database_url) as conn:
             requeue_lost(conn, ids)
 
-    run_worker(settings, data_dir or settings.state_dir / "worker", loglevel, beside=live,
-               on_lost_windows=lost_windows if capture else None)
+    run_worker(
+        settings,
+        data_dir or settings.state_dir / "worker",
+        loglevel,
+        beside=live,
+        on_lost_windows=lost_windows if capture else None,
+    )
 
 
 @app.command("tick")
 def tick(
     as_of: Annotated[str, typer.Option("--as-of", metavar="DATE", help="The day that is complete (YYYY-MM-DD).")],
-    market_id: Annotated[Optional[str], typer.Option("--market-id", metavar="MARKET", help="Only this market's instruments "
-                                                     "(default: every market).")] = None,
-    window_days: Annotated[Optional[int], typer.Option("--window-days", metavar="N",
-                                                       help="Trading days per window (default EMBEDDER_WINDOW_DAYS).")] = None,
-    model_id: Annotated[Optional[list[str]], typer.Option("--model-id", metavar="MODEL",
-                                                          help="A model (repeatable; default EMBEDDER_LIVE_MODEL_IDS).")] = None,
+    market_id: Annotated[
+        Optional[str],
+        typer.Option("--market-id", metavar="MARKET", help="Only this market's instruments (default: every market)."),
+    ] = None,
+    window_days: Annotated[
+        Optional[int],
+        typer.Option("--window-days", metavar="N", help="Trading days per window (default EMBEDDER_WINDOW_DAYS)."),
+    ] = None,
+    model_id: Annotated[
+        Optional[list[str]],
+        typer.Option("--model-id", metavar="MODEL", help="A model (repeatable; default EMBEDDER_LIVE_MODEL_IDS)."),
+    ] = None,
 ) -> None:
     """Declare day D complete for the live service: it emits the embedding as of D of every ACTIVE
     EQUITY instrument (of the market).
@@ -346,17 +402,25 @@ def tick(
     with connection(settings.database_url) as conn:
         outbox_id = enqueue_tick(conn, day, n, models, market_id, settings.bootstrap_chunk_instruments)
     scope = f" for market {market_id}" if market_id else ""
-    out.print(f"tick {day}{scope} queued (outbox id {outbox_id}); the worker's relay publishes it after earlier rows",
-              highlight=False)
+    out.print(
+        f"tick {day}{scope} queued (outbox id {outbox_id}); the worker's relay publishes it after earlier rows",
+        highlight=False,
+    )
 
 
 @live_app.command("bootstrap")
 def live_bootstrap(
     market_id: Annotated[Optional[str], typer.Option("--market-id", metavar="MARKET", help="Only this market.")] = None,
-    reset: Annotated[bool, typer.Option("--reset", help="Load again what was loaded before (the live windows "
-                                        "were lost: new Kafka cluster or app id).")] = False,
-    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait until the worker's relay has loaded "
-                                       "everything queued.")] = True,
+    reset: Annotated[
+        bool,
+        typer.Option(
+            "--reset",
+            help="Load again what was loaded before (the live windows were lost: new Kafka cluster or app id).",
+        ),
+    ] = False,
+    wait: Annotated[
+        bool, typer.Option("--wait/--no-wait", help="Wait until the worker's relay has loaded everything queued.")
+    ] = True,
 ) -> None:
     """Load instruments' history from prices_daily into the live windows (the worker does this by itself
     on start and for instruments that become ACTIVE; this runs it now, with progress)."""
@@ -367,8 +431,13 @@ def live_bootstrap(
 
 @live_app.command("capture")
 def live_capture(
-    on: Annotated[Optional[bool], typer.Option("--on/--off", help="Turn capture on (the triggers write the "
-                                               "outbox; a gap is resynced) or off (nothing is captured).")] = None,
+    on: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--on/--off",
+            help="Turn capture on (the triggers write the outbox; a gap is resynced) or off (nothing is captured).",
+        ),
+    ] = None,
 ) -> None:
     """Show or switch live capture. The worker turns it on when it starts relaying; off, or after
     EMBEDDER_CAPTURE_IDLE_HOURS without a relay, the platform's writes cost no capture and no outbox grows.
@@ -380,8 +449,9 @@ def live_capture(
 
 @live_app.command("repartition")
 def live_repartition(
-    partitions: Annotated[int, typer.Argument(metavar="N", help="The new partition count of the prices topic and "
-                                              "the workers' state.")],
+    partitions: Annotated[
+        int, typer.Argument(metavar="N", help="The new partition count of the prices topic and the workers' state.")
+    ],
 ) -> None:
     """Move the live service to N partitions (more workers can then share it, or fewer partitions serve a
     smaller one). Running workers restart on the new layout by themselves and reload their windows from
@@ -398,15 +468,24 @@ def embeddings_export(
     as_of: Annotated[Optional[str], typer.Option("--as-of", metavar="DATE", help="One as_of date.")] = None,
     date_from: Annotated[Optional[str], typer.Option("--from", metavar="DATE", help="First as_of date.")] = None,
     date_to: Annotated[Optional[str], typer.Option("--to", metavar="DATE", help="Last as_of date.")] = None,
-    market_id: Annotated[Optional[str], typer.Option("--market-id", metavar="MARKET",
-                                                     help="The market's ACTIVE EQUITY instruments.")] = None,
-    instrument_id: Annotated[Optional[list[str]], typer.Option("--instrument-id", metavar="ID",
-                                                               help="An instrument (repeatable).")] = None,
+    market_id: Annotated[
+        Optional[str], typer.Option("--market-id", metavar="MARKET", help="The market's ACTIVE EQUITY instruments.")
+    ] = None,
+    instrument_id: Annotated[
+        Optional[list[str]], typer.Option("--instrument-id", metavar="ID", help="An instrument (repeatable).")
+    ] = None,
     model_id: Annotated[str, typer.Option("--model-id", metavar="MODEL", help="The model.")] = DEFAULT_MODEL_ID,
-    window_days: Annotated[Optional[int], typer.Option("--window-days", metavar="N",
-                                                       help="Only rows of this window.")] = None,
-    known_at: Annotated[Optional[str], typer.Option("--known-at", metavar="TIME", help="The table as it was at "
-                                                    "this instant (ISO 8601; UTC when no offset is given).")] = None,
+    window_days: Annotated[
+        Optional[int], typer.Option("--window-days", metavar="N", help="Only rows of this window.")
+    ] = None,
+    known_at: Annotated[
+        Optional[str],
+        typer.Option(
+            "--known-at",
+            metavar="TIME",
+            help="The table as it was at this instant (ISO 8601; UTC when no offset is given).",
+        ),
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
 ) -> None:
     """Export stored embeddings (now, or as known at an instant) to Parquet, .npy or CSV, with progress."""
@@ -415,8 +494,15 @@ def embeddings_export(
 
     if market_id is not None and instrument_id:
         raise BadArguments("give --market-id or --instrument-id, not both")
-    query = EmbeddingQuery.build(model_id, as_of=as_of, date_from=date_from, date_to=date_to,
-                                 window_days=window_days, known_at=known_at, instrument_ids=instrument_id or None)
+    query = EmbeddingQuery.build(
+        model_id,
+        as_of=as_of,
+        date_from=date_from,
+        date_to=date_to,
+        window_days=window_days,
+        known_at=known_at,
+        instrument_ids=instrument_id or None,
+    )
     run_export(load_settings(), query, market_id, fmt, output, force)
 
 
@@ -435,7 +521,9 @@ def embeddings_history(
 
 @embeddings_app.command("keep-history")
 def embeddings_keep_history(
-    on: Annotated[Optional[bool], typer.Option("--on/--off", help="Keep superseded embeddings (default) or not.")] = None,
+    on: Annotated[
+        Optional[bool], typer.Option("--on/--off", help="Keep superseded embeddings (default) or not.")
+    ] = None,
 ) -> None:
     """Show or switch the keeping of superseded embeddings (what reads as known at an instant need);
     EMBEDDER_VERSION_RETENTION_DAYS bounds how long they are kept."""
@@ -448,15 +536,27 @@ def embeddings_keep_history(
 def lag(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable report (fields in the README).")] = False,
     watch: Annotated[bool, typer.Option("--watch", help="Refresh until interrupted.")] = False,
-    samples: Annotated[int, typer.Option("--samples", min=1, metavar="N", help="Readings before judging (one-shot).")] = 3,
-    interval: Annotated[float, typer.Option("--interval", min=0.1, metavar="SECONDS",
-                                            help="Seconds between readings.")] = 1.0,
-    window: Annotated[float, typer.Option("--window", min=1, metavar="SECONDS",
-                                          help="Sliding window of the statuses, seconds.")] = 60.0,
-    group: Annotated[Optional[str], typer.Option("--group", metavar="GROUP",
-                                                 help="Consumer group (default EMBEDDER_APP_ID).")] = None,
-    serve: Annotated[Optional[int], typer.Option("--serve", metavar="PORT", min=0, help="Export the lag as Prometheus "
-                                                 "metrics on PORT until interrupted (reads only the broker).")] = None,
+    samples: Annotated[
+        int, typer.Option("--samples", min=1, metavar="N", help="Readings before judging (one-shot).")
+    ] = 3,
+    interval: Annotated[
+        float, typer.Option("--interval", min=0.1, metavar="SECONDS", help="Seconds between readings.")
+    ] = 1.0,
+    window: Annotated[
+        float, typer.Option("--window", min=1, metavar="SECONDS", help="Sliding window of the statuses, seconds.")
+    ] = 60.0,
+    group: Annotated[
+        Optional[str], typer.Option("--group", metavar="GROUP", help="Consumer group (default EMBEDDER_APP_ID).")
+    ] = None,
+    serve: Annotated[
+        Optional[int],
+        typer.Option(
+            "--serve",
+            metavar="PORT",
+            min=0,
+            help="Export the lag as Prometheus metrics on PORT until interrupted (reads only the broker).",
+        ),
+    ] = None,
     host: Annotated[str, typer.Option("--host", metavar="HOST", help="Address --serve listens on.")] = "127.0.0.1",
 ) -> None:
     """Consumer lag of the worker group per topic and partition, in messages and seconds, with a status
@@ -472,8 +572,10 @@ def lag(
 
 @app.command("status")
 def status(
-    since: Annotated[str, typer.Option("--since", metavar="WHEN", help="Count dead letters since: 24h, 7d, an ISO date or "
-                                       "date-time.")] = "24h",
+    since: Annotated[
+        str,
+        typer.Option("--since", metavar="WHEN", help="Count dead letters since: 24h, 7d, an ISO date or date-time."),
+    ] = "24h",
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable (version 1).")] = False,
 ) -> None:
     """The live service at a glance: last tick per market (embedded, without enough history, without a row
@@ -485,12 +587,23 @@ def status(
 
 @app.command("dead-letters")
 def dead_letters(
-    since: Annotated[Optional[str], typer.Option("--since", metavar="WHEN", help="Only these: 24h, 7d, an ISO date or date-time "
-                                                 "(default: every retained one).")] = None,
+    since: Annotated[
+        Optional[str],
+        typer.Option(
+            "--since",
+            metavar="WHEN",
+            help="Only these: 24h, 7d, an ISO date or date-time (default: every retained one).",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable (version 1).")] = False,
     limit: Annotated[int, typer.Option("--limit", min=1, metavar="N", help="Newest records shown in full.")] = 50,
-    redrive: Annotated[bool, typer.Option("--redrive", help="Capture the live rows shown again as prices_daily "
-                                          "holds them now (after fixing them there).")] = False,
+    redrive: Annotated[
+        bool,
+        typer.Option(
+            "--redrive",
+            help="Capture the live rows shown again as prices_daily holds them now (after fixing them there).",
+        ),
+    ] = False,
 ) -> None:
     """Rows and messages the stream refused, with their reasons, counted by reason."""
     from embedder.dead_letters_command import run_dead_letters
@@ -503,18 +616,31 @@ def verify(
     date_from: Annotated[Optional[str], typer.Option("--from", metavar="DATE", help="First as_of date.")] = None,
     date_to: Annotated[Optional[str], typer.Option("--to", metavar="DATE", help="Last as_of date.")] = None,
     as_of: Annotated[Optional[str], typer.Option("--as-of", metavar="DATE", help="One as_of date.")] = None,
-    market_id: Annotated[Optional[str], typer.Option("--market-id", metavar="MARKET",
-                                                     help="The market's ACTIVE EQUITY instruments.")] = None,
-    instrument_id: Annotated[Optional[list[str]], typer.Option("--instrument-id", metavar="ID",
-                                                               help="An instrument (repeatable).")] = None,
+    market_id: Annotated[
+        Optional[str], typer.Option("--market-id", metavar="MARKET", help="The market's ACTIVE EQUITY instruments.")
+    ] = None,
+    instrument_id: Annotated[
+        Optional[list[str]], typer.Option("--instrument-id", metavar="ID", help="An instrument (repeatable).")
+    ] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", metavar="N", min=0, help="Cut the market.")] = None,
     offset: Annotated[int, typer.Option("--offset", metavar="N", min=0, help="Cut the market.")] = 0,
-    model_id: Annotated[Optional[list[str]], typer.Option("--model-id", metavar="MODEL", help="A model (repeatable; "
-                                                          "default: every model stored).")] = None,
-    window_days: Annotated[Optional[int], typer.Option("--window-days", metavar="N", help="Window of keys with no "
-                                                       "stored row (default EMBEDDER_WINDOW_DAYS); stored rows use "
-                                                       "their own window_spec.")] = None,
-    repair: Annotated[bool, typer.Option("--repair", help="Rewrite what differs (same write path as every run).")] = False,
+    model_id: Annotated[
+        Optional[list[str]],
+        typer.Option("--model-id", metavar="MODEL", help="A model (repeatable; default: every model stored)."),
+    ] = None,
+    window_days: Annotated[
+        Optional[int],
+        typer.Option(
+            "--window-days",
+            metavar="N",
+            help="Window of keys with no "
+            "stored row (default EMBEDDER_WINDOW_DAYS); stored rows use "
+            "their own window_spec.",
+        ),
+    ] = None,
+    repair: Annotated[
+        bool, typer.Option("--repair", help="Rewrite what differs (same write path as every run).")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable (version 1).")] = False,
 ) -> None:
     """Recompute a selection from prices_daily and compare it with the table: missing, extra, different
@@ -531,8 +657,13 @@ def verify(
         date_from=parse_date(date_from, "--from") if date_from else None,
         date_to=parse_date(date_to, "--to") if date_to else None,
         as_of=parse_date(as_of, "--as-of") if as_of else None,
-        market_id=market_id, instrument_ids=tuple(dict.fromkeys(instrument_id or ())), limit=limit, offset=offset,
-        model_ids=tuple(dict.fromkeys(model_id or ())), window_days=window_days or settings.window_days)
+        market_id=market_id,
+        instrument_ids=tuple(dict.fromkeys(instrument_id or ())),
+        limit=limit,
+        offset=offset,
+        model_ids=tuple(dict.fromkeys(model_id or ())),
+        window_days=window_days or settings.window_days,
+    )
     code = run_verify(settings, selection, repair, as_json)
     if code:
         raise typer.Exit(code)

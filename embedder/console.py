@@ -4,6 +4,7 @@ On a terminal: rich's bars. Elsewhere (cron, CI logs, a pipe): a plain line ever
 `EMBEDDER_PROGRESS_SECONDS` (5) and one at the end, so a log shows how far a long
 run is. Piped tables get a wide console, so their headers are never cut.
 """
+
 from __future__ import annotations
 
 import sys
@@ -14,6 +15,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
@@ -30,11 +32,11 @@ class PlainProgress:
 
     def __init__(self, every: float):
         self.every = every
-        self.tasks: dict[int, dict] = {}
+        self.tasks: dict[TaskID, dict] = {}
         self.started = time.monotonic()
         self._printed = 0.0
 
-    def __enter__(self) -> "PlainProgress":
+    def __enter__(self) -> PlainProgress:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -48,14 +50,25 @@ class PlainProgress:
             self._print()
             self.tasks = {}
 
-    def add_task(self, description: str, total: float | None = None, completed: float = 0, **fields) -> int:
-        task = len(self.tasks)
-        self.tasks[task] = {"description": description, "total": total, "completed": completed,
-                            "detail": fields.get("detail", "")}
+    def add_task(self, description: str, total: float | None = None, completed: float = 0, **fields) -> TaskID:
+        task = TaskID(len(self.tasks))
+        self.tasks[task] = {
+            "description": description,
+            "total": total,
+            "completed": completed,
+            "detail": fields.get("detail", ""),
+        }
         return task
 
-    def update(self, task: int, *, completed: float | None = None, advance: float | None = None,
-               total: float | None = None, **fields) -> None:
+    def update(
+        self,
+        task: TaskID,
+        *,
+        completed: float | None = None,
+        advance: float | None = None,
+        total: float | None = None,
+        **fields,
+    ) -> None:
         t = self.tasks[task]
         if completed is not None:
             t["completed"] = completed
@@ -68,15 +81,16 @@ class PlainProgress:
         if time.monotonic() - self._printed >= self.every:
             self._print()
 
-    def advance(self, task: int, advance: float = 1) -> None:
+    def advance(self, task: TaskID, advance: float = 1) -> None:
         self.update(task, advance=advance)
 
     def _print(self) -> None:
         self._printed = time.monotonic()
         parts = []
         for t in self.tasks.values():
-            done = f"{t['completed']:,.0f}" + (f"/{t['total']:,.0f} ({100 * t['completed'] / t['total']:.0f}%)"
-                                               if t["total"] else "")
+            done = f"{t['completed']:,.0f}" + (
+                f"/{t['total']:,.0f} ({100 * t['completed'] / t['total']:.0f}%)" if t["total"] else ""
+            )
             parts.append(f"{t['description']} {done}" + (f" {t['detail']}" if t["detail"] else ""))
         sys.stderr.write(f"[{time.monotonic() - self.started:6.1f}s] " + " | ".join(parts) + "\n")
         sys.stderr.flush()

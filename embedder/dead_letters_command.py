@@ -1,4 +1,5 @@
 """`embedder dead-letters`: what the stream refused, why, counted by reason; re-drive fixed rows."""
+
 from __future__ import annotations
 
 import json
@@ -24,9 +25,12 @@ def run_dead_letters(settings: Settings, since: str | None, as_json: bool, limit
         keys = redrivable(report)
         with connection(settings.database_url) as conn:
             sent = recapture(conn, keys)
-        out.print(f"re-driven: {sent} live row(s) captured again as prices_daily holds them now "
-                  f"({len(keys) - sent} no longer in prices_daily: nothing to do); rows that still fail "
-                  "are dead-lettered again", highlight=False)
+        out.print(
+            f"re-driven: {sent} live row(s) captured again as prices_daily holds them now "
+            f"({len(keys) - sent} no longer in prices_daily: nothing to do); rows that still fail "
+            "are dead-lettered again",
+            highlight=False,
+        )
 
 
 def redrivable(report: DeadLetterReport) -> list[tuple[str, date]]:

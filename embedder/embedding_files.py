@@ -6,12 +6,13 @@ pickle, CSV as one column per element with 9 significant digits (enough to round
 A writer writes to a temporary file beside the target and renames it at the end: nothing is
 half-written.
 """
+
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,20 +23,35 @@ if TYPE_CHECKING:
 from shared.errors import EmbedderError
 
 FORMATS = ("parquet", "npy", "csv")
-PARQUET_OPTIONS = dict(compression="snappy", use_dictionary=["instrument_id"],
-                       write_statistics=["instrument_id", "as_of_date", "window_days"])
+PARQUET_OPTIONS = dict(
+    compression="snappy",
+    use_dictionary=["instrument_id"],
+    write_statistics=["instrument_id", "as_of_date", "window_days"],
+)
 """No dictionary or statistics for the vectors: on float32 data they cost more than the rest of the write
 (a year of the market: 0.79 s against 0.34 s, for a file of 53 MB instead of 95)."""
 ID_CHARS = 64  # numeric_window_embeddings.entity_id is varchar(64)
 
 
 def npy_dtype(dim: int) -> np.dtype:
-    return np.dtype([("instrument_id", f"<U{ID_CHARS}"), ("as_of_date", "<M8[D]"), ("window_days", "<i4"),
-                     ("vector", "<f4", (dim,))])
+    return np.dtype(
+        [
+            ("instrument_id", f"<U{ID_CHARS}"),
+            ("as_of_date", "<M8[D]"),
+            ("window_days", "<i4"),
+            ("vector", "<f4", (dim,)),
+        ]
+    )
 
 
-def write_embeddings(batches: Iterable["pa.RecordBatch"], path: Path, fmt: str, model_id: str,
-                     on_rows: Callable[[int], None] | None = None, metadata: dict[str, str] | None = None) -> int:
+def write_embeddings(
+    batches: Iterable[pa.RecordBatch],
+    path: Path,
+    fmt: str,
+    model_id: str,
+    on_rows: Callable[[int], None] | None = None,
+    metadata: dict[str, str] | None = None,
+) -> int:
     """Write `batches` (`shared.embedding_reads.iter_batches`) to `path` in `fmt`, streaming (memory: one
     batch). Returns rows written."""
     tmp = path.with_name(f".{path.name}.partial")
@@ -54,8 +70,10 @@ def write_embeddings(batches: Iterable["pa.RecordBatch"], path: Path, fmt: str, 
 
 def _dim(chunk: Embeddings, dim: int | None) -> int:
     if dim is not None and chunk.vectors.shape[1] != dim:
-        raise EmbedderError(f"the rows have vectors of different lengths ({dim} and {chunk.vectors.shape[1]}: "
-                            "different window_days): export one window at a time (--window-days)")
+        raise EmbedderError(
+            f"the rows have vectors of different lengths ({dim} and {chunk.vectors.shape[1]}: "
+            "different window_days): export one window at a time (--window-days)"
+        )
     return chunk.vectors.shape[1]
 
 
@@ -69,8 +87,10 @@ def _parquet(batches, tmp: Path, on_rows, metadata) -> int:
         for batch in batches:
             size = batch.column(3).type.list_size
             if dim is not None and size != dim:
-                raise EmbedderError(f"the rows have vectors of different lengths ({dim} and {size}: different "
-                                    "window_days): export one window at a time (--window-days)")
+                raise EmbedderError(
+                    f"the rows have vectors of different lengths ({dim} and {size}: different "
+                    "window_days): export one window at a time (--window-days)"
+                )
             dim = size
             if writer is None:
                 writer = pq.ParquetWriter(tmp, batch.schema.with_metadata(meta), **PARQUET_OPTIONS)
@@ -79,9 +99,18 @@ def _parquet(batches, tmp: Path, on_rows, metadata) -> int:
             if on_rows:
                 on_rows(batch.num_rows)
         if writer is None:  # nothing selected: an empty file with the columns
-            writer = pq.ParquetWriter(tmp, pa.schema([("instrument_id", pa.string()), ("as_of_date", pa.date32()),
-                                                      ("window_days", pa.int32()),
-                                                      ("vector", pa.list_(pa.float32()))], metadata=meta))
+            writer = pq.ParquetWriter(
+                tmp,
+                pa.schema(
+                    [
+                        ("instrument_id", pa.string()),
+                        ("as_of_date", pa.date32()),
+                        ("window_days", pa.int32()),
+                        ("vector", pa.list_(pa.float32())),
+                    ],
+                    metadata=meta,
+                ),
+            )
     finally:
         if writer is not None:
             writer.close()
@@ -130,11 +159,18 @@ def _csv(chunks, tmp: Path, on_rows, metadata) -> int:
             if not len(chunk):
                 continue
             if dim is None:
-                f.write(",".join(["instrument_id", "as_of_date", "model_id", "window_days"]
-                                 + [f"v{k}" for k in range(chunk.vectors.shape[1])]) + "\n")
+                f.write(
+                    ",".join(
+                        ["instrument_id", "as_of_date", "model_id", "window_days"]
+                        + [f"v{k}" for k in range(chunk.vectors.shape[1])]
+                    )
+                    + "\n"
+                )
             dim = _dim(chunk, dim)
-            keys = [f"{_csv_field(i)},{d},{chunk.model_id},{w}" for i, d, w in
-                    zip(chunk.instrument_ids, chunk.as_of_dates.astype(str), chunk.window_days)]
+            keys = [
+                f"{_csv_field(i)},{d},{chunk.model_id},{w}"
+                for i, d, w in zip(chunk.instrument_ids, chunk.as_of_dates.astype(str), chunk.window_days)
+            ]
             values = np.char.mod("%.9g", chunk.vectors.astype(np.float64))
             f.writelines(f"{k},{','.join(v)}\n" for k, v in zip(keys, values))
             n += len(chunk)

@@ -1,5 +1,6 @@
 """`embedder embeddings export|history|keep-history`: the table for the platform's consumers, current or
 as known at an instant, the versions of one embedding, and the history switch."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,9 @@ from shared.errors import BadArguments
 from shared.models import validate_models
 
 
-def run_export(settings: Settings, query: EmbeddingQuery, market_id: str | None, fmt: str, output: Path,
-               force: bool) -> int:
+def run_export(
+    settings: Settings, query: EmbeddingQuery, market_id: str | None, fmt: str, output: Path, force: bool
+) -> int:
     """Export the selection to `output`; returns rows written."""
     if fmt not in FORMATS:
         raise BadArguments(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -29,20 +31,27 @@ def run_export(settings: Settings, query: EmbeddingQuery, market_id: str | None,
     started = time.perf_counter()
     url = settings.database_url
     query = resolve(url, query, market_id)
-    metadata = {"model_id": query.model_id, "known_at": query.known_at.isoformat() if query.known_at else "now",
-                "date_from": str(query.date_from), "date_to": str(query.date_to)}
+    metadata = {
+        "model_id": query.model_id,
+        "known_at": query.known_at.isoformat() if query.known_at else "now",
+        "date_from": str(query.date_from),
+        "date_to": str(query.date_to),
+    }
     bar = progress()
     bar.start()
     task = bar.add_task(f"export {fmt}", total=None, detail=str(output))
     try:
-        written = write_embeddings(iter_batches(url, query), output, fmt, query.model_id,
-                                   lambda n: bar.advance(task, n), metadata)
+        written = write_embeddings(
+            iter_batches(url, query), output, fmt, query.model_id, lambda n: bar.advance(task, n), metadata
+        )
     finally:
         bar.stop()
     elapsed = time.perf_counter() - started
     when = f" as known at {query.known_at.isoformat(timespec='seconds')}" if query.known_at else ""
-    out.print(f"exported {written:,} embeddings of {query.model_id}{when} to {output} ({fmt}) in {elapsed:.1f}s "
-              f"({written / elapsed if elapsed else 0:,.0f}/s)")
+    out.print(
+        f"exported {written:,} embeddings of {query.model_id}{when} to {output} ({fmt}) in {elapsed:.1f}s "
+        f"({written / elapsed if elapsed else 0:,.0f}/s)"
+    )
     return written
 
 
@@ -55,14 +64,21 @@ def run_history(settings: Settings, instrument_id: str, as_of: str, model_id: st
     rows = []
     for k, v in enumerate(versions):  # drift: to the vector that came next (none after a removal)
         moved = drift(v.values, versions[k + 1].values) if k + 1 < len(versions) else None
-        rows.append({"recorded_from": v.recorded_from.isoformat(timespec="milliseconds"),
-                     "recorded_to": v.recorded_to.isoformat(timespec="milliseconds") if v.recorded_to else None,
-                     "window_days": v.window_days, "ended_by": v.ended_by, "cause": v.cause,
-                     "drift_max_abs": moved.max_abs if moved else None,
-                     "drift_cosine": moved.cosine if moved else None})
+        rows.append(
+            {
+                "recorded_from": v.recorded_from.isoformat(timespec="milliseconds"),
+                "recorded_to": v.recorded_to.isoformat(timespec="milliseconds") if v.recorded_to else None,
+                "window_days": v.window_days,
+                "ended_by": v.ended_by,
+                "cause": v.cause,
+                "drift_max_abs": moved.max_abs if moved else None,
+                "drift_cosine": moved.cosine if moved else None,
+            }
+        )
     if as_json:
-        out.print_json(json.dumps({"instrument_id": instrument_id, "as_of_date": str(day), "model_id": model_id,
-                                   "versions": rows}))
+        out.print_json(
+            json.dumps({"instrument_id": instrument_id, "as_of_date": str(day), "model_id": model_id, "versions": rows})
+        )
         return
     if not rows:
         out.print(f"no embedding of {instrument_id} as of {day} ({model_id}) was ever stored while history was kept")
@@ -87,14 +103,23 @@ def run_keep_history(settings: Settings, on: bool | None) -> None:
         else:
             state = switch_history(conn, on, f"embedder embeddings keep-history on {socket.gethostname()}")
             conn.commit()
-    retention = (f"versions kept {settings.version_retention_days:g} days" if settings.version_retention_days
-                 else "versions kept forever (EMBEDDER_VERSION_RETENTION_DAYS unset)")
+    retention = (
+        f"versions kept {settings.version_retention_days:g} days"
+        if settings.version_retention_days
+        else "versions kept forever (EMBEDDER_VERSION_RETENTION_DAYS unset)"
+    )
     if state.enabled:
-        out.print(f"history on: {state.versions:,} versions; reads as known at an instant are exact from "
-                  f"{state.complete_since.isoformat(timespec='seconds')}; {retention}", highlight=False)
+        out.print(
+            f"history on: {state.versions:,} versions; reads as known at an instant are exact from "
+            f"{state.complete_since.isoformat(timespec='seconds')}; {retention}",
+            highlight=False,
+        )
     else:
-        out.print(f"history off since {state.changed_at.isoformat(timespec='seconds')} ({state.changed_by}): "
-                  f"changes keep no version and reads as known at an instant are refused; {state.versions:,} "
-                  "versions kept from before", highlight=False)
+        out.print(
+            f"history off since {state.changed_at.isoformat(timespec='seconds')} ({state.changed_by}): "
+            f"changes keep no version and reads as known at an instant are refused; {state.versions:,} "
+            "versions kept from before",
+            highlight=False,
+        )
         if on is False:
             err.print("turning it on again makes history complete from that moment, not before", highlight=False)

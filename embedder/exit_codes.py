@@ -1,4 +1,5 @@
 """One place that turns the project's errors into a one-line message and an exit code."""
+
 from __future__ import annotations
 
 import sys

@@ -1,5 +1,6 @@
 """`embedder lag`: the lag report as a table, as JSON, refreshing (`--watch`), or as Prometheus metrics
 (`--serve PORT`); the exit code says the status (see `embedder.exit_codes.LAG_EXIT_CODES`)."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,14 @@ from shared.config import Settings
 from shared.lag import LagMonitor, LagReport, worst
 from shared.metrics import LagMetrics
 
-STATUS_STYLE = {"OK": "green", "WARN": "yellow", "REWIND": "magenta", "STALL": "red", "STOP": "bold red",
-                "ERR": "bold magenta"}
+STATUS_STYLE = {
+    "OK": "green",
+    "WARN": "yellow",
+    "REWIND": "magenta",
+    "STALL": "red",
+    "STOP": "bold red",
+    "ERR": "bold magenta",
+}
 COLUMNS = ("role", "topic", "partition", "committed", "end", "lag", "lag s", "rate/s", "catch-up s", "status")
 
 
@@ -28,18 +35,34 @@ def fmt(value, unit: str = "") -> str:
 def lag_table(report: LagReport) -> Table:
     """One row per partition, with its group's state and status in the title. Columns never wrap or
     shorten their headers (a table piped to a file stays readable)."""
-    titles = [f"group {g.group}: {g.state}, {g.members} member(s), "
-              f"[{STATUS_STYLE[g.status]}]{g.status}[/], lag {g.lag} msgs / {fmt(g.lag_seconds, ' s')}"
-              + (f" ({g.error})" if g.error else "") for g in report.groups]
+    titles = [
+        f"group {g.group}: {g.state}, {g.members} member(s), "
+        f"[{STATUS_STYLE[g.status]}]{g.status}[/], lag {g.lag} msgs / {fmt(g.lag_seconds, ' s')}"
+        + (f" ({g.error})" if g.error else "")
+        for g in report.groups
+    ]
     table = Table(title="\n".join(titles), title_justify="left")
     for column in COLUMNS:
-        table.add_column(column, justify="left" if column in ("role", "topic", "status") else "right",
-                         no_wrap=True, min_width=len(column))
+        table.add_column(
+            column,
+            justify="left" if column in ("role", "topic", "status") else "right",
+            no_wrap=True,
+            min_width=len(column),
+        )
     for g in report.groups:
         for p in g.partitions:
-            table.add_row(p.role, p.topic, str(p.partition), fmt(p.committed), str(p.end), str(p.lag),
-                          fmt(p.lag_seconds), fmt(p.rate), fmt(p.eta_seconds),
-                          f"[{STATUS_STYLE[p.status]}]{p.status}[/]")
+            table.add_row(
+                p.role,
+                p.topic,
+                str(p.partition),
+                fmt(p.committed),
+                str(p.end),
+                str(p.lag),
+                fmt(p.lag_seconds),
+                fmt(p.rate),
+                fmt(p.eta_seconds),
+                f"[{STATUS_STYLE[p.status]}]{p.status}[/]",
+            )
     return table
 
 
@@ -79,8 +102,13 @@ def serve_metrics(monitor: LagMonitor, port: int, host: str, interval: float) ->
 
         def do_GET(self) -> None:  # noqa: N802
             path = self.path.split("?")[0]
-            body, kind, code = ((generate_latest(registry), CONTENT_TYPE_LATEST, 200) if path == "/metrics"
-                                else (b"ok\n", "text/plain", 200) if path == "/livez" else (b"not found\n", "text/plain", 404))
+            body, kind, code = (
+                (generate_latest(registry), CONTENT_TYPE_LATEST, 200)
+                if path == "/metrics"
+                else (b"ok\n", "text/plain", 200)
+                if path == "/livez"
+                else (b"not found\n", "text/plain", 404)
+            )
             self.send_response(code)
             self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(body)))
@@ -92,8 +120,11 @@ def serve_metrics(monitor: LagMonitor, port: int, host: str, interval: float) ->
     import threading
 
     threading.Thread(target=server.serve_forever, name="web", daemon=True).start()
-    err.print(f"lag of group {monitor.group} on http://{host}:{server.server_address[1]}/metrics "
-              f"(every {interval:g} s; Ctrl-C stops)", highlight=False)
+    err.print(
+        f"lag of group {monitor.group} on http://{host}:{server.server_address[1]}/metrics "
+        f"(every {interval:g} s; Ctrl-C stops)",
+        highlight=False,
+    )
     try:
         while True:
             metrics.record(monitor.sample())
@@ -104,8 +135,17 @@ def serve_metrics(monitor: LagMonitor, port: int, host: str, interval: float) ->
         server.shutdown()
 
 
-def run_lag(settings: Settings, as_json: bool, watch: bool, samples: int, interval: float, window: float,
-            group: str | None = None, serve: int | None = None, host: str = "127.0.0.1") -> int:
+def run_lag(
+    settings: Settings,
+    as_json: bool,
+    watch: bool,
+    samples: int,
+    interval: float,
+    window: float,
+    group: str | None = None,
+    serve: int | None = None,
+    host: str = "127.0.0.1",
+) -> int:
     """Sample `samples` times `interval` seconds apart (or forever with --watch / --serve); the exit code
     is the worst group's status (0 OK, 3 WARN, 4 REWIND, 5 STALL, 6 STOP, 1 ERR)."""
     monitor = LagMonitor(settings, window_seconds=window, group=group)

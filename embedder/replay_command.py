@@ -1,9 +1,11 @@
 """Running a replay selection with progress and a summary (used by `embedder replay` and the platform command)."""
+
 from __future__ import annotations
 
 import time
-
 from typing import TYPE_CHECKING
+
+from rich.progress import TaskID
 
 from backfill.completion import ReplayHooks, StreamResult
 from backfill.selection import RunSelection
@@ -16,8 +18,9 @@ if TYPE_CHECKING:
     from shared.lag import GroupLag
 
 
-def run_replay(settings: Settings, selection: RunSelection, direct: bool,
-               publish_rows: bool = False) -> DirectResult | StreamResult:
+def run_replay(
+    settings: Settings, selection: RunSelection, direct: bool, publish_rows: bool = False
+) -> DirectResult | StreamResult:
     """Run the selection (batch path or through Kafka) and print a summary."""
     if not direct:
         return run_through_kafka(settings, selection, publish_rows)
@@ -25,7 +28,7 @@ def run_replay(settings: Settings, selection: RunSelection, direct: bool,
 
     started = time.perf_counter()
     bar = progress()
-    task = None
+    task: TaskID | None = None
     committed = 0
 
     def on_start(instruments: int, dates: int) -> None:
@@ -37,6 +40,7 @@ def run_replay(settings: Settings, selection: RunSelection, direct: bool,
     def on_progress(instruments: int, embeddings: int) -> None:
         nonlocal committed
         committed += embeddings
+        assert task is not None  # on_start came first
         bar.update(task, advance=instruments, detail=f"{committed:,} embeddings committed")
 
     try:
@@ -49,8 +53,13 @@ def run_replay(settings: Settings, selection: RunSelection, direct: bool,
         )
     finally:
         bar.stop()
-    print_summary(selection, result, started, "",
-                  f"embeddings written: {result.embeddings:,}  insufficient history: {result.insufficient:,}")
+    print_summary(
+        selection,
+        result,
+        started,
+        "",
+        f"embeddings written: {result.embeddings:,}  insufficient history: {result.insufficient:,}",
+    )
     return result
 
 
@@ -70,10 +79,18 @@ def run_through_kafka(settings: Settings, selection: RunSelection, publish_rows:
         answer = live_can_answer(conn, settings, selection, ids, dates)
     if answer.ok:
         result = run_live_query(settings, selection, ids, dates, from_database=answer.from_database)
-        how = (f"answered by the live worker from prices_daily: {answer.reason}" if answer.from_database
-               else "answered from the live windows")
-        print_summary(selection, result, started, f"run: {result.run_id} ({how})  ",
-                      f"embeddings committed: {result.embeddings:,}")
+        how = (
+            f"answered by the live worker from prices_daily: {answer.reason}"
+            if answer.from_database
+            else "answered from the live windows"
+        )
+        print_summary(
+            selection,
+            result,
+            started,
+            f"run: {result.run_id} ({how})  ",
+            f"embeddings committed: {result.embeddings:,}",
+        )
         return result
     if ids and dates:
         err.print(f"publishing the look-back into a run of its own ({answer.reason})", highlight=False)
@@ -86,7 +103,7 @@ def replay_through_kafka(settings: Settings, selection: RunSelection, started: f
     from backfill.worker_process import worker_for_run
 
     bar = progress()
-    tasks: dict[str, int] = {}
+    tasks: dict[str, TaskID] = {}
 
     def on_start(instruments: int, dates: int, ticks: int) -> None:
         bar.start()
@@ -113,13 +130,19 @@ def replay_through_kafka(settings: Settings, selection: RunSelection, started: f
             result = run_stream_replay(settings, selection, hooks, topics_exist=True)  # a worker consumes them
     finally:
         bar.stop()
-    print_summary(selection, result, started, f"run: {result.run_id}  ",
-                  f"rows published: {result.rows_published:,}  embeddings committed: {result.embeddings:,}")
+    print_summary(
+        selection,
+        result,
+        started,
+        f"run: {result.run_id}  ",
+        f"rows published: {result.rows_published:,}  embeddings committed: {result.embeddings:,}",
+    )
     return result
 
 
-def print_summary(selection: RunSelection, result: DirectResult | StreamResult, started: float,
-                  head: str, counts: str) -> None:
+def print_summary(
+    selection: RunSelection, result: DirectResult | StreamResult, started: float, head: str, counts: str
+) -> None:
     """Two summary lines on stdout: what was selected, then what was done and how fast."""
     elapsed = time.perf_counter() - started
     rate = result.embeddings / elapsed if elapsed > 0 else 0.0

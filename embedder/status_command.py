@@ -4,6 +4,7 @@ Last live tick per market (with what it could not compute), the tick schedule,
 the bootstrap's progress, the outbox backlog and which worker relays it, and
 the dead letters since a time. Everything is read; nothing is changed.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,7 +17,7 @@ from backfill.capture import capture_state
 from backfill.outbox import outbox_backlog, relay_holder
 from embedder.console import out
 from shared.config import Settings
-from shared.db import connection
+from shared.db import connection, one
 from shared.dead_letters import count_since, parse_since
 from shared.embedding_history import history_state, revisions_by_day
 from shared.errors import ServiceUnavailable
@@ -31,10 +32,21 @@ def last_ticks(conn: psycopg.Connection) -> list[dict]:
            FROM embedder_tick_commits c
            JOIN (SELECT scope, max(as_of_date) AS d FROM embedder_tick_commits WHERE run_id = %s GROUP BY scope) n
              ON n.scope = c.scope AND n.d = c.as_of_date
-           WHERE c.run_id = %s GROUP BY c.scope, c.as_of_date ORDER BY c.scope""", (LIVE_RUN, LIVE_RUN)).fetchall()
-    return [{"market": scope, "as_of": d.isoformat(), "partitions": int(parts), "embedded": int(e),
-             "insufficient_history": int(i), "missing_today": int(m), "committed_at": at.isoformat(timespec="seconds")}
-            for scope, d, parts, e, i, m, at in rows]
+           WHERE c.run_id = %s GROUP BY c.scope, c.as_of_date ORDER BY c.scope""",
+        (LIVE_RUN, LIVE_RUN),
+    ).fetchall()
+    return [
+        {
+            "market": scope,
+            "as_of": d.isoformat(),
+            "partitions": int(parts),
+            "embedded": int(e),
+            "insufficient_history": int(i),
+            "missing_today": int(m),
+            "committed_at": at.isoformat(timespec="seconds"),
+        }
+        for scope, d, parts, e, i, m, at in rows
+    ]
 
 
 def scheduled(conn: psycopg.Connection, settings: Settings) -> list[dict]:
@@ -43,32 +55,60 @@ def scheduled(conn: psycopg.Connection, settings: Settings) -> list[dict]:
     for s in settings.tick_schedule:
         row = conn.execute(
             """SELECT as_of_date, reason, instruments, expected, queued_at FROM embedder_scheduled_ticks
-               WHERE market_id = %s ORDER BY as_of_date DESC LIMIT 1""", (s.market_id,)).fetchone()
-        last = None if row is None else {
-            "as_of": row[0].isoformat(), "reason": row[1], "instruments": row[2], "expected": row[3],
-            "queued_at": row[4].isoformat(timespec="seconds")}
-        out_.append({"market": s.market_id, "deadline": s.deadline.isoformat("minutes") if s.deadline else None,
-                     "timezone": s.timezone, "when_complete": s.when_complete, "last": last})
+               WHERE market_id = %s ORDER BY as_of_date DESC LIMIT 1""",
+            (s.market_id,),
+        ).fetchone()
+        last = (
+            None
+            if row is None
+            else {
+                "as_of": row[0].isoformat(),
+                "reason": row[1],
+                "instruments": row[2],
+                "expected": row[3],
+                "queued_at": row[4].isoformat(timespec="seconds"),
+            }
+        )
+        out_.append(
+            {
+                "market": s.market_id,
+                "deadline": s.deadline.isoformat("minutes") if s.deadline else None,
+                "timezone": s.timezone,
+                "when_complete": s.when_complete,
+                "last": last,
+            }
+        )
     return out_
 
 
 def corrections(conn: psycopg.Connection) -> dict:
     """The correction path's queue (captured changes still to reach the stored embeddings they reach)."""
-    queued, oldest = conn.execute("SELECT count(*), min(queued_at) FROM embedder_recompute_queue").fetchone()
+    queued, oldest = one(conn.execute("SELECT count(*), min(queued_at) FROM embedder_recompute_queue"))
     return {"queued": int(queued), "oldest_queued": oldest.isoformat(timespec="seconds") if oldest else None}
 
 
 def parity(conn: psycopg.Connection, since: datetime) -> dict:
     """The worker's parity audit since a time: rounds, keys checked, mismatches, the newest examples."""
-    rounds, checked, mismatched, last = conn.execute(
-        """SELECT count(*), coalesce(sum(keys_checked), 0), coalesce(sum(mismatches), 0), max(checked_at)
-           FROM embedder_parity_audits WHERE checked_at >= %s""", (since,)).fetchone()
+    rounds, checked, mismatched, last = one(
+        conn.execute(
+            """SELECT count(*), coalesce(sum(keys_checked), 0), coalesce(sum(mismatches), 0), max(checked_at)
+           FROM embedder_parity_audits WHERE checked_at >= %s""",
+            (since,),
+        )
+    )
     examples = conn.execute(
         """SELECT examples FROM embedder_parity_audits WHERE checked_at >= %s AND mismatches > 0
-           ORDER BY checked_at DESC LIMIT 1""", (since,)).fetchone()
-    return {"since": since.isoformat(timespec="seconds"), "rounds": int(rounds), "keys_checked": int(checked),
-            "mismatches": int(mismatched), "last_round": last.isoformat(timespec="seconds") if last else None,
-            "examples": examples[0] if examples else []}
+           ORDER BY checked_at DESC LIMIT 1""",
+        (since,),
+    ).fetchone()
+    return {
+        "since": since.isoformat(timespec="seconds"),
+        "rounds": int(rounds),
+        "keys_checked": int(checked),
+        "mismatches": int(mismatched),
+        "last_round": last.isoformat(timespec="seconds") if last else None,
+        "examples": examples[0] if examples else [],
+    }
 
 
 def history(conn: psycopg.Connection) -> dict:
@@ -77,8 +117,12 @@ def history(conn: psycopg.Connection) -> dict:
     days: dict[str, dict[str, int]] = {}
     for day, cause, n in revisions_by_day(conn, 7):
         days.setdefault(str(day), {})[cause] = int(n)
-    return {"enabled": state.enabled, "complete_since": state.complete_since.isoformat(timespec="seconds"),
-            "versions": state.versions, "revised_by_day": days}
+    return {
+        "enabled": state.enabled,
+        "complete_since": state.complete_since.isoformat(timespec="seconds"),
+        "versions": state.versions,
+        "revised_by_day": days,
+    }
 
 
 def gather(settings: Settings, since: datetime) -> dict:
@@ -93,25 +137,47 @@ def gather(settings: Settings, since: datetime) -> dict:
             "layout": {"partitions": settings.partitions, "generation": settings.live_generation},
             "ticks": last_ticks(conn),
             "schedule": scheduled(conn, settings),
-            "bootstrap": {"selectable": boot.selectable, "queued": boot.queued, "loaded": boot.published,
-                          "rows": boot.rows, "pending": boot.pending, "not_queued": boot.unqueued},
-            "capture": {"state": capture.describe, "capturing": capture.capturing, "enabled": capture.enabled,
-                        "idle_hours": capture.idle_hours, "changed_by": capture.changed_by,
-                        "changed_at": capture.changed_at.isoformat(timespec="seconds"),
-                        "relay_seen_at": capture.relay_seen_at.isoformat(timespec="seconds")
-                        if capture.relay_seen_at else None},
-            "outbox": {"unpublished": backlog.entries, "keys": backlog.keys, "bytes": backlog.bytes,
-                       "oldest_unpublished_seconds": round(backlog.oldest_seconds, 1)},
+            "bootstrap": {
+                "selectable": boot.selectable,
+                "queued": boot.queued,
+                "loaded": boot.published,
+                "rows": boot.rows,
+                "pending": boot.pending,
+                "not_queued": boot.unqueued,
+            },
+            "capture": {
+                "state": capture.describe,
+                "capturing": capture.capturing,
+                "enabled": capture.enabled,
+                "idle_hours": capture.idle_hours,
+                "changed_by": capture.changed_by,
+                "changed_at": capture.changed_at.isoformat(timespec="seconds"),
+                "relay_seen_at": capture.relay_seen_at.isoformat(timespec="seconds") if capture.relay_seen_at else None,
+            },
+            "outbox": {
+                "unpublished": backlog.entries,
+                "keys": backlog.keys,
+                "bytes": backlog.bytes,
+                "oldest_unpublished_seconds": round(backlog.oldest_seconds, 1),
+            },
             "corrections": corrections(conn),
             "parity": parity(conn, since),
             "history": history(conn),
-            "relay": None if holder is None else {
-                "application": holder.application, "pid": holder.pid, "client": holder.client,
-                "since": holder.since.isoformat(timespec="seconds")},
+            "relay": None
+            if holder is None
+            else {
+                "application": holder.application,
+                "pid": holder.pid,
+                "client": holder.client,
+                "since": holder.since.isoformat(timespec="seconds"),
+            },
         }
     try:
-        report["dead_letters"] = {"since": since.isoformat(timespec="seconds"), "count": count_since(settings, since),
-                                  "error": None}
+        report["dead_letters"] = {
+            "since": since.isoformat(timespec="seconds"),
+            "count": count_since(settings, since),
+            "error": None,
+        }
     except ServiceUnavailable as e:
         report["dead_letters"] = {"since": since.isoformat(timespec="seconds"), "count": None, "error": str(e)}
     return report
@@ -126,44 +192,83 @@ def run_status(settings: Settings, since: str, as_json: bool) -> None:
     if not report["ticks"]:
         say("live ticks: none committed yet")
     for t in report["ticks"]:
-        say(f"live tick {t['market']} {t['as_of']}: {t['embedded']} embedded, {t['insufficient_history']} without "
+        say(
+            f"live tick {t['market']} {t['as_of']}: {t['embedded']} embedded, {t['insufficient_history']} without "
             f"enough history, {t['missing_today']} without a row that day; committed on {t['partitions']} of "
-            f"{settings.partitions} partitions at {t['committed_at']}")
+            f"{settings.partitions} partitions at {t['committed_at']}"
+        )
     for s in report["schedule"]:
-        rule = " or ".join(filter(None, ["when complete" if s["when_complete"] else None,
-                                         f"at {s['deadline']} {s['timezone']}" if s["deadline"] else None]))
+        rule = " or ".join(
+            filter(
+                None,
+                [
+                    "when complete" if s["when_complete"] else None,
+                    f"at {s['deadline']} {s['timezone']}" if s["deadline"] else None,
+                ],
+            )
+        )
         last = s["last"]
-        done = "nothing yet" if last is None else (
-            f"last {last['as_of']} ({last['reason']}" + (
-                f", {last['instruments']} of {last['expected']} instruments)" if last["reason"] != "baseline" else ")"))
+        done = (
+            "nothing yet"
+            if last is None
+            else (
+                f"last {last['as_of']} ({last['reason']}"
+                + (
+                    f", {last['instruments']} of {last['expected']} instruments)"
+                    if last["reason"] != "baseline"
+                    else ")"
+                )
+            )
+        )
         say(f"schedule {s['market']}: ticks {rule}; {done}")
     lay = report["layout"]
-    say(f"layout: {lay['partitions']} partitions (generation {lay['generation']}, prices topic {settings.prices_topic})")
+    say(
+        f"layout: {lay['partitions']} partitions (generation {lay['generation']}, prices topic {settings.prices_topic})"
+    )
     b = report["bootstrap"]
-    say(f"bootstrap: {b['loaded']} of {b['selectable']} ACTIVE EQUITY instruments loaded ({b['rows']:,} rows), "
-        f"{b['pending']} waiting for the relay, {b['not_queued']} not queued yet")
+    say(
+        f"bootstrap: {b['loaded']} of {b['selectable']} ACTIVE EQUITY instruments loaded ({b['rows']:,} rows), "
+        f"{b['pending']} waiting for the relay, {b['not_queued']} not queued yet"
+    )
     cap = report["capture"]
-    say(f"capture: {cap['state']} since {cap['changed_at']}" + (f" (by {cap['changed_by']})" if cap["changed_by"] else ""))
+    say(
+        f"capture: {cap['state']} since {cap['changed_at']}"
+        + (f" (by {cap['changed_by']})" if cap["changed_by"] else "")
+    )
     o = report["outbox"]
     oldest = f", oldest waiting {o['oldest_unpublished_seconds']:.0f} s" if o["unpublished"] else ""
-    say(f"outbox: {o['unpublished']} unpublished entries ({o['keys']:,} captured keys), "
-        f"{o['bytes'] / 1e6:.1f} MB on disk{oldest}")
+    say(
+        f"outbox: {o['unpublished']} unpublished entries ({o['keys']:,} captured keys), "
+        f"{o['bytes'] / 1e6:.1f} MB on disk{oldest}"
+    )
     c = report["corrections"]
-    say(f"corrections: {c['queued']} captured change(s) queued for the stored embeddings they reach"
-        + (f", oldest from {c['oldest_queued']}" if c["oldest_queued"] else ""))
+    say(
+        f"corrections: {c['queued']} captured change(s) queued for the stored embeddings they reach"
+        + (f", oldest from {c['oldest_queued']}" if c["oldest_queued"] else "")
+    )
     p = report["parity"]
-    say(f"parity audit since {p['since']}: {p['keys_checked']:,} stored keys checked in {p['rounds']} round(s), "
-        f"{p['mismatches']} mismatch(es)" + (f", last round {p['last_round']}" if p["last_round"] else ""))
+    say(
+        f"parity audit since {p['since']}: {p['keys_checked']:,} stored keys checked in {p['rounds']} round(s), "
+        f"{p['mismatches']} mismatch(es)" + (f", last round {p['last_round']}" if p["last_round"] else "")
+    )
     for e in p["examples"]:
         say(f"  {e['kind']} {e['entity_id']} {e['as_of_date']} {e['model_id']} (window {e['window_days']})")
     h = report["history"]
-    say(f"history: {'on' if h['enabled'] else 'OFF'}, {h['versions']:,} superseded embeddings kept, exact as known "
-        f"at any instant from {h['complete_since']}")
+    say(
+        f"history: {'on' if h['enabled'] else 'OFF'}, {h['versions']:,} superseded embeddings kept, exact as known "
+        f"at any instant from {h['complete_since']}"
+    )
     for day, causes in h["revised_by_day"].items():
         say(f"  revised {day}: " + ", ".join(f"{n:,} by {cause}" for cause, n in sorted(causes.items())))
     r = report["relay"]
-    say("relay: no worker holds the relay lock (captured rows and ticks wait in the outbox)" if r is None else
-        f"relay: {r['application']} (pid {r['pid']} at {r['client'] or 'local socket'}, since {r['since']})")
+    say(
+        "relay: no worker holds the relay lock (captured rows and ticks wait in the outbox)"
+        if r is None
+        else f"relay: {r['application']} (pid {r['pid']} at {r['client'] or 'local socket'}, since {r['since']})"
+    )
     d = report["dead_letters"]
-    say(f"dead letters since {d['since']}: " + (str(d["count"]) if d["error"] is None else f"unknown ({d['error']})")
-        + (" (embedder dead-letters lists them)" if d["count"] else ""))
+    say(
+        f"dead letters since {d['since']}: "
+        + (str(d["count"]) if d["error"] is None else f"unknown ({d['error']})")
+        + (" (embedder dead-letters lists them)" if d["count"] else "")
+    )

@@ -1,8 +1,11 @@
 """`embedder verify`: the table against SPEC section 3 over prices_daily, with progress and a report."""
+
 from __future__ import annotations
 
 import json
 import time
+
+from rich.progress import TaskID
 
 from backfill.verify import KINDS, VerifyReport, VerifySelection, verify
 from embedder.console import err, out, progress
@@ -17,7 +20,7 @@ def run_verify(settings: Settings, selection: VerifySelection, repair: bool, as_
     """Verify (and with `repair`, rewrite what differs); print the report; return the exit code."""
     started = time.perf_counter()
     bar = progress()
-    task = None
+    task: TaskID | None = None
     checked = 0
 
     def on_start(instruments: int) -> None:
@@ -28,6 +31,7 @@ def run_verify(settings: Settings, selection: VerifySelection, repair: bool, as_
     def on_progress(instruments: int, keys: int) -> None:
         nonlocal checked
         checked += keys
+        assert task is not None  # on_start came first
         bar.update(task, advance=instruments, detail=f"{checked:,} keys checked")
 
     try:

@@ -1,14 +1,14 @@
 """Frozen settings from the environment (and `.env`), loaded in one place."""
+
 from __future__ import annotations
 
 import re
 from datetime import time
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-from typing import Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -19,6 +19,7 @@ from shared.models import validate_models
 
 class BadSettings(BadArguments):
     """A setting from the environment (or .env) is invalid: nothing was done."""
+
 
 LOCAL_POSTGRES_PORT = 55432
 # Below Linux's ephemeral range (32768-60999): a client retrying a stopped broker on a port inside
@@ -67,9 +68,7 @@ class MarketSchedule(BaseModel):
 class Settings(BaseSettings):
     """Connection and tuning settings; defaults point at `embedder services up`."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="EMBEDDER_", env_file=".env", extra="ignore", frozen=True
-    )
+    model_config = SettingsConfigDict(env_prefix="EMBEDDER_", env_file=".env", extra="ignore", frozen=True)
 
     database_url: str = Field(
         default=LOCAL_DATABASE_URL,

@@ -1,17 +1,18 @@
 """Database access: connections with secret-free errors, and the COPY + upsert helper."""
+
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Iterator, TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
 
 from shared.config import redact_url, scrub_secret
-from shared.errors import ServiceUnavailable
+from shared.errors import EmbedderError, ServiceUnavailable
 
 T = TypeVar("T")
 log = logging.getLogger("embedder.db")
@@ -35,6 +36,15 @@ def connection(url: str, *, autocommit: bool = False) -> Iterator[psycopg.Connec
             yield conn
     finally:
         conn.close()
+
+
+def one(result: psycopg.Cursor[Any]) -> tuple[Any, ...]:
+    """The row of a query that always returns one (an aggregate, a RETURNING, a singleton table): typed, and a
+    clear error rather than a TypeError if it ever returns none."""
+    row = result.fetchone()
+    if row is None:
+        raise EmbedderError("the database returned no row where one was certain (was the schema changed by hand?)")
+    return row
 
 
 class PatientReader:

@@ -4,6 +4,7 @@ history switch and its retention.
 Versions are kept by the triggers of migration 0012 (`numeric_window_embedding_versions`): each row
 is a superseded vector with the interval it was current and the cause of the change that ended it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from datetime import date, datetime
 import numpy as np
 import psycopg
 
+from shared.db import one
 from shared.embedding_store import ENTITY_TYPE
 
 CAUSE_KINDS = frozenset({"live", "correction", "replay", "query", "direct", "repair", "sql"})
@@ -58,12 +60,16 @@ def versions_of(conn: psycopg.Connection, instrument_id: str, as_of: date, model
         """SELECT recorded_from, recorded_to, (window_spec->>'window_days')::int, vector, change, cause
            FROM numeric_window_embedding_versions
            WHERE entity_type = %s AND entity_id = %s AND as_of_date = %s AND model_id = %s AND change <> 'absent'
-           ORDER BY recorded_to, version_id""", (ENTITY_TYPE, instrument_id, as_of, model_id)).fetchall()
+           ORDER BY recorded_to, version_id""",
+        (ENTITY_TYPE, instrument_id, as_of, model_id),
+    ).fetchall()
     out = [Version(f, t, w, bytes(v) if v is not None else None, c, why) for f, t, w, v, c, why in rows]
     current = conn.execute(
         """SELECT created_at, (window_spec->>'window_days')::int, vector FROM numeric_window_embeddings
            WHERE entity_type = %s AND entity_id = %s AND as_of_date = %s AND model_id = %s
-           ORDER BY embedding_id DESC LIMIT 1""", (ENTITY_TYPE, instrument_id, as_of, model_id)).fetchone()
+           ORDER BY embedding_id DESC LIMIT 1""",
+        (ENTITY_TYPE, instrument_id, as_of, model_id),
+    ).fetchone()
     if current is not None:
         since = max([current[0]] + [v.recorded_to for v in out if v.recorded_to is not None])
         out.append(Version(since, None, current[1], bytes(current[2]) if current[2] is not None else None))
@@ -80,9 +86,10 @@ class HistoryState:
 
 
 def history_state(conn: psycopg.Connection) -> HistoryState:
-    enabled, since, changed_at, by = conn.execute(
-        "SELECT enabled, complete_since, changed_at, changed_by FROM embedder_history").fetchone()
-    versions = conn.execute("SELECT count(*) FROM numeric_window_embedding_versions").fetchone()[0]
+    enabled, since, changed_at, by = one(
+        conn.execute("SELECT enabled, complete_since, changed_at, changed_by FROM embedder_history")
+    )
+    versions = one(conn.execute("SELECT count(*) FROM numeric_window_embedding_versions"))[0]
     return HistoryState(enabled, since, changed_at, by, versions)
 
 
@@ -92,7 +99,8 @@ def switch_history(conn: psycopg.Connection, on: bool, by: str) -> HistoryState:
     conn.execute(
         """UPDATE embedder_history SET enabled = %s, changed_at = now(), changed_by = %s,
                   complete_since = CASE WHEN %s AND NOT enabled THEN now() ELSE complete_since END""",
-        (on, by, on))
+        (on, by, on),
+    )
     return history_state(conn)
 
 
@@ -101,10 +109,14 @@ def prune_versions(conn: psycopg.Connection, keep_days: float) -> int:
     are then exact from that horizon on (`complete_since` moves up to it). Returns how many went."""
     deleted = conn.execute(
         """DELETE FROM numeric_window_embedding_versions
-           WHERE recorded_to < now() - make_interval(secs => %s)""", (keep_days * 86400,)).rowcount
-    conn.execute("""UPDATE embedder_history SET complete_since = greatest(complete_since,
+           WHERE recorded_to < now() - make_interval(secs => %s)""",
+        (keep_days * 86400,),
+    ).rowcount
+    conn.execute(
+        """UPDATE embedder_history SET complete_since = greatest(complete_since,
                                                                            now() - make_interval(secs => %s))""",
-                 (keep_days * 86400,))
+        (keep_days * 86400,),
+    )
     return deleted
 
 
@@ -115,12 +127,17 @@ def revisions_by_day(conn: psycopg.Connection, days: int = 7) -> list[tuple[date
            FROM numeric_window_embedding_versions
            WHERE recorded_to >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
                                 - make_interval(days => %s - 1) AND change <> 'absent'
-           GROUP BY 1, 2 ORDER BY 1 DESC, 2""", (days,)).fetchall()
+           GROUP BY 1, 2 ORDER BY 1 DESC, 2""",
+        (days,),
+    ).fetchall()
 
 
 def revisions_today(conn: psycopg.Connection) -> dict[str, int]:
     """Versions kept since midnight UTC, by cause kind (the `embedder_embeddings_revised_today` gauge)."""
-    return dict(conn.execute(
-        """SELECT cause_kind, count(*) FROM numeric_window_embedding_versions
+    return dict(
+        conn.execute(
+            """SELECT cause_kind, count(*) FROM numeric_window_embedding_versions
            WHERE recorded_to >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AND change <> 'absent'
-           GROUP BY 1""").fetchall())
+           GROUP BY 1"""
+        ).fetchall()
+    )

@@ -11,11 +11,12 @@ Rows are read with Apache Arrow's ADBC PostgreSQL driver (binary COPY straight i
 batches, streamed: memory is one batch), at about the speed of a plain `COPY ... TO`; the same
 batches feed `embedder embeddings export` (`iter_batches`) and these arrays.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -48,9 +49,17 @@ class EmbeddingQuery:
     known_at: datetime | None = None
 
     @classmethod
-    def build(cls, model_id: str, *, as_of: date | str | None = None, date_from: date | str | None = None,
-              date_to: date | str | None = None, window_days: int | None = None,
-              known_at: datetime | str | None = None, instrument_ids: Sequence[str] | None = None) -> "EmbeddingQuery":
+    def build(
+        cls,
+        model_id: str,
+        *,
+        as_of: date | str | None = None,
+        date_from: date | str | None = None,
+        date_to: date | str | None = None,
+        window_days: int | None = None,
+        known_at: datetime | str | None = None,
+        instrument_ids: Sequence[str] | None = None,
+    ) -> EmbeddingQuery:
         """Checks the arguments (BadArguments: one line, nothing read)."""
         validate_models([model_id])
         if as_of is not None and (date_from is not None or date_to is not None):
@@ -66,7 +75,7 @@ class EmbeddingQuery:
         if window_days is not None and not 1 <= window_days <= 2000:
             raise BadArguments(f"window_days must be between 1 and 2000, got {window_days}")
         when = to_instant(known_at) if known_at is not None else None
-        if when is not None and when > datetime.now(timezone.utc):
+        if when is not None and when > datetime.now(UTC):
             raise BadArguments(f"known_at {when.isoformat()} is in the future")
         ids = tuple(instrument_ids) if instrument_ids is not None else None
         return cls(model_id, lo, hi, ids, window_days, when)
@@ -94,7 +103,7 @@ def to_instant(value: datetime | date | str) -> datetime:
             when = datetime.fromisoformat(str(value).strip())
         except ValueError:
             raise BadArguments(f"known_at: not a time (ISO 8601, e.g. 2026-11-23T17:00:00Z): {value!r}") from None
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -112,63 +121,99 @@ class Embeddings:
     def __len__(self) -> int:
         return len(self.instrument_ids)
 
-    def to_pandas(self) -> "pd.DataFrame":
+    def to_pandas(self) -> pd.DataFrame:
         """A DataFrame indexed by (instrument_id, as_of_date), one float32 column per vector element."""
         import pandas as pd
 
-        index = pd.MultiIndex.from_arrays([self.instrument_ids, self.as_of_dates],
-                                          names=["instrument_id", "as_of_date"])
+        index = pd.MultiIndex.from_arrays(
+            [self.instrument_ids, self.as_of_dates], names=["instrument_id", "as_of_date"]
+        )
         return pd.DataFrame(self.vectors, index=index, copy=False)
 
     @classmethod
-    def from_batch(cls, batch: "pa.RecordBatch", model_id: str, known_at: datetime | None) -> "Embeddings":
+    def from_batch(cls, batch: pa.RecordBatch, model_id: str, known_at: datetime | None) -> Embeddings:
         """One of `iter_batches`' record batches as arrays (the vectors without a copy)."""
         vectors = batch.column(3)
         dim = vectors.type.list_size
-        return cls(model_id, batch.column(0).to_numpy(zero_copy_only=False),
-                   batch.column(1).to_numpy(zero_copy_only=False).astype("datetime64[D]"),
-                   batch.column(2).to_numpy(zero_copy_only=False).astype(np.int32),
-                   vectors.values.to_numpy(zero_copy_only=False).reshape(len(batch), dim), known_at)
+        return cls(
+            model_id,
+            batch.column(0).to_numpy(zero_copy_only=False),
+            batch.column(1).to_numpy(zero_copy_only=False).astype("datetime64[D]"),
+            batch.column(2).to_numpy(zero_copy_only=False).astype(np.int32),
+            vectors.values.to_numpy(zero_copy_only=False).reshape(len(batch), dim),
+            known_at,
+        )
 
     @classmethod
-    def concat(cls, parts: Sequence["Embeddings"], model_id: str, known_at: datetime | None) -> "Embeddings":
+    def concat(cls, parts: Sequence[Embeddings], model_id: str, known_at: datetime | None) -> Embeddings:
         parts = [p for p in parts if len(p)]
         if len({p.vectors.shape[1] for p in parts}) > 1:
-            raise EmbedderError(f"the rows have vectors of different lengths {sorted({p.vectors.shape[1] for p in parts})} "
-                                "(different window_days): read one window at a time (window_days=...)")
+            raise EmbedderError(
+                f"the rows have vectors of different lengths {sorted({p.vectors.shape[1] for p in parts})} "
+                "(different window_days): read one window at a time (window_days=...)"
+            )
         if not parts:
             return cls(model_id, *fields(empty(model_id)), known_at)
-        return cls(model_id, np.concatenate([p.instrument_ids for p in parts]),
-                   np.concatenate([p.as_of_dates for p in parts]), np.concatenate([p.window_days for p in parts]),
-                   np.concatenate([p.vectors for p in parts]), known_at)
+        return cls(
+            model_id,
+            np.concatenate([p.instrument_ids for p in parts]),
+            np.concatenate([p.as_of_dates for p in parts]),
+            np.concatenate([p.window_days for p in parts]),
+            np.concatenate([p.vectors for p in parts]),
+            known_at,
+        )
 
 
 def empty(model_id: str) -> Embeddings:
-    return Embeddings(model_id, np.empty(0, dtype=object), np.empty(0, dtype="datetime64[D]"),
-                      np.empty(0, dtype=np.int32), np.empty((0, 0), dtype="<f4"))
+    return Embeddings(
+        model_id,
+        np.empty(0, dtype=object),
+        np.empty(0, dtype="datetime64[D]"),
+        np.empty(0, dtype=np.int32),
+        np.empty((0, 0), dtype="<f4"),
+    )
 
 
 def fields(e: Embeddings) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return e.instrument_ids, e.as_of_dates, e.window_days, e.vectors
 
 
-def read_embeddings(model_id: str, *, as_of: date | str | None = None, date_from: date | str | None = None,
-                    date_to: date | str | None = None, instruments: Sequence[str] | None = None,
-                    market_id: str | None = None, window_days: int | None = None,
-                    known_at: datetime | str | None = None, database_url: str | None = None) -> Embeddings:
+def read_embeddings(
+    model_id: str,
+    *,
+    as_of: date | str | None = None,
+    date_from: date | str | None = None,
+    date_to: date | str | None = None,
+    instruments: Sequence[str] | None = None,
+    market_id: str | None = None,
+    window_days: int | None = None,
+    known_at: datetime | str | None = None,
+    database_url: str | None = None,
+) -> Embeddings:
     """The stored embeddings of `model_id` at `as_of` (or from `date_from` to `date_to`), of `instruments`
     or of a market's ACTIVE EQUITY instruments (`market_id`; neither: every instrument), as they are now
     or, with `known_at`, exactly as the table held them then. `database_url` defaults to the settings'
     (`DATABASE_URL`)."""
     url = database_url or default_database_url()
-    query = resolve(url, EmbeddingQuery.build(model_id, as_of=as_of, date_from=date_from, date_to=date_to,
-                                              window_days=window_days, known_at=known_at,
-                                              instrument_ids=instruments), market_id)
-    return Embeddings.concat([Embeddings.from_batch(b, model_id, query.known_at) for b in iter_batches(url, query)],
-                             model_id, query.known_at)
+    query = resolve(
+        url,
+        EmbeddingQuery.build(
+            model_id,
+            as_of=as_of,
+            date_from=date_from,
+            date_to=date_to,
+            window_days=window_days,
+            known_at=known_at,
+            instrument_ids=instruments,
+        ),
+        market_id,
+    )
+    return Embeddings.concat(
+        [Embeddings.from_batch(b, model_id, query.known_at) for b in iter_batches(url, query)], model_id, query.known_at
+    )
 
 
-def read_embeddings_frame(model_id: str, **selection: Any) -> "pd.DataFrame":
+def read_embeddings_frame(model_id: str, **selection: Any) -> pd.DataFrame:
     """`read_embeddings(...).to_pandas()`."""
     return read_embeddings(model_id, **selection).to_pandas()
 
@@ -193,8 +238,14 @@ def resolve(database_url: str, query: EmbeddingQuery, market_id: str | None) -> 
             check_known_at(conn, query.known_at)
         if market_id is None:
             return query
-        return EmbeddingQuery(query.model_id, query.date_from, query.date_to, tuple(market_cut(conn, market_id)),
-                              query.window_days, query.known_at)
+        return EmbeddingQuery(
+            query.model_id,
+            query.date_from,
+            query.date_to,
+            tuple(market_cut(conn, market_id)),
+            query.window_days,
+            query.known_at,
+        )
 
 
 def check_known_at(conn: psycopg.Connection, when: datetime) -> None:
@@ -202,17 +253,23 @@ def check_known_at(conn: psycopg.Connection, when: datetime) -> None:
     row = conn.execute("SELECT enabled, complete_since, changed_at FROM embedder_history").fetchone()
     if row is None or not row[0]:
         since = f" since {row[2].isoformat(timespec='seconds')}" if row else ""
-        raise BadArguments(f"embedding history is off{since} (`embedder embeddings keep-history --on`): "
-                           "no read as known at an instant")
+        raise BadArguments(
+            f"embedding history is off{since} (`embedder embeddings keep-history --on`): no read as known at an instant"
+        )
     if when < row[1]:
-        raise BadArguments(f"known_at {when.isoformat(timespec='seconds')} is before the history kept, which "
-                           f"is complete from {row[1].isoformat(timespec='seconds')}")
+        raise BadArguments(
+            f"known_at {when.isoformat(timespec='seconds')} is before the history kept, which "
+            f"is complete from {row[1].isoformat(timespec='seconds')}"
+        )
 
 
 def filters(alias: str, query: EmbeddingQuery) -> tuple[str, dict[str, Any]]:
     """WHERE conditions of `query` on a table aliased `alias` (the live table or the versions)."""
-    sql = [f"{alias}.entity_type = '{ENTITY_TYPE}'", f"{alias}.model_id = %(model)s",
-           f"{alias}.as_of_date BETWEEN %(lo)s AND %(hi)s"]
+    sql = [
+        f"{alias}.entity_type = '{ENTITY_TYPE}'",
+        f"{alias}.model_id = %(model)s",
+        f"{alias}.as_of_date BETWEEN %(lo)s AND %(hi)s",
+    ]
     params: dict[str, Any] = {"model": query.model_id, "lo": query.date_from, "hi": query.date_to}
     if query.instrument_ids is not None:
         sql.append(f"{alias}.entity_id = ANY(%(ids)s)")
@@ -232,7 +289,8 @@ def select_sql(query: EmbeddingQuery, ordered: bool = True) -> tuple[str, dict[s
         return f"SELECT {columns} FROM numeric_window_embeddings e WHERE {where_e}{order}", params
     where_v, _ = filters("v", query)
     params["t"] = query.known_at
-    return f"""
+    return (
+        f"""
         SELECT entity_id, as_of_date, window_days, vector FROM (
             SELECT {columns} FROM numeric_window_embeddings e
             LEFT JOIN (SELECT v.entity_id, v.as_of_date, max(v.recorded_to) AS since FROM {VERSIONS} v
@@ -241,16 +299,20 @@ def select_sql(query: EmbeddingQuery, ordered: bool = True) -> tuple[str, dict[s
             UNION ALL
             SELECT v.entity_id, v.as_of_date, (v.window_spec->>'window_days')::int4, v.vector FROM {VERSIONS} v
             WHERE {where_v} AND v.change <> 'absent' AND v.recorded_from <= %(t)s AND v.recorded_to > %(t)s
-        ) k{order}""", params
+        ) k{order}""",
+        params,
+    )
 
 
-def iter_batches(database_url: str, query: EmbeddingQuery) -> Iterator["pa.RecordBatch"]:
+def iter_batches(database_url: str, query: EmbeddingQuery) -> Iterator[pa.RecordBatch]:
     """`query`'s rows as Arrow record batches in read order: instrument_id (string), as_of_date (date32),
     window_days (int32), vector (fixed-size list of float32, the stored bytes). Rows without a vector (a
     platform row holding only a `vector_ref`) are skipped; vectors of different lengths (windows) in one
     read are an error naming the fix."""
-    if query.instrument_ids is not None and len(query.instrument_ids) * (
-            (query.date_to - query.date_from).days + 1) <= SMALL_READ_ROWS:
+    if (
+        query.instrument_ids is not None
+        and len(query.instrument_ids) * ((query.date_to - query.date_from).days + 1) <= SMALL_READ_ROWS
+    ):
         yield from small_read(database_url, query)
         return
     import adbc_driver_postgresql.dbapi as adbc
@@ -262,8 +324,10 @@ def iter_batches(database_url: str, query: EmbeddingQuery) -> Iterator["pa.Recor
     except AdbcError as e:
         from shared.config import redact_url, scrub_secret
 
-        raise ServiceUnavailable(f"cannot connect to PostgreSQL at {redact_url(database_url)}: "
-                                 f"{scrub_secret(str(e).splitlines()[0], database_url)}") from None
+        raise ServiceUnavailable(
+            f"cannot connect to PostgreSQL at {redact_url(database_url)}: "
+            f"{scrub_secret(str(e).splitlines()[0], database_url)}"
+        ) from None
     try:
         with conn.cursor() as cur:
             cur.execute(f"SELECT * FROM ({text}) r WHERE r.vector IS NOT NULL ORDER BY r.as_of_date, r.entity_id")
@@ -274,7 +338,7 @@ def iter_batches(database_url: str, query: EmbeddingQuery) -> Iterator["pa.Recor
         conn.close()
 
 
-def small_read(database_url: str, query: EmbeddingQuery) -> Iterator["pa.RecordBatch"]:
+def small_read(database_url: str, query: EmbeddingQuery) -> Iterator[pa.RecordBatch]:
     """A read of at most `SMALL_READ_ROWS` rows (one as_of over a market) as one batch, through psycopg: the
     ADBC driver's connection set-up (~50 ms: it loads the server's type catalog) would cost more than
     the read."""
@@ -290,14 +354,22 @@ def small_read(database_url: str, query: EmbeddingQuery) -> Iterator["pa.RecordB
     ids, days, windows, vectors = zip(*rows)
     lengths = {len(v) for v in vectors}
     if len(lengths) > 1:
-        raise EmbedderError(f"the rows have vectors of different lengths ({min(lengths) // 4} and "
-                            f"{max(lengths) // 4}: different window_days): read one window at a time "
-                            "(window_days=...)")
+        raise EmbedderError(
+            f"the rows have vectors of different lengths ({min(lengths) // 4} and "
+            f"{max(lengths) // 4}: different window_days): read one window at a time "
+            "(window_days=...)"
+        )
     dim = lengths.pop() // 4
     values = pa.array(np.frombuffer(b"".join(vectors), dtype="<f4"), pa.float32())
     yield pa.RecordBatch.from_arrays(
-        [pa.array(ids, pa.string()), pa.array(days, pa.date32()), pa.array(windows, pa.int32()),
-         pa.FixedSizeListArray.from_arrays(values, dim)], names=BATCH_COLUMNS)
+        [
+            pa.array(ids, pa.string()),
+            pa.array(days, pa.date32()),
+            pa.array(windows, pa.int32()),
+            pa.FixedSizeListArray.from_arrays(values, dim),
+        ],
+        names=BATCH_COLUMNS,
+    )
 
 
 def render(sql: str, params: dict[str, Any]) -> str:
@@ -309,21 +381,28 @@ def render(sql: str, params: dict[str, Any]) -> str:
     return sql % quoted if quoted else sql
 
 
-def with_fixed_vectors(batch: "pa.RecordBatch") -> "pa.RecordBatch":
+def with_fixed_vectors(batch: pa.RecordBatch) -> pa.RecordBatch:
     """The batch with its bytea vectors as fixed-size lists of float32 (zero-copy over the same bytes)."""
     import pyarrow as pa
 
     vectors = batch.column(3)
-    offsets = np.frombuffer(vectors.buffers()[1], dtype=np.int32)[vectors.offset:vectors.offset + len(vectors) + 1]
+    offsets = np.frombuffer(vectors.buffers()[1], dtype=np.int32)[vectors.offset : vectors.offset + len(vectors) + 1]
     lengths = np.diff(offsets)
     if lengths.size and (lengths.min() != lengths.max() or lengths[0] % 4):
-        raise EmbedderError(f"the rows have vectors of different lengths ({lengths.min() // 4} and "
-                            f"{lengths.max() // 4}: different window_days): read one window at a time "
-                            "(window_days=...)")
+        raise EmbedderError(
+            f"the rows have vectors of different lengths ({lengths.min() // 4} and "
+            f"{lengths.max() // 4}: different window_days): read one window at a time "
+            "(window_days=...)"
+        )
     dim = int(lengths[0]) // 4 if lengths.size else 0
     data = vectors.buffers()[2].slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
     values = pa.Array.from_buffers(pa.float32(), len(vectors) * dim, [None, data])
     return pa.RecordBatch.from_arrays(
-        [batch.column(0).cast(pa.string()), batch.column(1), batch.column(2),
-         pa.FixedSizeListArray.from_arrays(values, dim)],
-        names=BATCH_COLUMNS)
+        [
+            batch.column(0).cast(pa.string()),
+            batch.column(1),
+            batch.column(2),
+            pa.FixedSizeListArray.from_arrays(values, dim),
+        ],
+        names=BATCH_COLUMNS,
+    )

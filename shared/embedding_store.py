@@ -4,6 +4,7 @@ Every path (the direct batch path and the stream's sink) writes through here,
 so running anything twice never duplicates a row and never rewrites an
 identical one.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -12,7 +13,7 @@ from datetime import date
 
 import psycopg
 
-from shared.db import copy_rows
+from shared.db import copy_rows, one
 
 ENTITY_TYPE = "INSTRUMENT"
 STAGING = "embeddings_staging"
@@ -55,8 +56,10 @@ def price_changes(changes: Iterable[tuple[str, date]], shown: int = 5) -> str:
         by_instrument.setdefault(instrument_id, []).append(day)
     if not by_instrument:
         return ""
-    parts = [f"{i} " + ", ".join(str(d) for d in sorted(set(days))[:3]) + ("…" if len(set(days)) > 3 else "")
-             for i, days in list(by_instrument.items())[:shown]]
+    parts = [
+        f"{i} " + ", ".join(str(d) for d in sorted(set(days))[:3]) + ("…" if len(set(days)) > 3 else "")
+        for i, days in list(by_instrument.items())[:shown]
+    ]
     more = f" and {len(by_instrument) - shown} more instruments" if len(by_instrument) > shown else ""
     return "prices of " + "; ".join(parts) + more
 
@@ -81,7 +84,11 @@ def upsert_embeddings(conn: psycopg.Connection, rows: Iterable[tuple | Embedding
     """
     latest: dict[tuple, tuple] = {}
     for r in rows:
-        t = (r.entity_id, r.as_of_date, r.model_id, r.window_days, r.vector) if isinstance(r, EmbeddingRow) else tuple(r)
+        t = (
+            (r.entity_id, r.as_of_date, r.model_id, r.window_days, r.vector)
+            if isinstance(r, EmbeddingRow)
+            else tuple(r)
+        )
         latest[(t[0], t[1], t[2])] = t
     with conn.cursor() as cur:
         ensure_staging(cur)
@@ -93,7 +100,7 @@ def upsert_embeddings(conn: psycopg.Connection, rows: Iterable[tuple | Embedding
             f"""
             INSERT INTO numeric_window_embeddings AS t
                 (entity_type, entity_id, window_spec, as_of_date, model_id, vector)
-            SELECT '{ENTITY_TYPE}', entity_id, {window_spec_sql('window_days')}, as_of_date, model_id, vector
+            SELECT '{ENTITY_TYPE}', entity_id, {window_spec_sql("window_days")}, as_of_date, model_id, vector
             FROM {STAGING}
             ON CONFLICT (entity_type, entity_id, as_of_date, model_id) DO UPDATE SET
                 window_spec = EXCLUDED.window_spec, vector = EXCLUDED.vector, vector_ref = NULL
@@ -103,11 +110,16 @@ def upsert_embeddings(conn: psycopg.Connection, rows: Iterable[tuple | Embedding
         )
         changed = cur.rowcount
         ids = list({k[0] for k in latest})
-        if cur.execute(f"""SELECT EXISTS (SELECT 1 FROM embedder_absent_embeddings
+        if one(
+            cur.execute(
+                f"""SELECT EXISTS (SELECT 1 FROM embedder_absent_embeddings
                                           WHERE entity_type = '{ENTITY_TYPE}' AND entity_id = ANY(%s))""",
-                       (ids,)).fetchone()[0]:  # the usual case: none of these instruments has absent keys
+                (ids,),
+            )
+        )[0]:  # the usual case: none of these instruments has absent keys
             cur.execute(
                 f"""DELETE FROM embedder_absent_embeddings a USING {STAGING} s
                     WHERE a.entity_type = '{ENTITY_TYPE}' AND a.entity_id = s.entity_id
-                      AND a.as_of_date = s.as_of_date AND a.model_id = s.model_id""")
+                      AND a.as_of_date = s.as_of_date AND a.model_id = s.model_id"""
+            )
         return changed

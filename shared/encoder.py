@@ -1,7 +1,9 @@
 """SPEC section 3, exactly: the one embedding function every path (batch and stream) calls."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -23,8 +25,8 @@ def retention_days(window_days: int, slack_days: int) -> int:
     return LOOKBACK_FACTOR * window_days + slack_days
 
 
-def lookback_start(as_of: np.ndarray, window_days: int) -> np.ndarray:
-    """First calendar day whose rows count for `as_of` (datetime64[D] arithmetic)."""
+def lookback_start(as_of: Any, window_days: int) -> Any:
+    """First calendar day whose rows count for `as_of` (datetime64[D] arithmetic; an array or a scalar)."""
     return as_of - np.timedelta64(LOOKBACK_FACTOR * window_days, "D")
 
 

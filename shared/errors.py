@@ -1,4 +1,5 @@
 """One root exception for the project, so callers can tell our failures from bugs."""
+
 from __future__ import annotations
 
 

@@ -7,11 +7,14 @@ So the cut by `--limit/--offset` is always made here, in SQL, and every other pa
 the replay, live queries, the worker's registry, the bootstrap, the tick schedule) takes these ids or
 this order as given; nothing re-sorts ids in Python to cut a market.
 """
+
 from __future__ import annotations
 
 from datetime import date
 
 import psycopg
+
+from shared.db import one
 
 SELECTABLE = "asset_class = 'EQUITY' AND status = 'ACTIVE'"
 """The SQL condition of an instrument a market selection takes (columns of `instruments`)."""
@@ -20,8 +23,10 @@ SELECTABLE = "asset_class = 'EQUITY' AND status = 'ACTIVE'"
 def newest_trade_date_sql(alias: str, bound: str) -> str:
     """SQL for the newest trade date of instrument `alias.instrument_id` on or before `bound` (an SQL
     expression: a parameter or a column), NULL without rows."""
-    return (f"(SELECT max(p.trade_date) FROM prices_daily p "
-            f"WHERE p.instrument_id = {alias}.instrument_id AND p.trade_date <= {bound})")
+    return (
+        f"(SELECT max(p.trade_date) FROM prices_daily p "
+        f"WHERE p.instrument_id = {alias}.instrument_id AND p.trade_date <= {bound})"
+    )
 
 
 def market_cut(conn: psycopg.Connection, market_id: str, limit: int | None = None, offset: int = 0) -> list[str]:
@@ -29,7 +34,9 @@ def market_cut(conn: psycopg.Connection, market_id: str, limit: int | None = Non
     rows = conn.execute(
         f"""SELECT instrument_id FROM instruments
             WHERE market_id = %s AND {SELECTABLE}
-            ORDER BY instrument_id LIMIT %s OFFSET %s""", (market_id, limit, offset)).fetchall()
+            ORDER BY instrument_id LIMIT %s OFFSET %s""",
+        (market_id, limit, offset),
+    ).fetchall()
     return [r[0] for r in rows]
 
 
@@ -39,23 +46,33 @@ def registry_rows(conn: psycopg.Connection, ids: list[str] | None = None) -> lis
     return conn.execute(
         f"""SELECT instrument_id, market_id, {SELECTABLE} FROM instruments
             WHERE %(ids)s::text[] IS NULL OR instrument_id = ANY(%(ids)s::text[])
-            ORDER BY instrument_id""", {"ids": ids}).fetchall()
+            ORDER BY instrument_id""",
+        {"ids": ids},
+    ).fetchall()
 
 
-def newest_trade_date(conn: psycopg.Connection, latest: date, market_id: str | None = None,
-                      ids: list[str] | None = None) -> date | None:
+def newest_trade_date(
+    conn: psycopg.Connection, latest: date, market_id: str | None = None, ids: list[str] | None = None
+) -> date | None:
     """The newest trade date on or before `latest` among the selectable instruments of a market (or of
     `ids`, selectable or not)."""
-    return conn.execute(
-        f"""SELECT max({newest_trade_date_sql('i', '%(latest)s')}) FROM instruments i
+    return one(
+        conn.execute(
+            f"""SELECT max({newest_trade_date_sql("i", "%(latest)s")}) FROM instruments i
             WHERE (%(ids)s::text[] IS NOT NULL AND i.instrument_id = ANY(%(ids)s::text[]))
                OR (%(ids)s::text[] IS NULL AND i.market_id = %(m)s AND {SELECTABLE})""",
-        {"latest": latest, "m": market_id, "ids": ids}).fetchone()[0]
+            {"latest": latest, "m": market_id, "ids": ids},
+        )
+    )[0]
 
 
 def trade_dates_between(conn: psycopg.Connection, ids: list[str], date_from: date, date_to: date) -> list[date]:
     """The distinct trade dates of `ids` in [date_from, date_to]: the as_of dates of a range selection."""
-    return [r[0] for r in conn.execute(
-        """SELECT DISTINCT trade_date FROM prices_daily
+    return [
+        r[0]
+        for r in conn.execute(
+            """SELECT DISTINCT trade_date FROM prices_daily
            WHERE instrument_id = ANY(%s) AND trade_date BETWEEN %s AND %s ORDER BY trade_date""",
-        (ids, date_from, date_to))]
+            (ids, date_from, date_to),
+        )
+    ]

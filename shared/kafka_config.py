@@ -1,6 +1,7 @@
 """One place that turns the Kafka settings into client configuration, for kafka-python (replays, the
 relay, admin, lag, dead letters) and for faust/aiokafka (the worker): the same broker, security
 protocol, SASL credentials and TLS files reach both."""
+
 from __future__ import annotations
 
 import ssl
@@ -11,16 +12,26 @@ from shared.config import Settings
 
 def kafka_python_config(settings: Settings) -> dict[str, Any]:
     """Keyword arguments every kafka-python client gets (KafkaProducer, KafkaConsumer, KafkaAdminClient)."""
-    config: dict[str, Any] = {"bootstrap_servers": settings.kafka_bootstrap_servers,
-                              "security_protocol": settings.kafka_security_protocol}
+    config: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap_servers,
+        "security_protocol": settings.kafka_security_protocol,
+    }
     if settings.kafka_security_protocol.startswith("SASL"):
         config["sasl_mechanism"] = settings.kafka_sasl_mechanism
         config["sasl_plain_username"] = settings.kafka_sasl_username
         config["sasl_plain_password"] = secret(settings)
     if settings.kafka_security_protocol.endswith("SSL"):
-        config.update({key: value for key, value in (
-            ("ssl_cafile", settings.kafka_ssl_cafile), ("ssl_certfile", settings.kafka_ssl_certfile),
-            ("ssl_keyfile", settings.kafka_ssl_keyfile)) if value})
+        config.update(
+            {
+                key: value
+                for key, value in (
+                    ("ssl_cafile", settings.kafka_ssl_cafile),
+                    ("ssl_certfile", settings.kafka_ssl_certfile),
+                    ("ssl_keyfile", settings.kafka_ssl_keyfile),
+                )
+                if value
+            }
+        )
     return config
 
 
@@ -43,12 +54,16 @@ def faust_broker_options(settings: Settings) -> dict[str, Any]:
     import faust
 
     options: dict[str, Any] = {
-        "broker": "kafka://" + ";".join(s.strip() for s in settings.kafka_bootstrap_servers.split(",") if s.strip())}
+        "broker": "kafka://" + ";".join(s.strip() for s in settings.kafka_bootstrap_servers.split(",") if s.strip())
+    }
     protocol = settings.kafka_security_protocol
     if protocol.startswith("SASL"):
         options["broker_credentials"] = faust.SASLCredentials(
-            username=settings.kafka_sasl_username, password=secret(settings),
-            mechanism=settings.kafka_sasl_mechanism, ssl_context=ssl_context(settings))
+            username=settings.kafka_sasl_username,
+            password=secret(settings),
+            mechanism=settings.kafka_sasl_mechanism,
+            ssl_context=ssl_context(settings),
+        )
     elif protocol == "SSL":
         options["broker_credentials"] = faust.SSLCredentials(ssl_context(settings))
     return options

@@ -6,6 +6,7 @@ the next attempt, once its metadata drops the dead one). Retries back off from 0
 a deadline; the log says once that Kafka is failing and once that it answers again, not a line per
 attempt.
 """
+
 from __future__ import annotations
 
 import logging
@@ -21,8 +22,14 @@ log = logging.getLogger("embedder.kafka")
 RETRIABLE = (KafkaError, OSError, TimeoutError)
 
 
-def with_retries(what: str, call: Callable[[], T], deadline_seconds: float = 90.0, first_delay: float = 0.2,
-                 max_delay: float = 5.0, final: tuple[type[BaseException], ...] = ()) -> T:
+def with_retries(
+    what: str,
+    call: Callable[[], T],
+    deadline_seconds: float = 90.0,
+    first_delay: float = 0.2,
+    max_delay: float = 5.0,
+    final: tuple[type[BaseException], ...] = (),
+) -> T:
     """`call()`, again after a Kafka or network error until `deadline_seconds` have passed (the last
     error is raised then); errors of the `final` types are raised at once (an answer, not a lost broker)."""
     deadline = time.monotonic() + deadline_seconds
@@ -39,18 +46,25 @@ def with_retries(what: str, call: Callable[[], T], deadline_seconds: float = 90.
             now = time.monotonic()
             if failing_since is None:
                 failing_since = now
-                log.warning("%s: Kafka did not answer (%s); retrying for up to %.0f s", what, _first_line(e),
-                            deadline_seconds)
+                log.warning(
+                    "%s: Kafka did not answer (%s); retrying for up to %.0f s", what, _first_line(e), deadline_seconds
+                )
             if now + delay > deadline:
-                log.error("%s: Kafka did not answer for %.0f s (%d attempts): %s", what, now - failing_since,
-                          attempts, _first_line(e))
+                log.error(
+                    "%s: Kafka did not answer for %.0f s (%d attempts): %s",
+                    what,
+                    now - failing_since,
+                    attempts,
+                    _first_line(e),
+                )
                 raise
             time.sleep(delay)
             delay = min(delay * 2, max_delay)
             continue
         if failing_since is not None:
-            log.warning("%s: Kafka answers again after %.1f s (%d attempts)", what, time.monotonic() - failing_since,
-                        attempts)
+            log.warning(
+                "%s: Kafka answers again after %.1f s (%d attempts)", what, time.monotonic() - failing_since, attempts
+            )
         return result
 
 

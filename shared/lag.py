@@ -17,13 +17,14 @@ judges each one in the manner of Burrow's rules:
 A group's status is the worst of its partitions'. The JSON form (`as_json`)
 has stable field names, documented in the README.
 """
+
 from __future__ import annotations
 
 import logging
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient, OffsetSpec
@@ -33,6 +34,7 @@ from shared.config import Settings
 from shared.errors import ServiceUnavailable
 from shared.kafka_config import kafka_python_config
 from shared.kafka_retry import with_retries
+
 
 class _FaustMetadataNoise(logging.Filter):
     """kafka-python warns on every describe of a Faust group (its member metadata is Faust's own)."""
@@ -95,7 +97,7 @@ class LagReport:
     def as_json(self) -> dict:
         return {
             "version": JSON_VERSION,
-            "time": datetime.fromtimestamp(self.at, timezone.utc).isoformat(timespec="seconds"),
+            "time": datetime.fromtimestamp(self.at, UTC).isoformat(timespec="seconds"),
             "window_seconds": self.window_seconds,
             "groups": [asdict(g) for g in self.groups],
         }
@@ -173,11 +175,22 @@ class LagMonitor:
                 raise
 
         try:
-            group = with_retries(f"reading the lag of group {self.group}", attempt, deadline_seconds=patience_seconds,
-                                 final=(UnknownTopicOrPartitionError,))
+            group = with_retries(
+                f"reading the lag of group {self.group}",
+                attempt,
+                deadline_seconds=patience_seconds,
+                final=(UnknownTopicOrPartitionError,),
+            )
         except UnknownTopicOrPartitionError:
-            group = GroupLag(self.group, "UNKNOWN", 0, "ERR", 0, None,
-                             error=f"topics {', '.join(self.roles)} not found (no worker or replay created them yet)")
+            group = GroupLag(
+                self.group,
+                "UNKNOWN",
+                0,
+                "ERR",
+                0,
+                None,
+                error=f"topics {', '.join(self.roles)} not found (no worker or replay created them yet)",
+            )
         except Exception as e:  # noqa: BLE001 - a monitor reports ERR, it never takes its caller down
             self.close()  # reconnect next time
             group = GroupLag(self.group, "UNKNOWN", 0, "ERR", 0, None, error=str(e).splitlines()[0][:300])
@@ -190,9 +203,15 @@ class LagMonitor:
             # It only peeks at the timestamp of each partition's first unconsumed record: no CRC
             # check (kafka-python's is pure Python when the crc32c package is missing, and it cost
             # the worker 16 % of its CPU), and as few bytes as the broker will send.
-            self._consumer = KafkaConsumer(**kafka_python_config(self.settings),
-                                           enable_auto_commit=False, group_id=None, request_timeout_ms=15000,
-                                           check_crcs=False, max_partition_fetch_bytes=1024, fetch_max_bytes=65536)
+            self._consumer = KafkaConsumer(
+                **kafka_python_config(self.settings),
+                enable_auto_commit=False,
+                group_id=None,
+                request_timeout_ms=15000,
+                check_crcs=False,
+                max_partition_fetch_bytes=1024,
+                fetch_max_bytes=65536,
+            )
         return self._admin, self._consumer
 
     def _read(self, now: float) -> GroupLag:
@@ -202,16 +221,19 @@ class LagMonitor:
         state = info.get("group_state") or "UNKNOWN"
         tps = [TopicPartition(t, p) for t in self.roles for p in range(self.settings.partitions)]
         ends = {tp: o.offset for tp, o in admin.list_partition_offsets({tp: OffsetSpec.LATEST for tp in tps}).items()}
-        starts = {tp: o.offset for tp, o in
-                  admin.list_partition_offsets({tp: OffsetSpec.EARLIEST for tp in tps}).items()}
+        starts = {
+            tp: o.offset for tp, o in admin.list_partition_offsets({tp: OffsetSpec.EARLIEST for tp in tps}).items()
+        }
         try:
             committed_all = admin.list_group_offsets({self.group: tps}).get(self.group, {})
         except KafkaError:
             if members or state not in ("Dead", "Empty"):
                 raise
             committed_all = {}  # a group that never committed
-        committed = {tp: (om.offset if om is not None and om.offset >= 0 else None)
-                     for tp, om in ((tp, committed_all.get(tp)) for tp in tps)}
+        committed = {
+            tp: (om.offset if om is not None and om.offset >= 0 else None)
+            for tp, om in ((tp, committed_all.get(tp)) for tp in tps)
+        }
         ages = self._oldest_unconsumed_ages(consumer, committed, starts, ends, now)
         partitions = []
         for tp in tps:
@@ -226,18 +248,33 @@ class LagMonitor:
             if span > 0 and first.committed is not None and latest.committed is not None:
                 rate = (latest.committed - first.committed) / span
             eta = latest.lag / rate if rate and rate > 0 else (0.0 if latest.lag == 0 else None)
-            partitions.append(PartitionLag(
-                tp.topic, self.roles[tp.topic], tp.partition, latest.committed, latest.end, latest.lag,
-                ages.get(tp), None if rate is None else round(rate, 3), None if eta is None else round(eta, 1),
-                judge(samples, members > 0)))
+            partitions.append(
+                PartitionLag(
+                    tp.topic,
+                    self.roles[tp.topic],
+                    tp.partition,
+                    latest.committed,
+                    latest.end,
+                    latest.lag,
+                    ages.get(tp),
+                    None if rate is None else round(rate, 3),
+                    None if eta is None else round(eta, 1),
+                    judge(samples, members > 0),
+                )
+            )
         lag_seconds = [p.lag_seconds for p in partitions if p.lag_seconds is not None]
-        return GroupLag(self.group, state, members, worst([p.status for p in partitions]),
-                        sum(p.lag for p in partitions), max(lag_seconds) if lag_seconds else (0.0 if all(
-                            p.lag == 0 for p in partitions) else None), partitions)
+        return GroupLag(
+            self.group,
+            state,
+            members,
+            worst([p.status for p in partitions]),
+            sum(p.lag for p in partitions),
+            max(lag_seconds) if lag_seconds else (0.0 if all(p.lag == 0 for p in partitions) else None),
+            partitions,
+        )
 
     @staticmethod
-    def _oldest_unconsumed_ages(consumer: KafkaConsumer, committed: dict, starts: dict, ends: dict,
-                                now: float) -> dict:
+    def _oldest_unconsumed_ages(consumer: KafkaConsumer, committed: dict, starts: dict, ends: dict, now: float) -> dict:
         """Seconds since the first unconsumed record of each lagging partition was written."""
         lagging = [tp for tp in ends if ends[tp] > (committed[tp] or 0)]
         ages: dict = {tp: 0.0 for tp in ends if tp not in lagging}

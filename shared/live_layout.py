@@ -9,6 +9,7 @@ and windows reloaded from prices_daily (the database is the record). `embedder l
 writes the new layout; workers read it when they start and restart on it when it changes
 (`streams.layout_watch`); commands that publish or measure the prices topic read it too.
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,15 +31,19 @@ class LiveLayout:
 
 
 def read_layout(conn: psycopg.Connection, app_id: str) -> LiveLayout | None:
-    row = conn.execute("SELECT partitions, generation FROM embedder_live_layout WHERE app_id = %s",
-                       (app_id,)).fetchone()
+    row = conn.execute(
+        "SELECT partitions, generation FROM embedder_live_layout WHERE app_id = %s", (app_id,)
+    ).fetchone()
     return LiveLayout(*row) if row else None
 
 
 def record_layout(conn: psycopg.Connection, app_id: str, partitions: int) -> LiveLayout:
     """The recorded layout; where none is, `partitions` becomes generation 0 (the settings' layout)."""
-    conn.execute("""INSERT INTO embedder_live_layout (app_id, partitions, generation, changed_by)
-                    VALUES (%s, %s, 0, 'first start') ON CONFLICT (app_id) DO NOTHING""", (app_id, partitions))
+    conn.execute(
+        """INSERT INTO embedder_live_layout (app_id, partitions, generation, changed_by)
+                    VALUES (%s, %s, 0, 'first start') ON CONFLICT (app_id) DO NOTHING""",
+        (app_id, partitions),
+    )
     layout = read_layout(conn, app_id)
     assert layout is not None
     return layout
@@ -48,11 +53,15 @@ def with_layout(settings: Settings, layout: LiveLayout) -> Settings:
     """`settings` on `layout`: its partition count, its generation, its prices topic."""
     base = GENERATION_SUFFIX.sub("", settings.prices_topic)
     topic = f"{base}.g{layout.generation}" if layout.generation else base
-    if (settings.partitions, settings.live_generation, settings.prices_topic) == (layout.partitions,
-                                                                                  layout.generation, topic):
+    if (settings.partitions, settings.live_generation, settings.prices_topic) == (
+        layout.partitions,
+        layout.generation,
+        topic,
+    ):
         return settings
-    return settings.model_copy(update={"partitions": layout.partitions, "live_generation": layout.generation,
-                                       "prices_topic": topic})
+    return settings.model_copy(
+        update={"partitions": layout.partitions, "live_generation": layout.generation, "prices_topic": topic}
+    )
 
 
 def resolve(settings: Settings, conn: psycopg.Connection | None = None) -> Settings:
@@ -64,8 +73,13 @@ def resolve(settings: Settings, conn: psycopg.Connection | None = None) -> Setti
     layout = record_layout(conn, settings.app_id, settings.partitions)
     resolved = with_layout(settings, layout)
     if layout.partitions != settings.partitions and not settings.live_generation:
-        log.info("the live service runs %d partitions (layout generation %d, `embedder live repartition`); "
-                 "EMBEDDER_PARTITIONS=%d is not used", layout.partitions, layout.generation, settings.partitions)
+        log.info(
+            "the live service runs %d partitions (layout generation %d, `embedder live repartition`); "
+            "EMBEDDER_PARTITIONS=%d is not used",
+            layout.partitions,
+            layout.generation,
+            settings.partitions,
+        )
     return resolved
 
 

@@ -12,18 +12,19 @@ Its value is SPEC section 3 over `prices_daily` as it is now: a row where histor
 and an absent record. A change of the price at `(instrument, d)` can only reach the keys of that
 instrument with `d <= as_of <= d + 3 * window_days` (`affected_keys`).
 """
+
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
 from bisect import bisect_right
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 
 import psycopg
 
-from shared.db import copy_rows
-from shared.encoder import LOOKBACK_FACTOR
+from shared.db import copy_rows, one
 from shared.embedding_store import ENTITY_TYPE
+from shared.encoder import LOOKBACK_FACTOR
 from shared.models import MODELS
 
 ABSENT_STAGING = "absent_staging"
@@ -66,7 +67,8 @@ def affected_keys(conn: psycopg.Connection, changes: Sequence[tuple[str, date]])
             FROM unnest(%(ids)s::text[], %(lows)s::date[]) AS lo(i, d)
             JOIN embedder_absent_embeddings a
               ON a.entity_type = '{ENTITY_TYPE}' AND a.entity_id = lo.i AND a.as_of_date >= lo.d""",
-        {"ids": ids, "lows": lows}).fetchall()
+        {"ids": ids, "lows": lows},
+    ).fetchall()
 
     def reached(instrument_id: str, as_of: date, window_days: int | None) -> bool:
         """The newest change on or before as_of lies in its look-back."""
@@ -79,8 +81,13 @@ def affected_keys(conn: psycopg.Connection, changes: Sequence[tuple[str, date]])
     return _keys(r for r in candidates if reached(r[0], r[1], r[3]))
 
 
-def stored_keys_between(conn: psycopg.Connection, instrument_ids: Sequence[str], date_from: date | None,
-                        date_to: date | None, model_ids: Sequence[str] | None) -> list[tuple]:
+def stored_keys_between(
+    conn: psycopg.Connection,
+    instrument_ids: Sequence[str],
+    date_from: date | None,
+    date_to: date | None,
+    model_ids: Sequence[str] | None,
+) -> list[tuple]:
     """(entity_id, as_of_date, model_id, window_days or None, vector, embedding_id) of the stored rows of
     `instrument_ids` in a date range (None: unbounded) and of `model_ids` (None: all), in key order."""
     with conn.cursor(binary=True) as cur:
@@ -92,13 +99,23 @@ def stored_keys_between(conn: psycopg.Connection, instrument_ids: Sequence[str],
                   AND (%(hi)s::date IS NULL OR as_of_date <= %(hi)s::date)
                   AND (%(models)s::text[] IS NULL OR model_id = ANY(%(models)s::text[]))
                 ORDER BY entity_id, as_of_date, model_id, embedding_id""",
-            {"ids": list(instrument_ids), "lo": date_from, "hi": date_to,
-             "models": list(model_ids) if model_ids else None})
+            {
+                "ids": list(instrument_ids),
+                "lo": date_from,
+                "hi": date_to,
+                "models": list(model_ids) if model_ids else None,
+            },
+        )
         return cur.fetchall()
 
 
-def absent_keys_between(conn: psycopg.Connection, instrument_ids: Sequence[str], date_from: date | None,
-                        date_to: date | None, model_ids: Sequence[str] | None) -> list[MaintainedKey]:
+def absent_keys_between(
+    conn: psycopg.Connection,
+    instrument_ids: Sequence[str],
+    date_from: date | None,
+    date_to: date | None,
+    model_ids: Sequence[str] | None,
+) -> list[MaintainedKey]:
     """The recorded absent keys of `instrument_ids` in a date range and of `model_ids` (None: all)."""
     rows = conn.execute(
         f"""SELECT entity_id, as_of_date, model_id, window_days FROM embedder_absent_embeddings
@@ -106,8 +123,8 @@ def absent_keys_between(conn: psycopg.Connection, instrument_ids: Sequence[str],
               AND (%(lo)s::date IS NULL OR as_of_date >= %(lo)s::date)
               AND (%(hi)s::date IS NULL OR as_of_date <= %(hi)s::date)
               AND (%(models)s::text[] IS NULL OR model_id = ANY(%(models)s::text[]))""",
-        {"ids": list(instrument_ids), "lo": date_from, "hi": date_to,
-         "models": list(model_ids) if model_ids else None}).fetchall()
+        {"ids": list(instrument_ids), "lo": date_from, "hi": date_to, "models": list(model_ids) if model_ids else None},
+    ).fetchall()
     return _keys(rows)
 
 
@@ -122,19 +139,26 @@ def record_absent(conn: psycopg.Connection, keys: Iterable[tuple[str, date, str,
                             entity_id text NOT NULL, as_of_date date NOT NULL, model_id text NOT NULL,
                             window_days int4 NOT NULL)""")
         cur.execute(f"TRUNCATE {ABSENT_STAGING}")
-        copy_rows(cur, ABSENT_STAGING, ("entity_id", "as_of_date", "model_id", "window_days"), latest.values(),
-                  ("text", "date", "text", "int4"))
+        copy_rows(
+            cur,
+            ABSENT_STAGING,
+            ("entity_id", "as_of_date", "model_id", "window_days"),
+            latest.values(),
+            ("text", "date", "text", "int4"),
+        )
         cur.execute(
             f"""INSERT INTO embedder_absent_embeddings AS a (entity_type, entity_id, as_of_date, model_id, window_days)
                 SELECT '{ENTITY_TYPE}', entity_id, as_of_date, model_id, window_days FROM {ABSENT_STAGING}
                 ORDER BY entity_id, as_of_date, model_id
                 ON CONFLICT (entity_type, entity_id, as_of_date, model_id) DO UPDATE
                     SET window_days = EXCLUDED.window_days, recorded_at = now()
-                    WHERE a.window_days <> EXCLUDED.window_days""")
+                    WHERE a.window_days <> EXCLUDED.window_days"""
+        )
         cur.execute(
             f"""DELETE FROM numeric_window_embeddings t USING {ABSENT_STAGING} s
                 WHERE t.entity_type = '{ENTITY_TYPE}' AND t.entity_id = s.entity_id
-                  AND t.as_of_date = s.as_of_date AND t.model_id = s.model_id""")
+                  AND t.as_of_date = s.as_of_date AND t.model_id = s.model_id"""
+        )
         return cur.rowcount
 
 
@@ -150,7 +174,9 @@ def queue_recompute(conn: psycopg.Connection, changes: Sequence[tuple[str, date]
         """INSERT INTO embedder_recompute_queue AS q (instrument_id, trade_date)
            SELECT i, d FROM unnest(%s::text[], %s::date[]) AS c(i, d) ORDER BY i, d
            ON CONFLICT (instrument_id, trade_date) DO UPDATE
-               SET seq = nextval('embedder_recompute_seq'), queued_at = now()""", (ids, days)).rowcount
+               SET seq = nextval('embedder_recompute_seq'), queued_at = now()""",
+        (ids, days),
+    ).rowcount
 
 
 CHANGES_REACHING_STORED_KEYS = f"""
@@ -186,10 +212,11 @@ def queue_changes_since(conn: psycopg.Connection, outbox_id: int | None, instrum
     changes = conn.execute(
         """SELECT DISTINCT instrument_id, trade_date FROM embedder_outbox_changes
            WHERE id > %s AND instrument_id = ANY(%s) AND trade_date IS NOT NULL""",
-        (outbox_id, list(instrument_ids))).fetchall()
+        (outbox_id, list(instrument_ids)),
+    ).fetchall()
     return queue_recompute(conn, [tuple(c) for c in changes])
 
 
 def outbox_position(conn: psycopg.Connection) -> int | None:
     """The newest outbox id now (None where nothing was ever captured)."""
-    return conn.execute("SELECT max(id) FROM prices_outbox").fetchone()[0]
+    return one(conn.execute("SELECT max(id) FROM prices_outbox"))[0]

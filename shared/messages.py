@@ -6,6 +6,7 @@ instead of crashing or dropping it. A row batch is checked row by row with
 `shared.validation.row_problem` (the rule `prices import` applies too): its bad
 rows come back in `RowBatch.rejected` and cost only themselves.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,7 +14,7 @@ import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, cast
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
@@ -21,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from shared.errors import EmbedderError
 from shared.validation import date_problem, id_problem, key_problem, latest_trade_date, row_problem
 
-VERSION = 1
+VERSION: Literal[1] = 1
 MAX_MESSAGE_BYTES = 64 * 1024
 ROW_BATCH_BYTES = 60 * 1024
 """Most bytes a row batch is cut at: under MAX_MESSAGE_BYTES whatever the ids (up to 50 characters)."""
@@ -91,7 +92,7 @@ class Tick(_Base):
     unless true, so workers that predate it reject such a tick rather than misread it."""
 
     @model_validator(mode="after")
-    def _lookback_names_instruments(self) -> "Tick":
+    def _lookback_names_instruments(self) -> Tick:
         if self.lookback_from_db and (self.query_run is None or self.instrument_ids is None):
             raise ValueError("a tick reading its look-back from the database is a query naming its instruments")
         return self
@@ -156,8 +157,14 @@ def encode(message: BaseModel | RowBatch) -> bytes:
 
 def _row_batch_head(run: str, window_days: int, slack_days: int | None = None) -> bytes:
     slack = b"" if slack_days is None else b',"s":' + str(slack_days).encode()
-    return (b'{"v":1,"run":' + json.dumps(run).encode() + b',"k":"rows","w":' + str(window_days).encode()
-            + slack + b',"r":[')
+    return (
+        b'{"v":1,"run":'
+        + json.dumps(run).encode()
+        + b',"k":"rows","w":'
+        + str(window_days).encode()
+        + slack
+        + b',"r":['
+    )
 
 
 def row_wire(row: Sequence) -> bytes:
@@ -177,8 +184,9 @@ def row_batch_overhead(run: str = "r" * 64, window_days: int = 2000, slack_days:
     return len(_row_batch_head(run, window_days, slack_days)) + 2
 
 
-def row_batches(run: str, window_days: int, rows: Iterable[Row | Deletion],
-                max_bytes: int = ROW_BATCH_BYTES) -> Iterator[RowBatch]:  # (live capture: no slack field)
+def row_batches(
+    run: str, window_days: int, rows: Iterable[Row | Deletion], max_bytes: int = ROW_BATCH_BYTES
+) -> Iterator[RowBatch]:  # (live capture: no slack field)
     """`rows` cut into RowBatch messages of at most `max_bytes` encoded bytes, order kept.
 
     Cut by the encoded size, not a row count, so any id length (up to the schema's 50
@@ -210,12 +218,12 @@ def _parse_row(raw: Any, latest: date) -> tuple[str | None, Row | Deletion | Non
         trade_date = None
     if len(raw) == 2:
         problem = key_problem(instrument_id, trade_date, latest)
-        return (problem, None) if problem else (None, (instrument_id, trade_date))
+        return (problem, None) if problem else (None, cast(Deletion, (instrument_id, trade_date)))
     close, volume = raw[2], raw[3]
     problem = row_problem(instrument_id, trade_date, close, volume, latest)
     if problem:
         return problem, None
-    return None, (instrument_id, trade_date, float(close), float(volume))
+    return None, cast(Row, (instrument_id, trade_date, float(close), float(volume)))
 
 
 def _decode_row_batch(data: dict) -> RowBatch:
@@ -280,8 +288,11 @@ def decode(raw: bytes | None) -> Message:
             raise BadMessage(problem)
     if isinstance(message, Tick):
         problem = next(filter(None, (date_problem(d) for d in message.dates)), None)
-        problem = problem or (message.market_id and id_problem(message.market_id)) or next(
-            filter(None, map(id_problem, message.instrument_ids or ())), None)
+        problem = (
+            problem
+            or (message.market_id and id_problem(message.market_id))
+            or next(filter(None, map(id_problem, message.instrument_ids or ())), None)
+        )
         if problem:
             raise BadMessage(f"invalid tick: {problem}")
     return message
@@ -298,5 +309,12 @@ def dead_letter_record(reason: str, topic: str, partition: int | None, offset: i
     """A dead-letter record: why, where it came from (a topic's partition and offset, or
     `prices_outbox` and the entry id), and the first 4 KiB of the payload (for one bad row of a
     batch, that row alone)."""
-    return json.dumps({"reason": reason, "topic": topic, "partition": partition, "offset": offset,
-                       "payload": payload[:4096].decode("utf-8", "replace")}).encode()
+    return json.dumps(
+        {
+            "reason": reason,
+            "topic": topic,
+            "partition": partition,
+            "offset": offset,
+            "payload": payload[:4096].decode("utf-8", "replace"),
+        }
+    ).encode()

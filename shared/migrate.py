@@ -1,4 +1,5 @@
 """Schema migrations with yoyo; its own version tables (`_yoyo_*`) coexist with Alembic's."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,4 +1,5 @@
 """The model registry of SPEC section 3: how a flat window vector becomes a stored vector."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

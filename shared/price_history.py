@@ -2,6 +2,7 @@
 
 One reader for every path that computes from the database: the batch path, the correction
 path and the worker answering a historical query (`streams/lookback.py`)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,9 +21,7 @@ class History:
     volume: np.ndarray  # float64
 
 
-def read_histories(
-    conn: psycopg.Connection, instrument_ids: list[str], start: date, end: date
-) -> dict[str, History]:
+def read_histories(conn: psycopg.Connection, instrument_ids: list[str], start: date, end: date) -> dict[str, History]:
     """Histories of `instrument_ids` with start <= trade_date <= end (missing ids are absent)."""
     with conn.cursor(binary=True) as cur:
         cur.execute(

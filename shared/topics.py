@@ -5,6 +5,7 @@ topic, and auto-created topics get one partition, so topics are always made here
 The Kafka client is imported where a topic is made, not with the names: commands
 that only queue work in PostgreSQL (a query, a tick) never load it (~0.07 s).
 """
+
 from __future__ import annotations
 
 import time
@@ -39,7 +40,8 @@ def admin_client(settings: Settings) -> KafkaAdminClient:
 STATE_FORMAT = 3
 """The format of the worker's state (`streams/state.py`, windows kept in chunks by `streams/window_store.py`):
 2 kept each window as one value, 1 was the unversioned tables of the releases before it. Table names
-carry it, so a worker never reads state of another format; the database records which format a worker group holds (`backfill.bootstrap.reconcile_state_format`), and a worker meeting
+carry it, so a worker never reads state of another format; the database records which format a worker
+group holds (`backfill.bootstrap.reconcile_state_format`), and a worker meeting
 another one rebuilds its live windows from prices_daily (the bootstrap)."""
 
 
@@ -48,7 +50,9 @@ def table_name(base: str) -> str:
     return f"{base}_v{STATE_FORMAT}"
 
 
-WINDOWS, RUNS, REPLAY_WINDOWS, REPLAY_RUNS = (table_name(t) for t in ("windows", "runs", "replay_windows", "replay_runs"))
+WINDOWS, RUNS, REPLAY_WINDOWS, REPLAY_RUNS = (
+    table_name(t) for t in ("windows", "runs", "replay_windows", "replay_runs")
+)
 
 
 def stream_tables(generation: int = 0) -> tuple[str, str, str, str]:
@@ -98,14 +102,28 @@ def ensure_topics(settings: Settings) -> None:
             existing = set(admin.list_topics())
             rf = settings.topic_replication_factor
             wanted = [
-                NewTopic(settings.prices_topic, settings.partitions, rf,
-                         topic_configs=topic_configs(settings, settings.prices_retention_hours)),
-                NewTopic(settings.dead_letter_topic, 1, rf,
-                         topic_configs=topic_configs(settings, settings.dead_letter_retention_hours)),
+                NewTopic(
+                    settings.prices_topic,
+                    settings.partitions,
+                    rf,
+                    topic_configs=topic_configs(settings, settings.prices_retention_hours),
+                ),
+                NewTopic(
+                    settings.dead_letter_topic,
+                    1,
+                    rf,
+                    topic_configs=topic_configs(settings, settings.dead_letter_retention_hours),
+                ),
             ] + [
-                NewTopic(changelog_topic(settings, t), settings.partitions, rf, topic_configs={
-                    **topic_configs(settings),
-                    **(EAGER_COMPACTION if k >= 2 else {"cleanup.policy": "compact"})})  # replay tables
+                NewTopic(
+                    changelog_topic(settings, t),
+                    settings.partitions,
+                    rf,
+                    topic_configs={
+                        **topic_configs(settings),
+                        **(EAGER_COMPACTION if k >= 2 else {"cleanup.policy": "compact"}),
+                    },
+                )  # replay tables
                 for k, t in enumerate(stream_tables(settings.live_generation))
             ]
             missing = [t for t in wanted if t.name not in existing]

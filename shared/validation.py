@@ -10,10 +10,11 @@ no market anywhere has closed a day later than that, so such a row is a typo
 their horizon decades ahead and drop every real row, so it is refused at import
 and dead-lettered on the wire, with the same reason.
 """
+
 from __future__ import annotations
 
 import math
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 MAX_ID_LENGTH = 50  # instruments.instrument_id varchar(50)
 EARLIEST_TRADE_DATE = date(1900, 1, 1)
@@ -34,7 +35,7 @@ NEGATIVE_VOLUME = "negative volume"
 
 def latest_trade_date(today: date | None = None) -> date:
     """The newest trade_date the rule accepts."""
-    return (today or datetime.now(timezone.utc).date()) + timedelta(days=FUTURE_DAYS_ALLOWED)
+    return (today or datetime.now(UTC).date()) + timedelta(days=FUTURE_DAYS_ALLOWED)
 
 
 def id_problem(instrument_id: object) -> str | None:
@@ -62,8 +63,12 @@ def date_problem(trade_date: object, latest: date | None = None) -> str | None:
 
 def values_problem(close: object, volume: object) -> str | None:
     """Why (close, volume) cannot be used, or None."""
-    if isinstance(close, bool) or isinstance(volume, bool) or not isinstance(close, (int, float)) \
-            or not isinstance(volume, (int, float)):
+    if (
+        isinstance(close, bool)
+        or isinstance(volume, bool)
+        or not isinstance(close, (int, float))
+        or not isinstance(volume, (int, float))
+    ):
         return NOT_A_NUMBER
     if not math.isfinite(close):
         return NON_FINITE_CLOSE
@@ -76,8 +81,9 @@ def values_problem(close: object, volume: object) -> str | None:
     return None
 
 
-def row_problem(instrument_id: object, trade_date: object, close: object, volume: object,
-                latest: date | None = None) -> str | None:
+def row_problem(
+    instrument_id: object, trade_date: object, close: object, volume: object, latest: date | None = None
+) -> str | None:
     """Why a price row cannot be used, or None when it can. `latest` pins the newest accepted
     date (callers checking many rows compute it once)."""
     return id_problem(instrument_id) or date_problem(trade_date, latest) or values_problem(close, volume)

@@ -7,11 +7,13 @@ look-back), and the commit order after it (`apply_effects`). The sink is in this
 committed in PostgreSQL, and faust commits offsets only up to the first unacked
 event of a partition.
 """
+
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import faust
 
@@ -23,10 +25,10 @@ from streams.gaps import OffsetGuard
 from streams.lookback import DbLookback
 from streams.processor import DeadLetter, Effects, PartitionProcessor, ProcessorConfig, TickReport
 from streams.registry import DbRegistry
+from streams.sink import BatchingSink, SinkWriter
 from streams.state import ByRun
 from streams.window import Window
 from streams.window_store import value_bytes
-from streams.sink import BatchingSink, SinkWriter
 
 log = logging.getLogger("embedder.stream")
 ROCKSDB_OPTIONS = {
@@ -43,12 +45,15 @@ LostWindows = Callable[[list[str]], None]
 loads them again."""
 
 
-def register(app: faust.App, settings: Settings, metrics: StreamMetrics,
-             on_lost_windows: LostWindows | None = None) -> BatchingSink:
-    raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+def register(
+    app: faust.App, settings: Settings, metrics: StreamMetrics, on_lost_windows: LostWindows | None = None
+) -> BatchingSink:
+    raw: dict[str, Any] = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
     prices = app.topic(settings.prices_topic, partitions=settings.partitions, **raw)
     dead_letter = app.topic(settings.dead_letter_topic, **raw)
-    table = dict(partitions=settings.partitions, key_type=bytes, value_type=bytes, options=dict(ROCKSDB_OPTIONS))
+    table: dict[str, Any] = dict(
+        partitions=settings.partitions, key_type=bytes, value_type=bytes, options=dict(ROCKSDB_OPTIONS)
+    )
     windows_name, runs_name, replay_windows_name, replay_runs_name = stream_tables(settings.live_generation)
     windows = ByRun(app.Table(windows_name, **table), app.Table(replay_windows_name, **table), raw_keys=True)
     runs = ByRun(app.Table(runs_name, **table), app.Table(replay_runs_name, **table), raw_keys=True)
@@ -57,8 +62,12 @@ def register(app: faust.App, settings: Settings, metrics: StreamMetrics,
     config = ProcessorConfig(settings.partitions, settings.window_days, settings.retention_slack_days)
     processors: dict[int, PartitionProcessor] = {}
     guard = OffsetGuard(settings.prices_topic)
-    sink = BatchingSink(SinkWriter(settings.database_url, metrics=metrics), settings.sink_batch_embeddings,
-                        settings.sink_batch_seconds, settings.sink_max_pending_embeddings)
+    sink = BatchingSink(
+        SinkWriter(settings.database_url, metrics=metrics),
+        settings.sink_batch_embeddings,
+        settings.sink_batch_seconds,
+        settings.sink_max_pending_embeddings,
+    )
 
     def processor_of(partition: int) -> PartitionProcessor:
         proc = processors.get(partition)
@@ -77,7 +86,7 @@ def register(app: faust.App, settings: Settings, metrics: StreamMetrics,
 
     app.sensors.add(CommittedOffsets())
 
-    @app.on_partitions_revoked.connect
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # faust types its async receivers narrowly
     async def on_revoked(sender, revoked, **kwargs) -> None:
         # Another worker may change these partitions' state now: parsed caches are stale.
         processors.clear()
@@ -87,8 +96,8 @@ def register(app: faust.App, settings: Settings, metrics: StreamMetrics,
         """The database reads the processor will need, done before it runs (in a thread); returns the
         look-back of a query tick that reads it from the database."""
         if isinstance(message, Tick) and message.lookback_from_db:
-            ids = sorted(i for i in set(message.instrument_ids or ()) if registry.partition(i) == partition)
-            return await asyncio.to_thread(lookback.read, ids, message.dates, message.window_days)
+            mine = sorted(i for i in set(message.instrument_ids or ()) if registry.partition(i) == partition)
+            return await asyncio.to_thread(lookback.read, mine, message.dates, message.window_days)
         if isinstance(message, RowBatch):
             ids = {r[0] for r in message.rows}
             if registry.unknown(ids):
@@ -158,9 +167,15 @@ def register(app: faust.App, settings: Settings, metrics: StreamMetrics,
         when = f"{tick.dates[-1]}" + (f" ({len(tick.dates)} dates)" if len(tick.dates) > 1 else "")
         line = f"live tick {when} [{tick.scope}] partition {partition}: {tick.embedded} of {tick.expected} embedded"
         if short or tick.missing_today:
-            log.warning("%s; without enough history: %d (%s); without a row on %s: %d (%s)", line, short,
-                        ", ".join(tick.insufficient[:8]), tick.dates[-1], len(tick.missing_today),
-                        ", ".join(tick.missing_today[:8]))
+            log.warning(
+                "%s; without enough history: %d (%s); without a row on %s: %d (%s)",
+                line,
+                short,
+                ", ".join(tick.insufficient[:8]),
+                tick.dates[-1],
+                len(tick.missing_today),
+                ", ".join(tick.missing_today[:8]),
+            )
         else:
             log.info(line)
 
@@ -184,8 +199,12 @@ def register(app: faust.App, settings: Settings, metrics: StreamMetrics,
         for tick in fx.ticks:
             report(partition, tick)
         if fx.lost_windows and on_lost_windows is not None:
-            log.warning("live tick: %d instrument(s) of partition %s have no window (%s); loading them from "
-                        "prices_daily", len(fx.lost_windows), partition, ", ".join(fx.lost_windows[:8]))
+            log.warning(
+                "live tick: %d instrument(s) of partition %s have no window (%s); loading them from prices_daily",
+                len(fx.lost_windows),
+                partition,
+                ", ".join(fx.lost_windows[:8]),
+            )
             await asyncio.to_thread(on_lost_windows, fx.lost_windows)
 
     @app.agent(prices, name="prices")

@@ -1,4 +1,5 @@
 """`create_app(settings)`: the Faust app, built from settings with no import-time configuration."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,13 +8,19 @@ import faust
 
 from shared.config import Settings
 from shared.kafka_config import faust_broker_options
-from streams import faust_fixes
 from shared.metrics import StreamMetrics
+from streams import faust_fixes
 from streams.agents import LostWindows, register
 
 
-def create_app(settings: Settings, datadir: Path, metrics: StreamMetrics, *, store: str = "rocksdb://",
-               on_lost_windows: LostWindows | None = None) -> faust.App:
+def create_app(
+    settings: Settings,
+    datadir: Path,
+    metrics: StreamMetrics,
+    *,
+    store: str = "rocksdb://",
+    on_lost_windows: LostWindows | None = None,
+) -> faust.App:
     """A Faust app with the project's topics, tables and agents wired in."""
     faust_fixes.apply(settings.allow_unverified_faust, settings.consumer_fetch_wait_ms)
     app = faust.App(

@@ -37,6 +37,7 @@ The first two only ever cause a message to be delivered again, never skipped; th
 idempotent (windows are upserts keyed by date, replay row counts are kept per offset, embeddings
 are upserted), so a repeat changes nothing. `streams/gaps.py` still reports any skipped offset.
 """
+
 from __future__ import annotations
 
 import logging
@@ -54,13 +55,18 @@ requirements.lock)."""
 
 def version_problem(installed: Mapping[str, str | None]) -> str | None:
     """Why the installed libraries are not the verified ones, or None."""
-    wrong = [f"{name} {installed.get(name) or 'missing'} (verified: {want})"
-             for name, want in VERIFIED.items() if installed.get(name) != want]
+    wrong = [
+        f"{name} {installed.get(name) or 'missing'} (verified: {want})"
+        for name, want in VERIFIED.items()
+        if installed.get(name) != want
+    ]
     if not wrong:
         return None
-    return (f"streams/faust_fixes.py patches faust internals and was verified against other versions: "
-            f"{', '.join(wrong)}. Install the lock file (make setup), or re-run "
-            "tests/test_stream_resilience.py on these versions and set EMBEDDER_ALLOW_UNVERIFIED_FAUST=1")
+    return (
+        f"streams/faust_fixes.py patches faust internals and was verified against other versions: "
+        f"{', '.join(wrong)}. Install the lock file (make setup), or re-run "
+        "tests/test_stream_resilience.py on these versions and set EMBEDDER_ALLOW_UNVERIFIED_FAUST=1"
+    )
 
 
 def installed_versions() -> dict[str, str | None]:
@@ -102,12 +108,12 @@ def _fetch_wait_is_bounded() -> None:
 
     original = AIOKafkaConsumerThread._create_worker_consumer
 
-    def _create_worker_consumer(self, transport):  # type: ignore[no-untyped-def]
+    def _create_worker_consumer(self, transport):
         consumer = original(self, transport)
         consumer._fetch_max_wait_ms = _fetch_wait_ms  # read when the consumer starts its fetcher
         return consumer
 
-    AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer
+    AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer  # type: ignore[method-assign]
 
 
 TOPIC_CREATION_DEADLINE_SECONDS = 90.0
@@ -121,7 +127,7 @@ def _topic_creation_rides_out_a_broker_loss() -> None:
 
     original = Transport._really_create_topic
 
-    async def _really_create_topic(self, owner, client, topic, *args, **kwargs):  # type: ignore[no-untyped-def]
+    async def _really_create_topic(self, owner, client, topic, *args, **kwargs):
         deadline = time.monotonic() + TOPIC_CREATION_DEADLINE_SECONDS
         delay, failing_since = 0.2, None
         while True:
@@ -132,8 +138,12 @@ def _topic_creation_rides_out_a_broker_loss() -> None:
                     raise
                 if failing_since is None:
                     failing_since = time.monotonic()
-                    log.warning("creating topic %r: %s; retrying for up to %.0f s", topic,
-                                str(e).splitlines()[0] if str(e) else type(e).__name__, TOPIC_CREATION_DEADLINE_SECONDS)
+                    log.warning(
+                        "creating topic %r: %s; retrying for up to %.0f s",
+                        topic,
+                        str(e).splitlines()[0] if str(e) else type(e).__name__,
+                        TOPIC_CREATION_DEADLINE_SECONDS,
+                    )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 try:
@@ -145,7 +155,7 @@ def _topic_creation_rides_out_a_broker_loss() -> None:
                 log.warning("creating topic %r: done after %.1f s of retries", topic, time.monotonic() - failing_since)
             return result
 
-    Transport._really_create_topic = _really_create_topic
+    Transport._really_create_topic = _really_create_topic  # type: ignore[method-assign]
 
 
 def _resume_clears_only_after_a_suspension() -> None:
@@ -159,7 +169,7 @@ def _resume_clears_only_after_a_suspension() -> None:
         if was_suspended:
             self.clear()
 
-    FlowControlEvent.resume = resume
+    FlowControlEvent.resume = resume  # type: ignore[method-assign]
 
 
 def _uncommitted_source_partitions_restart_from_the_beginning() -> None:
@@ -178,5 +188,4 @@ def _uncommitted_source_partitions_restart_from_the_beginning() -> None:
 
         return await self.call_thread(seek)
 
-    AIOKafkaConsumerThread.seek_to_committed = seek_to_committed
-
+    AIOKafkaConsumerThread.seek_to_committed = seek_to_committed  # type: ignore[method-assign]

@@ -7,10 +7,10 @@ skip offsets: the prices topic is neither compacted nor transactional, so any fo
 offsets the agent applies is a loss. It logs an error and counts `embedder_offset_gaps_total`;
 replays also fail loudly on it (their ticks carry row counts).
 """
+
 from __future__ import annotations
 
 import logging
-
 
 log = logging.getLogger("embedder.gaps")
 
@@ -31,8 +31,14 @@ class OffsetGuard:
         want = self.expected.get(partition)
         if want is None or offset <= want:
             return 0
-        log.error("%s[%s]: offsets %s..%s were skipped by the consumer (a faust-streaming bug during "
-                  "rebalances); their rows are missing from the windows", self.topic, partition, want, offset - 1)
+        log.error(
+            "%s[%s]: offsets %s..%s were skipped by the consumer (a faust-streaming bug during "
+            "rebalances); their rows are missing from the windows",
+            self.topic,
+            partition,
+            want,
+            offset - 1,
+        )
         return offset - want
 
     def applied(self, partition: int, offset: int) -> None:

@@ -3,6 +3,7 @@ of another partitioning, so it stops gracefully and starts again on the new layo
 
 Polled from the database every `LAYOUT_WATCH_SECONDS`; a database that does not answer is not a change
 (the worker's other parts say so)."""
+
 from __future__ import annotations
 
 import logging
@@ -31,7 +32,7 @@ class LayoutWatch:
         self.restart = threading.Event()
         self.thread = threading.Thread(target=self.run, name="layout-watch", daemon=True)
 
-    def start(self) -> "LayoutWatch":
+    def start(self) -> LayoutWatch:
         self.thread.start()
         return self
 
@@ -49,9 +50,13 @@ class LayoutWatch:
             layout = self.changed()
             if layout is None:
                 continue
-            log.warning("the live service moved to %d partitions (layout generation %d, this worker runs %d): "
-                        "stopping gracefully to start again on it", layout.partitions, layout.generation,
-                        self.settings.live_generation)
+            log.warning(
+                "the live service moved to %d partitions (layout generation %d, this worker runs %d): "
+                "stopping gracefully to start again on it",
+                layout.partitions,
+                layout.generation,
+                self.settings.live_generation,
+            )
             self.restart.set()
             os.kill(os.getpid(), signal.SIGTERM)
             return

@@ -7,6 +7,7 @@ instead, with the batch path's reader (`shared.price_history`), one query per pa
 processor then computes them as any tick (`PartitionProcessor.process(..., lookback=...)`).
 These windows are never stored: a re-delivered query reads the database again.
 """
+
 from __future__ import annotations
 
 import threading

@@ -1,4 +1,5 @@
 """What the processor hands to the sink: embeddings of one source partition, and ticks they complete."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

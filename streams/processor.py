@@ -19,6 +19,7 @@ The semantics (SPEC section 4):
   changes nothing;
 - a bad row costs only itself: it becomes one dead letter, the rest apply.
 """
+
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
@@ -26,14 +27,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 
-from shared.messages import LIVE_RUN, BadMessage, Message, PriceRow, RowBatch, RunEnd, Tick, row_payload
-from streams.output import Embedding, EmbeddingBatch, TickDone
-from streams.registry import Registry
-from streams.state import LIVE_PREFIX, RunPartition, TickRecord, Writes, run_key, window_key
 from shared.embedding_store import price_changes
 from shared.encoder import LOOKBACK_FACTOR
-from streams.ticks import Timeline, embeddings_at
+from shared.messages import LIVE_RUN, BadMessage, Message, PriceRow, RowBatch, RunEnd, Tick, row_payload
 from streams import window_store
+from streams.output import Embedding, EmbeddingBatch, TickDone
+from streams.registry import Registry
+from streams.state import LIVE_PREFIX, RunPartition, StateView, TickRecord, Writes, run_key, window_key
+from streams.ticks import Timeline, embeddings_at
 from streams.window import NO_OFFSET, NO_ROWS, Window, date_of, day_number, retention_days
 
 DEFAULT_CACHE_WINDOWS = 50_000
@@ -96,8 +97,15 @@ class Effects:
 class PartitionProcessor:
     """The state machine of one prices partition. Not thread-safe; one event at a time."""
 
-    def __init__(self, partition: int, config: ProcessorConfig, windows: Mapping[str, bytes],
-                 runs: Mapping[str, bytes], registry: Registry, cache_windows: int = DEFAULT_CACHE_WINDOWS):
+    def __init__(
+        self,
+        partition: int,
+        config: ProcessorConfig,
+        windows: StateView,
+        runs: StateView,
+        registry: Registry,
+        cache_windows: int = DEFAULT_CACHE_WINDOWS,
+    ):
         self.partition = partition
         self.config = config
         self.windows = windows
@@ -138,8 +146,16 @@ class PartitionProcessor:
         fx = Effects()
         if isinstance(message, RowBatch):
             fx.rows = message.rows_total
-            self._rows(message.run, message.window_days, message.rows, message.rejected, message.rows_total,
-                       offset, fx, message.slack_days)
+            self._rows(
+                message.run,
+                message.window_days,
+                message.rows,
+                message.rejected,
+                message.rows_total,
+                offset,
+                fx,
+                message.slack_days,
+            )
         elif isinstance(message, PriceRow):
             fx.rows = 1
             row = (message.instrument_id, message.trade_date, message.close, message.volume)
@@ -178,8 +194,9 @@ class PartitionProcessor:
             state = self._runs[run] = RunPartition.parse(self.runs.get(run_key(run, self.partition)))
         return state
 
-    def _write_window(self, fx: Effects, key: str, before: Window, window: Window | None,
-                      changed_days: Sequence[int] = ()) -> None:
+    def _write_window(
+        self, fx: Effects, key: str, before: Window, window: Window | None, changed_days: Sequence[int] = ()
+    ) -> None:
         """Write `window` (None: delete it) in place of `before`, as stored: a live window's chunks that
         differ, a replay's window whole (`streams/window_store.py`)."""
         live = key.startswith(LIVE_PREFIX)
@@ -196,8 +213,17 @@ class PartitionProcessor:
 
     # --- rows ------------------------------------------------------------------------------------
 
-    def _rows(self, run: str, window_days: int, rows: Sequence[tuple], rejected: Sequence[tuple[str, object]],
-              rows_total: int, offset: int, fx: Effects, slack_days: int | None = None) -> None:
+    def _rows(
+        self,
+        run: str,
+        window_days: int,
+        rows: Sequence[tuple],
+        rejected: Sequence[tuple[str, object]],
+        rows_total: int,
+        offset: int,
+        fx: Effects,
+        slack_days: int | None = None,
+    ) -> None:
         keep = retention_days(window_days, self.config.retention_slack_days if slack_days is None else slack_days)
         before = self._run_state(run)
         state = before.with_received(rows_total, offset)
@@ -219,18 +245,20 @@ class PartitionProcessor:
             stored = self._window(key)
             if stored.applied_offset >= offset:
                 continue  # re-delivered after a restart or rebalance: already in the restored state
-            changes = [(day_number(r[1]), r[2], r[3]) if len(r) == 4 else (day_number(r[1]), None, None)
-                       for r in own]
+            changes = [(day_number(r[1]), r[2], r[3]) if len(r) == 4 else (day_number(r[1]), None, None) for r in own]
             window, too_old = stored.apply(changes, keep, offset, floor)
             live = run == LIVE_RUN
             for k in too_old:
                 if live:  # history: the database path recomputes what it reaches
                     fx.left_to_database += 1
                 else:
-                    fx.dead_letters.append(DeadLetter(
-                        f"row older than the stream keeps ({keep} days before the instrument's newest row); "
-                        "recompute the embeddings it reaches with `embedder replay --direct`",
-                        row_payload(run, own[k])))
+                    fx.dead_letters.append(
+                        DeadLetter(
+                            f"row older than the stream keeps ({keep} days before the instrument's newest row); "
+                            "recompute the embeddings it reaches with `embedder replay --direct`",
+                            row_payload(run, own[k]),
+                        )
+                    )
             skipped = set(too_old)
             applied = [(k, changes[k][0]) for k in range(len(changes)) if k not in skipped]
             reached = self._ticks_reached(run, instrument_id, state, [d for _, d in applied])
@@ -240,13 +268,18 @@ class PartitionProcessor:
                 if lost and live:
                     fx.left_to_database += 1
                 elif lost:
-                    fx.dead_letters.append(DeadLetter(
-                        f"correction reaches tick {date_of(lost[0].day)} whose look-back the stream no longer "
-                        "holds; recompute it with `embedder replay --direct`", row_payload(run, own[k])))
+                    fx.dead_letters.append(
+                        DeadLetter(
+                            f"correction reaches tick {date_of(lost[0].day)} whose look-back the stream no longer "
+                            "holds; recompute it with `embedder replay --direct`",
+                            row_payload(run, own[k]),
+                        )
+                    )
             fresh = [t for t in reached if t not in stale]
             for window_days in {t.window_days for t in fresh}:
                 corrections.setdefault(window_days, []).extend(
-                    recompute(instrument_id, window, [t for t in fresh if t.window_days == window_days]))
+                    recompute(instrument_id, window, [t for t in fresh if t.window_days == window_days])
+                )
             if fresh:
                 changed_prices.extend((instrument_id, date_of(d)) for _, d in applied)
             self._write_window(fx, key, stored, window, [c[0] for c in changes])
@@ -302,23 +335,28 @@ class PartitionProcessor:
         every_full_computed = len(items) == len(full) * len(dates) * len(tick.models)
         uncovered: list[str] = []
         for instrument_id, window in partial:
-            held = [d for d in days if window.covers(d, tick.window_days)]
-            items.extend(embeddings_at([(instrument_id, window)], held, tick.window_days, tick.models))
-            if len(held) < len(days):
+            covered = [d for d in days if window.covers(d, tick.window_days)]
+            items.extend(embeddings_at([(instrument_id, window)], covered, tick.window_days, tick.models))
+            if len(covered) < len(days):
                 uncovered.append(instrument_id)
         if uncovered and not redelivered:
             # Rows far newer than the tick arrived before it: the look-back is gone. Keep it visible.
-            fx.dead_letters.append(DeadLetter(
-                f"tick {dates[0]}: windows of {len(uncovered)} instrument(s) ({', '.join(uncovered[:5])}) no "
-                "longer hold the look-back; recompute them with `embedder replay --direct`",
-                row_payload(tick.run, [tick.as_of.isoformat(), tick.scope])))
+            fx.dead_letters.append(
+                DeadLetter(
+                    f"tick {dates[0]}: windows of {len(uncovered)} instrument(s) ({', '.join(uncovered[:5])}) no "
+                    "longer hold the look-back; recompute them with `embedder replay --direct`",
+                    row_payload(tick.run, [tick.as_of.isoformat(), tick.scope]),
+                )
+            )
         first_model = tick.models[0]
         embedded = Counter(as_of for _, as_of, m, _ in items if m == first_model)
         held = full + partial
         present = Timeline(held).present(days)  # (held windows x days)
         missing = len(no_window) + (~present).sum(axis=0)
-        done = [TickDone(as_of, embedded[as_of], len(expected) - embedded[as_of], int(m))
-                for as_of, m in zip(dates, missing)]
+        done = [
+            TickDone(as_of, embedded[as_of], len(expected) - embedded[as_of], int(m))
+            for as_of, m in zip(dates, missing)
+        ]
         rows_missing = self._rows_missing(tick, before, offset)
         computed = {(i, as_of) for i, as_of, m, _ in items if m == first_model}
         asked = [] if every_full_computed else [(i, d) for i, _ in full for d in dates]  # the usual case: none
@@ -326,22 +364,40 @@ class PartitionProcessor:
         asked += [(i, d) for i in no_window for d in dates]
         absent = [(i, d, m, b"") for i, d in asked if (i, d) not in computed for m in tick.models]
         recheck = tuple((i, dates[0]) for i in no_window) if tick.run == LIVE_RUN else ()
-        fx.embeddings.append(EmbeddingBatch(tick.query_run or tick.run, tick.window_days, self.partition,
-                                            items + absent, tuple(done), rows_missing, tick.scope if live else "",
-                                            redelivered, recheck))
+        fx.embeddings.append(
+            EmbeddingBatch(
+                tick.query_run or tick.run,
+                tick.window_days,
+                self.partition,
+                items + absent,
+                tuple(done),
+                rows_missing,
+                tick.scope if live else "",
+                redelivered,
+                recheck,
+            )
+        )
         if lookback is None:  # a look-back read from the database is read again if the tick comes again
             self._unconfirmed.setdefault(tick.run, {})[offset] = days[0] - LOOKBACK_FACTOR * tick.window_days
         if not query:  # a query reads the live state; it is no tick of the live run
             keep = retention_days(tick.window_days, self.config.retention_slack_days)
-            records = [TickRecord(d, tick.window_days, tuple(tick.models), tick.scope if live else None)
-                       for d in days]
+            records = [TickRecord(d, tick.window_days, tuple(tick.models), tick.scope if live else None) for d in days]
             self._write_run(fx, tick.run, before, before.with_ticks(records, keep, offset))
         newest = dates[-1]
         got = {i for i, as_of, m, _ in items if as_of == newest and m == first_model}
         held_newest = {i for (i, _), here in zip(held, present[:, -1]) if here}
-        fx.ticks.append(TickReport(
-            tick.query_run or tick.run, tick.scope if live else "", dates, len(expected), len(got),
-            [i for i in expected if i not in got], [i for i in expected if i not in held_newest], redelivered))
+        fx.ticks.append(
+            TickReport(
+                tick.query_run or tick.run,
+                tick.scope if live else "",
+                dates,
+                len(expected),
+                len(got),
+                [i for i in expected if i not in got],
+                [i for i in expected if i not in held_newest],
+                redelivered,
+            )
+        )
         if live and no_window and not redelivered:
             fx.lost_windows.extend(no_window)
 
@@ -380,6 +436,7 @@ def recompute(instrument_id: str, window: Window, ticks: Sequence[TickRecord]) -
         items = embeddings_at([(instrument_id, window)], days, window_days, models)
         present = {(as_of, m) for _, as_of, m, _ in items}
         out.extend(items)
-        out.extend((instrument_id, as_of, m, b"") for as_of in map(date_of, days) for m in models
-                   if (as_of, m) not in present)
+        out.extend(
+            (instrument_id, as_of, m, b"") for as_of in map(date_of, days) for m in models if (as_of, m) not in present
+        )
     return out

@@ -7,6 +7,7 @@ The processor asks a `Registry` in memory only; the worker's `DbRegistry`
 refreshes from PostgreSQL before a live tick and learns new ids before a row
 batch, in a thread, retrying while the database is unreachable.
 """
+
 from __future__ import annotations
 
 import threading
@@ -22,7 +23,6 @@ from shared.messages import ALL_MARKETS
 from shared.topics import partition_for
 
 
-
 @dataclass(frozen=True)
 class InstrumentInfo:
     market_id: str | None
@@ -35,7 +35,8 @@ class Registry(Protocol):
         """Ids not in `instruments`."""
 
     def in_scope(self, scope: str, partition: int) -> list[str]:
-        """Selectable instruments of `scope` (a market, or `*`) whose rows go to `partition`, in the database's order."""
+        """Selectable instruments of `scope` (a market, or `*`) whose rows go to `partition`, in the database's
+        order."""
 
     def covers(self, instrument_id: str, scope: str) -> bool:
         """True when a live tick of `scope` emits for `instrument_id`."""
@@ -53,8 +54,7 @@ class StaticRegistry:
     order is the database's `ORDER BY instrument_id` (`shared.instruments.registry_rows`): market cuts
     follow it, never Python's sort of the ids."""
 
-    def __init__(self, infos: dict[str, InstrumentInfo], partitions: int,
-                 partition_of: dict[str, int] | None = None):
+    def __init__(self, infos: dict[str, InstrumentInfo], partitions: int, partition_of: dict[str, int] | None = None):
         self.infos = infos
         self.partitions = partitions
         self._partition_of = partition_of if partition_of is not None else {}
@@ -87,7 +87,7 @@ class StaticRegistry:
 
     def selection(self, market_id: str, limit: int | None, offset: int, partition: int) -> list[str]:
         market = [i for i, info in self.infos.items() if info.selectable and info.market_id == market_id]
-        cut = market[offset:] if limit is None else market[offset:offset + limit]
+        cut = market[offset:] if limit is None else market[offset : offset + limit]
         return [i for i in cut if self.partition(i) == partition]
 
 
@@ -127,8 +127,9 @@ class DbRegistry:
             if token is not None and token == self._refreshed_for:
                 return
             rows = self._query(registry_rows, None)
-            self.snapshot = StaticRegistry({i: InstrumentInfo(m, s) for i, m, s in rows}, self.partitions,
-                                           self._partition_of)
+            self.snapshot = StaticRegistry(
+                {i: InstrumentInfo(m, s) for i, m, s in rows}, self.partitions, self._partition_of
+            )
             self._refreshed_for = token
 
     def learn(self, ids: set[str]) -> None:
@@ -142,6 +143,7 @@ class DbRegistry:
                 infos = {i: InstrumentInfo(m, s) for i, m, s in self._query(registry_rows, None)}
                 self.snapshot = StaticRegistry(infos, self.partitions, self._partition_of)
 
-    def _query(self, read: Callable[[psycopg.Connection, list[str] | None], list[tuple]],
-               ids: list[str] | None) -> list[tuple]:
+    def _query(
+        self, read: Callable[[psycopg.Connection, list[str] | None], list[tuple]], ids: list[str] | None
+    ) -> list[tuple]:
         return self._reader.read(lambda conn: read(conn, ids))

@@ -8,6 +8,7 @@ each submission's callback (the event's ack) on the event loop after the commit.
 `SinkWriter` is that transaction: it retries with backoff until PostgreSQL
 commits (trap 1 of the design notes: a failed write never counts as done).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -17,14 +18,14 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 import psycopg
 
 from shared.db import connect
 from shared.embedding_store import set_cause, upsert_embeddings
-from shared.maintained_keys import queue_recompute, record_absent
 from shared.errors import ServiceUnavailable
+from shared.maintained_keys import queue_recompute, record_absent
 from shared.messages import LIVE_RUN
 from shared.metrics import StreamMetrics
 from streams.output import EmbeddingBatch
@@ -83,14 +84,26 @@ class SinkWriter:
             upsert_embeddings(conn, (row for row in latest.values() if row[4]))
             record_absent(conn, (row[:4] for row in latest.values() if not row[4]))
             queue_recompute(conn, [key for b in batches for key in b.recheck])
-            done = [{"run": b.run, "scope": b.scope, "p": b.partition, "d": t.as_of, "e": t.embedded,
-                     "i": t.insufficient, "m": t.missing_today, "x": b.rows_missing, "again": b.redelivered}
-                    for b in batches for t in b.done]
+            done = [
+                {
+                    "run": b.run,
+                    "scope": b.scope,
+                    "p": b.partition,
+                    "d": t.as_of,
+                    "e": t.embedded,
+                    "i": t.insufficient,
+                    "m": t.missing_today,
+                    "x": b.rows_missing,
+                    "again": b.redelivered,
+                }
+                for b in batches
+                for t in b.done
+            ]
             if done:
                 with conn.cursor() as cur:
                     cur.executemany(
                         """INSERT INTO embedder_tick_commits AS c (run_id, scope, source_partition, as_of_date,
-                                                                   embeddings, insufficient, missing_today, rows_missing)
+                                embeddings, insufficient, missing_today, rows_missing)
                            VALUES (%(run)s, %(scope)s, %(p)s, %(d)s, %(e)s, %(i)s, %(m)s, %(x)s)
                            ON CONFLICT (run_id, scope, source_partition, as_of_date) DO UPDATE SET
                                embeddings = CASE WHEN %(again)s THEN GREATEST(c.embeddings, EXCLUDED.embeddings)
@@ -116,8 +129,12 @@ class SinkWriter:
         runs = {b.run for b in batches} - {LIVE_RUN}
         if not runs:
             return batches
-        finished = {r[0] for r in conn.execute(
-            "SELECT run_id FROM embedder_runs WHERE run_id = ANY(%s) AND completed_at IS NOT NULL", (list(runs),))}
+        finished = {
+            r[0]
+            for r in conn.execute(
+                "SELECT run_id FROM embedder_runs WHERE run_id = ANY(%s) AND completed_at IS NOT NULL", (list(runs),)
+            )
+        }
         if not finished:
             return batches
         log.info("skipping re-delivered messages of completed runs %s", sorted(finished))
@@ -159,8 +176,7 @@ class SinkWriter:
                 if kind not in newest or t.as_of > newest[kind]:
                     newest[kind] = t.as_of
         for run, as_of in newest.items():
-            m.last_committed_as_of.labels(run).set(
-                datetime.combine(as_of, datetime.min.time(), timezone.utc).timestamp())
+            m.last_committed_as_of.labels(run).set(datetime.combine(as_of, datetime.min.time(), UTC).timestamp())
 
     def close(self) -> None:
         if self._conn is not None:
@@ -170,7 +186,7 @@ class SinkWriter:
 @dataclass
 class _Submission:
     batches: list[EmbeddingBatch]
-    done: Callable[[], None]
+    done: Callable[[], object]
     size: int
 
 
@@ -184,8 +200,13 @@ class BatchingSink:
     a database outage stops the stream from reading on, instead of filling memory).
     """
 
-    def __init__(self, writer: SinkWriter, batch_embeddings: int = 20_000, batch_seconds: float = 0.02,
-                 max_pending: int = 200_000):
+    def __init__(
+        self,
+        writer: SinkWriter,
+        batch_embeddings: int = 20_000,
+        batch_seconds: float = 0.02,
+        max_pending: int = 200_000,
+    ):
         self.writer = writer
         self.batch_embeddings = batch_embeddings
         self.batch_seconds = batch_seconds
@@ -203,13 +224,15 @@ class BatchingSink:
         self._thread = threading.Thread(target=self._run, name="sink", daemon=True)
         self._thread.start()
 
-    async def submit(self, batches: list[EmbeddingBatch], done: Callable[[], None]) -> None:
+    async def submit(self, batches: list[EmbeddingBatch], done: Callable[[], object]) -> None:
         """Queue `batches`; `done` runs on this loop after their commit. Waits while the queue is full."""
         if self._thread is None:
             self._start()
+        room = self._room
+        assert room is not None  # _start made it
         while self._pending >= self.max_pending:
-            self._room.clear()
-            await self._room.wait()
+            room.clear()
+            await room.wait()
         size = sum(b.size for b in batches) or 1
         self._pending += size
         self._queue.put(_Submission(batches, done, size))
@@ -217,12 +240,17 @@ class BatchingSink:
     async def write(self, batches: list[EmbeddingBatch]) -> None:
         """Queue `batches` and return once they are committed (after everything queued before them)."""
         committed = asyncio.get_running_loop().create_future()
-        await self.submit(batches, lambda: committed.done() or committed.set_result(None))
+
+        def commit() -> None:
+            if not committed.done():
+                committed.set_result(None)
+
+        await self.submit(batches, commit)
         await committed
 
     def _released(self, size: int) -> None:
         self._pending -= size
-        if self._pending < self.max_pending:
+        if self._pending < self.max_pending and self._room is not None:
             self._room.set()
 
     def _run(self) -> None:
@@ -243,10 +271,12 @@ class BatchingSink:
                 group.append(nxt)
                 size += nxt.size
             self.writer.write_until_committed([b for s in group for b in s.batches])
+            loop = self._loop
+            assert loop is not None  # _start set it before the thread began
             try:
                 for submission in group:
-                    self._loop.call_soon_threadsafe(self._released, submission.size)
-                    self._loop.call_soon_threadsafe(submission.done)
+                    loop.call_soon_threadsafe(self._released, submission.size)
+                    loop.call_soon_threadsafe(submission.done)
             except RuntimeError:  # the loop has closed: the worker is stopping
                 return
 

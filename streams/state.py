@@ -8,10 +8,12 @@ Every value records the source offset it has applied, so after a crash or a
 rebalance (the tables restored from their changelogs can be ahead of the
 committed offsets) a re-delivered event is recognised and skipped.
 """
+
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 from shared.encoder import LOOKBACK_FACTOR
 from shared.messages import LIVE_RUN
@@ -63,31 +65,40 @@ class RunPartition:
     received_offset: int = -1
 
     @classmethod
-    def parse(cls, value: bytes | None) -> "RunPartition":
+    def parse(cls, value: bytes | None) -> RunPartition:
         if not value:
             return cls()
         data = json.loads(value)
-        return cls(frozenset(data["members"]),
-                   tuple(TickRecord(d, w, tuple(m), s) for d, w, m, s in data["ticks"]),
-                   data["tick_offset"], data["received"], data["received_offset"])
+        return cls(
+            frozenset(data["members"]),
+            tuple(TickRecord(d, w, tuple(m), s) for d, w, m, s in data["ticks"]),
+            data["tick_offset"],
+            data["received"],
+            data["received_offset"],
+        )
 
     def to_bytes(self) -> bytes:
-        return json.dumps({
-            "members": sorted(self.members),
-            "ticks": [[t.day, t.window_days, list(t.models), t.scope] for t in self.ticks],
-            "tick_offset": self.tick_offset, "received": self.received, "received_offset": self.received_offset,
-        }, separators=(",", ":")).encode()
+        return json.dumps(
+            {
+                "members": sorted(self.members),
+                "ticks": [[t.day, t.window_days, list(t.models), t.scope] for t in self.ticks],
+                "tick_offset": self.tick_offset,
+                "received": self.received,
+                "received_offset": self.received_offset,
+            },
+            separators=(",", ":"),
+        ).encode()
 
-    def with_members(self, ids: set[str]) -> "RunPartition":
+    def with_members(self, ids: set[str]) -> RunPartition:
         return self if ids <= self.members else replace(self, members=self.members | ids)
 
-    def with_received(self, rows: int, offset: int) -> "RunPartition":
+    def with_received(self, rows: int, offset: int) -> RunPartition:
         """Count a batch once, however often it is delivered."""
         if offset <= self.received_offset:
             return self
         return replace(self, received=self.received + rows, received_offset=offset)
 
-    def with_ticks(self, records: list[TickRecord], keep_days: int, offset: int) -> "RunPartition":
+    def with_ticks(self, records: list[TickRecord], keep_days: int, offset: int) -> RunPartition:
         """The processed ticks with `records` added (a repeat of a day and scope replaces it),
         those older than the newest minus `keep_days` dropped: no correction can reach them."""
         by_key = {(t.day, t.scope): t for t in self.ticks}
@@ -110,6 +121,12 @@ class Writes:
 
     def __bool__(self) -> bool:
         return bool(self.windows or self.runs)
+
+
+class StateView(Protocol):
+    """What the processor reads a state table through (a Faust table view in the worker, a dict in tests)."""
+
+    def get(self, key: str, default: bytes | None = None, /) -> bytes | None: ...
 
 
 class ByRun:

@@ -1,4 +1,5 @@
 """What a tick emits, as plain Python: the SPEC section 3 embeddings of a set of windows."""
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
@@ -6,8 +7,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from shared.encoder import apply_model, encode_windows
-from streams.output import Embedding
 from shared.models import get_model
+from streams.output import Embedding
 from streams.window import ROW, Window, date_of
 
 SPACING = 1 << 20  # days between instruments on the joint timeline: far beyond any look-back
@@ -47,8 +48,13 @@ class Timeline:
         if not self.ids or targets.size == 0:
             return []
         all_targets = (self.shifts[:, None] + targets[None, :]).ravel()
-        batch = encode_windows(self.days.astype("datetime64[D]"), self.closes, self.volumes,
-                               all_targets.astype("datetime64[D]"), window_days)
+        batch = encode_windows(
+            self.days.astype("datetime64[D]"),
+            self.closes,
+            self.volumes,
+            all_targets.astype("datetime64[D]"),
+            window_days,
+        )
         got = batch.as_of.astype(np.int64)
         owner = np.searchsorted(all_targets, got) // targets.size
         as_of = [date_of(int(t)) for t in got - owner * SPACING]
@@ -58,11 +64,12 @@ class Timeline:
             vectors = apply_model(batch.flat, model).astype("<f4", copy=False)
             raw = vectors.tobytes()
             width = vectors.shape[1] * 4
-            out.extend((ids[j], as_of[j], model.model_id, raw[j * width:(j + 1) * width]) for j in range(len(ids)))
+            out.extend((ids[j], as_of[j], model.model_id, raw[j * width : (j + 1) * width]) for j in range(len(ids)))
         return out
 
 
-def embeddings_at(windows: Sequence[tuple[str, Window]], as_of_days: Iterable[int], window_days: int,
-                  model_ids: Iterable[str]) -> list[Embedding]:
+def embeddings_at(
+    windows: Sequence[tuple[str, Window]], as_of_days: Iterable[int], window_days: int, model_ids: Iterable[str]
+) -> list[Embedding]:
     """The embeddings of `windows` at `as_of_days` (see `Timeline.embeddings`)."""
     return Timeline(windows).embeddings(as_of_days, window_days, model_ids)

@@ -5,6 +5,7 @@ even while the loop is busy. A sampler thread reads the group's lag from the
 broker (shared/lag.py) every few seconds, updates the lag gauges and keeps the
 recent samples for the page's trend chart.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,7 +13,7 @@ import logging
 import threading
 import time
 from collections import deque
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -82,8 +83,11 @@ def database_reachable(url: str) -> tuple[bool, str]:
 def readiness(settings: Settings, status: WorkerStatus, interval: float) -> dict:
     """Kafka readable (a recent lag sample without error), Postgres reachable, partitions assigned."""
     latest = status.latest
-    kafka_ok = (latest is not None and time.time() - latest.at < max(3 * interval, 15)
-                and all(g.status != "ERR" for g in latest.groups))
+    kafka_ok = (
+        latest is not None
+        and time.time() - latest.at < max(3 * interval, 15)
+        and all(g.status != "ERR" for g in latest.groups)
+    )
     pg_ok, pg_detail = database_reachable(settings.database_url)
     checks = {
         "kafka": "ok" if kafka_ok else (latest.groups[0].error if latest and latest.groups else "no sample yet"),
@@ -102,11 +106,16 @@ def runs_progress(settings: Settings, latest: LagReport | None) -> list[dict]:
             rows = conn.execute(
                 """SELECT run_id, started_at, completed_at, start_offsets, target_offsets FROM embedder_runs
                    WHERE completed_at IS NULL OR completed_at > now() - interval '10 minutes'
-                   ORDER BY started_at DESC LIMIT 20""").fetchall()
+                   ORDER BY started_at DESC LIMIT 20"""
+            ).fetchall()
     except psycopg.Error:
         return []
-    committed = {p.partition: p.committed or 0 for g in (latest.groups if latest else [])
-                 for p in g.partitions if p.role == "worker"}
+    committed = {
+        p.partition: p.committed or 0
+        for g in (latest.groups if latest else [])
+        for p in g.partitions
+        if p.role == "worker"
+    }
     out = []
     for run_id, started, completed, start, target in rows:
         total = done = None
@@ -115,9 +124,15 @@ def runs_progress(settings: Settings, latest: LagReport | None) -> list[dict]:
             done = sum(max(0, min(committed.get(int(p), 0), target[p]) - start.get(p, 0)) for p in target)
             if completed:
                 done = total
-        out.append({"run": run_id, "started": started.isoformat(timespec="seconds"),
-                    "completed": completed.isoformat(timespec="seconds") if completed else None,
-                    "committed": done, "target": total})
+        out.append(
+            {
+                "run": run_id,
+                "started": started.isoformat(timespec="seconds"),
+                "completed": completed.isoformat(timespec="seconds") if completed else None,
+                "committed": done,
+                "target": total,
+            }
+        )
     return out
 
 
@@ -129,14 +144,22 @@ def lag_payload(settings: Settings, status: WorkerStatus, metrics: StreamMetrics
         "report": latest.as_json() if latest else None,
         "history": history,
         "runs": runs_progress(settings, latest),
-        "db_last_upsert": (datetime.fromtimestamp(last_upsert, timezone.utc).isoformat(timespec="seconds")
-                           if last_upsert else None),
+        "db_last_upsert": (
+            datetime.fromtimestamp(last_upsert, UTC).isoformat(timespec="seconds") if last_upsert else None
+        ),
         "db_freshness_seconds": round(time.time() - last_upsert, 1) if last_upsert else None,
     }
 
 
-def serve(settings: Settings, registry: CollectorRegistry, metrics: StreamMetrics, status: WorkerStatus,
-          interval: float, port: int, host: str = "127.0.0.1") -> ThreadingHTTPServer:
+def serve(
+    settings: Settings,
+    registry: CollectorRegistry,
+    metrics: StreamMetrics,
+    status: WorkerStatus,
+    interval: float,
+    port: int,
+    host: str = "127.0.0.1",
+) -> ThreadingHTTPServer:
     """Start the server in a daemon thread; `server.server_address[1]` is the bound port."""
 
     class Handler(BaseHTTPRequestHandler):

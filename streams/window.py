@@ -11,6 +11,7 @@ table (restored from its changelog) can be ahead of the committed offsets, so a
 re-delivered event whose offset is already applied is skipped, and a tick is
 only computed from a window whose rows are complete back to its look-back.
 """
+
 from __future__ import annotations
 
 import struct
@@ -51,7 +52,7 @@ class Window:
     rows: np.ndarray
 
     @classmethod
-    def parse(cls, state: bytes | None) -> "Window":
+    def parse(cls, state: bytes | None) -> Window:
         if not state:
             return cls(NO_OFFSET, NOTHING_DROPPED, np.empty(0, dtype=ROW))
         offset, horizon = HEADER.unpack_from(state)
@@ -69,8 +70,13 @@ class Window:
         """The held trade days (int day numbers, ascending)."""
         return self.rows["day"]
 
-    def apply(self, changes: Sequence[tuple[int, float | None, float | None]], keep_days: int,
-              offset: int = NO_OFFSET, floor: int | None = None) -> tuple["Window", list[int]]:
+    def apply(
+        self,
+        changes: Sequence[tuple[int, float | None, float | None]],
+        keep_days: int,
+        offset: int = NO_OFFSET,
+        floor: int | None = None,
+    ) -> tuple[Window, list[int]]:
         """The window with `changes` applied in order, and the indexes of changes it could not hold.
 
         A change is (day, close, volume), or (day, None, None) for a deleted row; where a day
@@ -104,8 +110,9 @@ class Window:
         target = newest - keep_days if floor is None else min(newest - keep_days, floor)
         return max(self.horizon, target)
 
-    def _appended(self, changes: Sequence[tuple[int, float | None, float | None]], keep_days: int,
-                  offset: int, floor: int | None) -> tuple["Window", list[int]] | None:
+    def _appended(
+        self, changes: Sequence[tuple[int, float | None, float | None]], keep_days: int, offset: int, floor: int | None
+    ) -> tuple[Window, list[int]] | None:
         """`apply` for the usual case, rows after the newest held day in ascending order (a replay's
         block, a live day); None when the changes are anything else."""
         if not changes or any(c[1] is None for c in changes):
@@ -118,7 +125,7 @@ class Window:
         added["day"], added["close"], added["volume"] = values[:, 0], values[:, 1], values[:, 2]
         merged = np.concatenate((self.rows, added))
         horizon = self._next_horizon(days[-1], keep_days, floor)
-        rows = merged[int(np.searchsorted(merged["day"], horizon)):]
+        rows = merged[int(np.searchsorted(merged["day"], horizon)) :]
         too_old = [k for k, day in enumerate(days) if day < horizon]
         return Window(max(offset, self.applied_offset), horizon, rows), too_old
 
@@ -137,16 +144,29 @@ NO_ROWS = Window.parse(None)
 """The window of an instrument with no row at all."""
 
 
-def upsert_rows(state: bytes | None, days: np.ndarray, closes: np.ndarray, volumes: np.ndarray, keep_days: int,
-                offset: int = NO_OFFSET) -> bytes:
+def upsert_rows(
+    state: bytes | None,
+    days: np.ndarray,
+    closes: np.ndarray,
+    volumes: np.ndarray,
+    keep_days: int,
+    offset: int = NO_OFFSET,
+) -> bytes:
     """State with the rows added or replaced (`Window.apply` of upserts only)."""
-    changes = list(zip(np.asarray(days).tolist(), np.asarray(closes, dtype=float).tolist(),
-                       np.asarray(volumes, dtype=float).tolist()))
+    changes = list(
+        zip(
+            np.asarray(days).tolist(),
+            np.asarray(closes, dtype=float).tolist(),
+            np.asarray(volumes, dtype=float).tolist(),
+        )
+    )
     return Window.parse(state).apply(changes, keep_days, offset)[0].to_bytes()
 
 
-def upsert_row(state: bytes | None, trade_date: date, close: float, volume: float, keep_days: int,
-               offset: int = NO_OFFSET) -> bytes:
+def upsert_row(
+    state: bytes | None, trade_date: date, close: float, volume: float, keep_days: int, offset: int = NO_OFFSET
+) -> bytes:
     """`upsert_rows` for a single row."""
-    return upsert_rows(state, np.array([day_number(trade_date)]), np.array([close]), np.array([volume]),
-                       keep_days, offset)
+    return upsert_rows(
+        state, np.array([day_number(trade_date)]), np.array([close]), np.array([volume]), keep_days, offset
+    )

@@ -13,14 +13,15 @@ Writes of one event list the chunks before the head, and the head records the of
 event were lost while its head was kept, reading finds a listed chunk missing and reports the window
 as lost (`Window` with no offset and no rows), so it is loaded again from prices_daily.
 """
+
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
 import numpy as np
 
-from streams.state import SEP
+from streams.state import SEP, StateView
 from streams.window import NO_OFFSET, NOTHING_DROPPED, ROW, Window
 
 CHUNK_DAYS = 32
@@ -51,7 +52,7 @@ def layout(window: Window) -> tuple[int | None, list[int]]:
     return (chunks[-1], chunks[:-1]) if chunks else (None, [])
 
 
-def read(table: Mapping[str, bytes], key: str) -> Window:
+def read(table: StateView, key: str) -> Window:
     """The window stored under `key` (an empty window when there is none; `LOST` when a chunk is missing)."""
     head = table.get(key)
     if not head:
@@ -67,24 +68,28 @@ def read(table: Mapping[str, bytes], key: str) -> Window:
     parts.append(np.frombuffer(head, dtype=ROW, offset=HEAD.size + CHUNK_ID.itemsize * n))
     rows = parts[0] if len(parts) == 1 else np.concatenate(parts)
     if rows.size and int(rows["day"][0]) < horizon:
-        rows = rows[int(np.searchsorted(rows["day"], horizon)):]
+        rows = rows[int(np.searchsorted(rows["day"], horizon)) :]
     return Window(offset, horizon, rows)
 
 
 def _chunk_rows(window: Window, chunk: int) -> np.ndarray:
     days = window.days
     lo, hi = np.searchsorted(days, [chunk * CHUNK_DAYS, (chunk + 1) * CHUNK_DAYS])
-    return window.rows[int(lo):int(hi)]
+    return window.rows[int(lo) : int(hi)]
 
 
 def head_bytes(window: Window, head: int | None, sealed: list[int], every_row: bool = False) -> bytes:
     rows = window.rows if every_row else _chunk_rows(window, head) if head is not None else EMPTY_ROWS
-    return (HEAD.pack(window.applied_offset, window.horizon, len(sealed))
-            + np.asarray(sealed, dtype=CHUNK_ID).tobytes() + rows.tobytes())
+    return (
+        HEAD.pack(window.applied_offset, window.horizon, len(sealed))
+        + np.asarray(sealed, dtype=CHUNK_ID).tobytes()
+        + rows.tobytes()
+    )
 
 
-def writes(key: str, before: Window, after: Window | None, changed_days: Iterable[int] = (),
-           chunked: bool = True) -> dict[str, bytes | None]:
+def writes(
+    key: str, before: Window, after: Window | None, changed_days: Iterable[int] = (), chunked: bool = True
+) -> dict[str, bytes | None]:
     """The table writes that turn the stored `before` into `after` (None: delete the window): chunks first,
     the head last. `changed_days` are the days the event changed (their chunks are rewritten).
 
@@ -115,8 +120,7 @@ def _head_only(before: Window, after: Window, touched: set[int], new_head: int |
     if not before.rows.size or new_head is None or touched - {new_head}:
         return False
     days, new_days = before.days, after.days
-    return (int(days[-1]) // CHUNK_DAYS == new_head
-            and int(days[0]) // CHUNK_DAYS == int(new_days[0]) // CHUNK_DAYS)
+    return int(days[-1]) // CHUNK_DAYS == new_head and int(days[0]) // CHUNK_DAYS == int(new_days[0]) // CHUNK_DAYS
 
 
 def value_bytes(values: Iterable[bytes | None]) -> int:

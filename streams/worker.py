@@ -1,4 +1,5 @@
 """`embedder worker`: the always-on Faust worker (also started by a replay when none is running)."""
+
 from __future__ import annotations
 
 import logging
@@ -26,36 +27,41 @@ PORT_FILE = "web.port"
 def watch_assignment(app: faust.App, settings: Settings, status: WorkerStatus, metrics: StreamMetrics) -> None:
     """Keep the count of prices partitions this worker holds (readiness needs at least one)."""
 
-    @app.on_partitions_assigned.connect
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # faust types its async receivers narrowly
     async def on_assigned(sender, assigned, **kwargs) -> None:
         status.assigned = sum(1 for tp in assigned if tp.topic == settings.prices_topic)
         metrics.assigned_partitions.set(status.assigned)
 
-    @app.on_partitions_revoked.connect
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # faust types its async receivers narrowly
     async def on_revoked(sender, revoked, **kwargs) -> None:
         status.ready.clear()
         status.assigned = 0
         metrics.assigned_partitions.set(0)
 
-    @app.on_rebalance_complete.connect
+    @app.on_rebalance_complete.connect  # type: ignore[arg-type]  # faust types its async receivers narrowly
     async def on_recovered(sender, **kwargs) -> None:
         status.ready.set()
 
 
-def start_web(settings: Settings, datadir: Path, registry: CollectorRegistry, metrics: StreamMetrics,
-              status: WorkerStatus) -> Callable[[], None]:
+def start_web(
+    settings: Settings, datadir: Path, registry: CollectorRegistry, metrics: StreamMetrics, status: WorkerStatus
+) -> Callable[[], None]:
     """The lag sampler and the web port; the bound port is written to `datadir/web.port`."""
     sampler = LagSampler(settings, status, metrics, settings.lag_sample_seconds)
     sampler.start()
     server = None
     if settings.web_port >= 0:
         try:
-            server = serve(settings, registry, metrics, status, settings.lag_sample_seconds,
-                           settings.web_port, settings.web_host)
+            server = serve(
+                settings, registry, metrics, status, settings.lag_sample_seconds, settings.web_port, settings.web_host
+            )
             port = server.server_address[1]
             (datadir / PORT_FILE).write_text(f"{port}\n")
-            log.warning("metrics, health and the lag page on http://%s:%s/ (/metrics /livez /readyz /lag)",
-                        settings.web_host, port)
+            log.warning(
+                "metrics, health and the lag page on http://%s:%s/ (/metrics /livez /readyz /lag)",
+                settings.web_host,
+                port,
+            )
         except OSError as e:
             log.error("web port %s unavailable (%s): no metrics or health endpoints", settings.web_port, e)
 
@@ -95,8 +101,11 @@ class GracefulWorker(faust.Worker):
         super()._schedule_shutdown(signal)
 
     def _give_up(self) -> None:
-        log.error("graceful stop did not finish within %.0fs; exiting without it (nothing is lost: offsets "
-                  "are committed only after processing and the database commit)", self.grace)
+        log.error(
+            "graceful stop did not finish within %.0fs; exiting without it (nothing is lost: offsets "
+            "are committed only after processing and the database commit)",
+            self.grace,
+        )
         logging.shutdown()
         os._exit(1)
 
@@ -104,8 +113,13 @@ class GracefulWorker(faust.Worker):
 Companion = Callable[[threading.Event, StreamMetrics], Callable[[], None]]
 
 
-def run_worker(settings: Settings, datadir: Path, loglevel: str = "warn", beside: Companion | None = None,
-               on_lost_windows: LostWindows | None = None) -> None:
+def run_worker(
+    settings: Settings,
+    datadir: Path,
+    loglevel: str = "warn",
+    beside: Companion | None = None,
+    on_lost_windows: LostWindows | None = None,
+) -> None:
     """Create the topics, then run the worker until SIGTERM/SIGINT (graceful stop).
 
     `beside` starts a companion (the live-capture relay) and returns its stop function; it gets the
@@ -132,8 +146,9 @@ def run_worker(settings: Settings, datadir: Path, loglevel: str = "warn", beside
         stops.append(beside(status.ready, metrics))
     try:
         logging_config = json_logging_config(loglevel) if settings.log_format == "json" else None
-        GracefulWorker(app, loglevel=loglevel, quiet=True, grace=settings.stop_grace_seconds,
-                       logging_config=logging_config).execute_from_commandline()
+        GracefulWorker(
+            app, loglevel=loglevel, quiet=True, grace=settings.stop_grace_seconds, logging_config=logging_config
+        ).execute_from_commandline()
     finally:
         for stop in stops:
             stop()

@@ -5,6 +5,7 @@ environment; else testcontainers where a Docker engine answers; else the
 project's own local Kafka and PostgreSQL (`embedder services up`).
 Each test session works in a fresh database of its own on that server.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,6 +21,29 @@ from shared.migrate import upgrade
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = REPO.parent / "shared" / "data" / "sp500_2015_2020_yahoo.csv.gz"
+
+
+SERVICE_FIXTURES = frozenset(
+    {
+        "endpoints",
+        "database_factory",
+        "session_db",
+        "db_url",
+        "real_db_url",
+        "cli_env",
+        "kafka_bootstrap",
+        "local_services",
+        "kafka_cluster",
+    }
+)
+"""A test that uses one of these reaches the real broker or database: it is marked `services`, and
+`make test-unit` (`-m "not services"`) leaves it out."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.services)
 
 
 def _docker_engine_answers() -> bool:
@@ -132,13 +156,15 @@ def cli_env(db_url, endpoints) -> dict[str, str]:
     env["DATABASE_URL"] = db_url
     env["COLUMNS"] = "200"
     tag = uuid.uuid4().hex[:8]  # unique topics and consumer group: tests never share stream state
-    env.update({
-        "EMBEDDER_APP_ID": f"embedder-test-{tag}",
-        "EMBEDDER_PRICES_TOPIC": f"test-{tag}.prices",
-        "EMBEDDER_DEAD_LETTER_TOPIC": f"test-{tag}.dead-letter",
-        "EMBEDDER_PARTITIONS": "4",
-        "EMBEDDER_WEB_PORT": "0",  # each worker picks a free port (written to <data-dir>/web.port)
-    })
+    env.update(
+        {
+            "EMBEDDER_APP_ID": f"embedder-test-{tag}",
+            "EMBEDDER_PRICES_TOPIC": f"test-{tag}.prices",
+            "EMBEDDER_DEAD_LETTER_TOPIC": f"test-{tag}.dead-letter",
+            "EMBEDDER_PARTITIONS": "4",
+            "EMBEDDER_WEB_PORT": "0",  # each worker picks a free port (written to <data-dir>/web.port)
+        }
+    )
     return env
 
 
@@ -179,5 +205,8 @@ def cluster_env(cli_env, kafka_cluster) -> dict[str, str]:
     for node in kafka_cluster.nodes:
         if not node.running_pid():
             kafka_cluster.start(node.node_id)
-    return cli_env | {"KAFKA_BOOTSTRAP_SERVERS": kafka_cluster.bootstrap, "EMBEDDER_TOPIC_REPLICATION_FACTOR": "3",
-                      "EMBEDDER_TOPIC_MIN_INSYNC_REPLICAS": "2"}
+    return cli_env | {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_cluster.bootstrap,
+        "EMBEDDER_TOPIC_REPLICATION_FACTOR": "3",
+        "EMBEDDER_TOPIC_MIN_INSYNC_REPLICAS": "2",
+    }

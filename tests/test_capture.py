@@ -1,6 +1,7 @@
 """Capture that costs the platform little (issue 17), on real PostgreSQL: the switch, key-only entries
 that name exactly the changed keys, the relay's reading of them from prices_daily, and the resync a
 gap asks for. (The worker end to end: tests/test_exact_table.py, test_live_service.py.)"""
+
 from __future__ import annotations
 
 from datetime import date, timedelta
@@ -10,15 +11,19 @@ import psycopg
 from backfill.bootstrap import read_snapshot
 from backfill.capture import capture_state, heartbeat, start_capture, stop_capture
 from backfill.outbox import captured_rows, enqueue_tick, outbox_backlog
-from tests.platform import insert_prices
+from tests.support.platform import insert_prices
 
 D1, D2, D3 = date(2020, 1, 2), date(2020, 1, 3), date(2020, 1, 6)
 
 
 def captured(conn: psycopg.Connection) -> list[tuple[str, date]]:
     """Every (instrument, date) the outbox names, in entry order, then key order within an entry."""
-    return [tuple(r) for r in conn.execute(
-        "SELECT instrument_id, trade_date FROM embedder_outbox_changes ORDER BY id, instrument_id, trade_date")]
+    return [
+        tuple(r)
+        for r in conn.execute(
+            "SELECT instrument_id, trade_date FROM embedder_outbox_changes ORDER BY id, instrument_id, trade_date"
+        )
+    ]
 
 
 def entries(conn: psycopg.Connection) -> int:
@@ -55,11 +60,13 @@ def test_entries_name_exactly_the_changed_keys_grouped_per_statement(db_url):
         # A day of 300 instruments in one statement: one entry.
         day = [(f"I{k:03d}", D1, 10.0 + k, 1000.0) for k in range(300)]
         with conn.cursor() as cur:
-            cur.execute("""INSERT INTO prices_daily (instrument_id, trade_date, open, high, low, close, adjusted_close,
+            cur.execute(
+                """INSERT INTO prices_daily (instrument_id, trade_date, open, high, low, close, adjusted_close,
                            volume, currency)
                            SELECT i, d, c, c, c, c, c, v, 'USD' FROM unnest(%s::text[], %s::date[], %s::float8[],
                                                                             %s::float8[]) AS r(i, d, c, v)""",
-                        [list(col) for col in zip(*day)])
+                [list(col) for col in zip(*day)],
+            )
         assert entries(conn) == 1 and sorted(captured(conn)) == sorted((i, d) for i, d, _, _ in day)
         # History of two instruments over the same dates, one of a third on other dates: two entries.
         conn.execute("TRUNCATE prices_outbox")
@@ -104,9 +111,11 @@ def test_capture_lapses_without_a_relay_and_a_gap_resyncs_from_prices_daily(db_u
         assert start_capture(conn, 1.0, "test") is not None  # never on before: a gap (nothing to recheck yet)
         insert_prices(conn, [("A", D1, 10.0, 100.0), ("A", D3, 11.0, 100.0)])
         conn.execute("UPDATE embedder_bootstrap SET published_at = now(), rows = 2")  # the windows were loaded
-        conn.execute("""INSERT INTO numeric_window_embeddings (entity_type, entity_id, window_spec, as_of_date, model_id,
+        conn.execute(
+            """INSERT INTO numeric_window_embeddings (entity_type, entity_id, window_spec, as_of_date, model_id,
                         vector) VALUES ('INSTRUMENT', 'A', '{"window_days": 63}', %s, 'num-regime-core-v1', '\\x00')""",
-                     (D3,))
+            (D3,),
+        )
         assert heartbeat(conn, 1.0, "test") is None  # a relay within the limit: nothing to do
         conn.execute("UPDATE embedder_capture SET relay_seen_at = now() - interval '2 hours'")
         assert not capture_state(conn).capturing and capture_state(conn).describe.startswith("lapsed")

@@ -1,18 +1,16 @@
 """The commands as a user runs them: exit codes, one-line errors, nothing written on bad input."""
+
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import psycopg
 import pytest
 
-from tests.helpers import load_synthetic
-
-PLATFORM = [sys.executable, "-m", "prometheus.scripts.backfill_numeric_embeddings"]
-EMBEDDER = [sys.executable, "-m", "embedder.cli"]
+from tests.support.cli import EMBEDDER, PLATFORM
+from tests.support.helpers import load_synthetic
 
 
 def run(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -53,7 +51,8 @@ def test_platform_command_requires_as_of_in_one_line(cli_env):
     proc = run(PLATFORM + ["--market-id", "US_EQ"], cli_env)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "backfill_numeric_embeddings: error: the following arguments are required: --as-of"]
+        "backfill_numeric_embeddings: error: the following arguments are required: --as-of"
+    ]
 
 
 def test_platform_command_fills_one_as_of_over_the_market(cli_env, db_url, tmp_path):
@@ -71,8 +70,10 @@ def test_platform_command_fills_one_as_of_over_the_market(cli_env, db_url, tmp_p
     before = {e: bytes(v) for e, v, _ in rows}
     with psycopg.connect(db_url) as conn:
         conn.execute("TRUNCATE numeric_window_embeddings")
-    direct = run(PLATFORM + ["--as-of", "2019-12-31", "--market", "US_EQ", "--model-id", "num-regime-core-v1",
-                             "--direct"], cli_env)
+    direct = run(
+        PLATFORM + ["--as-of", "2019-12-31", "--market", "US_EQ", "--model-id", "num-regime-core-v1", "--direct"],
+        cli_env,
+    )
     assert direct.returncode == 0 and "embeddings written:" in direct.stdout
     with psycopg.connect(db_url) as conn:
         after = {e: bytes(v) for e, v in conn.execute("SELECT entity_id, vector FROM numeric_window_embeddings")}
@@ -90,8 +91,9 @@ def test_default_model_is_numeric_simple(cli_env, db_url, tmp_path):
 
 def test_prices_import_command_reports_rejects(cli_env, db_url, tmp_path):
     f = Path(tmp_path / "p.csv")
-    f.write_text("Date,High,Low,Open,Close,Volume,Adj Close,Name\n2020-01-02,2,1,1,1.5,9,1.5,ZZ\n"
-                 "2020-01-03,2,1,1,-1,9,1.5,ZZ\n")
+    f.write_text(
+        "Date,High,Low,Open,Close,Volume,Adj Close,Name\n2020-01-02,2,1,1,1.5,9,1.5,ZZ\n2020-01-03,2,1,1,-1,9,1.5,ZZ\n"
+    )
     proc = run(EMBEDDER + ["prices", "import", str(f)], cli_env)
     assert proc.returncode == 0, proc.stderr
     assert "inserted: 1" in proc.stdout and "rejected: 1 (non-positive close: 1)" in proc.stdout
@@ -132,6 +134,7 @@ def test_a_repartition_to_an_impossible_count_is_one_line_and_changes_nothing(cl
     assert proc.returncode == 2, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     with psycopg.connect(db_url) as conn:
-        layout = conn.execute("SELECT partitions, generation FROM embedder_live_layout WHERE app_id = %s",
-                              (cli_env["EMBEDDER_APP_ID"],)).fetchall()
+        layout = conn.execute(
+            "SELECT partitions, generation FROM embedder_live_layout WHERE app_id = %s", (cli_env["EMBEDDER_APP_ID"],)
+        ).fetchall()
     assert layout in ([], [(int(cli_env["EMBEDDER_PARTITIONS"]), 0)])

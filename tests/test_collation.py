@@ -1,11 +1,11 @@
 """A market cut where the database's collation is ICU `en-US` (as most production clusters are set up):
 `--limit/--offset` take the same instruments whichever path answers (SPEC section 2: the database's
 `ORDER BY instrument_id` cuts, never Python's sort of the ids)."""
+
 from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import uuid
 from datetime import date
 from urllib.parse import urlsplit, urlunsplit
@@ -14,18 +14,47 @@ import psycopg
 import pytest
 
 from streams.registry import DbRegistry
-from tests.helpers import expected, wait_for
-from tests.platform import EMBEDDER, add_instruments, insert_prices, market_history, upgrade
-from tests.test_live_service import start_live_worker
-from tests.test_worker_web import stop
+from tests.support.cli import PLATFORM
+from tests.support.helpers import expected, wait_for
+from tests.support.platform import EMBEDDER, add_instruments, insert_prices, market_history, upgrade
+from tests.support.workers import start_live_worker, stop
 
 # Ids whose ICU en-US order (punctuation and case ignored at the first level) is not their code-point order.
-IDS = ["a-b", "A_C", "ab", "AB", "a.d", "Ac", "b", "_z", "Z9", "a b", "AA", "a_a", "a-a", "Ab", "aB", "b-1", "B_2",
-       "b3", "B.4", "c", "C-1", "c_2", "Ca", "cA", "d", "D.d", "_d", "e", "E-e", "ee"]
+IDS = [
+    "a-b",
+    "A_C",
+    "ab",
+    "AB",
+    "a.d",
+    "Ac",
+    "b",
+    "_z",
+    "Z9",
+    "a b",
+    "AA",
+    "a_a",
+    "a-a",
+    "Ab",
+    "aB",
+    "b-1",
+    "B_2",
+    "b3",
+    "B.4",
+    "c",
+    "C-1",
+    "c_2",
+    "Ca",
+    "cA",
+    "d",
+    "D.d",
+    "_d",
+    "e",
+    "E-e",
+    "ee",
+]
 LIMIT, OFFSET = 10, 7
 AS_OF = date(2019, 12, 20)
 MODEL = "num-regime-core-v1"
-PLATFORM = [sys.executable, "-m", "prometheus.scripts.backfill_numeric_embeddings"]
 
 
 @pytest.fixture
@@ -61,14 +90,28 @@ def test_every_path_cuts_the_market_in_the_databases_order(icu_db, cli_env, tmp_
     add_instruments(icu_db, IDS)
     with psycopg.connect(icu_db) as conn:
         insert_prices(conn, market_history(IDS, date(2019, 1, 2), AS_OF, seed=11))
-        cut = [r[0] for r in conn.execute(
-            """SELECT instrument_id FROM instruments ORDER BY instrument_id LIMIT %s OFFSET %s""", (LIMIT, OFFSET))]
-    python_cut = sorted(IDS)[OFFSET:OFFSET + LIMIT]
+        cut = [
+            r[0]
+            for r in conn.execute(
+                """SELECT instrument_id FROM instruments ORDER BY instrument_id LIMIT %s OFFSET %s""", (LIMIT, OFFSET)
+            )
+        ]
+    python_cut = sorted(IDS)[OFFSET : OFFSET + LIMIT]
     assert len(set(cut) ^ set(python_cut)) >= 4  # the collation matters for this cut
     want = {k[0] for k in expected(icu_db, cut, [AS_OF], 63, [MODEL])}  # the plain-loop reference
     assert len(want) >= 6
-    flags = ["--as-of", AS_OF.isoformat(), "--market-id", "US_EQ", "--limit", str(LIMIT), "--offset", str(OFFSET),
-             "--model-id", MODEL]
+    flags = [
+        "--as-of",
+        AS_OF.isoformat(),
+        "--market-id",
+        "US_EQ",
+        "--limit",
+        str(LIMIT),
+        "--offset",
+        str(OFFSET),
+        "--model-id",
+        MODEL,
+    ]
 
     run(EMBEDDER + ["replay", "--direct", *flags], env)
     direct = embedded(icu_db)
@@ -83,6 +126,7 @@ def test_every_path_cuts_the_market_in_the_databases_order(icu_db, cli_env, tmp_
 
     worker = start_live_worker(env, tmp_path)
     try:
+
         def loaded() -> bool:
             with psycopg.connect(icu_db) as conn:
                 done, queued = conn.execute("SELECT count(published_at), count(*) FROM embedder_bootstrap").fetchone()
@@ -93,8 +137,14 @@ def test_every_path_cuts_the_market_in_the_databases_order(icu_db, cli_env, tmp_
         assert "answered from the live windows" in proc.stdout
         assert embedded(icu_db) == want
         run(EMBEDDER + ["replay", "--direct", *flags], env)
-        verify = subprocess.run(EMBEDDER + ["verify", "--json", *flags], env=env, capture_output=True, text=True,
-                                timeout=300, stdin=subprocess.DEVNULL)
+        verify = subprocess.run(
+            EMBEDDER + ["verify", "--json", *flags],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            stdin=subprocess.DEVNULL,
+        )
         report = json.loads(verify.stdout)
         assert verify.returncode == 0 and report["equal"] and report["instruments"] == LIMIT
     finally:

@@ -1,4 +1,5 @@
 """docker-compose.yml (for users with Docker) names both services, their ports and healthchecks."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,14 +1,13 @@
 """Bad input on the prices topic goes to the dead-letter topic with its reason; the worker stays up."""
+
 from __future__ import annotations
 
 import json
-from datetime import date, timedelta
-
 import signal
 import subprocess
 import sys
-
 import uuid
+from datetime import date, timedelta
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
@@ -19,13 +18,7 @@ from shared.config import Settings
 from shared.errors import EmbedderError
 from shared.messages import RowBatch, Tick
 from shared.topics import ensure_topics
-
-
-def settings_of(env: dict[str, str]) -> Settings:
-    return Settings(_env_file=None, database_url=env["DATABASE_URL"],
-                    kafka_bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"], app_id=env["EMBEDDER_APP_ID"],
-                    prices_topic=env["EMBEDDER_PRICES_TOPIC"],
-                    dead_letter_topic=env["EMBEDDER_DEAD_LETTER_TOPIC"], partitions=int(env["EMBEDDER_PARTITIONS"]))
+from tests.support.cli import settings_of
 
 
 @pytest.mark.slow
@@ -40,8 +33,12 @@ def test_a_replay_fails_loudly_when_rows_published_before_a_tick_never_arrived(c
     publisher.tick(Tick(run="replay-lost", d=as_of, w=5, m=("numeric-simple-v1",), n=(5,)))  # claims 5 rows
     publisher.flush()
     publisher.close()
-    worker = subprocess.Popen(EMBEDDER_WORKER + ["--no-capture", "--data-dir", str(tmp_path / "state")], env=env,
-                              stdout=open(tmp_path / "worker.log", "wb"), stderr=subprocess.STDOUT)
+    worker = subprocess.Popen(
+        EMBEDDER_WORKER + ["--no-capture", "--data-dir", str(tmp_path / "state")],
+        env=env,
+        stdout=open(tmp_path / "worker.log", "wb"),
+        stderr=subprocess.STDOUT,
+    )
     try:
         with pytest.raises(EmbedderError, match="did not deliver 2 row"):
             wait_for_run(settings.database_url, "replay-lost", as_of, 1, ReplayHooks(), timeout=120)
@@ -54,7 +51,8 @@ def test_a_replay_fails_loudly_when_rows_published_before_a_tick_never_arrived(c
 def test_malformed_messages_are_dead_lettered_with_reasons(cli_env, kafka_bootstrap, tmp_path):
     tag = uuid.uuid4().hex[:8]
     env = cli_env | {
-        "EMBEDDER_APP_ID": f"embedder-dlq-{tag}", "EMBEDDER_PRICES_TOPIC": f"dlq-{tag}.prices",
+        "EMBEDDER_APP_ID": f"embedder-dlq-{tag}",
+        "EMBEDDER_PRICES_TOPIC": f"dlq-{tag}.prices",
         "EMBEDDER_DEAD_LETTER_TOPIC": f"dlq-{tag}.dead",
         "EMBEDDER_PARTITIONS": "2",
     }
@@ -69,16 +67,25 @@ def test_malformed_messages_are_dead_lettered_with_reasons(cli_env, kafka_bootst
         b'{"k": "row", "i": "X", "d": "2020-99-02", "c": 5, "vol": 1}': "invalid field row.d",
         b'{"k": "teleport"}': "invalid field",
     }
-    worker = subprocess.Popen(EMBEDDER_WORKER + ["--data-dir", str(tmp_path / "state")], env=env,
-                              stdout=open(tmp_path / "worker.log", "wb"), stderr=subprocess.STDOUT)
+    worker = subprocess.Popen(
+        EMBEDDER_WORKER + ["--data-dir", str(tmp_path / "state")],
+        env=env,
+        stdout=open(tmp_path / "worker.log", "wb"),
+        stderr=subprocess.STDOUT,
+    )
     try:
         producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
         for payload in bad:
             producer.send(settings.prices_topic, key=b"X", value=payload)
         producer.flush()
         producer.close()
-        consumer = KafkaConsumer(settings.dead_letter_topic, bootstrap_servers=kafka_bootstrap,
-                                 auto_offset_reset="earliest", consumer_timeout_ms=90_000, group_id=f"check-{tag}")
+        consumer = KafkaConsumer(
+            settings.dead_letter_topic,
+            bootstrap_servers=kafka_bootstrap,
+            auto_offset_reset="earliest",
+            consumer_timeout_ms=90_000,
+            group_id=f"check-{tag}",
+        )
         seen = {}
         for msg in consumer:
             record = json.loads(msg.value)
@@ -108,8 +115,12 @@ def test_a_replay_fails_loudly_when_an_earlier_tick_never_commits(db_url):
     with psycopg.connect(db_url) as conn:
         conn.cursor().executemany(
             "INSERT INTO embedder_tick_commits (run_id, source_partition, as_of_date, embeddings) "
-            "VALUES ('replay-hole', %s, %s, 3)", commits)
-    with pytest.raises(EmbedderError, match=r"1 tick\(s\) never committed \(first: the tick of 2020-01-03 on partition 1\)"):
+            "VALUES ('replay-hole', %s, %s, 3)",
+            commits,
+        )
+    with pytest.raises(
+        EmbedderError, match=r"1 tick\(s\) never committed \(first: the tick of 2020-01-03 on partition 1\)"
+    ):
         wait_for_run(db_url, "replay-hole", d3, 2, ReplayHooks(), timeout=60, expected_ticks=6, settle=0.5)
     assert wait_for_run(db_url, "replay-hole", d3, 2, ReplayHooks(), timeout=60) == 15  # without the count: done
 

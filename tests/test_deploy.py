@@ -1,6 +1,7 @@
 """The deployment files, tested where no container engine runs: they parse, and everything they name
 exists — commands and options (parsed by the real CLI), environment variables (validated by the real
 settings), probe paths (answered by the real web server), volumes, grace periods, selectors."""
+
 from __future__ import annotations
 
 import json
@@ -25,7 +26,8 @@ ALIASES = {"DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS"}
 
 def env_name(field: str) -> str:
     return {"database_url": "DATABASE_URL", "kafka_bootstrap_servers": "KAFKA_BOOTSTRAP_SERVERS"}.get(
-        field, f"EMBEDDER_{field.upper()}")
+        field, f"EMBEDDER_{field.upper()}"
+    )
 
 
 KNOWN_ENV = {env_name(f) for f in Settings.model_fields} | {"PYTHONUNBUFFERED", "PATH"}
@@ -63,7 +65,9 @@ def dockerfile() -> dict:
     stages = re.findall(r"^FROM\s+(\S+)", text, re.M)
     entrypoint = json.loads(re.search(r"^ENTRYPOINT\s+(\[.*\])", text, re.M).group(1))
     cmd = json.loads(re.search(r"^CMD\s+(\[.*\])", text, re.M).group(1))
-    env = dict(re.findall(r"(\w+)=(\S+)", " ".join(re.findall(r"^ENV\s+((?:.*\\\n)*.*)", text, re.M)).replace("\\", "")))
+    env = dict(
+        re.findall(r"(\w+)=(\S+)", " ".join(re.findall(r"^ENV\s+((?:.*\\\n)*.*)", text, re.M)).replace("\\", ""))
+    )
     user = re.findall(r"^USER\s+(\S+)", text, re.M)
     return {"text": text, "stages": stages, "command": entrypoint + cmd, "env": env, "user": user}
 
@@ -96,9 +100,11 @@ def test_compose_runs_the_migration_then_the_worker_with_state_on_a_volume():
     spec = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     services, volumes = spec["services"], spec["volumes"]
     worker, migrate = services["worker"], services["migrate"]
-    assert worker["depends_on"] == {"postgres": {"condition": "service_healthy"},
-                                    "kafka": {"condition": "service_healthy"},
-                                    "migrate": {"condition": "service_completed_successfully"}}
+    assert worker["depends_on"] == {
+        "postgres": {"condition": "service_healthy"},
+        "kafka": {"condition": "service_healthy"},
+        "migrate": {"condition": "service_completed_successfully"},
+    }
     settings = assert_settings(worker["environment"])
     assert settings.web_host == "0.0.0.0"
     volume, mount = worker["volumes"][0].split(":")

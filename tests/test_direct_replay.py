@@ -1,4 +1,5 @@
 """`replay --direct`: stored bytes equal the plain-loop reference; reruns are idempotent."""
+
 from __future__ import annotations
 
 from datetime import date
@@ -9,7 +10,7 @@ import pytest
 
 from backfill.direct import run_direct
 from backfill.selection import RunSelection
-from tests.helpers import expected, load_synthetic, stored
+from tests.support.helpers import expected, load_synthetic, stored
 
 
 def selection(**kw) -> RunSelection:
@@ -20,9 +21,13 @@ def selection(**kw) -> RunSelection:
 
 def trade_dates(url: str, start: date, end: date) -> list[date]:
     with psycopg.connect(url) as conn:
-        return [r[0] for r in conn.execute(
-            "SELECT DISTINCT trade_date FROM prices_daily WHERE trade_date BETWEEN %s AND %s ORDER BY 1",
-            (start, end))]
+        return [
+            r[0]
+            for r in conn.execute(
+                "SELECT DISTINCT trade_date FROM prices_daily WHERE trade_date BETWEEN %s AND %s ORDER BY 1",
+                (start, end),
+            )
+        ]
 
 
 def market_ids(url: str) -> list[str]:
@@ -30,11 +35,14 @@ def market_ids(url: str) -> list[str]:
         return [r[0] for r in conn.execute("SELECT instrument_id FROM instruments ORDER BY 1")]
 
 
-@pytest.mark.parametrize("window_days,models", [(63, ["numeric-simple-v1", "num-regime-core-v1"]), (20, ["num-stab-core-v1"])])
+@pytest.mark.parametrize(
+    "window_days,models", [(63, ["numeric-simple-v1", "num-regime-core-v1"]), (20, ["num-stab-core-v1"])]
+)
 def test_range_replay_equals_reference_byte_for_byte(db_url, tmp_path, window_days, models):
     load_synthetic(db_url, tmp_path, instruments=20)
-    sel = selection(window_days=window_days, model_ids=models, date_from="2019-03-01", date_to="2019-06-30",
-                    market_id="US_EQ")
+    sel = selection(
+        window_days=window_days, model_ids=models, date_from="2019-03-01", date_to="2019-06-30", market_id="US_EQ"
+    )
     result = run_direct(db_url, sel, write_batch=500)
     dates = trade_dates(db_url, date(2019, 3, 1), date(2019, 6, 30))
     want = expected(db_url, market_ids(db_url), dates, window_days, models)
@@ -47,7 +55,9 @@ def test_range_replay_equals_reference_byte_for_byte(db_url, tmp_path, window_da
     with psycopg.connect(db_url) as conn:
         specs = {r[0]["window_days"] for r in conn.execute("SELECT window_spec FROM numeric_window_embeddings")}
         assert specs == {window_days}
-        assert conn.execute("SELECT DISTINCT entity_type FROM numeric_window_embeddings").fetchall() == [("INSTRUMENT",)]
+        assert conn.execute("SELECT DISTINCT entity_type FROM numeric_window_embeddings").fetchall() == [
+            ("INSTRUMENT",)
+        ]
 
 
 def test_rerun_writes_no_duplicates_and_same_bytes(db_url, tmp_path):
@@ -75,7 +85,9 @@ def test_limit_offset_cut_the_market_in_instrument_order(db_url, tmp_path):
 
 def test_single_as_of_for_named_instruments(db_url, tmp_path):
     load_synthetic(db_url, tmp_path, instruments=5)
-    sel = selection(as_of="2019-12-29", instrument_ids=["SYN000", "SYN002", "NOT-THERE"], model_ids=["num-regime-core-v1"])
+    sel = selection(
+        as_of="2019-12-29", instrument_ids=["SYN000", "SYN002", "NOT-THERE"], model_ids=["num-regime-core-v1"]
+    )
     result = run_direct(db_url, sel)
     got = stored(db_url)
     assert result.instruments == 3 and result.insufficient >= 1  # the unknown id has no history
@@ -85,13 +97,22 @@ def test_single_as_of_for_named_instruments(db_url, tmp_path):
 
 def test_real_data_slice_equals_reference(real_db_url):
     ids = ["AAL", "AAPL", "CBS", "SNI", "ZTS"]
-    sel = selection(date_from="2019-11-01", date_to="2020-01-10", instrument_ids=ids,
-                    model_ids=["numeric-simple-v1", "num-regime-core-v1"])
+    sel = selection(
+        date_from="2019-11-01",
+        date_to="2020-01-10",
+        instrument_ids=ids,
+        model_ids=["numeric-simple-v1", "num-regime-core-v1"],
+    )
     result = run_direct(real_db_url, sel)
     with psycopg.connect(real_db_url) as conn:
-        dates = [r[0] for r in conn.execute(
-            """SELECT DISTINCT trade_date FROM prices_daily WHERE instrument_id = ANY(%s)
-               AND trade_date BETWEEN '2019-11-01' AND '2020-01-10' ORDER BY 1""", (ids,))]
+        dates = [
+            r[0]
+            for r in conn.execute(
+                """SELECT DISTINCT trade_date FROM prices_daily WHERE instrument_id = ANY(%s)
+               AND trade_date BETWEEN '2019-11-01' AND '2020-01-10' ORDER BY 1""",
+                (ids,),
+            )
+        ]
     want = expected(real_db_url, ids, dates, 63, ["numeric-simple-v1", "num-regime-core-v1"])
     got = {k: v for k, v in stored(real_db_url).items() if k[0] in ids and k[1] in set(dates)}
     assert result.embeddings == len(want)

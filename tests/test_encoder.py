@@ -1,4 +1,5 @@
 """SPEC section 3 edge cases and a property test against the plain-loop reference."""
+
 from __future__ import annotations
 
 from datetime import date, timedelta
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 from shared.encoder import apply_model, embed, encode_windows, min_rows, to_bytes
 from shared.errors import UnknownModel
 from shared.models import get_model, validate_models
-from tests.reference import f32, reference_embedding
+from tests.support.reference import f32, reference_embedding
 
 REGIME = get_model("num-regime-core-v1")
 SIMPLE = get_model("numeric-simple-v1")
@@ -80,8 +81,12 @@ def test_lookback_is_three_times_window_in_calendar_days_inclusive():
     n = 5  # needs int(4.35) = 4 rows within 15 calendar days
     as_of = date(2021, 3, 31)
     edge = as_of - timedelta(days=15)
-    rows = [(edge, 10.0, 1.0), (as_of - timedelta(days=3), 11.0, 1.0),
-            (as_of - timedelta(days=2), 12.0, 1.0), (as_of, 13.0, 1.0)]
+    rows = [
+        (edge, 10.0, 1.0),
+        (as_of - timedelta(days=3), 11.0, 1.0),
+        (as_of - timedelta(days=2), 12.0, 1.0),
+        (as_of, 13.0, 1.0),
+    ]
     assert encode(rows, as_of, n, SIMPLE) is not None  # the edge day counts
     shifted = [(edge - timedelta(days=1), 10.0, 1.0)] + rows[1:]
     assert encode(shifted, as_of, n, SIMPLE) is None  # one day earlier falls out
@@ -128,8 +133,16 @@ def test_unknown_model_id_is_a_clear_error():
 
 def test_all_core_ids_behave_identically():
     rows = business_rows(date(2020, 1, 1), 70)
-    out = {encode(rows, rows[-1][0], 63, get_model(m)) for m in
-           ["num-regime-core-v1", "num-stab-core-v1", "num-profile-core-v1", "num-scenario-core-v1", "num-portfolio-core-v1"]}
+    out = {
+        encode(rows, rows[-1][0], 63, get_model(m))
+        for m in [
+            "num-regime-core-v1",
+            "num-stab-core-v1",
+            "num-profile-core-v1",
+            "num-scenario-core-v1",
+            "num-portfolio-core-v1",
+        ]
+    }
     assert len(out) == 1
 
 

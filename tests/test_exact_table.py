@@ -5,6 +5,7 @@ the state folder and changelogs are lost; `embedder verify` and the worker's par
 Real broker, real PostgreSQL, the real worker, real prices (`../shared/data`); the expected table is the
 plain-loop reference (`tests/reference.py`) over what `prices_daily` holds at the end, for every key the
 runs asked for."""
+
 from __future__ import annotations
 
 import csv
@@ -22,11 +23,10 @@ import pytest
 
 from backfill.price_import import import_prices
 from tests.conftest import REAL_DATA
-from tests.helpers import assert_same_embeddings, stored, wait_for
-from tests.platform import EMBEDDER, insert_prices
-from tests.reference import reference_embedding
-from tests.test_live_service import live_tick_committed, start_live_worker
-from tests.test_worker_web import stop
+from tests.support.helpers import assert_same_embeddings, stored, wait_for
+from tests.support.platform import EMBEDDER, insert_prices
+from tests.support.reference import reference_embedding
+from tests.support.workers import live_tick_committed, start_live_worker, stop
 
 MODEL = "num-regime-core-v1"
 FROM, TO = date(2016, 1, 4), date(2017, 6, 30)  # 18 months of history written by `replay --direct`
@@ -34,9 +34,17 @@ WIDE_AS_OF, WIDE_WINDOW = date(2016, 9, 30), 150  # one row of the platform comm
 INSTRUMENTS = 24
 
 
-def run(env: dict[str, str], *args: str, ok: bool = True, module: list[str] | None = None) -> subprocess.CompletedProcess:
-    proc = subprocess.run((module or EMBEDDER) + list(args), env=env, capture_output=True, text=True, timeout=600,
-                          stdin=subprocess.DEVNULL)
+def run(
+    env: dict[str, str], *args: str, ok: bool = True, module: list[str] | None = None
+) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        (module or EMBEDDER) + list(args),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        stdin=subprocess.DEVNULL,
+    )
     if ok:
         assert proc.returncode == 0, (args, proc.stdout[-2000:], proc.stderr[-3000:])
     return proc
@@ -84,10 +92,18 @@ def history_keys(url: str) -> dict[tuple[str, date, str], int]:
     """The keys the two runs ask for: `replay --direct` over the market and range (each instrument at every
     trade date of the selection), and the platform command's one wide row."""
     with psycopg.connect(url) as conn:
-        ids = [r[0] for r in conn.execute(
-            "SELECT instrument_id FROM instruments WHERE market_id = 'US_EQ' ORDER BY instrument_id")]
-        dates = [r[0] for r in conn.execute(
-            "SELECT DISTINCT trade_date FROM prices_daily WHERE trade_date BETWEEN %s AND %s", (FROM, TO))]
+        ids = [
+            r[0]
+            for r in conn.execute(
+                "SELECT instrument_id FROM instruments WHERE market_id = 'US_EQ' ORDER BY instrument_id"
+            )
+        ]
+        dates = [
+            r[0]
+            for r in conn.execute(
+                "SELECT DISTINCT trade_date FROM prices_daily WHERE trade_date BETWEEN %s AND %s", (FROM, TO)
+            )
+        ]
     keys = {(i, d, MODEL): 63 for i in ids for d in dates}
     keys[(ids[0], WIDE_AS_OF, MODEL)] = WIDE_WINDOW
     return keys
@@ -101,11 +117,33 @@ def write_history(env: dict[str, str], tmp_path: Path) -> dict:
     url = env["DATABASE_URL"]
     import_prices(url, [real_subset(tmp_path, INSTRUMENTS)])
     keys = history_keys(url)
-    run(env, "replay", "--direct", "--market-id", "US_EQ", "--from", FROM.isoformat(), "--to", TO.isoformat(),
-        "--model-id", MODEL)
+    run(
+        env,
+        "replay",
+        "--direct",
+        "--market-id",
+        "US_EQ",
+        "--from",
+        FROM.isoformat(),
+        "--to",
+        TO.isoformat(),
+        "--model-id",
+        MODEL,
+    )
     first = min(k[0] for k in keys)
-    run(env, "--as-of", WIDE_AS_OF.isoformat(), "--window-days", str(WIDE_WINDOW), "--instrument-id", first,
-        "--model-id", MODEL, "--direct", module=[sys.executable, "-m", "prometheus.scripts.backfill_numeric_embeddings"])
+    run(
+        env,
+        "--as-of",
+        WIDE_AS_OF.isoformat(),
+        "--window-days",
+        str(WIDE_WINDOW),
+        "--instrument-id",
+        first,
+        "--model-id",
+        MODEL,
+        "--direct",
+        module=[sys.executable, "-m", "prometheus.scripts.backfill_numeric_embeddings"],
+    )
     want = reference_table(url, keys)
     assert_same_embeddings(stored(url), want, url)
     assert len(want) > 8_000
@@ -123,7 +161,8 @@ def settled(url: str) -> bool:
     with psycopg.connect(url) as conn:
         return conn.execute(
             """SELECT NOT EXISTS (SELECT 1 FROM prices_outbox WHERE published_at IS NULL)
-                  AND NOT EXISTS (SELECT 1 FROM embedder_recompute_queue)""").fetchone()[0]
+                  AND NOT EXISTS (SELECT 1 FROM embedder_recompute_queue)"""
+        ).fetchone()[0]
 
 
 def assert_exact(url: str, keys: dict) -> None:
@@ -146,25 +185,37 @@ def restate(url: str, ids: list[str]) -> tuple[int, list[tuple]]:
     changed = 0
     with psycopg.connect(url) as conn:
         with conn.transaction():  # one transaction
-            changed += conn.execute("""UPDATE prices_daily SET close = close * 1.07, volume = volume + 11
+            changed += conn.execute(
+                """UPDATE prices_daily SET close = close * 1.07, volume = volume + 11
                                        WHERE instrument_id = %s AND trade_date BETWEEN '2016-03-01' AND '2016-03-10'""",
-                                    (a,)).rowcount
-            changed += conn.execute("DELETE FROM prices_daily WHERE instrument_id = %s AND trade_date = '2016-05-02'",
-                                    (b,)).rowcount
+                (a,),
+            ).rowcount
+            changed += conn.execute(
+                "DELETE FROM prices_daily WHERE instrument_id = %s AND trade_date = '2016-05-02'", (b,)
+            ).rowcount
             insert_prices(conn, [(c, date(2016, 6, 4), 77.5, 1_000_000.0)])  # a Saturday: a late print
             changed += 1
-        removed = conn.execute("""DELETE FROM prices_daily WHERE instrument_id = %s
+        removed = conn.execute(
+            """DELETE FROM prices_daily WHERE instrument_id = %s
                                   AND trade_date BETWEEN '2016-04-01' AND '2016-07-31'
-                                  RETURNING instrument_id, trade_date, close, volume""", (d,)).fetchall()
+                                  RETURNING instrument_id, trade_date, close, volume""",
+            (d,),
+        ).fetchall()
         changed += len(removed)
         conn.commit()
         for k, day in enumerate([date(2016, 2, 1) + timedelta(days=7 * n) for n in range(6)]):  # many transactions
-            changed += conn.execute("UPDATE prices_daily SET close = close + %s WHERE instrument_id = %s AND "
-                                    "trade_date = (SELECT min(trade_date) FROM prices_daily WHERE instrument_id = %s "
-                                    "AND trade_date >= %s)", (0.25 * (k + 1), a, a, day)).rowcount
+            changed += conn.execute(
+                "UPDATE prices_daily SET close = close + %s WHERE instrument_id = %s AND "
+                "trade_date = (SELECT min(trade_date) FROM prices_daily WHERE instrument_id = %s "
+                "AND trade_date >= %s)",
+                (0.25 * (k + 1), a, a, day),
+            ).rowcount
             conn.commit()
-        changed += conn.execute("UPDATE prices_daily SET volume = volume * 2 WHERE instrument_id = %s "
-                                "AND trade_date BETWEEN '2016-05-01' AND '2016-05-31'", (ids[0],)).rowcount
+        changed += conn.execute(
+            "UPDATE prices_daily SET volume = volume * 2 WHERE instrument_id = %s "
+            "AND trade_date BETWEEN '2016-05-01' AND '2016-05-31'",
+            (ids[0],),
+        ).rowcount
         conn.commit()
     return changed, removed
 
@@ -186,8 +237,9 @@ def test_history_restated_years_back_reaches_every_stored_embedding(history, tmp
         assert (ids[0], WIDE_AS_OF, MODEL) in changed  # the platform command's window-150 row too
         assert set(before) - set(after)  # keys that fell below the threshold were removed ...
         with psycopg.connect(url) as conn:
-            absent = conn.execute("SELECT count(*) FROM embedder_absent_embeddings WHERE entity_id = %s",
-                                  (ids[4],)).fetchone()[0]
+            absent = conn.execute(
+                "SELECT count(*) FROM embedder_absent_embeddings WHERE entity_id = %s", (ids[4],)
+            ).fetchone()[0]
         assert absent > 0  # ... and are remembered: putting the rows back brings them in again
         with psycopg.connect(url) as conn:
             for row in removed:  # late INSERTs, a row per transaction
@@ -195,7 +247,9 @@ def test_history_restated_years_back_reaches_every_stored_embedding(history, tmp
                 conn.commit()
         assert_exact(url, keys)
         restored = stored(url)
-        assert {k: v for k, v in restored.items() if k[0] == ids[4]} == {k: v for k, v in before.items() if k[0] == ids[4]}
+        assert {k: v for k, v in restored.items() if k[0] == ids[4]} == {
+            k: v for k, v in before.items() if k[0] == ids[4]
+        }
         assert worker.poll() is None
     finally:
         stop(worker)
@@ -210,8 +264,11 @@ def test_kill_9_during_corrections_then_state_and_changelogs_lost(history, tmp_p
     try:
         wait_for(lambda: worker_ready(url), 120, "the live bootstrap")
         with psycopg.connect(url) as conn:  # a large restatement: every close of 12 instruments in 2016
-            restated = conn.execute("""UPDATE prices_daily SET close = close * 1.013 WHERE instrument_id = ANY(%s)
-                                       AND trade_date BETWEEN '2016-01-01' AND '2016-12-31'""", (ids[:12],)).rowcount
+            restated = conn.execute(
+                """UPDATE prices_daily SET close = close * 1.013 WHERE instrument_id = ANY(%s)
+                                       AND trade_date BETWEEN '2016-01-01' AND '2016-12-31'""",
+                (ids[:12],),
+            ).rowcount
         assert restated > 2500
 
         def half_done() -> bool:
@@ -230,23 +287,44 @@ def test_kill_9_during_corrections_then_state_and_changelogs_lost(history, tmp_p
 
     # The state folder and the changelogs are lost (a new app id and data folder); the previous run had
     # also written recent history with the batch path, inside what the live windows hold now.
-    run(env, "replay", "--direct", "--market-id", "US_EQ", "--from", "2019-12-02", "--to", "2020-01-10",
-        "--model-id", MODEL)
+    run(
+        env,
+        "replay",
+        "--direct",
+        "--market-id",
+        "US_EQ",
+        "--from",
+        "2019-12-02",
+        "--to",
+        "2020-01-10",
+        "--model-id",
+        MODEL,
+    )
     with psycopg.connect(url) as conn:
-        recent = [r[0] for r in conn.execute(
-            "SELECT DISTINCT trade_date FROM prices_daily WHERE trade_date BETWEEN '2019-12-02' AND '2020-01-10'")]
+        recent = [
+            r[0]
+            for r in conn.execute(
+                "SELECT DISTINCT trade_date FROM prices_daily WHERE trade_date BETWEEN '2019-12-02' AND '2020-01-10'"
+            )
+        ]
     keys = keys | {(i, d, MODEL): 63 for i in ids for d in recent}
     lost = env | {"EMBEDDER_APP_ID": env["EMBEDDER_APP_ID"] + "-new"}
     (tmp_path / "new").mkdir()
     worker = start_live_worker(lost, tmp_path / "new")
     try:
         log = tmp_path / "new" / "worker.log"
-        wait_for(lambda: "the live windows are rebuilt from prices_daily" in log.read_text(errors="replace"), 60,
-                 "the new worker to say it rebuilds the state it cannot read")
+        wait_for(
+            lambda: "the live windows are rebuilt from prices_daily" in log.read_text(errors="replace"),
+            60,
+            "the new worker to say it rebuilds the state it cannot read",
+        )
         wait_for(lambda: worker_ready(url), 120, "the live bootstrap of the new app id")
         with psycopg.connect(url) as conn:
-            conn.execute("""UPDATE prices_daily SET close = close * 0.97 WHERE instrument_id = %s
-                            AND trade_date IN ('2016-08-01', '2019-12-16')""", (ids[5],))
+            conn.execute(
+                """UPDATE prices_daily SET close = close * 0.97 WHERE instrument_id = %s
+                            AND trade_date IN ('2016-08-01', '2019-12-16')""",
+                (ids[5],),
+            )
             conn.execute("DELETE FROM prices_daily WHERE instrument_id = %s AND trade_date = '2019-12-20'", (ids[6],))
         assert_exact(url, keys)
     finally:
@@ -289,8 +367,13 @@ def test_a_batch_only_database_keeps_no_outbox_and_the_live_service_resyncs_what
     assert outbox_entries(url) == 0
     with psycopg.connect(url) as conn:
         newest = conn.execute("SELECT max(trade_date) FROM prices_daily").fetchone()[0]
-        recent = [r[0] for r in conn.execute("SELECT DISTINCT trade_date FROM prices_daily WHERE trade_date > %s "
-                                             "ORDER BY 1", (newest - timedelta(days=20),))]
+        recent = [
+            r[0]
+            for r in conn.execute(
+                "SELECT DISTINCT trade_date FROM prices_daily WHERE trade_date > %s ORDER BY 1",
+                (newest - timedelta(days=20),),
+            )
+        ]
     env = cli_env | {"EMBEDDER_CAPTURE_IDLE_HOURS": str(8 / 3600)}  # capture lapses 8 s after the last relay
     worker = start_live_worker(env, tmp_path)
     try:
@@ -309,15 +392,28 @@ def test_a_batch_only_database_keeps_no_outbox_and_the_live_service_resyncs_what
     before = outbox_entries(url)
     gone = ids[5]
     with psycopg.connect(url) as conn:
-        assert conn.execute("DELETE FROM prices_daily WHERE instrument_id = %s AND trade_date = %s",
-                            (gone, recent[-3])).rowcount == 1  # inside the live window of the newest day
-        assert conn.execute("UPDATE prices_daily SET close = close * 0.97 WHERE instrument_id = %s AND trade_date "
-                            "BETWEEN '2016-09-01' AND '2016-09-09'", (ids[6],)).rowcount > 3  # history
+        assert (
+            conn.execute(
+                "DELETE FROM prices_daily WHERE instrument_id = %s AND trade_date = %s", (gone, recent[-3])
+            ).rowcount
+            == 1
+        )  # inside the live window of the newest day
+        assert (
+            conn.execute(
+                "UPDATE prices_daily SET close = close * 0.97 WHERE instrument_id = %s AND trade_date "
+                "BETWEEN '2016-09-01' AND '2016-09-09'",
+                (ids[6],),
+            ).rowcount
+            > 3
+        )  # history
     assert outbox_entries(url) == before  # lapsed: nothing captured
     worker = start_live_worker(env, tmp_path)
     try:
-        wait_for(lambda: "capture is on again after a gap" in (tmp_path / "worker.log").read_text(errors="replace"),
-                 60, "the worker to resync after the gap")
+        wait_for(
+            lambda: "capture is on again after a gap" in (tmp_path / "worker.log").read_text(errors="replace"),
+            60,
+            "the worker to resync after the gap",
+        )
         wait_for(lambda: worker_ready(url), 120, "the live bootstrap after the gap")
         assert_exact(url, keys)
         tick_again(env, url, newest)  # from the rebuilt windows: without the deleted row
@@ -341,18 +437,30 @@ def test_verify_finds_what_differs_and_repair_rewrites_it_and_the_audit_counts_a
     assert code == 0 and report["equal"] and report["keys_checked"] >= len(keys) - 1
     ids = sorted({k[0] for k in keys})
     with psycopg.connect(url) as conn:  # by hand: a vector changed, a row deleted, an extra row
-        conn.execute("""UPDATE numeric_window_embeddings SET vector = overlay(vector placing '\\x00000000'::bytea from 5)
-                        WHERE entity_id = %s AND as_of_date = '2016-06-01' AND model_id = %s""", (ids[1], MODEL))
-        conn.execute("""DELETE FROM numeric_window_embeddings WHERE entity_id = %s AND as_of_date = '2017-02-01'
-                        AND model_id = %s""", (ids[2], MODEL))
-        conn.execute("""INSERT INTO numeric_window_embeddings (entity_type, entity_id, window_spec, as_of_date, model_id,
+        conn.execute(
+            """UPDATE numeric_window_embeddings SET vector = overlay(vector placing '\\x00000000'::bytea from 5)
+                        WHERE entity_id = %s AND as_of_date = '2016-06-01' AND model_id = %s""",
+            (ids[1], MODEL),
+        )
+        conn.execute(
+            """DELETE FROM numeric_window_embeddings WHERE entity_id = %s AND as_of_date = '2017-02-01'
+                        AND model_id = %s""",
+            (ids[2], MODEL),
+        )
+        conn.execute(
+            """INSERT INTO numeric_window_embeddings (entity_type, entity_id, window_spec, as_of_date, model_id,
                                                                vector)
                         VALUES ('INSTRUMENT', %s, '{"window_days": 63, "entity_type": "INSTRUMENT"}', '2016-06-01',
-                                %s, '\\x00000000')""", (ids[3] + "-NO-SUCH", MODEL))
-        conn.execute("""INSERT INTO numeric_window_embeddings (entity_type, entity_id, window_spec, as_of_date, model_id,
+                                %s, '\\x00000000')""",
+            (ids[3] + "-NO-SUCH", MODEL),
+        )
+        conn.execute(
+            """INSERT INTO numeric_window_embeddings (entity_type, entity_id, window_spec, as_of_date, model_id,
                                                                vector)
                         VALUES ('INSTRUMENT', %s, '{"window_days": 63, "entity_type": "INSTRUMENT"}', '2016-06-01',
-                                %s, '\\x00000000')""", ("NO-SUCH-ID", MODEL))
+                                %s, '\\x00000000')""",
+            ("NO-SUCH-ID", MODEL),
+        )
     code, report = verify(env, *selection)
     assert code == 3 and not report["equal"]
     assert (report["different"], report["missing"], report["duplicate"]) == (1, 1, 0)
@@ -380,12 +488,15 @@ def test_verify_finds_what_differs_and_repair_rewrites_it_and_the_audit_counts_a
         metrics_url = f"http://127.0.0.1:{port_file.read_text().strip()}/metrics"
         wait_for(lambda: worker_ready(url) and settled(url), 120, "the live bootstrap and the captured import")
         with psycopg.connect(url) as conn:
-            conn.execute("""UPDATE numeric_window_embeddings SET vector = overlay(vector placing '\\x00000000'::bytea
+            conn.execute(
+                """UPDATE numeric_window_embeddings SET vector = overlay(vector placing '\\x00000000'::bytea
                             from 1) WHERE entity_id = %s AND as_of_date = '2016-11-01' AND model_id = %s""",
-                         (ids[5], MODEL))
+                (ids[5], MODEL),
+            )
 
         def mismatches() -> float:
             import urllib.request
+
             text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
             found = re.search(r'^embedder_parity_mismatches_total\{kind="different"\} (\S+)$', text, re.M)
             return float(found.group(1)) if found else 0.0

@@ -1,12 +1,11 @@
 """Every embedding as it was known (issue 19): versions kept by the database whatever writes the table,
 reads as known at an instant, exports, the history of one key, and the switch. Real PostgreSQL; the
 live-service end of it (corrections through the worker, a repair) is in tests/test_history_live.py."""
+
 from __future__ import annotations
 
 import subprocess
-import sys
-import time
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
 import psycopg
@@ -20,8 +19,9 @@ from shared.embedding_history import prune_versions, switch_history, versions_of
 from shared.embedding_store import set_cause, upsert_embeddings
 from shared.errors import BadArguments
 from shared.maintained_keys import record_absent
+from tests.support.cli import EMBEDDER
+from tests.support.markets import instant
 
-EMBEDDER = [sys.executable, "-m", "embedder.cli"]
 MODEL = "numeric-simple-v1"
 DAY = date(2020, 1, 2)
 SPEC = '{"window_days": 2, "entity_type": "INSTRUMENT"}'
@@ -33,22 +33,17 @@ def vec(*values: float) -> bytes:
 
 def table(url: str) -> dict[tuple, bytes]:
     with psycopg.connect(url) as conn:
-        return {(i, d): bytes(v) for i, d, v in conn.execute(
-            "SELECT entity_id, as_of_date, vector FROM numeric_window_embeddings WHERE model_id = %s", (MODEL,))}
+        return {
+            (i, d): bytes(v)
+            for i, d, v in conn.execute(
+                "SELECT entity_id, as_of_date, vector FROM numeric_window_embeddings WHERE model_id = %s", (MODEL,)
+            )
+        }
 
 
 def read(url: str, **kw) -> dict[tuple, bytes]:
     e = read_embeddings(MODEL, date_from=DAY, date_to=DAY + timedelta(days=5), database_url=url, **kw)
     return {(i, d.astype(object)): v.tobytes() for i, d, v in zip(e.instrument_ids, e.as_of_dates, e.vectors)}
-
-
-def instant(url: str) -> datetime:
-    """An instant between the transactions before and after it (they compare by start time)."""
-    time.sleep(0.01)
-    with psycopg.connect(url) as conn:
-        t = conn.execute("SELECT now()").fetchone()[0]
-    time.sleep(0.01)
-    return t
 
 
 def versions(url: str) -> list[tuple]:
@@ -76,9 +71,12 @@ def test_every_writer_is_caught_identical_rewrites_are_not_and_reads_as_known_at
         upsert_embeddings(conn, [("A", DAY, MODEL, 2, vec(9, 9))])
         conn.commit()
         # The platform's own SQL: a legacy INSERT (a new key: no version), an UPDATE and a DELETE.
-        conn.execute(f"""INSERT INTO numeric_window_embeddings (entity_type, entity_id, window_spec, as_of_date,
+        conn.execute(
+            f"""INSERT INTO numeric_window_embeddings (entity_type, entity_id, window_spec, as_of_date,
                                                                model_id, vector)
-                         VALUES ('INSTRUMENT', 'E', '{SPEC}', %s, %s, %s)""", (DAY, MODEL, vec(5, 5)))
+                         VALUES ('INSTRUMENT', 'E', '{SPEC}', %s, %s, %s)""",
+            (DAY, MODEL, vec(5, 5)),
+        )
         conn.execute("UPDATE numeric_window_embeddings SET vector = %s WHERE entity_id = 'B'", (vec(7, 7),))
         conn.execute("DELETE FROM numeric_window_embeddings WHERE entity_id = 'C'")
         conn.commit()
@@ -92,9 +90,16 @@ def test_every_writer_is_caught_identical_rewrites_are_not_and_reads_as_known_at
         conn.commit()
     kept = versions(db_url)
     assert [(i, change, kind) for i, change, kind, _ in kept[:4]] == [
-        ("A", "update", "correction"), ("B", "update", "sql"), ("C", "delete", "sql"), ("D", "delete", "correction")]
+        ("A", "update", "correction"),
+        ("B", "update", "sql"),
+        ("C", "delete", "sql"),
+        ("D", "delete", "correction"),
+    ]
     assert sorted((i, change, kind) for i, change, kind, _ in kept[4:]) == [
-        ("A", "truncate", "sql"), ("B", "truncate", "sql"), ("E", "truncate", "sql")]
+        ("A", "truncate", "sql"),
+        ("B", "truncate", "sql"),
+        ("E", "truncate", "sql"),
+    ]
     assert kept[0][3] == "correction: prices of A 2019-12-31" and kept[1][3].startswith("sql: ")
 
     assert table(db_url) == {} and read(db_url) == {}
@@ -116,9 +121,15 @@ def test_history_lists_versions_with_their_causes_and_drift(db_url, cli_env):
     assert [v.vector for v in got] == [vec(1, 1), vec(1, 2), vec(1, 3)]
     assert [v.cause for v in got] == ["correction: prices of A", "repair: verify", None]  # what ended each
     assert got[-1].recorded_to is None and got[0].recorded_to == got[1].recorded_from
-    proc = subprocess.run(EMBEDDER + ["embeddings", "history", "--instrument-id", "A", "--as-of", str(DAY),
-                                      "--model-id", MODEL, "--json"], env=cli_env, capture_output=True, text=True,
-                          timeout=60, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        EMBEDDER
+        + ["embeddings", "history", "--instrument-id", "A", "--as-of", str(DAY), "--model-id", MODEL, "--json"],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
     assert proc.returncode == 0, proc.stderr
     import json
 
@@ -137,7 +148,7 @@ def test_history_off_keeps_nothing_and_refuses_reads_as_known_at_until_on_again(
         conn.commit()
     assert versions(db_url) == []
     with pytest.raises(BadArguments, match="history is off"):
-        read(db_url, known_at=datetime.now(timezone.utc))
+        read(db_url, known_at=datetime.now(UTC))
     before_on = instant(db_url)
     with psycopg.connect(db_url) as conn:
         switch_history(conn, True, "test")
@@ -155,8 +166,10 @@ def test_retention_prunes_old_versions_and_moves_where_reads_are_exact(db_url):
         upsert_embeddings(conn, [("A", DAY, MODEL, 2, vec(2, 2))])
         conn.commit()
         # As if written 11 and 10 days ago, on a database whose history is complete from a month ago.
-        conn.execute("UPDATE numeric_window_embedding_versions SET recorded_to = recorded_to - interval '10 days', "
-                     "recorded_from = recorded_from - interval '11 days'")
+        conn.execute(
+            "UPDATE numeric_window_embedding_versions SET recorded_to = recorded_to - interval '10 days', "
+            "recorded_from = recorded_from - interval '11 days'"
+        )
         conn.execute("UPDATE numeric_window_embeddings SET created_at = created_at - interval '11 days'")
         conn.execute("UPDATE embedder_history SET complete_since = now() - interval '30 days'")
         conn.commit()
@@ -164,8 +177,8 @@ def test_retention_prunes_old_versions_and_moves_where_reads_are_exact(db_url):
         assert prune_versions(conn, 5.0) == 1
         conn.commit()
     with pytest.raises(BadArguments, match="before the history kept"):
-        read(db_url, known_at=datetime.now(timezone.utc) - timedelta(days=6))
-    assert read(db_url, known_at=datetime.now(timezone.utc) - timedelta(days=4)) == {("A", DAY): vec(2, 2)}
+        read(db_url, known_at=datetime.now(UTC) - timedelta(days=6))
+    assert read(db_url, known_at=datetime.now(UTC) - timedelta(days=4)) == {("A", DAY): vec(2, 2)}
 
 
 BAD = [
@@ -181,8 +194,14 @@ BAD = [
 @pytest.mark.parametrize("args,message", BAD)
 def test_bad_export_arguments_exit_2_with_one_line(cli_env, tmp_path, args, message):
     target = tmp_path / "out.parquet"
-    proc = subprocess.run(EMBEDDER + ["embeddings", "export", "-o", str(target), *args], env=cli_env,
-                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        EMBEDDER + ["embeddings", "export", "-o", str(target), *args],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr
@@ -195,8 +214,9 @@ def test_an_export_target_that_exists_is_kept_unless_forced(cli_env, tmp_path):
     command = EMBEDDER + ["embeddings", "export", "--as-of", "2020-01-02", "--format", "csv", "-o", str(target)]
     proc = subprocess.run(command, env=cli_env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert proc.returncode == 2 and "exists (--force replaces it)" in proc.stderr and target.read_text() == "mine"
-    proc = subprocess.run(command + ["--force"], env=cli_env, capture_output=True, text=True, timeout=60,
-                          stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        command + ["--force"], env=cli_env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
+    )
     assert proc.returncode == 0, proc.stderr
     assert target.read_text().startswith("instrument_id,as_of_date,model_id,window_days")
 
@@ -205,15 +225,38 @@ def test_exports_of_one_as_of_over_the_real_market_round_trip_to_the_table_bytes
     day, model = date(2019, 11, 29), "num-regime-core-v1"
     run_direct(real_db_url, RunSelection.build(window_days=63, model_ids=[model], as_of=str(day), market_id="US_EQ"))
     with psycopg.connect(real_db_url) as conn:
-        want = {i: bytes(v) for i, v in conn.execute(
-            "SELECT entity_id, vector FROM numeric_window_embeddings WHERE as_of_date = %s AND model_id = %s",
-            (day, model))}
+        want = {
+            i: bytes(v)
+            for i, v in conn.execute(
+                "SELECT entity_id, vector FROM numeric_window_embeddings WHERE as_of_date = %s AND model_id = %s",
+                (day, model),
+            )
+        }
     assert len(want) > 450
     env = cli_env | {"DATABASE_URL": real_db_url}
     for fmt in ("parquet", "npy", "csv"):
-        proc = subprocess.run(EMBEDDER + ["embeddings", "export", "--as-of", str(day), "--market-id", "US_EQ",
-                                          "--model-id", model, "--format", fmt, "-o", str(tmp_path / f"e.{fmt}")],
-                              env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        proc = subprocess.run(
+            EMBEDDER
+            + [
+                "embeddings",
+                "export",
+                "--as-of",
+                str(day),
+                "--market-id",
+                "US_EQ",
+                "--model-id",
+                model,
+                "--format",
+                fmt,
+                "-o",
+                str(tmp_path / f"e.{fmt}"),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
         assert proc.returncode == 0, proc.stderr
         assert f"exported {len(want):,} embeddings" in proc.stdout
     parquet = pq.read_table(tmp_path / "e.parquet")

@@ -1,4 +1,5 @@
 """Kafka settings reach kafka-python and faust/aiokafka identically (same broker, protocol, SASL, TLS)."""
+
 from __future__ import annotations
 
 import ssl
@@ -21,15 +22,27 @@ def test_plaintext_by_default():
 
 
 def test_sasl_credentials_are_the_same_for_both_clients():
-    s = settings(kafka_security_protocol="SASL_PLAINTEXT", kafka_sasl_mechanism="SCRAM-SHA-512",
-                 kafka_sasl_username="embedder", kafka_sasl_password="s3cret")
+    s = settings(
+        kafka_security_protocol="SASL_PLAINTEXT",
+        kafka_sasl_mechanism="SCRAM-SHA-512",
+        kafka_sasl_username="embedder",
+        kafka_sasl_password="s3cret",
+    )
     py = kafka_python_config(s)
     assert (py["security_protocol"], py["sasl_mechanism"], py["sasl_plain_username"], py["sasl_plain_password"]) == (
-        "SASL_PLAINTEXT", "SCRAM-SHA-512", "embedder", "s3cret")
+        "SASL_PLAINTEXT",
+        "SCRAM-SHA-512",
+        "embedder",
+        "s3cret",
+    )
     creds = faust_broker_options(s)["broker_credentials"]
     assert isinstance(creds, faust.SASLCredentials)
     assert (creds.username, creds.password, creds.mechanism.value, creds.protocol.value) == (
-        "embedder", "s3cret", "SCRAM-SHA-512", "SASL_PLAINTEXT")
+        "embedder",
+        "s3cret",
+        "SCRAM-SHA-512",
+        "SASL_PLAINTEXT",
+    )
     assert "s3cret" not in repr(s)  # the password is a secret in the settings too
 
 
@@ -37,10 +50,34 @@ def test_tls_files_reach_both_clients(tmp_path):
     import subprocess
 
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-                    "-days", "1", "-subj", "/CN=embedder-test"], check=True, capture_output=True)
-    s = settings(kafka_security_protocol="SASL_SSL", kafka_sasl_username="u", kafka_sasl_password="p",
-                 kafka_ssl_cafile=str(cert), kafka_ssl_certfile=str(cert), kafka_ssl_keyfile=str(key))
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=embedder-test",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    s = settings(
+        kafka_security_protocol="SASL_SSL",
+        kafka_sasl_username="u",
+        kafka_sasl_password="p",
+        kafka_ssl_cafile=str(cert),
+        kafka_ssl_certfile=str(cert),
+        kafka_ssl_keyfile=str(key),
+    )
     py = kafka_python_config(s)
     assert (py["ssl_cafile"], py["ssl_certfile"], py["ssl_keyfile"]) == (str(cert), str(cert), str(key))
     creds = faust_broker_options(s)["broker_credentials"]
@@ -62,9 +99,15 @@ def test_topics_are_created_with_their_retention_on_the_broker(kafka_bootstrap):
     from shared.topics import REPLAY_WINDOWS, admin_client, changelog_topic, ensure_topics
 
     tag = uuid.uuid4().hex[:8]
-    s = Settings(_env_file=None, kafka_bootstrap_servers=kafka_bootstrap, app_id=f"cfg-{tag}",
-                 prices_topic=f"cfg-{tag}.prices", dead_letter_topic=f"cfg-{tag}.dead", prices_retention_hours=5,
-                 topic_min_insync_replicas=1)
+    s = Settings(
+        _env_file=None,
+        kafka_bootstrap_servers=kafka_bootstrap,
+        app_id=f"cfg-{tag}",
+        prices_topic=f"cfg-{tag}.prices",
+        dead_letter_topic=f"cfg-{tag}.dead",
+        prices_retention_hours=5,
+        topic_min_insync_replicas=1,
+    )
     ensure_topics(s)
     admin = admin_client(s)
     try:

@@ -1,4 +1,5 @@
 """A message produced to the real broker comes back from it, key and value intact."""
+
 from __future__ import annotations
 
 import uuid
@@ -7,7 +8,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
 from backfill.publisher import partition_for
-from tests.helpers import wait_for
+from tests.support.helpers import wait_for
 
 
 def test_produce_and_consume_through_the_real_broker(kafka_bootstrap):
@@ -23,8 +24,13 @@ def test_produce_and_consume_through_the_real_broker(kafka_bootstrap):
         # A replay's row batches go where the key hash sends live rows of the same instrument.
         assert {k: f.get().partition for k, f in futures.items()} == {k: partition_for(k.decode(), 3) for k in sent}
         producer.close()
-        consumer = KafkaConsumer(topic, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest",
-                                 group_id=f"g-{topic}", consumer_timeout_ms=15000)
+        consumer = KafkaConsumer(
+            topic,
+            bootstrap_servers=kafka_bootstrap,
+            auto_offset_reset="earliest",
+            group_id=f"g-{topic}",
+            consumer_timeout_ms=15000,
+        )
         got = {}
         for msg in consumer:
             got[msg.key] = msg.value

@@ -1,33 +1,36 @@
 """`embedder lag` against the real broker: equal to what an independent client reads, partition by
 partition; zero after catch-up; STALL/STOP while the worker is dead and the backlog grows."""
+
 from __future__ import annotations
 
 import json
 import signal
 import subprocess
-import sys
-from datetime import date, timedelta
+from datetime import date
 
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient
 
-from backfill.publisher import PricePublisher
-from shared.messages import RowBatch
 from shared.topics import ensure_topics
-from tests.helpers import wait_for
-from tests.test_dead_letter import settings_of
-
-EMBEDDER = [sys.executable, "-m", "embedder.cli"]
-
+from tests.support.cli import EMBEDDER, settings_of
+from tests.support.helpers import wait_for
+from tests.support.markets import publish_backlog
+from tests.support.workers import start_named_worker as start_worker
 
 LAG_EXIT = {"OK": 0, "ERR": 1, "WARN": 3, "REWIND": 4, "STALL": 5, "STOP": 6}  # docs/operations.md
 
 
 def lag_json(env: dict[str, str], *extra: str) -> dict:
     """`embedder lag --json`; its exit code must be the documented one for the status it reports."""
-    proc = subprocess.run(EMBEDDER + ["lag", "--json", "--samples", "1", *extra], env=env, capture_output=True,
-                          text=True, timeout=120, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        EMBEDDER + ["lag", "--json", "--samples", "1", *extra],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
     report = json.loads(proc.stdout)
     status = report["groups"][0]["status"]
     assert proc.returncode == LAG_EXIT[status], (status, proc.returncode, proc.stderr[-2000:])
@@ -51,21 +54,6 @@ def broker_view(env: dict[str, str], topics: list[str], partitions: int) -> dict
         c = om.offset if om is not None and om.offset >= 0 else None
         out[(tp.topic, tp.partition)] = (c, ends[tp])
     return out
-
-
-def publish_backlog(settings, batches: int, start: date) -> None:
-    publisher = PricePublisher(settings)
-    for k in range(batches):
-        rows = [(f"LAG{i:03d}", start + timedelta(days=k), 10.0 + i, 100.0) for i in range(40)]
-        for p in range(settings.partitions):
-            publisher.row_batch(p, RowBatch("replay-lagtest", 5, rows))
-    publisher.flush()
-    publisher.close()
-
-
-def start_worker(env, tmp_path, name: str) -> subprocess.Popen:
-    return subprocess.Popen(EMBEDDER + ["worker", "--no-capture", "--data-dir", str(tmp_path / name)], env=env,
-                            stdout=open(tmp_path / f"{name}.log", "wb"), stderr=subprocess.STDOUT)
 
 
 def group_lag(report: dict) -> int:
@@ -117,8 +105,14 @@ def test_lag_report_equals_the_broker_then_zero_then_stall_or_stop(cli_env, tmp_
 
 def test_watch_prints_a_report_per_interval_until_interrupted(cli_env):
     ensure_topics(settings_of(cli_env))
-    proc = subprocess.Popen(EMBEDDER + ["lag", "--watch", "--json", "--interval", "0.5"], env=cli_env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        EMBEDDER + ["lag", "--watch", "--json", "--interval", "0.5"],
+        env=cli_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
     try:
         lines = [proc.stdout.readline() for _ in range(3)]
     finally:
@@ -134,15 +128,27 @@ def test_lag_exits_1_when_the_broker_cannot_be_read_and_names_it(cli_env):
     env = cli_env | {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}
     report = lag_json(env)  # exit 1 (ERR), never 0 and never the usage code 2
     assert report["groups"][0]["status"] == "ERR" and report["groups"][0]["error"]
-    table = subprocess.run(EMBEDDER + ["lag", "--samples", "1"], env=env, capture_output=True, text=True, timeout=120,
-                           stdin=subprocess.DEVNULL)
+    table = subprocess.run(
+        EMBEDDER + ["lag", "--samples", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
     assert table.returncode == 1 and "ERR" in table.stdout
 
 
 def test_a_piped_table_keeps_its_headers_and_other_groups_can_be_read(cli_env):
     ensure_topics(settings_of(cli_env))
-    proc = subprocess.run(EMBEDDER + ["lag", "--samples", "1", "--group", "someone-else"], env=cli_env | {"COLUMNS": ""},
-                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        EMBEDDER + ["lag", "--samples", "1", "--group", "someone-else"],
+        env=cli_env | {"COLUMNS": ""},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
     header = next(line for line in proc.stdout.splitlines() if "partition" in line)
     for column in ("role", "topic", "partition", "committed", "end", "lag s", "rate/s", "catch-up s", "status"):
         assert column in header
@@ -155,6 +161,7 @@ def test_statuses_are_judged_as_burrow_does():
 
     def samples(*pairs):
         return [Sample(float(t), c, e) for t, (c, e) in enumerate(pairs)]
+
     assert judge(samples((10, 10), (10, 12)), True) == "OK"  # lag was zero in the window
     assert judge(samples((5, 10), (5, 12)), True) == "STALL"  # members, offset not moving
     assert judge(samples((5, 10), (5, 12)), False) == "STOP"  # nobody consuming
@@ -165,12 +172,28 @@ def test_statuses_are_judged_as_burrow_does():
 
 @pytest.mark.slow
 def test_a_one_shot_replay_leaves_its_group_with_no_lag(db_url, cli_env, tmp_path):
-    from tests.helpers import load_synthetic
+    from tests.support.helpers import load_synthetic
 
     load_synthetic(db_url, tmp_path, instruments=6)
-    proc = subprocess.run(EMBEDDER + ["replay", "--from", "2019-11-01", "--to", "2019-12-31", "--market-id", "US_EQ",
-                                      "--model-id", "num-regime-core-v1"], env=cli_env, capture_output=True,
-                          text=True, timeout=300, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        EMBEDDER
+        + [
+            "replay",
+            "--from",
+            "2019-11-01",
+            "--to",
+            "2019-12-31",
+            "--market-id",
+            "US_EQ",
+            "--model-id",
+            "num-regime-core-v1",
+        ],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
     assert proc.returncode == 0 and "started one for this run" in proc.stderr, proc.stderr[-2000:]
     report = lag_json(cli_env)  # the worker the replay started is gone, and left nothing behind
     assert report["groups"][0]["status"] == "OK" and group_lag(report) == 0

@@ -1,30 +1,21 @@
 """The always-on service: live capture through the outbox, ticks, corrections and a past-range replay
 beside live state — all checked against SPEC section 3 over what prices_daily holds."""
+
 from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 from datetime import date, timedelta
 
 import psycopg
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from tests.helpers import assert_same_embeddings, expected, load_synthetic, stored, wait_for
 from shared.topics import REPLAY_WINDOWS
-
-EMBEDDER = [sys.executable, "-m", "embedder.cli"]
-MODELS = ["numeric-simple-v1", "num-regime-core-v1"]
-
-
-def run(env, *args) -> subprocess.CompletedProcess:
-    proc = subprocess.run(EMBEDDER + list(args), env=env, capture_output=True, text=True, timeout=600,
-                          stdin=subprocess.DEVNULL)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
-
-
+from tests.support.cli import EMBEDDER, run
+from tests.support.helpers import assert_same_embeddings, expected, load_synthetic, stored, wait_for
+from tests.support.markets import MODELS, live_market
+from tests.support.workers import live_tick_committed, start_live_worker, tick_live
 
 
 def latest_values(bootstrap: str, topic: str) -> dict[bytes, bytes | None]:
@@ -45,36 +36,6 @@ def latest_values(bootstrap: str, topic: str) -> dict[bytes, bytes | None]:
         consumer.close()
 
 
-def live_tick_committed(url: str, as_of: date, partitions: int) -> bool:
-    with psycopg.connect(url) as conn:
-        return conn.execute(
-            "SELECT count(*) FROM embedder_tick_commits WHERE run_id = 'live' AND as_of_date = %s", (as_of,)
-        ).fetchone()[0] >= partitions
-
-
-def live_market(url: str, tmp_path) -> tuple[list[str], list[date]]:
-    """A synthetic market imported (so its rows are captured in prices_outbox): its ids and last 5 days."""
-    load_synthetic(url, tmp_path, instruments=12)
-    with psycopg.connect(url) as conn:
-        ids = [r[0] for r in conn.execute("SELECT instrument_id FROM instruments ORDER BY 1")]
-        days = [r[0] for r in conn.execute(
-            "SELECT DISTINCT trade_date FROM prices_daily ORDER BY 1 DESC LIMIT 5")][::-1]
-    return ids, days
-
-
-def start_live_worker(env: dict[str, str], tmp_path) -> subprocess.Popen:
-    """The always-on worker with live capture, its state and log under tmp_path."""
-    return subprocess.Popen(EMBEDDER + ["worker", "--data-dir", str(tmp_path / "state")], env=env,
-                            stdout=open(tmp_path / "worker.log", "wb"), stderr=subprocess.STDOUT)
-
-
-def tick_live(env: dict[str, str], url: str, days: list[date]) -> None:
-    """`embedder tick` for each day, then wait until the last one is committed on every partition."""
-    for d in days:
-        run(env, "tick", "--as-of", d.isoformat(), "--model-id", MODELS[0], "--model-id", MODELS[1])
-    wait_for(lambda: live_tick_committed(url, days[-1], int(env["EMBEDDER_PARTITIONS"])), 180, "the live ticks")
-
-
 @pytest.mark.slow
 def test_live_capture_ticks_corrections_and_a_past_replay_beside_live_state(db_url, cli_env, tmp_path):
     ids, days = live_market(db_url, tmp_path)
@@ -92,13 +53,17 @@ def test_live_capture_ticks_corrections_and_a_past_replay_beside_live_state(db_u
             changed_rows = conn.execute(
                 """UPDATE prices_daily SET close = close * 1.05 WHERE instrument_id = 'SYN000'
                    AND trade_date = (SELECT max(trade_date) FROM prices_daily
-                                     WHERE instrument_id = 'SYN000' AND trade_date <= %s)""", (days[2],)).rowcount
+                                     WHERE instrument_id = 'SYN000' AND trade_date <= %s)""",
+                (days[2],),
+            ).rowcount
             assert changed_rows == 1
-            conn.execute("""UPDATE prices_daily SET close = close * 0.9, volume = volume + 1
+            conn.execute(
+                """UPDATE prices_daily SET close = close * 0.9, volume = volume + 1
                             WHERE instrument_id = 'SYN004'
                               AND trade_date = (SELECT max(trade_date) FROM prices_daily
                                                 WHERE instrument_id = 'SYN004' AND trade_date < %s)""",
-                         (days[0] - timedelta(days=20),))
+                (days[0] - timedelta(days=20),),
+            )
         want = expected(db_url, ids, days, 63, MODELS)
         changed = {k for k in want if want[k] != before_correction.get(k)}
         assert {k[0] for k in changed} == {"SYN000", "SYN004"}  # the corrections matter to the result
@@ -106,13 +71,29 @@ def test_live_capture_ticks_corrections_and_a_past_replay_beside_live_state(db_u
 
         # A replay of a past range through the same worker leaves the live rows and windows alone.
         live_before = stored(db_url)
-        run(cli_env, "replay", "--from", "2019-03-01", "--to", "2019-03-29", "--market-id", "US_EQ",
-            "--model-id", MODELS[0], "--publish-rows")  # a run of its own (else the worker reads prices_daily)
+        run(
+            cli_env,
+            "replay",
+            "--from",
+            "2019-03-01",
+            "--to",
+            "2019-03-29",
+            "--market-id",
+            "US_EQ",
+            "--model-id",
+            MODELS[0],
+            "--publish-rows",
+        )  # a run of its own (else the worker reads prices_daily)
         after = stored(db_url)
         assert {k: v for k, v in after.items() if k[1] in days} == live_before
         with psycopg.connect(db_url) as conn:
-            march = [r[0] for r in conn.execute(
-                "SELECT DISTINCT trade_date FROM prices_daily WHERE trade_date BETWEEN '2019-03-01' AND '2019-03-29'")]
+            march = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT DISTINCT trade_date FROM prices_daily "
+                    "WHERE trade_date BETWEEN '2019-03-01' AND '2019-03-29'"
+                )
+            ]
         assert {k: v for k, v in after.items() if k[1] not in days} == expected(db_url, ids, march, 63, MODELS[:1])
         # The finished replay's windows are dropped: tombstones are the last word on its keys.
         with psycopg.connect(db_url) as conn:
@@ -123,6 +104,7 @@ def test_live_capture_ticks_corrections_and_a_past_replay_beside_live_state(db_u
             latest = latest_values(cli_env["KAFKA_BOOTSTRAP_SERVERS"], changelog)
             of_run = {k: v for k, v in latest.items() if run_id.encode() in k}
             return bool(of_run) and all(v is None for v in of_run.values())
+
         wait_for(replay_windows_deleted, 60, f"tombstones for the windows of {run_id}")
 
         with psycopg.connect(db_url) as conn:
@@ -144,11 +126,14 @@ def test_automatic_tick_after_a_quiet_period(db_url, cli_env, tmp_path):
     with psycopg.connect(db_url) as conn:
         ids = [r[0] for r in conn.execute("SELECT instrument_id FROM instruments ORDER BY 1")]
         last = conn.execute("SELECT max(trade_date) FROM prices_daily").fetchone()[0]
-    worker = subprocess.Popen(EMBEDDER + ["worker", "--data-dir", str(tmp_path / "state")], env=env,
-                              stdout=open(tmp_path / "worker.log", "wb"), stderr=subprocess.STDOUT)
+    worker = subprocess.Popen(
+        EMBEDDER + ["worker", "--data-dir", str(tmp_path / "state")],
+        env=env,
+        stdout=open(tmp_path / "worker.log", "wb"),
+        stderr=subprocess.STDOUT,
+    )
     try:
-        wait_for(lambda: live_tick_committed(db_url, last, int(env["EMBEDDER_PARTITIONS"])), 120,
-                 "the automatic tick")
+        wait_for(lambda: live_tick_committed(db_url, last, int(env["EMBEDDER_PARTITIONS"])), 120, "the automatic tick")
         assert_same_embeddings(stored(db_url), expected(db_url, ids, [last], 63, ["numeric-simple-v1"]))
         with psycopg.connect(db_url) as conn:
             ticks = conn.execute("SELECT trade_date FROM prices_outbox WHERE kind = 'tick'").fetchall()

@@ -1,5 +1,6 @@
 """The database's record of what was computed, on real PostgreSQL with no broker: which keys a change
 reaches, the correction path's queue under a concurrent change, absent keys, the state format record."""
+
 from __future__ import annotations
 
 from datetime import date, timedelta
@@ -12,8 +13,8 @@ from backfill.bootstrap import reconcile_state_format
 from backfill.corrections import drain_once
 from shared.embedding_store import upsert_embeddings
 from shared.maintained_keys import MaintainedKey, affected_keys, queue_recompute, record_absent
-from tests.helpers import expected_from_rows, stored
-from tests.platform import add_instruments, insert_prices
+from tests.support.helpers import expected_from_rows, stored
+from tests.support.platform import add_instruments, insert_prices
 
 MODEL = "num-regime-core-v1"
 D = date(2020, 6, 1)
@@ -22,20 +23,28 @@ D = date(2020, 6, 1)
 def test_a_change_reaches_the_keys_whose_own_window_holds_it(db_url):
     vec = b"\x00" * 1536
     rows = [("X", D + timedelta(days=k), MODEL, 63, vec) for k in (-1, 0, 100, 189, 190)] + [
-        ("X", D + timedelta(days=400), MODEL, 150, vec), ("X", D + timedelta(days=451), MODEL, 150, vec),
-        ("Y", D, MODEL, 63, vec)]
+        ("X", D + timedelta(days=400), MODEL, 150, vec),
+        ("X", D + timedelta(days=451), MODEL, 150, vec),
+        ("Y", D, MODEL, 63, vec),
+    ]
     with psycopg.connect(db_url) as conn:
         upsert_embeddings(conn, rows)
         record_absent(conn, [("X", D + timedelta(days=5), "numeric-simple-v1", 63)])
-        conn.execute("""INSERT INTO numeric_window_embeddings (entity_type, entity_id, window_spec, as_of_date,
+        conn.execute(
+            """INSERT INTO numeric_window_embeddings (entity_type, entity_id, window_spec, as_of_date,
                                                                model_id, vector)
                         VALUES ('INSTRUMENT', 'X', '{"entity_type": "INSTRUMENT"}', %s, %s, ''),
                                ('INSTRUMENT', 'X', '{"window_days": 63}', %s, 'legacy-model-v0', '')""",
-                     (D + timedelta(days=3), MODEL, D + timedelta(days=4)))
+            (D + timedelta(days=3), MODEL, D + timedelta(days=4)),
+        )
         keys = affected_keys(conn, [("X", D)])
-    assert keys == sorted([MaintainedKey("X", D + timedelta(days=k), MODEL, 63) for k in (0, 100, 189)] + [
-        MaintainedKey("X", D + timedelta(days=5), "numeric-simple-v1", 63),
-        MaintainedKey("X", D + timedelta(days=400), MODEL, 150)])  # not the row without a window, nor Y's
+    assert keys == sorted(
+        [MaintainedKey("X", D + timedelta(days=k), MODEL, 63) for k in (0, 100, 189)]
+        + [
+            MaintainedKey("X", D + timedelta(days=5), "numeric-simple-v1", 63),
+            MaintainedKey("X", D + timedelta(days=400), MODEL, 150),
+        ]
+    )  # not the row without a window, nor Y's
 
 
 def test_a_change_queued_again_while_it_is_recomputed_stays_queued(db_url, monkeypatch):
@@ -71,11 +80,14 @@ def test_a_new_layout_generation_rebuilds_the_live_windows_with_waiting_ticks_be
     from backfill.outbox import enqueue_tick
 
     with psycopg.connect(db_url) as conn:
-        conn.execute("INSERT INTO instruments (instrument_id, market_id, asset_class, symbol, currency) "
-                     "VALUES ('Y', 'US_EQ', 'EQUITY', 'Y', 'USD') ON CONFLICT DO NOTHING")
+        conn.execute(
+            "INSERT INTO instruments (instrument_id, market_id, asset_class, symbol, currency) "
+            "VALUES ('Y', 'US_EQ', 'EQUITY', 'Y', 'USD') ON CONFLICT DO NOTHING"
+        )
         assert reconcile_state_format(conn, "gen", 3, 0) is None
-        conn.execute("INSERT INTO embedder_bootstrap (instrument_id, outbox_id, published_at, rows) "
-                     "VALUES ('Y', 1, now(), 10)")
+        conn.execute(
+            "INSERT INTO embedder_bootstrap (instrument_id, outbox_id, published_at, rows) VALUES ('Y', 1, now(), 10)"
+        )
         waiting = enqueue_tick(conn, D, 63, [MODEL])
         assert reconcile_state_format(conn, "gen", 3, 0) is None  # the same generation: nothing to do
         assert reconcile_state_format(conn, "gen", 3, 1) == 3
@@ -90,8 +102,9 @@ def test_a_new_layout_generation_rebuilds_the_live_windows_with_waiting_ticks_be
 def test_a_worker_meeting_another_state_format_rebuilds_the_live_windows(db_url, recorded):
     with psycopg.connect(db_url) as conn:
         assert reconcile_state_format(conn, "first", 2) is None  # a first start: nothing was loaded
-        conn.execute("INSERT INTO embedder_bootstrap (instrument_id, outbox_id, published_at, rows) "
-                     "VALUES ('X', 1, now(), 10)")
+        conn.execute(
+            "INSERT INTO embedder_bootstrap (instrument_id, outbox_id, published_at, rows) VALUES ('X', 1, now(), 10)"
+        )
         assert reconcile_state_format(conn, "first", 2) is None  # the same format: nothing to do
         if recorded is not None:
             conn.execute("UPDATE embedder_state_format SET version = %s", (recorded,))

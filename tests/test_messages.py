@@ -1,4 +1,5 @@
 """Wire forms: row batches, the binary embedding batches, and how a replay orders its messages."""
+
 from __future__ import annotations
 
 from datetime import date, timedelta
@@ -6,7 +7,6 @@ from datetime import date, timedelta
 import pytest
 
 from backfill.blocks import RowsOut, TickOut, plan
-from shared.messages import loads
 from shared.messages import (
     MAX_MESSAGE_BYTES,
     BadMessage,
@@ -14,6 +14,7 @@ from shared.messages import (
     Tick,
     decode,
     encode,
+    loads,
     row_batches,
 )
 from shared.topics import partition_for
@@ -21,8 +22,11 @@ from shared.validation import FUTURE_DATE, NON_POSITIVE_CLOSE, latest_trade_date
 
 
 def test_row_batch_round_trip_with_rows_and_deletions():
-    batch = RowBatch("r1", 63, [("A;'--", date(2020, 1, 2), 10.5, 0.0), ("é", date(2020, 1, 3), 1e-9, 3.0),
-                                ("A;'--", date(2020, 1, 2))])
+    batch = RowBatch(
+        "r1",
+        63,
+        [("A;'--", date(2020, 1, 2), 10.5, 0.0), ("é", date(2020, 1, 3), 1e-9, 3.0), ("A;'--", date(2020, 1, 2))],
+    )
     assert decode(encode(batch)) == batch
     with pytest.raises(BadMessage, match="invalid field rows.w"):
         decode(b'{"k": "rows", "w": "x", "r": []}')
@@ -30,12 +34,18 @@ def test_row_batch_round_trip_with_rows_and_deletions():
 
 def test_a_bad_row_of_a_batch_is_rejected_alone_with_the_shared_rule_reason():
     future = (latest_trade_date() + timedelta(days=1)).isoformat()
-    raw = (b'{"k":"rows","w":63,"r":[["A","2020-01-02",10.5,1],["B","2020-01-02",0,1],["C","' + future.encode()
-           + b'",5,1],["D","2020-01-02","x",1],["E","2020-01-03",6,2]]}')
+    raw = (
+        b'{"k":"rows","w":63,"r":[["A","2020-01-02",10.5,1],["B","2020-01-02",0,1],["C","'
+        + future.encode()
+        + b'",5,1],["D","2020-01-02","x",1],["E","2020-01-03",6,2]]}'
+    )
     batch = decode(raw)
     assert batch.rows == [("A", date(2020, 1, 2), 10.5, 1.0), ("E", date(2020, 1, 3), 6.0, 2.0)]
-    assert [reason for reason, _ in batch.rejected] == [NON_POSITIVE_CLOSE, FUTURE_DATE,
-                                                         "close or volume is not a number"]
+    assert [reason for reason, _ in batch.rejected] == [
+        NON_POSITIVE_CLOSE,
+        FUTURE_DATE,
+        "close or volume is not a number",
+    ]
     assert batch.rows_total == 5
 
 
@@ -51,8 +61,9 @@ def test_row_batches_are_cut_by_encoded_size_whatever_the_id_length():
 
 
 def test_ticks_carry_many_dates_and_a_market():
-    tick = Tick(d=date(2020, 1, 10), ds=(date(2020, 1, 8), date(2020, 1, 9)), w=63, m=("numeric-simple-v1",),
-                mk="US_EQ", o=42)
+    tick = Tick(
+        d=date(2020, 1, 10), ds=(date(2020, 1, 8), date(2020, 1, 9)), w=63, m=("numeric-simple-v1",), mk="US_EQ", o=42
+    )
     back = decode(encode(tick))
     assert back == tick and back.dates == (date(2020, 1, 8), date(2020, 1, 9), date(2020, 1, 10))
     assert back.scope == "US_EQ" and Tick(d=date(2020, 1, 10), w=63, m=("x",)).scope == "*"
@@ -111,9 +122,9 @@ def test_messages_read_alike_whichever_parser_reads_them():
 
     usual = b'{"v":1,"run":"r","k":"rows","w":63,"r":[["A","2020-01-02",1.5,1e-05],["\\u00c9","2020-01-03",2,3]]}'
     assert loads(usual) == stdlib_json.loads(usual)
-    for odd in (b'[NaN, 1.0]', b'["\\ud800"]'):
+    for odd in (b"[NaN, 1.0]", b'["\\ud800"]'):
         assert repr(loads(odd)) == repr(stdlib_json.loads(odd))
-    assert float(loads(b'[123456789012345678901234567890]')[0]) == 1.2345678901234568e29
+    assert float(loads(b"[123456789012345678901234567890]")[0]) == 1.2345678901234568e29
     batch = decode(b'{"v":1,"run":"r","k":"rows","w":63,"r":[["A","2020-01-02",NaN,5.0],["B","2020-01-02",1.0,5.0]]}')
     assert [r[0] for r in batch.rows] == ["B"] and len(batch.rejected) == 1
 
@@ -121,8 +132,13 @@ def test_messages_read_alike_whichever_parser_reads_them():
 def test_rows_encode_to_what_the_decoder_reads_back():
     from shared.messages import row_wire
 
-    rows = [("A", date(2020, 1, 2), 1.5, 1e-05), ("É\"\\x", date(2020, 1, 3), 2, 3.0),
-            ("N", date(2020, 1, 6), float("nan"), 1.0), ("B", date(2020, 1, 7), 1.0, 2**70), ("D", date(2020, 1, 8))]
+    rows = [
+        ("A", date(2020, 1, 2), 1.5, 1e-05),
+        ('É"\\x', date(2020, 1, 3), 2, 3.0),
+        ("N", date(2020, 1, 6), float("nan"), 1.0),
+        ("B", date(2020, 1, 7), 1.0, 2**70),
+        ("D", date(2020, 1, 8)),
+    ]
     for row in rows:
         back = loads(row_wire(row))
         assert back[0] == row[0] and back[1] == row[1].isoformat()

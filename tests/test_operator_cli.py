@@ -1,11 +1,11 @@
 """The CLI as an operator meets it: help for every option, version, completion, schema status, JSON
 logs, progress in a log file. Real PostgreSQL and Kafka where a command needs them."""
+
 from __future__ import annotations
 
 import json
 import re
 import subprocess
-import sys
 import time
 
 import click  # noqa: F401  (typer's commands are click commands)
@@ -13,14 +13,14 @@ import pytest
 import typer
 
 from embedder.cli import app
-from tests.helpers import load_synthetic, wait_for
-
-EMBEDDER = [sys.executable, "-m", "embedder.cli"]
+from tests.support.cli import EMBEDDER
+from tests.support.helpers import load_synthetic, wait_for
 
 
 def run(env, *args, check_code: int | None = 0) -> subprocess.CompletedProcess:
-    proc = subprocess.run(EMBEDDER + list(args), env=env, capture_output=True, text=True, timeout=300,
-                          stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        EMBEDDER + list(args), env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL
+    )
     if check_code is not None:
         assert proc.returncode == check_code, (args, proc.returncode, proc.stderr[-2000:])
     return proc
@@ -54,8 +54,13 @@ def test_version_and_shell_completion(cli_env):
     assert run(cli_env, "--version").stdout.strip() == f"embedder {version('numeric-window-embedder')}"
     script = run(cli_env, "--show-completion", "bash").stdout
     assert "_EMBEDDER_COMPLETE" in script and "complete" in script
-    words = subprocess.run(EMBEDDER, env=cli_env | {"_EMBEDDER_COMPLETE": "complete_bash", "COMP_WORDS": "embedder li",
-                                                   "COMP_CWORD": "1"}, capture_output=True, text=True, timeout=60)
+    words = subprocess.run(
+        EMBEDDER,
+        env=cli_env | {"_EMBEDDER_COMPLETE": "complete_bash", "COMP_WORDS": "embedder li", "COMP_CWORD": "1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert "live" in words.stdout.split()
 
 
@@ -75,12 +80,16 @@ def test_json_log_lines_for_commands_and_the_worker(cli_env, tmp_path):
     record = json.loads(line)
     assert record["level"] == "error" and "--as-of" in record["message"] and record["time"]
     log = tmp_path / "worker.log"
-    worker = subprocess.Popen(EMBEDDER + ["worker", "--no-capture", "--loglevel", "info", "--data-dir",
-                                          str(tmp_path / "state")], env=env, stdout=open(log, "wb"),
-                              stderr=subprocess.STDOUT)
+    worker = subprocess.Popen(
+        EMBEDDER + ["worker", "--no-capture", "--loglevel", "info", "--data-dir", str(tmp_path / "state")],
+        env=env,
+        stdout=open(log, "wb"),
+        stderr=subprocess.STDOUT,
+    )
     try:
-        wait_for(lambda: (tmp_path / "state" / "web.port").exists() and log.stat().st_size > 2000, 60,
-                 "the worker to log")
+        wait_for(
+            lambda: (tmp_path / "state" / "web.port").exists() and log.stat().st_size > 2000, 60, "the worker to log"
+        )
         time.sleep(2)
     finally:
         worker.terminate()
@@ -94,8 +103,17 @@ def test_json_log_lines_for_commands_and_the_worker(cli_env, tmp_path):
 @pytest.mark.slow
 def test_progress_off_a_terminal_prints_plain_lines(db_url, cli_env, tmp_path):
     load_synthetic(db_url, tmp_path, instruments=6)
-    proc = run(cli_env | {"EMBEDDER_PROGRESS_SECONDS": "0.001"}, "replay", "--direct", "--from", "2019-06-03",
-               "--to", "2019-12-31", "--market-id", "US_EQ")
+    proc = run(
+        cli_env | {"EMBEDDER_PROGRESS_SECONDS": "0.001"},
+        "replay",
+        "--direct",
+        "--from",
+        "2019-06-03",
+        "--to",
+        "2019-12-31",
+        "--market-id",
+        "US_EQ",
+    )
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("[")]
     assert len(lines) >= 2 and all(re.match(r"^\[\s*\d+\.\ds\] replay --direct [\d,]+/6 \(\d+%\)", ln) for ln in lines)
     assert "6/6 (100%)" in lines[-1]

@@ -1,15 +1,16 @@
 """The always-on service where users live: a platform database built with plain SQL before this
 project was installed, its own INSERT/UPDATE/DELETE, long ids, many instruments, one bad row.
 Real broker, real PostgreSQL, the real worker; every check is equality with `replay --direct`."""
+
 from __future__ import annotations
 
 import json
 import random
 import re
 import signal
+import subprocess
 import sys
 import threading
-import subprocess
 import time
 from datetime import date, timedelta
 
@@ -18,9 +19,9 @@ import pytest
 from kafka import KafkaConsumer
 
 from shared.validation import FUTURE_DATE
-from tests.helpers import assert_same_embeddings, expected, stored, wait_for
-from tests.platform import (
-    EMBEDDER,
+from tests.support.cli import EMBEDDER
+from tests.support.helpers import assert_same_embeddings, expected, stored, wait_for
+from tests.support.platform import (
     add_instruments,
     create_platform_database,
     insert_prices,
@@ -28,9 +29,7 @@ from tests.platform import (
     selectable,
     upgrade,
 )
-from tests.test_live_service import live_tick_committed, start_live_worker
-from tests.test_stream_resilience import group_members
-from tests.test_worker_web import stop
+from tests.support.workers import group_members, live_tick_committed, start_live_worker, stop
 
 MODELS = ["num-regime-core-v1", "numeric-simple-v1"]
 HISTORY_FROM, HISTORY_TO = date(2019, 1, 2), date(2019, 12, 20)
@@ -38,8 +37,9 @@ LIVE_DAYS = [date(2019, 12, 23), date(2019, 12, 24), date(2019, 12, 26), date(20
 
 
 def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run(EMBEDDER + list(args), env=env, capture_output=True, text=True, timeout=600,
-                          stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        EMBEDDER + list(args), env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL
+    )
     assert proc.returncode == 0, (args, proc.stdout[-2000:], proc.stderr[-3000:])
     return proc
 
@@ -54,8 +54,11 @@ def platform_market(database_factory, ids: list[str]) -> tuple[str, list[tuple]]
     selection leaves out (a future, an inactive equity, another market) with prices of their own;
     returns its URL and the rows of the five live days, not inserted yet."""
     url = create_platform_database(database_factory)
-    others = {"FUT-ES-2020": ("US_EQ", "FUTURE", "ACTIVE"), "GONE-CO": ("US_EQ", "EQUITY", "DELISTED"),
-              "EU-ONE": ("EU_EQ", "EQUITY", "ACTIVE")}
+    others = {
+        "FUT-ES-2020": ("US_EQ", "FUTURE", "ACTIVE"),
+        "GONE-CO": ("US_EQ", "EQUITY", "DELISTED"),
+        "EU-ONE": ("EU_EQ", "EQUITY", "ACTIVE"),
+    }
     add_instruments(url, ids)
     for instrument_id, (market, asset_class, status) in others.items():
         add_instruments(url, [instrument_id], market, asset_class, status)
@@ -78,12 +81,23 @@ def assert_live_equals_direct(env: dict[str, str], url: str, days: list[date]) -
     with psycopg.connect(url) as conn:
         duplicates = conn.execute(
             """SELECT count(*) - count(DISTINCT (entity_id, as_of_date, model_id))
-               FROM numeric_window_embeddings""").fetchone()[0]
+               FROM numeric_window_embeddings"""
+        ).fetchone()[0]
         conn.execute("TRUNCATE numeric_window_embeddings")
     assert duplicates == 0
     models = [flag for m in MODELS for flag in ("--model-id", m)]
-    run(env, "replay", "--direct", "--from", days[0].isoformat(), "--to", days[-1].isoformat(),
-        "--market-id", "US_EQ", *models)
+    run(
+        env,
+        "replay",
+        "--direct",
+        "--from",
+        days[0].isoformat(),
+        "--to",
+        days[-1].isoformat(),
+        "--market-id",
+        "US_EQ",
+        *models,
+    )
     assert_same_embeddings(live, stored(url), url)
     return len(live)
 
@@ -93,8 +107,7 @@ def live_days_committed(url: str, days: list[date], partitions: int) -> bool:
 
 
 @pytest.mark.slow
-def test_a_platform_database_built_with_plain_sql_then_inserts_updates_and_deletes(database_factory, cli_env,
-                                                                                  tmp_path):
+def test_a_platform_database_built_with_plain_sql_then_inserts_updates_and_deletes(database_factory, cli_env, tmp_path):
     ids = [f"US{k:04d}" for k in range(40)]
     url, new_rows = platform_market(database_factory, ids)
     env = platform_env(cli_env, url)
@@ -117,10 +130,16 @@ def test_a_platform_database_built_with_plain_sql_then_inserts_updates_and_delet
         # live day, and half a year of one instrument deleted (its embeddings fall below the threshold).
         with psycopg.connect(url) as conn:
             with conn.transaction():
-                assert conn.execute("""UPDATE prices_daily SET close = close * 1.1, volume = volume + 5
-                                       WHERE instrument_id = 'US0001' AND trade_date = '2019-11-14'""").rowcount == 1
-                assert conn.execute("""DELETE FROM prices_daily
-                                       WHERE instrument_id = 'US0002' AND trade_date = '2019-12-24'""").rowcount == 1
+                assert (
+                    conn.execute("""UPDATE prices_daily SET close = close * 1.1, volume = volume + 5
+                                       WHERE instrument_id = 'US0001' AND trade_date = '2019-11-14'""").rowcount
+                    == 1
+                )
+                assert (
+                    conn.execute("""DELETE FROM prices_daily
+                                       WHERE instrument_id = 'US0002' AND trade_date = '2019-12-24'""").rowcount
+                    == 1
+                )
             gone = conn.execute("""DELETE FROM prices_daily WHERE instrument_id = 'US0004'
                                    AND trade_date BETWEEN '2019-07-01' AND '2019-12-20'""").rowcount
         assert gone > 100
@@ -155,12 +174,19 @@ def test_the_bootstrap_killed_half_way_and_restarted(database_factory, cli_env, 
         rng = random.Random(7)
         with psycopg.connect(url, autocommit=True) as conn:
             while not stop_writing.is_set():
-                restated.append(conn.execute(
-                    """UPDATE prices_daily SET close = close * %s WHERE instrument_id = %s
+                restated.append(
+                    conn.execute(
+                        """UPDATE prices_daily SET close = close * %s WHERE instrument_id = %s
                        AND trade_date = (SELECT max(trade_date) FROM prices_daily WHERE instrument_id = %s
                                          AND trade_date <= %s)""",
-                    (rng.uniform(0.9, 1.1), f"K{rng.randrange(400):04d}", f"K{rng.randrange(400):04d}",
-                     HISTORY_TO - timedelta(days=rng.randrange(150)))).rowcount)
+                        (
+                            rng.uniform(0.9, 1.1),
+                            f"K{rng.randrange(400):04d}",
+                            f"K{rng.randrange(400):04d}",
+                            HISTORY_TO - timedelta(days=rng.randrange(150)),
+                        ),
+                    ).rowcount
+                )
                 time.sleep(0.005)
 
     writer = threading.Thread(target=restate, daemon=True)
@@ -205,8 +231,13 @@ def test_the_bootstrap_killed_half_way_and_restarted(database_factory, cli_env, 
 
 
 def dead_letters(env: dict[str, str], at_least: int, settle: float = 3.0) -> list[dict]:
-    consumer = KafkaConsumer(env["EMBEDDER_DEAD_LETTER_TOPIC"], bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"],
-                             auto_offset_reset="earliest", consumer_timeout_ms=int(settle * 1000), group_id=None)
+    consumer = KafkaConsumer(
+        env["EMBEDDER_DEAD_LETTER_TOPIC"],
+        bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"],
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=int(settle * 1000),
+        group_id=None,
+    )
     try:
         records = [json.loads(m.value) for m in consumer]
     finally:
@@ -244,8 +275,10 @@ def test_one_far_future_row_beside_a_day_of_good_rows_costs_only_itself(database
         assert report["records"][-1]["instrument_id"] == "F003" and report["records"][-1]["trade_date"] == "2071-12-23"
         fixed_day = LIVE_DAYS[1]
         with psycopg.connect(url) as conn, conn.transaction():
-            conn.execute("UPDATE prices_daily SET trade_date = %s WHERE instrument_id = 'F003' AND trade_date = '2071-12-23'",
-                         (fixed_day,))
+            conn.execute(
+                "UPDATE prices_daily SET trade_date = %s WHERE instrument_id = 'F003' AND trade_date = '2071-12-23'",
+                (fixed_day,),
+            )
             insert_prices(conn, [r for r in new_rows if r[1] == fixed_day and r[0] != "F003"])
         tick(env, fixed_day)
         wait_for(lambda: live_tick_committed(url, fixed_day, int(env["EMBEDDER_PARTITIONS"])), 180, "the next tick")
@@ -260,13 +293,14 @@ def test_one_far_future_row_beside_a_day_of_good_rows_costs_only_itself(database
 
 def long_ids(n: int) -> list[str]:
     """Ids of the schema's full 50 characters, some with characters JSON escapes."""
-    marks = ["", "é", "\"q\"", "\\", "株"]
+    marks = ["", "é", '"q"', "\\", "株"]
     return [(f"LONG-{k:04d}-{marks[k % len(marks)]}" + "x" * 50)[:50] for k in range(n)]
 
 
 @pytest.mark.slow
 def test_a_thousand_instruments_with_fifty_character_ids_through_replay_and_the_live_relay(
-        database_factory, cli_env, tmp_path):
+    database_factory, cli_env, tmp_path
+):
     ids = long_ids(1000)
     assert {len(i) for i in ids} == {50}
     url = create_platform_database(database_factory)
@@ -275,8 +309,15 @@ def test_a_thousand_instruments_with_fifty_character_ids_through_replay_and_the_
     with psycopg.connect(url) as conn:
         insert_prices(conn, [r for r in rows if r[1] < LIVE_DAYS[0]])
     env = platform_env(cli_env, url)
-    replay_days = ["--from", "2019-12-16", "--to", "2019-12-20", "--market-id", "US_EQ",
-                   *[flag for m in MODELS for flag in ("--model-id", m)]]
+    replay_days = [
+        "--from",
+        "2019-12-16",
+        "--to",
+        "2019-12-20",
+        "--market-id",
+        "US_EQ",
+        *[flag for m in MODELS for flag in ("--model-id", m)],
+    ]
     run(env, "replay", *replay_days)  # starts a worker of its own for the run
     streamed = stored(url)
     assert len({k[0] for k in streamed}) > 800
@@ -301,7 +342,8 @@ def test_a_thousand_instruments_with_fifty_character_ids_through_replay_and_the_
 
 @pytest.mark.slow
 def test_a_tick_over_instruments_without_history_is_counted_and_shown(database_factory, cli_env, tmp_path):
-    from tests.test_worker_web import get, start_worker
+    from tests.support.workers import get
+    from tests.support.workers import start_web_worker as start_worker
 
     ids = [f"H{k:03d}" for k in range(12)]
     url, new_rows = platform_market(database_factory, ids)
@@ -319,23 +361,38 @@ def test_a_tick_over_instruments_without_history_is_counted_and_shown(database_f
         short = set(market) - embedded
         assert {"NOHIST-1", "NOHIST-2"} <= short and "H001" in embedded  # earlier rows still embed it
         with psycopg.connect(url) as conn:
-            missing = len(market) - conn.execute(
-                "SELECT count(*) FROM prices_daily WHERE trade_date = %s AND instrument_id = ANY(%s)",
-                (day, market)).fetchone()[0]
+            missing = (
+                len(market)
+                - conn.execute(
+                    "SELECT count(*) FROM prices_daily WHERE trade_date = %s AND instrument_id = ANY(%s)", (day, market)
+                ).fetchone()[0]
+            )
         assert missing >= 3  # H001 and the two without history, and short or delisted synthetic ones
         status = json.loads(run(env, "status", "--json").stdout)
         (last,) = [t for t in status["ticks"] if t["market"] == "US_EQ"]
-        assert (last["as_of"], last["embedded"], last["insufficient_history"]) == (day.isoformat(), len(embedded), len(short))
+        assert (last["as_of"], last["embedded"], last["insufficient_history"]) == (
+            day.isoformat(),
+            len(embedded),
+            len(short),
+        )
         assert last["missing_today"] == missing and last["partitions"] == int(env["EMBEDDER_PARTITIONS"])
         assert status["bootstrap"]["loaded"] == status["bootstrap"]["selectable"] == len(market) + 1  # + EU-ONE
         assert status["relay"] is not None and status["relay"]["application"].startswith("embedder relay")
         text = run(env, "status").stdout
-        assert f"live tick US_EQ {day}: {len(embedded)} embedded, {len(short)} without enough history, {missing} without a row" in text
+        assert (
+            f"live tick US_EQ {day}: {len(embedded)} embedded, {len(short)} without enough history, "
+            f"{missing} without a row" in text
+        )
 
         def counted() -> dict[str, float]:
             metrics = get(base + "/metrics")[1].decode()
-            return {outcome: float(value) for outcome, value in
-                    re.findall(r'^embedder_tick_instruments_total\{outcome="(\w+)"\} ([\d.e+]+)$', metrics, re.M)}
+            return {
+                outcome: float(value)
+                for outcome, value in re.findall(
+                    r'^embedder_tick_instruments_total\{outcome="(\w+)"\} ([\d.e+]+)$', metrics, re.M
+                )
+            }
+
         wait_for(lambda: counted().get("insufficient_history") == len(short), 30, "the tick metric")
         assert counted() == {"embedded": len(embedded), "insufficient_history": len(short), "missing_today": missing}
         log = (tmp_path / "w.log").read_text()
@@ -351,21 +408,30 @@ def test_daily_ticks_without_a_human_once_every_instrument_has_its_row(database_
     ids = [f"D{k:03d}" for k in range(16)]
     url = create_platform_database(database_factory)
     add_instruments(url, ids)
-    days = [d for d in (HISTORY_FROM + timedelta(days=n) for n in range((LIVE_DAYS[-1] - HISTORY_FROM).days + 1))
-            if d.weekday() < 5]
-    rows = [(i, d, 20.0 + k + n * 0.01 + (n * k % 7) * 0.1, 1000.0 + n) for n, d in enumerate(days)
-            for k, i in enumerate(ids)]
+    days = [
+        d
+        for d in (HISTORY_FROM + timedelta(days=n) for n in range((LIVE_DAYS[-1] - HISTORY_FROM).days + 1))
+        if d.weekday() < 5
+    ]
+    rows = [
+        (i, d, 20.0 + k + n * 0.01 + (n * k % 7) * 0.1, 1000.0 + n)
+        for n, d in enumerate(days)
+        for k, i in enumerate(ids)
+    ]
     with psycopg.connect(url) as conn:
         insert_prices(conn, [r for r in rows if r[1] <= HISTORY_TO])
     live = [d for d in days if d > HISTORY_TO]
     env = platform_env(cli_env, url) | {
         "EMBEDDER_TICK_SCHEDULE": json.dumps([{"market_id": "US_EQ", "model_ids": MODELS}]),
-        "EMBEDDER_SCHEDULE_CHECK_SECONDS": "0.2"}
+        "EMBEDDER_SCHEDULE_CHECK_SECONDS": "0.2",
+    }
     worker = start_live_worker(env, tmp_path)
     try:
+
         def baseline() -> list:
             with psycopg.connect(url) as conn:
                 return conn.execute("SELECT as_of_date FROM embedder_scheduled_ticks").fetchall()
+
         wait_for(baseline, 120, "the schedule to see the market (its baseline: the newest day present)")
         with psycopg.connect(url) as conn:
             for day in live:
@@ -390,7 +456,8 @@ def test_daily_ticks_without_a_human_once_every_instrument_has_its_row(database_
 
 @pytest.mark.slow
 def test_the_platform_command_is_answered_by_the_live_worker_from_its_windows_or_from_prices_daily(
-        database_factory, cli_env, tmp_path):
+    database_factory, cli_env, tmp_path
+):
     ids = [f"P{k:03d}" for k in range(30)]
     url, new_rows = platform_market(database_factory, ids)
     env = platform_env(cli_env, url)
@@ -400,8 +467,21 @@ def test_the_platform_command_is_answered_by_the_live_worker_from_its_windows_or
         with psycopg.connect(url) as conn, conn.transaction():  # today's rows land; nobody ticks
             insert_prices(conn, [r for r in new_rows if r[1] == day])
         wait_for(lambda: bootstrap_published(url)[0] == len(ids) + 1, 120, "the bootstrap")
-        command = [sys.executable, "-m", "prometheus.scripts.backfill_numeric_embeddings", "--as-of", day.isoformat(),
-                   "--market-id", "US_EQ", "--model-id", MODELS[0], "--limit", "10", "--offset", "5"]
+        command = [
+            sys.executable,
+            "-m",
+            "prometheus.scripts.backfill_numeric_embeddings",
+            "--as-of",
+            day.isoformat(),
+            "--market-id",
+            "US_EQ",
+            "--model-id",
+            MODELS[0],
+            "--limit",
+            "10",
+            "--offset",
+            "5",
+        ]
         proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert "answered from the live windows" in proc.stdout
@@ -414,9 +494,14 @@ def test_the_platform_command_is_answered_by_the_live_worker_from_its_windows_or
         from_database = "answered by the live worker from prices_daily"
         with psycopg.connect(url) as conn:
             conn.execute("TRUNCATE numeric_window_embeddings")
-        proc = subprocess.run(command[:5] + ["--model-id", MODELS[0], "--instrument-id", "P003",
-                                             "--instrument-id", "FUT-ES-2020"],
-                              env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+        proc = subprocess.run(
+            command[:5] + ["--model-id", MODELS[0], "--instrument-id", "P003", "--instrument-id", "FUT-ES-2020"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            stdin=subprocess.DEVNULL,
+        )
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert f"{from_database}: some selected instruments are not ACTIVE EQUITY" in proc.stdout
         assert stored(url) == expected(url, ["P003", "FUT-ES-2020"], [day], 63, MODELS[:1])
@@ -424,19 +509,40 @@ def test_the_platform_command_is_answered_by_the_live_worker_from_its_windows_or
         with psycopg.connect(url) as conn:
             conn.execute("TRUNCATE numeric_window_embeddings")
         historical = date(2019, 6, 28)
-        proc = subprocess.run(command[:4] + [historical.isoformat(), "--market-id", "US_EQ", "--model-id", MODELS[0]],
-                              env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        proc = subprocess.run(
+            command[:4] + [historical.isoformat(), "--market-id", "US_EQ", "--model-id", MODELS[0]],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert f"{from_database}: {historical} is older than the live windows keep" in proc.stdout
         assert stored(url) == expected(url, selectable(url), [historical], 63, MODELS[:1]) != {}
         with psycopg.connect(url) as conn:
-            month = [r[0] for r in conn.execute("""SELECT DISTINCT trade_date FROM prices_daily
-                                                   WHERE trade_date BETWEEN '2019-05-01' AND '2019-05-31' ORDER BY 1""")]
-        proc = run(env, "replay", "--from", month[0].isoformat(), "--to", month[-1].isoformat(), "--window-days", "21",
-                   "--market-id", "US_EQ", *[flag for m in MODELS for flag in ("--model-id", m)])
+            month = [
+                r[0]
+                for r in conn.execute("""SELECT DISTINCT trade_date FROM prices_daily
+                                                   WHERE trade_date BETWEEN '2019-05-01' AND '2019-05-31' ORDER BY 1""")
+            ]
+        proc = run(
+            env,
+            "replay",
+            "--from",
+            month[0].isoformat(),
+            "--to",
+            month[-1].isoformat(),
+            "--window-days",
+            "21",
+            "--market-id",
+            "US_EQ",
+            *[flag for m in MODELS for flag in ("--model-id", m)],
+        )
         assert f"{from_database}: the live windows are for window_days 63" in proc.stdout
         want = expected(url, selectable(url), [historical], 63, MODELS[:1]) | expected(
-            url, selectable(url), month, 21, MODELS)
+            url, selectable(url), month, 21, MODELS
+        )
         assert stored(url) == want
         with psycopg.connect(url) as conn:  # neither query touched the live run or published a row
             assert conn.execute("SELECT count(*) FROM embedder_tick_commits WHERE run_id = 'live'").fetchone()[0] == 0

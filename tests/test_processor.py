@@ -4,6 +4,7 @@ Each test feeds messages at offsets, applies the returned writes to the dicts th
 adapter does, and checks the emitted embeddings against tests/reference.py (an independent
 plain-loop SPEC section 3).
 """
+
 from __future__ import annotations
 
 from datetime import date, timedelta
@@ -13,15 +14,15 @@ import pytest
 
 from shared.encoder import LOOKBACK_FACTOR
 from shared.messages import LIVE_RUN, BadMessage, RowBatch, RunEnd, Tick
-from shared.validation import NON_POSITIVE_CLOSE
 from shared.price_history import History
+from shared.validation import NON_POSITIVE_CLOSE
+from streams import window_store
 from streams.lookback import window_of
 from streams.processor import Effects, PartitionProcessor, ProcessorConfig
 from streams.registry import InstrumentInfo, StaticRegistry
-from streams import window_store
 from streams.state import SEP, RunPartition, run_key, window_key
 from streams.window import day_number
-from tests.helpers import expected_from_rows
+from tests.support.helpers import expected_from_rows
 
 PARTITIONS = 1
 W = 10
@@ -84,8 +85,11 @@ def history(ids: list[str], days: int, start: date = DAY0) -> list[tuple]:
     for n in range(days):
         d = start + timedelta(days=n)
         if d.weekday() < 5:
-            rows.extend((i, d, 10.0 + k + n * 0.1 + (n % 7) * 0.3, float(1000 * (k + 1) + n))
-                        for k, i in enumerate(ids) if n % (k + 3))
+            rows.extend(
+                (i, d, 10.0 + k + n * 0.1 + (n % 7) * 0.3, float(1000 * (k + 1) + n))
+                for k, i in enumerate(ids)
+                if n % (k + 3)
+            )
     return rows
 
 
@@ -158,8 +162,10 @@ def test_a_restart_from_state_ahead_of_the_committed_offsets_skips_what_it_appli
     rows = history(IDS, 80)
     dates = sorted({r[1] for r in rows})
     h = Harness(StaticRegistry(market(IDS), PARTITIONS))
-    batches = [RowBatch("r", W, [r for r in rows if d0 <= r[1] < d0 + timedelta(days=10)])
-               for d0 in (DAY0 + timedelta(days=10 * k) for k in range(8))]
+    batches = [
+        RowBatch("r", W, [r for r in rows if d0 <= r[1] < d0 + timedelta(days=10)])
+        for d0 in (DAY0 + timedelta(days=10 * k) for k in range(8))
+    ]
     for offset, batch in enumerate(batches):
         h.feed(offset, batch)
     reference = Harness(StaticRegistry(market(IDS), PARTITIONS))
@@ -223,12 +229,17 @@ def test_corrections_and_deletions_re_emit_what_they_reach_and_remove_what_falls
     c_rows = [r for r in rows if r[0] == "C" and r[1] >= dates[-1] - timedelta(days=3 * W)]
     gone = {gone_b[:2], *[r[:2] for r in c_rows[:-5]]}  # 5 rows left: fewer than int(0.87 * W)
     after = [r for r in corrected if r[:2] not in gone]
-    fx = h.feed(offset, RowBatch(LIVE_RUN, W, [(target[0], target[1], target[2] * 1.5, target[3] + 7),
-                                               *sorted(gone, key=lambda k: k[1])]))
+    fx = h.feed(
+        offset,
+        RowBatch(
+            LIVE_RUN, W, [(target[0], target[1], target[2] * 1.5, target[3] + 7), *sorted(gone, key=lambda k: k[1])]
+        ),
+    )
     assert fx.output_before_state  # a re-delivery would skip these windows: their output must land first
     want = expected(after, IDS, dates)
-    assert any(k[0] == "C" and k[1] == dates[-1] for k in expected(rows, IDS, dates)) and \
-        not any(k[0] == "C" and k[1] == dates[-1] for k in want)  # the deletion matters
+    assert any(k[0] == "C" and k[1] == dates[-1] for k in expected(rows, IDS, dates)) and not any(
+        k[0] == "C" and k[1] == dates[-1] for k in want
+    )  # the deletion matters
     assert h.stored == want
 
 
@@ -257,14 +268,16 @@ def test_a_replay_correction_older_than_its_windows_is_dead_lettered():
     row = [r for r in rows if r[0] == "A" and r[1] <= early][-1]
     fx = h.feed(offset, RowBatch("replay-old", W, [(row[0], row[1], row[2] * 2, row[3])]))
     assert [d.reason.split(";")[0] for d in fx.dead_letters] == [
-        "row older than the stream keeps (45 days before the instrument's newest row)"]
+        "row older than the stream keeps (45 days before the instrument's newest row)"
+    ]
 
 
 def test_a_bad_row_and_an_unknown_instrument_cost_exactly_themselves():
     rows = history(IDS, 40)
     h = Harness(StaticRegistry(market(IDS), PARTITIONS))
-    raw = RowBatch("r", W, rows + [("NOPE", rows[0][1], 1.0, 1.0)],
-                   rejected=[(NON_POSITIVE_CLOSE, ["A", "2020-01-02", 0, 5])])
+    raw = RowBatch(
+        "r", W, rows + [("NOPE", rows[0][1], 1.0, 1.0)], rejected=[(NON_POSITIVE_CLOSE, ["A", "2020-01-02", 0, 5])]
+    )
     fx = h.feed(0, raw)
     assert sorted(d.reason for d in fx.dead_letters) == [NON_POSITIVE_CLOSE, "unknown instrument 'NOPE'"]
     assert b'"A", "2020-01-02", 0, 5' in next(d.payload for d in fx.dead_letters if d.reason == NON_POSITIVE_CLOSE)
@@ -351,9 +364,14 @@ def look_back(rows: list[tuple], ids: list[str], as_of: date) -> dict:
     for i in ids:
         own = [r for r in rows if r[0] == i and first <= r[1] <= as_of]
         if own:
-            out[i] = window_of(History(np.array([r[1] for r in own], dtype="datetime64[D]"),
-                                       np.array([r[2] for r in own]), np.array([r[3] for r in own])),
-                               day_number(first))
+            out[i] = window_of(
+                History(
+                    np.array([r[1] for r in own], dtype="datetime64[D]"),
+                    np.array([r[2] for r in own]),
+                    np.array([r[3] for r in own]),
+                ),
+                day_number(first),
+            )
     return out
 
 

@@ -4,39 +4,62 @@ Real broker, real PostgreSQL, real worker processes: kill -9 of the worker (thre
 the replay producer, a 30 s loss of the database, a broker restart, and a SIGTERM (in
 test_stream_resilience.py). Each prints a line for the closing note's fault table.
 """
+
 from __future__ import annotations
 
 import random
 import re
 import signal
 import subprocess
-import sys
 import time
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
 
-from tests.helpers import assert_same_embeddings, load_synthetic, stored, wait_for
-from tests.tcp_proxy import TcpProxy
-from tests.test_stream_resilience import group_members, replay_ticks_committed, start_worker, stop
-from tests.test_worker_web import get
+from tests.support.cli import EMBEDDER
+from tests.support.helpers import assert_same_embeddings, load_synthetic, stored, wait_for
+from tests.support.tcp_proxy import TcpProxy
+from tests.support.workers import get, group_members, replay_ticks_committed
+from tests.support.workers import start_named_worker as start_worker
+from tests.support.workers import stop_if_running as stop
 
-EMBEDDER = [sys.executable, "-m", "embedder.cli"]
-YEAR = ["--from", "2019-01-01", "--to", "2019-12-31", "--market-id", "US_EQ",
-        "--model-id", "num-regime-core-v1", "--model-id", "numeric-simple-v1"]
+YEAR = [
+    "--from",
+    "2019-01-01",
+    "--to",
+    "2019-12-31",
+    "--market-id",
+    "US_EQ",
+    "--model-id",
+    "num-regime-core-v1",
+    "--model-id",
+    "numeric-simple-v1",
+]
 
 
 def start_replay(env) -> subprocess.Popen:
-    return subprocess.Popen(EMBEDDER + ["replay", *YEAR], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    return subprocess.Popen(
+        EMBEDDER + ["replay", *YEAR],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def direct_result(env, url: str) -> dict:
     with psycopg.connect(url) as conn:
         conn.execute("TRUNCATE numeric_window_embeddings")
-    proc = subprocess.run(EMBEDDER + ["replay", "--direct", *YEAR], env=env, capture_output=True, text=True,
-                          timeout=300, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        EMBEDDER + ["replay", "--direct", *YEAR],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return stored(url)
 
@@ -50,8 +73,10 @@ def check_against_batch(env, url: str, fault: str, injected: int, recovery: floa
     """Equality byte for byte and exact counts; one line for the fault table."""
     streamed, present = stored(url), row_count(url)
     batch = direct_result(env, url)
-    print(f"\nFAULT-TABLE | {fault} | injected {injected} | expected {len(batch)} | present {present} | "
-          f"duplicated {present - len(streamed)} | recovery {recovery:.1f}s")
+    print(
+        f"\nFAULT-TABLE | {fault} | injected {injected} | expected {len(batch)} | present {present} | "
+        f"duplicated {present - len(streamed)} | recovery {recovery:.1f}s"
+    )
     assert present == len(streamed)  # no duplicate rows (the unique key would forbid them anyway)
     assert_same_embeddings(streamed, batch, url)
     assert present == len(batch)
@@ -64,12 +89,12 @@ def ticks_total(url: str) -> int:
     return dates
 
 
-
 @pytest.fixture
 def cli_env(cli_env):
     """Replays in 7-day blocks: many ticks, so the faults land mid-run (with the default 60-day blocks
     the stream finishes these ranges in a handful of blocks, before a fault can be injected)."""
     return cli_env | {"EMBEDDER_REPLAY_BLOCK_DAYS": "7"}
+
 
 @pytest.mark.slow
 def test_worker_killed_three_times_and_producer_killed_once(db_url, cli_env, tmp_path):
@@ -87,7 +112,7 @@ def test_worker_killed_three_times_and_producer_killed_once(db_url, cli_env, tmp
         replay = start_replay(cli_env)
         recoveries = []
         for point in points:
-            wait_for(lambda: replay_ticks_committed(db_url) >= point * total, 300, f"{point:.0%} of the ticks")
+            wait_for(lambda p=point: replay_ticks_committed(db_url) >= p * total, 300, f"{point:.0%} of the ticks")
             worker.kill()  # kill -9
             worker.wait()
             killed_at = time.monotonic()
@@ -95,8 +120,9 @@ def test_worker_killed_three_times_and_producer_killed_once(db_url, cli_env, tmp
             worker = start_worker(cli_env, tmp_path, "w")  # same state folder
             # (A kill can land after the run's last tick commit: the stream finishes the last 15 % of
             # this run in about a second. Then there is nothing left to make progress on.)
-            wait_for(lambda: before >= total or replay_ticks_committed(db_url) > before, 180,
-                     "progress after the restart")
+            wait_for(
+                lambda b=before: b >= total or replay_ticks_committed(db_url) > b, 180, "progress after the restart"
+            )
             recoveries.append(time.monotonic() - killed_at)
             # The next kill waits until the dead member has left the group: a worker that joins while its
             # group is still rebalancing can sit without fetching in faust-streaming 0.15.3 (README).
@@ -115,8 +141,14 @@ def test_worker_killed_three_times_and_producer_killed_once(db_url, cli_env, tmp
         replay.kill()
         replay.wait()
         killed_at = time.monotonic()
-        rerun = subprocess.run(EMBEDDER + ["replay", *YEAR], env=cli_env, capture_output=True, text=True,
-                               timeout=600, stdin=subprocess.DEVNULL)
+        rerun = subprocess.run(
+            EMBEDDER + ["replay", *YEAR],
+            env=cli_env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            stdin=subprocess.DEVNULL,
+        )
         assert rerun.returncode == 0, rerun.stderr[-3000:]
         check_against_batch(cli_env, db_url, "replay producer kill -9", 1, time.monotonic() - killed_at)
     finally:

@@ -1,6 +1,7 @@
 """Scaling out and back (issue 18): `embedder live repartition N` during live days, then a worker joining and
 another leaving while days land: every tick commits on the new layout and the table equals the batch
 path's embedding of the same prices (real Kafka, real PostgreSQL, the real worker)."""
+
 from __future__ import annotations
 
 import json
@@ -12,9 +13,11 @@ from datetime import date
 import psycopg
 import pytest
 
-from tests.helpers import assert_same_embeddings, expected, load_synthetic, stored, wait_for
-from tests.platform import insert_prices
-from tests.test_live_service import EMBEDDER, MODELS, live_tick_committed, run
+from tests.support.cli import EMBEDDER, run
+from tests.support.helpers import assert_same_embeddings, expected, load_synthetic, stored, wait_for
+from tests.support.markets import MODELS
+from tests.support.platform import insert_prices
+from tests.support.workers import live_tick_committed, start_named_worker
 
 IDS = 16
 
@@ -27,8 +30,7 @@ def land_day(env: dict[str, str], url: str, held: list[tuple], day: date) -> Non
 
 
 def start_worker(env: dict[str, str], tmp_path, name: str) -> subprocess.Popen:
-    return subprocess.Popen(EMBEDDER + ["worker", "--data-dir", str(tmp_path / name)], env=env,
-                            stdout=open(tmp_path / f"{name}.log", "wb"), stderr=subprocess.STDOUT)
+    return start_named_worker(env, tmp_path, name, capture=True)
 
 
 @pytest.mark.slow
@@ -36,9 +38,13 @@ def test_repartition_and_workers_joining_and_leaving_during_live_days(db_url, cl
     url = db_url
     load_synthetic(url, tmp_path, instruments=IDS, start=date(2019, 1, 1))
     with psycopg.connect(url) as conn:
-        days = [r[0] for r in conn.execute("SELECT DISTINCT trade_date FROM prices_daily ORDER BY 1 DESC LIMIT 6")][::-1]
-        held = conn.execute("DELETE FROM prices_daily WHERE trade_date >= %s RETURNING instrument_id, trade_date, close, "
-                            "volume", (days[0],)).fetchall()
+        days = [r[0] for r in conn.execute("SELECT DISTINCT trade_date FROM prices_daily ORDER BY 1 DESC LIMIT 6")][
+            ::-1
+        ]
+        held = conn.execute(
+            "DELETE FROM prices_daily WHERE trade_date >= %s RETURNING instrument_id, trade_date, close, volume",
+            (days[0],),
+        ).fetchall()
         ids = [r[0] for r in conn.execute("SELECT instrument_id FROM instruments ORDER BY 1")]
     before = int(cli_env["EMBEDDER_PARTITIONS"])
     first = start_worker(cli_env, tmp_path, "w1")
@@ -52,8 +58,10 @@ def test_repartition_and_workers_joining_and_leaving_during_live_days(db_url, cl
         assert "-> 3 partitions (generation 1)" in moved.stdout, moved.stdout + moved.stderr
         land_day(cli_env, url, held, days[1])  # at once: the worker is still on the old layout
         wait_for(lambda: live_tick_committed(url, days[1], 3), 240, "a tick on the new layout")
-        print(f"\nrepartition 4 -> 3 with a day landing at once: its tick committed {time.monotonic() - started:.1f} s "
-              "after the command")
+        print(
+            f"\nrepartition 4 -> 3 with a day landing at once: its tick committed {time.monotonic() - started:.1f} s "
+            "after the command"
+        )
         assert first.poll() is None  # the same process, started again on the new layout
         log = (tmp_path / "w1.log").read_text(errors="replace")
         assert "moved to 3 partitions (layout generation 1" in log
@@ -80,9 +88,12 @@ def test_repartition_and_workers_joining_and_leaving_during_live_days(db_url, cl
         def lag_ok() -> bool:  # the group commits its offsets on a timer: OK once it has
             readings.append(subprocess.run(lag_cmd, env=cli_env, capture_output=True, text=True, timeout=120))
             return readings[-1].returncode == 0
+
         wait_for(lag_ok, 60, "the group's lag to be OK")
         report = json.loads(readings[-1].stdout)
-        assert {p["topic"] for g in report["groups"] for p in g["partitions"]} >= {f"{cli_env['EMBEDDER_PRICES_TOPIC']}.g1"}
+        assert {p["topic"] for g in report["groups"] for p in g["partitions"]} >= {
+            f"{cli_env['EMBEDDER_PRICES_TOPIC']}.g1"
+        }
     finally:
         for worker in (first, second):
             if worker is not None and worker.poll() is None:

@@ -1,4 +1,5 @@
 """`embedder services`: the local broker and database answer, and `up` is idempotent."""
+
 from __future__ import annotations
 
 import os
@@ -23,8 +24,9 @@ def local_services(endpoints) -> LocalServices:
 
 def test_up_is_idempotent_and_prints_settings(local_services):
     env = {**os.environ, "EMBEDDER_SERVICES_DIR": str(REPO / ".services")}
-    proc = subprocess.run([sys.executable, "-m", "embedder.cli", "services", "up"], capture_output=True,
-                          text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "embedder.cli", "services", "up"], capture_output=True, text=True, env=env, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr
     assert "already running" in proc.stderr
     assert f"export KAFKA_BOOTSTRAP_SERVERS={LOCAL_KAFKA_BOOTSTRAP}" in proc.stdout
@@ -46,8 +48,16 @@ def test_a_broker_start_waits_for_the_data_directory_lock_of_a_stopping_broker(t
     lock_file = kafka.data_dir / ".lock"
     lock_file.touch()
     holder = subprocess.Popen(  # another process holds the lock the way the broker does (fcntl), for 2 s
-        [sys.executable, "-c", "import fcntl,sys,time; h=open(sys.argv[1],'a'); fcntl.lockf(h, fcntl.LOCK_EX); "
-         "print('held', flush=True); time.sleep(2)", str(lock_file)], stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import fcntl,sys,time; h=open(sys.argv[1],'a'); fcntl.lockf(h, fcntl.LOCK_EX); "
+            "print('held', flush=True); time.sleep(2)",
+            str(lock_file),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         held_at = time.monotonic()
@@ -67,10 +77,12 @@ def test_a_broker_that_exits_while_starting_is_explained_by_its_own_fatal_lines(
     log.write_text("[t0] INFO old run (kafka)\n[t0] ERROR an old error (kafka)\n")
     since = log.stat().st_size
     with open(log, "a") as out:
-        out.write("[t1] INFO starting (kafka)\n"
-                  "[t1] ERROR [BrokerServer id=1] Fatal error during broker startup. (kafka.server.BrokerServer)\n"
-                  "org.apache.kafka.common.KafkaException: Failed to acquire lock on file .lock\n"
-                  "[t1] INFO shutting down (kafka)\n")
+        out.write(
+            "[t1] INFO starting (kafka)\n"
+            "[t1] ERROR [BrokerServer id=1] Fatal error during broker startup. (kafka.server.BrokerServer)\n"
+            "org.apache.kafka.common.KafkaException: Failed to acquire lock on file .lock\n"
+            "[t1] INFO shutting down (kafka)\n"
+        )
     text = fatal_lines(log, since)
     assert "Failed to acquire lock" in text and "Fatal error during broker startup" in text
     assert "old error" not in text

@@ -1,4 +1,5 @@
 """Settings come from the environment; secrets never reach messages."""
+
 from __future__ import annotations
 
 from shared.config import Settings, redact_url, scrub_secret

@@ -1,17 +1,15 @@
 """Stream == batch, byte for byte: `embedder replay` through the real broker and a real Faust
 worker gives exactly the rows `replay --direct` gives."""
+
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import psycopg
 import pytest
 
-from tests.helpers import assert_same_embeddings, load_synthetic, stored
-
-EMBEDDER = [sys.executable, "-m", "embedder.cli"]
-
+from tests.support.cli import EMBEDDER
+from tests.support.helpers import assert_same_embeddings, load_synthetic, stored
 
 
 @pytest.fixture
@@ -36,8 +34,20 @@ def clear_embeddings(url: str) -> None:
 @pytest.mark.parametrize("window_days", ["63", "20"])
 def test_stream_equals_batch_on_synthetic_market(db_url, stream_env, tmp_path, window_days):
     load_synthetic(db_url, tmp_path, instruments=20)  # gaps, late listings, short histories, zero volumes
-    args = ["--from", "2019-04-01", "--to", "2019-07-31", "--market-id", "US_EQ", "--window-days", window_days,
-            "--model-id", "numeric-simple-v1", "--model-id", "num-regime-core-v1"]
+    args = [
+        "--from",
+        "2019-04-01",
+        "--to",
+        "2019-07-31",
+        "--market-id",
+        "US_EQ",
+        "--window-days",
+        window_days,
+        "--model-id",
+        "numeric-simple-v1",
+        "--model-id",
+        "num-regime-core-v1",
+    ]
     proc = replay(stream_env, *args)
     assert "embeddings committed" in proc.stdout
     streamed = stored(db_url)
@@ -56,8 +66,20 @@ def test_stream_equals_batch_on_synthetic_market(db_url, stream_env, tmp_path, w
 @pytest.mark.slow
 def test_stream_equals_batch_on_real_data_slice(real_db_url, stream_env):
     env = stream_env | {"DATABASE_URL": real_db_url}
-    args = ["--from", "2018-01-01", "--to", "2019-12-31", "--market-id", "US_EQ", "--limit", "50",
-            "--model-id", "num-regime-core-v1", "--model-id", "numeric-simple-v1"]
+    args = [
+        "--from",
+        "2018-01-01",
+        "--to",
+        "2019-12-31",
+        "--market-id",
+        "US_EQ",
+        "--limit",
+        "50",
+        "--model-id",
+        "num-regime-core-v1",
+        "--model-id",
+        "numeric-simple-v1",
+    ]
     clear_embeddings(real_db_url)
     replay(env, *args)
     streamed = stored(real_db_url)

@@ -1,78 +1,42 @@
 """Workers stopped mid-replay (gracefully or killed) and restarted, and two workers in one group,
 give exactly the batch path's table."""
+
 from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 
 import psycopg
 import pytest
 
-from shared.config import Settings
-from shared.topics import admin_client
-from tests.helpers import assert_same_embeddings, load_synthetic, stored, wait_for
+from tests.support.cli import EMBEDDER
+from tests.support.helpers import assert_same_embeddings, load_synthetic, stored, wait_for
+from tests.support.workers import group_members, replay_ticks_committed
+from tests.support.workers import start_named_worker as start_worker
+from tests.support.workers import stop_if_running as stop
 
-EMBEDDER = [sys.executable, "-m", "embedder.cli"]
-
-RANGE = ["--from", "2019-02-01", "--to", "2019-11-29", "--market-id", "US_EQ",
-         "--model-id", "num-regime-core-v1", "--model-id", "numeric-simple-v1"]
-
-
-def settings_of(env: dict[str, str]) -> Settings:
-    return Settings(_env_file=None, database_url=env["DATABASE_URL"],
-                    kafka_bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"], app_id=env["EMBEDDER_APP_ID"])
-
-
-def group_members(env: dict[str, str]) -> int:
-    """Members of a Stable group that each hold some prices partitions (0 while it rebalances).
-
-    Starting work in the middle of a rebalance can leave faust-streaming 0.15.3 with a worker that
-    never fetches its newly assigned partitions (seen in this test); the tests start on a stable group.
-    """
-    admin = admin_client(settings_of(env))
-    try:
-        groups = admin.describe_groups([env["EMBEDDER_APP_ID"]])
-    finally:
-        admin.close()
-    count = 0
-    for g in groups.values():
-        if g.get("group_state") != "Stable":
-            return 0
-        for m in g.get("members") or []:
-            topics = {a["topic"] for a in (m.get("member_assignment") or {}).get("assigned_partitions", [])
-                      if a.get("partitions")}
-            if env["EMBEDDER_PRICES_TOPIC"] not in topics:
-                return 0
-            count += 1
-    return count
-
-
-def start_worker(env, tmp_path, name: str) -> subprocess.Popen:
-    return subprocess.Popen(EMBEDDER + ["worker", "--no-capture", "--data-dir", str(tmp_path / name)], env=env,
-                            stdout=open(tmp_path / f"{name}.log", "ab"), stderr=subprocess.STDOUT)
-
-
-
-
-def replay_ticks_committed(url: str) -> int:
-    with psycopg.connect(url) as conn:
-        return conn.execute("SELECT count(*) FROM embedder_tick_commits WHERE run_id <> 'live'").fetchone()[0]
+RANGE = [
+    "--from",
+    "2019-02-01",
+    "--to",
+    "2019-11-29",
+    "--market-id",
+    "US_EQ",
+    "--model-id",
+    "num-regime-core-v1",
+    "--model-id",
+    "numeric-simple-v1",
+]
 
 
 def batch_result(env, url: str) -> dict:
     with psycopg.connect(url) as conn:
         conn.execute("TRUNCATE numeric_window_embeddings")
-    proc = subprocess.run(EMBEDDER + ["replay", "--direct", *RANGE], env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        EMBEDDER + ["replay", "--direct", *RANGE], env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr
     return stored(url)
-
-
-def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        proc.wait(timeout=60)
-
 
 
 @pytest.fixture
@@ -80,6 +44,7 @@ def cli_env(cli_env):
     """Replays in 7-day blocks: many ticks, so the faults land mid-run (with the default 60-day blocks
     the stream finishes these ranges in a handful of blocks, before a fault can be injected)."""
     return cli_env | {"EMBEDDER_REPLAY_BLOCK_DAYS": "7"}
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
@@ -89,8 +54,9 @@ def test_worker_stopped_mid_replay_and_restarted_gives_the_batch_table(db_url, c
     replay = None
     try:
         wait_for(lambda: group_members(cli_env) == 1, 60, "the worker to join its group")
-        replay = subprocess.Popen(EMBEDDER + ["replay", *RANGE], env=cli_env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True)
+        replay = subprocess.Popen(
+            EMBEDDER + ["replay", *RANGE], env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         wait_for(lambda: replay_ticks_committed(db_url) >= 40, 120, "the replay to be under way", interval=0.02)
         stop(worker, sig)
         assert replay.poll() is None  # still waiting: the run is not complete

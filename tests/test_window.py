@@ -1,10 +1,13 @@
 """The pure stream state: window rows and the tick log (no broker needed)."""
+
 from __future__ import annotations
 
 from datetime import date, timedelta
 
 import numpy as np
 
+from shared.encoder import embed, to_bytes
+from shared.models import get_model
 from streams.state import RunPartition, TickRecord
 from streams.ticks import embeddings_at
 from streams.window import HEADER, Window, date_of, day_number, upsert_row, upsert_rows
@@ -12,8 +15,6 @@ from streams.window import HEADER, Window, date_of, day_number, upsert_row, upse
 
 def rows_of(state):
     return Window.parse(state).rows
-from shared.encoder import embed, to_bytes
-from shared.models import get_model
 
 
 def test_upsert_keeps_rows_sorted_replaces_a_day_and_trims_old_rows():
@@ -92,8 +93,11 @@ def test_tick_log_and_the_ticks_a_correction_reaches():
 def test_deletions_and_corrections_apply_in_order_and_too_old_changes_are_reported():
     d = [day_number(date(2020, 1, k)) for k in range(1, 11)]
     window, _ = Window.parse(None).apply([(day, 10.0 + k, 1.0) for k, day in enumerate(d)], keep_days=30, offset=1)
-    window, too_old = window.apply([(d[3], None, None), (d[4], 99.0, 2.0), (d[4], None, None), (d[5], None, None),
-                                    (d[5], 55.0, 5.0)], keep_days=30, offset=2)
+    window, too_old = window.apply(
+        [(d[3], None, None), (d[4], 99.0, 2.0), (d[4], None, None), (d[5], None, None), (d[5], 55.0, 5.0)],
+        keep_days=30,
+        offset=2,
+    )
     assert too_old == []
     assert [date_of(int(x)) for x in window.days] == [date(2020, 1, k) for k in (1, 2, 3, 6, 7, 8, 9, 10)]
     assert window.rows["close"][3] == 55.0 and window.holds(d[5]) and not window.holds(d[4])
@@ -121,8 +125,10 @@ def test_appending_rows_takes_the_fast_path_and_equals_the_general_one():
     window, _ = Window.parse(None).apply([(d, 10.0 + d % 7, float(d)) for d in range(18000, 18200, 2)], 120, 1)
     for offset in range(2, 8):
         start = int(window.days[-1]) + int(rng.integers(1, 5))
-        changes = [(d, float(rng.uniform(1, 99)), float(rng.integers(0, 9999)))
-                   for d in range(start, start + int(rng.integers(1, 40)), int(rng.integers(1, 3)))]
+        changes = [
+            (d, float(rng.uniform(1, 99)), float(rng.integers(0, 9999)))
+            for d in range(start, start + int(rng.integers(1, 40)), int(rng.integers(1, 3)))
+        ]
         fast = window.apply(changes, 120, offset)
         # A deletion of a day nobody holds changes nothing, but sends apply down its general path.
         general = window.apply(changes + [(changes[-1][0] + 1, None, None)], 120, offset)

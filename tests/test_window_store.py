@@ -1,5 +1,6 @@
 """Windows kept in chunks (`streams/window_store.py`), over dict tables: what is read back is the window that
 was written, and a day's rows rewrite the head only."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -104,8 +105,8 @@ def test_a_replay_window_is_one_value_read_back_as_written():
     days = trading_days(18_000, 300)
     stored = read(table, "r")
     for k in range(0, 300, 60):  # blocks of a replay
-        after, _ = stored.apply([(d, 1.0 + d, 2.0) for d in days[k:k + 60]], KEEP, k + 1)
-        w = writes("r", stored, after, days[k:k + 60], chunked=False)
+        after, _ = stored.apply([(d, 1.0 + d, 2.0) for d in days[k : k + 60]], KEEP, k + 1)
+        w = writes("r", stored, after, days[k : k + 60], chunked=False)
         assert list(w) == ["r"]
         apply(table, w)
         assert table.keys() == {"r"} and same(read(table, "r"), after)

@@ -1,6 +1,9 @@
 import logging
+
 import faust
+
 from streams.worker import GracefulWorker
+
 
 def test_the_worker_keeps_the_root_logger_at_its_level():
     """faust's spinner would set the root logger to DEBUG (every client debug call then builds a record)."""

@@ -1,17 +1,15 @@
 """The worker's web port: Prometheus metrics, liveness and readiness (with Postgres really unreachable),
 and the lag page rendered by a real headless Chromium."""
+
 from __future__ import annotations
 
 import json
-from datetime import date, timedelta
 import os
 import re
 import shutil
 import signal
 import subprocess
-import sys
-import urllib.error
-import urllib.request
+from datetime import date, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -22,38 +20,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from backfill.publisher import PricePublisher
 from shared.messages import LIVE_RUN, PriceRow
 from shared.topics import ensure_topics
-from tests.helpers import load_synthetic, wait_for
-from tests.tcp_proxy import TcpProxy
-from tests.test_dead_letter import settings_of
-
-EMBEDDER = [sys.executable, "-m", "embedder.cli"]
-
-
-def start_worker(env: dict[str, str], tmp_path: Path, name: str = "w",
-                 capture: bool = False) -> tuple[subprocess.Popen, str]:
-    datadir = tmp_path / name
-    worker = subprocess.Popen(EMBEDDER + ["worker", "--capture" if capture else "--no-capture",
-                                          "--data-dir", str(datadir)], env=env,
-                              stdout=open(tmp_path / f"{name}.log", "wb"), stderr=subprocess.STDOUT)
-    port_file = datadir / "web.port"
-    wait_for(port_file.exists, 60, "the worker's web port")
-    return worker, f"http://127.0.0.1:{port_file.read_text().strip()}"
-
-
-def get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-
-
-def stop(worker: subprocess.Popen) -> None:
-    worker.send_signal(signal.SIGTERM)
-    try:
-        worker.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        worker.kill()
+from tests.support.cli import EMBEDDER, settings_of
+from tests.support.helpers import load_synthetic, wait_for
+from tests.support.tcp_proxy import TcpProxy
+from tests.support.workers import get, stop
+from tests.support.workers import start_web_worker as start_worker
 
 
 @pytest.mark.slow
@@ -67,22 +38,50 @@ def test_metrics_liveness_and_readiness_when_postgres_is_unreachable(db_url, cli
     try:
         assert get(base + "/livez")[0] == 200
         wait_for(lambda: get(base + "/readyz")[0] == 200, 90, "readiness")
-        replay = subprocess.run(EMBEDDER + ["replay", "--from", "2019-06-03", "--to", "2019-06-28", "--market-id",
-                                            "US_EQ", "--model-id", "numeric-simple-v1"],
-                                env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+        replay = subprocess.run(
+            EMBEDDER
+            + [
+                "replay",
+                "--from",
+                "2019-06-03",
+                "--to",
+                "2019-06-28",
+                "--market-id",
+                "US_EQ",
+                "--model-id",
+                "numeric-simple-v1",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            stdin=subprocess.DEVNULL,
+        )
         assert replay.returncode == 0, replay.stderr[-2000:]
         committed = int(re.search(r"embeddings committed: ([\d,]+)", replay.stdout).group(1).replace(",", ""))
         assert committed > 50
 
         def families() -> dict:
             return {f.name: f for f in text_string_to_metric_families(get(base + "/metrics")[1].decode())}
-        wait_for(lambda: "embedder_consumer_lag_messages" in families()
-                 and families()["embedder_sink_embeddings_committed"].samples[0].value >= committed, 30,
-                 "the sink's counters and the lag gauges")
+
+        wait_for(
+            lambda: (
+                "embedder_consumer_lag_messages" in families()
+                and families()["embedder_sink_embeddings_committed"].samples[0].value >= committed
+            ),
+            30,
+            "the sink's counters and the lag gauges",
+        )
         f = families()
-        value = {name: sum(s.value for s in f[name].samples if s.name == f"{name}_total") for name in
-                 ("embedder_rows", "embedder_embeddings_emitted", "embedder_dead_letters",
-                  "embedder_sink_embeddings_committed")}
+        value = {
+            name: sum(s.value for s in f[name].samples if s.name == f"{name}_total")
+            for name in (
+                "embedder_rows",
+                "embedder_embeddings_emitted",
+                "embedder_dead_letters",
+                "embedder_sink_embeddings_committed",
+            )
+        }
         assert value["embedder_rows"] > 100 and value["embedder_dead_letters"] == 0
         assert value["embedder_embeddings_emitted"] >= committed
         assert {s.labels["kind"] for s in f["embedder_events"].samples} >= {"rows", "tick", "end"}
@@ -95,8 +94,11 @@ def test_metrics_liveness_and_readiness_when_postgres_is_unreachable(db_url, cli
         lag_labels = {(s.labels["topic"], s.labels["partition"]) for s in f["embedder_consumer_lag_messages"].samples}
         assert lag_labels == {(env["EMBEDDER_PRICES_TOPIC"], str(p)) for p in range(int(env["EMBEDDER_PARTITIONS"]))}
         assert "embedder_consumer_lag_seconds" in f and "embedder_assigned_partitions" in f
-        assert all(not s.name.startswith("embedder_") or "instrument" not in s.labels
-                   for fam in f.values() for s in fam.samples)
+        assert all(
+            not s.name.startswith("embedder_") or "instrument" not in s.labels
+            for fam in f.values()
+            for s in fam.samples
+        )
 
         proxy.cut()  # Postgres unreachable from the worker
         wait_for(lambda: get(base + "/readyz")[0] == 503, 30, "/readyz to fail")
@@ -136,10 +138,25 @@ def chromium() -> str:
 def render(url: str, profile: Path) -> str:
     """The page's DOM after its script ran, from a real headless Chromium."""
     proc = subprocess.run(
-        [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={profile}", "--virtual-time-budget=4000", "--dump-dom", url],
-        capture_output=True, text=True, timeout=60)
+        [
+            chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            "--virtual-time-budget=4000",
+            "--dump-dom",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout
 
@@ -164,8 +181,11 @@ def test_lag_page_shows_the_backlog_then_zero_in_headless_chromium(cli_env, tmp_
                             FROM generate_series(0, 499) k""")
         publisher = PricePublisher(settings)  # a backlog of single live rows: one event each
         for k in range(40_000):
-            publisher.row(PriceRow(run=LIVE_RUN, i=f"PAGE{k % 500:03d}", d=date(2020, 1, 2) + timedelta(days=k // 500),
-                                   c=10.0, vol=1.0))
+            publisher.row(
+                PriceRow(
+                    run=LIVE_RUN, i=f"PAGE{k % 500:03d}", d=date(2020, 1, 2) + timedelta(days=k // 500), c=10.0, vol=1.0
+                )
+            )
         publisher.flush()
         publisher.close()
         expected = {(settings.prices_topic, p) for p in range(settings.partitions)}
@@ -175,6 +195,7 @@ def test_lag_page_shows_the_backlog_then_zero_in_headless_chromium(cli_env, tmp_
             seen["dom"] = render(base + "/lag", tmp_path / "profile")
             rows = page_rows(seen["dom"])
             return set(rows) == expected and predicate(rows)
+
         wait_for(lambda: shows(lambda rows: sum(rows.values()) > 0), 60, "the page to show a backlog")
         assert 'id="group-status"' in seen["dom"] and "<polyline" in seen["dom"]  # status badge, trend chart
         wait_for(lambda: shows(lambda rows: sum(rows.values()) == 0), 300, "the page to show zero lag")

@@ -1,5 +1,6 @@
 """A real Apache Kafka node in KRaft mode (broker and controller), run from Maven Central jars: alone, or
 one of a local cluster (`embedder/services/kafka_cluster.py`)."""
+
 from __future__ import annotations
 
 import base64
@@ -79,19 +80,32 @@ class LocalKafka:
         self.libs.parent.mkdir(parents=True, exist_ok=True)
         mvn = shutil.which("mvn")
         if not mvn:
-            raise ServiceError("Maven (mvn) is required to fetch the Kafka broker jars; install it (apt-get install maven)")
+            raise ServiceError(
+                "Maven (mvn) is required to fetch the Kafka broker jars; install it (apt-get install maven)"
+            )
         tmp = (self.libs.parent / "libs.partial").resolve()
         shutil.rmtree(tmp, ignore_errors=True)
         run(
-            [mvn, "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
-             "-DincludeScope=runtime", f"-DoutputDirectory={tmp}"],
+            [
+                mvn,
+                "-q",
+                "-B",
+                "-f",
+                str(POM),
+                "dependency:copy-dependencies",
+                "-DincludeScope=runtime",
+                f"-DoutputDirectory={tmp}",
+            ],
             what="fetching Kafka jars with Maven",
         )
         tmp.rename(self.libs)
 
     def _write_config(self) -> None:
-        quorum = (f"controller.quorum.voters={','.join(f'{n}@{self.host}:{p}' for n, p in self.voters)}"
-                  if self.voters else f"controller.quorum.bootstrap.servers={self.host}:{self.controller_port}")
+        quorum = (
+            f"controller.quorum.voters={','.join(f'{n}@{self.host}:{p}' for n, p in self.voters)}"
+            if self.voters
+            else f"controller.quorum.bootstrap.servers={self.host}:{self.controller_port}"
+        )
         rf, isr = self.replication, max(self.replication - 1, 1)
         self.root.mkdir(parents=True, exist_ok=True)
         self.config.write_text(
@@ -163,8 +177,15 @@ class LocalKafka:
         cluster_id = cluster_id or base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         run(
-            self._java(STORAGE_TOOL, "format", "-t", cluster_id, "-c", str(self.config),
-                       *([] if self.voters else ["--standalone"])),
+            self._java(
+                STORAGE_TOOL,
+                "format",
+                "-t",
+                cluster_id,
+                "-c",
+                str(self.config),
+                *([] if self.voters else ["--standalone"]),
+            ),
             what="formatting Kafka KRaft storage",
         )
 
@@ -246,9 +267,12 @@ class LocalKafka:
 
     def _wait_data_dir_unlocked(self, timeout: float) -> None:
         """Wait until no process holds the data directory's lock (a broker still shutting down does)."""
-        wait_until(self._data_dir_unlocked, timeout,
-                   f"{self.data_dir / '.lock'} to be unlocked (held by a broker that has not finished stopping?)",
-                   interval=0.5)
+        wait_until(
+            self._data_dir_unlocked,
+            timeout,
+            f"{self.data_dir / '.lock'} to be unlocked (held by a broker that has not finished stopping?)",
+            interval=0.5,
+        )
 
     def _data_dir_unlocked(self) -> bool:
         lock_file = self.data_dir / ".lock"

@@ -1,6 +1,7 @@
 """A real local Kafka cluster: `size` KRaft nodes (each broker and controller) from the same jars, with the
 replication settings of a production cluster (replication 3, min.insync.replicas 2) — for tests of broker
 loss and for `embedder services up --brokers 3`."""
+
 from __future__ import annotations
 
 import base64
@@ -25,9 +26,19 @@ class LocalKafkaCluster:
     @property
     def nodes(self) -> list[LocalKafka]:
         voters = tuple((k, self.base_port + 2 * (k - 1) + 1) for k in range(1, self.size + 1))
-        return [LocalKafka(self.root / f"node-{k}", self.host, self.base_port + 2 * (k - 1), node_id=k, voters=voters,
-                           replication=min(3, self.size), libs_root=self.root.parent / "kafka", heap_mb=512)
-                for k in range(1, self.size + 1)]
+        return [
+            LocalKafka(
+                self.root / f"node-{k}",
+                self.host,
+                self.base_port + 2 * (k - 1),
+                node_id=k,
+                voters=voters,
+                replication=min(3, self.size),
+                libs_root=self.root.parent / "kafka",
+                heap_mb=512,
+            )
+            for k in range(1, self.size + 1)
+        ]
 
     @property
     def bootstrap(self) -> str:
@@ -54,8 +65,10 @@ class LocalKafkaCluster:
             if node.running_pid():
                 continue
             if port_open(node.host, node.port) or port_open(node.host, node.controller_port):
-                raise ServiceError(f"port {node.port} or {node.controller_port} is already used by a process this "
-                                   "project did not start")
+                raise ServiceError(
+                    f"port {node.port} or {node.controller_port} is already used by a process this "
+                    "project did not start"
+                )
             node.prepare(cluster_id)
             node.spawn()
             started = True
@@ -84,8 +97,12 @@ class LocalKafkaCluster:
             return None
         try:
             # A partition described without an ISR (its leader is away, mid-election) counts as under-replicated.
-            return sum(1 for topic in admin.describe_topics() for p in topic.get("partitions") or []
-                       if len(p.get("isr") or []) < len(p.get("replicas") or [None]))
+            return sum(
+                1
+                for topic in admin.describe_topics()
+                for p in topic.get("partitions") or []
+                if len(p.get("isr") or []) < len(p.get("replicas") or [None])
+            )
         except (KafkaError, OSError):
             return None
         finally:

@@ -1,4 +1,5 @@
 """A real PostgreSQL server from Debian's packages, with its data in a project-local folder."""
+
 from __future__ import annotations
 
 import glob
@@ -9,8 +10,8 @@ from pathlib import Path
 
 from embedder.services.process import (
     ServiceError,
-    describe,
     chown_tree,
+    describe,
     is_root,
     pid_alive,
     port_open,
@@ -43,7 +44,11 @@ def install_server() -> Path:
         raise ServiceError("PostgreSQL server not found; install it with: sudo apt-get install -y postgresql")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     run(["apt-get", "update", "-q"], what="apt-get update", env=env)
-    run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "postgresql"], what="installing postgresql", env=env)
+    run(
+        ["apt-get", "install", "-y", "-q", "--no-install-recommends", "postgresql"],
+        what="installing postgresql",
+        env=env,
+    )
     bindir = find_bindir()
     if not bindir:
         raise ServiceError("postgresql was installed but initdb was not found under /usr/lib/postgresql")
@@ -94,9 +99,19 @@ class LocalPostgres:
             chown_tree(self.root, SERVER_USER)
         try:
             run(
-                [str(bindir / "initdb"), "-D", str(self.data_dir.resolve()), "-U", DB_USER,
-                 f"--pwfile={pwfile.resolve()}", "--auth-local=trust", "--auth-host=scram-sha-256",
-                 "-E", "UTF8", "--no-locale"],
+                [
+                    str(bindir / "initdb"),
+                    "-D",
+                    str(self.data_dir.resolve()),
+                    "-U",
+                    DB_USER,
+                    f"--pwfile={pwfile.resolve()}",
+                    "--auth-local=trust",
+                    "--auth-host=scram-sha-256",
+                    "-E",
+                    "UTF8",
+                    "--no-locale",
+                ],
                 as_user=self._as(),
                 what="initdb",
             )
@@ -128,8 +143,17 @@ class LocalPostgres:
             if is_root():
                 chown_tree(self.root, SERVER_USER)
             run(
-                [str(bindir / "pg_ctl"), "-D", str(self.data_dir.resolve()), "-l", str(self.log_file.resolve()),
-                 "-w", "-t", str(int(timeout)), "start"],
+                [
+                    str(bindir / "pg_ctl"),
+                    "-D",
+                    str(self.data_dir.resolve()),
+                    "-l",
+                    str(self.log_file.resolve()),
+                    "-w",
+                    "-t",
+                    str(int(timeout)),
+                    "start",
+                ],
                 as_user=self._as(),
                 what=f"starting PostgreSQL (see {self.log_file})",
             )
@@ -159,5 +183,3 @@ class LocalPostgres:
             what="stopping PostgreSQL",
         )
         return True
-
-

@@ -1,4 +1,5 @@
 """Small process helpers shared by the local Kafka and PostgreSQL services."""
+
 from __future__ import annotations
 
 import os

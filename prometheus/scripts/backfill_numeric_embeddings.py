@@ -4,14 +4,15 @@ It now runs this project's replay engine: through Kafka by default (starting a
 worker for the run when none is consuming), `--direct` for the batch path. It
 exits only once every embedding of the run is committed.
 """
+
 from __future__ import annotations
 
 import argparse
 import sys
 
 from backfill.selection import RunSelection
-from embedder.replay_command import run_replay
 from embedder.exit_codes import run_with_exit_codes
+from embedder.replay_command import run_replay
 from shared.config import load_settings
 from shared.live_layout import resolve_if_reachable
 from shared.models import DEFAULT_MODEL_ID
@@ -35,8 +36,9 @@ def build_parser() -> OneLineParser:
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--offset", type=int, default=0)
     p.add_argument("--instrument-id", dest="instrument_ids", action="append", default=None)
-    p.add_argument("--model-id", dest="model_ids", action="append", default=None,
-                   help=f"repeatable; default {DEFAULT_MODEL_ID}")
+    p.add_argument(
+        "--model-id", dest="model_ids", action="append", default=None, help=f"repeatable; default {DEFAULT_MODEL_ID}"
+    )
     p.add_argument("--direct", action="store_true", help="compute from Postgres without Kafka")
     return p
 
@@ -54,8 +56,9 @@ def main(argv: list[str] | None = None) -> int:
             limit=args.limit,
             offset=args.offset,
         )
-        run_replay(load_settings() if args.direct else resolve_if_reachable(load_settings()), selection,
-                   direct=args.direct)
+        run_replay(
+            load_settings() if args.direct else resolve_if_reachable(load_settings()), selection, direct=args.direct
+        )
 
     return run_with_exit_codes(PROG, body)
 

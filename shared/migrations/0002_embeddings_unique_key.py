@@ -3,6 +3,7 @@
 The platform's old plain INSERTs may have left several rows for one
 (entity_type, entity_id, as_of_date, model_id); the newest embedding_id is kept.
 """
+
 import logging
 
 from yoyo import step
@@ -16,9 +17,7 @@ KEY = "numeric_window_embeddings_entity_asof_model_key"
 
 def apply_step(conn) -> None:
     cur = conn.cursor()
-    cur.execute(
-        "SELECT 1 FROM pg_constraint WHERE conname = %s", (KEY,)
-    )
+    cur.execute("SELECT 1 FROM pg_constraint WHERE conname = %s", (KEY,))
     if cur.fetchone():
         return
     cur.execute(

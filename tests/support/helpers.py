@@ -1,4 +1,5 @@
 """Helpers shared by the database-backed tests."""
+
 from __future__ import annotations
 
 import time
@@ -9,11 +10,17 @@ import psycopg
 
 from backfill.price_import import import_prices
 from backfill.synthetic import write_synthetic_csv
-from tests.reference import reference_embedding
+from tests.support.reference import reference_embedding
 
 
-def load_synthetic(url: str, tmp_path: Path, instruments: int = 20, start: date = date(2019, 1, 1),
-                   end: date = date(2019, 12, 31), seed: int = 3) -> None:
+def load_synthetic(
+    url: str,
+    tmp_path: Path,
+    instruments: int = 20,
+    start: date = date(2019, 1, 1),
+    end: date = date(2019, 12, 31),
+    seed: int = 3,
+) -> None:
     path = tmp_path / "synthetic.csv.gz"
     write_synthetic_csv(path, instruments, start, end, seed)
     import_prices(url, [path])
@@ -23,22 +30,26 @@ def stored(url: str) -> dict[tuple, bytes]:
     """(entity_id, as_of_date, model_id) -> vector bytes of every stored embedding."""
     with psycopg.connect(url) as conn:
         rows = conn.execute(
-            "SELECT entity_id, as_of_date, model_id, vector, window_spec FROM numeric_window_embeddings").fetchall()
+            "SELECT entity_id, as_of_date, model_id, vector, window_spec FROM numeric_window_embeddings"
+        ).fetchall()
     return {(e, d, m): bytes(v) for e, d, m, v, _ in rows}
 
 
-def expected(url: str, instrument_ids: list[str], as_of_dates: list[date], window_days: int,
-             model_ids: list[str]) -> dict[tuple, bytes]:
+def expected(
+    url: str, instrument_ids: list[str], as_of_dates: list[date], window_days: int, model_ids: list[str]
+) -> dict[tuple, bytes]:
     """SPEC section 3 by the plain-loop reference over what prices_daily holds now."""
     with psycopg.connect(url) as conn:
         rows = conn.execute(
             "SELECT instrument_id, trade_date, close, volume FROM prices_daily WHERE instrument_id = ANY(%s)",
-            (instrument_ids,)).fetchall()
+            (instrument_ids,),
+        ).fetchall()
     return expected_from_rows(rows, instrument_ids, as_of_dates, window_days, model_ids)
 
 
-def expected_from_rows(rows, instrument_ids: list[str], as_of_dates: list[date], window_days: int,
-                       model_ids) -> dict[tuple, bytes]:
+def expected_from_rows(
+    rows, instrument_ids: list[str], as_of_dates: list[date], window_days: int, model_ids
+) -> dict[tuple, bytes]:
     """SPEC section 3 by the plain-loop reference over `rows` (instrument_id, trade_date, close, volume)."""
     by_id: dict[str, list] = {}
     for i, d, c, v in rows:
@@ -75,9 +86,17 @@ def assert_same_embeddings(got: dict[tuple, bytes], want: dict[tuple, bytes], ur
     details = ""
     if url and differ:
         with psycopg.connect(url) as conn:
-            details = "; stored: " + ", ".join(str(conn.execute(
-                """SELECT entity_id, as_of_date, window_spec, created_at FROM numeric_window_embeddings
-                   WHERE entity_id = %s AND as_of_date = %s AND model_id = %s""", k).fetchone()) for k in differ[:3])
+            details = "; stored: " + ", ".join(
+                str(
+                    conn.execute(
+                        """SELECT entity_id, as_of_date, window_spec, created_at FROM numeric_window_embeddings
+                   WHERE entity_id = %s AND as_of_date = %s AND model_id = %s""",
+                        k,
+                    ).fetchone()
+                )
+                for k in differ[:3]
+            )
     raise AssertionError(
         f"{len(missing)} missing (e.g. {missing[:3]}), {len(extra)} extra (e.g. {extra[:3]}), "
-        f"{len(differ)} with other bytes (e.g. {differ[:3]}) of {len(want)} expected{details}")
+        f"{len(differ)} with other bytes (e.g. {differ[:3]}) of {len(want)} expected{details}"
+    )

@@ -1,17 +1,16 @@
 """A platform database as users have it: SPEC section 2 tables made with plain SQL, years of prices
 loaded with plain INSERTs before this project was installed (so no capture trigger saw them)."""
+
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Iterable
 from datetime import date
 
 import psycopg
 
 from backfill.synthetic import synthetic_rows
-
-EMBEDDER = [sys.executable, "-m", "embedder.cli"]
+from tests.support.cli import EMBEDDER
 
 PLATFORM_DDL = """
 CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY);
@@ -44,12 +43,15 @@ def create_platform_database(database_factory) -> str:
     return url
 
 
-def add_instruments(url: str, ids: Iterable[str], market_id: str = "US_EQ", asset_class: str = "EQUITY",
-                    status: str = "ACTIVE") -> None:
+def add_instruments(
+    url: str, ids: Iterable[str], market_id: str = "US_EQ", asset_class: str = "EQUITY", status: str = "ACTIVE"
+) -> None:
     with psycopg.connect(url) as conn, conn.cursor() as cur:
-        cur.executemany("""INSERT INTO instruments (instrument_id, market_id, asset_class, symbol, currency, status)
+        cur.executemany(
+            """INSERT INTO instruments (instrument_id, market_id, asset_class, symbol, currency, status)
                            VALUES (%s, %s, %s, %s, 'USD', %s)""",
-                        [(i, market_id, asset_class, i[:50], status) for i in ids])
+            [(i, market_id, asset_class, i[:50], status) for i in ids],
+        )
 
 
 def market_history(ids: list[str], start: date, end: date, seed: int = 5) -> list[tuple]:
@@ -69,8 +71,9 @@ def insert_prices(conn: psycopg.Connection, rows: Iterable[tuple]) -> None:
 
 
 def upgrade(env: dict[str, str]) -> str:
-    proc = subprocess.run(EMBEDDER + ["db", "upgrade"], env=env, capture_output=True, text=True, timeout=300,
-                          stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        EMBEDDER + ["db", "upgrade"], env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout
 
@@ -78,6 +81,11 @@ def upgrade(env: dict[str, str]) -> str:
 def selectable(url: str, market_id: str = "US_EQ") -> list[str]:
     """The market selection of SPEC section 2."""
     with psycopg.connect(url) as conn:
-        return [r[0] for r in conn.execute(
-            """SELECT instrument_id FROM instruments WHERE market_id = %s AND asset_class = 'EQUITY'
-               AND status = 'ACTIVE' ORDER BY instrument_id""", (market_id,))]
+        return [
+            r[0]
+            for r in conn.execute(
+                """SELECT instrument_id FROM instruments WHERE market_id = %s AND asset_class = 'EQUITY'
+               AND status = 'ACTIVE' ORDER BY instrument_id""",
+                (market_id,),
+            )
+        ]

@@ -1,4 +1,5 @@
 """A TCP forwarder the tests can cut: a real network outage between a worker and its database."""
+
 from __future__ import annotations
 
 import socket
