@@ -15,7 +15,7 @@ from pathlib import Path
 
 from kafka.errors import KafkaError
 
-from shared.config import Settings
+from shared.config import Settings, settings_env
 from shared.errors import EmbedderError, ServiceUnavailable
 from shared.kafka_retry import with_retries
 from shared.lag import LagMonitor
@@ -40,20 +40,9 @@ def worker_running(settings: Settings) -> bool:
 
 
 def worker_env(settings: Settings) -> dict[str, str]:
-    """The environment that gives a child worker exactly these settings."""
-    return os.environ | {
-        "DATABASE_URL": settings.database_url,
-        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
-        "EMBEDDER_APP_ID": settings.app_id,
-        "EMBEDDER_PRICES_TOPIC": settings.prices_topic,
-        "EMBEDDER_DEAD_LETTER_TOPIC": settings.dead_letter_topic,
-        "EMBEDDER_PARTITIONS": str(settings.partitions),
-        "EMBEDDER_WINDOW_DAYS": str(settings.window_days),
-        "EMBEDDER_RETENTION_SLACK_DAYS": str(settings.retention_slack_days),
-        "EMBEDDER_SINK_BATCH_EMBEDDINGS": str(settings.sink_batch_embeddings),
-        "EMBEDDER_SINK_BATCH_SECONDS": str(settings.sink_batch_seconds),
-        "EMBEDDER_WEB_PORT": "0",  # beside a running service: any free port
-    }
+    """The environment that gives a child worker exactly these settings (all of them:
+    `shared.config.settings_env`), on any free web port beside a running service."""
+    return os.environ | settings_env(settings) | {"EMBEDDER_WEB_PORT": "0"}
 
 
 def wait_until_ready(proc: subprocess.Popen, datadir: Path, timeout: float = 120.0) -> None:

@@ -9,12 +9,20 @@ import psycopg
 
 from shared.config import load_settings, scrub_secret
 from shared.errors import BadArguments, EmbedderError
+from shared.lag_status import LagStatus
 from shared.logs import error_line
 
 USAGE = 2
 FAILURE = 1
 INTERRUPTED = 130
-LAG_EXIT_CODES = {"OK": 0, "ERR": FAILURE, "WARN": 3, "REWIND": 4, "STALL": 5, "STOP": 6}
+LAG_EXIT_CODES = {
+    LagStatus.OK: 0,
+    LagStatus.ERR: FAILURE,
+    LagStatus.WARN: 3,
+    LagStatus.REWIND: 4,
+    LagStatus.STALL: 5,
+    LagStatus.STOP: 6,
+}
 """`embedder lag`: one code per status (the worst group's), never USAGE, for cron and monitoring checks."""
 
 

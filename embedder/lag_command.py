@@ -14,16 +14,17 @@ from rich.table import Table
 from embedder.console import err, out
 from embedder.exit_codes import LAG_EXIT_CODES
 from shared.config import Settings
-from shared.lag import LagMonitor, LagReport, worst
+from shared.lag import LagMonitor, LagReport
+from shared.lag_status import LagStatus, worst
 from shared.metrics import LagMetrics
 
 STATUS_STYLE = {
-    "OK": "green",
-    "WARN": "yellow",
-    "REWIND": "magenta",
-    "STALL": "red",
-    "STOP": "bold red",
-    "ERR": "bold magenta",
+    LagStatus.OK: "green",
+    LagStatus.WARN: "yellow",
+    LagStatus.REWIND: "magenta",
+    LagStatus.STALL: "red",
+    LagStatus.STOP: "bold red",
+    LagStatus.ERR: "bold magenta",
 }
 COLUMNS = ("role", "topic", "partition", "committed", "end", "lag", "lag s", "rate/s", "catch-up s", "status")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import time
 from functools import lru_cache
@@ -10,7 +11,16 @@ from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.errors import BadArguments
@@ -167,6 +177,28 @@ class Settings(BaseSettings):
     def capture_idle_limit(self) -> float | None:
         """The idle limit as the capture switch stores it (None: capture never stops by itself)."""
         return self.capture_idle_hours or None
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that gives a child process exactly `settings`: every field, under the variable it is
+    read from (complex values as JSON, as pydantic-settings reads them); unset optional ones are left out."""
+    env: dict[str, str] = {}
+    for name, field in Settings.model_fields.items():
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        alias = field.validation_alias
+        key = alias.choices[0] if isinstance(alias, AliasChoices) else f"EMBEDDER_{name.upper()}"
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, str | int | float | Path):
+            text = str(value)
+        else:
+            text = json.dumps(TypeAdapter(field.annotation or object).dump_python(value, mode="json"))
+        env[str(key)] = text
+    return env
 
 
 @lru_cache(maxsize=1)

@@ -34,6 +34,7 @@ from shared.config import Settings
 from shared.errors import ServiceUnavailable
 from shared.kafka_config import kafka_python_config
 from shared.kafka_retry import with_retries
+from shared.lag_status import LagStatus, worst
 
 
 class _FaustMetadataNoise(logging.Filter):
@@ -45,7 +46,6 @@ class _FaustMetadataNoise(logging.Filter):
 
 logging.getLogger("kafka.admin._groups").addFilter(_FaustMetadataNoise())
 
-STATUS_ORDER = ("OK", "WARN", "REWIND", "STALL", "STOP", "ERR")
 JSON_VERSION = 1
 
 
@@ -73,7 +73,7 @@ class PartitionLag:
     lag_seconds: float | None  # age of the oldest unconsumed record
     rate: float | None  # committed offsets per second over the window
     eta_seconds: float | None  # time to catch up at that rate
-    status: str
+    status: LagStatus
 
 
 @dataclass
@@ -81,7 +81,7 @@ class GroupLag:
     group: str
     state: str
     members: int
-    status: str
+    status: LagStatus
     lag: int
     lag_seconds: float | None
     partitions: list[PartitionLag] = field(default_factory=list)
@@ -120,26 +120,22 @@ def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
         raise ServiceUnavailable(f"cannot read the offsets of {topic}: {e}") from None
 
 
-def judge(samples: list[Sample], has_members: bool) -> str:
+def judge(samples: list[Sample], has_members: bool) -> LagStatus:
     """Burrow-style status of one partition from its samples, oldest first."""
     latest = samples[-1]
     committed = [s.committed for s in samples if s.committed is not None]
     if any(b < a for a, b in zip(committed, committed[1:])):
-        return "REWIND"  # the committed offset moved backwards (offsets reset, topic recreated)
+        return LagStatus.REWIND  # the committed offset moved backwards (offsets reset, topic recreated)
     if latest.lag == 0 or any(s.lag == 0 for s in samples):
-        return "OK"
+        return LagStatus.OK
     if not has_members:
-        return "STOP"
+        return LagStatus.STOP
     if len(samples) >= 2 and samples[0].committed == latest.committed:
-        return "STALL"
+        return LagStatus.STALL
     lags = [s.lag for s in samples]
     if len(lags) >= 3 and all(b > a for a, b in zip(lags, lags[1:])):
-        return "WARN"
-    return "OK"
-
-
-def worst(statuses: list[str]) -> str:
-    return max(statuses, key=STATUS_ORDER.index, default="OK")
+        return LagStatus.WARN
+    return LagStatus.OK
 
 
 class LagMonitor:
@@ -186,14 +182,14 @@ class LagMonitor:
                 self.group,
                 "UNKNOWN",
                 0,
-                "ERR",
+                LagStatus.ERR,
                 0,
                 None,
                 error=f"topics {', '.join(self.roles)} not found (no worker or replay created them yet)",
             )
         except Exception as e:  # noqa: BLE001 - a monitor reports ERR, it never takes its caller down
             self.close()  # reconnect next time
-            group = GroupLag(self.group, "UNKNOWN", 0, "ERR", 0, None, error=str(e).splitlines()[0][:300])
+            group = GroupLag(self.group, "UNKNOWN", 0, LagStatus.ERR, 0, None, error=str(e).splitlines()[0][:300])
         return LagReport(now, self.window_seconds, [group])
 
     def _clients(self):

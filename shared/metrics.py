@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from shared.lag_status import LagStatus
+
 
 @dataclass(frozen=True)
 class StreamMetrics:
@@ -202,7 +204,7 @@ class StreamMetrics:
         )
 
 
-LAG_STATUSES = ("OK", "WARN", "REWIND", "STALL", "STOP", "ERR")
+LAG_STATUSES = tuple(LagStatus)
 
 
 @dataclass(frozen=True)

@@ -136,7 +136,7 @@ def register(
            flushing the producer, so changelogs and dead letters are durable before it counts.
         """
         pending = await send_dead_letters(event, fx.dead_letters)  # 1
-        emitted = sum(1 for b in fx.embeddings for item in b.items if item[3])
+        emitted = sum(1 for b in fx.embeddings for item in b.items if item.vector)
         metrics.embeddings_emitted.inc(emitted)
         acked_by_sink = bool(fx.embeddings) and not fx.output_before_state
         if fx.output_before_state:  # 2 and 3

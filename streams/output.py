@@ -4,10 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
+from typing import NamedTuple
 
-Embedding = tuple[str, date, str, bytes]
-"""(instrument_id, as_of, model_id, vector bytes); empty bytes mean: the key has too little history (a
-tick asked for it, or a correction left its window short): record it as absent, delete any stored row."""
+
+class Embedding(NamedTuple):
+    """One computed embedding. Empty `vector` bytes mean: the key has too little history (a tick asked for
+    it, or a correction left its window short): record it as absent, delete any stored row."""
+
+    instrument_id: str
+    as_of: date
+    model_id: str
+    vector: bytes
 
 
 @dataclass(frozen=True)

@@ -362,7 +362,7 @@ class PartitionProcessor:
         asked = [] if every_full_computed else [(i, d) for i, _ in full for d in dates]  # the usual case: none
         asked += [(i, date_of(d)) for i, w in partial for d in days if w.covers(d, tick.window_days)]
         asked += [(i, d) for i in no_window for d in dates]
-        absent = [(i, d, m, b"") for i, d in asked if (i, d) not in computed for m in tick.models]
+        absent = [Embedding(i, d, m, b"") for i, d in asked if (i, d) not in computed for m in tick.models]
         recheck = tuple((i, dates[0]) for i in no_window) if tick.run == LIVE_RUN else ()
         fx.embeddings.append(
             EmbeddingBatch(
@@ -437,6 +437,9 @@ def recompute(instrument_id: str, window: Window, ticks: Sequence[TickRecord]) -
         present = {(as_of, m) for _, as_of, m, _ in items}
         out.extend(items)
         out.extend(
-            (instrument_id, as_of, m, b"") for as_of in map(date_of, days) for m in models if (as_of, m) not in present
+            Embedding(instrument_id, as_of, m, b"")
+            for as_of in map(date_of, days)
+            for m in models
+            if (as_of, m) not in present
         )
     return out

@@ -164,7 +164,7 @@ class SinkWriter:
         if not self.metrics:
             return
         m = self.metrics
-        n = sum(1 for b in batches for item in b.items if item[3])
+        n = sum(1 for b in batches for item in b.items if item.vector)
         m.sink_commit_seconds.observe(seconds)
         m.sink_batch_embeddings.observe(n)
         m.sink_embeddings_committed.inc(n)

@@ -64,7 +64,9 @@ class Timeline:
             vectors = apply_model(batch.flat, model).astype("<f4", copy=False)
             raw = vectors.tobytes()
             width = vectors.shape[1] * 4
-            out.extend((ids[j], as_of[j], model.model_id, raw[j * width : (j + 1) * width]) for j in range(len(ids)))
+            out.extend(
+                Embedding(ids[j], as_of[j], model.model_id, raw[j * width : (j + 1) * width]) for j in range(len(ids))
+            )
         return out
 
 

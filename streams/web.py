@@ -22,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from shared.config import Settings
 from shared.lag import LagMonitor, LagReport
+from shared.lag_status import LagStatus
 from shared.metrics import StreamMetrics
 
 log = logging.getLogger("embedder.web")
@@ -86,7 +87,7 @@ def readiness(settings: Settings, status: WorkerStatus, interval: float) -> dict
     kafka_ok = (
         latest is not None
         and time.time() - latest.at < max(3 * interval, 15)
-        and all(g.status != "ERR" for g in latest.groups)
+        and all(g.status != LagStatus.ERR for g in latest.groups)
     )
     pg_ok, pg_detail = database_reachable(settings.database_url)
     checks = {

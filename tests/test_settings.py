@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from shared.config import Settings, redact_url, scrub_secret
 
 
@@ -47,3 +49,30 @@ def test_repeated_client_log_lines_are_shown_once_a_minute_with_a_count():
     r = record("Connection failed to node 2 at 127.0.0.1:29291 (attempt 610)")
     assert repeat.filter(r) and r.getMessage().endswith("(599 similar line(s) in the last 60 s not shown)")
     assert repeat.filter(record("Connection lost to node 3"))  # another message is shown at once
+
+
+def test_a_child_process_gets_every_setting_through_its_environment(monkeypatch):
+    """`worker_env` hands a worker started for a run the whole settings object, not a hand-picked part."""
+    from backfill.worker_process import worker_env
+
+    monkeypatch.setenv(
+        "EMBEDDER_TICK_SCHEDULE", '[{"market_id": "US_EQ", "deadline": "18:30", "timezone": "Asia/Tokyo"}]'
+    )
+    parent = Settings(
+        _env_file=None,
+        live_model_ids=("numeric-simple-v1",),
+        kafka_sasl_password="s3cret",
+        partitions=4,
+        version_retention_days=3.5,
+        parity_repair=False,
+        state_dir="elsewhere",
+        sink_batch_seconds=0.5,
+    )
+    monkeypatch.delenv("EMBEDDER_TICK_SCHEDULE")
+    env = worker_env(parent)
+    for key in [k for k in os.environ if k.startswith("EMBEDDER_") or k in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    child = Settings(_env_file=None)
+    assert child.model_copy(update={"web_port": parent.web_port}) == parent and child.web_port == 0
