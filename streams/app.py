@@ -10,7 +10,9 @@ from shared.config import Settings
 from shared.kafka_config import faust_broker_options
 from shared.metrics import StreamMetrics
 from streams import faust_fixes
-from streams.agents import LostWindows, register
+from streams.adapter import LostWindows
+from streams.agents import register
+from streams.sink import BatchingSink
 
 
 def create_app(
@@ -20,8 +22,9 @@ def create_app(
     *,
     store: str = "rocksdb://",
     on_lost_windows: LostWindows | None = None,
-) -> faust.App:
-    """A Faust app with the project's topics, tables and agents wired in."""
+) -> tuple[faust.App, BatchingSink]:
+    """A Faust app with the project's topics, tables and agents wired in, and its sink (the caller stops
+    it when the app has stopped: what is queued is written first)."""
     faust_fixes.apply(settings.allow_unverified_faust, settings.consumer_fetch_wait_ms)
     app = faust.App(
         settings.app_id,
@@ -46,5 +49,5 @@ def create_app(
         # changelog value back over them while the event's offset still gets committed (rows lost).
         stream_wait_empty=True,
     )
-    register(app, settings, metrics, on_lost_windows)
-    return app
+    sink = register(app, settings, metrics, on_lost_windows)
+    return app, sink

@@ -15,7 +15,7 @@ from shared.config import Settings
 from shared.logs import json_logging_config, quiet_repeats
 from shared.metrics import StreamMetrics
 from shared.topics import ensure_topics
-from streams.agents import LostWindows
+from streams.adapter import LostWindows
 from streams.app import create_app
 from streams.layout_watch import LayoutWatch, restart_process
 from streams.web import LagSampler, WorkerStatus, serve
@@ -137,11 +137,12 @@ def run_worker(
     PlatformCollector(registry=registry)
     metrics = StreamMetrics.create(registry)
     status = WorkerStatus()
-    app = create_app(settings, datadir, metrics, on_lost_windows=on_lost_windows)
+    app, sink = create_app(settings, datadir, metrics, on_lost_windows=on_lost_windows)
     quiet_repeats()  # again: the clients' modules are imported now
     watch_assignment(app, settings, status, metrics)
     layout = LayoutWatch(settings).start()  # `embedder live repartition`: stop, then start again on it
-    stops = [start_web(settings, datadir, registry, metrics, status), layout.close]
+    # The sink first: once the app has stopped, what it queued is written before the process ends.
+    stops = [sink.stop, start_web(settings, datadir, registry, metrics, status), layout.close]
     if beside:
         stops.append(beside(status.ready, metrics))
     try:

@@ -7,21 +7,26 @@ plain-loop SPEC section 3).
 
 from __future__ import annotations
 
+import asyncio
 from datetime import date, timedelta
 
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 
 from shared.encoder import LOOKBACK_FACTOR
 from shared.messages import LIVE_RUN, BadMessage, RowBatch, RunEnd, Tick
+from shared.metrics import StreamMetrics
 from shared.price_history import History
 from shared.validation import NON_POSITIVE_CLOSE
 from streams import window_store
+from streams.adapter import PricesAdapter
 from streams.lookback import window_of
-from streams.processor import Effects, PartitionProcessor, ProcessorConfig
+from streams.processor import Effects, ProcessorConfig
 from streams.registry import InstrumentInfo, StaticRegistry
 from streams.state import SEP, RunPartition, run_key, window_key
 from streams.window import day_number
+from tests.support.fakes import DeadLetters, Event, Sink, Table
 from tests.support.helpers import expected_from_rows
 
 PARTITIONS = 1
@@ -31,48 +36,59 @@ DAY0 = date(2020, 1, 1)
 
 
 class Harness:
-    """A processor over dict tables; `feed` applies the effects' writes like the adapter's step 4."""
+    """A processor over dict tables, its effects applied by the worker's own commit order
+    (`PricesAdapter.apply_effects`) into fake tables, a fake sink and a fake dead-letter topic."""
 
-    def __init__(self, registry: StaticRegistry | None = None, windows=None, runs=None):
-        self.windows: dict[str, bytes] = {} if windows is None else windows
-        self.runs: dict[str, bytes] = {} if runs is None else runs
+    def __init__(self, registry: StaticRegistry | None = None, windows: Table | None = None, runs: Table | None = None):
+        self.log: list[str] = []
+        self.windows = windows if windows is not None else Table(self.log)
+        self.runs = runs if runs is not None else Table(self.log)
         self.registry = registry or StaticRegistry({}, PARTITIONS)
-        self.proc = PartitionProcessor(0, ProcessorConfig(PARTITIONS, W, 15), self.windows, self.runs, self.registry)
-        self.stored: dict[tuple, bytes] = {}  # what the sink would hold: upserts and deletions in order
+        self.sink = Sink(self.log)
+        self.adapter = PricesAdapter(
+            ProcessorConfig(PARTITIONS, W, 15),
+            self.windows,
+            self.runs,
+            self.registry,
+            None,
+            self.sink,
+            DeadLetters(self.log),
+            StreamMetrics.create(CollectorRegistry()),
+        )
+        self.proc = self.adapter.processor_of(0)
+        self.stored: dict[tuple, bytes] = {}  # what the sink committed: upserts and deletions in order
         self.done: list = []
         self.unacked: set[int] = set()
         self.next_offset = 0
 
     def feed(self, offset: int, message, committed: bool = True, commit_offsets: bool = True) -> Effects:
-        """Process, let the sink commit the output (unless `committed` is False: a crash before the
-        sink's commit, so the event is never acked), apply the state writes, and commit offsets as
-        faust does: up to the first unacked event."""
+        """Process, apply the effects in the commit order with a sink that commits the output (unless
+        `committed` is False: a crash before the sink's commit, so the event is never acked), and
+        commit offsets as faust does: up to the first unacked event."""
         fx = self.proc.process(offset, message)
         self.next_offset = max(self.next_offset, offset + 1)
-        if not committed:
-            self.unacked.add(offset)
-            self._apply_writes(fx)
-            self.proc.committed(min(self.unacked))
-            return fx
-        for batch in fx.embeddings:
+        event = Event(0, offset, message, self.log)
+        self.sink.hold = not committed
+        before = len(self.sink.committed)
+
+        async def apply() -> None:
+            await self.adapter.apply_effects(event, fx)
+            await asyncio.sleep(0)  # the sink's acks
+
+        asyncio.run(apply())
+        for batch in self.sink.committed[before:]:
             for i, d, m, v in batch.items:
                 if v:
                     self.stored[(i, d, m)] = v
                 else:
                     self.stored.pop((i, d, m), None)
             self.done.extend(batch.done)
-        self._apply_writes(fx)
-        if commit_offsets:  # faust commits on a timer: False models a crash before it came round
+        if not event.acked:
+            self.unacked.add(offset)
+            self.proc.committed(min(self.unacked))
+        elif commit_offsets:  # faust commits on a timer: False models a crash before it came round
             self.proc.committed(min(self.unacked) if self.unacked else self.next_offset)
         return fx
-
-    def _apply_writes(self, fx: Effects) -> None:
-        for table, writes in ((self.windows, fx.writes.windows), (self.runs, fx.writes.runs)):
-            for key, value in writes.items():
-                if value is None:
-                    table.pop(key, None)
-                else:
-                    table[key] = value
 
 
 def market(ids: list[str], market_id: str = "M1", selectable: bool = True) -> dict[str, InstrumentInfo]:

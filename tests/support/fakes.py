@@ -1,0 +1,93 @@
+"""Fakes of what `streams.adapter.PricesAdapter` writes to — state tables, the sink, the dead-letter topic —
+and of faust's events, each logging what it did, so tests see the commit order and can fail any step."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+from shared.messages import encode
+from streams.registry import StaticRegistry
+
+
+class Table(dict):
+    """A state table over a dict; `fail` makes the next put raise (a RocksDB or changelog error)."""
+
+    def __init__(self, log: list[str]):
+        super().__init__()
+        self.log, self.fail = log, False
+
+    def put(self, key: str, value: bytes | None) -> None:
+        if self.fail:
+            raise OSError("state write failed")
+        self.log.append("state")
+        if value is None:
+            self.pop(key, None)
+        else:
+            self[key] = value
+
+
+class Sink:
+    """Commits at once, or raises (`fail`), or holds a write until `release` is set; with `hold`, output is
+    taken and never committed (the process dies before the commit: nothing is acked)."""
+
+    def __init__(self, log: list[str]):
+        self.log, self.fail, self.release, self.hold = log, False, None, False
+        self.committed: list = []
+
+    async def submit(self, batches, done) -> None:
+        if self.fail:
+            raise OSError("sink failed")
+        if self.hold:
+            return
+        self.log.append("sink")
+        self.committed.extend(batches)
+        asyncio.get_running_loop().call_soon(done)  # as BatchingSink: on the loop, after its commit
+
+    async def write(self, batches) -> None:
+        if self.release is not None:
+            await self.release.wait()
+        if self.fail:
+            raise OSError("sink failed")
+        self.log.append("sink")
+        self.committed.extend(batches)
+
+
+class DeadLetters:
+    """Sends at once; `fail_send` raises on send, `fail_ack` makes Kafka's acknowledgement fail."""
+
+    def __init__(self, log: list[str]):
+        self.log, self.fail_send, self.fail_ack = log, False, False
+        self.sent: list[bytes] = []
+
+    async def send(self, *, key, value):
+        if self.fail_send:
+            raise OSError("broker away")
+        self.log.append("dead letter")
+        self.sent.append(value)
+        acked = asyncio.get_running_loop().create_future()
+        if self.fail_ack:
+            acked.set_exception(OSError("not acknowledged"))
+        else:
+            self.log.append("dead letter acknowledged")
+            acked.set_result(None)
+        return acked
+
+
+class Registry(StaticRegistry):
+    def learn(self, ids) -> None:
+        pass
+
+    def refresh(self, token=None) -> None:
+        pass
+
+
+class Event:
+    def __init__(self, partition: int, offset: int, message, log: list[str]):
+        self.message = SimpleNamespace(partition=partition, offset=offset, topic="prices")
+        self.key, self.value = b"k", encode(message) if not isinstance(message, bytes) else message
+        self.log, self.acked = log, False
+
+    def ack(self) -> None:
+        self.log.append("ack")
+        self.acked = True
