@@ -9,6 +9,7 @@ RUN /opt/embedder/bin/pip install --no-cache-dir -r requirements.lock
 COPY pyproject.toml ./
 COPY shared ./shared
 COPY backfill ./backfill
+COPY live ./live
 COPY streams ./streams
 COPY embedder ./embedder
 COPY prometheus ./prometheus

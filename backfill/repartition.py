@@ -6,7 +6,7 @@ and puts back in the outbox the live ticks the old layout has not committed on e
 commits are forgotten: the new layout computes them whole). Workers see the new generation within
 `LAYOUT_WATCH_SECONDS`, stop gracefully and start again on it (the same process); the first one
 reloads the live windows from prices_daily and moves the waiting ticks behind those loads
-(`backfill.bootstrap.reconcile_state_format`). The relay of the old layout stops marking entries
+(`live.bootstrap.reconcile_state_format`). The relay of the old layout stops marking entries
 published the moment the layout changes, so whatever it was sending is sent again on the new topic.
 
 Ticks wait, and are not lost, from the command until the windows are reloaded: the watch interval, a

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import psycopg
 
-from backfill.outbox import enqueue_tick
 from backfill.worker_process import wait_caught_up as caught_up
 from backfill.worker_process import worker_env
+from live.outbox import enqueue_tick
 from shared.config import Settings
 
 

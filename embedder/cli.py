@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import threading
-from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Optional
@@ -315,52 +313,9 @@ def worker(
 ) -> None:
     """The always-on streaming service: live capture, bootstrap, windows, ticks and the Postgres sink,
     the correction path and the parity audit."""
-    from backfill.bootstrap import reconcile_state_format, requeue_lost
-    from backfill.corrections import start_correction_loop
-    from backfill.outbox import start_relay
-    from backfill.parity_audit import start_parity_audit
-    from backfill.schedule import TickScheduler
-    from shared.db import connection
-    from shared.live_layout import resolve
-    from shared.metrics import StreamMetrics
-    from shared.topics import STATE_FORMAT
-    from streams.worker import run_worker
+    from live.service import run_service
 
-    settings = resolve(load_settings())  # the partitions and generation the database records
-    with connection(settings.database_url) as conn:
-        reconcile_state_format(conn, settings.app_id, STATE_FORMAT, settings.live_generation)
-
-    def live(ready: threading.Event, metrics: StreamMetrics) -> Callable[[], None]:
-        """Beside the stream: the capture relay (with --capture), the correction path, the audit."""
-        audit, audit_thread = start_parity_audit(settings, ready, metrics)
-        corrections, corrections_thread = start_correction_loop(settings, ready, metrics, audit.corrected)
-        parts = [(audit.stop, audit_thread), (corrections.stop, corrections_thread)]
-        if capture:
-            relay_, thread = start_relay(
-                settings, ready, metrics, idle_tasks=[TickScheduler(settings, metrics=metrics)]
-            )
-            parts.append((relay_.stop, thread))
-
-        def stop() -> None:
-            for flag, _ in parts:
-                flag.set()
-            for _, thread_ in parts:
-                if thread_.is_alive():
-                    thread_.join(timeout=10)
-
-        return stop
-
-    def lost_windows(ids: list[str]) -> None:
-        with connection(settings.database_url) as conn:
-            requeue_lost(conn, ids)
-
-    run_worker(
-        settings,
-        data_dir or settings.state_dir / "worker",
-        loglevel,
-        beside=live,
-        on_lost_windows=lost_windows if capture else None,
-    )
+    run_service(load_settings(), data_dir, loglevel, capture)
 
 
 @app.command("tick")
@@ -385,8 +340,8 @@ def tick(
     The tick is queued in prices_outbox behind every row committed before it, and behind the bootstrap
     of instruments not loaded yet, so it cannot overtake them.
     """
-    from backfill.outbox import enqueue_tick
     from backfill.selection import parse_date
+    from live.outbox import enqueue_tick
     from shared.db import connection
     from shared.models import validate_models
     from shared.validation import date_problem

@@ -7,8 +7,8 @@ from datetime import date
 
 from rich.table import Table
 
-from backfill.outbox import recapture
 from embedder.console import out
+from live.outbox import recapture
 from shared.config import Settings
 from shared.db import connection
 from shared.dead_letters import DeadLetterReport, parse_since, read_dead_letters

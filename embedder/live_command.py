@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import time
 
-from backfill.bootstrap import progress as bootstrap_progress
-from backfill.bootstrap import queue_bootstrap, reset_bootstrap
-from backfill.capture import capture_state, start_capture, stop_capture
-from backfill.outbox import outbox_backlog, relay_holder
 from embedder.console import err, out, progress
+from live.bootstrap import progress as bootstrap_progress
+from live.bootstrap import queue_bootstrap, reset_bootstrap
+from live.capture import capture_state, start_capture, stop_capture
+from live.outbox import outbox_backlog
+from live.relay import relay_holder
 from shared.config import Settings
 from shared.db import connection
 from shared.errors import EmbedderError

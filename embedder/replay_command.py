@@ -68,7 +68,7 @@ def run_through_kafka(settings: Settings, selection: RunSelection, publish_rows:
     when they cover it, else from look-backs it reads from prices_daily), else the selection's rows are
     published into a run of their own (a worker is started for it if none is consuming); returns once
     every embedding is committed. `publish_rows`: a run of its own whatever a live worker could answer."""
-    from backfill.live_query import live_can_answer, run_live_query
+    from live.queries import live_can_answer, run_live_query
 
     started = time.perf_counter()
     if publish_rows:

@@ -12,10 +12,11 @@ from datetime import datetime
 
 import psycopg
 
-from backfill.bootstrap import progress as bootstrap_progress
-from backfill.capture import capture_state
-from backfill.outbox import outbox_backlog, relay_holder
 from embedder.console import out
+from live.bootstrap import progress as bootstrap_progress
+from live.capture import capture_state
+from live.outbox import outbox_backlog
+from live.relay import relay_holder
 from shared.config import Settings
 from shared.db import connection, one
 from shared.dead_letters import count_since, parse_since

@@ -40,7 +40,7 @@ LOCAL_KAFKA_BOOTSTRAP = f"127.0.0.1:{LOCAL_KAFKA_PORT}"
 
 
 class MarketSchedule(BaseModel):
-    """When the live service ticks a market's day by itself (see backfill/schedule.py)."""
+    """When the live service ticks a market's day by itself (see live/schedule.py)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     market_id: str = Field(min_length=1, max_length=50)

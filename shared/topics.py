@@ -41,7 +41,7 @@ STATE_FORMAT = 3
 """The format of the worker's state (`streams/state.py`, windows kept in chunks by `streams/window_store.py`):
 2 kept each window as one value, 1 was the unversioned tables of the releases before it. Table names
 carry it, so a worker never reads state of another format; the database records which format a worker
-group holds (`backfill.bootstrap.reconcile_state_format`), and a worker meeting
+group holds (`live.bootstrap.reconcile_state_format`), and a worker meeting
 another one rebuilds its live windows from prices_daily (the bootstrap)."""
 
 

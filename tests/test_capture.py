@@ -8,9 +8,9 @@ from datetime import date, timedelta
 
 import psycopg
 
-from backfill.bootstrap import read_snapshot
-from backfill.capture import capture_state, heartbeat, start_capture, stop_capture
-from backfill.outbox import captured_rows, enqueue_tick, outbox_backlog
+from live.bootstrap import read_snapshot
+from live.capture import capture_state, heartbeat, start_capture, stop_capture
+from live.outbox import captured_rows, enqueue_tick, outbox_backlog
 from tests.support.platform import insert_prices
 
 D1, D2, D3 = date(2020, 1, 2), date(2020, 1, 3), date(2020, 1, 6)

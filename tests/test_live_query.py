@@ -9,9 +9,9 @@ from datetime import date
 import psycopg
 import pytest
 
-from backfill.live_query import live_can_answer
-from backfill.outbox import RELAY_LOCK, RelayHolder
 from backfill.selection import RunSelection
+from live.queries import live_can_answer
+from live.relay import RELAY_LOCK, RelayHolder
 from shared.config import Settings
 from shared.models import DEFAULT_MODEL_ID
 

@@ -9,8 +9,8 @@ import psycopg
 import pytest
 
 import backfill.corrections as corrections
-from backfill.bootstrap import reconcile_state_format
 from backfill.corrections import drain_once
+from live.bootstrap import reconcile_state_format
 from shared.embedding_store import upsert_embeddings
 from shared.maintained_keys import MaintainedKey, affected_keys, queue_recompute, record_absent
 from tests.support.helpers import expected_from_rows, stored
@@ -77,7 +77,7 @@ def test_a_change_queued_again_while_it_is_recomputed_stays_queued(db_url, monke
 def test_a_new_layout_generation_rebuilds_the_live_windows_with_waiting_ticks_behind_the_loads(db_url):
     """After `embedder live repartition`: the worker of the new generation queues every instrument for
     loading and moves the ticks waiting in the outbox behind those loads."""
-    from backfill.outbox import enqueue_tick
+    from live.outbox import enqueue_tick
 
     with psycopg.connect(db_url) as conn:
         conn.execute(

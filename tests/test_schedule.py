@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime, time, timedelta
 
 import psycopg
 
-from backfill.schedule import DayCount, TickScheduler, due_ticks
+from live.schedule import DayCount, TickScheduler, due_ticks
 from shared.config import MarketSchedule, Settings
 
 NY = "America/New_York"

@@ -4,10 +4,11 @@ The triggers (migrations 0004/0007/0010) write the keys of every inserted, chang
 into the outbox in the same transaction, grouped per statement (`keys` entries); the relay reads
 those keys' rows from `prices_daily` when it publishes them (a key without a row is published as a
 deletion). `embedder tick` writes ticks there too, so a tick can never overtake the rows committed
-before it; bootstrap snapshots (backfill/bootstrap.py) take their place in the same order. One relay
+before it; bootstrap snapshots (live/bootstrap.py) take their place in the same order. One relay
 is active at a time (a PostgreSQL advisory lock), so several workers never interleave the order. If
 anything dies between the publish and the mark, the entries are published again: the stream is
-idempotent, so nothing is lost or doubled. The relay also keeps capture on (backfill/capture.py).
+idempotent, so nothing is lost or doubled. The relay also keeps capture on (live/capture.py), and does
+its housekeeping when idle (live/housekeeping.py); what writes the outbox is live/outbox.py.
 
 Every captured row is checked with the shared row rule before it is published;
 a row that fails goes alone to the dead-letter topic (with its outbox id), and
@@ -22,19 +23,19 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import TYPE_CHECKING
 
 import psycopg
 
-from backfill.bootstrap import CHUNK_INSTRUMENTS, mark_published, queue_bootstrap, read_snapshot
-from backfill.capture import capture_state, heartbeat, start_capture
+from live.bootstrap import mark_published, read_snapshot
+from live.capture import start_capture
+from live.housekeeping import Housekeeping, IdleTask
+from live.outbox import OUTBOX_CHANNEL, OutboxKind, captured_rows
 from shared.background import start_when_ready
 from shared.config import Settings
 from shared.db import connect, one
-from shared.embedding_history import CAUSE_KINDS, prune_versions, revisions_today
 from shared.encoder import retention_days
 from shared.errors import EmbedderError
 from shared.maintained_keys import queue_captured_changes
@@ -53,66 +54,8 @@ RELAY_PROTOCOL = 2
 """What the relaying worker understands, in its connection's application name (`relay_holder`): 2 adds
 query ticks that read their look-back from prices_daily (a command asks them only of such a worker)."""
 BATCH = 5000
-PRUNE_EVERY_SECONDS = 60.0
-BOOTSTRAP_CHECK_SECONDS = 30.0
-GAUGE_EVERY_SECONDS = 5.0  # the outbox and bootstrap gauges: counted when idle, not on every 0.1 s poll
-HEARTBEAT_SECONDS = 30.0
 ROUND_KEYS = 200_000
 """Captured keys one round publishes at most (beyond its first entry): bounds the time to the mark."""
-SLICE_KEYS = 50_000
-"""Keys of one entry read from prices_daily at a time: bounds the relay's memory."""
-
-
-OUTBOX_CHANNEL = "embedder_outbox"
-"""Notified (at commit) when a tick or a query is queued: the relay, waiting between polls, wakes at once."""
-
-
-def wake_relay(conn: psycopg.Connection) -> None:
-    """Wake the relay when the current transaction commits (a no-op for it until then)."""
-    conn.execute(f"NOTIFY {OUTBOX_CHANNEL}")
-
-
-def enqueue_tick(
-    conn: psycopg.Connection,
-    as_of: date,
-    window_days: int,
-    model_ids: list[str],
-    market_id: str | None = None,
-    chunk: int = CHUNK_INSTRUMENTS,
-) -> int:
-    """Queue a live tick behind every row already committed to the outbox, and behind the bootstrap
-    of every instrument not loaded yet (so it never computes from a window still missing its
-    history); returns its outbox id."""
-    with conn.transaction():
-        queue_bootstrap(conn, chunk=chunk)
-        wake_relay(conn)
-        return one(
-            conn.execute(
-                """INSERT INTO prices_outbox (kind, trade_date, window_days, model_ids, market_id)
-               VALUES ('tick', %s, %s, %s, %s) RETURNING id""",
-                (as_of, window_days, model_ids, market_id),
-            )
-        )[0]
-
-
-def recapture(conn: psycopg.Connection, keys: list[tuple[str, date]]) -> int:
-    """Capture rows again as `prices_daily` holds them now (re-driving dead letters): each goes
-    through the relay's checks like any captured row. Rows no longer there are skipped (a
-    dead-lettered row never reached the windows, so there is nothing to undo). Returns how many."""
-    if not keys:
-        return 0
-    ids, days = (list(col) for col in zip(*keys))
-    return conn.execute(
-        """INSERT INTO prices_outbox (instrument_id, trade_date, close, volume)
-           SELECT p.instrument_id, p.trade_date, p.close, p.volume
-           FROM (SELECT DISTINCT * FROM unnest(%s::text[], %s::date[]) AS k(i, d)) k
-           JOIN prices_daily p ON p.instrument_id = k.i AND p.trade_date = k.d
-           ORDER BY p.trade_date, p.instrument_id""",
-        (ids, days),
-    ).rowcount
-
-
-IdleTask = Callable[[psycopg.Connection], object]
 
 
 @dataclass
@@ -127,14 +70,11 @@ class OutboxRelay:
     stop: threading.Event = field(default_factory=threading.Event)
     published: int = 0
     dead_lettered: int = 0
-    last_row_date: date | None = None
-    _last_activity: float = field(default_factory=time.monotonic)
-    _ticked_through: date | None = None
-    _pruned_at: float = 0.0
-    _bootstrap_checked_at: float = 0.0
-    _gauged_at: float = 0.0
-    _heartbeat_at: float = 0.0
     _failing_since: float | None = None
+    housekeeping: Housekeeping = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.housekeeping = Housekeeping(self.settings, self.metrics, self.by, self.idle_tasks)
 
     @property
     def by(self) -> str:
@@ -151,21 +91,19 @@ class OutboxRelay:
                 with connect(self.settings.database_url, autocommit=True) as conn:
                     conn.execute("SELECT set_config('application_name', %s, false)", (self.by,))
                     if not one(conn.execute("SELECT pg_try_advisory_lock(%s)", (RELAY_LOCK,)))[0]:
-                        self.gauge(conn)
+                        self.housekeeping.gauge(conn)
                         self.stop.wait(2.0)  # another worker relays; stand by
                         continue
                     log.info("relaying prices_outbox (this worker holds the relay lock)")
                     start_capture(conn, self.settings.capture_idle_limit, self.by)
-                    self._heartbeat_at = time.monotonic()
-                    self._bootstrap_checked_at = 0.0
-                    self.maybe_queue_bootstrap(conn)  # automatic on start: history no trigger saw
+                    self.housekeeping.relaying()  # the bootstrap check at once: history no trigger saw
                     publisher = PricePublisher(self.settings)
                     conn.execute(f"LISTEN {OUTBOX_CHANNEL}")
                     try:
                         while not self.stop.is_set():
-                            self.maybe_heartbeat(conn)
+                            self.housekeeping.maybe_heartbeat(conn)
                             if not self.relay_once(conn, publisher):
-                                self.when_idle(conn)
+                                self.housekeeping.when_idle(conn)
                                 self.idle_wait(conn)
                     finally:
                         publisher.close()
@@ -208,7 +146,7 @@ class OutboxRelay:
                 break
             this_round.append(entry[0])
             keys += len(entry[12] or ()) * len(entry[13] or ()) or 1
-            if entry[1] == "snapshot":
+            if entry[1] == OutboxKind.SNAPSHOT:
                 break
         entries = entries[: len(this_round)]
         # Before anything is published: changes reaching keys stored now go to the database path too
@@ -235,7 +173,7 @@ class OutboxRelay:
             instrument_ids,
             trade_dates,
         ) in entries:
-            if kind == "tick":
+            if kind == OutboxKind.TICK:
                 self._publish_rows(publisher, pending, latest)
                 pending = []
                 selection = selection or {}
@@ -256,24 +194,24 @@ class OutboxRelay:
                     )
                 )
                 if query_run is None:
-                    self._ticked_through = max(self._ticked_through or trade_date, trade_date)
-            elif kind == "snapshot":
+                    self.housekeeping.ticked(trade_date)
+            elif kind == OutboxKind.SNAPSHOT:
                 self._publish_rows(publisher, pending, latest)
                 pending = []
                 rows = read_snapshot(conn, entry_id, keep)
                 self._publish_rows(publisher, [(r, entry_id) for r in rows], latest)
                 snapshots[entry_id] = Counter(r[0] for r in rows if len(r) == 4)
-            elif kind == "keys":
+            elif kind == OutboxKind.KEYS:
                 self._publish_rows(publisher, pending, latest)
                 pending = []
                 for part in captured_rows(conn, instrument_ids, trade_dates):
                     self._publish_rows(publisher, [(r, entry_id) for r in part], latest)
-                    self._saw_rows(part, latest)
-            elif kind == "delete":
+                    self.housekeeping.saw_rows(part, latest)
+            elif kind == OutboxKind.DELETE:
                 pending.append(((instrument_id, trade_date), entry_id))
             else:
                 pending.append(((instrument_id, trade_date, close, volume), entry_id))
-                self._saw_rows([(instrument_id, trade_date, close, volume)], latest)
+                self.housekeeping.saw_rows([(instrument_id, trade_date, close, volume)], latest)
         self._publish_rows(publisher, pending, latest)
         publisher.flush()  # raises if Kafka did not acknowledge every message
         # Marked published only while this worker's layout is the live one: after `embedder live repartition`
@@ -294,15 +232,9 @@ class OutboxRelay:
             mark_published(conn, snapshots)
             self._count_bootstrap(snapshots)
         self.published += len(this_round)
-        self._last_activity = time.monotonic()
+        self.housekeeping.active()
         self._recovered()
         return len(this_round)
-
-    def _saw_rows(self, rows: list[tuple], latest: date) -> None:
-        """The newest plausible trade date of captured rows: what an automatic tick covers."""
-        days = [r[1] for r in rows if len(r) == 4 and r[1] is not None and r[1] <= latest]
-        if days:
-            self.last_row_date = max(self.last_row_date or days[0], max(days))
 
     def _publish_rows(self, publisher: PricePublisher, entries: list[tuple], latest: date) -> None:
         """Captured rows as size-cut row batches per partition, each partition's in outbox order; a row
@@ -334,88 +266,6 @@ class OutboxRelay:
             self.metrics.bootstrap_instruments.inc(instruments)
             self.metrics.bootstrap_rows.inc(rows)
 
-    def when_idle(self, conn: psycopg.Connection) -> None:
-        """The outbox is drained: housekeeping, the automatic and scheduled ticks."""
-        self.maybe_queue_bootstrap(conn)
-        self.maybe_auto_tick(conn)
-        for task in self.idle_tasks:
-            task(conn)
-        self.maybe_prune(conn)
-        self.gauge(conn)
-
-    def gauge(self, conn: psycopg.Connection) -> None:
-        """The outbox, capture and bootstrap gauges, at most every few seconds (standby workers too: a
-        backlog that grows while no worker relays is what the alert is for)."""
-        if not self.metrics or time.monotonic() - self._gauged_at < GAUGE_EVERY_SECONDS:
-            return
-        self._gauged_at = time.monotonic()
-        backlog = outbox_backlog(conn)
-        self.metrics.outbox_backlog.set(backlog.entries)
-        self.metrics.outbox_keys.set(backlog.keys)
-        self.metrics.outbox_bytes.set(backlog.bytes)
-        self.metrics.outbox_oldest_seconds.set(backlog.oldest_seconds)
-        self.metrics.capture_on.set(1 if capture_state(conn).capturing else 0)
-        pending = one(conn.execute("SELECT count(*) FROM embedder_bootstrap WHERE published_at IS NULL"))[0]
-        self.metrics.bootstrap_pending.set(pending)
-        revised = revisions_today(conn)
-        other = sum(n for cause, n in revised.items() if cause not in CAUSE_KINDS)  # a fixed label set
-        for cause in CAUSE_KINDS:
-            self.metrics.embeddings_revised_today.labels(cause).set(revised.get(cause, 0))
-        self.metrics.embeddings_revised_today.labels("other").set(other)
-
-    def maybe_heartbeat(self, conn: psycopg.Connection) -> None:
-        """Keep capture on while this worker relays (and resync if it lapsed meanwhile)."""
-        limit = self.settings.capture_idle_limit
-        every = min(HEARTBEAT_SECONDS, limit * 3600 / 4) if limit else HEARTBEAT_SECONDS
-        if time.monotonic() - self._heartbeat_at >= every:
-            self._heartbeat_at = time.monotonic()
-            heartbeat(conn, self.settings.capture_idle_limit, self.by)
-
-    def maybe_queue_bootstrap(self, conn: psycopg.Connection) -> None:
-        """On start and every half minute: queue instruments that became selectable (a new market,
-        an instrument set ACTIVE) for loading from prices_daily."""
-        if time.monotonic() - self._bootstrap_checked_at < BOOTSTRAP_CHECK_SECONDS:
-            return
-        self._bootstrap_checked_at = time.monotonic()
-        queue_bootstrap(conn, chunk=self.settings.bootstrap_chunk_instruments)
-
-    def maybe_auto_tick(self, conn: psycopg.Connection) -> None:
-        """After a quiet period with new rows, tick the newest trade date seen (if enabled)."""
-        quiet = self.settings.auto_tick_quiet_seconds
-        if quiet <= 0 or self.last_row_date is None:
-            return
-        if self._ticked_through is not None and self._ticked_through >= self.last_row_date:
-            return
-        if time.monotonic() - self._last_activity < quiet:
-            return
-        enqueue_tick(
-            conn,
-            self.last_row_date,
-            self.settings.window_days,
-            list(self.settings.live_model_ids),
-            chunk=self.settings.bootstrap_chunk_instruments,
-        )
-        log.info("auto tick for %s after %.0fs without new rows", self.last_row_date, quiet)
-
-    def maybe_prune(self, conn: psycopg.Connection) -> None:
-        """At most once a minute, when idle: drop published entries and superseded embeddings past their
-        keep times."""
-        keep = self.settings.outbox_keep_hours
-        if time.monotonic() - self._pruned_at < PRUNE_EVERY_SECONDS:
-            return
-        self._pruned_at = time.monotonic()
-        deleted = prune_outbox(conn, keep) if keep > 0 else 0
-        if deleted:
-            log.info("outbox: deleted %d published entries older than %.0f h", deleted, keep)
-        if self.settings.version_retention_days:
-            gone = prune_versions(conn, self.settings.version_retention_days)
-            if gone:
-                log.info(
-                    "history: deleted %d superseded embeddings older than %g days",
-                    gone,
-                    self.settings.version_retention_days,
-                )
-
 
 @dataclass(frozen=True)
 class RelayHolder:
@@ -445,62 +295,6 @@ def relay_holder(conn: psycopg.Connection) -> RelayHolder | None:
         (RELAY_LOCK,),
     ).fetchone()
     return RelayHolder(*row) if row else None
-
-
-def captured_rows(
-    conn: psycopg.Connection, instrument_ids: list[str], trade_dates: list[date]
-) -> Iterator[list[tuple]]:
-    """The keys of a `keys` entry as prices_daily holds them now, a slice of instruments at a time: a
-    row `(instrument_id, trade_date, close, volume)` where the key has one, else a deletion
-    `(instrument_id, trade_date)`; in (trade_date, instrument_id) order within a slice."""
-    days = sorted(set(trade_dates))
-    step = max(1, SLICE_KEYS // max(len(days), 1))
-    ids = sorted(set(instrument_ids))
-    wanted = set(days)
-    for start in range(0, len(ids), step):
-        part = ids[start : start + step]
-        present = conn.execute(
-            """SELECT instrument_id, trade_date, close, volume FROM prices_daily
-               WHERE instrument_id = ANY(%s) AND trade_date BETWEEN %s AND %s""",
-            (part, days[0], days[-1]),
-        ).fetchall()
-        rows = {(r[0], r[1]): r for r in present if r[1] in wanted}
-        out = [rows.get((i, d), (i, d)) for d in days for i in part]
-        yield [tuple(r) for r in out]
-
-
-@dataclass(frozen=True)
-class OutboxBacklog:
-    """What waits in the outbox: entries, the captured keys they name, the table's bytes on disk, and
-    the age of the oldest unpublished entry (0 when none waits)."""
-
-    entries: int
-    keys: int
-    bytes: int
-    oldest_seconds: float
-
-
-def outbox_backlog(conn: psycopg.Connection) -> OutboxBacklog:
-    entries, keys, size, oldest = one(
-        conn.execute(
-            """SELECT count(*),
-                  coalesce(sum(CASE WHEN kind = 'keys' THEN cardinality(instrument_ids) * cardinality(trade_dates)
-                                    WHEN kind IN ('row', 'delete') THEN 1 ELSE 0 END), 0),
-                  pg_total_relation_size('prices_outbox'),
-                  coalesce(extract(epoch FROM clock_timestamp() - min(created_at)), 0)
-           FROM prices_outbox WHERE published_at IS NULL"""
-        )
-    )
-    return OutboxBacklog(int(entries), int(keys), int(size), float(oldest))
-
-
-def prune_outbox(conn: psycopg.Connection, keep_hours: float) -> int:
-    """Delete outbox entries published more than `keep_hours` ago; unpublished ones are never touched
-    (the table would otherwise grow by every captured price forever)."""
-    cur = conn.execute(
-        "DELETE FROM prices_outbox WHERE published_at < now() - make_interval(secs => %s)", (keep_hours * 3600.0,)
-    )
-    return cur.rowcount
 
 
 def start_relay(

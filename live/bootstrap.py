@@ -63,7 +63,7 @@ def queue_bootstrap(
 ) -> int:
     """Queue every selectable instrument (of `market_id`, or of `only`) not queued before; returns how
     many. With `resync`, the snapshots also delete from the windows the dates prices_daily no longer
-    has (`backfill.capture`). Runs in the caller's transaction (or its own, on an autocommit connection)."""
+    has (`live.capture`). Runs in the caller's transaction (or its own, on an autocommit connection)."""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (BOOTSTRAP_LOCK,))
         ids = [

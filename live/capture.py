@@ -22,7 +22,7 @@ from datetime import datetime
 
 import psycopg
 
-from backfill.bootstrap import BOOTSTRAP_LOCK, move_ticks_behind, queue_bootstrap
+from live.bootstrap import BOOTSTRAP_LOCK, move_ticks_behind, queue_bootstrap
 from shared.db import one
 from shared.embedding_store import ENTITY_TYPE
 

@@ -29,10 +29,11 @@ from datetime import date
 import psycopg
 from psycopg.types.json import Jsonb
 
-from backfill.bootstrap import queue_bootstrap
 from backfill.completion import ReplayHooks, StreamResult, wait_for_run
-from backfill.outbox import relay_holder, wake_relay
 from backfill.selection import RunSelection
+from live.bootstrap import queue_bootstrap
+from live.outbox import wake_relay
+from live.relay import relay_holder
 from shared.config import Settings
 from shared.db import connection, one
 from shared.encoder import LOOKBACK_FACTOR, retention_days

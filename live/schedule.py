@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 
-from backfill.outbox import enqueue_tick
+from live.outbox import enqueue_tick
 from shared.config import MarketSchedule, Settings
 from shared.db import one
 from shared.instruments import SELECTABLE, newest_trade_date, newest_trade_date_sql

@@ -1,0 +1,63 @@
+"""The always-on service composed: the stream worker, and beside it the capture relay (with its tick
+schedule), the correction path and the parity audit, each started once the worker is ready and stopped
+with it. `embedder worker` runs `run_service`."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from backfill.corrections import start_correction_loop
+from backfill.parity_audit import start_parity_audit
+from live.bootstrap import reconcile_state_format, requeue_lost
+from live.relay import start_relay
+from live.schedule import TickScheduler
+from shared.config import Settings
+from shared.db import connection
+from shared.live_layout import resolve
+from shared.metrics import StreamMetrics
+from shared.topics import STATE_FORMAT
+from streams.worker import run_worker
+
+
+def companions(settings: Settings, capture: bool) -> Callable[[threading.Event, StreamMetrics], Callable[[], None]]:
+    """What runs beside the stream: the capture relay (with `capture`), the correction path, the audit."""
+
+    def start(ready: threading.Event, metrics: StreamMetrics) -> Callable[[], None]:
+        audit, audit_thread = start_parity_audit(settings, ready, metrics)
+        corrections, corrections_thread = start_correction_loop(settings, ready, metrics, audit.corrected)
+        parts = [(audit.stop, audit_thread), (corrections.stop, corrections_thread)]
+        if capture:
+            relay, thread = start_relay(settings, ready, metrics, idle_tasks=[TickScheduler(settings, metrics=metrics)])
+            parts.append((relay.stop, thread))
+
+        def stop() -> None:
+            for flag, _ in parts:
+                flag.set()
+            for _, thread in parts:
+                if thread.is_alive():
+                    thread.join(timeout=10)
+
+        return stop
+
+    return start
+
+
+def run_service(settings: Settings, data_dir: Path | None, loglevel: str, capture: bool) -> None:
+    """Run the always-on service until SIGTERM/SIGINT, on the layout and state format the database records."""
+    settings = resolve(settings)  # the partitions and generation the database records
+    with connection(settings.database_url) as conn:
+        reconcile_state_format(conn, settings.app_id, STATE_FORMAT, settings.live_generation)
+
+    def lost_windows(ids: list[str]) -> None:
+        with connection(settings.database_url) as conn:
+            requeue_lost(conn, ids)
+
+    run_worker(
+        settings,
+        data_dir or settings.state_dir / "worker",
+        loglevel,
+        beside=companions(settings, capture),
+        on_lost_windows=lost_windows if capture else None,
+    )
