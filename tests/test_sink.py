@@ -1,0 +1,104 @@
+"""The sink on its own: `BatchingSink` (ordering, grouping, back-pressure, draining on stop) with a writer
+that records what it is given, and `SinkWriter` against the real database (embeddings, absent keys and
+tick completions in one transaction; the cause of what it supersedes)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from datetime import date
+
+import numpy as np
+import psycopg
+
+from shared.messages import LIVE_RUN
+from streams.output import Embedding, EmbeddingBatch, TickDone
+from streams.sink import BatchingSink, SinkWriter
+
+DAY = date(2020, 1, 2)
+
+
+def batch(n: int, run: str = LIVE_RUN, done: tuple = ()) -> EmbeddingBatch:
+    return EmbeddingBatch(
+        run, 2, 0, [Embedding(f"I{n}", DAY, "numeric-simple-v1", np.full(6, n, "<f4").tobytes())], done
+    )
+
+
+class RecordingWriter:
+    """Writes by remembering; `gate` (an Event) holds every write until set."""
+
+    def __init__(self):
+        self.groups: list[list[EmbeddingBatch]] = []
+        self.gate: threading.Event | None = None
+
+    def write_until_committed(self, batches) -> None:
+        if self.gate is not None:
+            self.gate.wait(10)
+        self.groups.append(list(batches))
+
+
+def test_batches_are_written_in_submission_order_grouped_and_acked_after_their_write():
+    writer = RecordingWriter()
+    writer.gate = threading.Event()
+    sink = BatchingSink(writer, batch_embeddings=100, batch_seconds=0.05)
+    acked: list[int] = []
+
+    async def run() -> None:
+        for n in range(5):
+            await sink.submit([batch(n)], lambda n=n: acked.append(n))
+        await asyncio.sleep(0.02)
+        assert acked == []  # nothing acked before its write
+        writer.gate.set()
+        await sink.write([batch(5)])  # waits for its own commit, after everything queued before it
+
+    asyncio.run(run())
+    sink.stop()
+    written = [b.items[0].instrument_id for group in writer.groups for b in group]
+    assert written == [f"I{n}" for n in range(6)] and acked == [0, 1, 2, 3, 4]
+    assert len(writer.groups) < 6  # grouped into fewer transactions than batches
+
+
+def test_a_full_queue_makes_the_stream_wait_and_stop_drains_what_is_queued():
+    writer = RecordingWriter()
+    writer.gate = threading.Event()
+    sink = BatchingSink(writer, batch_embeddings=1, batch_seconds=0.0, max_pending=2)
+    order: list[str] = []
+
+    async def run() -> None:
+        await sink.submit([batch(0)], lambda: None)
+        await sink.submit([batch(1)], lambda: None)
+        waiting = asyncio.create_task(sink.submit([batch(2)], lambda: None))
+        await asyncio.sleep(0.05)
+        order.append("third waits" if not waiting.done() else "third queued")
+        writer.gate.set()
+        await waiting
+        order.append("third queued")
+
+    asyncio.run(run())
+    sink.stop(timeout=10)
+    assert order == ["third waits", "third queued"]
+    assert [b.items[0].instrument_id for group in writer.groups for b in group] == ["I0", "I1", "I2"]
+
+
+def test_the_writer_commits_embeddings_absent_keys_and_completions_together_naming_the_cause(db_url):
+    writer = SinkWriter(db_url)
+    first = batch(1, done=(TickDone(DAY, 1),))
+    absent = EmbeddingBatch(LIVE_RUN, 2, 0, [Embedding("GONE", DAY, "numeric-simple-v1", b"")], (), cause="")
+    writer.write_until_committed([first, absent])
+    changed = EmbeddingBatch(
+        LIVE_RUN,
+        2,
+        0,
+        [Embedding("I1", DAY, "numeric-simple-v1", np.full(6, 9, "<f4").tobytes())],
+        cause="prices of I1 2020-01-01",
+    )
+    writer.write_until_committed([changed])
+    writer.write_until_committed([changed])  # the same again: nothing changes, no version
+    with psycopg.connect(db_url) as conn:
+        stored = conn.execute("SELECT entity_id, vector FROM numeric_window_embeddings").fetchall()
+        commits = conn.execute("SELECT run_id, as_of_date, embeddings FROM embedder_tick_commits").fetchall()
+        absent_keys = conn.execute("SELECT entity_id FROM embedder_absent_embeddings").fetchall()
+        versions = conn.execute("SELECT entity_id, cause FROM numeric_window_embedding_versions").fetchall()
+    assert [(i, bytes(v)) for i, v in stored] == [("I1", np.full(6, 9, "<f4").tobytes())]
+    assert commits == [(LIVE_RUN, DAY, 1)] and absent_keys == [("GONE",)]
+    assert versions == [("I1", "correction: prices of I1 2020-01-01")]
