@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import date
 
 import psycopg
@@ -17,6 +17,7 @@ from live.outbox import enqueue_tick, outbox_backlog, prune_outbox
 from shared.config import Settings
 from shared.db import one
 from shared.embedding_history import CAUSE_KINDS, prune_versions, revisions_today
+from shared.messages import is_deletion
 from shared.metrics import StreamMetrics
 
 log = logging.getLogger("embedder.outbox")
@@ -83,9 +84,9 @@ class Housekeeping:
         """A live tick of `day` was published: the automatic tick has nothing to do up to it."""
         self.ticked_through = max(self.ticked_through or day, day)
 
-    def saw_rows(self, rows: list[tuple], latest: date) -> None:
+    def saw_rows(self, rows: Sequence[tuple], latest: date) -> None:
         """The newest plausible trade date of captured rows: what an automatic tick covers."""
-        days = [r[1] for r in rows if len(r) == 4 and r[1] is not None and r[1] <= latest]
+        days = [r[1] for r in rows if not is_deletion(r) and r[1] is not None and r[1] <= latest]
         if days:
             self.last_row_date = max(self.last_row_date or days[0], max(days))
 

@@ -13,6 +13,7 @@ import psycopg
 
 from live.bootstrap import CHUNK_INSTRUMENTS, queue_bootstrap
 from shared.db import one
+from shared.messages import Deletion, Row
 
 
 class OutboxKind(StrEnum):
@@ -79,7 +80,7 @@ def recapture(conn: psycopg.Connection, keys: list[tuple[str, date]]) -> int:
 
 def captured_rows(
     conn: psycopg.Connection, instrument_ids: list[str], trade_dates: list[date]
-) -> Iterator[list[tuple]]:
+) -> Iterator[list[Row | Deletion]]:
     """The keys of a `keys` entry as prices_daily holds them now, a slice of instruments at a time: a
     row `(instrument_id, trade_date, close, volume)` where the key has one, else a deletion
     `(instrument_id, trade_date)`; in (trade_date, instrument_id) order within a slice."""
@@ -94,9 +95,8 @@ def captured_rows(
                WHERE instrument_id = ANY(%s) AND trade_date BETWEEN %s AND %s""",
             (part, days[0], days[-1]),
         ).fetchall()
-        rows = {(r[0], r[1]): r for r in present if r[1] in wanted}
-        out = [rows.get((i, d), (i, d)) for d in days for i in part]
-        yield [tuple(r) for r in out]
+        rows = {(r[0], r[1]): Row(*r) for r in present if r[1] in wanted}
+        yield [rows.get((i, d)) or Deletion(i, d) for d in days for i in part]
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from shared.db import connect, one
 from shared.encoder import retention_days
 from shared.errors import EmbedderError
 from shared.maintained_keys import queue_captured_changes
-from shared.messages import LIVE_RUN, Tick, dead_letter_record, row_batches, row_payload
+from shared.messages import LIVE_RUN, Deletion, Row, Tick, dead_letter_record, is_deletion, row_batches, row_payload
 from shared.metrics import StreamMetrics
 from shared.topics import partition_for
 from shared.validation import key_problem, latest_trade_date, row_problem
@@ -200,7 +200,7 @@ class OutboxRelay:
                 pending = []
                 rows = read_snapshot(conn, entry_id, keep)
                 self._publish_rows(publisher, [(r, entry_id) for r in rows], latest)
-                snapshots[entry_id] = Counter(r[0] for r in rows if len(r) == 4)
+                snapshots[entry_id] = Counter(r[0] for r in rows if not is_deletion(r))
             elif kind == OutboxKind.KEYS:
                 self._publish_rows(publisher, pending, latest)
                 pending = []
@@ -239,11 +239,11 @@ class OutboxRelay:
     def _publish_rows(self, publisher: PricePublisher, entries: list[tuple], latest: date) -> None:
         """Captured rows as size-cut row batches per partition, each partition's in outbox order; a row
         the shared rule refuses is dead-lettered alone, with its outbox id."""
-        by_partition: dict[int, list[tuple]] = {}
+        by_partition: dict[int, list[Row | Deletion]] = {}
         for row, entry_id in entries:
-            if len(row) == 2 and key_problem(row[0], row[1], latest):
+            if is_deletion(row) and key_problem(row[0], row[1], latest):
                 continue  # deleting a row the rule refused (fixing a typo'd date): it never reached a window
-            problem = row_problem(row[0], row[1], row[2], row[3], latest) if len(row) == 4 else None
+            problem = None if is_deletion(row) else row_problem(row[0], row[1], row[2], row[3], latest)
             if problem:
                 publisher.dead_letter(
                     dead_letter_record(problem, "prices_outbox", None, entry_id, row_payload(LIVE_RUN, row))

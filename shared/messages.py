@@ -14,7 +14,7 @@ import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Annotated, Any, Literal, Union, cast
+from typing import Annotated, Any, Literal, NamedTuple, Union, cast
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
@@ -29,10 +29,27 @@ ROW_BATCH_BYTES = 60 * 1024
 LIVE_RUN = "live"
 ALL_MARKETS = "*"
 
-Row = tuple[str, date, float, float]
-"""(instrument_id, trade_date, close, volume): a price row as the stream sees it."""
-Deletion = tuple[str, date]
-"""(instrument_id, trade_date): a prices_daily row that was deleted."""
+
+class Row(NamedTuple):
+    """A price row as the stream sees it."""
+
+    instrument_id: str
+    trade_date: date
+    close: float
+    volume: float
+
+
+class Deletion(NamedTuple):
+    """The key of a prices_daily row that was deleted."""
+
+    instrument_id: str
+    trade_date: date
+
+
+def is_deletion(row: tuple) -> bool:
+    """A deleted key rather than a row with values (plain tuples of either shape count too: rows read
+    from the database and written in tests are tuples)."""
+    return len(row) == 2
 
 
 class BadMessage(EmbedderError):
@@ -218,12 +235,12 @@ def _parse_row(raw: Any, latest: date) -> tuple[str | None, Row | Deletion | Non
         trade_date = None
     if len(raw) == 2:
         problem = key_problem(instrument_id, trade_date, latest)
-        return (problem, None) if problem else (None, cast(Deletion, (instrument_id, trade_date)))
+        return (problem, None) if problem else (None, Deletion(instrument_id, cast(date, trade_date)))
     close, volume = raw[2], raw[3]
     problem = row_problem(instrument_id, trade_date, close, volume, latest)
     if problem:
         return problem, None
-    return None, cast(Row, (instrument_id, trade_date, float(close), float(volume)))
+    return None, Row(instrument_id, cast(date, trade_date), float(close), float(volume))
 
 
 def _decode_row_batch(data: dict) -> RowBatch:

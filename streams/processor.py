@@ -29,7 +29,7 @@ from datetime import date
 
 from shared.embedding_store import price_changes
 from shared.encoder import LOOKBACK_FACTOR
-from shared.messages import LIVE_RUN, BadMessage, Message, PriceRow, RowBatch, RunEnd, Tick, row_payload
+from shared.messages import LIVE_RUN, BadMessage, Message, PriceRow, RowBatch, RunEnd, Tick, is_deletion, row_payload
 from streams import window_store
 from streams.output import Embedding, EmbeddingBatch, TickDone
 from streams.registry import Registry
@@ -245,7 +245,9 @@ class PartitionProcessor:
             stored = self._window(key)
             if stored.applied_offset >= offset:
                 continue  # re-delivered after a restart or rebalance: already in the restored state
-            changes = [(day_number(r[1]), r[2], r[3]) if len(r) == 4 else (day_number(r[1]), None, None) for r in own]
+            changes = [
+                (day_number(r[1]), None, None) if is_deletion(r) else (day_number(r[1]), r[2], r[3]) for r in own
+            ]
             window, too_old = stored.apply(changes, keep, offset, floor)
             live = run == LIVE_RUN
             for k in too_old:
