@@ -129,7 +129,15 @@ def test_the_live_worker_and_its_relay_ride_out_a_broker_loss_and_a_rolling_rest
                 kafka_cluster.start(1)
             rolling = None
             if k == 4:  # the last day: every broker restarted in turn while its rows land and it ticks
-                rolling = threading.Thread(target=kafka_cluster.rolling_restart)
+                failures: list[BaseException] = []
+
+                def restart_all(failed: list[BaseException] = failures) -> None:
+                    try:
+                        kafka_cluster.rolling_restart()
+                    except BaseException as e:  # reported by the test below
+                        failed.append(e)
+
+                rolling = threading.Thread(target=restart_all)
                 rolling.start()
                 time.sleep(2)
             rows = [r for r in held if r[1] == day]
@@ -142,6 +150,7 @@ def test_the_live_worker_and_its_relay_ride_out_a_broker_loss_and_a_rolling_rest
             assert tick.returncode == 0, tick.stderr[-2000:]
             if rolling is not None:
                 rolling.join()
+                assert not failures, f"the rolling restart did not complete: {failures[0]!r}"
         wait_for(lambda: all(live_tick_committed(url, d, partitions) for d in days), 300, "every live tick")
         assert_same_embeddings(stored(url), expected(url, ids, days, 63, MODELS), url)
         assert worker.poll() is None

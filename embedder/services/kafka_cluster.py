@@ -96,12 +96,14 @@ class LocalKafkaCluster:
         except (KafkaError, OSError):
             return None
         try:
-            # A partition described without an ISR (its leader is away, mid-election) counts as under-replicated.
+            # kafka-python 3 names them isr_nodes / replica_nodes (older: isr / replicas); a partition
+            # described without an ISR (its leader away, mid-election) counts as under-replicated.
             return sum(
                 1
                 for topic in admin.describe_topics()
                 for p in topic.get("partitions") or []
-                if len(p.get("isr") or []) < len(p.get("replicas") or [None])
+                if len(p.get("isr_nodes", p.get("isr")) or [])
+                < len(p.get("replica_nodes", p.get("replicas")) or [None])
             )
         except (KafkaError, OSError):
             return None
