@@ -9,7 +9,6 @@ import random
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from datetime import date, timedelta
@@ -19,7 +18,7 @@ import pytest
 from kafka import KafkaConsumer
 
 from shared.validation import FUTURE_DATE
-from tests.support.cli import EMBEDDER
+from tests.support.cli import EMBEDDER, PLATFORM
 from tests.support.helpers import assert_same_embeddings, expected, stored, wait_for
 from tests.support.platform import (
     add_instruments,
@@ -467,21 +466,8 @@ def test_the_platform_command_is_answered_by_the_live_worker_from_its_windows_or
         with psycopg.connect(url) as conn, conn.transaction():  # today's rows land; nobody ticks
             insert_prices(conn, [r for r in new_rows if r[1] == day])
         wait_for(lambda: bootstrap_published(url)[0] == len(ids) + 1, 120, "the bootstrap")
-        command = [
-            sys.executable,
-            "-m",
-            "prometheus.scripts.backfill_numeric_embeddings",
-            "--as-of",
-            day.isoformat(),
-            "--market-id",
-            "US_EQ",
-            "--model-id",
-            MODELS[0],
-            "--limit",
-            "10",
-            "--offset",
-            "5",
-        ]
+        command = PLATFORM + ["--as-of", day.isoformat(), "--market-id", "US_EQ", "--model-id", MODELS[0]]
+        command += ["--limit", "10", "--offset", "5"]
         proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert "answered from the live windows" in proc.stdout
