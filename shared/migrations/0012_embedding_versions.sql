@@ -62,7 +62,9 @@ CREATE OR REPLACE FUNCTION embedder_keep_superseded_embeddings() RETURNS trigger
 DECLARE
     why text;
 BEGIN
-    IF NOT embedder_keeping_history() THEN
+    -- Most statements change nothing here (an upsert whose rows are new or identical): leave before
+    -- planning the copies below (measured: 7 ms of a 475-row sink transaction).
+    IF NOT embedder_keeping_history() OR NOT EXISTS (SELECT 1 FROM superseded_embeddings) THEN
         RETURN NULL;
     END IF;
     why := embedder_change_cause();
