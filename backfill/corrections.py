@@ -131,12 +131,14 @@ class CorrectionLoop:
         seconds = time.monotonic() - started
         r = done.rewritten
         log.info(
-            "corrections: %d change(s) of %d instrument(s) reached %d stored key(s): %d changed, %d removed (%.2fs)",
+            "corrections: %d change(s) of %d instrument(s) reached %d stored key(s): %d changed, %d removed, "
+            "%d refused (newer stored) (%.2fs)",
             done.changes,
             done.instruments,
             r.keys,
             r.changed,
             r.removed,
+            r.refused,
             seconds,
         )
         if self.metrics:
@@ -145,6 +147,8 @@ class CorrectionLoop:
             m.recompute_keys.labels("changed").inc(r.changed)
             m.recompute_keys.labels("removed").inc(r.removed)
             m.recompute_keys.labels("unchanged").inc(max(r.unchanged, 0))
+            if r.refused:
+                m.writes_refused.labels("correction").inc(r.refused)
             m.recompute_seconds.observe(seconds)
         if self.on_rewritten and done.keys:
             self.on_rewritten(done.keys)

@@ -1,7 +1,7 @@
 """`embedder replay --direct`: the batch path, computed from Postgres without Kafka.
 
 It is also the reference the stream is checked against: both call
-`shared.encoder.encode_windows`, and both write through `upsert_embeddings`.
+`shared.encoder.encode_windows`, and both write through `shared.embedding_store.write_embeddings`.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ import numpy as np
 
 from backfill.selection import RunSelection
 from shared.db import connection
-from shared.embedding_store import set_cause, upsert_embeddings
+from shared.embedding_store import set_cause, write_embeddings
 from shared.encoder import apply_model, encode_windows, lookback_start
-from shared.maintained_keys import outbox_position, queue_changes_since, record_absent
+from shared.maintained_keys import outbox_position, queue_changes_since, write_absent
 from shared.price_history import read_histories
+from shared.write_claims import read_claim
 
 READ_CHUNK_INSTRUMENTS = 16
 
@@ -27,6 +28,8 @@ class DirectResult:
     as_of_dates: int = 0
     embeddings: int = 0
     insufficient: int = 0
+    refused: int = 0
+    """Embeddings not written: the table held them computed from newer prices (`shared.write_claims`)."""
 
 
 ProgressFn = Callable[[int, int], None]
@@ -50,6 +53,7 @@ def run_direct(
     n = selection.window_days
     with connection(database_url) as conn:
         position = outbox_position(conn)
+        claim = read_claim(conn)  # before any price is read: what every write of the run claims
         conn.commit()
         ids = selection.instruments(conn)
         dates = selection.as_of_dates(conn, ids) if ids else []
@@ -70,8 +74,8 @@ def run_direct(
             if pending or absent:
                 set_cause(conn, "direct", f"replay --direct {selection.describe()}")
                 if pending:
-                    upsert_embeddings(conn, pending)
-                record_absent(conn, absent)
+                    result.refused += write_embeddings(conn, pending, claim).refused
+                result.refused += write_absent(conn, absent, claim).refused
                 conn.commit()
             absent.clear()
             result.embeddings += len(pending)

@@ -1,9 +1,11 @@
 """The worker's continuous parity audit: stored embeddings recomputed from `prices_daily` and compared.
 
-Every `EMBEDDER_PARITY_AUDIT_SECONDS` (60) the audit takes a sample of stored keys
-(`EMBEDDER_PARITY_SAMPLE_KEYS`, block sampling, so a round costs the same at any table size) and every
-key the correction path recomputed since the last round, recomputes them with the one encoder and
-compares bytes (`backfill.verify.compare`). A mismatch is counted (`embedder_parity_mismatches_total`),
+Every `EMBEDDER_PARITY_AUDIT_SECONDS` (60) the audit takes keys where a stale one is most likely — keys
+rewritten since its last round, keys the recently published price changes reach, keys of the dates
+recently ticked, every key the correction path recomputed — beside a uniform sample
+(`EMBEDDER_PARITY_SAMPLE_KEYS`, block sampling) and the next stretch of a sweep that covers the whole
+table every `EMBEDDER_PARITY_SWEEP_HOURS` (24); it recomputes them with the one encoder and compares
+bytes (`backfill.verify.compare`). A mismatch is counted (`embedder_parity_mismatches_total`),
 logged with its key, recorded in `embedder_parity_audits` (shown by `embedder status`) and, with
 `EMBEDDER_PARITY_REPAIR` (default), queued for the correction path, which rewrites it.
 """
@@ -11,10 +13,13 @@ logged with its key, recorded in `embedder_parity_audits` (shown by `embedder st
 from __future__ import annotations
 
 import logging
+import math
+import random
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -26,7 +31,7 @@ from shared.config import Settings
 from shared.db import connect, one
 from shared.embedding_store import ENTITY_TYPE
 from shared.errors import EmbedderError
-from shared.maintained_keys import MaintainedKey, queue_recompute
+from shared.maintained_keys import MaintainedKey, affected_keys, queue_recompute
 from shared.metrics import StreamMetrics
 from shared.models import MODELS
 
@@ -93,13 +98,121 @@ def check_keys(conn: psycopg.Connection, keys: Sequence[MaintainedKey]) -> tuple
         return compare(keys, stored_vectors(conn, keys), expected_vectors(conn, keys)), len(keys)
 
 
+AuditSource = Callable[[psycopg.Connection, "ParityAudit"], list[MaintainedKey]]
+
+
+def keys_revised_since(conn: psycopg.Connection, since: datetime, n: int) -> list[MaintainedKey]:
+    """Up to `n` stored keys rewritten since `since` (the versions the history keeps, newest first): where a
+    write from older prices would show. Nothing while history is off."""
+    rows = conn.execute(
+        f"""SELECT e.entity_id, e.as_of_date, e.model_id, embedder_window_days(e.window_spec)
+            FROM (SELECT DISTINCT ON (entity_id, as_of_date, model_id) entity_id, as_of_date, model_id, recorded_to
+                  FROM numeric_window_embedding_versions
+                  WHERE recorded_to >= %s AND entity_type = '{ENTITY_TYPE}' AND change = 'update'
+                  ORDER BY entity_id, as_of_date, model_id, recorded_to DESC) v
+            JOIN numeric_window_embeddings e ON e.entity_type = '{ENTITY_TYPE}' AND e.entity_id = v.entity_id
+             AND e.as_of_date = v.as_of_date AND e.model_id = v.model_id
+            ORDER BY v.recorded_to DESC LIMIT %s""",
+        (since, n),
+    ).fetchall()
+    return _maintained(rows)
+
+
+def keys_of_changed_prices(conn: psycopg.Connection, since: datetime, n: int) -> list[MaintainedKey]:
+    """About `n` maintained keys (drawn at random) that the price changes published since `since` reach."""
+    changes = conn.execute(
+        """SELECT DISTINCT instrument_id, trade_date FROM embedder_outbox_changes
+           WHERE published_at >= %s AND instrument_id IS NOT NULL AND trade_date IS NOT NULL LIMIT 5000""",
+        (since,),
+    ).fetchall()
+    keys = affected_keys(conn, [(i, d) for i, d in changes])
+    return random.sample(keys, n) if len(keys) > n else keys
+
+
+def keys_of_ticks_since(conn: psycopg.Connection, since: datetime, n: int) -> list[MaintainedKey]:
+    """About `n` stored keys of the as_of dates ticks committed since `since` (a partition moved to another
+    worker computes them again: what a worker frozen past its session timeout may have written)."""
+    dates = [
+        r[0]
+        for r in conn.execute(
+            "SELECT DISTINCT as_of_date FROM embedder_tick_commits WHERE committed_at >= %s LIMIT 50", (since,)
+        )
+    ]
+    if not dates:
+        return []
+    rows = conn.execute(
+        f"""SELECT entity_id, as_of_date, model_id, embedder_window_days(window_spec) FROM numeric_window_embeddings
+            WHERE entity_type = '{ENTITY_TYPE}' AND as_of_date = ANY(%s) ORDER BY random() LIMIT %s""",
+        (dates, n),
+    ).fetchall()
+    return _maintained(rows)
+
+
+def sweep_keys(conn: psycopg.Connection, n: int) -> list[MaintainedKey]:
+    """The next `n` stored keys in key order after the shared cursor (`embedder_parity_sweep`), which moves
+    on in the same transaction (several workers take ranges of their own) and starts over at the end: the
+    whole table is covered in a bounded time however large it grows."""
+    if n <= 0:
+        return []
+    with conn.transaction():
+        cursor = conn.execute(
+            "SELECT entity_id, as_of_date, model_id FROM embedder_parity_sweep FOR UPDATE"
+        ).fetchone() or (None, None, None)
+        rows = conn.execute(
+            f"""SELECT entity_id, as_of_date, model_id, embedder_window_days(window_spec)
+                FROM numeric_window_embeddings
+                WHERE entity_type = '{ENTITY_TYPE}'
+                  AND (%(i)s::text IS NULL
+                       OR (entity_type, entity_id, as_of_date, model_id) > ('{ENTITY_TYPE}', %(i)s, %(d)s, %(m)s))
+                ORDER BY entity_type, entity_id, as_of_date, model_id LIMIT %(n)s""",
+            {"i": cursor[0], "d": cursor[1], "m": cursor[2], "n": n},
+        ).fetchall()
+        last = rows[-1][:3] if len(rows) == n else (None, None, None)  # short: the pass is complete
+        conn.execute(
+            """UPDATE embedder_parity_sweep SET entity_id = %s, as_of_date = %s, model_id = %s,
+                   passes = passes + (CASE WHEN %s::text IS NULL THEN 1 ELSE 0 END),
+                   pass_started_at = CASE WHEN %s::text IS NULL THEN now() ELSE pass_started_at END""",
+            (*last, last[0], cursor[0]),
+        )
+    return _maintained(rows)
+
+
+def sweep_share(conn: psycopg.Connection, period_seconds: float, sweep_hours: float) -> int:
+    """Keys per round so that a sweep covers the table in `sweep_hours` (0: no sweep)."""
+    if sweep_hours <= 0 or period_seconds <= 0:
+        return 0
+    estimate = (
+        one(conn.execute("SELECT reltuples FROM pg_class WHERE oid = 'numeric_window_embeddings'::regclass"))[0] or 0
+    )
+    rounds = max(sweep_hours * 3600.0 / period_seconds, 1.0)
+    return max(1, math.ceil(max(float(estimate), 0.0) / rounds)) if estimate > 0 else 100
+
+
+def _maintained(rows: Sequence[tuple]) -> list[MaintainedKey]:
+    return [MaintainedKey(i, d, m, w) for i, d, m, w in rows if w and m in MODELS]
+
+
 @dataclass
 class ParityAudit:
+    """Recomputes stored keys where a stale one is most likely, and sweeps the whole table in bounded time.
+
+    Each round checks: a uniform random sample; every key the correction path recomputed; keys rewritten
+    since the last round (their versions); keys the price changes published since then reach; keys of
+    the dates ticks committed since then; and the next stretch of a sweep over the whole table (sized so
+    a pass takes `parity_sweep_hours`). Mismatches are counted, logged, recorded for `embedder status`,
+    queued for the correction path, and reported to `on_mismatch` (the live service reloads those
+    instruments' windows from prices_daily: a window taken back in time would compute them wrong again).
+    """
+
     settings: Settings
     metrics: StreamMetrics | None = None
+    on_mismatch: Callable[[list[str]], None] | None = None
     stop: threading.Event = field(default_factory=threading.Event)
     _corrected: list[MaintainedKey] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _since: datetime | None = None
+    seconds: float = 0.0
+    """Time spent in rounds since start (the audit's share of the worker: seconds / uptime)."""
 
     def corrected(self, keys: list[MaintainedKey]) -> None:
         """The correction path recomputed `keys`: check them in the next round (at most a bounded number)."""
@@ -117,15 +230,35 @@ class ParityAudit:
                     "parity audit: %s; next round in %.0fs", str(e).splitlines()[0], self.settings.parity_audit_seconds
                 )
 
-    def round(self, conn: psycopg.Connection) -> list[Finding]:
-        """One audit round: the sample and the corrected keys, checked, counted, recorded."""
+    def sources(self, conn: psycopg.Connection, since: datetime) -> list[tuple[str, list[MaintainedKey]]]:
+        """Each source of this round and its keys (a key already taken by an earlier source is not repeated)."""
         with self._lock:
             corrected, self._corrected = self._corrected, []
-        findings: list[Finding] = []
-        for source, keys in (
-            ("sample", sample_keys(conn, self.settings.parity_sample_keys)),
+        s = self.settings
+        risk = s.parity_risk_keys
+        out: list[tuple[str, list[MaintainedKey]]] = [
+            ("sample", sample_keys(conn, s.parity_sample_keys)),
             ("correction", corrected),
-        ):
+            ("revised", keys_revised_since(conn, since, risk) if risk else []),
+            ("changed", keys_of_changed_prices(conn, since, risk) if risk else []),
+            ("ticks", keys_of_ticks_since(conn, since, risk) if risk else []),
+            ("sweep", sweep_keys(conn, sweep_share(conn, s.parity_audit_seconds, s.parity_sweep_hours))),
+        ]
+        seen: set = set()
+        unique = []
+        for source, keys in out:
+            fresh = [k for k in keys if k.key not in seen]
+            seen.update(k.key for k in fresh)
+            unique.append((source, fresh))
+        return unique
+
+    def round(self, conn: psycopg.Connection) -> list[Finding]:
+        """One audit round: every source's keys checked, counted, recorded; mismatches repaired."""
+        started = time.monotonic()
+        now = one(conn.execute("SELECT now()"))[0]
+        since = self._since or now - timedelta(seconds=2 * max(self.settings.parity_audit_seconds, 1.0))
+        findings: list[Finding] = []
+        for source, keys in self.sources(conn, since):
             if not keys:
                 continue
             found, checked = check_keys(conn, keys)
@@ -136,7 +269,8 @@ class ParityAudit:
                     self.metrics.parity_mismatches.labels(f.kind).inc()
             for f in found[:20]:
                 log.error(
-                    "parity audit: %s embedding %s as of %s (%s, window %s) differs from prices_daily",
+                    "parity audit (%s): %s embedding %s as of %s (%s, window %s) differs from prices_daily",
+                    source,
                     f.kind,
                     f.entity_id,
                     f.as_of_date,
@@ -148,22 +282,29 @@ class ParityAudit:
                    VALUES (%s, %s, %s, %s)""",
                 (source, checked, len(found), Jsonb([f.as_dict() for f in found[:5]])),
             )
+        self._since = now
         if findings and self.settings.parity_repair:
             with conn.transaction():
                 queue_recompute(conn, [(f.entity_id, f.as_of_date) for f in findings])
+            if self.on_mismatch is not None:
+                self.on_mismatch(sorted({f.entity_id for f in findings}))
         conn.execute(
             "DELETE FROM embedder_parity_audits WHERE checked_at < now() - make_interval(days => %s)", (KEEP_DAYS,)
         )
+        self.seconds += time.monotonic() - started
         if self.metrics:
             self.metrics.parity_last_run.set(time.time())
         return findings
 
 
 def start_parity_audit(
-    settings: Settings, ready: threading.Event | None = None, metrics: StreamMetrics | None = None
+    settings: Settings,
+    ready: threading.Event | None = None,
+    metrics: StreamMetrics | None = None,
+    on_mismatch: Callable[[list[str]], None] | None = None,
 ) -> tuple[ParityAudit, threading.Thread]:
     """Run the audit in a daemon thread, its first round one period after `ready` is set."""
-    audit = ParityAudit(settings, metrics)
+    audit = ParityAudit(settings, metrics, on_mismatch)
     if settings.parity_audit_seconds <= 0:
         audit.stop.set()
     return audit, start_when_ready("parity-audit", audit.run, audit.stop, ready)

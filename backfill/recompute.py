@@ -2,8 +2,8 @@
 
 One computation (the batch path's reader and `shared.encoder`) serves the three users of "what should
 the table hold here": the correction path (`backfill.corrections`), `embedder verify` and the worker's
-parity audit. Writes go through the same store as every other path (`upsert_embeddings`, and
-`record_absent` for keys whose window has too little history).
+parity audit. Writes go through the same store as every other path (`write_embeddings`, and
+`write_absent` for keys whose window has too little history), fenced by the claim read before the prices.
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ from datetime import date, timedelta
 import numpy as np
 import psycopg
 
-from shared.embedding_store import upsert_embeddings
+from shared.embedding_store import write_embeddings
 from shared.encoder import LOOKBACK_FACTOR, apply_model, encode_windows
-from shared.maintained_keys import MaintainedKey, record_absent
+from shared.maintained_keys import MaintainedKey, write_absent
 from shared.models import get_model
 from shared.price_history import read_histories
+from shared.write_claims import read_claim
 
 READ_CHUNK_INSTRUMENTS = 32
 
@@ -72,37 +73,41 @@ def _instrument_vectors(history, keys: Sequence[MaintainedKey]) -> dict[Key, byt
 @dataclass
 class Rewritten:
     """What `rewrite_keys` did: keys recomputed, rows inserted or changed, rows removed (too little
-    history now), and the rest unchanged."""
+    history now), keys refused (the table held them computed from newer prices), and the rest unchanged."""
 
     keys: int = 0
     changed: int = 0
     removed: int = 0
+    refused: int = 0
 
     @property
     def unchanged(self) -> int:
-        return self.keys - self.changed - self.removed
+        return self.keys - self.changed - self.removed - self.refused
 
     def add(self, other: Rewritten) -> None:
         self.keys += other.keys
         self.changed += other.changed
         self.removed += other.removed
+        self.refused += other.refused
 
 
 def write_expected(
-    conn: psycopg.Connection, keys: Sequence[MaintainedKey], expected: dict[Key, bytes | None]
+    conn: psycopg.Connection, keys: Sequence[MaintainedKey], expected: dict[Key, bytes | None], claim: int | None
 ) -> Rewritten:
-    """Write `expected` for `keys` in the caller's transaction: vectors upserted (identical ones left
-    alone), keys without enough history recorded absent and their rows deleted."""
+    """Write `expected` for `keys` in the caller's transaction, fenced by `claim` (read before the prices
+    it was computed from: `shared.write_claims`): vectors upserted (identical ones left alone), keys
+    without enough history recorded absent and their rows deleted."""
     window = {k.key: k.window_days for k in keys}
     present = [(k[0], k[1], k[2], window[k], v) for k, v in expected.items() if v is not None and k in window]
     absent = [(k[0], k[1], k[2], window[k]) for k, v in expected.items() if v is None and k in window]
-    changed = upsert_embeddings(conn, present) if present else 0
-    removed = record_absent(conn, absent)
-    return Rewritten(len(window), changed, removed)
+    written = write_embeddings(conn, present, claim)
+    removed = write_absent(conn, absent, claim)
+    return Rewritten(len(window), written.changed, removed.changed, written.refused + removed.refused)
 
 
 def rewrite_keys(conn: psycopg.Connection, keys: Sequence[MaintainedKey]) -> Rewritten:
     """Recompute `keys` from `prices_daily` and write what differs, in the caller's transaction."""
     if not keys:
         return Rewritten()
-    return write_expected(conn, keys, expected_vectors(conn, keys))
+    claim = read_claim(conn)  # before the prices
+    return write_expected(conn, keys, expected_vectors(conn, keys), claim)

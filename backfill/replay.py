@@ -31,6 +31,7 @@ from shared.lag import LagMonitor, end_offsets
 from shared.maintained_keys import outbox_position, queue_changes_since
 from shared.messages import RowBatch, RunEnd, Tick
 from shared.topics import ensure_topics
+from shared.write_claims import read_claim
 
 log = logging.getLogger("embedder.replay")
 __all__ = ["ReplayHooks", "StreamResult", "publish_run", "run_stream_replay", "wait_for_run"]
@@ -44,9 +45,11 @@ def publish_run(
     ids: list[str],
     dates: list[date],
     hooks: ReplayHooks,
+    claim: int | None = None,
 ) -> int:
     """Publish rows from the first look-back day through the last as_of, in per-partition batches,
-    with each tick after the block holding its rows (see backfill/blocks.py)."""
+    with each tick after the block holding its rows (see backfill/blocks.py). `claim`: what the rows
+    read are newer than (`shared.write_claims.read_claim`, read before them), on every message."""
     n = selection.window_days
     start = lookback_start(np.datetime64(min(dates), "D"), n).astype(object)
     end = max(dates)
@@ -66,10 +69,14 @@ def publish_run(
             for out in plan(cur, settings.partitions, dates, block_days(settings)):
                 if isinstance(out, TickOut):  # every as_of date of the block in one tick
                     publisher.tick(
-                        Tick(run=run_id, d=out.as_of, ds=out.dates[:-1] or None, w=n, m=models, n=out.rows_sent)
+                        Tick(
+                            run=run_id, d=out.as_of, ds=out.dates[:-1] or None, w=n, m=models, n=out.rows_sent, f=claim
+                        )
                     )
                     continue
-                publisher.row_batch(out.partition, RowBatch(run_id, n, out.rows, slack_days=slack, wire=out.wire))
+                publisher.row_batch(
+                    out.partition, RowBatch(run_id, n, out.rows, slack_days=slack, stamp=claim, wire=out.wire)
+                )
                 published += len(out.rows)
                 if published - reported >= 20_000:
                     publisher.flush()
@@ -107,6 +114,7 @@ def run_stream_replay(
         ensure_topics(settings)
     with connection(settings.database_url) as conn:
         position = outbox_position(conn)
+        claim = read_claim(conn)  # before any price is read
         ids = selection.instruments(conn)
         dates = selection.as_of_dates(conn, ids) if ids else []
         result.instruments, result.as_of_dates = len(ids), len(dates)
@@ -119,7 +127,7 @@ def run_stream_replay(
             (run_id, Jsonb(end_offsets(settings, settings.prices_topic))),
         )
         conn.commit()
-        result.rows_published = publish_run(settings, conn, selection, run_id, ids, dates, hooks)
+        result.rows_published = publish_run(settings, conn, selection, run_id, ids, dates, hooks, claim)
         conn.execute(
             "UPDATE embedder_runs SET target_offsets = %s WHERE run_id = %s",
             (Jsonb(end_offsets(settings, settings.prices_topic)), run_id),

@@ -30,6 +30,7 @@ from shared.errors import BadArguments
 from shared.instruments import market_cut, trade_dates_between
 from shared.maintained_keys import MaintainedKey, absent_keys_between, stored_keys_between
 from shared.models import MODELS, validate_models
+from shared.write_claims import read_claim
 
 CHUNK_INSTRUMENTS = 32
 EXAMPLES = 5
@@ -228,6 +229,7 @@ def _verify_chunk(
     report: VerifyReport,
     repair: bool,
 ) -> tuple[list[Finding], int]:
+    claim = read_claim(conn) if repair else None  # before the prices: what a repair claims
     stored: dict[Key, tuple[int | None, bytes]] = {}
     keys: dict[Key, MaintainedKey] = {}
     duplicates: list[Finding] = []
@@ -262,7 +264,7 @@ def _verify_chunk(
         fix = {(f.entity_id, f.as_of_date, f.model_id) for f in findings + duplicates}
         fixed_keys = [keys[k] for k in fix if k in keys]
         assert report.repaired is not None  # verify() sets it when repairing
-        report.repaired.add(write_expected(conn, fixed_keys, {k.key: expected[k.key] for k in fixed_keys}))
+        report.repaired.add(write_expected(conn, fixed_keys, {k.key: expected[k.key] for k in fixed_keys}, claim))
     return findings + duplicates, len(wanted)
 
 

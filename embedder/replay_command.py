@@ -58,7 +58,8 @@ def run_replay(
         result,
         started,
         "",
-        f"embeddings written: {result.embeddings:,}  insufficient history: {result.insufficient:,}",
+        f"embeddings written: {result.embeddings:,}  insufficient history: {result.insufficient:,}"
+        + (f"  refused: {result.refused:,} (stored computed from newer prices, left alone)" if result.refused else ""),
     )
     return result
 

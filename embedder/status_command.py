@@ -21,8 +21,10 @@ from shared.config import Settings
 from shared.db import connection, one
 from shared.dead_letters import count_since, parse_since
 from shared.embedding_history import history_state, revisions_by_day
+from shared.embedding_store import refusals_by_day
 from shared.errors import ServiceUnavailable
 from shared.messages import LIVE_RUN
+from shared.write_claims import relay_round
 
 
 def last_ticks(conn: psycopg.Connection) -> list[dict]:
@@ -126,6 +128,14 @@ def history(conn: psycopg.Connection) -> dict:
     }
 
 
+def fencing(conn: psycopg.Connection) -> dict:
+    """The relay's round, and writes refused per UTC day and writer over the last week (issue 26)."""
+    days: dict[str, dict[str, int]] = {}
+    for day, writer, n in refusals_by_day(conn, 7):
+        days.setdefault(str(day), {})[writer] = n
+    return {"relay_round": relay_round(conn), "refused_by_day": days}
+
+
 def gather(settings: Settings, since: datetime) -> dict:
     """Everything the status shows, as JSON-ready data (version 1)."""
     with connection(settings.database_url, autocommit=True) as conn:
@@ -164,6 +174,7 @@ def gather(settings: Settings, since: datetime) -> dict:
             "corrections": corrections(conn),
             "parity": parity(conn, since),
             "history": history(conn),
+            "fencing": fencing(conn),
             "relay": None
             if holder is None
             else {
@@ -261,6 +272,14 @@ def run_status(settings: Settings, since: str, as_json: bool) -> None:
     )
     for day, causes in h["revised_by_day"].items():
         say(f"  revised {day}: " + ", ".join(f"{n:,} by {cause}" for cause, n in sorted(causes.items())))
+    f = report["fencing"]
+    refused = sum(n for writers in f["refused_by_day"].values() for n in writers.values())
+    say(
+        f"fencing: relay round {f['relay_round']}; {refused:,} write(s) refused in the last week "
+        "(the table held them computed from newer prices)"
+    )
+    for day, writers in f["refused_by_day"].items():
+        say(f"  refused {day}: " + ", ".join(f"{n:,} from {w}" for w, n in sorted(writers.items())))
     r = report["relay"]
     say(
         "relay: no worker holds the relay lock (captured rows and ticks wait in the outbox)"

@@ -106,6 +106,22 @@ def requeue_lost(conn: psycopg.Connection, instrument_ids: list[str]) -> int:
     return queue_bootstrap(conn, only=lost) if lost else 0
 
 
+def reload_windows(conn: psycopg.Connection, instrument_ids: list[str]) -> int:
+    """Load instruments' live windows again from prices_daily, deleting the dates it no longer has (a resync
+    snapshot): for windows the parity audit found computing wrong embeddings. Returns how many were queued."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (BOOTSTRAP_LOCK,))
+        ids = [
+            r[0]
+            for r in conn.execute(
+                "DELETE FROM embedder_bootstrap WHERE instrument_id = ANY(%s) AND published_at IS NOT NULL "
+                "RETURNING instrument_id",
+                (instrument_ids,),
+            )
+        ]
+    return queue_bootstrap(conn, only=ids, resync=True) if ids else 0
+
+
 def reset_bootstrap(conn: psycopg.Connection, market_id: str | None = None) -> int:
     """Forget what was loaded (of `market_id`), so the next queue loads it again: for live windows
     that were lost as a whole (new Kafka cluster, new app id)."""

@@ -23,7 +23,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from typing import TYPE_CHECKING
 
@@ -43,6 +43,7 @@ from shared.messages import LIVE_RUN, Deletion, Row, Tick, dead_letter_record, i
 from shared.metrics import StreamMetrics
 from shared.topics import partition_for
 from shared.validation import key_problem, latest_trade_date, row_problem
+from shared.write_claims import next_round, stamp
 
 if TYPE_CHECKING:  # Kafka is imported where the relay runs, not by `embedder tick` or queries
     from backfill.publisher import PricePublisher
@@ -71,6 +72,8 @@ class OutboxRelay:
     published: int = 0
     dead_lettered: int = 0
     _failing_since: float | None = None
+    _round: int = 0
+    _index: int = 0
     housekeeping: Housekeeping = field(init=False)
 
     def __post_init__(self) -> None:
@@ -151,8 +154,13 @@ class OutboxRelay:
         entries = entries[: len(this_round)]
         # Before anything is published: changes reaching keys stored now go to the database path too
         # (history the windows do not hold, rows other paths wrote). A key the stream writes after
-        # this is computed from windows that hold the change.
-        queue_captured_changes(conn, this_round)
+        # this is computed from windows that hold the change. In the same transaction the round gets its
+        # number: what the correction path reads after it holds every change of the round, and each
+        # message below claims a position in it (shared/write_claims.py).
+        with conn.transaction():
+            self._round = next_round(conn)
+            self._index = 0
+            queue_captured_changes(conn, this_round)
         latest = latest_trade_date()
         keep = retention_days(self.settings.window_days, self.settings.retention_slack_days)
         pending: list[tuple] = []  # captured rows since the last tick: (row or deletion, outbox id)
@@ -179,6 +187,7 @@ class OutboxRelay:
                 selection = selection or {}
                 publisher.tick(
                     Tick(
+                        f=self._next_stamp(),
                         run=LIVE_RUN,
                         d=trade_date,
                         ds=tuple(more_dates) if more_dates else None,
@@ -256,7 +265,12 @@ class OutboxRelay:
             by_partition.setdefault(partition_for(row[0], self.settings.partitions), []).append(row)
         for partition, rows in by_partition.items():
             for batch in row_batches(LIVE_RUN, self.settings.window_days, rows):
-                publisher.row_batch(partition, batch)
+                publisher.row_batch(partition, replace(batch, stamp=self._next_stamp()))
+
+    def _next_stamp(self) -> int:
+        """The claim of the next message of this round: after every message the round sent before it."""
+        self._index += 1
+        return stamp(self._round, self._index)
 
     def _count_bootstrap(self, snapshots: dict[int, Counter]) -> None:
         instruments = sum(len(c) for c in snapshots.values())

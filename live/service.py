@@ -10,7 +10,7 @@ from pathlib import Path
 
 from backfill.corrections import start_correction_loop
 from backfill.parity_audit import start_parity_audit
-from live.bootstrap import reconcile_state_format, requeue_lost
+from live.bootstrap import reconcile_state_format, reload_windows, requeue_lost
 from live.relay import start_relay
 from live.schedule import TickScheduler
 from shared.config import Settings
@@ -24,8 +24,13 @@ from streams.worker import run_worker
 def companions(settings: Settings, capture: bool) -> Callable[[threading.Event, StreamMetrics], Callable[[], None]]:
     """What runs beside the stream: the capture relay (with `capture`), the correction path, the audit."""
 
+    def reload(ids: list[str]) -> None:
+        """The audit found these instruments' keys wrong: their live windows are loaded again too."""
+        with connection(settings.database_url) as conn:
+            reload_windows(conn, ids)
+
     def start(ready: threading.Event, metrics: StreamMetrics) -> Callable[[], None]:
-        audit, audit_thread = start_parity_audit(settings, ready, metrics)
+        audit, audit_thread = start_parity_audit(settings, ready, metrics, reload if capture else None)
         corrections, corrections_thread = start_correction_loop(settings, ready, metrics, audit.corrected)
         parts = [(audit.stop, audit_thread), (corrections.stop, corrections_thread)]
         if capture:

@@ -170,6 +170,11 @@ class Settings(BaseSettings):
     """How often the worker's parity audit recomputes a sample of stored keys (0 turns it off)."""
     parity_sample_keys: int = Field(default=200, ge=0)
     """Stored keys the parity audit samples per round (besides every key a correction recomputed)."""
+    parity_risk_keys: int = Field(default=200, ge=0)
+    """Keys the audit takes per round from each place a stale one is likely (keys rewritten since its last
+    round, keys recent price changes reach, keys of recently ticked dates); 0 leaves them out."""
+    parity_sweep_hours: float = Field(default=24.0, ge=0)
+    """The audit's sweep checks every stored key once in this many hours (0 turns the sweep off)."""
     parity_repair: bool = True
     """Queue every mismatch the audit finds for the database path (it is counted and logged first)."""
 

@@ -17,8 +17,8 @@ from shared.db import copy_rows, one
 
 ENTITY_TYPE = "INSTRUMENT"
 STAGING = "embeddings_staging"
-STAGING_COLUMNS = ("entity_id", "as_of_date", "model_id", "window_days", "vector")
-STAGING_TYPES = ("text", "date", "text", "int4", "bytea")
+STAGING_COLUMNS = ("entity_id", "as_of_date", "model_id", "window_days", "vector", "computed_from")
+STAGING_TYPES = ("text", "date", "text", "int4", "bytea", "int8")
 
 
 @dataclass(frozen=True)
@@ -69,57 +69,152 @@ def ensure_staging(cur: psycopg.Cursor) -> None:
     cur.execute(
         f"""CREATE TEMP TABLE IF NOT EXISTS {STAGING} (
             entity_id text NOT NULL, as_of_date date NOT NULL, model_id text NOT NULL,
-            window_days int4 NOT NULL, vector bytea NOT NULL)"""
+            window_days int4 NOT NULL, vector bytea NOT NULL, computed_from int8)"""
     )
 
 
-def upsert_embeddings(conn: psycopg.Connection, rows: Iterable[tuple | EmbeddingRow]) -> int:
-    """Stage `rows` and upsert them in the caller's transaction; returns how many stored rows were
-    inserted or changed (identical rewrites are skipped).
+@dataclass(frozen=True)
+class WriteResult:
+    """What a fenced write did: rows inserted or changed, and rows refused because the table held one
+    computed from newer prices (`shared.write_claims`)."""
 
-    Rows may be EmbeddingRow or plain tuples in STAGING_COLUMNS order; where a
-    batch repeats a key, the last row wins (a correction emitted after the
-    original). A key written here is no longer an absent one (`shared.maintained_keys`).
-    The caller commits; on failure nothing of this batch is visible.
-    """
+    changed: int = 0
+    refused: int = 0
+
+
+def not_older(stored: str, write: str) -> str:
+    """SQL: the stored row (alias `stored`) was computed from no newer prices than the write (`write`). A
+    missing claim — plain SQL, a release before claims — ranks below every claim; an unclaimed write is
+    not fenced."""
+    a, b = f"{stored}.computed_from", f"{write}.computed_from"
+    return f"({a} IS NULL OR {b} IS NULL OR {a} <= {b})"
+
+
+def _staged(rows: Iterable[tuple | EmbeddingRow], claim: int | None) -> list[tuple]:
+    """One row per key, in key order: where a key repeats, the highest claim wins, then the last row."""
     latest: dict[tuple, tuple] = {}
     for r in rows:
-        t = (
-            (r.entity_id, r.as_of_date, r.model_id, r.window_days, r.vector)
-            if isinstance(r, EmbeddingRow)
-            else tuple(r)
-        )
-        latest[(t[0], t[1], t[2])] = t
+        if isinstance(r, EmbeddingRow):
+            t: tuple = (r.entity_id, r.as_of_date, r.model_id, r.window_days, r.vector, claim)
+        else:
+            t = tuple(r) if len(r) == 6 else (*r, claim)
+        key = (t[0], t[1], t[2])
+        before = latest.get(key)
+        if before is None or before[5] is None or t[5] is None or t[5] >= before[5]:
+            latest[key] = t
+    return [latest[k] for k in sorted(latest)]
+
+
+def write_embeddings(
+    conn: psycopg.Connection, rows: Iterable[tuple | EmbeddingRow], claim: int | None = None
+) -> WriteResult:
+    """Stage `rows` and upsert them in the caller's transaction, fenced: a stored row computed from newer
+    prices than this write (its `computed_from` above the write's claim), or a key recorded absent from
+    newer prices, is left alone and counted as refused. Identical rewrites of the same claim change
+    nothing; an identical vector from newer prices records the newer claim (so a computation between the
+    two can never win later).
+
+    Rows are EmbeddingRow or tuples `(entity_id, as_of_date, model_id, window_days, vector[, claim])`
+    (`claim` is every row's claim where the row has none: `shared.write_claims`). A key written here is
+    no longer an absent one (`shared.maintained_keys`). The caller commits; on failure nothing of this
+    batch is visible."""
+    staged = _staged(rows, claim)
+    if not staged:
+        return WriteResult()
     with conn.cursor() as cur:
         ensure_staging(cur)
         cur.execute(f"TRUNCATE {STAGING}")
         # In key order (nearly free: every path produces rows per instrument and date), so concurrent
         # writers (the sink, the correction path) lock rows in one order.
-        copy_rows(cur, STAGING, STAGING_COLUMNS, (latest[k] for k in sorted(latest)), STAGING_TYPES)
-        cur.execute(
-            f"""
-            INSERT INTO numeric_window_embeddings AS t
-                (entity_type, entity_id, window_spec, as_of_date, model_id, vector)
-            SELECT '{ENTITY_TYPE}', entity_id, {window_spec_sql("window_days")}, as_of_date, model_id, vector
-            FROM {STAGING}
-            ON CONFLICT (entity_type, entity_id, as_of_date, model_id) DO UPDATE SET
-                window_spec = EXCLUDED.window_spec, vector = EXCLUDED.vector, vector_ref = NULL
-            WHERE (t.window_spec, t.vector, t.vector_ref) IS DISTINCT FROM
-                  (EXCLUDED.window_spec, EXCLUDED.vector, NULL::varchar)
-            """
-        )
-        changed = cur.rowcount
-        ids = list({k[0] for k in latest})
-        if one(
+        copy_rows(cur, STAGING, STAGING_COLUMNS, staged, STAGING_TYPES)
+        ids = list({row[0] for row in staged})
+        absent = one(
             cur.execute(
                 f"""SELECT EXISTS (SELECT 1 FROM embedder_absent_embeddings
                                           WHERE entity_type = '{ENTITY_TYPE}' AND entity_id = ANY(%s))""",
                 (ids,),
             )
-        )[0]:  # the usual case: none of these instruments has absent keys
+        )[0]  # the usual case: none of these instruments has absent keys
+        newer_absent = (
+            f"""WHERE NOT EXISTS (SELECT 1 FROM embedder_absent_embeddings a
+                                 WHERE a.entity_type = '{ENTITY_TYPE}' AND a.entity_id = s.entity_id
+                                   AND a.as_of_date = s.as_of_date AND a.model_id = s.model_id
+                                   AND a.computed_from > s.computed_from)"""
+            if absent
+            else ""
+        )
+        cur.execute(
+            f"""
+            INSERT INTO numeric_window_embeddings AS t
+                (entity_type, entity_id, window_spec, as_of_date, model_id, vector, computed_from)
+            SELECT '{ENTITY_TYPE}', s.entity_id, {window_spec_sql("s.window_days")}, s.as_of_date, s.model_id,
+                   s.vector, s.computed_from
+            FROM {STAGING} s {newer_absent}
+            ON CONFLICT (entity_type, entity_id, as_of_date, model_id) DO UPDATE SET
+                window_spec = EXCLUDED.window_spec, vector = EXCLUDED.vector, vector_ref = NULL,
+                computed_from = EXCLUDED.computed_from
+            WHERE {not_older("t", "EXCLUDED")}
+              AND ((t.window_spec, t.vector, t.vector_ref) IS DISTINCT FROM
+                   (EXCLUDED.window_spec, EXCLUDED.vector, NULL::varchar)
+                   OR (EXCLUDED.computed_from IS NOT NULL AND t.computed_from IS DISTINCT FROM EXCLUDED.computed_from))
+            """
+        )
+        changed = cur.rowcount
+        refused = 0
+        if changed < len(staged):  # some rows were identical, or refused: count the refused
+            refused = one(
+                cur.execute(
+                    f"""SELECT (SELECT count(*) FROM {STAGING} s JOIN numeric_window_embeddings t
+                                  ON t.entity_type = '{ENTITY_TYPE}' AND t.entity_id = s.entity_id
+                                 AND t.as_of_date = s.as_of_date AND t.model_id = s.model_id
+                                WHERE t.computed_from > s.computed_from)"""
+                    + (
+                        f""" + (SELECT count(*) FROM {STAGING} s JOIN embedder_absent_embeddings a
+                                  ON a.entity_type = '{ENTITY_TYPE}' AND a.entity_id = s.entity_id
+                                 AND a.as_of_date = s.as_of_date AND a.model_id = s.model_id
+                                WHERE a.computed_from > s.computed_from)"""
+                        if absent
+                        else ""
+                    )
+                )
+            )[0]
+        if absent:
             cur.execute(
                 f"""DELETE FROM embedder_absent_embeddings a USING {STAGING} s
                     WHERE a.entity_type = '{ENTITY_TYPE}' AND a.entity_id = s.entity_id
-                      AND a.as_of_date = s.as_of_date AND a.model_id = s.model_id"""
+                      AND a.as_of_date = s.as_of_date AND a.model_id = s.model_id
+                      AND {not_older("a", "s")}"""
             )
-        return changed
+        note_refusals(conn, refused)
+        return WriteResult(changed, refused)
+
+
+def upsert_embeddings(conn: psycopg.Connection, rows: Iterable[tuple | EmbeddingRow], claim: int | None = None) -> int:
+    """`write_embeddings`, returning how many stored rows were inserted or changed."""
+    return write_embeddings(conn, rows, claim).changed
+
+
+def note_refusals(conn: psycopg.Connection, refused: int) -> None:
+    """Count refused writes for `embedder status` (per UTC day, writer — the cause's kind — and session),
+    in the caller's transaction."""
+    if refused <= 0:
+        return
+    conn.execute(
+        """INSERT INTO embedder_write_refusals AS r (day, writer, backend, refused)
+           VALUES ((now() AT TIME ZONE 'UTC')::date, left(split_part(embedder_change_cause(), ':', 1), 32),
+                   pg_backend_pid(), %s)
+           ON CONFLICT (day, writer, backend) DO UPDATE SET refused = r.refused + EXCLUDED.refused, last_at = now()""",
+        (refused,),
+    )
+
+
+def refusals_by_day(conn: psycopg.Connection, days: int) -> list[tuple[date, str, int]]:
+    """(UTC day, writer, embeddings refused) over the last `days` days, newest first."""
+    return [
+        (d, w, int(n))
+        for d, w, n in conn.execute(
+            """SELECT day, writer, sum(refused) FROM embedder_write_refusals
+               WHERE day > (now() AT TIME ZONE 'UTC')::date - %s GROUP BY day, writer ORDER BY day DESC, writer""",
+            (days,),
+        )
+    ]

@@ -23,7 +23,7 @@ from datetime import date, timedelta
 import psycopg
 
 from shared.db import copy_rows, one
-from shared.embedding_store import ENTITY_TYPE
+from shared.embedding_store import ENTITY_TYPE, WriteResult, not_older, note_refusals
 from shared.encoder import LOOKBACK_FACTOR
 from shared.models import MODELS
 
@@ -128,38 +128,72 @@ def absent_keys_between(
     return _keys(rows)
 
 
-def record_absent(conn: psycopg.Connection, keys: Iterable[tuple[str, date, str, int]]) -> int:
+def record_absent(conn: psycopg.Connection, keys: Iterable[tuple], claim: int | None = None) -> int:
+    """`write_absent`, returning how many stored rows were deleted."""
+    return write_absent(conn, keys, claim).changed
+
+
+def write_absent(conn: psycopg.Connection, keys: Iterable[tuple], claim: int | None = None) -> WriteResult:
     """Record keys that have no embedding (too little history) and delete their stored rows, in the
-    caller's transaction; returns how many stored rows were deleted."""
-    latest = {(k[0], k[1], k[2]): tuple(k[:4]) for k in keys}
+    caller's transaction, fenced like every write (`shared.embedding_store.write_embeddings`): a key
+    whose stored row or absent record was computed from newer prices is left alone (counted refused).
+    Keys are `(entity_id, as_of_date, model_id, window_days[, claim])`; `changed` counts the stored rows
+    deleted."""
+    latest: dict[tuple, tuple] = {}
+    for k in keys:
+        row = tuple(k) if len(k) == 5 else (*tuple(k)[:4], claim)
+        before = latest.get(row[:3])
+        if before is None or before[4] is None or row[4] is None or row[4] >= before[4]:
+            latest[row[:3]] = row
     if not latest:
-        return 0
+        return WriteResult()
+    same_key = """{a}.entity_type = '{e}' AND {a}.entity_id = s.entity_id AND {a}.as_of_date = s.as_of_date
+                  AND {a}.model_id = s.model_id"""
+    stored, recorded = same_key.format(a="t", e=ENTITY_TYPE), same_key.format(a="a", e=ENTITY_TYPE)
     with conn.cursor() as cur:
         cur.execute(f"""CREATE TEMP TABLE IF NOT EXISTS {ABSENT_STAGING} (
                             entity_id text NOT NULL, as_of_date date NOT NULL, model_id text NOT NULL,
-                            window_days int4 NOT NULL)""")
+                            window_days int4 NOT NULL, computed_from int8)""")
         cur.execute(f"TRUNCATE {ABSENT_STAGING}")
         copy_rows(
             cur,
             ABSENT_STAGING,
-            ("entity_id", "as_of_date", "model_id", "window_days"),
-            latest.values(),
-            ("text", "date", "text", "int4"),
+            ("entity_id", "as_of_date", "model_id", "window_days", "computed_from"),
+            [latest[k] for k in sorted(latest)],
+            ("text", "date", "text", "int4", "int8"),
         )
+        refused = one(
+            cur.execute(
+                f"""SELECT (SELECT count(*) FROM {ABSENT_STAGING} s JOIN numeric_window_embeddings t ON {stored}
+                            WHERE t.computed_from > s.computed_from)
+                         + (SELECT count(*) FROM {ABSENT_STAGING} s JOIN embedder_absent_embeddings a ON {recorded}
+                            WHERE a.computed_from > s.computed_from)"""
+            )
+        )[0]
         cur.execute(
-            f"""INSERT INTO embedder_absent_embeddings AS a (entity_type, entity_id, as_of_date, model_id, window_days)
-                SELECT '{ENTITY_TYPE}', entity_id, as_of_date, model_id, window_days FROM {ABSENT_STAGING}
-                ORDER BY entity_id, as_of_date, model_id
+            f"""INSERT INTO embedder_absent_embeddings AS a
+                    (entity_type, entity_id, as_of_date, model_id, window_days, computed_from)
+                SELECT '{ENTITY_TYPE}', s.entity_id, s.as_of_date, s.model_id, s.window_days, s.computed_from
+                FROM {ABSENT_STAGING} s
+                WHERE NOT EXISTS (SELECT 1 FROM numeric_window_embeddings t WHERE {stored}
+                                    AND t.computed_from > s.computed_from)
+                ORDER BY s.entity_id, s.as_of_date, s.model_id
                 ON CONFLICT (entity_type, entity_id, as_of_date, model_id) DO UPDATE
-                    SET window_days = EXCLUDED.window_days, recorded_at = now()
-                    WHERE a.window_days <> EXCLUDED.window_days"""
+                    SET window_days = EXCLUDED.window_days, recorded_at = now(), computed_from = EXCLUDED.computed_from
+                    WHERE {not_older("a", "EXCLUDED")}
+                      AND (a.window_days <> EXCLUDED.window_days
+                           OR (EXCLUDED.computed_from IS NOT NULL
+                               AND a.computed_from IS DISTINCT FROM EXCLUDED.computed_from))"""
         )
         cur.execute(
             f"""DELETE FROM numeric_window_embeddings t USING {ABSENT_STAGING} s
-                WHERE t.entity_type = '{ENTITY_TYPE}' AND t.entity_id = s.entity_id
-                  AND t.as_of_date = s.as_of_date AND t.model_id = s.model_id"""
+                WHERE {stored} AND {not_older("t", "s")}
+                  AND NOT EXISTS (SELECT 1 FROM embedder_absent_embeddings a WHERE {recorded}
+                                    AND a.computed_from > s.computed_from)"""
         )
-        return cur.rowcount
+        deleted = cur.rowcount
+    note_refusals(conn, refused)
+    return WriteResult(deleted, refused)
 
 
 def queue_recompute(conn: psycopg.Connection, changes: Sequence[tuple[str, date]]) -> int:

@@ -103,6 +103,9 @@ class Tick(_Base):
     offset: int = Field(default=0, alias="off", ge=0)
     instrument_ids: tuple[str, ...] | None = Field(default=None, alias="ids")
     """A query's selection: the market's instruments cut by offset/limit, or these ids."""
+    stamp: int | None = Field(default=None, alias="f", ge=0)
+    """The claim of what the tick computes (`shared.write_claims`): every message before it in each
+    partition has been applied. None from a release before claims."""
     lookback_from_db: bool | None = Field(default=None, alias="db")
     """A query older than the live windows keep (`instrument_ids` required): each partition reads its
     instruments' look-back from prices_daily (the batch path's reader) instead of the windows. Absent
@@ -151,6 +154,9 @@ class RowBatch:
     slack_days: int | None = None
     """Days the run's windows keep beyond one look-back (a replay's block length); None: the
     worker's `retention_slack_days`."""
+    stamp: int | None = None
+    """Where these rows were read (`shared.write_claims`): a window never takes rows older than it holds,
+    and corrections they cause claim it. None from a release before claims."""
     wire: list[bytes] | None = field(default=None, compare=False, repr=False)
     """The rows already encoded (`row_wire`), when the sender has them: encoded once, not twice."""
     kind: str = "rows"
@@ -168,12 +174,15 @@ def encode(message: BaseModel | RowBatch) -> bytes:
     """The wire form of a message."""
     if isinstance(message, RowBatch):
         rows = message.wire if message.wire is not None else map(row_wire, message.rows)
-        return _row_batch_head(message.run, message.window_days, message.slack_days) + b",".join(rows) + b"]}"
+        head = _row_batch_head(message.run, message.window_days, message.slack_days, message.stamp)
+        return head + b",".join(rows) + b"]}"
     return message.model_dump_json(by_alias=True, exclude_none=True).encode()
 
 
-def _row_batch_head(run: str, window_days: int, slack_days: int | None = None) -> bytes:
+def _row_batch_head(run: str, window_days: int, slack_days: int | None = None, stamp: int | None = None) -> bytes:
     slack = b"" if slack_days is None else b',"s":' + str(slack_days).encode()
+    if stamp is not None:
+        slack += b',"f":' + str(stamp).encode()
     return (
         b'{"v":1,"run":'
         + json.dumps(run).encode()
@@ -196,9 +205,14 @@ def row_wire(row: Sequence) -> bytes:
     return json.dumps(fields, separators=(",", ":")).encode()  # NaN, infinities: as the json module writes them
 
 
-def row_batch_overhead(run: str = "r" * 64, window_days: int = 2000, slack_days: int | None = 3650) -> int:
+MAX_STAMP = 2**63 - 1
+
+
+def row_batch_overhead(
+    run: str = "r" * 64, window_days: int = 2000, slack_days: int | None = 3650, stamp: int | None = MAX_STAMP
+) -> int:
     """Encoded bytes of a row batch around its rows (by default for the longest run id and fields)."""
-    return len(_row_batch_head(run, window_days, slack_days)) + 2
+    return len(_row_batch_head(run, window_days, slack_days, stamp)) + 2
 
 
 def row_batches(
@@ -208,7 +222,7 @@ def row_batches(
 
     Cut by the encoded size, not a row count, so any id length (up to the schema's 50
     characters, which JSON may escape to 300 bytes) stays under the message limit."""
-    head = row_batch_overhead(run, window_days, None)
+    head = row_batch_overhead(run, window_days, None)  # with room for a stamp the relay sets
     batch: list = []
     wire: list[bytes] = []
     size = head
@@ -243,10 +257,14 @@ def _parse_row(raw: Any, latest: date) -> tuple[str | None, Row | Deletion | Non
     return None, Row(instrument_id, cast(date, trade_date), float(close), float(volume))
 
 
+ROW_BATCH_FIELDS = {"v", "run", "k", "w", "r", "s", "f"}
+
+
 def _decode_row_batch(data: dict) -> RowBatch:
-    if set(data) - {"v", "run", "k", "w", "r", "s"}:
-        raise BadMessage(f"invalid field rows: unexpected {sorted(set(data) - {'v', 'run', 'k', 'w', 'r', 's'})}")
+    if set(data) - ROW_BATCH_FIELDS:
+        raise BadMessage(f"invalid field rows: unexpected {sorted(set(data) - ROW_BATCH_FIELDS)}")
     run, window_days, rows, slack = data.get("run", LIVE_RUN), data.get("w"), data.get("r"), data.get("s")
+    stamp = data.get("f")
     if data.get("v", VERSION) != VERSION:
         raise BadMessage(f"invalid field rows.v: unsupported version {data.get('v')!r}")
     if not isinstance(run, str) or not 1 <= len(run) <= 64:
@@ -257,6 +275,8 @@ def _decode_row_batch(data: dict) -> RowBatch:
         raise BadMessage("invalid field rows.r: a list of rows")
     if slack is not None and (isinstance(slack, bool) or not isinstance(slack, int) or not 0 <= slack <= 3650):
         raise BadMessage("invalid field rows.s: slack days between 0 and 3650")
+    if stamp is not None and (isinstance(stamp, bool) or not isinstance(stamp, int) or not 0 <= stamp <= MAX_STAMP):
+        raise BadMessage("invalid field rows.f: a stamp between 0 and 2**63-1")
     latest = latest_trade_date()
     valid: list = []
     rejected: list = []
@@ -266,7 +286,7 @@ def _decode_row_batch(data: dict) -> RowBatch:
             rejected.append((problem, raw))
         else:
             valid.append(row)
-    return RowBatch(run, window_days, valid, rejected, slack)
+    return RowBatch(run, window_days, valid, rejected, slack, stamp)
 
 
 def loads(raw: bytes) -> Any:

@@ -50,6 +50,8 @@ class StreamMetrics:
     parity_mismatches: Counter
     parity_last_run: Gauge
     state_bytes: Counter
+    writes_refused: Counter
+    stale_rows_skipped: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> StreamMetrics:
@@ -199,6 +201,19 @@ class StreamMetrics:
                 "Bytes of values written to the worker's state "
                 "tables (and so to their changelogs), by table: windows or runs.",
                 ["table"],
+                registry=r,
+            ),
+            writes_refused=Counter(
+                "embedder_writes_refused",
+                "Embeddings a write did not store because the table held them computed from newer prices "
+                "(a frozen worker, a re-delivered tick, a slow correction), by writer.",
+                ["writer"],
+                registry=r,
+            ),
+            stale_rows_skipped=Counter(
+                "embedder_stale_rows_skipped",
+                "Price rows the stream did not apply because the window already held newer ones "
+                "(published by a relay that lost its turn).",
                 registry=r,
             ),
         )

@@ -37,9 +37,10 @@ def admin_client(settings: Settings) -> KafkaAdminClient:
         raise ServiceUnavailable(f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: {e}") from None
 
 
-STATE_FORMAT = 3
+STATE_FORMAT = 4
 """The format of the worker's state (`streams/state.py`, windows kept in chunks by `streams/window_store.py`):
-2 kept each window as one value, 1 was the unversioned tables of the releases before it. Table names
+4 adds each window's stamp (`shared.write_claims`), 3 kept no stamp, 2 kept each window as one value, 1 was
+the unversioned tables of the releases before it. Table names
 carry it, so a worker never reads state of another format; the database records which format a worker
 group holds (`live.bootstrap.reconcile_state_format`), and a worker meeting
 another one rebuilds its live windows from prices_daily (the bootstrap)."""

@@ -119,6 +119,15 @@ class PricesAdapter:
             fx = Effects(dead_letters=[DeadLetter(e.reason, event.value or b"")])
         m.rows.inc(fx.rows)
         m.corrections_to_database.inc(fx.left_to_database)
+        if fx.stale_rows:
+            m.stale_rows_skipped.inc(fx.stale_rows)
+            log.warning(
+                "%s[%s]@%s: %d row(s) not applied: their windows hold rows read after them",
+                event.message.topic,
+                partition,
+                offset,
+                fx.stale_rows,
+            )
         try:
             await self.apply_effects(event, fx)
         except BaseException:

@@ -14,20 +14,22 @@ import threading
 from datetime import date
 
 import numpy as np
+import psycopg
 
 from shared.db import PatientReader
 from shared.encoder import lookback_start
 from shared.price_history import History, read_histories
-from streams.window import NO_OFFSET, ROW, Window, day_number
+from shared.write_claims import read_claim
+from streams.window import NO_OFFSET, NO_STAMP, ROW, Window, day_number
 
 
-def window_of(history: History, horizon: int) -> Window:
-    """A window holding `history`, complete from day `horizon` on."""
+def window_of(history: History, horizon: int, claim: int = NO_STAMP) -> Window:
+    """A window holding `history`, complete from day `horizon` on, read at `claim` (`shared.write_claims`)."""
     rows = np.empty(history.trade_dates.size, dtype=ROW)
     rows["day"] = history.trade_dates.astype(np.int64)
     rows["close"] = history.close
     rows["volume"] = history.volume
-    return Window(NO_OFFSET, horizon, rows)
+    return Window(NO_OFFSET, horizon, rows, claim)
 
 
 class DbLookback:
@@ -42,7 +44,12 @@ class DbLookback:
         if not instrument_ids:
             return {}
         first = lookback_start(np.datetime64(min(dates), "D"), window_days).astype(object)
+
+        def claimed_read(conn: psycopg.Connection) -> tuple[int, dict[str, History]]:
+            claim = read_claim(conn)  # before the prices: what they are at least as new as
+            return claim, read_histories(conn, instrument_ids, first, max(dates))
+
         with self._lock:
-            histories = self._reader.read(lambda conn: read_histories(conn, instrument_ids, first, max(dates)))
+            claim, histories = self._reader.read(claimed_read)
         horizon = day_number(first)
-        return {i: window_of(h, horizon) for i, h in histories.items()}
+        return {i: window_of(h, horizon, claim) for i, h in histories.items()}

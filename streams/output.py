@@ -52,6 +52,10 @@ class EmbeddingBatch:
     cause: str = ""
     """Corrections: the price changes that re-emitted these embeddings (recorded with the versions they
     supersede)."""
+    computed_from: int | None = None
+    """The claim of these embeddings (`shared.write_claims`): the stamp of the message they were computed
+    at, or the relay round read before a look-back was read from prices_daily. None: a message of a
+    release before claims (not fenced)."""
 
     @property
     def size(self) -> int:

@@ -35,7 +35,7 @@ from streams.output import Embedding, EmbeddingBatch, TickDone
 from streams.registry import Registry
 from streams.state import LIVE_PREFIX, RunPartition, StateView, TickRecord, Writes, run_key, window_key
 from streams.ticks import Timeline, embeddings_at
-from streams.window import NO_OFFSET, NO_ROWS, Window, date_of, day_number, retention_days
+from streams.window import NO_OFFSET, NO_ROWS, NO_STAMP, Window, date_of, day_number, retention_days
 
 DEFAULT_CACHE_WINDOWS = 50_000
 
@@ -78,6 +78,9 @@ class Effects:
     lost_windows: list[str] = field(default_factory=list)
     """Live instruments a tick covers that have no window at all: the bootstrap should load them."""
     rows: int = 0
+    stale_rows: int = 0
+    """Rows not applied: their window holds rows read after them (a relay that lost its turn published
+    what it had read before; `shared.write_claims`)."""
     left_to_database: int = 0
     """Live corrections older than the windows hold (or reaching ticks whose look-back they no longer
     hold): the database path (`backfill.corrections`) recomputes what they reach from prices_daily. The
@@ -155,6 +158,7 @@ class PartitionProcessor:
                 offset,
                 fx,
                 message.slack_days,
+                message.stamp,
             )
         elif isinstance(message, PriceRow):
             fx.rows = 1
@@ -223,6 +227,7 @@ class PartitionProcessor:
         offset: int,
         fx: Effects,
         slack_days: int | None = None,
+        stamp: int | None = None,
     ) -> None:
         keep = retention_days(window_days, self.config.retention_slack_days if slack_days is None else slack_days)
         before = self._run_state(run)
@@ -245,10 +250,13 @@ class PartitionProcessor:
             stored = self._window(key)
             if stored.applied_offset >= offset:
                 continue  # re-delivered after a restart or rebalance: already in the restored state
+            if stored.newer_than(stamp):
+                fx.stale_rows += len(own)  # read before rows the window holds (a relay that lost its turn)
+                continue
             changes = [
                 (day_number(r[1]), None, None) if is_deletion(r) else (day_number(r[1]), r[2], r[3]) for r in own
             ]
-            window, too_old = stored.apply(changes, keep, offset, floor)
+            window, too_old = stored.apply(changes, keep, offset, floor, stamp)
             live = run == LIVE_RUN
             for k in too_old:
                 if live:  # history: the database path recomputes what it reaches
@@ -287,7 +295,9 @@ class PartitionProcessor:
             self._write_window(fx, key, stored, window, [c[0] for c in changes])
         cause = price_changes(changed_prices)
         for window_days, items in corrections.items():
-            fx.embeddings.append(EmbeddingBatch(run, window_days, self.partition, items, cause=cause))
+            fx.embeddings.append(
+                EmbeddingBatch(run, window_days, self.partition, items, cause=cause, computed_from=stamp)
+            )
         self._write_run(fx, run, before, state)
 
     def _ticks_reached(self, run: str, instrument_id: str, state: RunPartition, days: list[int]) -> list[TickRecord]:
@@ -377,6 +387,7 @@ class PartitionProcessor:
                 tick.scope if live else "",
                 redelivered,
                 recheck,
+                computed_from=tick_claim(tick, lookback),
             )
         )
         if lookback is None:  # a look-back read from the database is read again if the tick comes again
@@ -425,6 +436,17 @@ class PartitionProcessor:
             self._write_window(fx, key, self._window(key), None)
         self._write_run(fx, run, before, None)
         self._unconfirmed.pop(run, None)
+
+
+def tick_claim(tick: Tick, lookback: Mapping[str, Window] | None) -> int | None:
+    """What a tick's embeddings claim (`shared.write_claims`): its own stamp (every window of the partition
+    applied every message before it), or where its look-back was read from prices_daily, the claim of that
+    read (the lowest of its windows')."""
+    if lookback is not None:
+        read = [w.stamp for w in lookback.values() if w.stamp != NO_STAMP]
+        if read:
+            return min(read)
+    return tick.stamp
 
 
 def recompute(instrument_id: str, window: Window, ticks: Sequence[TickRecord]) -> list[Embedding]:

@@ -23,9 +23,9 @@ from datetime import UTC, date, datetime
 import psycopg
 
 from shared.db import connect
-from shared.embedding_store import set_cause, upsert_embeddings
+from shared.embedding_store import set_cause, write_embeddings
 from shared.errors import ServiceUnavailable
-from shared.maintained_keys import queue_recompute, record_absent
+from shared.maintained_keys import queue_recompute, write_absent
 from shared.messages import LIVE_RUN
 from shared.metrics import StreamMetrics
 from streams.output import EmbeddingBatch
@@ -54,6 +54,19 @@ def change_cause(batches: Sequence[EmbeddingBatch], shown: int = 4) -> tuple[str
     return kind, "; ".join(unique[:shown]) + more
 
 
+def newest_per_key(batches: Sequence[EmbeddingBatch]) -> dict[tuple, tuple]:
+    """One row `(instrument, as_of, model, window_days, vector, claim)` per key of `batches`: the one
+    computed from the newest prices (the highest claim), and of those the last (stream order)."""
+    latest: dict[tuple, tuple] = {}
+    for b in batches:
+        claim = b.computed_from
+        for i, d, m, v in b.items:
+            before = latest.get((i, d, m))
+            if before is None or claim is None or before[5] is None or claim >= before[5]:
+                latest[(i, d, m)] = (i, d, m, b.window_days, v, claim)
+    return latest
+
+
 class SinkWriter:
     """Owns one connection; `write` is called from a worker thread, one batch at a time."""
 
@@ -63,26 +76,26 @@ class SinkWriter:
         self.metrics = metrics
         self._conn: psycopg.Connection | None = None
         self.retries = 0
+        self.refused = 0
+        """Embeddings refused since start: the table held them computed from newer prices."""
 
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
             self._conn = connect(self.database_url)
         return self._conn
 
-    def write_once(self, batches: Sequence[EmbeddingBatch]) -> None:
-        """One transaction: the batches' embeddings (in order: where a key repeats, the last item
-        wins, and an empty vector records the key as absent and deletes its stored row) and their
-        ticks' completions."""
+    def write_once(self, batches: Sequence[EmbeddingBatch]) -> int:
+        """One transaction: the batches' embeddings (where a key repeats, the one computed from the newest
+        prices, then the last; an empty vector records the key as absent and deletes its stored row),
+        fenced by their claims, and their ticks' completions. Returns how many embeddings the table
+        refused (it held them computed from newer prices)."""
         conn = self._connection()
         try:
             batches = self._drop_completed_runs(conn, batches)
             set_cause(conn, *change_cause(batches))
-            latest: dict[tuple, tuple] = {}
-            for b in batches:
-                for i, d, m, v in b.items:
-                    latest[(i, d, m)] = (i, d, m, b.window_days, v)
-            upsert_embeddings(conn, (row for row in latest.values() if row[4]))
-            record_absent(conn, (row[:4] for row in latest.values() if not row[4]))
+            latest = newest_per_key(batches)
+            refused = write_embeddings(conn, [row for row in latest.values() if row[4]]).refused
+            refused += write_absent(conn, [(*row[:4], row[5]) for row in latest.values() if not row[4]]).refused
             queue_recompute(conn, [key for b in batches for key in b.recheck])
             done = [
                 {
@@ -115,6 +128,7 @@ class SinkWriter:
                         done,
                     )
             conn.commit()
+            return refused
         except BaseException:
             try:
                 conn.rollback()
@@ -146,8 +160,9 @@ class SinkWriter:
         while True:
             try:
                 started = time.monotonic()
-                self.write_once(batches)
-                self._observe(batches, time.monotonic() - started)
+                refused = self.write_once(batches)
+                self.refused += refused
+                self._observe(batches, time.monotonic() - started, refused)
                 return
             except (psycopg.OperationalError, psycopg.InterfaceError, ServiceUnavailable) as e:
                 self.retries += 1
@@ -160,10 +175,14 @@ class SinkWriter:
                 time.sleep(delay)
                 delay = min(delay * 2, self.max_backoff)
 
-    def _observe(self, batches: Sequence[EmbeddingBatch], seconds: float) -> None:
+    def _observe(self, batches: Sequence[EmbeddingBatch], seconds: float, refused: int = 0) -> None:
+        if refused:
+            log.info("sink: %d embedding(s) refused: the table holds them computed from newer prices", refused)
         if not self.metrics:
             return
         m = self.metrics
+        if refused:
+            m.writes_refused.labels(change_cause(batches)[0]).inc(refused)
         n = sum(1 for b in batches for item in b.items if item.vector)
         m.sink_commit_seconds.observe(seconds)
         m.sink_batch_embeddings.observe(n)

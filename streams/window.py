@@ -1,8 +1,9 @@
 """A pure per-instrument window: add, correct or delete rows, view rows as of a date. No Faust here.
 
 A window holds the source offset of the last event applied, the `horizon` day
-before which rows were dropped, and fixed-width rows (day int32, close float64,
-volume float64) sorted by day. How the worker stores it (a head and sealed
+before which rows were dropped, the stamp of the newest rows it took (where the relay read them:
+`shared.write_claims`; a window never takes rows read before those it holds), and fixed-width rows
+(day int32, close float64, volume float64) sorted by day. How the worker stores it (a head and sealed
 chunks) is `streams/window_store.py`; `to_bytes`/`parse` and `upsert_rows` are a
 single-value form for building and checking windows in tests.
 
@@ -26,9 +27,10 @@ from shared.encoder import LOOKBACK_FACTOR, retention_days
 __all__ = ["Window", "day_number", "date_of", "retention_days", "upsert_row", "upsert_rows"]
 
 ROW = np.dtype([("day", "<i4"), ("close", "<f8"), ("volume", "<f8")])
-HEADER = struct.Struct("<qi")
+HEADER = struct.Struct("<qiq")  # applied offset, horizon, stamp
 EPOCH = np.datetime64("1970-01-01", "D")
 NO_OFFSET = -1
+NO_STAMP = -1
 NOTHING_DROPPED = -(2**31)
 
 
@@ -50,16 +52,22 @@ class Window:
     applied_offset: int
     horizon: int  # every row with day >= horizon is present
     rows: np.ndarray
+    stamp: int = NO_STAMP
+    """The stamp of the newest row batch applied (NO_STAMP: none carried one)."""
 
     @classmethod
     def parse(cls, state: bytes | None) -> Window:
         if not state:
             return cls(NO_OFFSET, NOTHING_DROPPED, np.empty(0, dtype=ROW))
-        offset, horizon = HEADER.unpack_from(state)
-        return cls(offset, horizon, np.frombuffer(state, dtype=ROW, offset=HEADER.size))
+        offset, horizon, stamp = HEADER.unpack_from(state)
+        return cls(offset, horizon, np.frombuffer(state, dtype=ROW, offset=HEADER.size), stamp)
 
     def to_bytes(self) -> bytes:
-        return HEADER.pack(self.applied_offset, self.horizon) + self.rows.tobytes()
+        return HEADER.pack(self.applied_offset, self.horizon, self.stamp) + self.rows.tobytes()
+
+    def newer_than(self, stamp: int | None) -> bool:
+        """True when this window took rows read after `stamp` (rows of `stamp` would take it back in time)."""
+        return stamp is not None and self.stamp > stamp
 
     def covers(self, as_of_day: int, window_days: int) -> bool:
         """True when every row of the look-back of `as_of_day` is still held."""
@@ -76,6 +84,7 @@ class Window:
         keep_days: int,
         offset: int = NO_OFFSET,
         floor: int | None = None,
+        stamp: int | None = None,
     ) -> tuple[Window, list[int]]:
         """The window with `changes` applied in order, and the indexes of changes it could not hold.
 
@@ -83,9 +92,11 @@ class Window:
         repeats, the last change wins. Rows older than the newest day minus `keep_days` are dropped
         and the horizon moves up (never down: a delete of the newest row leaves it), but never past
         `floor` (the first day a tick still waiting for its output needs). A change older than the
-        resulting horizon is not applied: its index is returned, so the caller can say so.
+        resulting horizon is not applied: its index is returned, so the caller can say so. `stamp`: where
+        the changes were read (the window keeps the newest).
         """
-        appended = self._appended(changes, keep_days, offset, floor)
+        stamp = self.stamp if stamp is None else max(stamp, self.stamp)
+        appended = self._appended(changes, keep_days, offset, floor, stamp)
         if appended is not None:
             return appended
         last: dict[int, int] = {}
@@ -104,14 +115,19 @@ class Window:
             horizon = self._next_horizon(int(merged["day"][-1]), keep_days, floor)
         rows = merged[merged["day"] >= horizon]
         too_old = [k for k, (day, _, _) in enumerate(changes) if day < horizon]
-        return Window(max(offset, self.applied_offset), horizon, rows), too_old
+        return Window(max(offset, self.applied_offset), horizon, rows, stamp), too_old
 
     def _next_horizon(self, newest: int, keep_days: int, floor: int | None) -> int:
         target = newest - keep_days if floor is None else min(newest - keep_days, floor)
         return max(self.horizon, target)
 
     def _appended(
-        self, changes: Sequence[tuple[int, float | None, float | None]], keep_days: int, offset: int, floor: int | None
+        self,
+        changes: Sequence[tuple[int, float | None, float | None]],
+        keep_days: int,
+        offset: int,
+        floor: int | None,
+        stamp: int,
     ) -> tuple[Window, list[int]] | None:
         """`apply` for the usual case, rows after the newest held day in ascending order (a replay's
         block, a live day); None when the changes are anything else."""
@@ -127,7 +143,7 @@ class Window:
         horizon = self._next_horizon(days[-1], keep_days, floor)
         rows = merged[int(np.searchsorted(merged["day"], horizon)) :]
         too_old = [k for k, day in enumerate(days) if day < horizon]
-        return Window(max(offset, self.applied_offset), horizon, rows), too_old
+        return Window(max(offset, self.applied_offset), horizon, rows, stamp), too_old
 
     def holds(self, day: int) -> bool:
         """True when a row for `day` is held."""

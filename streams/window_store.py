@@ -3,7 +3,7 @@
 A window of 63 trading days keeps ~130 rows (its look-back); written whole, every live day would put
 ~2.6 KB per instrument into the changelog. Here rows are grouped by calendar chunk (`CHUNK_DAYS` days,
 about 22 trading days). The value under the window's key, the head, holds the header (applied source
-offset, horizon), the list of sealed chunks, and the rows of the newest chunk; each older chunk is a
+offset, horizon, stamp), the list of sealed chunks, and the rows of the newest chunk; each older chunk is a
 value of its own under `key \\x1f <chunk>`. A day appended to the newest chunk writes the head alone
 (its rows and ~50 bytes of header); a chunk is written again only when a row of it changes or the
 head moves past it, and deleted when the horizon passes its last row. Rows below the horizon may stay
@@ -25,7 +25,7 @@ from streams.state import SEP, StateView
 from streams.window import NO_OFFSET, NOTHING_DROPPED, ROW, Window
 
 CHUNK_DAYS = 32
-HEAD = struct.Struct("<qiH")  # applied offset, horizon, number of sealed chunks
+HEAD = struct.Struct("<qiHq")  # applied offset, horizon, number of sealed chunks, stamp
 CHUNK_ID = np.dtype("<i4")
 EMPTY_ROWS = np.empty(0, dtype=ROW)
 LOST = Window(NO_OFFSET, NOTHING_DROPPED, EMPTY_ROWS)
@@ -57,7 +57,7 @@ def read(table: StateView, key: str) -> Window:
     head = table.get(key)
     if not head:
         return LOST
-    offset, horizon, n = HEAD.unpack_from(head)
+    offset, horizon, n, stamp = HEAD.unpack_from(head)
     sealed = np.frombuffer(head, dtype=CHUNK_ID, count=n, offset=HEAD.size)
     parts = []
     for chunk in sealed.tolist():
@@ -69,7 +69,7 @@ def read(table: StateView, key: str) -> Window:
     rows = parts[0] if len(parts) == 1 else np.concatenate(parts)
     if rows.size and int(rows["day"][0]) < horizon:
         rows = rows[int(np.searchsorted(rows["day"], horizon)) :]
-    return Window(offset, horizon, rows)
+    return Window(offset, horizon, rows, stamp)
 
 
 def _chunk_rows(window: Window, chunk: int) -> np.ndarray:
@@ -81,7 +81,7 @@ def _chunk_rows(window: Window, chunk: int) -> np.ndarray:
 def head_bytes(window: Window, head: int | None, sealed: list[int], every_row: bool = False) -> bytes:
     rows = window.rows if every_row else _chunk_rows(window, head) if head is not None else EMPTY_ROWS
     return (
-        HEAD.pack(window.applied_offset, window.horizon, len(sealed))
+        HEAD.pack(window.applied_offset, window.horizon, len(sealed), window.stamp)
         + np.asarray(sealed, dtype=CHUNK_ID).tobytes()
         + rows.tobytes()
     )

@@ -125,9 +125,13 @@ def db_url(session_db) -> str:
         conn.execute("""TRUNCATE numeric_window_embeddings, prices_daily, instruments, prices_outbox,
                         embedder_tick_commits, embedder_runs, embedder_bootstrap, embedder_scheduled_ticks,
                         embedder_absent_embeddings, embedder_recompute_queue, embedder_parity_audits,
-                        embedder_state_format, numeric_window_embedding_versions
+                        embedder_state_format, numeric_window_embedding_versions, embedder_write_refusals
                         RESTART IDENTITY""")
         conn.execute("UPDATE embedder_history SET enabled = true, complete_since = now()")
+        conn.execute("UPDATE embedder_relay_round SET round = 0")
+        conn.execute(
+            "UPDATE embedder_parity_sweep SET entity_id = NULL, as_of_date = NULL, model_id = NULL, passes = 0"
+        )
         # A database whose live service is enabled (capture on); tests of a batch-only database turn it off.
         conn.execute("""UPDATE embedder_capture SET enabled = true, idle_hours = 72, relay_seen_at = now(),
                         changed_at = now(), changed_by = 'tests'""")

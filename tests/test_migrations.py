@@ -38,6 +38,7 @@ def test_upgrade_creates_tables_and_second_run_is_a_noop(database_factory):
         "0010_lean_capture",
         "0011_live_layout",
         "0012_embedding_versions",
+        "0013_write_fencing",
     ]
     assert {
         "instruments",
@@ -49,7 +50,7 @@ def test_upgrade_creates_tables_and_second_run_is_a_noop(database_factory):
         "embedder_parity_audits",
     } <= tables(url)
     second = upgrade(url)
-    assert second.applied == [] and second.already_applied == 12
+    assert second.applied == [] and second.already_applied == 13
     with psycopg.connect(url) as conn:
         cols = dict(
             conn.execute(

@@ -1,0 +1,292 @@
+"""Writes that cannot go back in time (issue 26): each interleaving behind a stale embedding, pinned.
+
+A worker frozen (SIGSTOP, a GC pause, a stalled VM) past its session timeout wakes up holding what it
+computed before; a re-delivered tick is computed from state restored behind what was written; a slow
+correction read prices before a change that a faster writer already applied; a relay that lost its turn
+publishes rows it read before the next relay's. Each test below replays one of them at a chosen step and
+checks the table ends equal to SPEC section 3 over the prices as they are — and each fails when the
+fencing (`computed_from` in `shared.embedding_store`, the window's stamp in `streams.processor`) is removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from datetime import date, timedelta
+
+import psycopg
+from prometheus_client import CollectorRegistry
+
+import backfill.recompute as recompute
+from backfill.corrections import drain_once
+from backfill.recompute import rewrite_keys
+from shared.embedding_store import set_cause, write_embeddings
+from shared.maintained_keys import MaintainedKey, queue_recompute, write_absent
+from shared.messages import LIVE_RUN, RowBatch, Tick
+from shared.metrics import StreamMetrics
+from shared.write_claims import next_round, stamp
+from streams.adapter import PricesAdapter
+from streams.processor import ProcessorConfig
+from streams.registry import InstrumentInfo
+from streams.sink import SinkWriter
+from tests.support.cli import EMBEDDER
+from tests.support.fakes import DeadLetters, Event, Registry, Sink, Table
+from tests.support.helpers import expected, stored
+from tests.support.platform import add_instruments, insert_prices
+
+W = 10
+MODELS = ("numeric-simple-v1",)
+IDS = ["A", "B"]
+DAY0 = date(2020, 1, 1)
+
+
+class Worker:
+    """A worker's stream logic over state tables (faust's in production): the processor and the commit
+    order of `PricesAdapter`, with a sink that only collects what it would write, so a test chooses when
+    (and by which writer) it reaches PostgreSQL."""
+
+    def __init__(self, windows: Table | None = None, runs: Table | None = None):
+        self.log: list[str] = []
+        self.windows = windows if windows is not None else Table(self.log)
+        self.runs = runs if runs is not None else Table(self.log)
+        self.sink = Sink(self.log)
+        registry = Registry({i: InstrumentInfo("M1", True) for i in IDS}, 1)
+        self.metrics = StreamMetrics.create(CollectorRegistry())
+        self.adapter = PricesAdapter(
+            ProcessorConfig(1, W, 15),
+            self.windows,
+            self.runs,
+            registry,
+            None,
+            self.sink,
+            DeadLetters(self.log),
+            self.metrics,
+        )
+
+    def feed(self, offset: int, message) -> list:
+        """Process one message; returns the embedding batches it produced."""
+        before = len(self.sink.committed)
+
+        async def deliver() -> None:
+            await self.adapter.on_event(Event(0, offset, message, self.log))
+            await asyncio.sleep(0)
+
+        asyncio.run(deliver())
+        return self.sink.committed[before:]
+
+    def restored(self) -> Worker:
+        """Another worker taking these partitions over with the state as the changelogs hold it now."""
+        windows, runs = Table([]), Table([])
+        windows.update(self.windows)
+        runs.update(self.runs)
+        return Worker(windows, runs)
+
+
+def history(days: int = 40) -> list[tuple]:
+    return [
+        (i, DAY0 + timedelta(days=n), 10.0 + k + n * 0.1, 100.0 + n)
+        for n in range(days)
+        for k, i in enumerate(IDS)
+        if (DAY0 + timedelta(days=n)).weekday() < 5
+    ]
+
+
+def write(db_url: str, batches: list) -> int:
+    """What the worker's sink does with `batches`: one fenced transaction; returns the refused count."""
+    writer = SinkWriter(db_url)
+    try:
+        return writer.write_once(batches)
+    finally:
+        writer.close()
+
+
+def vectors(batches: list) -> dict[tuple, bytes]:
+    return {(i, d, m): v for b in batches for i, d, m, v in b.items}
+
+
+def test_a_frozen_workers_batch_written_after_a_newer_correction_loses(db_url):
+    """Interleaving 1, the zombie sink: a worker computed a tick, froze before its sink committed, and woke
+    after another worker had applied a correction of a row in that tick's look-back and written it."""
+    rows = history()
+    last = rows[-1][1]
+    zombie = Worker()
+    zombie.feed(0, RowBatch(LIVE_RUN, W, rows, stamp=stamp(1, 1)))
+    tick_out = zombie.feed(1, Tick(d=last, w=W, m=MODELS, f=stamp(1, 2)))  # held by the frozen sink
+    successor = zombie.restored()
+    corrected = (IDS[0], last - timedelta(days=3), 55.0, 999.0)
+    correction_out = successor.feed(2, RowBatch(LIVE_RUN, W, [corrected], stamp=stamp(2, 1)))
+    assert correction_out and vectors(correction_out) != {
+        k: v for k, v in vectors(tick_out).items() if k in vectors(correction_out)
+    }
+    assert write(db_url, correction_out) == 0
+    assert write(db_url, tick_out) == len(MODELS)  # the zombie wakes: its one stale key is refused
+    table = stored(db_url)
+    assert table[(IDS[0], last, MODELS[0])] == vectors(correction_out)[(IDS[0], last, MODELS[0])]
+    assert table[(IDS[1], last, MODELS[0])] == vectors(tick_out)[(IDS[1], last, MODELS[0])]  # not stale: written
+    with psycopg.connect(db_url) as conn:
+        assert conn.execute("SELECT sum(refused) FROM embedder_write_refusals WHERE writer = 'live'").fetchone()[0] == 1
+
+
+def test_a_tick_re_delivered_from_state_behind_the_table_loses(db_url):
+    """Interleaving 2, the re-delivered tick: the first owner applied a correction and its sink committed, but
+    its changelog write was lost with it; the next owner restores the state before the correction and
+    processes the tick again from the committed offset (then the correction again)."""
+    rows = history()
+    last = rows[-1][1]
+    first = Worker()
+    first.feed(0, RowBatch(LIVE_RUN, W, rows, stamp=stamp(1, 1)))
+    write(db_url, first.feed(1, Tick(d=last, w=W, m=MODELS, f=stamp(1, 2))))
+    behind = first.restored()  # the changelogs as they were before the correction
+    correction = RowBatch(LIVE_RUN, W, [(IDS[0], last - timedelta(days=1), 77.0, 5.0)], stamp=stamp(3, 1))
+    corrected = first.feed(2, correction)
+    assert write(db_url, corrected) == 0
+    again = behind.feed(1, Tick(d=last, w=W, m=MODELS, f=stamp(1, 2)))  # re-delivered, from state behind
+    assert write(db_url, again) == len(MODELS)
+    key = (IDS[0], last, MODELS[0])
+    assert stored(db_url)[key] == vectors(corrected)[key]
+    assert write(db_url, behind.feed(2, correction)) == 0  # the correction again: the same bytes, written
+    assert stored(db_url)[key] == vectors(corrected)[key]
+
+
+def test_rows_published_by_a_relay_that_lost_its_turn_never_take_a_window_back(db_url):
+    """Interleaving 3, the zombie relay: a relay read a row, froze, lost its lock (PostgreSQL restarted); the
+    next relay published the row as corrected since; the first wakes and publishes what it had read. The
+    window keeps the newer row, emits nothing for the stale one, and counts it."""
+    rows = history()
+    last = rows[-1][1]
+    day = last - timedelta(days=2)
+    worker = Worker()
+    worker.feed(0, RowBatch(LIVE_RUN, W, rows, stamp=stamp(1, 1)))
+    write(db_url, worker.feed(1, Tick(d=last, w=W, m=MODELS, f=stamp(1, 2))))
+    newer = worker.feed(2, RowBatch(LIVE_RUN, W, [(IDS[0], day, 60.0, 7.0)], stamp=stamp(3, 1)))
+    write(db_url, newer)
+    stale = worker.feed(3, RowBatch(LIVE_RUN, W, [(IDS[0], day, 30.0, 7.0)], stamp=stamp(2, 4)))
+    assert stale == []  # no correction computed from the stale row
+    assert worker.metrics.stale_rows_skipped._value.get() == 1
+    key = (IDS[0], last, MODELS[0])
+    again = worker.feed(4, Tick(d=last, w=W, m=MODELS, f=stamp(4, 1)))  # the window still holds the newer row
+    assert vectors(again)[key] == vectors(newer)[key]
+    write(db_url, again)
+    assert stored(db_url)[key] == vectors(newer)[key]
+
+
+MODEL = "num-regime-core-v1"
+D = date(2020, 6, 1)
+
+
+def _market(db_url: str) -> list[tuple]:
+    add_instruments(db_url, ["X"])
+    rows = [("X", D - timedelta(days=k), 10.0 + k * 0.5, 100.0 + k) for k in range(150)]
+    with psycopg.connect(db_url) as conn:
+        insert_prices(conn, rows)
+    return rows
+
+
+def _relay_round(db_url: str, change: tuple[str, date]) -> None:
+    """What the relay does with a captured change before publishing it: number a round, queue the change."""
+    with psycopg.connect(db_url) as conn:
+        next_round(conn)
+        queue_recompute(conn, [change])
+
+
+def test_a_slow_correction_that_read_prices_before_a_change_loses_to_the_one_after(db_url, monkeypatch):
+    """Interleaving 4, the slow correction: the correction path read prices_daily and computed, then stalled
+    (its worker frozen mid-transaction); the change after it was applied by another worker's correction
+    path; the first then writes what it computed before."""
+    _market(db_url)
+    key = MaintainedKey("X", D, MODEL, 63)
+    with psycopg.connect(db_url) as conn:
+        rewrite_keys(conn, [key])
+    _relay_round(db_url, ("X", D - timedelta(days=10)))
+    real = recompute.expected_vectors
+
+    def then_stalled(conn, keys):
+        computed = real(conn, keys)  # from the prices as they were
+        with psycopg.connect(db_url, autocommit=True) as platform:
+            platform.execute("UPDATE prices_daily SET close = close * 1.5 WHERE trade_date = %s", (D - timedelta(5),))
+        _relay_round(db_url, ("X", D - timedelta(days=5)))
+        monkeypatch.setattr(recompute, "expected_vectors", real)
+        with psycopg.connect(db_url, autocommit=True) as other:  # another worker's correction path, meanwhile
+            assert drain_once(other).rewritten.changed == 1
+        return computed
+
+    monkeypatch.setattr(recompute, "expected_vectors", then_stalled)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        slow = drain_once(conn)
+    assert slow.rewritten.refused == 1 and slow.rewritten.changed == 0
+    assert stored(db_url) == expected(db_url, ["X"], [D], 63, [MODEL])
+
+
+def test_absent_keys_are_fenced_like_rows(db_url):
+    """Interleaving 5, deletions: a correction left a key too little history (its row deleted, the key
+    recorded absent) while a frozen writer held a vector computed before it; and the other way round."""
+    vec = b"\x01" * 1536
+    with psycopg.connect(db_url) as conn:
+        assert write_embeddings(conn, [("X", D, MODEL, 63, vec)], claim=10).changed == 1
+        assert write_absent(conn, [("X", D, MODEL, 63)], claim=5).refused == 1  # older: the row stays
+        conn.commit()
+        assert stored(db_url)[("X", D, MODEL)] == vec
+        assert write_absent(conn, [("X", D, MODEL, 63)], claim=20).changed == 1  # newer: the row goes
+        assert write_embeddings(conn, [("X", D, MODEL, 63, vec)], claim=15).refused == 1  # the zombie's vector
+        conn.commit()
+        assert ("X", D, MODEL) not in stored(db_url)
+        other = b"\x02" * 1536
+        assert write_embeddings(conn, [("X", D, MODEL, 63, other)], claim=25).changed == 1  # history came back
+        conn.commit()
+        assert stored(db_url)[("X", D, MODEL)] == other
+        assert conn.execute("SELECT count(*) FROM embedder_absent_embeddings").fetchone()[0] == 0
+
+
+def test_an_identical_vector_from_newer_prices_records_its_claim(db_url):
+    """A change and its undoing (a row deleted and put back) leave the vector as it was; a writer that
+    computed between them must still lose afterwards, so the newer claim is recorded with the same bytes
+    (and keeps no version: nothing a reader sees changed)."""
+    vec, between = b"\x01" * 1536, b"\x03" * 1536
+    with psycopg.connect(db_url) as conn:
+        write_embeddings(conn, [("X", D, MODEL, 63, vec)], claim=5)
+        assert write_embeddings(conn, [("X", D, MODEL, 63, vec)], claim=7).changed == 1
+        assert write_embeddings(conn, [("X", D, MODEL, 63, vec)], claim=7).changed == 0  # the same claim: nothing
+        assert write_embeddings(conn, [("X", D, MODEL, 63, between)], claim=6).refused == 1
+        conn.commit()
+        assert conn.execute("SELECT count(*) FROM numeric_window_embedding_versions").fetchone()[0] == 0
+    assert stored(db_url)[("X", D, MODEL)] == vec
+
+
+def test_replay_direct_that_read_prices_before_a_correction_cannot_overwrite_it(db_url, cli_env):
+    """Real processes: `embedder replay --direct` reads prices_daily, then its write waits for a lock held by
+    a transaction that applies a correction made after that read; when it gets the rows, it must leave the
+    newer ones alone. Without the fence its stale rows would stay (nothing else recomputes them here)."""
+    rows = _market(db_url)
+    days = sorted({d for _, d, _, _ in rows})[-20:]
+    select = ["--from", str(days[0]), "--to", str(days[-1]), "--instrument-id", "X", "--model-id", MODEL]
+    first = subprocess.run([*EMBEDDER, "replay", "--direct", *select], env=cli_env, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    holder = psycopg.connect(db_url)
+    holder.execute("SELECT 1 FROM numeric_window_embeddings WHERE entity_id = 'X' FOR UPDATE")
+    slow = subprocess.Popen([*EMBEDDER, "replay", "--direct", *select], env=cli_env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        with psycopg.connect(db_url, autocommit=True) as watch:
+            while not watch.execute(
+                """SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'
+                   AND query LIKE '%INSERT INTO numeric_window_embeddings%' AND pid <> pg_backend_pid()"""
+            ).fetchone():
+                assert slow.poll() is None and time.monotonic() < deadline, "the replay never waited for the lock"
+                time.sleep(0.05)
+        with psycopg.connect(db_url, autocommit=True) as platform:  # a correction, and the relay's round
+            platform.execute("UPDATE prices_daily SET close = close * 2 WHERE trade_date = %s", (days[-5],))
+        _relay_round(db_url, ("X", days[-5]))
+        set_cause(holder, "correction", "prices of X")
+        keys = [MaintainedKey("X", d, MODEL, 63) for d in days]
+        assert rewrite_keys(holder, keys).changed >= 5  # the correction path, in the lock holder's transaction
+        holder.commit()
+        assert slow.wait(60) == 0, slow.stderr.read() if slow.stderr else ""
+    finally:
+        holder.close()
+        if slow.poll() is None:
+            slow.kill()
+    assert stored(db_url) == expected(db_url, ["X"], days, 63, [MODEL])
+    with psycopg.connect(db_url) as conn:
+        refused = conn.execute("SELECT sum(refused) FROM embedder_write_refusals WHERE writer = 'direct'").fetchone()
+        assert refused[0] >= 5
