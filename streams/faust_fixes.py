@@ -33,6 +33,14 @@ every flow-control call and every fetched offset:
    worker's consumer waits at most `EMBEDDER_CONSUMER_FETCH_WAIT_MS` (100 ms; a fetch answers at once
    when data is there, so this costs an idle worker ten empty fetches a second per broker).
 
+5. Restoring a table (at a rebalance, and continuously on a standby) writes every changelog record into
+   RocksDB in offset order, whoever wrote it. A worker frozen past its session timeout (SIGSTOP, a GC
+   pause, a stalled VM) wakes up still processing the events it had fetched and writes their state to the
+   changelog of partitions another worker now owns, after that worker's newer writes (issue 26): a
+   later restore would put those windows back in time while the committed offsets are past what they
+   miss. Fixed for the window tables: a record written at an older source offset than the value stored
+   for its key is not applied (`streams.window_store.replaces`; values carry that offset).
+
 The first two only ever cause a message to be delivered again, never skipped; the worker's processing is
 idempotent (windows are upserts keyed by date, replay row counts are kept per offset, embeddings
 are upserted), so a repeat changes nothing. `streams/gaps.py` still reports any skipped offset.
@@ -97,7 +105,39 @@ def apply(allow_unverified: bool = False, fetch_wait_ms: int = 100) -> None:
     _uncommitted_source_partitions_restart_from_the_beginning()
     _topic_creation_rides_out_a_broker_loss()
     _fetch_wait_is_bounded()
+    _restore_never_goes_back()
     _applied = True
+
+
+WINDOW_TABLES = "windows"
+"""Tables whose name holds this keep window values (`streams.window_store`), versioned by source offset."""
+
+
+def _restore_never_goes_back() -> None:
+    from faust.stores.rocksdb import Store
+
+    from streams.window_store import fresh_records
+
+    original = Store.apply_changelog_batch
+
+    def apply_changelog_batch(self: Store, batch, to_key, to_value) -> None:
+        if WINDOW_TABLES not in self.table_name:
+            return original(self, batch, to_key, to_value)
+        events = list(batch)
+        kept = fresh_records(
+            ((e.message.partition, e.message.key, e.message.value) for e in events),
+            lambda partition, key: self._db_for_partition(partition).get(key),
+        )
+        if len(kept) < len(events):
+            log.warning(
+                "restoring %s: %d changelog record(s) older than the stored values not applied (written by a "
+                "worker that had lost these partitions)",
+                self.table_name,
+                len(events) - len(kept),
+            )
+        return original(self, [events[k] for k in kept], to_key, to_value)
+
+    Store.apply_changelog_batch = apply_changelog_batch  # type: ignore[method-assign]
 
 
 _fetch_wait_ms = 100

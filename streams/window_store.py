@@ -4,10 +4,11 @@ A window of 63 trading days keeps ~130 rows (its look-back); written whole, ever
 ~2.6 KB per instrument into the changelog. Here rows are grouped by calendar chunk (`CHUNK_DAYS` days,
 about 22 trading days). The value under the window's key, the head, holds the header (applied source
 offset, horizon, stamp), the list of sealed chunks, and the rows of the newest chunk; each older chunk is a
-value of its own under `key \\x1f <chunk>`. A day appended to the newest chunk writes the head alone
-(its rows and ~50 bytes of header); a chunk is written again only when a row of it changes or the
-head moves past it, and deleted when the horizon passes its last row. Rows below the horizon may stay
-in a chunk until then; reads drop them.
+value of its own under `key \\x1f <chunk>` (the offset of the event that wrote it, then its rows). A day
+appended to the newest chunk writes the head alone (its rows and ~60 bytes of header); a chunk is written
+again only when a row of it changes or the head moves past it, and deleted when the horizon passes its
+last row. Rows below the horizon may stay in a chunk until then; reads drop them. Restoring from the
+changelog never takes a value written at an older offset than the one stored (`replaces`).
 
 Writes of one event list the chunks before the head, and the head records the offset: if a chunk of an
 event were lost while its head was kept, reading finds a listed chunk missing and reports the window
@@ -17,7 +18,7 @@ as lost (`Window` with no offset and no rows), so it is loaded again from prices
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
@@ -26,6 +27,7 @@ from streams.window import NO_OFFSET, NOTHING_DROPPED, ROW, Window
 
 CHUNK_DAYS = 32
 HEAD = struct.Struct("<qiHq")  # applied offset, horizon, number of sealed chunks, stamp
+CHUNK_HEAD = struct.Struct("<q")  # the applied offset of the event that wrote the chunk
 CHUNK_ID = np.dtype("<i4")
 EMPTY_ROWS = np.empty(0, dtype=ROW)
 LOST = Window(NO_OFFSET, NOTHING_DROPPED, EMPTY_ROWS)
@@ -64,7 +66,7 @@ def read(table: StateView, key: str) -> Window:
         value = table.get(chunk_key(key, chunk))
         if value is None:
             return LOST
-        parts.append(np.frombuffer(value, dtype=ROW))
+        parts.append(np.frombuffer(value, dtype=ROW, offset=CHUNK_HEAD.size))
     parts.append(np.frombuffer(head, dtype=ROW, offset=HEAD.size + CHUNK_ID.itemsize * n))
     rows = parts[0] if len(parts) == 1 else np.concatenate(parts)
     if rows.size and int(rows["day"][0]) < horizon:
@@ -108,7 +110,7 @@ def writes(
     out: dict[str, bytes | None] = {chunk_key(key, c): None for c in sorted(old - new)}
     for chunk in new_sealed:
         if chunk not in old or chunk in touched or chunk == old_head:
-            out[chunk_key(key, chunk)] = _chunk_rows(after, chunk).tobytes()
+            out[chunk_key(key, chunk)] = CHUNK_HEAD.pack(after.applied_offset) + _chunk_rows(after, chunk).tobytes()
     out[key] = head_bytes(after, new_head, new_sealed)
     return out
 
@@ -121,6 +123,45 @@ def _head_only(before: Window, after: Window, touched: set[int], new_head: int |
         return False
     days, new_days = before.days, after.days
     return int(days[-1]) // CHUNK_DAYS == new_head and int(days[0]) // CHUNK_DAYS == int(new_days[0]) // CHUNK_DAYS
+
+
+def written_at(key: bytes, value: bytes) -> int | None:
+    """The source offset a stored window value (a head or a chunk) was written at; None for another key."""
+    parts = key.count(SEP.encode())
+    if parts == 1 and len(value) >= HEAD.size:
+        return int(HEAD.unpack_from(value)[0])
+    if parts == 2 and len(value) >= CHUNK_HEAD.size:
+        return int(CHUNK_HEAD.unpack_from(value)[0])
+    return None
+
+
+def replaces(key: bytes, incoming: bytes | None, stored: bytes | None) -> bool:
+    """Whether a changelog record read while restoring may replace the stored value of `key`: not when it
+    was written at an older source offset than the stored one. Such a record comes from a worker that
+    was frozen past its session timeout and woke up still writing its partitions' state after another
+    worker had moved on; taking it would put the window back in time while the committed offsets are
+    past what it misses (deletions always apply: a window missing a chunk is reported lost and loaded
+    again from prices_daily)."""
+    if incoming is None or stored is None:
+        return True
+    new, old = written_at(key, incoming), written_at(key, stored)
+    return new is None or old is None or new >= old
+
+
+def fresh_records(
+    records: Iterable[tuple[int, bytes, bytes | None]], stored: Callable[[int, bytes], bytes | None]
+) -> list[int]:
+    """Of changelog records `(partition, key, value)` read in order while restoring, the indexes of those to
+    apply (`replaces`), given the values stored so far (`stored(partition, key)`)."""
+    latest: dict[tuple[int, bytes], bytes | None] = {}
+    kept = []
+    for k, (partition, key, value) in enumerate(records):
+        where = (partition, key)
+        before = latest[where] if where in latest else stored(partition, key)
+        if replaces(key, value, before):
+            latest[where] = value
+            kept.append(k)
+    return kept
 
 
 def value_bytes(values: Iterable[bytes | None]) -> int:

@@ -290,3 +290,52 @@ def test_replay_direct_that_read_prices_before_a_correction_cannot_overwrite_it(
     with psycopg.connect(db_url) as conn:
         refused = conn.execute("SELECT sum(refused) FROM embedder_write_refusals WHERE writer = 'direct'").fetchone()
         assert refused[0] >= 5
+
+
+def restore(changelog: list[tuple[bytes, bytes | None]]) -> Table:
+    """A table restored from changelog records in their order, as the worker's patched restore applies them
+    (`streams.faust_fixes`, fix 5: `streams.window_store.fresh_records`)."""
+    from streams.window_store import fresh_records
+
+    table = Table([])
+    records = [(0, k, v) for k, v in changelog]
+    for k in fresh_records(records, lambda _p, key: table.get(key.decode())):
+        key, value = changelog[k]
+        table.put(key.decode(), value)
+    return table
+
+
+class Changelog(Table):
+    """A state table that also appends every write to a shared changelog (one partition's topic)."""
+
+    def __init__(self, log: list[str], records: list[tuple[bytes, bytes | None]]):
+        super().__init__(log)
+        self.records = records
+
+    def put(self, key: str, value: bytes | None) -> None:
+        super().put(key, value)
+        self.records.append((key.encode(), value))
+
+
+def test_a_frozen_workers_state_written_after_waking_never_takes_a_restored_window_back():
+    """Interleaving 6, the zombie changelog: the frozen worker wakes up, processes an event it had fetched
+    (from its own state, before the correction its successor applied) and writes that window to the
+    changelog after the successor's newer writes. The next restore keeps the successor's window."""
+    from streams import window_store
+
+    rows = history()
+    last = rows[-1][1]
+    windows_log: list[tuple[bytes, bytes | None]] = []
+    zombie = Worker(Changelog([], windows_log))
+    zombie.feed(0, RowBatch(LIVE_RUN, W, rows, stamp=stamp(1, 1)))
+    successor = Worker(Changelog([], windows_log), Table([]))
+    successor.windows.update(zombie.windows)
+    successor.runs.update(zombie.runs)
+    successor.feed(1, RowBatch(LIVE_RUN, W, [(IDS[0], last - timedelta(days=30), 44.0, 4.0)], stamp=stamp(2, 1)))
+    next_day = last + timedelta(days=3)
+    successor.feed(2, RowBatch(LIVE_RUN, W, [(IDS[0], next_day, 12.0, 3.0)], stamp=stamp(3, 1)))
+    zombie.feed(1, RowBatch(LIVE_RUN, W, [(IDS[0], next_day - timedelta(days=1), 11.0, 3.0)], stamp=stamp(1, 2)))
+    key = f"{LIVE_RUN}\x1f{IDS[0]}"
+    got = window_store.read(restore(windows_log), key)
+    want = window_store.read(successor.windows, key)
+    assert got.applied_offset == 2 and got.rows.tobytes() == want.rows.tobytes()
