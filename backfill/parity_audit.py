@@ -199,9 +199,11 @@ class ParityAudit:
     Each round checks: a uniform random sample; every key the correction path recomputed; keys rewritten
     since the last round (their versions); keys the price changes published since then reach; keys of
     the dates ticks committed since then; and the next stretch of a sweep over the whole table (sized so
-    a pass takes `parity_sweep_hours`). Mismatches are counted, logged, recorded for `embedder status`,
-    queued for the correction path, and reported to `on_mismatch` (the live service reloads those
-    instruments' windows from prices_daily: a window taken back in time would compute them wrong again).
+    a pass takes `parity_sweep_hours`). A key that differs is checked again in the next round (a write
+    may have been in flight); if it still differs, the mismatch is counted, logged, recorded for
+    `embedder status`, queued for the correction path, and reported to `on_mismatch` (the live service
+    reloads those instruments' windows from prices_daily: a window taken back in time would compute them
+    wrong again).
     """
 
     settings: Settings
@@ -211,6 +213,7 @@ class ParityAudit:
     _corrected: list[MaintainedKey] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _since: datetime | None = None
+    _suspects: list[MaintainedKey] = field(default_factory=list)
     seconds: float = 0.0
     """Time spent in rounds since start (the audit's share of the worker: seconds / uptime)."""
 
@@ -253,48 +256,62 @@ class ParityAudit:
         return unique
 
     def round(self, conn: psycopg.Connection) -> list[Finding]:
-        """One audit round: every source's keys checked, counted, recorded; mismatches repaired."""
+        """One audit round: last round's suspects checked again (what still differs is a confirmed mismatch:
+        counted, logged, recorded, repaired), then every source's keys checked; what differs there is a
+        suspect until the next round (a write may have been in flight). Returns the confirmed mismatches."""
         started = time.monotonic()
         now = one(conn.execute("SELECT now()"))[0]
         since = self._since or now - timedelta(seconds=2 * max(self.settings.parity_audit_seconds, 1.0))
-        findings: list[Finding] = []
+        suspects, self._suspects = self._suspects, []
+        confirmed: list[Finding] = []
+        if suspects:
+            confirmed, checked = check_keys(conn, suspects)
+            self._record(conn, "confirm", checked, confirmed)
         for source, keys in self.sources(conn, since):
             if not keys:
                 continue
             found, checked = check_keys(conn, keys)
-            findings.extend(found)
-            if self.metrics:
-                self.metrics.parity_checked.labels(source).inc(checked)
-                for f in found:
-                    self.metrics.parity_mismatches.labels(f.kind).inc()
-            for f in found[:20]:
-                log.error(
-                    "parity audit (%s): %s embedding %s as of %s (%s, window %s) differs from prices_daily",
-                    source,
-                    f.kind,
-                    f.entity_id,
-                    f.as_of_date,
-                    f.model_id,
-                    f.window_days,
-                )
-            conn.execute(
-                """INSERT INTO embedder_parity_audits (source, keys_checked, mismatches, examples)
-                   VALUES (%s, %s, %s, %s)""",
-                (source, checked, len(found), Jsonb([f.as_dict() for f in found[:5]])),
+            for f in found:
+                log.info("parity audit (%s): %s %s as of %s differs; checking again next round", source, f.kind,
+                         f.entity_id, f.as_of_date)  # fmt: skip
+            self._suspects.extend(
+                MaintainedKey(f.entity_id, f.as_of_date, f.model_id, f.window_days) for f in found if f.window_days
             )
+            self._record(conn, source, checked, [])
         self._since = now
-        if findings and self.settings.parity_repair:
+        if confirmed and self.settings.parity_repair:
             with conn.transaction():
-                queue_recompute(conn, [(f.entity_id, f.as_of_date) for f in findings])
+                queue_recompute(conn, [(f.entity_id, f.as_of_date) for f in confirmed])
             if self.on_mismatch is not None:
-                self.on_mismatch(sorted({f.entity_id for f in findings}))
+                self.on_mismatch(sorted({f.entity_id for f in confirmed}))
         conn.execute(
             "DELETE FROM embedder_parity_audits WHERE checked_at < now() - make_interval(days => %s)", (KEEP_DAYS,)
         )
         self.seconds += time.monotonic() - started
         if self.metrics:
             self.metrics.parity_last_run.set(time.time())
-        return findings
+        return confirmed
+
+    def _record(self, conn: psycopg.Connection, source: str, checked: int, confirmed: list[Finding]) -> None:
+        """Count, log and record one source's check (`confirm`: last round's suspects, and what they confirmed)."""
+        if self.metrics:
+            self.metrics.parity_checked.labels(source).inc(checked)
+            for f in confirmed:
+                self.metrics.parity_mismatches.labels(f.kind).inc()
+        for f in confirmed[:20]:
+            log.error(
+                "parity audit: %s embedding %s as of %s (%s, window %s) differs from prices_daily (checked twice)",
+                f.kind,
+                f.entity_id,
+                f.as_of_date,
+                f.model_id,
+                f.window_days,
+            )
+        conn.execute(
+            """INSERT INTO embedder_parity_audits (source, keys_checked, mismatches, examples)
+               VALUES (%s, %s, %s, %s)""",
+            (source, checked, len(confirmed), Jsonb([f.as_dict() for f in confirmed[:5]])),
+        )
 
 
 def start_parity_audit(

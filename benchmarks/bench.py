@@ -393,6 +393,16 @@ def targets(f: Figures) -> list[tuple[str, str, str, bool]]:
         key = f"history_{path}_again_on_vs_off"
         if key in f:
             add(f"{path}, nothing changes: history on/off", f[key], "<= 1.1", f[key] <= 1.1)
+    for case in ("empty", "again"):
+        key = f"fencing_direct_{case}_fenced_vs_legacy"
+        if key in f:
+            add(f"direct, {case} table: fenced / before", f[key], "<= 1.1", f[key] <= 1.1)
+    if "fencing_tick_fenced_vs_legacy" in f:
+        key = "fencing_tick_fenced_vs_legacy"
+        add("live tick transaction: fenced / before", f[key], "<= 1.1", f[key] <= 1.1)
+    if "audit_sweep_1m_every_24h_share_of_a_core" in f:
+        key = "audit_sweep_1m_every_24h_share_of_a_core"
+        add("audit sweep of 1M keys a day: core share", f[key], "<= 0.05", f[key] <= 0.05)
     for label in ("one_as_of", "year"):
         for fmt in ("parquet", "npy"):
             key = f"export_{label}_{fmt}_vs_copy_speed"
@@ -515,7 +525,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--only",
-        choices=["stream", "live", "scale", "large", "empty-state", "exact", "capture", "history"],
+        choices=["stream", "live", "scale", "large", "empty-state", "exact", "capture", "history", "fencing"],
         help="measure only this part",
     )
     args = parser.parse_args()
@@ -584,6 +594,10 @@ def measure_real_data(f: Figures, base: Settings, workdir: Path, args: argparse.
 
         measure_writers(f, for_app(base, url, uuid.uuid4().hex[:8]), ("2019-01-01", "2019-12-31"))
         measure_exports(f, url, ("2019-01-01", "2019-12-31"))
+    if args.only in (None, "fencing"):
+        from benchmarks.fencing import measure_fencing
+
+        measure_fencing(f, for_app(base, url, uuid.uuid4().hex[:8]), ("2019-01-01", "2019-12-31"))
     if args.only is None:
         measure_old_way(f, url, ids, days, args.old_loop_instruments)
     if args.only in (None, "exact"):

@@ -90,6 +90,15 @@ def freeze(pid: int, seconds: float) -> threading.Thread:
     return thread
 
 
+def relay_pid(url: str) -> int | None:
+    """The process id of the worker holding the relay lock (its application name ends with host:pid)."""
+    from live.relay import relay_holder
+
+    with psycopg.connect(url) as conn:
+        holder = relay_holder(conn)
+    return int(holder.application.rsplit(":", 1)[1]) if holder else None
+
+
 def crash_postgres(url: str) -> None:
     """A backend killed -9: the postmaster ends every session and recovers (what a crash of the server does to
     its clients), so advisory locks (the relay's, the correction path's) are released."""
@@ -172,10 +181,11 @@ def test_exact_through_frozen_workers_a_frozen_broker_and_a_postgres_crash(clust
         removed: tuple | None = None
         for k, day in enumerate(days):
             # the fault of the day, overlapping its writes
-            if k in (1, 5):
-                name = rng.choice(sorted(workers))
+            if k in (1, 5):  # first the worker relaying the outbox, then the other one
+                relaying = relay_pid(url)
+                name = next((n for n, w in workers.items() if (w.pid == relaying) == (k == 1)), "w1")
                 threads.append(freeze(workers[name].pid, FREEZE_SECONDS))
-                faults.append(f"day {k}: {name} frozen {FREEZE_SECONDS:.0f} s")
+                faults.append(f"day {k}: {name}{' (relaying)' if workers[name].pid == relaying else ''} frozen")
             elif k == 3:
                 node = rng.choice([n.node_id for n in kafka_cluster.nodes])
                 pid = kafka_cluster.node(node).running_pid()
@@ -247,8 +257,14 @@ def test_exact_through_frozen_workers_a_frozen_broker_and_a_postgres_crash(clust
                 kafka_cluster.start(node.node_id)
     with psycopg.connect(url) as conn:
         audited = conn.execute("SELECT coalesce(sum(mismatches), 0) FROM embedder_parity_audits").fetchone()[0]
+        examples = conn.execute(
+            "SELECT checked_at, source, examples FROM embedder_parity_audits WHERE mismatches > 0 ORDER BY checked_at"
+        ).fetchall()
         refused = conn.execute("SELECT coalesce(sum(refused), 0) FROM embedder_write_refusals").fetchone()[0]
     print(f"chaos seed {seed}: {'; '.join(faults)}; audit mismatches {audited}; writes refused {refused}")
+    for checked_at, source, found in examples:
+        print(f"  audit {checked_at:%H:%M:%S} ({source}): {found}")
+    assert audited == 0, f"chaos seed {seed}: the audit had to repair {audited} key(s): {examples}"
 
 
 def _update_close(url: str, instrument_id: str, day: date, factor: float) -> None:
