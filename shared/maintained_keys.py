@@ -23,7 +23,7 @@ from datetime import date, timedelta
 import psycopg
 
 from shared.db import copy_rows, one
-from shared.embedding_store import ENTITY_TYPE, WriteResult, not_older, note_refusals
+from shared.embedding_store import ENTITY_TYPE, REFUSED_SETTING, WriteResult, not_older, note_refusals
 from shared.encoder import LOOKBACK_FACTOR
 from shared.models import MODELS
 
@@ -162,34 +162,37 @@ def write_absent(conn: psycopg.Connection, keys: Iterable[tuple], claim: int | N
             [latest[k] for k in sorted(latest)],
             ("text", "date", "text", "int4", "int8"),
         )
-        refused = one(
+        # Fenced like the upsert (`shared.embedding_store.write_embeddings`): a key whose stored row, or absent
+        # record, was computed from newer prices is refused, and embedder_refused() counts it. The EXISTS
+        # probe has a LIMIT so it stays an index probe per key, whatever the table's statistics say.
+        _, refused = one(
             cur.execute(
-                f"""SELECT (SELECT count(*) FROM {ABSENT_STAGING} s JOIN numeric_window_embeddings t ON {stored}
-                            WHERE t.computed_from > s.computed_from)
-                         + (SELECT count(*) FROM {ABSENT_STAGING} s JOIN embedder_absent_embeddings a ON {recorded}
-                            WHERE a.computed_from > s.computed_from)"""
+                f"""WITH recorded AS (
+                    INSERT INTO embedder_absent_embeddings AS a
+                        (entity_type, entity_id, as_of_date, model_id, window_days, computed_from)
+                    SELECT '{ENTITY_TYPE}', s.entity_id, s.as_of_date, s.model_id, s.window_days, s.computed_from
+                    FROM {ABSENT_STAGING} s
+                    CROSS JOIN (SELECT set_config('{REFUSED_SETTING}', '0', true)) AS counting(reset)
+                    WHERE NOT EXISTS (SELECT 1 FROM numeric_window_embeddings t WHERE {stored}
+                                        AND NOT {not_older("t", "s")} LIMIT 1)
+                       OR embedder_refused()
+                    ORDER BY s.entity_id, s.as_of_date, s.model_id
+                    ON CONFLICT (entity_type, entity_id, as_of_date, model_id) DO UPDATE
+                        SET window_days = EXCLUDED.window_days, recorded_at = now(),
+                            computed_from = EXCLUDED.computed_from
+                        WHERE ({not_older("a", "EXCLUDED")} OR embedder_refused())
+                          AND (a.window_days <> EXCLUDED.window_days
+                               OR (EXCLUDED.computed_from IS NOT NULL
+                                   AND a.computed_from IS DISTINCT FROM EXCLUDED.computed_from))
+                    RETURNING 1)
+                SELECT count(*), current_setting('{REFUSED_SETTING}')::bigint FROM recorded"""
             )
-        )[0]
-        cur.execute(
-            f"""INSERT INTO embedder_absent_embeddings AS a
-                    (entity_type, entity_id, as_of_date, model_id, window_days, computed_from)
-                SELECT '{ENTITY_TYPE}', s.entity_id, s.as_of_date, s.model_id, s.window_days, s.computed_from
-                FROM {ABSENT_STAGING} s
-                WHERE NOT EXISTS (SELECT 1 FROM numeric_window_embeddings t WHERE {stored}
-                                    AND t.computed_from > s.computed_from)
-                ORDER BY s.entity_id, s.as_of_date, s.model_id
-                ON CONFLICT (entity_type, entity_id, as_of_date, model_id) DO UPDATE
-                    SET window_days = EXCLUDED.window_days, recorded_at = now(), computed_from = EXCLUDED.computed_from
-                    WHERE {not_older("a", "EXCLUDED")}
-                      AND (a.window_days <> EXCLUDED.window_days
-                           OR (EXCLUDED.computed_from IS NOT NULL
-                               AND a.computed_from IS DISTINCT FROM EXCLUDED.computed_from))"""
         )
         cur.execute(
             f"""DELETE FROM numeric_window_embeddings t USING {ABSENT_STAGING} s
                 WHERE {stored} AND {not_older("t", "s")}
                   AND NOT EXISTS (SELECT 1 FROM embedder_absent_embeddings a WHERE {recorded}
-                                    AND a.computed_from > s.computed_from)"""
+                                    AND NOT {not_older("a", "s")})"""
         )
         deleted = cur.rowcount
     note_refusals(conn, refused)

@@ -32,7 +32,16 @@ CREATE TABLE IF NOT EXISTS embedder_write_refusals (
     PRIMARY KEY (day, writer, backend)
 );
 
--- 4. The parity audit's sweep over the whole table: a shared cursor in key order (NULL: at the start),
+-- 4. Counting refusals in the upsert itself: the fence's conflict clause calls this for each row it refuses
+--    (and only then), so a refusal costs nothing more than the comparison that decides it.
+CREATE OR REPLACE FUNCTION embedder_refused() RETURNS boolean LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    PERFORM set_config('embedder.refused',
+                       (coalesce(nullif(current_setting('embedder.refused', true), ''), '0')::bigint + 1)::text, true);
+    RETURN false;
+END $$;
+
+-- 5. The parity audit's sweep over the whole table: a shared cursor in key order (NULL: at the start),
 --    moved by each round in the transaction that takes its keys, and how many passes completed.
 CREATE TABLE IF NOT EXISTS embedder_parity_sweep (
     singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
