@@ -341,3 +341,35 @@ def test_a_frozen_workers_state_written_after_waking_never_takes_a_restored_wind
     got = window_store.read(restore(windows_log), key)
     want = window_store.read(successor.windows, key)
     assert got.applied_offset == 2 and got.rows.tobytes() == want.rows.tobytes()
+
+
+def test_an_upgrade_from_the_previous_release_keeps_its_rows_and_fences_from_then_on(database_factory):
+    """Rows written by the release before claims (migrations up to 0012) stay as they are (no rewrite, no claim:
+    below every claim); the first write of each key by this release records one, and fences from then on."""
+    from yoyo import read_migrations
+    from yoyo.migrations import MigrationList
+
+    from shared.migrate import MIGRATIONS_DIR, _backend, upgrade
+
+    url = database_factory("upgrade_fencing")
+    backend = _backend(url)
+    previous = MigrationList([m for m in read_migrations(str(MIGRATIONS_DIR)) if m.id < "0013"])
+    with backend.lock():
+        backend.apply_migrations(backend.to_apply(previous))
+    old, new, stale = b"\x01" * 1536, b"\x02" * 1536, b"\x03" * 1536
+    with psycopg.connect(url) as conn:  # the previous release's upsert wrote it
+        conn.execute(
+            """INSERT INTO numeric_window_embeddings (entity_type, entity_id, window_spec, as_of_date, model_id, vector)
+               VALUES ('INSTRUMENT', 'X', '{"window_days": 63, "entity_type": "INSTRUMENT"}', %s, %s, %s)""",
+            (D, MODEL, old),
+        )
+    assert upgrade(url).applied == ["0013_write_fencing"]
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT computed_from, vector FROM numeric_window_embeddings").fetchone() == (None, old)
+        assert write_embeddings(conn, [("X", D, MODEL, 63, new)], claim=stamp(3, 1)).changed == 1
+        assert write_embeddings(conn, [("X", D, MODEL, 63, stale)], claim=stamp(2, 9)).refused == 1
+        conn.commit()
+        assert conn.execute("SELECT computed_from, vector FROM numeric_window_embeddings").fetchone() == (
+            stamp(3, 1),
+            new,
+        )
