@@ -80,6 +80,17 @@ def wait_caught_up(settings: Settings, timeout: float) -> bool:
         monitor.close()
 
 
+def stop_with_parent() -> None:
+    """In the child, before it runs: SIGTERM it when the thread that started it ends (the command stopped by
+    a signal, or killed): a run's worker never outlives the command that started it. Linux only."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 @contextmanager
 def worker_for_run(settings: Settings, log_path: Path | None = None, settle_seconds: float = 30.0) -> Iterator[bool]:
     """Yield True if a worker was started here (stopped with SIGTERM on exit), False if one ran already.
@@ -99,6 +110,7 @@ def worker_for_run(settings: Settings, log_path: Path | None = None, settle_seco
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         env=worker_env(settings),
+        preexec_fn=stop_with_parent,
     )
     try:
         wait_until_ready(proc, datadir)

@@ -19,7 +19,8 @@ except ImportError:  # pragma: no cover
     import click.exceptions as click_exc  # type: ignore[no-redef]
 
 from embedder.console import err, out
-from embedder.exit_codes import run_with_exit_codes
+from embedder.exit_codes import INTERRUPTED, run_with_exit_codes
+from embedder.stopping import run_until_stopped
 from shared.config import Settings, load_settings
 from shared.errors import BadArguments
 from shared.models import DEFAULT_MODEL_ID
@@ -179,6 +180,33 @@ def db_upgrade() -> None:
         out.print(f"database is up to date ({result.already_applied} migrations applied before)", highlight=False)
 
 
+@db_app.command("grants")
+def db_grants(
+    service_role: Annotated[
+        str, typer.Option("--service-role", metavar="ROLE", help="The role the worker and the commands run as.")
+    ],
+    reader_role: Annotated[
+        str | None,
+        typer.Option("--reader-role", metavar="ROLE", help="A read-only role for the embeddings' consumers."),
+    ] = None,
+    apply: Annotated[
+        bool, typer.Option("--apply", help="Run the statements (as the owner), not only print them.")
+    ] = False,
+) -> None:
+    """Print (or with --apply run) the exact GRANT statements the embedder's roles need on the installed schema."""
+    from shared.db import connection
+    from shared.grants import apply_grants, grant_statements
+
+    with connection(load_settings().database_url) as conn:
+        statements = grant_statements(conn, service_role, reader_role)
+        for statement in statements:
+            out.print(statement, highlight=False, soft_wrap=True)
+        if apply:
+            apply_grants(conn, statements)
+            conn.commit()
+            err.print(f"applied {len(statements)} grant(s)", highlight=False)
+
+
 @prices_app.command("import")
 def prices_import(
     paths: Annotated[
@@ -295,7 +323,16 @@ def replay(
     )
     if direct and publish_rows:
         raise BadArguments("--publish-rows publishes through Kafka; --direct computes without it: choose one")
-    run_replay(load_settings() if direct else live_settings(), selection, direct=direct, publish_rows=publish_rows)
+    settings = load_settings() if direct else live_settings()
+
+    def work(stop: object) -> None:
+        run_replay(settings, selection, direct=direct, publish_rows=publish_rows)
+
+    run_until_stopped(
+        work,
+        stopped_code=INTERRUPTED,
+        message="embedder: interrupted (what was committed stays; running it again completes the rest)",
+    )
 
 
 @app.command("worker")
@@ -458,7 +495,17 @@ def embeddings_export(
         known_at=known_at,
         instrument_ids=instrument_id or None,
     )
-    run_export(load_settings(), query, market_id, fmt, output, force)
+    partial = output.with_name(f".{output.name}.partial")  # what the writer renames at its end
+
+    def work(stop: object) -> None:
+        run_export(load_settings(), query, market_id, fmt, output, force)
+
+    run_until_stopped(
+        work,
+        cleanup=lambda: partial.unlink(missing_ok=True),
+        stopped_code=INTERRUPTED,
+        message=f"embedder: interrupted; {output} was not written",
+    )
 
 
 @embeddings_app.command("history")

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from embedder.console import err, out
 from embedder.exit_codes import LAG_EXIT_CODES
+from embedder.stopping import Stop, run_until_stopped
 from shared.config import Settings
 from shared.lag import LagMonitor, LagReport
 from shared.lag_status import LagStatus, worst
@@ -71,28 +72,26 @@ def exit_code(report: LagReport) -> int:
     return LAG_EXIT_CODES[worst([g.status for g in report.groups])]
 
 
-def watch_reports(monitor: LagMonitor, as_json: bool, interval: float) -> None:
-    """Until Ctrl-C: a refreshing table on a terminal; otherwise one table (or JSON line) per sample."""
-    try:
-        if out.is_terminal and not as_json:
-            with Live(console=out, auto_refresh=False) as live:
-                while True:
-                    live.update(lag_table(monitor.sample()), refresh=True)
-                    time.sleep(interval)
-        while True:
-            report = monitor.sample()
-            if as_json:
-                print(json.dumps(report.as_json()), flush=True)
-            else:
-                out.print(lag_table(report))
-            time.sleep(interval)
-    except KeyboardInterrupt:
-        pass
+def watch_reports(monitor: LagMonitor, as_json: bool, interval: float, stop: Stop) -> None:
+    """Until stopped: a refreshing table on a terminal; otherwise one table (or JSON line) per sample."""
+    if out.is_terminal and not as_json:
+        with Live(console=out, auto_refresh=False) as live:
+            while not stop.event.is_set():
+                live.update(lag_table(monitor.sample()), refresh=True)
+                stop.wait(interval)
+        return
+    while not stop.event.is_set():
+        report = monitor.sample()
+        if as_json:
+            print(json.dumps(report.as_json()), flush=True)
+        else:
+            out.print(lag_table(report))
+        stop.wait(interval)
 
 
-def serve_metrics(monitor: LagMonitor, port: int, host: str, interval: float) -> None:
+def serve_metrics(monitor: LagMonitor, port: int, host: str, interval: float, stop: Stop) -> None:
     """A Prometheus endpoint of the group's lag, read from the broker alone: it keeps reporting (STOP,
-    growing lag) while every worker is down. Until Ctrl-C."""
+    growing lag) while every worker is down. Until stopped."""
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)
     metrics = LagMetrics.create(registry)
@@ -126,14 +125,9 @@ def serve_metrics(monitor: LagMonitor, port: int, host: str, interval: float) ->
         f"(every {interval:g} s; Ctrl-C stops)",
         highlight=False,
     )
-    try:
-        while True:
-            metrics.record(monitor.sample())
-            time.sleep(interval)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.shutdown()
+    while not stop.event.is_set():
+        metrics.record(monitor.sample())
+        stop.wait(interval)
 
 
 def run_lag(
@@ -150,13 +144,16 @@ def run_lag(
     """Sample `samples` times `interval` seconds apart (or forever with --watch / --serve); the exit code
     is the worst group's status (0 OK, 3 WARN, 4 REWIND, 5 STALL, 6 STOP, 1 ERR)."""
     monitor = LagMonitor(settings, window_seconds=window, group=group)
+    if serve is not None or watch:  # until Ctrl-C or SIGTERM, promptly whatever the broker is doing
+
+        def follow(stop: Stop) -> None:
+            if serve is not None:
+                serve_metrics(monitor, serve, host, interval, stop)
+            else:
+                watch_reports(monitor, as_json, interval, stop)
+
+        return run_until_stopped(follow, cleanup=monitor.close, stopped_code=0)
     try:
-        if serve is not None:
-            serve_metrics(monitor, serve, host, interval)
-            return 0
-        if watch:
-            watch_reports(monitor, as_json, interval)
-            return 0
         report = monitor.sample()
         for _ in range(samples - 1):
             time.sleep(interval)
