@@ -39,6 +39,7 @@ def test_upgrade_creates_tables_and_second_run_is_a_noop(database_factory):
         "0011_live_layout",
         "0012_embedding_versions",
         "0013_write_fencing",
+        "0014_definer_triggers",
     ]
     assert {
         "instruments",
@@ -50,7 +51,7 @@ def test_upgrade_creates_tables_and_second_run_is_a_noop(database_factory):
         "embedder_parity_audits",
     } <= tables(url)
     second = upgrade(url)
-    assert second.applied == [] and second.already_applied == 13
+    assert second.applied == [] and second.already_applied == 14
     with psycopg.connect(url) as conn:
         cols = dict(
             conn.execute(

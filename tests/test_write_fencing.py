@@ -363,7 +363,7 @@ def test_an_upgrade_from_the_previous_release_keeps_its_rows_and_fences_from_the
                VALUES ('INSTRUMENT', 'X', '{"window_days": 63, "entity_type": "INSTRUMENT"}', %s, %s, %s)""",
             (D, MODEL, old),
         )
-    assert upgrade(url).applied == ["0013_write_fencing"]
+    assert upgrade(url).applied[0] == "0013_write_fencing"
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT computed_from, vector FROM numeric_window_embeddings").fetchone() == (None, old)
         assert write_embeddings(conn, [("X", D, MODEL, 63, new)], claim=stamp(3, 1)).changed == 1
