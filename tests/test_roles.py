@@ -1,0 +1,201 @@
+"""Installed on a real platform without breaking it (issue 27): roles as a DBA grants them.
+
+A platform database built with plain SQL whose tables belong to an owner role (no superuser), the embedder
+installed by that owner (`embedder db upgrade`), the platform's ingestion role allowed to write prices_daily
+and nothing else, the embedder's service role (owns nothing) and a read-only consumer role given exactly what
+`embedder db grants` prints.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+
+from tests.support.cli import EMBEDDER
+from tests.support.helpers import assert_same_embeddings, expected, stored, wait_for
+from tests.support.platform import add_instruments, create_platform_database, insert_prices, market_history
+from tests.support.workers import live_tick_committed, start_named_worker, stop
+
+MODEL = "num-regime-core-v1"
+IDS = [f"R{k:02d}" for k in range(8)]
+
+
+@dataclass
+class Roles:
+    admin: str  # the server's superuser, on the platform database
+    owner: str
+    ingest: str
+    service: str
+    reader: str
+    names: dict[str, str]
+
+
+def as_role(url: str, role: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=f"{role}:pw-{role}@{parts.hostname}:{parts.port}"))
+
+
+@pytest.fixture
+def roles(database_factory) -> Iterator[Roles]:
+    admin = create_platform_database(database_factory)
+    tag = uuid.uuid4().hex[:6]
+    names = {k: f"{k}_{tag}" for k in ("owner", "ingest", "service", "reader", "legacy")}
+    with psycopg.connect(admin, autocommit=True) as conn:
+        for name in names.values():
+            conn.execute(f"CREATE ROLE {name} LOGIN PASSWORD 'pw-{name}' NOSUPERUSER NOCREATEDB NOCREATEROLE")
+        owner = names["owner"]
+        conn.execute(f"GRANT CREATE, USAGE ON SCHEMA public TO {owner}")
+        for table in ("instruments", "prices_daily", "numeric_window_embeddings"):
+            conn.execute(f"ALTER TABLE {table} OWNER TO {owner}")
+        # What the platform's DBA granted its ingestion job, and a legacy writer of embeddings.
+        conn.execute(f"GRANT SELECT ON instruments TO {names['ingest']}")
+        conn.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON prices_daily TO {names['ingest']}")
+        conn.execute(f"GRANT SELECT, UPDATE ON numeric_window_embeddings TO {names['legacy']}")
+    upgraded = subprocess.run(
+        EMBEDDER + ["db", "upgrade"],
+        env={"PATH": "/usr/bin:/bin", "DATABASE_URL": as_role(admin, owner)},
+        capture_output=True,
+        text=True,
+    )
+    assert upgraded.returncode == 0, upgraded.stderr[-2000:]
+    yield Roles(admin, owner, names["ingest"], names["service"], names["reader"], names)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"REASSIGN OWNED BY {owner} TO CURRENT_USER")
+        for name in names.values():
+            conn.execute(f"DROP OWNED BY {name}")
+            conn.execute(f"DROP ROLE {name}")
+
+
+def capture(url: str, on: bool) -> None:
+    with psycopg.connect(url) as conn:
+        conn.execute("UPDATE embedder_capture SET enabled = %s, relay_seen_at = now()", (on,))
+
+
+def test_a_role_that_may_only_write_prices_keeps_writing_them_with_capture_on_and_off(roles):
+    admin, ingest = roles.admin, as_role(roles.admin, roles.ingest)
+    add_instruments(admin, ["A", "B"])
+    for on in (False, True):
+        capture(as_role(admin, roles.owner), on)
+        with psycopg.connect(admin) as conn:
+            before = conn.execute("SELECT count(*) FROM prices_outbox").fetchone()[0]
+        day = date(2020, 3, 2) if on else date(2020, 2, 3)
+        with psycopg.connect(ingest) as conn:  # what the ingestion job does, as itself
+            insert_prices(conn, [("A", day, 10.0, 100.0), ("B", day, 20.0, 200.0)])
+            conn.execute("UPDATE prices_daily SET close = close * 1.01 WHERE trade_date = %s", (day,))
+            conn.execute("DELETE FROM prices_daily WHERE instrument_id = 'B' AND trade_date = %s", (day,))
+            with conn.cursor().copy(
+                "COPY prices_daily (instrument_id, trade_date, open, high, low, close, adjusted_close, volume, "
+                "currency) FROM STDIN"
+            ) as copy:
+                copy.write(f"B\t{day}\t1\t1\t1\t21\t21\t5\tUSD\n")
+            conn.commit()
+        with psycopg.connect(admin) as conn:
+            after = conn.execute("SELECT count(*) FROM prices_outbox").fetchone()[0]
+            assert conn.execute("SELECT count(*) FROM prices_daily WHERE trade_date = %s", (day,)).fetchone()[0] == 2
+        assert (after > before) == on  # captured only while capture is on
+
+
+def test_a_legacy_writer_of_embeddings_keeps_its_versions_recorded(roles):
+    admin = roles.admin
+    with psycopg.connect(as_role(admin, roles.owner)) as conn:
+        conn.execute(
+            """INSERT INTO numeric_window_embeddings (entity_type, entity_id, window_spec, as_of_date, model_id, vector)
+               VALUES ('INSTRUMENT', 'A', '{"window_days": 63, "entity_type": "INSTRUMENT"}', '2020-03-02', %s,
+                       '\\x00000000')""",
+            (MODEL,),
+        )
+    with psycopg.connect(as_role(admin, roles.names["legacy"])) as conn:
+        conn.execute("UPDATE numeric_window_embeddings SET vector = '\\x01000000' WHERE entity_id = 'A'")
+    with psycopg.connect(admin) as conn:
+        kept = conn.execute("SELECT vector, cause FROM numeric_window_embedding_versions").fetchall()
+    assert kept == [(b"\x00\x00\x00\x00", f"sql: {roles.names['legacy']}")]
+
+
+def test_the_printed_grants_are_all_the_service_and_reader_roles_need(roles, cli_env, tmp_path):
+    admin, owner = roles.admin, as_role(roles.admin, roles.owner)
+    add_instruments(admin, IDS)
+    rows = market_history(IDS, date(2019, 1, 1), date(2019, 12, 31))
+    days = sorted({r[1] for r in rows})[-3:]
+    with psycopg.connect(admin) as conn:
+        insert_prices(conn, [r for r in rows if r[1] < days[0]])
+    owner_env = cli_env | {"DATABASE_URL": owner}
+    printed = subprocess.run(
+        EMBEDDER + ["db", "grants", "--service-role", roles.service, "--reader-role", roles.reader, "--apply"],
+        env=owner_env,
+        capture_output=True,
+        text=True,
+    )
+    assert printed.returncode == 0, printed.stderr[-2000:]
+    assert f"GRANT SELECT ON public.prices_daily TO {roles.service};" in printed.stdout
+    assert f"GRANT SELECT ON public.embedder_outbox_changes TO {roles.service};" in printed.stdout
+    service = cli_env | {"DATABASE_URL": as_role(admin, roles.service)}
+    reader = cli_env | {"DATABASE_URL": as_role(admin, roles.reader)}
+
+    def run(env: dict[str, str], *args: str, code: int = 0) -> subprocess.CompletedProcess:
+        done = subprocess.run(EMBEDDER + list(args), env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        assert done.returncode == code, (args, done.returncode, done.stderr[-2000:])
+        return done
+
+    run(service, "replay", "--direct", "--from", "2019-06-03", "--to", "2019-06-28", "--market-id", "US_EQ",
+        "--model-id", MODEL)  # fmt: skip
+    worker = start_named_worker(service, tmp_path, "w", capture=True)
+    try:
+
+        def loaded() -> bool:
+            with psycopg.connect(admin) as conn:
+                done, queued = conn.execute("SELECT count(published_at), count(*) FROM embedder_bootstrap").fetchone()
+            return queued > 0 and done == queued
+
+        wait_for(loaded, 180, "the live bootstrap")
+        instant = None
+        for k, day in enumerate(days):
+            with psycopg.connect(as_role(admin, roles.ingest)) as conn:  # the platform, as its own role
+                insert_prices(conn, [r for r in rows if r[1] == day])
+                if k == 1:
+                    conn.execute(  # an old correction and a recent one
+                        "UPDATE prices_daily SET close = close * 1.02 WHERE trade_date IN (%s, %s)",
+                        (date(2019, 6, 10), days[0]),
+                    )
+            run(service, "tick", "--as-of", day.isoformat(), "--model-id", MODEL)
+            wait_for(lambda d=day: live_tick_committed(admin, d, 4), 180, f"the live tick of {day}")
+            if k == 0:
+                with psycopg.connect(admin) as conn:
+                    instant = conn.execute("SELECT now()").fetchone()[0]
+        wait_for(lambda: _settled(admin), 180, "the corrections")
+        for args in (("status", "--json"), ("lag", "--json"), ("dead-letters", "--json", "--since", "1d")):
+            run(service, *args, code=0)
+        run(service, "verify", "--market-id", "US_EQ", "--model-id", MODEL)
+        run(service, "replay", "--as-of", days[-1].isoformat(), "--market-id", "US_EQ", "--model-id", MODEL)
+    finally:
+        stop(worker)
+    keys = [*[d for d in sorted({r[1] for r in rows}) if date(2019, 6, 3) <= d <= date(2019, 6, 28)], *days]
+    assert_same_embeddings(stored(admin), expected(admin, IDS, keys, 63, [MODEL]), admin)
+    out = tmp_path / "now.parquet"
+    run(reader, "embeddings", "export", "--from", "2019-06-01", "--to", "2019-12-31", "--model-id", MODEL,
+        "--format", "parquet", "-o", str(out))  # fmt: skip
+    run(reader, "embeddings", "export", "--from", "2019-06-01", "--to", "2019-12-31", "--model-id", MODEL,
+        "--known-at", instant.isoformat(), "--format", "csv", "-o", str(tmp_path / "then.csv"))  # fmt: skip
+    run(reader, "embeddings", "history", "--instrument-id", IDS[0], "--as-of", "2019-06-28", "--model-id", MODEL)
+    with psycopg.connect(admin, autocommit=True) as conn:  # one grant missing: one clear line naming it
+        conn.execute(f"REVOKE SELECT ON numeric_window_embedding_versions FROM {roles.reader}")
+    then = ["--known-at", instant.isoformat(), "--format", "csv", "-o", str(tmp_path / "x.csv")]
+    denied = run(
+        reader, "embeddings", "export", "--from", "2019-06-01", "--to", "2019-12-31", "--model-id", MODEL, *then, code=1
+    )
+    assert "permission denied for table numeric_window_embedding_versions" in denied.stderr
+    assert len(denied.stderr.strip().splitlines()) == 1 and "Traceback" not in denied.stderr
+
+
+def _settled(url: str) -> bool:
+    with psycopg.connect(url) as conn:
+        return conn.execute(
+            """SELECT NOT EXISTS (SELECT 1 FROM prices_outbox WHERE published_at IS NULL)
+                  AND NOT EXISTS (SELECT 1 FROM embedder_recompute_queue)"""
+        ).fetchone()[0]
