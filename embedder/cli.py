@@ -698,7 +698,9 @@ def main(argv: list[str] | None = None) -> None:
     # The Kafka clients log every reconnect attempt to a lost broker; commands say once what they wait for
     # (shared.kafka_retry) and what failed, in their own words. The worker shows the clients' lines
     # itself, once a minute each (streams/worker.py).
-    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    from shared.kafka_refusals import capture_refusals
+
+    capture_refusals()
 
     def body() -> int | None:
         try:

@@ -9,6 +9,7 @@ import psycopg
 
 from shared.config import load_settings, scrub_secret
 from shared.errors import BadArguments, EmbedderError
+from shared.kafka_refusals import refusal
 from shared.lag_status import LagStatus
 from shared.logs import error_line
 
@@ -44,10 +45,27 @@ def run_with_exit_codes(prog: str, body: Callable[[], object]) -> int:
         else:
             _say(prog, f"database error: {first}")
         return FAILURE
+    except Exception as e:
+        if type(e).__module__.startswith("adbc_driver"):  # the large reads' driver (shared.embedding_reads)
+            _say(prog, _redacted(f"database error: {_adbc_message(e)}"))
+            return FAILURE
+        kafka_errors = sys.modules.get("kafka.errors")  # not imported by commands that never reach Kafka
+        if kafka_errors is None or not isinstance(e, kafka_errors.KafkaError):
+            raise
+        _say(prog, _redacted(refusal() or f"Kafka: {str(e).strip().splitlines()[0] if str(e).strip() else e!r}"))
+        return FAILURE
     except KeyboardInterrupt:
         _say(prog, "interrupted")
         return INTERRUPTED
     return result if isinstance(result, int) else 0
+
+
+def _adbc_message(e: BaseException) -> str:
+    """PostgreSQL's own words from an ADBC driver error (its text also holds the whole query)."""
+    text = str(e)
+    if "ERROR:" in text:
+        return text.split("ERROR:", 1)[1].strip().splitlines()[0].strip()
+    return (text.strip().splitlines() or [type(e).__name__])[0][:300]
 
 
 def _say(prog: str, message: str) -> None:

@@ -20,6 +20,7 @@ from kafka.errors import KafkaError
 from shared.config import Settings
 from shared.errors import BadArguments, ServiceUnavailable
 from shared.kafka_config import kafka_python_config
+from shared.kafka_refusals import topic_partitions
 from shared.kafka_retry import with_retries
 
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
@@ -156,7 +157,7 @@ def _read_dead_letters_once(settings: Settings, since: datetime | None, limit: i
         consumer_timeout_ms=int(timeout * 1000),
     )
     try:
-        partitions = consumer.partitions_for_topic(settings.dead_letter_topic)
+        partitions = topic_partitions(consumer, settings.dead_letter_topic, kafka_python_config(settings))
         if not partitions:
             return report
         tps = [TopicPartition(settings.dead_letter_topic, p) for p in sorted(partitions)]
@@ -217,7 +218,7 @@ def _count_since_once(settings: Settings, since: datetime, timeout: float) -> in
         request_timeout_ms=int(timeout * 1000) + 1000,
     )
     try:
-        partitions = consumer.partitions_for_topic(settings.dead_letter_topic) or set()
+        partitions = topic_partitions(consumer, settings.dead_letter_topic, kafka_python_config(settings))
         tps = [TopicPartition(settings.dead_letter_topic, p) for p in partitions]
         if not tps:
             return 0

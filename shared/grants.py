@@ -19,7 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import psycopg
-from psycopg import sql
+
+from shared.db import one
 
 PLATFORM_READS = ("instruments", "prices_daily")
 EMBEDDINGS = "numeric_window_embeddings"
@@ -78,7 +79,8 @@ def grant_statements(conn: psycopg.Connection, service_role: str, reader_role: s
     database = conn.info.dbname
 
     def q(*parts: str) -> str:
-        return ".".join(sql.Identifier(p).as_string(conn) for p in parts)
+        """Names as PostgreSQL quotes them (only where needed: `quote_ident`)."""
+        return ".".join(str(one(conn.execute("SELECT quote_ident(%s)", (p,)))[0]) for p in parts)
 
     service = q(service_role)
     out = [

@@ -16,6 +16,8 @@ from typing import TypeVar
 
 from kafka.errors import KafkaError
 
+from shared.kafka_refusals import raise_if_refused
+
 T = TypeVar("T")
 log = logging.getLogger("embedder.kafka")
 
@@ -43,6 +45,7 @@ def with_retries(
         except final:
             raise
         except RETRIABLE as e:
+            raise_if_refused(e, what)  # the broker refused us: an answer, not a lost broker
             now = time.monotonic()
             if failing_since is None:
                 failing_since = now
