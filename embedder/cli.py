@@ -690,8 +690,10 @@ def main(argv: list[str] | None = None) -> None:
     command = typer.main.get_command(app)
     from shared.logs import configure
 
+    settings = None
     try:
-        log_format = load_settings().log_format
+        settings = load_settings()
+        log_format = settings.log_format
     except BadArguments:
         log_format = "text"  # the bad setting is reported as the command's one-line error
     configure(log_format)
@@ -700,7 +702,7 @@ def main(argv: list[str] | None = None) -> None:
     # itself, once a minute each (streams/worker.py).
     from shared.kafka_refusals import capture_refusals
 
-    capture_refusals()
+    capture_refusals(settings)
 
     def body() -> int | None:
         try:

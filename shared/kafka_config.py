@@ -17,6 +17,9 @@ def kafka_python_config(settings: Settings) -> dict[str, Any]:
         "security_protocol": settings.kafka_security_protocol,
     }
     if settings.kafka_security_protocol.startswith("SASL"):
+        # kafka-python keeps trying a refused login until its bootstrap deadline (30 s): fail sooner, so a
+        # wrong password is said in seconds (shared.kafka_refusals); an outage is retried by the caller.
+        config["bootstrap_timeout_ms"] = 10_000
         config["sasl_mechanism"] = settings.kafka_sasl_mechanism
         config["sasl_plain_username"] = settings.kafka_sasl_username
         config["sasl_plain_password"] = secret(settings)

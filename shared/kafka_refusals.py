@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from shared.config import Settings
 from shared.errors import EmbedderError
 
 SIGNS = {
@@ -49,16 +50,57 @@ class _Refusals(logging.Handler):
 
 
 REFUSALS = _Refusals()
+_settings: Settings | None = None
 
 
-def capture_refusals() -> None:
-    """In a command: the Kafka clients' errors are kept (for `refusal`), never printed (the command says
-    what failed in its own words)."""
+def capture_refusals(settings: Settings | None = None, show: bool = False) -> None:
+    """Keep the Kafka clients' errors (for `refusal`); in a command (`show` False) they are never printed, the
+    command says what failed in its own words. `settings`: the connection to probe when a bootstrap fails."""
+    global _settings
+    _settings = settings or _settings
     logger = logging.getLogger("kafka")
-    logger.setLevel(logging.ERROR)
-    logger.propagate = False
+    logger.setLevel(logging.NOTSET if show else logging.ERROR)
+    logger.propagate = show
     if REFUSALS not in logger.handlers:
         logger.addHandler(REFUSALS)
+
+
+def probe(settings: Settings) -> str | None:
+    """Where a secured broker's bootstrap failed without saying why (the client logs the SASL refusal only when
+    it reads the broker's answer before the connection closes): connect and do the TLS handshake ourselves. A
+    broker that completes it is up, so the SASL login is what failed. None: no secured protocol, or the
+    broker does not answer at all (down, paused: worth retrying)."""
+    import socket
+    import ssl
+
+    from shared.kafka_config import ssl_context
+
+    protocol = settings.kafka_security_protocol
+    if not protocol.startswith("SASL") and protocol != "SSL":
+        return None
+    server = settings.kafka_bootstrap_servers.split(",")[0].strip()
+    host, _, port = server.rpartition(":")
+    try:
+        sock = socket.create_connection((host, int(port)), timeout=3.0)
+    except (OSError, ValueError):
+        return None
+    try:
+        context = ssl_context(settings)
+        if context is not None:
+            try:
+                sock = context.wrap_socket(sock, server_hostname=host)
+            except ssl.SSLCertVerificationError:
+                return SIGNS["CERTIFICATE_VERIFY_FAILED"]
+            except (OSError, ssl.SSLError):
+                return None
+    finally:
+        sock.close()
+    if protocol.startswith("SASL"):
+        return (
+            f"Kafka at {server} refused the credentials (it answers, the TLS handshake is done, the SASL login "
+            "fails): check EMBEDDER_KAFKA_SASL_USERNAME, EMBEDDER_KAFKA_SASL_PASSWORD and EMBEDDER_KAFKA_SASL_MECHANISM"
+        )
+    return None
 
 
 def refusal() -> str | None:
@@ -78,6 +120,8 @@ def raise_if_refused(error: BaseException | None = None, what: str = "") -> None
             "groups and transactional ids under its prefix (docs/operations.md, Security)"
         ) from None
     meaning = refusal()
+    if meaning is None and _settings is not None and "bootstrap" in str(error).lower():
+        meaning = probe(_settings)
     if meaning:
         raise KafkaRefused(meaning) from None
 

@@ -12,6 +12,7 @@ import faust
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
 from shared.config import Settings
+from shared.kafka_refusals import capture_refusals
 from shared.logs import json_logging_config, quiet_repeats
 from shared.metrics import StreamMetrics
 from shared.topics import ensure_topics
@@ -128,7 +129,7 @@ def run_worker(
     guard), and the worker's metrics. `on_lost_windows` is told of live instruments a tick found
     without a window (see streams/agents.py).
     """
-    logging.getLogger("kafka").setLevel(logging.NOTSET)  # the CLI silences the clients; the worker shows them,
+    capture_refusals(settings, show=True)  # the CLI silences the clients; the worker shows them,
     quiet_repeats()  # but a line a minute each: they log every reconnect to a lost broker
     ensure_topics(settings)
     datadir.mkdir(parents=True, exist_ok=True)
