@@ -9,48 +9,18 @@ import asyncio
 from datetime import date, timedelta
 
 import pytest
-from prometheus_client import CollectorRegistry
 
 from shared.messages import LIVE_RUN, RowBatch, Tick
-from shared.metrics import StreamMetrics
-from streams.adapter import PricesAdapter
-from streams.processor import ProcessorConfig
-from streams.registry import InstrumentInfo
-from tests.support.fakes import DeadLetters, Event, Registry, Sink, Table
+from tests.support.fakes import Event, Table
+from tests.support.fakes import World as SupportWorld
 
 W = 10
 MODELS = ("numeric-simple-v1",)
 IDS = ["A", "B"]
 
 
-class World:
-    def __init__(self, windows: Table | None = None, runs: Table | None = None):
-        self.log: list[str] = []
-        self.windows = windows if windows is not None else Table(self.log)
-        self.runs = runs if runs is not None else Table(self.log)
-        self.windows.log = self.runs.log = self.log
-        self.sink, self.dead = Sink(self.log), DeadLetters(self.log)
-        registry = Registry({i: InstrumentInfo("M1", True) for i in IDS}, 1)
-        self.adapter = PricesAdapter(
-            ProcessorConfig(1, W, 15),
-            self.windows,
-            self.runs,
-            registry,
-            None,
-            self.sink,
-            self.dead,
-            StreamMetrics.create(CollectorRegistry()),
-        )
-
-    def feed(self, offset: int, message) -> Event:
-        event = Event(0, offset, message, self.log)
-
-        async def deliver() -> None:
-            await self.adapter.on_event(event)
-            await asyncio.sleep(0)  # the sink's done callbacks
-
-        asyncio.run(deliver())
-        return event
+def World(windows: Table | None = None, runs: Table | None = None) -> SupportWorld:
+    return SupportWorld(IDS, W, windows, runs)
 
 
 DAY0 = date(2020, 1, 1)

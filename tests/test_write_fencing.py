@@ -10,13 +10,11 @@ fencing (`computed_from` in `shared.embedding_store`, the window's stamp in `str
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import time
 from datetime import date, timedelta
 
 import psycopg
-from prometheus_client import CollectorRegistry
 
 import backfill.recompute as recompute
 from backfill.corrections import drain_once
@@ -24,14 +22,10 @@ from backfill.recompute import rewrite_keys
 from shared.embedding_store import set_cause, write_embeddings
 from shared.maintained_keys import MaintainedKey, queue_recompute, write_absent
 from shared.messages import LIVE_RUN, RowBatch, Tick
-from shared.metrics import StreamMetrics
 from shared.write_claims import next_round, stamp
-from streams.adapter import PricesAdapter
-from streams.processor import ProcessorConfig
-from streams.registry import InstrumentInfo
 from streams.sink import SinkWriter
 from tests.support.cli import EMBEDDER
-from tests.support.fakes import DeadLetters, Event, Registry, Sink, Table
+from tests.support.fakes import Table, World
 from tests.support.helpers import expected, stored
 from tests.support.platform import add_instruments, insert_prices
 
@@ -41,38 +35,17 @@ IDS = ["A", "B"]
 DAY0 = date(2020, 1, 1)
 
 
-class Worker:
-    """A worker's stream logic over state tables (faust's in production): the processor and the commit
-    order of `PricesAdapter`, with a sink that only collects what it would write, so a test chooses when
-    (and by which writer) it reaches PostgreSQL."""
+class Worker(World):
+    """A worker's stream logic (`tests.support.fakes.World`) whose sink only collects what it would write, so a
+    test chooses when (and by which writer) it reaches PostgreSQL."""
 
     def __init__(self, windows: Table | None = None, runs: Table | None = None):
-        self.log: list[str] = []
-        self.windows = windows if windows is not None else Table(self.log)
-        self.runs = runs if runs is not None else Table(self.log)
-        self.sink = Sink(self.log)
-        registry = Registry({i: InstrumentInfo("M1", True) for i in IDS}, 1)
-        self.metrics = StreamMetrics.create(CollectorRegistry())
-        self.adapter = PricesAdapter(
-            ProcessorConfig(1, W, 15),
-            self.windows,
-            self.runs,
-            registry,
-            None,
-            self.sink,
-            DeadLetters(self.log),
-            self.metrics,
-        )
+        super().__init__(IDS, W, windows, runs)
 
-    def feed(self, offset: int, message) -> list:
+    def feed(self, offset: int, message) -> list:  # type: ignore[override]
         """Process one message; returns the embedding batches it produced."""
         before = len(self.sink.committed)
-
-        async def deliver() -> None:
-            await self.adapter.on_event(Event(0, offset, message, self.log))
-            await asyncio.sleep(0)
-
-        asyncio.run(deliver())
+        super().feed(offset, message)
         return self.sink.committed[before:]
 
     def restored(self) -> Worker:

@@ -185,9 +185,14 @@ class LocalKafka:
                 "-c",
                 str(self.config),
                 *([] if self.voters else ["--standalone"]),
+                *self._format_options(),
             ),
             what="formatting Kafka KRaft storage",
         )
+
+    def _format_options(self) -> list[str]:
+        """More options for the storage format (a secured broker adds its SCRAM users)."""
+        return []
 
     def prepare(self, cluster_id: str | None = None) -> None:
         """Jars, configuration and formatted storage, without starting anything."""

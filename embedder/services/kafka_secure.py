@@ -7,15 +7,13 @@ loopback (its principal is a super user, as the broker's own) and serves no clie
 
 from __future__ import annotations
 
-import base64
 import secrets
 import subprocess
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from embedder.services.kafka import STORAGE_TOOL, LocalKafka
-from embedder.services.process import ServiceError, run
+from embedder.services.kafka import LocalKafka
+from embedder.services.process import ServiceError
 
 SECURE_PORT = 29392
 ADMIN = "admin"
@@ -117,27 +115,14 @@ class SecureLocalKafka(LocalKafka):
         ]
         self.config.write_text("\n".join(lines))
 
-    def _format_storage(self, cluster_id: str | None = None) -> None:
-        if (self.data_dir / "meta.properties").exists():
-            return
-        cluster_id = cluster_id or base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        run(
-            self._java(
-                STORAGE_TOOL,
-                "format",
-                "-t",
-                cluster_id,
-                "-c",
-                str(self.config),
-                "--standalone",
-                "--add-scram",
-                f"SCRAM-SHA-256=[name={ADMIN},password={self.admin_password}]",
-                "--add-scram",
-                f"SCRAM-SHA-256=[name={self.user},password={self.password}]",
-            ),  # fmt: skip
-            what="formatting Kafka KRaft storage with SCRAM users",
-        )
+    def _format_options(self) -> list[str]:
+        """The SCRAM users, written into the metadata log when the storage is formatted."""
+        return [
+            "--add-scram",
+            f"SCRAM-SHA-256=[name={ADMIN},password={self.admin_password}]",
+            "--add-scram",
+            f"SCRAM-SHA-256=[name={self.user},password={self.password}]",
+        ]
 
     def client_config(self, user: str | None = None, password: str | None = None) -> dict:
         """kafka-python keyword arguments for this broker (the admin's credentials unless given)."""

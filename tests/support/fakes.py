@@ -91,3 +91,45 @@ class Event:
     def ack(self) -> None:
         self.log.append("ack")
         self.acked = True
+
+
+class World:
+    """A worker's stream logic over fake tables, sink and dead-letter topic: the processor and the commit order
+    of `streams.adapter.PricesAdapter`, exactly as the worker drives them, one partition, a window of
+    `window_days`, instruments `ids` of one market. `feed` delivers a message as faust would."""
+
+    def __init__(self, ids: list[str], window_days: int, windows: Table | None = None, runs: Table | None = None):
+        from prometheus_client import CollectorRegistry
+
+        from shared.metrics import StreamMetrics
+        from streams.adapter import PricesAdapter
+        from streams.processor import ProcessorConfig
+        from streams.registry import InstrumentInfo
+
+        self.log: list[str] = []
+        self.windows = windows if windows is not None else Table(self.log)
+        self.runs = runs if runs is not None else Table(self.log)
+        self.windows.log = self.runs.log = self.log
+        self.sink, self.dead = Sink(self.log), DeadLetters(self.log)
+        self.metrics = StreamMetrics.create(CollectorRegistry())
+        registry = Registry({i: InstrumentInfo("M1", True) for i in ids}, 1)
+        self.adapter = PricesAdapter(
+            ProcessorConfig(1, window_days, 15),
+            self.windows,
+            self.runs,
+            registry,
+            None,
+            self.sink,
+            self.dead,
+            self.metrics,
+        )
+
+    def feed(self, offset: int, message) -> Event:
+        event = Event(0, offset, message, self.log)
+
+        async def deliver() -> None:
+            await self.adapter.on_event(event)
+            await asyncio.sleep(0)  # the sink's done callbacks
+
+        asyncio.run(deliver())
+        return event
