@@ -298,6 +298,10 @@ class LocalKafka:
     def ready(self) -> bool:
         return self._ready()
 
+    def client_config(self) -> dict:
+        """kafka-python keyword arguments for this node (a secured broker adds its security settings)."""
+        return {"bootstrap_servers": self.bootstrap}
+
     def _ready(self) -> bool:
         """The broker answers a metadata request (not only a TCP connect)."""
         if not port_open(self.host, self.port):
@@ -306,7 +310,7 @@ class LocalKafka:
         from kafka.errors import KafkaError
 
         try:
-            admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=5000)
+            admin = KafkaAdminClient(**self.client_config(), request_timeout_ms=5000)
         except (KafkaError, OSError):
             return False
         try:

@@ -146,26 +146,6 @@ class SecureLocalKafka(LocalKafka):
             "EMBEDDER_KAFKA_SSL_CAFILE": str(self.ca_file.resolve()),
         }
 
-    def _ready(self) -> bool:
-        from kafka import KafkaAdminClient
-        from kafka.errors import KafkaError
-
-        from embedder.services.process import port_open
-
-        if not port_open(self.host, self.port):
-            return False
-        try:
-            admin = KafkaAdminClient(**self.client_config(), request_timeout_ms=5000)
-        except (KafkaError, OSError):
-            return False
-        try:
-            admin.list_topics()
-            return True
-        except (KafkaError, OSError):
-            return False
-        finally:
-            admin.close()
-
     def allow_prefix(self, prefix: str) -> None:
         """The embedder's ACLs (docs/operations.md, "Security"): ALL on topics, groups and transactional ids whose
         names start with `prefix`, for its user only."""
