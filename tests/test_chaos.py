@@ -33,7 +33,7 @@ from tests.support.reference import reference_embedding
 from tests.support.workers import group_members, live_tick_committed, start_named_worker, stop
 
 FREEZE_SECONDS = 16.0  # past the workers' 10 s session timeout
-DAYS = 8
+DAYS = 6
 
 
 def whole_table(url: str) -> tuple[dict[tuple, bytes], dict[tuple, bytes]]:
@@ -223,7 +223,7 @@ def test_exact_through_frozen_workers_a_frozen_broker_and_a_postgres_crash(clust
                         "RETURNING instrument_id, trade_date, close, volume",
                         (days[1],),
                     ).fetchone()
-            if k == 6 and removed:  # ...and put back
+            if k == DAYS - 1 and removed:  # ...and put back
                 with_retry(lambda row=removed: _insert(url, [row]))
             tick(env, day)
         for thread in threads:
