@@ -195,16 +195,16 @@ def db_grants(
 ) -> None:
     """Print (or with --apply run) the exact GRANT statements the embedder's roles need on the installed schema."""
     from shared.db import connection
-    from shared.grants import apply_grants, grant_statements
+    from shared.grants import apply_grants, grants
 
     with connection(load_settings().database_url) as conn:
-        statements = grant_statements(conn, service_role, reader_role)
-        for statement in statements:
-            out.print(statement, highlight=False, soft_wrap=True)
+        planned = grants(conn, service_role, reader_role)
+        for grant in planned:
+            out.print(grant.sql(), highlight=False, soft_wrap=True)
         if apply:
-            apply_grants(conn, statements)
+            apply_grants(conn, planned)
             conn.commit()
-            err.print(f"applied {len(statements)} grant(s)", highlight=False)
+            err.print(f"applied {len(planned)} grant(s)", highlight=False)
 
 
 @prices_app.command("import")

@@ -152,7 +152,11 @@ def run_lag(
             else:
                 watch_reports(monitor, as_json, interval, stop)
 
-        return run_until_stopped(follow, cleanup=monitor.close, stopped_code=0)
+        def cleanup() -> None:
+            out.show_cursor(True)  # a refreshing table hid it
+            monitor.close()
+
+        return run_until_stopped(follow, cleanup=cleanup, stopped_code=0)
     try:
         report = monitor.sample()
         for _ in range(samples - 1):

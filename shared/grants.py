@@ -72,9 +72,33 @@ def own_functions(conn: psycopg.Connection, schema: str) -> list[str]:
     return [r[0] for r in rows]
 
 
-def grant_statements(conn: psycopg.Connection, service_role: str, reader_role: str | None = None) -> list[str]:
-    """Every GRANT the service role (and the reader role, if given) needs on this database's installed schema,
-    as SQL text (quoted as PostgreSQL quotes identifiers)."""
+@dataclass(frozen=True)
+class Grant:
+    """One GRANT statement, and how to ask the catalog whether its role holds what it grants."""
+
+    privileges: tuple[str, ...]
+    kind: str  # DATABASE, SCHEMA, TABLE, SEQUENCE or FUNCTION
+    target: str  # as quoted in SQL
+    role: str  # as quoted in SQL
+    role_name: str  # as stored in the catalog
+    checked_as: str  # the object as the catalog's has_*_privilege function takes it
+
+    def sql(self) -> str:
+        on = self.target if self.kind == "TABLE" else f"{self.kind} {self.target}"
+        return f"GRANT {', '.join(self.privileges)} ON {on} TO {self.role};"
+
+    def held(self, conn: psycopg.Connection) -> bool:
+        """Whether the role already holds every privilege (directly, through PUBLIC or a role it is in)."""
+        check = f"has_{self.kind.lower()}_privilege"
+        return all(
+            one(conn.execute(f"SELECT {check}(%s, %s, %s)".encode(), (self.role_name, self.checked_as, p)))[0]
+            for p in self.privileges
+        )
+
+
+def grants(conn: psycopg.Connection, service_role: str, reader_role: str | None = None) -> list[Grant]:
+    """Every GRANT the service role (and the reader role, if given) needs on this database's installed schema
+    (names quoted as PostgreSQL quotes identifiers)."""
     schema = schema_of(conn)
     database = conn.info.dbname
 
@@ -82,33 +106,63 @@ def grant_statements(conn: psycopg.Connection, service_role: str, reader_role: s
         """Names as PostgreSQL quotes them (only where needed: `quote_ident`)."""
         return ".".join(str(one(conn.execute("SELECT quote_ident(%s)", (p,)))[0]) for p in parts)
 
-    service = q(service_role)
+    def granting(role_name: str):
+        role = q(role_name)
+
+        def grant(kind: str, privileges: str, target: str, checked_as: str | None = None) -> Grant:
+            names = tuple(p.strip() for p in privileges.split(","))
+            return Grant(names, kind, target, role, role_name, checked_as or target)
+
+        return grant
+
+    service = granting(service_role)
     out = [
-        f"GRANT CONNECT, TEMPORARY ON DATABASE {q(database)} TO {service};",
-        f"GRANT USAGE ON SCHEMA {q(schema)} TO {service};",
-        *(f"GRANT SELECT ON {q(schema, t)} TO {service};" for t in PLATFORM_READS),
-        f"GRANT SELECT, INSERT, UPDATE, DELETE ON {q(schema, EMBEDDINGS)} TO {service};",
+        service("DATABASE", "CONNECT, TEMPORARY", q(database), database),
+        service("SCHEMA", "USAGE", q(schema), schema),
+        *(service("TABLE", "SELECT", q(schema, t)) for t in PLATFORM_READS),
+        service("TABLE", "SELECT, INSERT, UPDATE, DELETE", q(schema, EMBEDDINGS)),
     ]
     for rel in own_relations(conn, schema):
         target = q(schema, rel.name)
         if rel.kind == "S":
-            out.append(f"GRANT USAGE, SELECT, UPDATE ON SEQUENCE {target} TO {service};")
+            out.append(service("SEQUENCE", "USAGE, SELECT, UPDATE", target))
         elif rel.kind == "v":
-            out.append(f"GRANT SELECT ON {target} TO {service};")
+            out.append(service("TABLE", "SELECT", target))
         else:
-            out.append(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {target} TO {service};")
-    out.extend(f"GRANT EXECUTE ON FUNCTION {q(schema)}.{fn} TO {service};" for fn in own_functions(conn, schema))
+            out.append(service("TABLE", "SELECT, INSERT, UPDATE, DELETE", target))
+    out.extend(service("FUNCTION", "EXECUTE", f"{q(schema)}.{fn}") for fn in own_functions(conn, schema))
     if reader_role:
-        reader = q(reader_role)
+        reader = granting(reader_role)
         out += [
-            f"GRANT CONNECT ON DATABASE {q(database)} TO {reader};",
-            f"GRANT USAGE ON SCHEMA {q(schema)} TO {reader};",
-            *(f"GRANT SELECT ON {q(schema, t)} TO {reader};" for t in READER_TABLES),
+            reader("DATABASE", "CONNECT", q(database), database),
+            reader("SCHEMA", "USAGE", q(schema), schema),
+            *(reader("TABLE", "SELECT", q(schema, t)) for t in READER_TABLES),
         ]
     return out
 
 
-def apply_grants(conn: psycopg.Connection, statements: list[str]) -> None:
-    """Run `statements` in one transaction (the caller commits)."""
-    for statement in statements:
-        conn.execute(statement.encode())  # text the catalog and sql.Identifier made (no parameters)
+def apply_grants(conn: psycopg.Connection, planned: list[Grant]) -> None:
+    """Run the grants in one transaction (the caller commits). PostgreSQL only warns when the granting role may
+    not grant a privilege (the database or schema belongs to someone else): that is fine when the role holds it
+    already (PUBLIC's CONNECT and TEMPORARY on a database, by default), and an error naming the statement if not,
+    rather than a service role that fails later."""
+    from shared.errors import EmbedderError
+
+    skipped: list[str] = []
+
+    def note(diagnostic: psycopg.errors.Diagnostic) -> None:
+        if diagnostic.sqlstate == "01007":  # warning_privilege_not_granted
+            skipped.append(diagnostic.message_primary or "")
+
+    conn.add_notice_handler(note)
+    try:
+        for grant in planned:
+            skipped.clear()
+            conn.execute(grant.sql().encode())  # text the catalog quoted (no parameters)
+            if skipped and not grant.held(conn):
+                raise EmbedderError(
+                    f"{grant.sql()} granted nothing ({skipped[0]}): have the object's owner (or a role holding "
+                    "the privilege WITH GRANT OPTION) run it, then run this again"
+                )
+    finally:
+        conn.remove_notice_handler(note)

@@ -173,6 +173,15 @@ def cli_env(db_url, endpoints) -> dict[str, str]:
 
 
 @pytest.fixture
+def roles(database_factory):
+    """A platform database with its roles (tests/support/roles.py): owner, ingestion, service, reader, legacy."""
+    from tests.support.roles import platform_roles
+
+    with platform_roles(database_factory) as made:
+        yield made
+
+
+@pytest.fixture
 def kafka_bootstrap(endpoints) -> str:
     return endpoints["KAFKA_BOOTSTRAP_SERVERS"]
 

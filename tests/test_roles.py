@@ -9,68 +9,18 @@ and nothing else, the embedder's service role (owns nothing) and a read-only con
 from __future__ import annotations
 
 import subprocess
-import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import date
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
-import pytest
 
 from tests.support.cli import EMBEDDER
 from tests.support.helpers import assert_same_embeddings, expected, stored, wait_for
-from tests.support.platform import add_instruments, create_platform_database, insert_prices, market_history
+from tests.support.platform import add_instruments, insert_prices, market_history
+from tests.support.roles import as_role
 from tests.support.workers import live_tick_committed, start_named_worker, stop
 
 MODEL = "num-regime-core-v1"
 IDS = [f"R{k:02d}" for k in range(8)]
-
-
-@dataclass
-class Roles:
-    admin: str  # the server's superuser, on the platform database
-    owner: str
-    ingest: str
-    service: str
-    reader: str
-    names: dict[str, str]
-
-
-def as_role(url: str, role: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(netloc=f"{role}:pw-{role}@{parts.hostname}:{parts.port}"))
-
-
-@pytest.fixture
-def roles(database_factory) -> Iterator[Roles]:
-    admin = create_platform_database(database_factory)
-    tag = uuid.uuid4().hex[:6]
-    names = {k: f"{k}_{tag}" for k in ("owner", "ingest", "service", "reader", "legacy")}
-    with psycopg.connect(admin, autocommit=True) as conn:
-        for name in names.values():
-            conn.execute(f"CREATE ROLE {name} LOGIN PASSWORD 'pw-{name}' NOSUPERUSER NOCREATEDB NOCREATEROLE")
-        owner = names["owner"]
-        conn.execute(f"GRANT CREATE, USAGE ON SCHEMA public TO {owner}")
-        for table in ("instruments", "prices_daily", "numeric_window_embeddings"):
-            conn.execute(f"ALTER TABLE {table} OWNER TO {owner}")
-        # What the platform's DBA granted its ingestion job, and a legacy writer of embeddings.
-        conn.execute(f"GRANT SELECT ON instruments TO {names['ingest']}")
-        conn.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON prices_daily TO {names['ingest']}")
-        conn.execute(f"GRANT SELECT, UPDATE ON numeric_window_embeddings TO {names['legacy']}")
-    upgraded = subprocess.run(
-        EMBEDDER + ["db", "upgrade"],
-        env={"PATH": "/usr/bin:/bin", "DATABASE_URL": as_role(admin, owner)},
-        capture_output=True,
-        text=True,
-    )
-    assert upgraded.returncode == 0, upgraded.stderr[-2000:]
-    yield Roles(admin, owner, names["ingest"], names["service"], names["reader"], names)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f"REASSIGN OWNED BY {owner} TO CURRENT_USER")
-        for name in names.values():
-            conn.execute(f"DROP OWNED BY {name}")
-            conn.execute(f"DROP ROLE {name}")
 
 
 def capture(url: str, on: bool) -> None:
@@ -194,9 +144,93 @@ def test_the_printed_grants_are_all_the_service_and_reader_roles_need(roles, cli
     assert "Traceback" not in denied.stderr
 
 
+def test_applying_grants_the_owner_may_not_give_is_one_clear_error(roles, cli_env):
+    """A hardened database (PUBLIC may not connect): the owner of the tables cannot grant CONNECT on a database
+    it does not own; PostgreSQL only warns, `db grants --apply` says which statement the DBA must run."""
+    database = roles.admin.rsplit("/", 1)[1]
+    with psycopg.connect(roles.admin, autocommit=True) as conn:
+        conn.execute(f'REVOKE CONNECT, TEMPORARY ON DATABASE "{database}" FROM PUBLIC')
+        conn.execute(f'GRANT CONNECT ON DATABASE "{database}" TO {roles.owner}')
+    done = subprocess.run(
+        EMBEDDER + ["db", "grants", "--service-role", roles.service, "--apply"],
+        env=cli_env | {"DATABASE_URL": as_role(roles.admin, roles.owner)},
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"embedder: GRANT CONNECT, TEMPORARY ON DATABASE {database} TO {roles.service}; granted nothing")
+    )
+    with psycopg.connect(roles.admin) as conn:  # nothing half-applied
+        assert not conn.execute(
+            "SELECT has_table_privilege(%s, 'numeric_window_embeddings', 'INSERT')", (roles.service,)
+        ).fetchone()[0]
+    with psycopg.connect(roles.admin, autocommit=True) as conn:  # the DBA runs it; then the rest applies
+        conn.execute(f'GRANT CONNECT, TEMPORARY ON DATABASE "{database}" TO {roles.service}')
+        conn.execute(f'GRANT CONNECT ON DATABASE "{database}" TO {roles.reader}')
+    assert roles.granted().startswith(f"GRANT CONNECT, TEMPORARY ON DATABASE {database}")
+
+
 def _settled(url: str) -> bool:
     with psycopg.connect(url) as conn:
         return conn.execute(
             """SELECT NOT EXISTS (SELECT 1 FROM prices_outbox WHERE published_at IS NULL)
                   AND NOT EXISTS (SELECT 1 FROM embedder_recompute_queue)"""
         ).fetchone()[0]
+
+
+def test_the_platform_tables_may_live_in_another_schema(database_factory, cli_env):
+    """The platform keeps its tables in schema `platform` (its roles' search_path): the embedder installs there,
+    `db grants` names that schema, and the service role works in it."""
+    import uuid
+
+    from tests.support.platform import PLATFORM_DDL
+
+    admin = database_factory("schema")
+    tag = uuid.uuid4().hex[:6]
+    owner, service = f"owner_{tag}", f"service_{tag}"
+    database = admin.rsplit("/", 1)[1]
+    with psycopg.connect(admin, autocommit=True) as conn:
+        for role in (owner, service):
+            conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'pw-{role}' NOSUPERUSER")
+            conn.execute(f'ALTER ROLE {role} IN DATABASE "{database}" SET search_path = platform')
+        conn.execute(f"CREATE SCHEMA platform AUTHORIZATION {owner}")
+        conn.execute("SET search_path TO platform")
+        conn.execute(PLATFORM_DDL)
+        for table in ("instruments", "prices_daily", "numeric_window_embeddings"):
+            conn.execute(f"ALTER TABLE platform.{table} OWNER TO {owner}")
+    try:
+        owner_env = cli_env | {"DATABASE_URL": as_role(admin, owner)}
+        for args in (["db", "upgrade"], ["db", "grants", "--service-role", service, "--apply"]):
+            done = subprocess.run(EMBEDDER + args, env=owner_env, capture_output=True, text=True)
+            assert done.returncode == 0, done.stderr[-2000:]
+        assert f"GRANT SELECT ON platform.prices_daily TO {service};" in done.stdout
+        with psycopg.connect(admin) as conn:
+            conn.execute("SET search_path TO platform")
+            conn.execute(
+                "INSERT INTO instruments (instrument_id, market_id, asset_class, symbol, currency) "
+                "VALUES ('S1', 'US_EQ', 'EQUITY', 'S1', 'USD')"
+            )
+            rows = [r for r in market_history(["S1"], date(2019, 1, 1), date(2019, 6, 30)) if r[0] == "S1"]
+            insert_prices(conn, rows)
+        service_env = cli_env | {"DATABASE_URL": as_role(admin, service)}
+        done = subprocess.run(
+            EMBEDDER + ["replay", "--direct", "--from", "2019-06-03", "--to", "2019-06-28", "--market-id", "US_EQ",
+                        "--model-id", MODEL],
+            env=service_env, capture_output=True, text=True,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        with psycopg.connect(admin) as conn:
+            stored_here = conn.execute(
+                "SELECT count(*) FROM platform.numeric_window_embeddings WHERE entity_id = 'S1'"
+            ).fetchone()[0]
+            assert conn.execute("SELECT to_regclass('public.numeric_window_embeddings')").fetchone()[0] is None
+        assert stored_here == len([d for d in {r[1] for r in rows} if date(2019, 6, 3) <= d <= date(2019, 6, 28)])
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f"REASSIGN OWNED BY {owner} TO CURRENT_USER")
+            for role in (owner, service):
+                conn.execute(f"DROP OWNED BY {role}")
+                conn.execute(f"DROP ROLE {role}")

@@ -1,6 +1,7 @@
 """The embedder on a broker that requires SASL_SSL (SCRAM-SHA-256, TLS with a CA made on the spot) and ACLs:
 `allow.everyone.if.no.acl.found=false`, and only the documented ACLs for the embedder's user — ALL on topics,
-groups and transactional ids under its prefix (docs/operations.md, "Security"). The worker, a one-shot
+groups and transactional ids under its prefix (docs/operations.md, "Security") — and on a platform database as its
+service role, granted what `embedder db grants` prints (tests/support/roles.py). The worker, a one-shot
 replay with its own worker, `lag` (table, `--json`, `--serve`), `status`, `dead-letters`, `verify` and the
 platform command work and equal the reference; a wrong password and a missing ACL each give one clear line
 (exit 1), never a traceback or a hang; no secret appears in any log line or error.
@@ -21,6 +22,7 @@ import pytest
 from tests.conftest import REPO
 from tests.support.cli import EMBEDDER, PLATFORM
 from tests.support.helpers import assert_same_embeddings, expected, load_synthetic, stored, wait_for
+from tests.support.roles import as_role
 from tests.support.workers import live_tick_committed, start_named_worker, stop
 
 PREFIX = "embsec-"
@@ -41,17 +43,19 @@ def secure_kafka(endpoints):
 
 
 @pytest.fixture
-def secure_env(cli_env, secure_kafka) -> dict[str, str]:
+def secure_env(cli_env, secure_kafka, roles) -> dict[str, str]:
+    """The embedder on the secured broker as its Kafka user, and on a platform database as its service role
+    (granted what `embedder db grants` prints)."""
+    roles.granted()
     tag = uuid.uuid4().hex[:8]
-    return (
-        cli_env
-        | secure_kafka.env()
-        | {
-            "EMBEDDER_APP_ID": f"{PREFIX}{tag}",
-            "EMBEDDER_PRICES_TOPIC": f"{PREFIX}{tag}.prices",
-            "EMBEDDER_DEAD_LETTER_TOPIC": f"{PREFIX}{tag}.dead-letter",
-        }
-    )
+    names = {
+        "DATABASE_URL": as_role(roles.admin, roles.service),
+        "ADMIN_DATABASE_URL": roles.admin,
+        "EMBEDDER_APP_ID": f"{PREFIX}{tag}",
+        "EMBEDDER_PRICES_TOPIC": f"{PREFIX}{tag}.prices",
+        "EMBEDDER_DEAD_LETTER_TOPIC": f"{PREFIX}{tag}.dead-letter",
+    }
+    return cli_env | secure_kafka.env() | names
 
 
 def run(env: dict[str, str], *args: str, code: int = 0, command=EMBEDDER) -> subprocess.CompletedProcess:
@@ -63,7 +67,7 @@ def run(env: dict[str, str], *args: str, code: int = 0, command=EMBEDDER) -> sub
 
 
 def test_every_command_and_the_worker_on_a_secured_broker(secure_env, secure_kafka, tmp_path):
-    env, url = secure_env, secure_env["DATABASE_URL"]
+    env, url = secure_env, secure_env["ADMIN_DATABASE_URL"]  # the platform's own view, for loading and checking
     load_synthetic(url, tmp_path, instruments=10, start=date(2019, 1, 1), end=date(2019, 12, 31))
     with psycopg.connect(url) as conn:
         days = [r[0] for r in conn.execute("SELECT DISTINCT trade_date FROM prices_daily ORDER BY 1 DESC LIMIT 2")]
