@@ -536,7 +536,7 @@ def embeddings_keep_history(
 
 @app.command("lag")
 def lag(
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable report (fields in the README).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable report (docs/live-service.md).")] = False,
     watch: Annotated[bool, typer.Option("--watch", help="Refresh until interrupted.")] = False,
     samples: Annotated[
         int, typer.Option("--samples", min=1, metavar="N", help="Readings before judging (one-shot).")

@@ -15,7 +15,7 @@ judges each one in the manner of Burrow's rules:
 - ERR: the broker could not be read.
 
 A group's status is the worst of its partitions'. The JSON form (`as_json`)
-has stable field names, documented in the README.
+has stable field names, documented in docs/live-service.md (Lag monitoring).
 """
 
 from __future__ import annotations

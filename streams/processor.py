@@ -3,7 +3,7 @@
 `PartitionProcessor.process(offset, message)` reads the partition's state through
 two mappings (`windows`, `runs`: Faust tables in the worker, dicts in tests) and
 returns `Effects`: dead letters, embedding batches, state writes and tick
-reports. It never writes the mappings itself; the adapter (`streams/agents.py`)
+reports. It never writes the mappings itself; the adapter (`streams/adapter.py`)
 applies the effects in one commit order, so what the processor decides and when
 it becomes durable are separate, testable things.
 

@@ -127,7 +127,7 @@ def run_worker(
     readiness event, so it publishes nothing before the worker has recovered its tables (messages
     that arrive during faust's startup recovery were lost before streams/faust_fixes.py; kept as a
     guard), and the worker's metrics. `on_lost_windows` is told of live instruments a tick found
-    without a window (see streams/agents.py).
+    without a window (see streams/adapter.py).
     """
     capture_refusals(settings, show=True)  # the CLI silences the clients; the worker shows them,
     quiet_repeats()  # but a line a minute each: they log every reconnect to a lost broker

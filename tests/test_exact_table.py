@@ -3,7 +3,7 @@ the platform's own INSERT/UPDATE/DELETE while the worker runs; after a kill -9 i
 the state folder and changelogs are lost; `embedder verify` and the worker's parity audit.
 
 Real broker, real PostgreSQL, the real worker, real prices (`../shared/data`); the expected table is the
-plain-loop reference (`tests/reference.py`) over what `prices_daily` holds at the end, for every key the
+plain-loop reference (`tests/support/reference.py`) over what `prices_daily` holds at the end, for every key the
 runs asked for."""
 
 from __future__ import annotations

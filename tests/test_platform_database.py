@@ -206,7 +206,7 @@ def test_the_bootstrap_killed_half_way_and_restarted(database_factory, cli_env, 
         print(f"\nFAULT-TABLE | worker kill -9 during the bootstrap | at {loaded} of {queued} instruments loaded")
         assert queued == len(ids) + 1 and loaded < queued  # + EU-ONE: selectable in its own market
         # Restart once the dead member has left the group: a worker that joins while its group is still
-        # rebalancing can sit without fetching in faust-streaming 0.15.3 (README, Known issues), and the
+        # rebalancing can sit without fetching in faust-streaming 0.15.3 (docs/reliability.md, Known issues), and the
         # relay waits for a ready worker, so the bootstrap would wait with it.
         wait_for(lambda: group_members(env) == 0, 60, "the killed worker to leave its group")
         worker = start_live_worker(env, tmp_path)  # the same state folder

@@ -1,7 +1,7 @@
 """The partition processor with plain dict tables and no broker: SPEC section 4 as plain Python.
 
 Each test feeds messages at offsets, applies the returned writes to the dicts the way the
-adapter does, and checks the emitted embeddings against tests/reference.py (an independent
+adapter does, and checks the emitted embeddings against tests/support/reference.py (an independent
 plain-loop SPEC section 3).
 """
 

@@ -125,7 +125,7 @@ def test_worker_killed_three_times_and_producer_killed_once(db_url, cli_env, tmp
             )
             recoveries.append(time.monotonic() - killed_at)
             # The next kill waits until the dead member has left the group: a worker that joins while its
-            # group is still rebalancing can sit without fetching in faust-streaming 0.15.3 (README).
+            # group is still rebalancing can sit without fetching in faust-streaming 0.15.3 (docs/reliability.md).
             wait_for(lambda: group_members(cli_env) == 1, 60, "the group to settle")
         out, err = replay.communicate(timeout=600)
         assert replay.returncode == 0, err[-3000:]
