@@ -4,7 +4,8 @@ A broker restart is routine (rolling upgrades, a node lost): while the other bro
 replicas, a client request that went to the dead one must go again (kafka-python picks another node on
 the next attempt, once its metadata drops the dead one). Retries back off from 0.2 s to 5 s and stop at
 a deadline; the log says once that Kafka is failing and once that it answers again, not a line per
-attempt.
+attempt. A broker that has just started answers group requests with "coordinator not available" until its
+offsets topic exists: that is its normal start, said in those words at info level, not as a failure.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from kafka.errors import KafkaError
+from kafka.errors import CoordinatorNotAvailableError, KafkaError
 
 from shared.kafka_refusals import raise_if_refused
 
@@ -37,6 +38,7 @@ def with_retries(
     deadline = time.monotonic() + deadline_seconds
     delay = first_delay
     failing_since: float | None = None
+    starting = False  # the first error was a new broker's normal start
     attempts = 0
     while True:
         attempts += 1
@@ -49,9 +51,20 @@ def with_retries(
             now = time.monotonic()
             if failing_since is None:
                 failing_since = now
-                log.warning(
-                    "%s: Kafka did not answer (%s); retrying for up to %.0f s", what, _first_line(e), deadline_seconds
-                )
+                starting = isinstance(e, CoordinatorNotAvailableError)
+                if starting:
+                    log.info(
+                        "%s: Kafka's group coordinator is starting (normal for a new broker); waiting up to %.0f s",
+                        what,
+                        deadline_seconds,
+                    )
+                else:
+                    log.warning(
+                        "%s: Kafka did not answer (%s); retrying for up to %.0f s",
+                        what,
+                        _first_line(e),
+                        deadline_seconds,
+                    )
             if now + delay > deadline:
                 log.error(
                     "%s: Kafka did not answer for %.0f s (%d attempts): %s",
@@ -65,8 +78,12 @@ def with_retries(
             delay = min(delay * 2, max_delay)
             continue
         if failing_since is not None:
-            log.warning(
-                "%s: Kafka answers again after %.1f s (%d attempts)", what, time.monotonic() - failing_since, attempts
+            log.log(
+                logging.INFO if starting else logging.WARNING,
+                "%s: Kafka answers again after %.1f s (%d attempts)",
+                what,
+                time.monotonic() - failing_since,
+                attempts,
             )
         return result
 
