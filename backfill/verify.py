@@ -87,6 +87,10 @@ class VerifySelection:
 
     def __post_init__(self) -> None:
         validate_models(list(self.model_ids))
+        if self.limit is not None and self.limit < 0:
+            raise BadArguments(f"--limit must not be negative, got {self.limit}")
+        if self.offset < 0:
+            raise BadArguments(f"--offset must not be negative, got {self.offset}")
         if self.as_of is not None and (self.date_from is not None or self.date_to is not None):
             raise BadArguments("give either --as-of or --from/--to, not both")
         if self.date_from and self.date_to and self.date_from > self.date_to:

@@ -18,6 +18,7 @@ try:  # Typer >= 0.20 vendors click; older versions use the click package
 except ImportError:  # pragma: no cover
     import click.exceptions as click_exc  # type: ignore[no-redef]
 
+from embedder import options as opt
 from embedder.console import err, out
 from embedder.exit_codes import INTERRUPTED, run_with_exit_codes
 from embedder.stopping import run_until_stopped
@@ -274,24 +275,14 @@ def prices_synthetic(
 
 @app.command("replay")
 def replay(
-    as_of: Annotated[
-        Optional[str], typer.Option("--as-of", metavar="DATE", help="Single as_of date (YYYY-MM-DD).")
-    ] = None,
-    date_from: Annotated[
-        Optional[str], typer.Option("--from", metavar="DATE", help="First as_of date of a range.")
-    ] = None,
-    date_to: Annotated[Optional[str], typer.Option("--to", metavar="DATE", help="Last as_of date of a range.")] = None,
+    as_of: opt.AsOf = None,
+    date_from: opt.DateFrom = None,
+    date_to: opt.DateTo = None,
     window_days: Annotated[int, typer.Option("--window-days", metavar="N", help="Trading days per window.")] = 63,
-    market_id: Annotated[
-        Optional[str], typer.Option("--market-id", metavar="MARKET", help="The market's ACTIVE EQUITY instruments.")
-    ] = None,
-    limit: Annotated[
-        Optional[int], typer.Option("--limit", metavar="N", help="At most N of the market's instruments (by id).")
-    ] = None,
-    offset: Annotated[int, typer.Option("--offset", metavar="N", help="Skip the market's first N instruments.")] = 0,
-    instrument_id: Annotated[
-        Optional[list[str]], typer.Option("--instrument-id", metavar="ID", help="An instrument (repeatable).")
-    ] = None,
+    market_id: opt.MarketId = None,
+    limit: opt.Limit = None,
+    offset: opt.Offset = 0,
+    instrument_id: opt.InstrumentIds = None,
     model_id: Annotated[
         Optional[list[str]],
         typer.Option("--model-id", metavar="MODEL", help=f"A model (repeatable; default {DEFAULT_MODEL_ID})."),
@@ -457,15 +448,11 @@ def live_repartition(
 def embeddings_export(
     output: Annotated[Path, typer.Option("--output", "-o", metavar="FILE", help="The file to write.")],
     fmt: Annotated[str, typer.Option("--format", metavar="FORMAT", help="parquet, npy or csv.")] = "parquet",
-    as_of: Annotated[Optional[str], typer.Option("--as-of", metavar="DATE", help="One as_of date.")] = None,
-    date_from: Annotated[Optional[str], typer.Option("--from", metavar="DATE", help="First as_of date.")] = None,
-    date_to: Annotated[Optional[str], typer.Option("--to", metavar="DATE", help="Last as_of date.")] = None,
-    market_id: Annotated[
-        Optional[str], typer.Option("--market-id", metavar="MARKET", help="The market's ACTIVE EQUITY instruments.")
-    ] = None,
-    instrument_id: Annotated[
-        Optional[list[str]], typer.Option("--instrument-id", metavar="ID", help="An instrument (repeatable).")
-    ] = None,
+    as_of: opt.AsOf = None,
+    date_from: opt.DateFrom = None,
+    date_to: opt.DateTo = None,
+    market_id: opt.MarketId = None,
+    instrument_id: opt.InstrumentIds = None,
     model_id: Annotated[str, typer.Option("--model-id", metavar="MODEL", help="The model.")] = DEFAULT_MODEL_ID,
     window_days: Annotated[
         Optional[int], typer.Option("--window-days", metavar="N", help="Only rows of this window.")
@@ -615,17 +602,13 @@ def dead_letters(
 
 @app.command("verify")
 def verify(
-    date_from: Annotated[Optional[str], typer.Option("--from", metavar="DATE", help="First as_of date.")] = None,
-    date_to: Annotated[Optional[str], typer.Option("--to", metavar="DATE", help="Last as_of date.")] = None,
-    as_of: Annotated[Optional[str], typer.Option("--as-of", metavar="DATE", help="One as_of date.")] = None,
-    market_id: Annotated[
-        Optional[str], typer.Option("--market-id", metavar="MARKET", help="The market's ACTIVE EQUITY instruments.")
-    ] = None,
-    instrument_id: Annotated[
-        Optional[list[str]], typer.Option("--instrument-id", metavar="ID", help="An instrument (repeatable).")
-    ] = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", metavar="N", min=0, help="Cut the market.")] = None,
-    offset: Annotated[int, typer.Option("--offset", metavar="N", min=0, help="Cut the market.")] = 0,
+    date_from: opt.DateFrom = None,
+    date_to: opt.DateTo = None,
+    as_of: opt.AsOf = None,
+    market_id: opt.MarketId = None,
+    instrument_id: opt.InstrumentIds = None,
+    limit: opt.Limit = None,
+    offset: opt.Offset = 0,
     model_id: Annotated[
         Optional[list[str]],
         typer.Option("--model-id", metavar="MODEL", help="A model (repeatable; default: every model stored)."),

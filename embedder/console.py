@@ -113,3 +113,33 @@ def progress() -> Progress | PlainProgress:
         console=err,
         transient=False,
     )
+
+
+class CountedProgress:
+    """One bar over a command's units of work (instruments, rows) with a running count of what they produced
+    ("embeddings committed", "keys checked"): the progress `replay --direct`, `verify` and `embeddings export`
+    show. The bar appears at `start` (once the selection is resolved), which is also when the work began."""
+
+    def __init__(self, name: str, produced: str = ""):
+        self.name = name
+        self.produced = produced
+        self.bar = progress()
+        self.task: TaskID | None = None
+        self.count = 0
+        self.started_at: float | None = None
+
+    def start(self, total: int | None, detail: str = "") -> None:
+        self.started_at = time.perf_counter()
+        self.bar.start()
+        self.task = self.bar.add_task(self.name, total=total, detail=detail)
+
+    def advance(self, units: int, produced: int = 0) -> None:
+        assert self.task is not None, "start() comes first"
+        self.count += produced
+        if self.produced:
+            self.bar.update(self.task, advance=units, detail=f"{self.count:,} {self.produced}")
+        else:
+            self.bar.advance(self.task, units)
+
+    def stop(self) -> None:
+        self.bar.stop()

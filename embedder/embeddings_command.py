@@ -8,7 +8,7 @@ import socket
 import time
 from pathlib import Path
 
-from embedder.console import err, out, progress
+from embedder.console import CountedProgress, err, out
 from embedder.embedding_files import FORMATS, write_embeddings
 from shared.config import Settings
 from shared.db import connection
@@ -37,15 +37,12 @@ def run_export(
         "date_from": str(query.date_from),
         "date_to": str(query.date_to),
     }
-    bar = progress()
-    bar.start()
-    task = bar.add_task(f"export {fmt}", total=None, detail=str(output))
+    shown = CountedProgress(f"export {fmt}")
+    shown.start(None, str(output))
     try:
-        written = write_embeddings(
-            iter_batches(url, query), output, fmt, query.model_id, lambda n: bar.advance(task, n), metadata
-        )
+        written = write_embeddings(iter_batches(url, query), output, fmt, query.model_id, shown.advance, metadata)
     finally:
-        bar.stop()
+        shown.stop()
     elapsed = time.perf_counter() - started
     when = f" as known at {query.known_at.isoformat(timespec='seconds')}" if query.known_at else ""
     out.print(

@@ -9,7 +9,7 @@ from rich.progress import TaskID
 
 from backfill.completion import ReplayHooks, StreamResult
 from backfill.selection import RunSelection
-from embedder.console import err, out, progress
+from embedder.console import CountedProgress, err, out, progress
 from shared.config import Settings
 from shared.db import connection
 
@@ -27,39 +27,22 @@ def run_replay(
     from backfill.direct import run_direct
 
     started = time.perf_counter()
-    bar = progress()
-    task: TaskID | None = None
-    committed = 0
-    work_started: list[float] = []
-
-    def on_start(instruments: int, dates: int) -> None:
-        """Called once the selection is resolved: only then does the bar appear."""
-        nonlocal task
-        work_started.append(time.perf_counter())
-        bar.start()
-        task = bar.add_task("replay --direct", total=instruments, detail=f"{dates} as_of date(s)")
-
-    def on_progress(instruments: int, embeddings: int) -> None:
-        nonlocal committed
-        committed += embeddings
-        assert task is not None  # on_start came first
-        bar.update(task, advance=instruments, detail=f"{committed:,} embeddings committed")
-
+    shown = CountedProgress("replay --direct", "embeddings committed")
     try:
         result = run_direct(
             settings.database_url,
             selection,
             write_batch=settings.write_batch_embeddings,
-            on_start=on_start,
-            on_progress=on_progress,
+            on_start=lambda instruments, dates: shown.start(instruments, f"{dates} as_of date(s)"),
+            on_progress=shown.advance,
         )
     finally:
-        bar.stop()
+        shown.stop()
     print_summary(
         selection,
         result,
         started,
-        work_started,
+        shown.started_at,
         "",
         f"embeddings written: {result.embeddings:,}  insufficient history: {result.insufficient:,}"
         + (f"  refused: {result.refused:,} (stored computed from newer prices, left alone)" if result.refused else ""),
@@ -92,7 +75,7 @@ def run_through_kafka(settings: Settings, selection: RunSelection, publish_rows:
             selection,
             result,
             started,
-            [],
+            None,
             f"run: {result.run_id} ({how})  ",
             f"embeddings committed: {result.embeddings:,}",
         )
@@ -109,10 +92,11 @@ def replay_through_kafka(settings: Settings, selection: RunSelection, started: f
 
     bar = progress()
     tasks: dict[str, TaskID] = {}
-    work_started: list[float] = []
+    work_started: float | None = None
 
     def on_start(instruments: int, dates: int, ticks: int) -> None:
-        work_started.append(time.perf_counter())
+        nonlocal work_started
+        work_started = time.perf_counter()
         bar.start()
         tasks["rows"] = bar.add_task("rows published", total=None, detail=f"{instruments} instruments")
         tasks["ticks"] = bar.add_task("ticks committed", total=ticks, detail=f"{dates} as_of date(s)")
@@ -152,7 +136,7 @@ def print_summary(
     selection: RunSelection,
     result: DirectResult | StreamResult,
     started: float,
-    work_started: list[float],
+    work_started: float | None,
     head: str,
     counts: str,
 ) -> None:
@@ -161,7 +145,7 @@ def print_summary(
     start-up (a worker started for the run, topics made), which is shown beside it."""
     now = time.perf_counter()
     elapsed = now - started
-    begun = work_started[0] if work_started else started
+    begun = work_started if work_started is not None else started
     work = now - begun
     rate = result.embeddings / work if work > 0 else 0.0
     out.print(

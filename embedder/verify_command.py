@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import time
 
-from rich.progress import TaskID
-
 from backfill.verify import KINDS, VerifyReport, VerifySelection, verify
-from embedder.console import err, out, progress
+from embedder.console import CountedProgress, err, out
 from shared.config import Settings
 from shared.db import connection
 
@@ -19,26 +17,12 @@ DIFFERENCES = 3
 def run_verify(settings: Settings, selection: VerifySelection, repair: bool, as_json: bool) -> int:
     """Verify (and with `repair`, rewrite what differs); print the report; return the exit code."""
     started = time.perf_counter()
-    bar = progress()
-    task: TaskID | None = None
-    checked = 0
-
-    def on_start(instruments: int) -> None:
-        nonlocal task
-        bar.start()
-        task = bar.add_task("verify", total=instruments, detail="")
-
-    def on_progress(instruments: int, keys: int) -> None:
-        nonlocal checked
-        checked += keys
-        assert task is not None  # on_start came first
-        bar.update(task, advance=instruments, detail=f"{checked:,} keys checked")
-
+    shown = CountedProgress("verify", "keys checked")
     try:
         with connection(settings.database_url) as conn:
-            report = verify(conn, selection, repair, on_start, on_progress)
+            report = verify(conn, selection, repair, lambda instruments: shown.start(instruments), shown.advance)
     finally:
-        bar.stop()
+        shown.stop()
     seconds = time.perf_counter() - started
     if as_json:
         out.print(json.dumps({"version": 1, **report.as_dict(), "seconds": round(seconds, 3)}), soft_wrap=True)
