@@ -28,7 +28,7 @@ demo: setup
 	bash scripts/demo.sh
 
 test: setup
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q --durations=30
 
 test-unit: setup
 	$(BIN)/python -m pytest -q -m "not services"

@@ -15,11 +15,12 @@ def kafka_python_config(settings: Settings) -> dict[str, Any]:
     config: dict[str, Any] = {
         "bootstrap_servers": settings.kafka_bootstrap_servers,
         "security_protocol": settings.kafka_security_protocol,
+        # kafka-python's clients connect in their constructor and keep trying until a bootstrap deadline of
+        # 30 s: a broker that is down (or a refused login) would hold every command that long before it could
+        # say so. 10 s, and an outage is retried by the caller (shared.kafka_retry) within its own deadline.
+        "bootstrap_timeout_ms": 10_000,
     }
     if settings.kafka_security_protocol.startswith("SASL"):
-        # kafka-python keeps trying a refused login until its bootstrap deadline (30 s): fail sooner, so a
-        # wrong password is said in seconds (shared.kafka_refusals); an outage is retried by the caller.
-        config["bootstrap_timeout_ms"] = 10_000
         config["sasl_mechanism"] = settings.kafka_sasl_mechanism
         config["sasl_plain_username"] = settings.kafka_sasl_username
         config["sasl_plain_password"] = secret(settings)

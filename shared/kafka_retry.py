@@ -42,6 +42,7 @@ def with_retries(
     attempts = 0
     while True:
         attempts += 1
+        attempt_began = time.monotonic()
         try:
             result = call()
         except final:
@@ -50,7 +51,7 @@ def with_retries(
             raise_if_refused(e, what)  # the broker refused us: an answer, not a lost broker
             now = time.monotonic()
             if failing_since is None:
-                failing_since = now
+                failing_since = attempt_began  # a client's connect can itself take seconds
                 starting = isinstance(e, CoordinatorNotAvailableError)
                 if starting:
                     log.info(

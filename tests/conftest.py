@@ -209,7 +209,7 @@ def kafka_cluster(endpoints):
     try:
         yield cluster
     finally:
-        cluster.down()
+        cluster.down(graceful=False)  # its data is the tests' own, and tests kill -9 brokers anyway
 
 
 @pytest.fixture

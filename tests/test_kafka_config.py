@@ -16,7 +16,11 @@ def settings(**kw) -> Settings:
 
 def test_plaintext_by_default():
     s = settings()
-    assert kafka_python_config(s) == {"bootstrap_servers": "k1:9093, k2:9093", "security_protocol": "PLAINTEXT"}
+    assert kafka_python_config(s) == {
+        "bootstrap_servers": "k1:9093, k2:9093",
+        "security_protocol": "PLAINTEXT",
+        "bootstrap_timeout_ms": 10_000,  # a broker that is down is said in seconds, not after 30
+    }
     options = faust_broker_options(s)
     assert options == {"broker": "kafka://k1:9093;k2:9093"}
 

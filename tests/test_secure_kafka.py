@@ -39,7 +39,7 @@ def secure_kafka(endpoints):
     try:
         yield broker
     finally:
-        broker.down()
+        broker.down(graceful=False)  # the tests' own broker: nothing to keep
 
 
 @pytest.fixture

@@ -323,8 +323,9 @@ class LocalKafka:
         finally:
             admin.close()
 
-    def down(self, timeout: float = 60.0) -> bool:
-        """Stop the broker this project started (SIGTERM, then SIGKILL); True if it was running.
+    def down(self, timeout: float = 60.0, graceful: bool = True) -> bool:
+        """Stop the broker this project started (SIGTERM, then SIGKILL; at once when not `graceful`: a test
+        cluster's throwaway data); True if it was running.
 
         Returns once the process is gone, its ports are free and its data directory is unlocked, so
         an `up` right after succeeds."""
@@ -332,7 +333,7 @@ class LocalKafka:
         if not pid:
             self.pid_file.unlink(missing_ok=True)
             return False
-        os.killpg(pid, signal.SIGTERM)
+        os.killpg(pid, signal.SIGTERM if graceful else signal.SIGKILL)
         gone = lambda: not pid_alive(self.pid_file)  # noqa: E731
         if not poll_until(gone, timeout):
             os.killpg(pid, signal.SIGKILL)

@@ -124,8 +124,12 @@ class LocalKafkaCluster:
             self.start(node.node_id, timeout)
         self.wait_in_sync(timeout)
 
-    def down(self) -> bool:
-        stopped = [node.down() for node in self.nodes]
+    def down(self, graceful: bool = True) -> bool:
+        """Stop every node at once (one after another, the last ones wait for a quorum that has gone)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(len(self.nodes)) as pool:
+            stopped = list(pool.map(lambda node: node.down(graceful=graceful), self.nodes))
         return any(stopped)
 
     def status(self) -> str:
