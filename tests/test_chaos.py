@@ -24,6 +24,7 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from tests.support.cli import run
 from tests.support.helpers import assert_same_embeddings, load_synthetic, wait_for
@@ -148,7 +149,9 @@ def tick(env: dict[str, str], day: date) -> None:
     raise AssertionError(f"embedder tick {day} kept failing: {done.stderr[-2000:]}")
 
 
-def test_exact_through_frozen_workers_a_frozen_broker_and_a_postgres_crash(cluster_env, kafka_cluster, tmp_path: Path):
+def test_exact_through_frozen_workers_a_frozen_broker_and_a_postgres_crash(
+    cluster_env, kafka_cluster, tmp_path: Path, request: pytest.FixtureRequest
+):
     seed = int(os.environ.get("CHAOS_SEED") or random.randrange(1_000_000))
     rng = random.Random(seed)
     env = cluster_env | {"EMBEDDER_PARITY_AUDIT_SECONDS": "10"}
@@ -261,7 +264,11 @@ def test_exact_through_frozen_workers_a_frozen_broker_and_a_postgres_crash(clust
             "SELECT checked_at, source, examples FROM embedder_parity_audits WHERE mismatches > 0 ORDER BY checked_at"
         ).fetchall()
         refused = conn.execute("SELECT coalesce(sum(refused), 0) FROM embedder_write_refusals").fetchone()[0]
-    print(f"chaos seed {seed}: {'; '.join(faults)}; audit mismatches {audited}; writes refused {refused}")
+    said = f"chaos seed {seed}: {'; '.join(faults)}; audit mismatches {audited}; writes refused {refused}"
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:  # shown in a quiet run too, so every run's seed and faults are on record
+        reporter.write_line(f"\n{said}")
+    print(said)
     for checked_at, source, found in examples:
         print(f"  audit {checked_at:%H:%M:%S} ({source}): {found}")
     assert audited == 0, f"chaos seed {seed}: the audit had to repair {audited} key(s): {examples}"
