@@ -389,6 +389,13 @@ def targets(f: Figures) -> list[tuple[str, str, str, bool]]:
             ">= 0.8",
             f["stream_per_s"] >= 0.8 * f["direct_per_s"],
         )
+    for name in ("stream_own_worker", "stream_running_worker"):
+        if f"whole_{name}_vs_direct" in f:
+            how = name.removeprefix("stream_").replace("_", " ")
+            ratio = f[f"whole_{name}_vs_direct"]
+            add(f"replay whole command ({how}) / --direct", ratio, ">= 0.8", ratio >= 0.8)
+            cpu = f[f"whole_{name}_cpu_vs_direct"]
+            add(f"CPU-s per 1k embeddings ({how}) / --direct", cpu, "<= 1.5", cpu <= 1.5)
     for path in ("direct", "stream"):
         key = f"history_{path}_again_on_vs_off"
         if key in f:
@@ -525,7 +532,18 @@ def main() -> None:
     )
     parser.add_argument(
         "--only",
-        choices=["stream", "live", "scale", "large", "empty-state", "exact", "capture", "history", "fencing"],
+        choices=[
+            "stream",
+            "whole-command",
+            "live",
+            "scale",
+            "large",
+            "empty-state",
+            "exact",
+            "capture",
+            "history",
+            "fencing",
+        ],
         help="measure only this part",
     )
     args = parser.parse_args()
@@ -604,6 +622,10 @@ def measure_real_data(f: Figures, base: Settings, workdir: Path, args: argparse.
         measure_exact(f, for_app(base, url, uuid.uuid4().hex[:8]), days, workdir)
     if args.empty_state_replays and args.only in (None, "empty-state"):
         measure_empty_state(f, for_app(base, url, uuid.uuid4().hex[:8]), days, workdir, args.empty_state_replays)
+    if args.only in (None, "stream", "whole-command"):  # last: it empties the table before each of its runs
+        from benchmarks.whole_command import measure_whole_command
+
+        measure_whole_command(f, base, url, workdir)
     with psycopg.connect(base.database_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE "{urlsplit(url).path[1:]}" WITH (FORCE)')
 

@@ -1,0 +1,167 @@
+"""The one-shot replay as a user waits for it (issue 28, item 1): `embedder replay` and `embedder replay --direct`
+of the whole real data set as whole processes, their start-up included, and the CPU-seconds every process spent
+(the command, the worker, PostgreSQL, the broker) per 1,000 embeddings.
+
+Three runs of the same selection into an empty table each: `--direct`; through Kafka with no worker running
+(the command starts its own: its start, the run's topics and the final settle are in the time); through Kafka
+with a worker already running (started and ready before the clock starts). Every stream table is checked
+byte-equal to `--direct`'s.
+
+Run: `make bench BENCH_ARGS="--only whole-command"` (or `.venv/bin/python -m benchmarks.whole_command`).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import psycopg
+
+from benchmarks.bench import CHECKSUM, MODEL, Figures, for_app, query
+from benchmarks.live import start_worker, stop, wait_ready
+from shared.config import Settings, settings_env
+
+SELECTION = ["--from", "2015-01-12", "--to", "2020-01-10", "--market-id", "US_EQ", "--model-id", MODEL]
+COMMAND = [sys.executable, "-m", "embedder.cli", "replay"]
+
+
+def kind_of(pid: int, cmd: str, command_pid: int | None) -> str:
+    if pid == command_pid:
+        return "command"
+    if "embedder.cli worker" in cmd:
+        return "worker"
+    if "kafka.Kafka" in cmd:
+        return "kafka"
+    if "postgres" in cmd:
+        return "postgres"
+    return "other"
+
+
+class CpuSampler:
+    """CPU-seconds per process kind over a run, processes that start and end during it included: /proc is
+    read every `every` seconds and each process's last reading kept (a process living less than that is
+    missed: a few milliseconds of CPU at most)."""
+
+    def __init__(self, every: float = 0.05):
+        self.every = every
+        self.command_pid: int | None = None
+        self.start: dict[int, tuple[str, float]] = self._read()
+        self.last: dict[int, tuple[str, float]] = dict(self.start)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> dict[int, tuple[str, float]]:
+        tick = os.sysconf("SC_CLK_TCK")
+        seen: dict[int, tuple[str, float]] = {}
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit() or int(proc.name) == os.getpid():
+                continue
+            try:
+                stat = (proc / "stat").read_text()
+                cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2 :].split()
+            seen[int(proc.name)] = (
+                kind_of(int(proc.name), cmd, self.command_pid),
+                (int(fields[11]) + int(fields[12])) / tick,
+            )
+        return seen
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            for pid, (kind, seconds) in self._read().items():
+                self.last[pid] = (kind, seconds)
+
+    def stop(self) -> Counter:
+        self._stop.set()
+        self._thread.join()
+        for pid, (kind, seconds) in self._read().items():
+            self.last[pid] = (kind, seconds)
+        used: Counter = Counter()
+        for pid, (kind, seconds) in self.last.items():
+            used[kind] += seconds - self.start.get(pid, (kind, 0.0))[1]
+        return used
+
+
+def timed_command(settings: Settings, args: list[str]) -> tuple[float, Counter, str]:
+    """Run `embedder replay ARGS` to completion: (wall seconds, CPU-seconds by kind, its stdout)."""
+    env = os.environ | settings_env(settings) | {"EMBEDDER_WEB_PORT": "0"}
+    sampler = CpuSampler()
+    started = time.perf_counter()
+    proc = subprocess.Popen(COMMAND + args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sampler.command_pid = proc.pid
+    out, err = proc.communicate(timeout=1800)
+    seconds = time.perf_counter() - started
+    cpu = sampler.stop()
+    if proc.returncode != 0:
+        raise RuntimeError(f"embedder replay {' '.join(args)} exited {proc.returncode}: {err[-2000:]}")
+    return seconds, cpu, out
+
+
+def empty_table(url: str) -> None:
+    with psycopg.connect(url) as conn:
+        conn.execute("TRUNCATE numeric_window_embeddings, numeric_window_embedding_versions, embedder_tick_commits")
+
+
+def measure_whole_command(f: Figures, base: Settings, url: str, workdir: Path) -> None:
+    """The three runs; figures `whole_*`."""
+    embeddings = 0
+    direct_sum = None
+    runs: dict[str, tuple[float, Counter]] = {}
+    for name in ("direct", "stream_own_worker", "stream_running_worker"):
+        empty_table(url)
+        settings = for_app(base, url, uuid.uuid4().hex[:8])
+        worker = None
+        if name == "stream_running_worker":
+            worker = start_worker(settings, workdir / name, capture=False)
+            wait_ready(workdir / name)
+        try:
+            seconds, cpu, _ = timed_command(settings, SELECTION + (["--direct"] if name == "direct" else []))
+        finally:
+            if worker is not None:
+                stop(worker)
+        count, checksum = query(url, CHECKSUM)[0]
+        if name == "direct":
+            embeddings, direct_sum = count, checksum
+        f.put(f"whole_{name}_s", round(seconds, 2))
+        f.put(f"whole_{name}_equals_direct", checksum == direct_sum and count == embeddings)
+        total = sum(cpu.values())
+        for kind in ("command", "worker", "postgres", "kafka", "other"):
+            f.put(f"whole_{name}_cpu_{kind}_s_per_1k", round(1000 * cpu[kind] / max(count, 1), 4))
+        f.put(f"whole_{name}_cpu_s_per_1k", round(1000 * total / max(count, 1), 4))
+        runs[name] = (seconds, cpu)
+    f.put("whole_embeddings", embeddings)
+    for name in ("stream_own_worker", "stream_running_worker"):
+        f.put(f"whole_{name}_vs_direct", round(runs["direct"][0] / runs[name][0], 3))
+        cpu_ratio = sum(runs[name][1].values()) / max(sum(runs["direct"][1].values()), 1e-9)
+        f.put(f"whole_{name}_cpu_vs_direct", round(cpu_ratio, 3))
+
+
+def main() -> None:
+    from backfill.price_import import import_prices
+    from benchmarks.bench import DATA, fresh_database
+    from shared.migrate import upgrade
+
+    base = Settings()
+    url = fresh_database(base.database_url)
+    try:
+        upgrade(url)
+        import_prices(url, [DATA])
+        f = Figures()
+        measure_whole_command(f, base, url, Path(tempfile.mkdtemp(prefix="embedder-whole-")))
+    finally:
+        with psycopg.connect(base.database_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+
+
+if __name__ == "__main__":
+    main()
