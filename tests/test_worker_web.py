@@ -180,7 +180,7 @@ def test_lag_page_shows_the_backlog_then_zero_in_headless_chromium(cli_env, tmp_
                             SELECT 'PAGE' || lpad(k::text, 3, '0'), 'EQUITY', 'P' || k, 'USD'
                             FROM generate_series(0, 499) k""")
         publisher = PricePublisher(settings)  # a backlog of single live rows: one event each
-        for k in range(10_000):  # ~30 s of backlog for a loaded 2-core machine: the page shows it, then zero
+        for k in range(5_000):  # ~15 s of backlog for a loaded 2-core machine: the page shows it, then zero
             publisher.row(
                 PriceRow(
                     run=LIVE_RUN, i=f"PAGE{k % 500:03d}", d=date(2020, 1, 2) + timedelta(days=k // 500), c=10.0, vol=1.0
