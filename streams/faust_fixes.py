@@ -1,5 +1,6 @@
 """Fixes to faust-streaming 0.15.3: two stop it from losing fetched messages around recovery, a third lets
-a worker start while a broker is down, a fourth bounds how long fetched data can wait.
+a worker start while a broker is down, a fourth bounds how long fetched data can wait, a fifth keeps a
+restore from taking a window back, a sixth drops a fixed second from every start.
 
 Found with the worker restarted on a backlog (tests/test_stream_resilience.py), traced by logging
 every flow-control call and every fetched offset:
@@ -40,6 +41,11 @@ every flow-control call and every fetched offset:
    later restore would put those windows back in time while the committed offsets are past what they
    miss. Fixed for the window tables: a record written at an older source offset than the value stored
    for its key is not applied (`streams.window_store.replaces`; values carry that offset).
+
+6. The table manager sleeps 1 s before it registers the tables' changelogs, so that tables an agent
+   declares late are in (every start of every worker, and of the worker a one-shot replay starts). This
+   app declares its tables when it is made (`streams/app.py`), before the worker starts: the wait is
+   skipped.
 
 The first two only ever cause a message to be delivered again, never skipped; the worker's processing is
 idempotent (windows are upserts keyed by date, replay row counts are kept per offset, embeddings
@@ -106,6 +112,7 @@ def apply(allow_unverified: bool = False, fetch_wait_ms: int = 100) -> None:
     _topic_creation_rides_out_a_broker_loss()
     _fetch_wait_is_bounded()
     _restore_never_goes_back()
+    _tables_start_without_waiting()
     _applied = True
 
 
@@ -138,6 +145,17 @@ def _restore_never_goes_back() -> None:
         return original(self, [events[k] for k in kept], to_key, to_value)
 
     Store.apply_changelog_batch = apply_changelog_batch  # type: ignore[method-assign]
+
+
+def _tables_start_without_waiting() -> None:
+    from faust.tables.manager import TableManager
+
+    async def on_start(self: TableManager) -> None:
+        if not self.should_stop:  # faust: `await self.sleep(1.0)` first, for tables declared late
+            await self._update_channels()
+            await self.recovery.start()
+
+    TableManager.on_start = on_start  # type: ignore[method-assign]
 
 
 _fetch_wait_ms = 100
