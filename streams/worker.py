@@ -58,7 +58,9 @@ def start_web(
                 settings, registry, metrics, status, settings.lag_sample_seconds, settings.web_port, settings.web_host
             )
             port = server.server_address[1]
-            (datadir / PORT_FILE).write_text(f"{port}\n")
+            written = datadir / f".{PORT_FILE}.tmp"  # renamed into place: a reader never sees it half written
+            written.write_text(f"{port}\n")
+            os.replace(written, datadir / PORT_FILE)
             log.warning(
                 "metrics, health and the lag page on http://%s:%s/ (/metrics /livez /readyz /lag)",
                 settings.web_host,
