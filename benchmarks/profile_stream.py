@@ -26,6 +26,7 @@ from backfill.replay import run_stream_replay
 from backfill.selection import RunSelection
 from benchmarks.bench import DATA, MODEL, for_app, fresh_database
 from benchmarks.live import start_worker, stop, wait_ready
+from benchmarks.proc_cpu import kind_of, process_cpu
 from shared.config import Settings
 from shared.migrate import upgrade
 
@@ -76,29 +77,9 @@ def start_py_spy(pid: int, rate: int, out: Path, *extra: str) -> subprocess.Pope
 def cpu_seconds() -> Counter:
     """CPU seconds used so far by process kind: this process (the replay: reads, plans, publishes),
     the worker, the Kafka broker, PostgreSQL, everything else."""
-    tick = os.sysconf("SC_CLK_TCK")
     used: Counter = Counter()
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            stat = (proc / "stat").read_text()
-            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        seconds = (int(fields[11]) + int(fields[12])) / tick
-        kind = (
-            "replay"
-            if int(proc.name) == os.getpid()
-            else "worker"
-            if "embedder.cli worker" in cmd
-            else "kafka"
-            if "kafka.Kafka" in cmd
-            else "postgres"
-            if "postgres" in cmd
-            else "other"
-        )
+    me = os.getpid()
+    for kind, seconds in process_cpu(lambda pid, cmd: "replay" if pid == me else kind_of(cmd)).values():
         used[kind] += seconds
     return used
 

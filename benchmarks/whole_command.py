@@ -26,22 +26,11 @@ import psycopg
 
 from benchmarks.bench import CHECKSUM, MODEL, Figures, for_app, query
 from benchmarks.live import start_worker, stop, wait_ready
+from benchmarks.proc_cpu import kind_of, process_cpu
 from shared.config import Settings, settings_env
 
 SELECTION = ["--from", "2015-01-12", "--to", "2020-01-10", "--market-id", "US_EQ", "--model-id", MODEL]
 COMMAND = [sys.executable, "-m", "embedder.cli", "replay"]
-
-
-def kind_of(pid: int, cmd: str, command_pid: int | None) -> str:
-    if pid == command_pid:
-        return "command"
-    if "embedder.cli worker" in cmd:
-        return "worker"
-    if "kafka.Kafka" in cmd:
-        return "kafka"
-    if "postgres" in cmd:
-        return "postgres"
-    return "other"
 
 
 class CpuSampler:
@@ -59,22 +48,10 @@ class CpuSampler:
         self._thread.start()
 
     def _read(self) -> dict[int, tuple[str, float]]:
-        tick = os.sysconf("SC_CLK_TCK")
-        seen: dict[int, tuple[str, float]] = {}
-        for proc in Path("/proc").iterdir():
-            if not proc.name.isdigit() or int(proc.name) == os.getpid():
-                continue
-            try:
-                stat = (proc / "stat").read_text()
-                cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            fields = stat[stat.rindex(")") + 2 :].split()
-            seen[int(proc.name)] = (
-                kind_of(int(proc.name), cmd, self.command_pid),
-                (int(fields[11]) + int(fields[12])) / tick,
-            )
-        return seen
+        me = os.getpid()
+        readings = process_cpu(lambda pid, cmd: "command" if pid == self.command_pid else kind_of(cmd))
+        readings.pop(me, None)
+        return readings
 
     def _run(self) -> None:
         while not self._stop.wait(self.every):

@@ -1,0 +1,40 @@
+"""CPU-seconds of this machine's processes from /proc, by the kind of process each is (the worker, the broker,
+PostgreSQL, a command): what the benchmarks report beside wall time."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+Classify = Callable[[int, str], str]
+"""(pid, command line) -> the kind of process it is."""
+
+
+def process_cpu(classify: Classify) -> dict[int, tuple[str, float]]:
+    """Every live process: pid -> (its kind, the CPU-seconds it has used, user and system)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    seen: dict[int, tuple[str, float]] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        pid = int(proc.name)
+        seen[pid] = (classify(pid, cmd), (int(fields[11]) + int(fields[12])) / tick)
+    return seen
+
+
+def kind_of(cmd: str) -> str:
+    """The kind of a process by its command line: worker, kafka, postgres or other."""
+    if "embedder.cli worker" in cmd:
+        return "worker"
+    if "kafka.Kafka" in cmd:
+        return "kafka"
+    if "postgres" in cmd:
+        return "postgres"
+    return "other"
