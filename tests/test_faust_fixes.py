@@ -7,6 +7,7 @@ backlog lost rows in 7 of 16 runs without the patches, 0 of 18 with them.)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from streams import faust_fixes
 
@@ -110,3 +111,37 @@ def test_the_worker_consumer_waits_at_most_the_configured_fetch_time():
         assert asyncio.run(consumer_fetch_wait()) == 80
     finally:
         faust_fixes.apply()  # back to the default for the other tests of this process
+
+
+def test_a_commit_waits_until_every_buffered_changelog_record_is_handed_to_the_client():
+    """faust flushes its producer before committing offsets, but its buffer's flush returned once 0.1 s
+    passed without a record handed over: while a changelog partition's leader moves, offsets were
+    committed with the state they cover still in memory (issue 26: lost with a worker frozen then)."""
+    faust_fixes.apply()
+    from types import SimpleNamespace
+
+    from faust.transport.producer import ProducerBuffer
+
+    published: list[int] = []
+
+    class SlowChannel:
+        async def publish_message(self, fut, wait: bool = False) -> None:
+            await asyncio.sleep(0.25)  # the partition's leader is moving: each hand-over waits
+            published.append(fut.n)
+
+    async def scenario() -> tuple[int, list[int]]:
+        buffer = ProducerBuffer()
+        buffer.app = SimpleNamespace(conf=SimpleNamespace(producer_threaded=False))
+        await buffer.start()
+        try:
+            for n in range(3):
+                buffer.put(SimpleNamespace(n=n, message=SimpleNamespace(channel=SlowChannel())))
+            await buffer.flush()
+            return buffer.size, list(published)
+        finally:
+            with contextlib.suppress(RuntimeError):  # faust's own stop refuses a buffer still holding records
+                await buffer.stop()
+
+    left, handed = asyncio.run(scenario())
+    assert left == 0
+    assert handed == [0, 1, 2]
