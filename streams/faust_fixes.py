@@ -170,6 +170,9 @@ def _tables_start_without_waiting() -> None:
     TableManager.on_start = on_start  # type: ignore[method-assign]
 
 
+IN_HAND = "_embedder_records_in_hand"
+
+
 def _commit_waits_for_the_changelog() -> None:
     import asyncio
 
@@ -178,20 +181,24 @@ def _commit_waits_for_the_changelog() -> None:
     original_flush = ProducerBuffer.flush
     original_send = ProducerBuffer._send_pending
 
+    def in_hand(buffer: ProducerBuffer) -> int:
+        """Records taken off the buffer's queue and not yet handed to aiokafka (faust's `size` omits them)."""
+        return buffer.__dict__.get(IN_HAND, 0)
+
     async def _send_pending(self: ProducerBuffer, fut) -> None:
-        self._in_hand = getattr(self, "_in_hand", 0) + 1  # taken off the queue, not yet handed to aiokafka
+        self.__dict__[IN_HAND] = in_hand(self) + 1
         try:
             await original_send(self, fut)
         finally:
-            self._in_hand -= 1
+            self.__dict__[IN_HAND] = in_hand(self) - 1
 
     async def flush(self: ProducerBuffer) -> None:
         """Return once every buffered record is handed to the client (faust: once 0.1 s passes without one)."""
-        while not self.should_stop and (self.size or getattr(self, "_in_hand", 0)):
+        while not self.should_stop and (self.size or in_hand(self)):
             self.message_sent.clear()
             try:
                 await asyncio.wait_for(self.message_sent.wait(), timeout=0.1)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         if self.should_stop:
             await original_flush(self)
