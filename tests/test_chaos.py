@@ -116,14 +116,17 @@ def crash_postgres(url: str) -> None:
         for pid in pids:
             conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
     conn.close()
-    wait_for(lambda: _answers(url), 60, "PostgreSQL to accept connections again")
+    # Until the postmaster notices its child died, new connections still succeed: wait until every session of
+    # before is gone (the crash recovery ended them all), not merely until a connection answers.
+    wait_for(lambda: _answers_without(url, set(pids)), 60, "PostgreSQL to recover and accept connections again")
 
 
-def _answers(url: str) -> bool:
+def _answers_without(url: str, sessions: set[int]) -> bool:
+    """PostgreSQL accepts connections and none of `sessions` is alive any more."""
     try:
         with psycopg.connect(url, connect_timeout=2) as conn:
-            conn.execute("SELECT 1")
-        return True
+            alive = {r[0] for r in conn.execute("SELECT pid FROM pg_stat_activity")}
+        return not (alive & sessions)
     except psycopg.Error:
         return False
 
