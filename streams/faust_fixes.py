@@ -55,8 +55,9 @@ every flow-control call and every fetched offset:
    A worker frozen or killed then lost that state for good: the next owner restored windows without
    their snapshot (a chunk missing, or only the newest rows) and, the offsets being past the events that
    built them, computed "without enough history" for instruments with years of it (issue 26, the chaos
-   run with seed 901748). Fixed: the flush waits until every buffered record is handed over (a producer
-   that is stopping keeps faust's behaviour).
+   run with seed 901748). Fixed: the flush waits until every record buffered before it is handed over
+   (not those put meanwhile: a busy stream never holds a commit back; a stopping producer keeps faust's
+   behaviour).
 
 The first two only ever cause a message to be delivered again, never skipped; the worker's processing is
 idempotent (windows are upserts keyed by date, replay row counts are kept per offset, embeddings
@@ -170,7 +171,8 @@ def _tables_start_without_waiting() -> None:
     TableManager.on_start = on_start  # type: ignore[method-assign]
 
 
-IN_HAND = "_embedder_records_in_hand"
+PUT, HANDED = "_embedder_records_put", "_embedder_records_handed"
+"""Counters kept in a ProducerBuffer's __dict__: records put into it, and records handed to aiokafka."""
 
 
 def _commit_waits_for_the_changelog() -> None:
@@ -179,22 +181,30 @@ def _commit_waits_for_the_changelog() -> None:
     from faust.transport.producer import ProducerBuffer
 
     original_flush = ProducerBuffer.flush
+    original_put = ProducerBuffer.put
     original_send = ProducerBuffer._send_pending
 
-    def in_hand(buffer: ProducerBuffer) -> int:
-        """Records taken off the buffer's queue and not yet handed to aiokafka (faust's `size` omits them)."""
-        return buffer.__dict__.get(IN_HAND, 0)
+    def count(buffer: ProducerBuffer, name: str) -> int:
+        return buffer.__dict__.get(name, 0)
+
+    def put(self: ProducerBuffer, fut) -> None:
+        self.__dict__[PUT] = count(self, PUT) + 1
+        original_put(self, fut)
 
     async def _send_pending(self: ProducerBuffer, fut) -> None:
-        self.__dict__[IN_HAND] = in_hand(self) + 1
         try:
             await original_send(self, fut)
-        finally:
-            self.__dict__[IN_HAND] = in_hand(self) - 1
+        finally:  # handed over (or failed: then the buffer's task ends and faust's stop reports it)
+            self.__dict__[HANDED] = count(self, HANDED) + 1
 
     async def flush(self: ProducerBuffer) -> None:
-        """Return once every buffered record is handed to the client (faust: once 0.1 s passes without one)."""
-        while not self.should_stop and (self.size or in_hand(self)):
+        """Return once every record buffered before this call is handed to the client (faust: once 0.1 s
+        passes without one). Records put meanwhile are not waited for, so a busy stream cannot hold a commit
+        back. One task hands records over, in the order they were put."""
+        if self.app is not None and self.app.conf.producer_threaded:  # not this buffer's queue: faust's way
+            return await original_flush(self)
+        target = count(self, PUT)
+        while not self.should_stop and count(self, HANDED) < target:
             self.message_sent.clear()
             try:
                 await asyncio.wait_for(self.message_sent.wait(), timeout=0.1)
@@ -203,6 +213,7 @@ def _commit_waits_for_the_changelog() -> None:
         if self.should_stop:
             await original_flush(self)
 
+    ProducerBuffer.put = put  # type: ignore[method-assign]
     ProducerBuffer._send_pending = _send_pending  # type: ignore[method-assign]
     ProducerBuffer.flush = flush  # type: ignore[method-assign]
 

@@ -145,3 +145,48 @@ def test_a_commit_waits_until_every_buffered_changelog_record_is_handed_to_the_c
     left, handed = asyncio.run(scenario())
     assert left == 0
     assert handed == [0, 1, 2]
+
+
+def test_a_commit_does_not_wait_for_records_put_after_it_began():
+    """A busy stream keeps putting records while a commit flushes: the flush waits for those put before it only,
+    so it cannot be held back for as long as the stream is busy."""
+    faust_fixes.apply()
+    from types import SimpleNamespace
+
+    from faust.transport.producer import ProducerBuffer
+
+    published: list[int] = []
+
+    class SlowChannel:
+        async def publish_message(self, fut, wait: bool = False) -> None:
+            await asyncio.sleep(0.05)
+            published.append(fut.n)
+
+    def record(n: int) -> SimpleNamespace:
+        return SimpleNamespace(n=n, message=SimpleNamespace(channel=SlowChannel()))
+
+    async def scenario() -> list[int]:
+        buffer = ProducerBuffer()
+        buffer.app = SimpleNamespace(conf=SimpleNamespace(producer_threaded=False))
+        await buffer.start()
+
+        async def busy_stream() -> None:
+            for n in range(3, 1000):
+                buffer.put(record(n))
+                await asyncio.sleep(0.01)  # faster than records are handed over: the buffer never empties
+
+        try:
+            for n in range(3):
+                buffer.put(record(n))
+            stream = asyncio.ensure_future(busy_stream())
+            await asyncio.wait_for(buffer.flush(), timeout=10)
+            handed = list(published)
+            stream.cancel()
+            return handed
+        finally:
+            with contextlib.suppress(RuntimeError):
+                await buffer.stop()
+
+    handed = asyncio.run(scenario())
+    assert handed[:3] == [0, 1, 2]
+    assert len(handed) < 50  # returned once the first three were handed over, not when the stream went quiet
