@@ -8,7 +8,8 @@ the queue in order, a few instruments per transaction, recomputes the keys each 
 `prices_daily` (`backfill.recompute`), writes what differs and deletes the queue entries it took, all
 in one transaction: a kill -9 leaves them queued, and doing one twice changes nothing. Memory is
 bounded by one transaction's instruments. One worker per database drains (an advisory lock); it runs
-in a thread of its own with its own connection, so live ticks never wait for it.
+in a process of its own beside the worker (`live.correction_process`), so live ticks never wait for it,
+not even for the interpreter's lock.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from datetime import date
 import psycopg
 
 from backfill.recompute import Rewritten, rewrite_keys
-from shared.background import start_when_ready
 from shared.config import Settings
 from shared.db import connect, one
 from shared.embedding_store import price_changes, set_cause
@@ -95,14 +95,63 @@ def queue_depth(conn: psycopg.Connection) -> int:
 KeysCallback = Callable[[list[MaintainedKey]], None]
 
 
+@dataclass(frozen=True)
+class Step:
+    """What one transaction of the loop did: what the worker's metrics, log and parity audit are told (the
+    loop runs in a process of its own, `live.correction_process`, which sends these to the worker)."""
+
+    changes: int
+    instruments: int
+    keys: int
+    changed: int
+    removed: int
+    unchanged: int
+    refused: int
+    seconds: float
+    rewritten: tuple[MaintainedKey, ...] = ()
+
+    @classmethod
+    def of(cls, done: Drained, seconds: float) -> Step:
+        r = done.rewritten
+        return cls(
+            done.changes,
+            done.instruments,
+            r.keys,
+            r.changed,
+            r.removed,
+            max(r.unchanged, 0),
+            r.refused,
+            seconds,
+            tuple(done.keys),
+        )
+
+
+def into_metrics(metrics: StreamMetrics | None, on_rewritten: KeysCallback | None) -> Callable[[Step], None]:
+    """Apply each step to the worker's metrics and hand its keys to the audit."""
+
+    def apply(step: Step) -> None:
+        if metrics is not None:
+            metrics.recompute_changes.inc(step.changes)
+            metrics.recompute_keys.labels("changed").inc(step.changed)
+            metrics.recompute_keys.labels("removed").inc(step.removed)
+            metrics.recompute_keys.labels("unchanged").inc(step.unchanged)
+            if step.refused:
+                metrics.writes_refused.labels("correction").inc(step.refused)
+            metrics.recompute_seconds.observe(step.seconds)
+        if on_rewritten is not None and step.rewritten:
+            on_rewritten(list(step.rewritten))
+
+    return apply
+
+
 @dataclass
 class CorrectionLoop:
-    """Drains the recompute queue until `stop` is set; reconnects after database errors."""
+    """Drains the recompute queue until `stop` is set; reconnects after database errors. Each transaction is
+    reported to `report`, the queue's depth (every few seconds) to `gauge`."""
 
     settings: Settings
-    metrics: StreamMetrics | None = None
-    on_rewritten: KeysCallback | None = None
-    """Called with the keys each transaction recomputed (the parity audit checks them)."""
+    report: Callable[[Step], None] | None = None
+    gauge: Callable[[int], None] | None = None
     poll_seconds: float = 0.5
     stop: threading.Event = field(default_factory=threading.Event)
     _gauged_at: float = 0.0
@@ -128,47 +177,25 @@ class CorrectionLoop:
         if done.changes == 0:
             self._gauge(conn)
             return False
-        seconds = time.monotonic() - started
-        r = done.rewritten
+        step = Step.of(done, time.monotonic() - started)
         log.info(
             "corrections: %d change(s) of %d instrument(s) reached %d stored key(s): %d changed, %d removed, "
             "%d refused (newer stored) (%.2fs)",
-            done.changes,
-            done.instruments,
-            r.keys,
-            r.changed,
-            r.removed,
-            r.refused,
-            seconds,
+            step.changes,
+            step.instruments,
+            step.keys,
+            step.changed,
+            step.removed,
+            step.refused,
+            step.seconds,
         )
-        if self.metrics:
-            m = self.metrics
-            m.recompute_changes.inc(done.changes)
-            m.recompute_keys.labels("changed").inc(r.changed)
-            m.recompute_keys.labels("removed").inc(r.removed)
-            m.recompute_keys.labels("unchanged").inc(max(r.unchanged, 0))
-            if r.refused:
-                m.writes_refused.labels("correction").inc(r.refused)
-            m.recompute_seconds.observe(seconds)
-        if self.on_rewritten and done.keys:
-            self.on_rewritten(done.keys)
+        if self.report is not None:
+            self.report(step)
         self._gauge(conn)
-        time.sleep(0)  # let the event loop's thread run between transactions
         return True
 
     def _gauge(self, conn: psycopg.Connection) -> None:
-        if self.metrics is None or time.monotonic() - self._gauged_at < GAUGE_EVERY_SECONDS:
+        if self.gauge is None or time.monotonic() - self._gauged_at < GAUGE_EVERY_SECONDS:
             return
         self._gauged_at = time.monotonic()
-        self.metrics.recompute_queue.set(queue_depth(conn))
-
-
-def start_correction_loop(
-    settings: Settings,
-    ready: threading.Event | None = None,
-    metrics: StreamMetrics | None = None,
-    on_rewritten: KeysCallback | None = None,
-) -> tuple[CorrectionLoop, threading.Thread]:
-    """Run the correction loop in a daemon thread, starting once `ready` is set."""
-    loop = CorrectionLoop(settings, metrics, on_rewritten)
-    return loop, start_when_ready("corrections", loop.run, loop.stop, ready)
+        self.gauge(queue_depth(conn))

@@ -1,5 +1,5 @@
 """The always-on service composed: the stream worker, and beside it the capture relay (with its tick
-schedule), the correction path and the parity audit, each started once the worker is ready and stopped
+schedule), the correction path (a child process) and the parity audit, each started once the worker is ready and stopped
 with it. `embedder worker` runs `run_service`."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from backfill.corrections import start_correction_loop
 from backfill.parity_audit import start_parity_audit
 from live.bootstrap import reconcile_state_format, reload_windows, requeue_lost
+from live.correction_process import start_correction_process
 from live.relay import start_relay
 from live.schedule import TickScheduler
 from shared.config import Settings
@@ -21,8 +21,11 @@ from shared.topics import STATE_FORMAT
 from streams.worker import run_worker
 
 
-def companions(settings: Settings, capture: bool) -> Callable[[threading.Event, StreamMetrics], Callable[[], None]]:
-    """What runs beside the stream: the capture relay (with `capture`), the correction path, the audit."""
+def companions(
+    settings: Settings, capture: bool, loglevel: str = "warn"
+) -> Callable[[threading.Event, StreamMetrics], Callable[[], None]]:
+    """What runs beside the stream: the capture relay (with `capture`), the correction path (in a process of
+    its own), the audit."""
 
     def reload(ids: list[str]) -> None:
         """The audit found these instruments' keys wrong: their live windows are loaded again too."""
@@ -31,7 +34,7 @@ def companions(settings: Settings, capture: bool) -> Callable[[threading.Event, 
 
     def start(ready: threading.Event, metrics: StreamMetrics) -> Callable[[], None]:
         audit, audit_thread = start_parity_audit(settings, ready, metrics, reload if capture else None)
-        corrections, corrections_thread = start_correction_loop(settings, ready, metrics, audit.corrected)
+        corrections, corrections_thread = start_correction_process(settings, ready, metrics, audit.corrected, loglevel)
         parts = [(audit.stop, audit_thread), (corrections.stop, corrections_thread)]
         if capture:
             relay, thread = start_relay(settings, ready, metrics, idle_tasks=[TickScheduler(settings, metrics=metrics)])
@@ -63,6 +66,6 @@ def run_service(settings: Settings, data_dir: Path | None, loglevel: str, captur
         settings,
         data_dir or settings.state_dir / "worker",
         loglevel,
-        beside=companions(settings, capture),
+        beside=companions(settings, capture, loglevel),
         on_lost_windows=lost_windows if capture else None,
     )

@@ -26,6 +26,22 @@ def get(url: str) -> tuple[int, bytes]:
         return e.code, e.read()
 
 
+def children(pid: int, marker: str) -> list[int]:
+    """The processes whose parent is `pid` and whose command line names `marker`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid and marker in cmd:
+            found.append(int(proc.name))
+    return found
+
+
 def start_web_worker(
     env: dict[str, str], tmp_path: Path, name: str = "w", capture: bool = False
 ) -> tuple[subprocess.Popen, str]:
