@@ -30,49 +30,11 @@ from tests.support.cli import run
 from tests.support.helpers import assert_same_embeddings, load_synthetic, wait_for
 from tests.support.markets import MODELS
 from tests.support.platform import insert_prices
-from tests.support.reference import reference_embedding
+from tests.support.whole_table import exact, whole_table
 from tests.support.workers import group_members, live_tick_committed, start_named_worker, stop
 
 FREEZE_SECONDS = 16.0  # past the workers' 10 s session timeout
 DAYS = 6
-
-
-def whole_table(url: str) -> tuple[dict[tuple, bytes], dict[tuple, bytes]]:
-    """(what is stored, what SPEC section 3 over prices_daily now says) for every maintained key: every stored
-    row (with its own window) and every key recorded absent."""
-    with psycopg.connect(url) as conn:
-        rows = conn.execute(
-            """SELECT entity_id, as_of_date, model_id, (window_spec ->> 'window_days')::int, vector
-               FROM numeric_window_embeddings"""
-        ).fetchall()
-        absent = conn.execute(
-            "SELECT entity_id, as_of_date, model_id, window_days FROM embedder_absent_embeddings"
-        ).fetchall()
-        prices: dict[str, list] = {}
-        for i, d, c, v in conn.execute("SELECT instrument_id, trade_date, close, volume FROM prices_daily"):
-            prices.setdefault(i, []).append((d, c, v))
-    got = {(i, d, m): bytes(v) for i, d, m, _, v in rows}
-    want = {}
-    for i, d, m, window in [r[:4] for r in rows] + absent:
-        vector = reference_embedding(prices.get(i, []), d, window, m)
-        if vector is not None:
-            want[(i, d, m)] = vector
-    return got, want
-
-
-def settled(url: str) -> bool:
-    with psycopg.connect(url) as conn:
-        return conn.execute(
-            """SELECT NOT EXISTS (SELECT 1 FROM prices_outbox WHERE published_at IS NULL)
-                  AND NOT EXISTS (SELECT 1 FROM embedder_recompute_queue)"""
-        ).fetchone()[0]
-
-
-def exact(url: str) -> bool:
-    if not settled(url):
-        return False
-    got, want = whole_table(url)
-    return got == want
 
 
 def freeze(pid: int, seconds: float) -> threading.Thread:

@@ -1,12 +1,24 @@
-"""The correction process's reports survive the trip through its pipe unchanged (`live.correction_process`)."""
+"""The correction process (`live.correction_process`): its reports survive the trip through its pipe unchanged,
+and the worker keeps it running."""
 
 from __future__ import annotations
 
+import os
+import signal
 from datetime import date
+
+import psycopg
+import pytest
 
 from backfill.corrections import Step
 from live.correction_process import read_line, step_line
 from shared.maintained_keys import MaintainedKey
+from tests.support.cli import run
+from tests.support.helpers import load_synthetic, wait_for
+from tests.support.whole_table import exact
+from tests.support.workers import children, start_live_worker, stop
+
+CHILD = "live.correction_process"
 
 
 def test_a_step_reads_back_as_it_was_written():
@@ -22,3 +34,42 @@ def test_the_queue_depth_and_anything_else_on_its_stdout():
     assert read_line('{"queue": 12}') == 12
     assert read_line("a line some library printed") is None
     assert read_line("[1, 2]") is None
+
+
+@pytest.mark.slow
+def test_a_correction_process_killed_mid_restatement_is_started_again_and_the_table_ends_exact(cli_env, tmp_path):
+    """The worker keeps its correction process running: killed -9 while a restatement years back is being
+    recomputed one instrument per transaction, a new one is started and finishes it, the table exact."""
+    env = cli_env | {"EMBEDDER_CORRECTION_BATCH_INSTRUMENTS": "1"}
+    url = env["DATABASE_URL"]
+    load_synthetic(url, tmp_path, instruments=12, start=date(2018, 1, 1), end=date(2019, 12, 31), seed=5)
+    run(env, "replay", "--direct", "--from", "2018-07-01", "--to", "2019-12-31", "--market-id", "US_EQ")
+    worker = start_live_worker(env, tmp_path)
+    try:
+        wait_for(lambda: bootstrapped(url), 120, "the live bootstrap")
+        wait_for(lambda: children(worker.pid, CHILD), 60, "the correction process")
+        first = children(worker.pid, CHILD)
+        with psycopg.connect(url) as conn:  # the platform restates a year of closes with plain SQL
+            restated = conn.execute(
+                "UPDATE prices_daily SET close = close * 1.01 WHERE trade_date BETWEEN '2018-03-01' AND '2019-03-01'"
+            ).rowcount
+        assert restated > 1000
+        wait_for(lambda: queued(url) > 0, 60, "the restatement queued for the correction path")
+        os.kill(first[0], signal.SIGKILL)
+        wait_for(lambda: children(worker.pid, CHILD) not in ([], first), 60, "a new correction process")
+        wait_for(lambda: exact(url), 300, "the whole table to equal the reference")
+        assert worker.poll() is None
+    finally:
+        stop(worker)
+    assert not children(worker.pid, CHILD)
+
+
+def bootstrapped(url: str) -> bool:
+    with psycopg.connect(url) as conn:
+        loaded, queued_ = conn.execute("SELECT count(published_at), count(*) FROM embedder_bootstrap").fetchone()
+    return queued_ > 0 and loaded == queued_
+
+
+def queued(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        return conn.execute("SELECT count(*) FROM embedder_recompute_queue").fetchone()[0]
