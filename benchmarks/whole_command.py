@@ -53,16 +53,23 @@ class CpuSampler:
         readings.pop(me, None)
         return readings
 
+    def _keep(self, readings: dict[int, tuple[str, float]]) -> None:
+        """Take the newest CPU reading of each process, and its kind as first known: an exited process not yet
+        reaped (a zombie) has an empty command line, and a forked child shows its parent's until it execs."""
+        for pid, (kind, seconds) in readings.items():
+            known = self.last.get(pid)
+            if known is not None and kind == "other":
+                kind = known[0]
+            self.last[pid] = (kind, seconds)
+
     def _run(self) -> None:
         while not self._stop.wait(self.every):
-            for pid, (kind, seconds) in self._read().items():
-                self.last[pid] = (kind, seconds)
+            self._keep(self._read())
 
     def stop(self) -> Counter:
         self._stop.set()
         self._thread.join()
-        for pid, (kind, seconds) in self._read().items():
-            self.last[pid] = (kind, seconds)
+        self._keep(self._read())
         used: Counter = Counter()
         for pid, (kind, seconds) in self.last.items():
             used[kind] += seconds - self.start.get(pid, (kind, 0.0))[1]
