@@ -120,15 +120,8 @@ def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
         raise ServiceUnavailable(f"cannot read the offsets of {topic}: {e}") from None
 
 
-STALL_AFTER_SECONDS = 5.0
-"""A committed offset that has not moved is a stall only once the oldest record it has not reached is this old:
-a worker commits every few seconds (faust: 2.8 s, then its producer flush), so a record consumed a moment ago
-is behind the committed offset for that long without anything being wrong."""
-
-
-def judge(samples: list[Sample], has_members: bool, oldest_age: float | None = None) -> LagStatus:
-    """Burrow-style status of one partition from its samples, oldest first; `oldest_age`: seconds since the
-    oldest record not yet committed was written (None: unknown)."""
+def judge(samples: list[Sample], has_members: bool) -> LagStatus:
+    """Burrow-style status of one partition from its samples, oldest first."""
     latest = samples[-1]
     committed = [s.committed for s in samples if s.committed is not None]
     if any(b < a for a, b in zip(committed, committed[1:])):
@@ -138,9 +131,7 @@ def judge(samples: list[Sample], has_members: bool, oldest_age: float | None = N
     if not has_members:
         return LagStatus.STOP
     if len(samples) >= 2 and samples[0].committed == latest.committed:
-        if oldest_age is None or oldest_age >= STALL_AFTER_SECONDS:
-            return LagStatus.STALL
-        return LagStatus.OK  # consumed a moment ago, not committed yet
+        return LagStatus.STALL
     lags = [s.lag for s in samples]
     if len(lags) >= 3 and all(b > a for a, b in zip(lags, lags[1:])):
         return LagStatus.WARN
@@ -264,7 +255,7 @@ class LagMonitor:
                     ages.get(tp),
                     None if rate is None else round(rate, 3),
                     None if eta is None else round(eta, 1),
-                    judge(samples, members > 0, ages.get(tp)),
+                    judge(samples, members > 0),
                 )
             )
         lag_seconds = [p.lag_seconds for p in partitions if p.lag_seconds is not None]
