@@ -4,17 +4,15 @@ PostgreSQL, a command): what the benchmarks report beside wall time."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 Classify = Callable[[int, str], str]
 """(pid, command line) -> the kind of process it is."""
 
 
-def process_cpu(classify: Classify) -> dict[int, tuple[str, float]]:
-    """Every live process: pid -> (its kind, the CPU-seconds it has used, user and system)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    seen: dict[int, tuple[str, float]] = {}
+def processes() -> Iterator[tuple[int, list[str], str]]:
+    """Every live process: (pid, the fields of /proc/<pid>/stat after its name, its command line)."""
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
@@ -23,10 +21,13 @@ def process_cpu(classify: Classify) -> dict[int, tuple[str, float]]:
             cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        pid = int(proc.name)
-        seen[pid] = (classify(pid, cmd), (int(fields[11]) + int(fields[12])) / tick)
-    return seen
+        yield int(proc.name), stat[stat.rindex(")") + 2 :].split(), cmd
+
+
+def process_cpu(classify: Classify) -> dict[int, tuple[str, float]]:
+    """Every live process: pid -> (its kind, the CPU-seconds it has used, user and system)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    return {pid: (classify(pid, cmd), (int(f[11]) + int(f[12])) / tick) for pid, f, cmd in processes()}
 
 
 def kind_of(cmd: str) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import psycopg
 
+from benchmarks.proc_cpu import processes
 from shared.topics import admin_client
 from tests.support.cli import EMBEDDER, run, settings_of
 from tests.support.helpers import wait_for
@@ -28,18 +29,7 @@ def get(url: str) -> tuple[int, bytes]:
 
 def children(pid: int, marker: str) -> list[int]:
     """The processes whose parent is `pid` and whose command line names `marker`."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            stat = (proc / "stat").read_text()
-            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid and marker in cmd:
-            found.append(int(proc.name))
-    return found
+    return [child for child, fields, cmd in processes() if int(fields[1]) == pid and marker in cmd]
 
 
 def start_web_worker(
