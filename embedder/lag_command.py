@@ -141,8 +141,10 @@ def run_lag(
     serve: int | None = None,
     host: str = "127.0.0.1",
 ) -> int:
-    """Sample `samples` times `interval` seconds apart (or forever with --watch / --serve); the exit code
-    is the worst group's status (0 OK, 3 WARN, 4 REWIND, 5 STALL, 6 STOP, 1 ERR)."""
+    """Sample `samples` times `interval` seconds apart (or forever with --watch / --serve), and on while a
+    lagging group's committed offset has not moved for long enough to tell a STALL from a commit not
+    yet made (`STALL_EVIDENCE_SECONDS`); the exit code is the worst group's status (0 OK, 3 WARN,
+    4 REWIND, 5 STALL, 6 STOP, 1 ERR)."""
     monitor = LagMonitor(settings, window_seconds=window, group=group)
     if serve is not None or watch:  # until Ctrl-C or SIGTERM, promptly whatever the broker is doing
 
@@ -161,6 +163,9 @@ def run_lag(
         report = monitor.sample()
         for _ in range(samples - 1):
             time.sleep(interval)
+            report = monitor.sample()
+        while report.verdict_pending_seconds > 0:  # an unmoved offset over a short span is no STALL yet
+            time.sleep(min(interval, report.verdict_pending_seconds))
             report = monitor.sample()
         if as_json:
             print(json.dumps(report.as_json(), indent=2))

@@ -8,7 +8,9 @@ judges each one in the manner of Burrow's rules:
 - OK: lag is zero somewhere in the window, or the consumer is keeping up.
 - WARN: the committed offset moves, but lag grew across every sample of the window.
 - STALL: a member is in the group, but the committed offset did not move across
-  the window while lag > 0.
+  the window while lag > 0, the window spanning at least `STALL_EVIDENCE_SECONDS` (a live
+  worker commits every 2.8 s and after its sink's batch: an unmoved offset over a shorter span
+  is no evidence; a one-shot `embedder lag` keeps sampling until it has the span).
 - STOP: no member is consuming and lag > 0 (no commits can come).
 - REWIND: the committed offset moved backwards within the window (offsets reset by hand, or the
   topic recreated): prices are processed again.
@@ -47,6 +49,7 @@ class _FaustMetadataNoise(logging.Filter):
 logging.getLogger("kafka.admin._groups").addFilter(_FaustMetadataNoise())
 
 JSON_VERSION = 1
+STALL_EVIDENCE_SECONDS = 6.0  # about two of the worker's commit intervals (faust's 2.8 s)
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,7 @@ class LagReport:
     at: float
     window_seconds: float
     groups: list[GroupLag]
+    verdict_pending_seconds: float = 0.0  # more sampling a STALL verdict still needs (not in the JSON)
 
     def as_json(self) -> dict:
         return {
@@ -120,6 +124,23 @@ def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
         raise ServiceUnavailable(f"cannot read the offsets of {topic}: {e}") from None
 
 
+def _unmoved_with_members(samples: list[Sample], has_members: bool) -> bool:
+    """A member is in the group, lag > 0 in every sample, and the committed offset never moved."""
+    return (
+        has_members
+        and len(samples) >= 2
+        and all(s.lag > 0 for s in samples)
+        and len({s.committed for s in samples}) == 1
+    )
+
+
+def stall_pending(samples: list[Sample], has_members: bool) -> float:
+    """Seconds more the window must span before an unmoved offset may be judged STALL (0: decided)."""
+    if not _unmoved_with_members(samples, has_members):
+        return 0.0
+    return max(0.0, STALL_EVIDENCE_SECONDS - (samples[-1].at - samples[0].at))
+
+
 def judge(samples: list[Sample], has_members: bool) -> LagStatus:
     """Burrow-style status of one partition from its samples, oldest first."""
     latest = samples[-1]
@@ -130,8 +151,8 @@ def judge(samples: list[Sample], has_members: bool) -> LagStatus:
         return LagStatus.OK
     if not has_members:
         return LagStatus.STOP
-    if len(samples) >= 2 and samples[0].committed == latest.committed:
-        return LagStatus.STALL
+    if _unmoved_with_members(samples, has_members):  # over a short span: undecided, not yet a STALL
+        return LagStatus.STALL if stall_pending(samples, has_members) == 0 else LagStatus.OK
     lags = [s.lag for s in samples]
     if len(lags) >= 3 and all(b > a for a, b in zip(lags, lags[1:])):
         return LagStatus.WARN
@@ -161,9 +182,12 @@ class LagMonitor:
         broker answers for that long)."""
         now = time.time()
 
+        pending = [0.0]
+
         def attempt() -> GroupLag:
             try:
-                return self._read(now)
+                group, pending[0] = self._read(now)
+                return group
             except UnknownTopicOrPartitionError:
                 raise
             except (KafkaError, OSError):
@@ -190,7 +214,7 @@ class LagMonitor:
         except Exception as e:  # noqa: BLE001 - a monitor reports ERR, it never takes its caller down
             self.close()  # reconnect next time
             group = GroupLag(self.group, "UNKNOWN", 0, LagStatus.ERR, 0, None, error=str(e).splitlines()[0][:300])
-        return LagReport(now, self.window_seconds, [group])
+        return LagReport(now, self.window_seconds, [group], pending[0])
 
     def _clients(self):
         if self._admin is None:
@@ -210,7 +234,8 @@ class LagMonitor:
             )
         return self._admin, self._consumer
 
-    def _read(self, now: float) -> GroupLag:
+    def _read(self, now: float) -> tuple[GroupLag, float]:
+        """The group's lag judged over the window, and the seconds a STALL verdict still needs."""
         admin, consumer = self._clients()
         info = admin.describe_groups([self.group])[self.group]
         members = len(info.get("members") or [])
@@ -232,6 +257,7 @@ class LagMonitor:
         }
         ages = self._oldest_unconsumed_ages(consumer, committed, starts, ends, now)
         partitions = []
+        pending = 0.0
         for tp in tps:
             history = self._history.setdefault((tp.topic, tp.partition), deque())
             history.append(Sample(now, committed[tp], ends[tp]))
@@ -239,6 +265,7 @@ class LagMonitor:
                 history.popleft()
             samples = list(history)
             first, latest = samples[0], samples[-1]
+            pending = max(pending, stall_pending(samples, members > 0))
             span = latest.at - first.at
             rate = None
             if span > 0 and first.committed is not None and latest.committed is not None:
@@ -259,7 +286,7 @@ class LagMonitor:
                 )
             )
         lag_seconds = [p.lag_seconds for p in partitions if p.lag_seconds is not None]
-        return GroupLag(
+        group = GroupLag(
             self.group,
             state,
             members,
@@ -268,6 +295,7 @@ class LagMonitor:
             max(lag_seconds) if lag_seconds else (0.0 if all(p.lag == 0 for p in partitions) else None),
             partitions,
         )
+        return group, pending
 
     @staticmethod
     def _oldest_unconsumed_ages(consumer: KafkaConsumer, committed: dict, starts: dict, ends: dict, now: float) -> dict:

@@ -157,13 +157,20 @@ def test_a_piped_table_keeps_its_headers_and_other_groups_can_be_read(cli_env):
 
 
 def test_statuses_are_judged_as_burrow_does():
-    from shared.lag import Sample, judge
+    from shared.lag import STALL_EVIDENCE_SECONDS, Sample, judge, stall_pending
 
-    def samples(*pairs):
-        return [Sample(float(t), c, e) for t, (c, e) in enumerate(pairs)]
+    def samples(*pairs, apart=1.0):
+        return [Sample(t * apart, c, e) for t, (c, e) in enumerate(pairs)]
 
     assert judge(samples((10, 10), (10, 12)), True) == "OK"  # lag was zero in the window
-    assert judge(samples((5, 10), (5, 12)), True) == "STALL"  # members, offset not moving
+    # members, offset not moving: STALL once the window spans two of the worker's commit intervals;
+    # over 1 s a live worker may simply not have committed yet (ci13's false STALL)
+    assert judge(samples((5, 10), (5, 12), apart=STALL_EVIDENCE_SECONDS), True) == "STALL"
+    assert judge(samples((5, 10), (5, 12)), True) == "OK"
+    assert stall_pending(samples((5, 10), (5, 12)), True) == STALL_EVIDENCE_SECONDS - 1
+    assert stall_pending(samples((5, 10), (5, 12), apart=STALL_EVIDENCE_SECONDS), True) == 0
+    assert stall_pending(samples((5, 10), (6, 12)), True) == 0  # it moved: decided
+    assert stall_pending(samples((5, 10), (5, 12)), False) == 0  # nobody consuming: STOP, decided
     assert judge(samples((5, 10), (5, 12)), False) == "STOP"  # nobody consuming
     assert judge(samples((5, 10), (6, 13), (7, 16)), True) == "WARN"  # moving, lag growing every sample
     assert judge(samples((5, 10), (8, 12), (9, 13)), True) == "OK"
