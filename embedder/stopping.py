@@ -18,6 +18,8 @@ import threading
 from collections.abc import Callable
 from types import FrameType
 
+from shared.signals import set_from_handler
+
 STOP_CODE = 130
 """Exit code after SIGINT/SIGTERM (128 + SIGINT, as shells report an interrupted command)."""
 
@@ -32,10 +34,10 @@ class Stop:
             signal.signal(sig, self._on_signal)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        if self.event.is_set():  # asked twice: leave now
+        if self.signal is not None:  # asked twice: leave now
             os._exit(STOP_CODE)
         self.signal = signum
-        self.event.set()
+        set_from_handler(self.event)  # never `event.set()` here: the main thread may hold its lock
 
     def wait(self, seconds: float | None = None) -> bool:
         """Sleep up to `seconds` (forever: None); True when a stop was asked."""

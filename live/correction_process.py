@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -30,6 +29,7 @@ from backfill.corrections import CorrectionLoop, KeysCallback, Step, into_metric
 from shared.config import Settings, load_settings, settings_env
 from shared.maintained_keys import MaintainedKey
 from shared.metrics import StreamMetrics
+from shared.signals import stop_on_signals
 
 log = logging.getLogger("embedder.corrections")
 RESTART_SECONDS = 2.0
@@ -64,12 +64,15 @@ def read_line(line: str) -> Step | int | None:
     return None
 
 
-def child_main(loglevel: str) -> None:
-    """The child: the correction loop until SIGTERM, its reports on stdout."""
+def child_main(loglevel: str, parent: int | None = None) -> None:
+    """The child: the correction loop until SIGTERM, its reports on stdout. `parent`: the worker's pid (a
+    worker that died before the child asked to die with it leaves the child adopted: it ends at once)."""
     from backfill.worker_process import stop_with_parent
     from shared.logs import configure
 
     stop_with_parent()
+    if parent is not None and os.getppid() != parent:
+        return
     settings = load_settings()
     level = {"crit": "CRITICAL", "warn": "WARNING"}.get(loglevel.lower(), loglevel.upper())
     if settings.log_format == "json":
@@ -87,8 +90,7 @@ def child_main(loglevel: str) -> None:
         out.flush()
 
     loop = CorrectionLoop(settings, report=report, gauge=gauge)
-    signal.signal(signal.SIGTERM, lambda *_: loop.stop.set())
-    signal.signal(signal.SIGINT, lambda *_: loop.stop.set())
+    stop_on_signals(loop.stop)
     loop.run()
 
 
@@ -108,7 +110,7 @@ class CorrectionProcess:
         apply: Callable[[Step], None] = into_metrics(self.metrics, self.on_rewritten)
         while not self.stop.is_set():
             child = subprocess.Popen(
-                [sys.executable, "-m", "live.correction_process", self.loglevel],
+                [sys.executable, "-m", "live.correction_process", self.loglevel, str(os.getpid())],
                 stdout=subprocess.PIPE,
                 stdin=subprocess.DEVNULL,
                 env=os.environ | settings_env(self.settings),
@@ -155,4 +157,4 @@ def start_correction_process(
 
 
 if __name__ == "__main__":
-    child_main(sys.argv[1] if len(sys.argv) > 1 else "warn")
+    child_main(sys.argv[1] if len(sys.argv) > 1 else "warn", int(sys.argv[2]) if len(sys.argv) > 2 else None)

@@ -59,9 +59,22 @@ def test_a_correction_process_killed_mid_restatement_is_started_again_and_the_ta
         wait_for(lambda: children(worker.pid, CHILD) not in ([], first), 60, "a new correction process")
         wait_for(lambda: exact(url), 300, "the whole table to equal the reference")
         assert worker.poll() is None
+        last = children(worker.pid, CHILD)
+        worker.kill()  # kill -9: the correction process must not outlive its worker (adopted by init)
+        worker.wait(timeout=30)
+        wait_for(lambda: not any(alive(pid) for pid in last), 30, "the correction process to end with its worker")
     finally:
         stop(worker)
     assert not children(worker.pid, CHILD)
+
+
+def alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie, dead but not yet reaped by init, counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def bootstrapped(url: str) -> bool:
