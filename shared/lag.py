@@ -164,7 +164,7 @@ class LagMonitor:
 
     def __init__(self, settings: Settings, window_seconds: float = 60.0, group: str | None = None):
         self.settings = settings
-        self.window_seconds = window_seconds
+        self.window_seconds = max(window_seconds, STALL_EVIDENCE_SECONDS)  # a window that can tell a STALL
         self.group = group or settings.app_id
         self.roles = {settings.prices_topic: "worker"}
         self._history: dict[tuple[str, int], deque[Sample]] = {}
