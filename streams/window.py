@@ -27,6 +27,7 @@ from shared.encoder import LOOKBACK_FACTOR, retention_days
 __all__ = ["Window", "day_number", "date_of", "retention_days", "upsert_row", "upsert_rows"]
 
 ROW = np.dtype([("day", "<i4"), ("close", "<f8"), ("volume", "<f8")])
+ROW_STRUCT = struct.Struct("<idd")  # one ROW, packed
 HEADER = struct.Struct("<qiq")  # applied offset, horizon, stamp
 EPOCH = np.datetime64("1970-01-01", "D")
 NO_OFFSET = -1
@@ -133,15 +134,16 @@ class Window:
         block, a live day); None when the changes are anything else."""
         if not changes or any(c[1] is None for c in changes):
             return None
-        days = [c[0] for c in changes]
-        if (self.rows.size and days[0] <= int(self.rows["day"][-1])) or any(a >= b for a, b in zip(days, days[1:])):
+        days = [int(c[0]) for c in changes]
+        if (self.rows.size and days[0] <= int(self.rows[-1]["day"])) or any(a >= b for a, b in zip(days, days[1:])):
             return None
-        values = np.array(changes, dtype=np.float64)
-        added = np.empty(len(changes), dtype=ROW)
-        added["day"], added["close"], added["volume"] = values[:, 0], values[:, 1], values[:, 2]
-        merged = np.concatenate((self.rows, added))
+        # Packed as bytes and read back: a third of the numpy calls of building a structured array (this
+        # runs for every instrument of every live day).
+        added = b"".join(ROW_STRUCT.pack(day, c[1], c[2]) for day, c in zip(days, changes))
+        merged = np.frombuffer(self.rows.tobytes() + added, dtype=ROW)
         horizon = self._next_horizon(days[-1], keep_days, floor)
-        rows = merged[int(np.searchsorted(merged["day"], horizon)) :]
+        held = merged["day"]
+        rows = merged[int(held.searchsorted(horizon)) :] if int(held[0]) < horizon else merged
         too_old = [k for k, day in enumerate(days) if day < horizon]
         return Window(max(offset, self.applied_offset), horizon, rows, stamp), too_old
 

@@ -37,15 +37,22 @@ def chunk_key(key: str, chunk: int) -> str:
     return f"{key}{SEP}{chunk}"
 
 
-def chunks_of(days: np.ndarray) -> list[int]:
-    """The distinct chunks of ascending `days`, ascending."""
+def chunk_bounds(days: np.ndarray) -> list[tuple[int, int, int]]:
+    """(chunk, first row, end row) of each chunk of ascending `days` that holds rows, ascending: one
+    search for every chunk boundary (a live day computes this for each of its thousands of windows)."""
     if not days.size:
         return []
-    chunks = days // CHUNK_DAYS
-    first, last = int(chunks[0]), int(chunks[-1])
+    first, last = int(days[0]) // CHUNK_DAYS, int(days[-1]) // CHUNK_DAYS
     if first == last:
-        return [first]
-    return [first] + chunks[np.flatnonzero(chunks[1:] != chunks[:-1]) + 1].tolist()
+        return [(first, 0, int(days.size))]
+    edges = days.searchsorted(np.arange(first + 1, last + 1, dtype=days.dtype) * CHUNK_DAYS).tolist()
+    starts, ends = [0, *edges], [*edges, int(days.size)]
+    return [(first + k, lo, hi) for k, (lo, hi) in enumerate(zip(starts, ends)) if hi > lo]
+
+
+def chunks_of(days: np.ndarray) -> list[int]:
+    """The distinct chunks of ascending `days`, ascending."""
+    return [chunk for chunk, _, _ in chunk_bounds(days)]
 
 
 def layout(window: Window) -> tuple[int | None, list[int]]:
@@ -74,19 +81,20 @@ def read(table: StateView, key: str) -> Window:
     return Window(offset, horizon, rows, stamp)
 
 
-def _chunk_rows(window: Window, chunk: int) -> np.ndarray:
-    days = window.days
-    lo, hi = np.searchsorted(days, [chunk * CHUNK_DAYS, (chunk + 1) * CHUNK_DAYS])
-    return window.rows[int(lo) : int(hi)]
+def _head_value(window: Window, rows: np.ndarray, sealed: list[int]) -> bytes:
+    return (
+        HEAD.pack(window.applied_offset, window.horizon, len(sealed), window.stamp)
+        + struct.pack(f"<{len(sealed)}i", *sealed)
+        + rows.tobytes()
+    )
 
 
 def head_bytes(window: Window, head: int | None, sealed: list[int], every_row: bool = False) -> bytes:
-    rows = window.rows if every_row else _chunk_rows(window, head) if head is not None else EMPTY_ROWS
-    return (
-        HEAD.pack(window.applied_offset, window.horizon, len(sealed), window.stamp)
-        + np.asarray(sealed, dtype=CHUNK_ID).tobytes()
-        + rows.tobytes()
-    )
+    if every_row or head is None:
+        return _head_value(window, window.rows if every_row else EMPTY_ROWS, sealed)
+    days = window.days
+    lo, hi = days.searchsorted([head * CHUNK_DAYS, (head + 1) * CHUNK_DAYS]).tolist()
+    return _head_value(window, window.rows[lo:hi], sealed)
 
 
 def writes(
@@ -101,17 +109,20 @@ def writes(
         return {key: None if after is None else head_bytes(after, None, [], every_row=True)}
     if after is None:
         return {**{chunk_key(key, c): None for c in layout(before)[1]}, key: None}
-    new_head, new_sealed = layout(after)
+    bounds = chunk_bounds(after.days)
+    new_head = bounds[-1][0] if bounds else None
+    new_sealed = [chunk for chunk, _, _ in bounds[:-1]]
+    head_rows = after.rows[bounds[-1][1] : bounds[-1][2]] if bounds else EMPTY_ROWS
     touched = {int(d) // CHUNK_DAYS for d in changed_days}
     if _head_only(before, after, touched, new_head):  # the usual live day: rows of the newest chunk
-        return {key: head_bytes(after, new_head, new_sealed)}
+        return {key: _head_value(after, head_rows, new_sealed)}
     old_head, old_sealed = layout(before)
-    old, new = set(old_sealed), set(new_sealed)
-    out: dict[str, bytes | None] = {chunk_key(key, c): None for c in sorted(old - new)}
-    for chunk in new_sealed:
+    old = set(old_sealed)
+    out: dict[str, bytes | None] = {chunk_key(key, c): None for c in sorted(old - set(new_sealed))}
+    for chunk, lo, hi in bounds[:-1]:
         if chunk not in old or chunk in touched or chunk == old_head:
-            out[chunk_key(key, chunk)] = CHUNK_HEAD.pack(after.applied_offset) + _chunk_rows(after, chunk).tobytes()
-    out[key] = head_bytes(after, new_head, new_sealed)
+            out[chunk_key(key, chunk)] = CHUNK_HEAD.pack(after.applied_offset) + after.rows[lo:hi].tobytes()
+    out[key] = _head_value(after, head_rows, new_sealed)
     return out
 
 

@@ -113,3 +113,14 @@ def test_a_replay_window_is_one_value_read_back_as_written():
         stored = after
     apply(table, writes("r", stored, None, chunked=False))
     assert table == {}
+
+
+def test_chunk_bounds_are_the_chunks_that_hold_rows_with_their_row_ranges():
+    rng = np.random.default_rng(13)
+    for _ in range(300):
+        days = np.sort(rng.choice(np.arange(-400, 400), size=int(rng.integers(0, 60)), replace=False)).astype("<i4")
+        want = {}
+        for k, day in enumerate(days.tolist()):
+            lo, hi = want.get(day // window_store.CHUNK_DAYS, (k, k))
+            want[day // window_store.CHUNK_DAYS] = (lo, k + 1)
+        assert window_store.chunk_bounds(days) == [(c, lo, hi) for c, (lo, hi) in sorted(want.items())]
