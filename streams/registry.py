@@ -18,7 +18,7 @@ from typing import Protocol
 import psycopg
 
 from shared.db import PatientReader
-from shared.instruments import registry_rows
+from shared.instruments import registry_fingerprint, registry_rows
 from shared.messages import ALL_MARKETS
 from shared.topics import partition_for
 
@@ -101,6 +101,9 @@ class DbRegistry:
         self._partition_of: dict[str, int] = {}
         self.snapshot = StaticRegistry({}, partitions, self._partition_of)
         self._refreshed_for: object = None
+        self._fingerprint: tuple | None = None
+        self.reloads = 0
+        """How many times every instrument was read (tests; a tick on an unchanged table reads none)."""
         self._reader = PatientReader(database_url, "instrument lookup", max_backoff)
         self._lock = threading.Lock()
 
@@ -121,15 +124,20 @@ class DbRegistry:
         return self.snapshot.partition(instrument_id)
 
     def refresh(self, token: object = None) -> None:
-        """Reload every instrument; with `token`, only once per token (one live tick reaches every
-        partition, and the instruments need reading once for all of them)."""
+        """Bring the snapshot up to date with `instruments`; with `token`, only once per token (one live
+        tick reaches every partition, and the instruments need reading once for all of them). Every
+        instrument is read again only when the table's fingerprint changed (the usual tick reads one row)."""
         with self._lock:
             if token is not None and token == self._refreshed_for:
                 return
-            rows = self._query(registry_rows, None)
-            self.snapshot = StaticRegistry(
-                {i: InstrumentInfo(m, s) for i, m, s in rows}, self.partitions, self._partition_of
-            )
+            fingerprint = self._query(lambda conn, _: [registry_fingerprint(conn)], None)[0]
+            if fingerprint != self._fingerprint:
+                rows = self._query(registry_rows, None)
+                self.snapshot = StaticRegistry(
+                    {i: InstrumentInfo(m, s) for i, m, s in rows}, self.partitions, self._partition_of
+                )
+                self._fingerprint = fingerprint
+                self.reloads += 1
             self._refreshed_for = token
 
     def learn(self, ids: set[str]) -> None:

@@ -296,8 +296,8 @@ class BatchingSink:
                 for submission in group:
                     loop.call_soon_threadsafe(self._released, submission.size)
                     loop.call_soon_threadsafe(submission.done)
-            except RuntimeError:  # the loop has closed: the worker is stopping
-                return
+            except RuntimeError:  # the loop has closed (the worker is stopping): write on what was
+                pass  # queued, as `stop` says (unacked, their events come again and rewrite the same)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Write what is queued (up to `timeout`), then end the thread. Unwritten submissions are

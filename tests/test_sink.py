@@ -80,6 +80,23 @@ def test_a_full_queue_makes_the_stream_wait_and_stop_drains_what_is_queued():
     assert [b.items[0].instrument_id for group in writer.groups for b in group] == ["I0", "I1", "I2"]
 
 
+def test_stop_writes_what_was_queued_even_after_the_event_loop_closed():
+    """The worker's loop can close while the sink thread is inside a write (seen in CI: the next submission
+    was never written). Writes go on; their acks cannot run, so their events come again."""
+    writer = RecordingWriter()
+    writer.gate = threading.Event()
+    sink = BatchingSink(writer, batch_embeddings=1, batch_seconds=0.0)
+
+    async def run() -> None:
+        await sink.submit([batch(0)], lambda: None)
+        await sink.submit([batch(1)], lambda: None)
+
+    asyncio.run(run())  # closes the loop while the first write waits on the gate
+    writer.gate.set()
+    sink.stop(timeout=10)
+    assert [b.items[0].instrument_id for group in writer.groups for b in group] == ["I0", "I1"]
+
+
 def test_the_writer_commits_embeddings_absent_keys_and_completions_together_naming_the_cause(db_url):
     writer = SinkWriter(db_url)
     first = batch(1, done=(TickDone(DAY, 1),))
