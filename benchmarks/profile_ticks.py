@@ -15,6 +15,7 @@ import statistics
 import tempfile
 import time
 import uuid
+from collections import Counter
 from datetime import date
 from pathlib import Path
 
@@ -50,6 +51,35 @@ def tick_stages(url: str) -> list[tuple]:
                    extract(epoch FROM max(c.committed_at) - t.created_at)
             FROM prices_outbox t JOIN embedder_tick_commits c ON c.run_id = 'live' AND c.as_of_date = t.trade_date
             WHERE t.kind = 'tick' GROUP BY t.id ORDER BY t.trade_date""").fetchall()[1:]
+
+
+WAITS = ("EpollSelector.select", "Connection.wait", "Condition.wait", "Event.wait", "sleep (", "Queue.get")
+
+
+def busy_by_thread(collapsed: Path) -> Counter:
+    """py-spy samples per thread name whose innermost frame is not a wait (select, a lock, a socket read):
+    each thread's share of the worker's CPU, approximately."""
+    busy: Counter = Counter()
+    for line in collapsed.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = [f for f in stack.split(";") if f]
+        if len(frames) < 2 or any(frames[-1].startswith(w) for w in WAITS):
+            continue
+        busy[frames[0].split(": ", 1)[-1]] += int(count)
+    return busy
+
+
+def per_instrument_tick(cpu: Counter, busy: Counter, instrument_ticks: int) -> str:
+    """Issue 28's figure: CPU milliseconds per instrument and tick, of the worker (its relay thread apart)
+    and of PostgreSQL."""
+    total = sum(busy.values()) or 1
+    relay = cpu["worker"] * busy["outbox-relay"] / total
+    ms = lambda seconds: 1000 * seconds / instrument_ticks  # noqa: E731
+    return (
+        f"CPU per instrument-tick: worker {ms(cpu['worker'] - relay):.3f} ms (goal 0.06) + its relay thread "
+        f"{ms(relay):.3f} ms (goal 0.015; the thread's share of the worker's busy samples), "
+        f"PostgreSQL {ms(cpu['postgres']):.3f} ms (goal 0.03)"
+    )
 
 
 def main() -> None:
@@ -102,6 +132,7 @@ def main() -> None:
             f"max {max(latencies):.3f} s, {wall:.1f} s in all; {samples} py-spy samples of the worker at {args.rate}/s",
             "CPU seconds during the ticks (2 cores: at most twice the wall time): "
             + ", ".join(f"{k} {v:.1f}" for k, v in cpu.most_common()),
+            per_instrument_tick(cpu, busy_by_thread(raw), len(latencies) * args.instruments),
             "",
             "stages of each tick, seconds from its entry in the outbox: the relay published the day's rows, "
             "then the tick; the first and the last partition committed",
