@@ -290,14 +290,20 @@ class BatchingSink:
                 group.append(nxt)
                 size += nxt.size
             self.writer.write_until_committed([b for s in group for b in s.batches])
-            loop = self._loop
-            assert loop is not None  # _start set it before the thread began
-            try:
-                for submission in group:
-                    loop.call_soon_threadsafe(self._released, submission.size)
-                    loop.call_soon_threadsafe(submission.done)
-            except RuntimeError:  # the loop has closed (the worker is stopping): write on what was
-                pass  # queued, as `stop` says (unacked, their events come again and rewrite the same)
+            self._acknowledge(group)
+
+    def _acknowledge(self, group: list[_Submission]) -> None:
+        """Run each written submission's callbacks on the loop. Once the loop has closed (the worker is
+        stopping) none can run; the thread still writes what was queued, as `stop` says: those events,
+        never acked, come again and rewrite the same."""
+        loop = self._loop
+        assert loop is not None  # _start set it before the thread began
+        try:
+            for submission in group:
+                loop.call_soon_threadsafe(self._released, submission.size)
+                loop.call_soon_threadsafe(submission.done)
+        except RuntimeError:
+            return  # the loop has closed
 
     def stop(self, timeout: float = 10.0) -> None:
         """Write what is queued (up to `timeout`), then end the thread. Unwritten submissions are

@@ -16,7 +16,7 @@ from shared.maintained_keys import MaintainedKey
 from tests.support.cli import run
 from tests.support.helpers import load_synthetic, wait_for
 from tests.support.whole_table import exact
-from tests.support.workers import children, start_live_worker, stop
+from tests.support.workers import alive, children, start_live_worker, stop
 
 CHILD = "live.correction_process"
 
@@ -66,15 +66,6 @@ def test_a_correction_process_killed_mid_restatement_is_started_again_and_the_ta
     finally:
         stop(worker)
     assert not children(worker.pid, CHILD)
-
-
-def alive(pid: int) -> bool:
-    """True while `pid` runs (a zombie, dead but not yet reaped by init, counts as ended)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def bootstrapped(url: str) -> bool:

@@ -21,7 +21,7 @@ import pytest
 from shared.topics import ensure_topics
 from tests.support.cli import EMBEDDER, settings_of
 from tests.support.helpers import load_synthetic, wait_for
-from tests.support.workers import start_named_worker
+from tests.support.workers import alive, start_named_worker
 
 BOUND = 10.0
 """Seconds a stopped command may take before the test calls it a hang (the target is 2 s)."""
@@ -103,7 +103,7 @@ def test_a_replay_waiting_on_a_paused_broker_stops_promptly_and_its_worker_with_
             seconds, code = stopped_within(proc, signal.SIGTERM)
         assert code == 130
         assert "interrupted" in (proc.stderr.read() if proc.stderr else "")
-        wait_for(lambda: not any(_alive(c) for c in children), 60, "the run's worker to stop with its command")
+        wait_for(lambda: not any(alive(c) for c in children), 60, "the run's worker to stop with its command")
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -164,11 +164,3 @@ def _child_workers(pid: int) -> list[int]:
         if parent == pid and b"worker" in command:
             found.append(int(entry))
     return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False

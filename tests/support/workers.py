@@ -32,6 +32,15 @@ def children(pid: int, marker: str) -> list[int]:
     return [child for child, fields, cmd in processes() if int(fields[1]) == pid and marker in cmd]
 
 
+def alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie, dead but not yet reaped, counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def start_web_worker(
     env: dict[str, str], tmp_path: Path, name: str = "w", capture: bool = False
 ) -> tuple[subprocess.Popen, str]:
