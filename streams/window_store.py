@@ -89,14 +89,6 @@ def _head_value(window: Window, rows: np.ndarray, sealed: list[int]) -> bytes:
     )
 
 
-def head_bytes(window: Window, head: int | None, sealed: list[int], every_row: bool = False) -> bytes:
-    if every_row or head is None:
-        return _head_value(window, window.rows if every_row else EMPTY_ROWS, sealed)
-    days = window.days
-    lo, hi = days.searchsorted([head * CHUNK_DAYS, (head + 1) * CHUNK_DAYS]).tolist()
-    return _head_value(window, window.rows[lo:hi], sealed)
-
-
 def writes(
     key: str, before: Window, after: Window | None, changed_days: Iterable[int] = (), chunked: bool = True
 ) -> dict[str, bytes | None]:
@@ -106,7 +98,7 @@ def writes(
     Unchunked (a replay's windows: written once per block of ~60 days and deleted when the run ends) the
     head holds every row: one value per window and block, not one per chunk."""
     if not chunked:
-        return {key: None if after is None else head_bytes(after, None, [], every_row=True)}
+        return {key: None if after is None else _head_value(after, after.rows, [])}
     if after is None:
         return {**{chunk_key(key, c): None for c in layout(before)[1]}, key: None}
     bounds = chunk_bounds(after.days)
