@@ -130,6 +130,11 @@ def serve_metrics(monitor: LagMonitor, port: int, host: str, interval: float, st
         stop.wait(interval)
 
 
+def unreadable(report: LagReport) -> bool:
+    """A group could not be read at all (ERR): the broker refused us or did not answer."""
+    return any(group.status == LagStatus.ERR for group in report.groups)
+
+
 def run_lag(
     settings: Settings,
     as_json: bool,
@@ -143,7 +148,7 @@ def run_lag(
 ) -> int:
     """Sample `samples` times `interval` seconds apart (or forever with --watch / --serve), and on while a
     lagging group's committed offset has not moved for long enough to tell a STALL from a commit not
-    yet made (`STALL_EVIDENCE_SECONDS`); the exit code is the worst group's status (0 OK, 3 WARN,
+    yet made (`STALL_EVIDENCE_SECONDS`); a reading that fails (ERR) ends a one-shot run; the exit code is the worst group's status (0 OK, 3 WARN,
     4 REWIND, 5 STALL, 6 STOP, 1 ERR)."""
     monitor = LagMonitor(settings, window_seconds=window, group=group)
     if serve is not None or watch:  # until Ctrl-C or SIGTERM, promptly whatever the broker is doing
@@ -162,6 +167,8 @@ def run_lag(
     try:
         report = monitor.sample()
         for _ in range(samples - 1):
+            if unreadable(report):  # a refusal, or no broker for the sample's 10 s: another would wait again
+                break
             time.sleep(interval)
             report = monitor.sample()
         while report.verdict_pending_seconds > 0:  # an unmoved offset over a short span is no STALL yet

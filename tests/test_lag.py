@@ -156,6 +156,33 @@ def test_a_piped_table_keeps_its_headers_and_other_groups_can_be_read(cli_env):
     assert proc.returncode in LAG_EXIT.values()
 
 
+def test_a_one_shot_run_ends_at_its_first_unreadable_sample(monkeypatch):
+    """A reading that failed (a refused login, or no broker for its 10 s of patience) ends a one-shot `lag`:
+    each further reading would wait as long again (a wrong password took 33 s to say so, three readings)."""
+    from embedder import lag_command
+    from shared.lag import GroupLag, LagReport
+    from shared.lag_status import LagStatus
+    from shared.config import Settings
+
+    readings: list[str] = []
+
+    class Monitor:
+        def __init__(self, settings, window_seconds, group):
+            pass
+
+        def sample(self) -> LagReport:
+            readings.append("sample")
+            refused = GroupLag("g", "UNKNOWN", 0, LagStatus.ERR, 0, None, error="Kafka refused the credentials")
+            return LagReport(0.0, 60.0, [refused])
+
+        def close(self) -> None:
+            readings.append("close")
+
+    monkeypatch.setattr(lag_command, "LagMonitor", Monitor)
+    code = lag_command.run_lag(Settings(), as_json=True, watch=False, samples=3, interval=1.0, window=60.0)
+    assert code == 1 and readings == ["sample", "close"]
+
+
 def test_statuses_are_judged_as_burrow_does():
     from shared.lag import STALL_EVIDENCE_SECONDS, Sample, judge, stall_pending
 
