@@ -148,8 +148,8 @@ def run_lag(
 ) -> int:
     """Sample `samples` times `interval` seconds apart (or forever with --watch / --serve), and on while a
     lagging group's committed offset has not moved for long enough to tell a STALL from a commit not
-    yet made (`STALL_EVIDENCE_SECONDS`); a reading that fails (ERR) ends a one-shot run; the exit code is the worst group's status (0 OK, 3 WARN,
-    4 REWIND, 5 STALL, 6 STOP, 1 ERR)."""
+    yet made (`STALL_EVIDENCE_SECONDS`); a reading that fails (ERR) ends a one-shot run;
+    the exit code is the worst group's status (0 OK, 3 WARN, 4 REWIND, 5 STALL, 6 STOP, 1 ERR)."""
     monitor = LagMonitor(settings, window_seconds=window, group=group)
     if serve is not None or watch:  # until Ctrl-C or SIGTERM, promptly whatever the broker is doing
 

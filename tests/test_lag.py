@@ -160,9 +160,9 @@ def test_a_one_shot_run_ends_at_its_first_unreadable_sample(monkeypatch):
     """A reading that failed (a refused login, or no broker for its 10 s of patience) ends a one-shot `lag`:
     each further reading would wait as long again (a wrong password took 33 s to say so, three readings)."""
     from embedder import lag_command
+    from shared.config import Settings
     from shared.lag import GroupLag, LagReport
     from shared.lag_status import LagStatus
-    from shared.config import Settings
 
     readings: list[str] = []
 
