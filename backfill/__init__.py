@@ -1,2 +1,3 @@
-"""Getting prices in and embeddings out in bulk: price import, the batch path, replay, and the database
-paths that keep the table exact (corrections, verify, the parity audit). The live service is `live/`."""
+"""Getting prices in and embeddings out in bulk: price import, the batch path (`direct`), replay through
+Kafka and the worker it starts, recompute and verify. The live service, its corrections and audit are
+`live/`; nothing here imports it."""

@@ -15,15 +15,15 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
-from shared.messages import ROW_BATCH_BYTES, Deletion, Row, row_batch_overhead, row_wire
-from shared.topics import partition_for
+from shared.broker.topics import partition_for
+from shared.contract.messages import ROW_BATCH_BYTES, Deletion, Row, row_batch_overhead, row_wire
 
 
 @dataclass(frozen=True)
 class RowsOut:
     partition: int
     rows: list[Row | Deletion]
-    wire: list[bytes]  # the rows encoded (shared.messages.row_wire), once
+    wire: list[bytes]  # the rows encoded (shared.contract.messages.row_wire), once
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """`embedder replay --direct`: the batch path, computed from Postgres without Kafka.
 
 It is also the reference the stream is checked against: both call
-`shared.encoder.encode_windows`, and both write through `shared.embedding_store.write_embeddings`.
+`shared.contract.encoder.encode_windows`, and both write through `shared.store.embedding_store.write_embeddings`.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from backfill.selection import RunSelection
-from shared.db import connection
-from shared.embedding_store import set_cause, write_embeddings
-from shared.encoder import apply_model, encode_windows, lookback_start
-from shared.maintained_keys import outbox_position, queue_changes_since, write_absent
-from shared.price_history import read_histories
-from shared.write_claims import read_claim
+from shared.contract.encoder import apply_model, encode_windows, lookback_start
+from shared.store.db import connection
+from shared.store.embedding_store import set_cause, write_embeddings
+from shared.store.maintained_keys import outbox_position, queue_changes_since, write_absent
+from shared.store.price_history import read_histories
+from shared.store.write_claims import read_claim
 
 READ_CHUNK_INSTRUMENTS = 16
 
@@ -29,7 +29,7 @@ class DirectResult:
     embeddings: int = 0
     insufficient: int = 0
     refused: int = 0
-    """Embeddings not written: the table held them computed from newer prices (`shared.write_claims`)."""
+    """Embeddings not written: the table held them computed from newer prices (`shared.store.write_claims`)."""
 
 
 ProgressFn = Callable[[int, int], None]

@@ -20,8 +20,8 @@ from datetime import date
 from pathlib import Path
 from typing import IO
 
-from shared.errors import BadArguments
-from shared.validation import date_problem, id_problem, latest_trade_date, row_problem
+from shared.contract.errors import BadArguments
+from shared.contract.validation import date_problem, id_problem, latest_trade_date, row_problem
 
 # Normalised header name -> canonical field.
 ALIASES: dict[str, str] = {
@@ -325,7 +325,7 @@ def _validate(
     latest: date,
 ) -> tuple[str | None, PriceRow | None]:
     """(reason, None) for a rejected record, else (None, row). Parsing problems are this reader's;
-    whether a parsed row is usable is `shared.validation.row_problem`, the rule the stream applies too."""
+    whether a parsed row is usable is `shared.contract.validation.row_problem`, the rule the stream applies too."""
     if len(record) < width:
         return "missing value", None
     key = record[id_col].strip() if id_col is not None else default_key

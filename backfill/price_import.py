@@ -23,8 +23,8 @@ import psycopg
 
 from backfill.price_blocks import ParsedBlock, parse_block
 from backfill.price_files import ReadReport, open_price_file, text_blocks
-from shared.db import connection, one
-from shared.errors import BadArguments
+from shared.contract.errors import BadArguments
+from shared.store.db import connection, one
 
 STAGING = "prices_import_staging"
 PRICE_COLUMNS = ("instrument_id", "trade_date", "open", "high", "low", "close", "adjusted_close", "volume", "currency")

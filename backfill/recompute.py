@@ -1,7 +1,7 @@
 """Maintained keys recomputed from `prices_daily`: what they should hold, and writing it.
 
-One computation (the batch path's reader and `shared.encoder`) serves the three users of "what should
-the table hold here": the correction path (`backfill.corrections`), `embedder verify` and the worker's
+One computation (the batch path's reader and `shared.contract.encoder`) serves the three users of "what should
+the table hold here": the correction path (`live.corrections`), `embedder verify` and the worker's
 parity audit. Writes go through the same store as every other path (`write_embeddings`, and
 `write_absent` for keys whose window has too little history), fenced by the claim read before the prices.
 """
@@ -16,12 +16,12 @@ from datetime import date, timedelta
 import numpy as np
 import psycopg
 
-from shared.embedding_store import write_embeddings
-from shared.encoder import LOOKBACK_FACTOR, apply_model, encode_windows
-from shared.maintained_keys import MaintainedKey, write_absent
-from shared.models import get_model
-from shared.price_history import read_histories
-from shared.write_claims import read_claim
+from shared.contract.encoder import LOOKBACK_FACTOR, apply_model, encode_windows
+from shared.contract.models import get_model
+from shared.store.embedding_store import write_embeddings
+from shared.store.maintained_keys import MaintainedKey, write_absent
+from shared.store.price_history import read_histories
+from shared.store.write_claims import read_claim
 
 READ_CHUNK_INSTRUMENTS = 32
 
@@ -95,7 +95,7 @@ def write_expected(
     conn: psycopg.Connection, keys: Sequence[MaintainedKey], expected: dict[Key, bytes | None], claim: int | None
 ) -> Rewritten:
     """Write `expected` for `keys` in the caller's transaction, fenced by `claim` (read before the prices
-    it was computed from: `shared.write_claims`): vectors upserted (identical ones left alone), keys
+    it was computed from: `shared.store.write_claims`): vectors upserted (identical ones left alone), keys
     without enough history recorded absent and their rows deleted."""
     window = {k.key: k.window_days for k in keys}
     present = [(k[0], k[1], k[2], window[k], v) for k, v in expected.items() if v is not None and k in window]

@@ -20,18 +20,18 @@ from kafka.errors import KafkaError
 from psycopg.types.json import Jsonb
 
 from backfill.blocks import TickOut, plan
-from backfill.completion import ReplayHooks, StreamResult, wait_for_run
-from backfill.publisher import PricePublisher
 from backfill.selection import RunSelection
-from shared.config import Settings
-from shared.db import connection
-from shared.encoder import lookback_start
-from shared.errors import EmbedderError
-from shared.lag import LagMonitor, end_offsets
-from shared.maintained_keys import outbox_position, queue_changes_since
-from shared.messages import RowBatch, RunEnd, Tick
-from shared.topics import ensure_topics
-from shared.write_claims import read_claim
+from shared.broker.lag import LagMonitor, end_offsets
+from shared.broker.publisher import PricePublisher
+from shared.broker.topics import ensure_topics
+from shared.contract.config import Settings
+from shared.contract.encoder import lookback_start
+from shared.contract.errors import EmbedderError
+from shared.contract.messages import RowBatch, RunEnd, Tick
+from shared.store.db import connection
+from shared.store.maintained_keys import outbox_position, queue_changes_since
+from shared.store.tick_commits import ReplayHooks, StreamResult, wait_for_run
+from shared.store.write_claims import read_claim
 
 log = logging.getLogger("embedder.replay")
 __all__ = ["ReplayHooks", "StreamResult", "publish_run", "run_stream_replay", "wait_for_run"]
@@ -49,7 +49,7 @@ def publish_run(
 ) -> int:
     """Publish rows from the first look-back day through the last as_of, in per-partition batches,
     with each tick after the block holding its rows (see backfill/blocks.py). `claim`: what the rows
-    read are newer than (`shared.write_claims.read_claim`, read before them), on every message."""
+    read are newer than (`shared.store.write_claims.read_claim`, read before them), on every message."""
     n = selection.window_days
     start = lookback_start(np.datetime64(min(dates), "D"), n).astype(object)
     end = max(dates)

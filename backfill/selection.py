@@ -10,9 +10,9 @@ from datetime import date
 
 import psycopg
 
-from shared.errors import BadArguments
-from shared.instruments import market_cut, trade_dates_between
-from shared.models import ModelSpec, validate_models
+from shared.contract.errors import BadArguments
+from shared.contract.models import ModelSpec, validate_models
+from shared.store.instruments import market_cut, trade_dates_between
 
 
 def parse_date(text: str, flag: str) -> date:

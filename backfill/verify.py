@@ -1,7 +1,7 @@
 """`embedder verify`: recompute a selection from `prices_daily` and compare it with the table.
 
 Chronon's online/offline consistency check at this product's scale: the keys checked are the
-maintained keys of the selection (`shared.maintained_keys`: stored rows with their own window, recorded
+maintained keys of the selection (`shared.store.maintained_keys`: stored rows with their own window, recorded
 absent keys) plus, when instruments and dates are both given, every key `replay --direct` would write
 for that selection (its grid, at `--window-days`). Each is compared with SPEC section 3 over the prices
 as they are now:
@@ -25,12 +25,12 @@ from datetime import date
 import psycopg
 
 from backfill.recompute import Key, Rewritten, expected_vectors, write_expected
-from shared.embedding_store import ENTITY_TYPE, set_cause
-from shared.errors import BadArguments
-from shared.instruments import market_cut, trade_dates_between
-from shared.maintained_keys import MaintainedKey, absent_keys_between, stored_keys_between
-from shared.models import MODELS, validate_models
-from shared.write_claims import read_claim
+from shared.contract.errors import BadArguments
+from shared.contract.models import MODELS, validate_models
+from shared.store.embedding_store import ENTITY_TYPE, set_cause
+from shared.store.instruments import market_cut, trade_dates_between
+from shared.store.maintained_keys import MaintainedKey, absent_keys_between, stored_keys_between
+from shared.store.write_claims import read_claim
 
 CHUNK_INSTRUMENTS = 32
 EXAMPLES = 5

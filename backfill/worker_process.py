@@ -15,11 +15,12 @@ from pathlib import Path
 
 from kafka.errors import KafkaError
 
-from shared.config import Settings, settings_env
-from shared.errors import EmbedderError, ServiceUnavailable
-from shared.kafka_retry import with_retries
-from shared.lag import LagMonitor
-from shared.topics import admin_client
+from shared.broker.kafka_retry import with_retries
+from shared.broker.lag import LagMonitor
+from shared.broker.topics import admin_client
+from shared.contract.config import Settings, settings_env
+from shared.contract.errors import EmbedderError, ServiceUnavailable
+from shared.signals import stop_with_parent
 
 
 def worker_running(settings: Settings) -> bool:
@@ -41,7 +42,7 @@ def worker_running(settings: Settings) -> bool:
 
 def worker_env(settings: Settings) -> dict[str, str]:
     """The environment that gives a child worker exactly these settings (all of them:
-    `shared.config.settings_env`), on any free web port beside a running service."""
+    `shared.contract.config.settings_env`), on any free web port beside a running service."""
     return os.environ | settings_env(settings) | {"EMBEDDER_WEB_PORT": "0"}
 
 
@@ -78,17 +79,6 @@ def wait_caught_up(settings: Settings, timeout: float) -> bool:
             time.sleep(0.2)
     finally:
         monitor.close()
-
-
-def stop_with_parent() -> None:
-    """In the child, before it runs: SIGTERM it when the thread that started it ends (the command stopped by
-    a signal, or killed): a run's worker never outlives the command that started it. Linux only."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 @contextmanager

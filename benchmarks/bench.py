@@ -43,8 +43,8 @@ from benchmarks.live import (
     withhold_days,
 )
 from benchmarks.old_way import old_loop
-from shared.config import Settings
-from shared.migrate import upgrade
+from shared.contract.config import Settings
+from shared.store.migrate import upgrade
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sp500_2015_2020_yahoo.csv.gz"
 OUT = Path(__file__).resolve().parents[1] / "bench-results" / "bench.json"
@@ -196,7 +196,7 @@ def window_bytes_written(dirs: list[Path]) -> float:
 def whole_window_bytes(url: str, days: list[date], settings: Settings) -> float:
     """Per new row of `days`: the bytes its window would write as one value (state format 2: a 12-byte
     header and 20 bytes per held row), for comparison."""
-    from shared.encoder import retention_days
+    from shared.contract.encoder import retention_days
 
     keep = retention_days(settings.window_days, settings.retention_slack_days)
     return round(

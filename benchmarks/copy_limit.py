@@ -6,7 +6,7 @@ import time
 
 import psycopg
 
-from shared.db import copy_rows
+from shared.store.db import copy_rows
 
 COLUMNS = ("entity_type", "entity_id", "window_spec", "as_of_date", "model_id", "vector")
 TYPES = ("varchar", "varchar", "jsonb", "date", "varchar", "bytea")

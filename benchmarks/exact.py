@@ -15,7 +15,7 @@ from backfill.direct import run_direct
 from backfill.selection import RunSelection
 from backfill.verify import VerifySelection, verify
 from benchmarks.live import start_worker, stop, tick_latencies, wait_bootstrapped, wait_ready, withhold_days
-from shared.config import Settings
+from shared.contract.config import Settings
 
 MODEL = "num-regime-core-v1"
 

@@ -22,11 +22,11 @@ import psycopg
 import backfill.direct as direct
 import streams.sink as sink
 from backfill.direct import run_direct
-from backfill.parity_audit import ParityAudit, check_keys, sweep_keys
 from backfill.selection import RunSelection
-from shared.config import Settings
-from shared.db import copy_rows
-from shared.embedding_store import (
+from live.parity_audit import ParityAudit, check_keys, sweep_keys
+from shared.contract.config import Settings
+from shared.store.db import copy_rows
+from shared.store.embedding_store import (
     ENTITY_TYPE,
     STAGING,
     STAGING_COLUMNS,
@@ -35,8 +35,8 @@ from shared.embedding_store import (
     ensure_staging,
     window_spec_sql,
 )
-from shared.maintained_keys import ABSENT_STAGING
-from shared.write_claims import next_round
+from shared.store.maintained_keys import ABSENT_STAGING
+from shared.store.write_claims import next_round
 from streams.output import Embedding, EmbeddingBatch, TickDone
 from streams.sink import SinkWriter
 

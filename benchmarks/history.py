@@ -21,9 +21,9 @@ from backfill.replay import run_stream_replay
 from backfill.selection import RunSelection
 from backfill.worker_process import worker_for_run
 from embedder.embedding_files import write_embeddings
-from shared.config import Settings
-from shared.embedding_history import switch_history
-from shared.embedding_reads import EmbeddingQuery, iter_batches, read_embeddings, resolve
+from shared.contract.config import Settings
+from shared.store.embedding_history import switch_history
+from shared.store.embedding_reads import EmbeddingQuery, iter_batches, read_embeddings, resolve
 
 MODEL = "num-regime-core-v1"
 

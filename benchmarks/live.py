@@ -18,7 +18,7 @@ import psycopg
 from backfill.worker_process import wait_caught_up as caught_up
 from backfill.worker_process import worker_env
 from live.outbox import enqueue_tick
-from shared.config import Settings
+from shared.contract.config import Settings
 
 
 def start_worker(settings: Settings, datadir: Path, capture: bool = True) -> subprocess.Popen:
@@ -124,7 +124,7 @@ def tick_latencies(settings: Settings, url: str, days: list[date], model_id: str
 def load_quietly(url: str, rows: list[tuple], market_id: str) -> None:
     """A synthetic market as a platform holds it: instruments and prices written with the capture
     triggers off (the history predates the project). rows: (id, date, close, volume)."""
-    from shared.db import copy_rows
+    from shared.store.db import copy_rows
 
     with psycopg.connect(url) as conn:
         conn.execute("SET session_replication_role = replica")

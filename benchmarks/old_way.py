@@ -9,9 +9,9 @@ from datetime import date, timedelta
 import numpy as np
 import psycopg
 
-from shared.embedding_store import window_spec_sql
-from shared.encoder import LOOKBACK_FACTOR, embed, to_bytes
-from shared.models import get_model
+from shared.contract.encoder import LOOKBACK_FACTOR, embed, to_bytes
+from shared.contract.models import get_model
+from shared.store.embedding_store import window_spec_sql
 
 
 def old_loop(

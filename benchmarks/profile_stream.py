@@ -27,8 +27,8 @@ from backfill.selection import RunSelection
 from benchmarks.bench import DATA, MODEL, for_app, fresh_database
 from benchmarks.live import start_worker, stop, wait_ready
 from benchmarks.proc_cpu import kind_of, process_cpu
-from shared.config import Settings
-from shared.migrate import upgrade
+from shared.contract.config import Settings
+from shared.store.migrate import upgrade
 
 OUT = Path(__file__).resolve().parents[1] / "bench-results"
 

@@ -33,8 +33,8 @@ from benchmarks.live import (
     withhold_days,
 )
 from benchmarks.profile_stream import OUT, cpu_seconds, start_py_spy, top_frames, write_report
-from shared.config import Settings
-from shared.migrate import upgrade
+from shared.contract.config import Settings
+from shared.store.migrate import upgrade
 
 
 def tick_stages(url: str) -> list[tuple]:

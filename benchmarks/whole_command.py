@@ -27,7 +27,7 @@ import psycopg
 from benchmarks.bench import CHECKSUM, MODEL, Figures, for_app, query
 from benchmarks.live import start_worker, stop, wait_ready
 from benchmarks.proc_cpu import kind_of, process_cpu
-from shared.config import Settings, settings_env
+from shared.contract.config import Settings, settings_env
 
 SELECTION = ["--from", "2015-01-12", "--to", "2020-01-10", "--market-id", "US_EQ", "--model-id", MODEL]
 COMMAND = [sys.executable, "-m", "embedder.cli", "replay"]
@@ -133,7 +133,7 @@ def measure_whole_command(f: Figures, base: Settings, url: str, workdir: Path) -
 def main() -> None:
     from backfill.price_import import import_prices
     from benchmarks.bench import DATA, fresh_database
-    from shared.migrate import upgrade
+    from shared.store.migrate import upgrade
 
     base = Settings()
     url = fresh_database(base.database_url)

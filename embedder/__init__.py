@@ -6,7 +6,7 @@
     df = read_embeddings_frame("num-regime-core-v1", as_of="2019-12-31", market_id="US_EQ",
                                known_at="2026-11-23T17:00:00Z")  # the table as it was then
 
-(`shared/embedding_reads.py`; `versions_of` in `shared/embedding_history.py` lists one key's versions.)
+(`shared/store/embedding_reads.py`; `versions_of` in `shared/store/embedding_history.py` lists one key's versions.)
 Loaded on first use, so the CLI does not import numpy for commands that do not need it.
 """
 
@@ -15,10 +15,10 @@ from __future__ import annotations
 from typing import Any
 
 _API = {
-    "read_embeddings": "shared.embedding_reads",
-    "read_embeddings_frame": "shared.embedding_reads",
-    "Embeddings": "shared.embedding_reads",
-    "versions_of": "shared.embedding_history",
+    "read_embeddings": "shared.store.embedding_reads",
+    "read_embeddings_frame": "shared.store.embedding_reads",
+    "Embeddings": "shared.store.embedding_reads",
+    "versions_of": "shared.store.embedding_history",
 }
 __all__ = sorted(_API)
 

@@ -22,9 +22,9 @@ from embedder import options as opt
 from embedder.console import err, out
 from embedder.exit_codes import INTERRUPTED, run_with_exit_codes
 from embedder.stopping import run_until_stopped
-from shared.config import Settings, load_settings
-from shared.errors import BadArguments
-from shared.models import DEFAULT_MODEL_ID
+from shared.contract.config import Settings, load_settings
+from shared.contract.errors import BadArguments
+from shared.contract.models import DEFAULT_MODEL_ID
 
 app = typer.Typer(
     name="embedder",
@@ -76,7 +76,7 @@ def _local_services():
 def live_settings() -> Settings:
     """The settings on the live layout the database records (partitions, prices topic): for commands that
     publish to or measure the prices topic."""
-    from shared.live_layout import resolve_if_reachable
+    from shared.store.live_layout import resolve_if_reachable
 
     return resolve_if_reachable(load_settings())
 
@@ -96,7 +96,7 @@ def services_up(
     """Start the local broker (or cluster) and database (idempotent); print the settings to export."""
     import time
 
-    from shared.errors import BadArguments
+    from shared.contract.errors import BadArguments
 
     services = _local_services()
     if brokers not in (1, services.cluster.size):
@@ -148,7 +148,7 @@ def services_status() -> None:
 @db_app.command("status")
 def db_status() -> None:
     """List applied and pending migrations; exit 0 when none is pending, else 1 (for deploy checks)."""
-    from shared.migrate import migration_status
+    from shared.store.migrate import migration_status
 
     applied, pending = migration_status(load_settings().database_url)
     for m in applied:
@@ -166,7 +166,7 @@ def db_status() -> None:
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Apply pending migrations (creates missing tables, adds the idempotency key)."""
-    from shared.migrate import upgrade
+    from shared.store.migrate import upgrade
 
     settings = load_settings()
     migration_log = logging.getLogger("embedder.migrations")
@@ -195,8 +195,8 @@ def db_grants(
     ] = False,
 ) -> None:
     """Print (or with --apply run) the exact GRANT statements the embedder's roles need on the installed schema."""
-    from shared.db import connection
-    from shared.grants import apply_grants, grants
+    from shared.store.db import connection
+    from shared.store.grants import apply_grants, grants
 
     with connection(load_settings().database_url) as conn:
         planned = grants(conn, service_role, reader_role)
@@ -370,9 +370,9 @@ def tick(
     """
     from backfill.selection import parse_date
     from live.outbox import enqueue_tick
-    from shared.db import connection
-    from shared.models import validate_models
-    from shared.validation import date_problem
+    from shared.contract.models import validate_models
+    from shared.contract.validation import date_problem
+    from shared.store.db import connection
 
     settings = load_settings()
     day = parse_date(as_of, "--as-of")
@@ -469,7 +469,7 @@ def embeddings_export(
 ) -> None:
     """Export stored embeddings (now, or as known at an instant) to Parquet, .npy or CSV, with progress."""
     from embedder.embeddings_command import run_export
-    from shared.embedding_reads import EmbeddingQuery
+    from shared.store.embedding_reads import EmbeddingQuery
 
     if market_id is not None and instrument_id:
         raise BadArguments("give --market-id or --instrument-id, not both")
@@ -681,9 +681,9 @@ def main(argv: list[str] | None = None) -> None:
         log_format = "text"  # the bad setting is reported as the command's one-line error
     configure(log_format)
     # The Kafka clients log every reconnect attempt to a lost broker; commands say once what they wait for
-    # (shared.kafka_retry) and what failed, in their own words. The worker shows the clients' lines
+    # (shared.broker.kafka_retry) and what failed, in their own words. The worker shows the clients' lines
     # itself, once a minute each (streams/worker.py).
-    from shared.kafka_refusals import capture_refusals
+    from shared.broker.kafka_refusals import capture_refusals
 
     capture_refusals(settings)
 

@@ -99,7 +99,7 @@ class PlainProgress:
 def progress() -> Progress | PlainProgress:
     """A progress display on stderr, so stdout stays clean for machine-readable output."""
     if not err.is_terminal:
-        from shared.config import load_settings
+        from shared.contract.config import load_settings
 
         return PlainProgress(load_settings().progress_seconds)
     return Progress(

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from shared.embedding_reads import Embeddings
+from shared.store.embedding_reads import Embeddings
 
 if TYPE_CHECKING:
     import pyarrow as pa
-from shared.errors import EmbedderError
+from shared.contract.errors import EmbedderError
 
 FORMATS = ("parquet", "npy", "csv")
 PARQUET_OPTIONS = dict(
@@ -52,7 +52,7 @@ def write_embeddings(
     on_rows: Callable[[int], None] | None = None,
     metadata: dict[str, str] | None = None,
 ) -> int:
-    """Write `batches` (`shared.embedding_reads.iter_batches`) to `path` in `fmt`, streaming (memory: one
+    """Write `batches` (`shared.store.embedding_reads.iter_batches`) to `path` in `fmt`, streaming (memory: one
     batch). Returns rows written."""
     tmp = path.with_name(f".{path.name}.partial")
     if fmt == "parquet":

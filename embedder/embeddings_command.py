@@ -10,12 +10,12 @@ from pathlib import Path
 
 from embedder.console import CountedProgress, err, out
 from embedder.embedding_files import FORMATS, write_embeddings
-from shared.config import Settings
-from shared.db import connection
-from shared.embedding_history import drift, history_state, switch_history, versions_of
-from shared.embedding_reads import EmbeddingQuery, iter_batches, resolve, to_date
-from shared.errors import BadArguments
-from shared.models import validate_models
+from shared.contract.config import Settings
+from shared.contract.errors import BadArguments
+from shared.contract.models import validate_models
+from shared.store.db import connection
+from shared.store.embedding_history import drift, history_state, switch_history, versions_of
+from shared.store.embedding_reads import EmbeddingQuery, iter_batches, resolve, to_date
 
 
 def run_export(

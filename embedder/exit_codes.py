@@ -7,10 +7,10 @@ from collections.abc import Callable
 
 import psycopg
 
-from shared.config import load_settings, scrub_secret
-from shared.errors import BadArguments, EmbedderError
-from shared.kafka_refusals import refusal
-from shared.lag_status import LagStatus
+from shared.broker.kafka_refusals import refusal
+from shared.broker.lag_status import LagStatus
+from shared.contract.config import load_settings, scrub_secret
+from shared.contract.errors import BadArguments, EmbedderError
 from shared.logs import error_line
 
 USAGE = 2
@@ -46,7 +46,7 @@ def run_with_exit_codes(prog: str, body: Callable[[], object]) -> int:
             _say(prog, f"database error: {first}")
         return FAILURE
     except Exception as e:
-        if type(e).__module__.startswith("adbc_driver"):  # the large reads' driver (shared.embedding_reads)
+        if type(e).__module__.startswith("adbc_driver"):  # the large reads' driver (shared.store.embedding_reads)
             _say(prog, _redacted(f"database error: {_adbc_message(e)}"))
             return FAILURE
         kafka_errors = sys.modules.get("kafka.errors")  # not imported by commands that never reach Kafka

@@ -7,7 +7,7 @@ from datetime import date
 import numpy as np
 
 from embedder.console import out
-from shared.db import connection, one
+from shared.store.db import connection, one
 
 
 def summarise(database_url: str, as_of: date, model_id: str, values: int = 6) -> int:

@@ -14,9 +14,9 @@ from rich.table import Table
 from embedder.console import err, out
 from embedder.exit_codes import LAG_EXIT_CODES
 from embedder.stopping import Stop, run_until_stopped
-from shared.config import Settings
-from shared.lag import LagMonitor, LagReport
-from shared.lag_status import LagStatus, worst
+from shared.broker.lag import LagMonitor, LagReport
+from shared.broker.lag_status import LagStatus, worst
+from shared.contract.config import Settings
 from shared.metrics import LagMetrics
 
 STATUS_STYLE = {

@@ -10,9 +10,9 @@ from live.bootstrap import queue_bootstrap, reset_bootstrap
 from live.capture import capture_state, start_capture, stop_capture
 from live.outbox import outbox_backlog
 from live.relay import relay_holder
-from shared.config import Settings
-from shared.db import connection
-from shared.errors import EmbedderError
+from shared.contract.config import Settings
+from shared.contract.errors import EmbedderError
+from shared.store.db import connection
 
 NO_RELAY_PATIENCE = 15.0
 
@@ -97,8 +97,8 @@ def run_capture(settings: Settings, on: bool | None) -> None:
 
 
 def run_repartition(settings: Settings, partitions: int) -> None:
-    """`embedder live repartition N` (backfill/repartition.py), said in a few lines."""
-    from backfill.repartition import repartition
+    """`embedder live repartition N` (live/repartition.py), said in a few lines."""
+    from live.repartition import repartition
 
     done = repartition(settings, partitions, "embedder live repartition")
     if done.after == done.before:

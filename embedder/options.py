@@ -2,7 +2,7 @@
 
 `replay`, `verify` and `embeddings export` name the same things the same way (SPEC section 2's selection:
 a market's ACTIVE EQUITY instruments or ids, one as_of or a range, a cut of the market); the values are
-validated where the selection is built (`backfill.selection`, `backfill.verify`, `shared.embedding_reads`),
+validated where the selection is built (`backfill.selection`, `backfill.verify`, `shared.store.embedding_reads`),
 so every command says a wrong value in the same words.
 """
 

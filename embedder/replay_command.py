@@ -7,15 +7,15 @@ from typing import TYPE_CHECKING
 
 from rich.progress import TaskID
 
-from backfill.completion import ReplayHooks, StreamResult
 from backfill.selection import RunSelection
 from embedder.console import CountedProgress, err, out, progress
-from shared.config import Settings
-from shared.db import connection
+from shared.contract.config import Settings
+from shared.store.db import connection
+from shared.store.tick_commits import ReplayHooks, StreamResult
 
 if TYPE_CHECKING:
     from backfill.direct import DirectResult
-    from shared.lag import GroupLag
+    from shared.broker.lag import GroupLag
 
 
 def run_replay(

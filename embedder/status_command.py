@@ -17,14 +17,14 @@ from live.bootstrap import progress as bootstrap_progress
 from live.capture import capture_state
 from live.outbox import outbox_backlog
 from live.relay import relay_holder
-from shared.config import Settings
-from shared.db import connection, one
-from shared.dead_letters import count_since, parse_since
-from shared.embedding_history import history_state, revisions_by_day
-from shared.embedding_store import refusals_by_day
-from shared.errors import ServiceUnavailable
-from shared.messages import LIVE_RUN
-from shared.write_claims import relay_round
+from shared.broker.dead_letters import count_since, parse_since
+from shared.contract.config import Settings
+from shared.contract.errors import ServiceUnavailable
+from shared.contract.messages import LIVE_RUN
+from shared.store.db import connection, one
+from shared.store.embedding_history import history_state, revisions_by_day
+from shared.store.embedding_store import refusals_by_day
+from shared.store.write_claims import relay_round
 
 
 def last_ticks(conn: psycopg.Connection) -> list[dict]:

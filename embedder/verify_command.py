@@ -7,8 +7,8 @@ import time
 
 from backfill.verify import KINDS, VerifyReport, VerifySelection, verify
 from embedder.console import CountedProgress, err, out
-from shared.config import Settings
-from shared.db import connection
+from shared.contract.config import Settings
+from shared.store.db import connection
 
 DIFFERENCES = 3
 """Exit code when the selection differs from the reference (and was not, or not all, repaired)."""

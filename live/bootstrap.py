@@ -27,9 +27,9 @@ from datetime import date
 
 import psycopg
 
-from shared.db import one
-from shared.instruments import SELECTABLE, newest_trade_date_sql
-from shared.validation import latest_trade_date
+from shared.contract.validation import latest_trade_date
+from shared.store.db import one
+from shared.store.instruments import SELECTABLE, newest_trade_date_sql
 
 log = logging.getLogger("embedder.bootstrap")
 BOOTSTRAP_LOCK = 727_002  # pg advisory lock: one transaction queues snapshots (or a tick) at a time
@@ -191,7 +191,7 @@ def progress(conn: psycopg.Connection, market_id: str | None = None) -> Bootstra
 
 def reconcile_state_format(conn: psycopg.Connection, app_id: str, version: int, generation: int = 0) -> int | None:
     """On worker start: make the database's record of the worker group's state format `version` in layout
-    `generation` (`shared.live_layout`).
+    `generation` (`shared.store.live_layout`).
 
     Where it records another format or generation, or none although live windows were loaded before (a
     release before formats were recorded, or a new app id: lost changelogs), the state this worker reads is

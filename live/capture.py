@@ -23,8 +23,8 @@ from datetime import datetime
 import psycopg
 
 from live.bootstrap import BOOTSTRAP_LOCK, move_ticks_behind, queue_bootstrap
-from shared.db import one
-from shared.embedding_store import ENTITY_TYPE
+from shared.store.db import one
+from shared.store.embedding_store import ENTITY_TYPE
 
 log = logging.getLogger("embedder.capture")
 

@@ -3,7 +3,7 @@
 In a thread of the worker's process the correction loop shared the interpreter's lock with the stream: a
 restatement of years of closes recomputes for minutes, and every live tick of those minutes waited for
 the lock between its steps (p99 1.7 s where 0.5 s is the goal). As a child process it has a core's worth
-of interpreter to itself; PostgreSQL orders what both write (the fencing of `shared.embedding_store`: a
+of interpreter to itself; PostgreSQL orders what both write (the fencing of `shared.store.embedding_store`: a
 correction computed from older prices than a tick's loses to it, and the other way round).
 
 The worker starts the child once its tables are recovered, restarts it if it dies, and stops it with
@@ -25,11 +25,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import date
 
-from backfill.corrections import CorrectionLoop, KeysCallback, Step, into_metrics
-from shared.config import Settings, load_settings, settings_env
-from shared.maintained_keys import MaintainedKey
+from live.corrections import CorrectionLoop, KeysCallback, Step, into_metrics
+from shared.contract.config import Settings, load_settings, settings_env
 from shared.metrics import StreamMetrics
 from shared.signals import stop_on_signals
+from shared.store.maintained_keys import MaintainedKey
 
 log = logging.getLogger("embedder.corrections")
 RESTART_SECONDS = 2.0
@@ -67,8 +67,8 @@ def read_line(line: str) -> Step | int | None:
 def child_main(loglevel: str, parent: int | None = None) -> None:
     """The child: the correction loop until SIGTERM, its reports on stdout. `parent`: the worker's pid (a
     worker that died before the child asked to die with it leaves the child adopted: it ends at once)."""
-    from backfill.worker_process import stop_with_parent
     from shared.logs import configure
+    from shared.signals import stop_with_parent
 
     stop_with_parent()
     if parent is not None and os.getppid() != parent:

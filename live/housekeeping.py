@@ -14,11 +14,11 @@ import psycopg
 from live.bootstrap import queue_bootstrap
 from live.capture import capture_state, heartbeat
 from live.outbox import enqueue_tick, outbox_backlog, prune_outbox
-from shared.config import Settings
-from shared.db import one
-from shared.embedding_history import CAUSE_KINDS, prune_versions, revisions_today
-from shared.messages import is_deletion
+from shared.contract.config import Settings
+from shared.contract.messages import is_deletion
 from shared.metrics import StreamMetrics
+from shared.store.db import one
+from shared.store.embedding_history import CAUSE_KINDS, prune_versions, revisions_today
 
 log = logging.getLogger("embedder.outbox")
 

@@ -12,8 +12,8 @@ from enum import StrEnum
 import psycopg
 
 from live.bootstrap import CHUNK_INSTRUMENTS, queue_bootstrap
-from shared.db import one
-from shared.messages import Deletion, Row
+from shared.contract.messages import Deletion, Row
+from shared.store.db import one
 
 
 class OutboxKind(StrEnum):

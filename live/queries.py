@@ -29,18 +29,18 @@ from datetime import date
 import psycopg
 from psycopg.types.json import Jsonb
 
-from backfill.completion import ReplayHooks, StreamResult, wait_for_run
 from backfill.selection import RunSelection
 from live.bootstrap import queue_bootstrap
 from live.outbox import wake_relay
 from live.relay import relay_holder
-from shared.config import Settings
-from shared.db import connection, one
-from shared.encoder import LOOKBACK_FACTOR, retention_days
-from shared.instruments import SELECTABLE, newest_trade_date_sql
-from shared.maintained_keys import outbox_position, queue_changes_since
-from shared.messages import MAX_MESSAGE_BYTES
-from shared.validation import latest_trade_date
+from shared.contract.config import Settings
+from shared.contract.encoder import LOOKBACK_FACTOR, retention_days
+from shared.contract.messages import MAX_MESSAGE_BYTES
+from shared.contract.validation import latest_trade_date
+from shared.store.db import connection, one
+from shared.store.instruments import SELECTABLE, newest_trade_date_sql
+from shared.store.maintained_keys import outbox_position, queue_changes_since
+from shared.store.tick_commits import ReplayHooks, StreamResult, wait_for_run
 
 MAX_QUERY_DATES = 400
 
@@ -110,7 +110,7 @@ def enqueue_query(
     """Queue a query tick (behind every captured row and pending bootstrap); returns its run id.
 
     The tick names the instruments the command selected (a market is cut here, in SQL, under the
-    database's collation: `shared.instruments`); only a cut too large for one message travels as
+    database's collation: `shared.store.instruments`); only a cut too large for one message travels as
     limit/offset, which the worker's registry applies in the same database order (never for a query
     `from_database`: `live_can_answer` asks it only when the ids fit)."""
     run_id = f"query-{uuid.uuid4().hex[:12]}"

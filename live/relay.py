@@ -34,19 +34,28 @@ from live.capture import start_capture
 from live.housekeeping import Housekeeping, IdleTask
 from live.outbox import OUTBOX_CHANNEL, OutboxKind, captured_rows
 from shared.background import start_when_ready
-from shared.config import Settings
-from shared.db import connect, one
-from shared.encoder import retention_days
-from shared.errors import EmbedderError
-from shared.maintained_keys import queue_captured_changes
-from shared.messages import LIVE_RUN, Deletion, Row, Tick, dead_letter_record, is_deletion, row_batches, row_payload
+from shared.broker.topics import partition_for
+from shared.contract.config import Settings
+from shared.contract.encoder import retention_days
+from shared.contract.errors import EmbedderError
+from shared.contract.messages import (
+    LIVE_RUN,
+    Deletion,
+    Row,
+    Tick,
+    dead_letter_record,
+    is_deletion,
+    row_batches,
+    row_payload,
+)
+from shared.contract.validation import key_problem, latest_trade_date, row_problem
 from shared.metrics import StreamMetrics
-from shared.topics import partition_for
-from shared.validation import key_problem, latest_trade_date, row_problem
-from shared.write_claims import next_round, stamp
+from shared.store.db import connect, one
+from shared.store.maintained_keys import queue_captured_changes
+from shared.store.write_claims import next_round, stamp
 
 if TYPE_CHECKING:  # Kafka is imported where the relay runs, not by `embedder tick` or queries
-    from backfill.publisher import PricePublisher
+    from shared.broker.publisher import PricePublisher
 
 log = logging.getLogger("embedder.outbox")
 RELAY_LOCK = 727_001  # pg advisory lock key: one active relay per database
@@ -87,7 +96,7 @@ class OutboxRelay:
         """Hold the relay lock, then relay until stopped; reconnect after database or broker errors."""
         from kafka.errors import KafkaError
 
-        from backfill.publisher import PricePublisher
+        from shared.broker.publisher import PricePublisher
 
         while not self.stop.is_set():
             try:
@@ -156,7 +165,7 @@ class OutboxRelay:
         # (history the windows do not hold, rows other paths wrote). A key the stream writes after
         # this is computed from windows that hold the change. In the same transaction the round gets its
         # number: what the correction path reads after it holds every change of the round, and each
-        # message below claims a position in it (shared/write_claims.py).
+        # message below claims a position in it (shared/store/write_claims.py).
         with conn.transaction():
             self._round = next_round(conn)
             self._index = 0

@@ -26,10 +26,10 @@ from zoneinfo import ZoneInfo
 import psycopg
 
 from live.outbox import enqueue_tick
-from shared.config import MarketSchedule, Settings
-from shared.db import one
-from shared.instruments import SELECTABLE, newest_trade_date, newest_trade_date_sql
-from shared.validation import latest_trade_date
+from shared.contract.config import MarketSchedule, Settings
+from shared.contract.validation import latest_trade_date
+from shared.store.db import one
+from shared.store.instruments import SELECTABLE, newest_trade_date, newest_trade_date_sql
 
 log = logging.getLogger("embedder.schedule")
 

@@ -8,16 +8,16 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from backfill.parity_audit import start_parity_audit
 from live.bootstrap import reconcile_state_format, reload_windows, requeue_lost
 from live.correction_process import start_correction_process
+from live.parity_audit import start_parity_audit
 from live.relay import start_relay
 from live.schedule import TickScheduler
-from shared.config import Settings
-from shared.db import connection
-from shared.live_layout import resolve
+from shared.broker.topics import STATE_FORMAT
+from shared.contract.config import Settings
 from shared.metrics import StreamMetrics
-from shared.topics import STATE_FORMAT
+from shared.store.db import connection
+from shared.store.live_layout import resolve
 from streams.worker import run_worker
 
 

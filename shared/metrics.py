@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from shared.lag_status import LagStatus
+from shared.broker.lag_status import LagStatus
 
 
 @dataclass(frozen=True)
@@ -258,7 +258,7 @@ class LagMetrics:
         )
 
     def record(self, report) -> None:
-        """Set the gauges from a `shared.lag.LagReport`."""
+        """Set the gauges from a `shared.broker.lag.LagReport`."""
         for g in report.groups:
             for status in LAG_STATUSES:
                 self.status.labels(g.group, status).set(1 if g.status == status else 0)

@@ -1,4 +1,4 @@
-"""Signal handlers that cannot deadlock.
+"""Signal handlers that cannot deadlock, and a child process that ends with its parent.
 
 A Python signal handler runs on the main thread between two bytecodes, possibly while that thread holds
 the very lock the handler would take: `threading.Event.set` takes the event's condition lock, which the
@@ -24,3 +24,14 @@ def stop_on_signals(event: threading.Event) -> None:
     """SIGTERM and SIGINT set `event` (call on the main thread)."""
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: set_from_handler(event))
+
+
+def stop_with_parent() -> None:
+    """In the child, before it runs: SIGTERM it when the thread that started it ends (the command stopped by
+    a signal, or killed): a run's worker never outlives the command that started it. Linux only."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass

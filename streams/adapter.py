@@ -13,7 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from shared.messages import LIVE_RUN, BadMessage, PriceRow, RowBatch, Tick, dead_letter_record, decode
+from shared.contract.messages import LIVE_RUN, BadMessage, PriceRow, RowBatch, Tick, dead_letter_record, decode
 from shared.metrics import StreamMetrics
 from streams.output import EmbeddingBatch
 from streams.processor import DeadLetter, Effects, PartitionProcessor, ProcessorConfig, TickReport

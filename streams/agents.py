@@ -12,9 +12,9 @@ from typing import Any
 
 import faust
 
-from shared.config import Settings
+from shared.broker.topics import stream_tables
+from shared.contract.config import Settings
 from shared.metrics import StreamMetrics
-from shared.topics import stream_tables
 from streams.adapter import LostWindows, PricesAdapter
 from streams.gaps import OffsetGuard
 from streams.lookback import DbLookback

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import faust
 
-from shared.config import Settings
-from shared.kafka_config import faust_broker_options
+from shared.broker.kafka_config import faust_broker_options
+from shared.contract.config import Settings
 from shared.metrics import StreamMetrics
 from streams import faust_fixes
 from streams.adapter import LostWindows

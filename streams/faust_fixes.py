@@ -61,7 +61,7 @@ every flow-control call and every fetched offset:
 
 8. faust "creates" each internal topic (the four changelogs and the leader topic) when its table starts and
    again when the conductor first subscribes: each time a metadata request of every topic on the cluster
-   for the controller, a CreateTopics request the broker answers "exists" (`shared.topics.ensure_topics`
+   for the controller, a CreateTopics request the broker answers "exists" (`shared.broker.topics.ensure_topics`
    made them before the app started) and a forced metadata refresh: 0.1-0.2 s apiece on a broker with a
    thousand topics, ~1.2 s of every worker's start. Fixed: one metadata request lists the cluster's topics
    (at most once per 10 s), and the producer does not create a topic on it again; any other topic, or a
@@ -77,7 +77,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from shared.errors import EmbedderError
+from shared.contract.errors import EmbedderError
 
 log = logging.getLogger("embedder.faust_fixes")
 

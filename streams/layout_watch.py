@@ -14,8 +14,8 @@ import threading
 
 import psycopg
 
-from shared.config import Settings
-from shared.live_layout import LiveLayout, read_layout
+from shared.contract.config import Settings
+from shared.store.live_layout import LiveLayout, read_layout
 
 log = logging.getLogger("embedder.layout")
 LAYOUT_WATCH_SECONDS = 5.0

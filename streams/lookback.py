@@ -3,7 +3,7 @@
 A query older than the live windows keep (`Tick.lookback_from_db`) used to be answered by
 publishing every row of its look-back through Kafka into a run of its own: 62,000 rows for one
 as_of over the S&P 500, which cost three times the batch path. The worker reads them itself
-instead, with the batch path's reader (`shared.price_history`), one query per partition; the
+instead, with the batch path's reader (`shared.store.price_history`), one query per partition; the
 processor then computes them as any tick (`PartitionProcessor.process(..., lookback=...)`).
 These windows are never stored: a re-delivered query reads the database again.
 """
@@ -16,15 +16,15 @@ from datetime import date
 import numpy as np
 import psycopg
 
-from shared.db import PatientReader
-from shared.encoder import lookback_start
-from shared.price_history import History, read_histories
-from shared.write_claims import read_claim
+from shared.contract.encoder import lookback_start
+from shared.store.db import PatientReader
+from shared.store.price_history import History, read_histories
+from shared.store.write_claims import read_claim
 from streams.window import NO_OFFSET, NO_STAMP, ROW, Window, day_number
 
 
 def window_of(history: History, horizon: int, claim: int = NO_STAMP) -> Window:
-    """A window holding `history`, complete from day `horizon` on, read at `claim` (`shared.write_claims`)."""
+    """A window holding `history`, complete from day `horizon` on, read at `claim` (`shared.store.write_claims`)."""
     rows = np.empty(history.trade_dates.size, dtype=ROW)
     rows["day"] = history.trade_dates.astype(np.int64)
     rows["close"] = history.close

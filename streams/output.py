@@ -53,7 +53,7 @@ class EmbeddingBatch:
     """Corrections: the price changes that re-emitted these embeddings (recorded with the versions they
     supersede)."""
     computed_from: int | None = None
-    """The claim of these embeddings (`shared.write_claims`): the stamp of the message they were computed
+    """The claim of these embeddings (`shared.store.write_claims`): the stamp of the message they were computed
     at, or the relay round read before a look-back was read from prices_daily. None: a message of a
     release before claims (not fenced)."""
 

@@ -27,9 +27,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 
-from shared.embedding_store import price_changes
-from shared.encoder import LOOKBACK_FACTOR
-from shared.messages import LIVE_RUN, BadMessage, Message, PriceRow, RowBatch, RunEnd, Tick, is_deletion, row_payload
+from shared.contract.encoder import LOOKBACK_FACTOR
+from shared.contract.messages import (
+    LIVE_RUN,
+    BadMessage,
+    Message,
+    PriceRow,
+    RowBatch,
+    RunEnd,
+    Tick,
+    is_deletion,
+    row_payload,
+)
+from shared.store.embedding_store import price_changes
 from streams import window_store
 from streams.output import Embedding, EmbeddingBatch, TickDone
 from streams.registry import Registry
@@ -80,10 +90,10 @@ class Effects:
     rows: int = 0
     stale_rows: int = 0
     """Rows not applied: their window holds rows read after them (a relay that lost its turn published
-    what it had read before; `shared.write_claims`)."""
+    what it had read before; `shared.store.write_claims`)."""
     left_to_database: int = 0
     """Live corrections older than the windows hold (or reaching ticks whose look-back they no longer
-    hold): the database path (`backfill.corrections`) recomputes what they reach from prices_daily. The
+    hold): the database path (`live.corrections`) recomputes what they reach from prices_daily. The
     relay queued them there before publishing them (the keys they reach were stored long before: no
     tick reaching beyond a window's horizon is ever computed from it)."""
 
@@ -439,7 +449,7 @@ class PartitionProcessor:
 
 
 def tick_claim(tick: Tick, lookback: Mapping[str, Window] | None) -> int | None:
-    """What a tick's embeddings claim (`shared.write_claims`): its own stamp (every window of the partition
+    """What a tick's embeddings claim (`shared.store.write_claims`): its own stamp (every window of the partition
     applied every message before it), or where its look-back was read from prices_daily, the claim of that
     read (the lowest of its windows')."""
     if lookback is not None:

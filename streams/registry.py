@@ -17,10 +17,10 @@ from typing import Protocol
 
 import psycopg
 
-from shared.db import PatientReader
-from shared.instruments import registry_fingerprint, registry_rows
-from shared.messages import ALL_MARKETS
-from shared.topics import partition_for
+from shared.broker.topics import partition_for
+from shared.contract.messages import ALL_MARKETS
+from shared.store.db import PatientReader
+from shared.store.instruments import registry_fingerprint, registry_rows
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class Registry(Protocol):
 
 class StaticRegistry:
     """A registry over a fixed map (tests, and each snapshot the database registry takes). The map's
-    order is the database's `ORDER BY instrument_id` (`shared.instruments.registry_rows`): market cuts
+    order is the database's `ORDER BY instrument_id` (`shared.store.instruments.registry_rows`): market cuts
     follow it, never Python's sort of the ids."""
 
     def __init__(self, infos: dict[str, InstrumentInfo], partitions: int, partition_of: dict[str, int] | None = None):

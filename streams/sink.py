@@ -22,12 +22,12 @@ from datetime import UTC, date, datetime
 
 import psycopg
 
-from shared.db import connect
-from shared.embedding_store import set_cause, write_embeddings
-from shared.errors import ServiceUnavailable
-from shared.maintained_keys import queue_recompute, write_absent
-from shared.messages import LIVE_RUN
+from shared.contract.errors import ServiceUnavailable
+from shared.contract.messages import LIVE_RUN
 from shared.metrics import StreamMetrics
+from shared.store.db import connect
+from shared.store.embedding_store import set_cause, write_embeddings
+from shared.store.maintained_keys import queue_recompute, write_absent
 from streams.output import EmbeddingBatch
 
 log = logging.getLogger("embedder.sink")

@@ -2,7 +2,7 @@
 
 Two tables hold them (`windows`, `runs`), each value in one documented format.
 Keys are `run \\x1f instrument_id` and `run \\x1f partition` (instrument ids never
-hold control characters: `shared.validation` refuses them).
+hold control characters: `shared.contract.validation` refuses them).
 
 Every value records the source offset it has applied, so after a crash or a
 rebalance (the tables restored from their changelogs can be ahead of the
@@ -15,8 +15,8 @@ import json
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from shared.encoder import LOOKBACK_FACTOR
-from shared.messages import LIVE_RUN
+from shared.contract.encoder import LOOKBACK_FACTOR
+from shared.contract.messages import LIVE_RUN
 
 SEP = "\x1f"
 LIVE_PREFIX = LIVE_RUN + SEP

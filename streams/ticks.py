@@ -6,8 +6,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from shared.encoder import apply_model, encode_windows
-from shared.models import get_model
+from shared.contract.encoder import apply_model, encode_windows
+from shared.contract.models import get_model
 from streams.output import Embedding
 from streams.window import ROW, Window, date_of
 

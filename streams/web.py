@@ -2,7 +2,7 @@
 
 A small threaded HTTP server beside the Faust event loop, so health answers
 even while the loop is busy. A sampler thread reads the group's lag from the
-broker (shared/lag.py) every few seconds, updates the lag gauges and keeps the
+broker (shared/broker/lag.py) every few seconds, updates the lag gauges and keeps the
 recent samples for the page's trend chart.
 """
 
@@ -20,9 +20,9 @@ from pathlib import Path
 import psycopg
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from shared.config import Settings
-from shared.lag import LagMonitor, LagReport
-from shared.lag_status import LagStatus
+from shared.broker.lag import LagMonitor, LagReport
+from shared.broker.lag_status import LagStatus
+from shared.contract.config import Settings
 from shared.metrics import StreamMetrics
 
 log = logging.getLogger("embedder.web")

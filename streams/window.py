@@ -2,7 +2,7 @@
 
 A window holds the source offset of the last event applied, the `horizon` day
 before which rows were dropped, the stamp of the newest rows it took (where the relay read them:
-`shared.write_claims`; a window never takes rows read before those it holds), and fixed-width rows
+`shared.store.write_claims`; a window never takes rows read before those it holds), and fixed-width rows
 (day int32, close float64, volume float64) sorted by day. How the worker stores it (a head and sealed
 chunks) is `streams/window_store.py`; `to_bytes`/`parse` and `upsert_rows` are a
 single-value form for building and checking windows in tests.
@@ -22,7 +22,7 @@ from datetime import date
 
 import numpy as np
 
-from shared.encoder import LOOKBACK_FACTOR, retention_days
+from shared.contract.encoder import LOOKBACK_FACTOR, retention_days
 
 __all__ = ["Window", "day_number", "date_of", "retention_days", "upsert_row", "upsert_rows"]
 

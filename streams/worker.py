@@ -13,11 +13,11 @@ from pathlib import Path
 import faust
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
-from shared.config import Settings
-from shared.kafka_refusals import capture_refusals
+from shared.broker.kafka_refusals import capture_refusals
+from shared.broker.topics import ensure_topics
+from shared.contract.config import Settings
 from shared.logs import json_logging_config, quiet_repeats
 from shared.metrics import StreamMetrics
-from shared.topics import ensure_topics
 from streams.adapter import LostWindows
 from streams.app import create_app
 from streams.layout_watch import LayoutWatch, restart_process

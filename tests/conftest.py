@@ -17,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 
-from shared.migrate import upgrade
+from shared.store.migrate import upgrade
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = REPO.parent / "shared" / "data" / "sp500_2015_2020_yahoo.csv.gz"

@@ -10,7 +10,7 @@ from datetime import date, timedelta
 
 import pytest
 
-from shared.messages import LIVE_RUN, RowBatch, Tick
+from shared.contract.messages import LIVE_RUN, RowBatch, Tick
 from tests.support.fakes import Event, Table
 from tests.support.fakes import World as SupportWorld
 

@@ -18,10 +18,10 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from kafka import KafkaConsumer, KafkaProducer
 
-from backfill.publisher import PricePublisher
 from backfill.synthetic import YAHOO_HEADER, synthetic_rows
-from shared.messages import LIVE_RUN, PriceRow, Tick
-from shared.topics import ensure_topics
+from shared.broker.publisher import PricePublisher
+from shared.broker.topics import ensure_topics
+from shared.contract.messages import LIVE_RUN, PriceRow, Tick
 from tests.support.cli import EMBEDDER, settings_of
 from tests.support.helpers import assert_same_embeddings, expected, load_synthetic, stored, wait_for
 from tests.support.markets import MODELS, live_market

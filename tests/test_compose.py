@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from shared.config import LOCAL_KAFKA_PORT, LOCAL_POSTGRES_PORT
+from shared.contract.config import LOCAL_KAFKA_PORT, LOCAL_POSTGRES_PORT
 
 COMPOSE = Path(__file__).resolve().parents[1] / "docker-compose.yml"
 

@@ -10,9 +10,9 @@ from datetime import date
 import psycopg
 import pytest
 
-from backfill.corrections import Step
 from live.correction_process import read_line, step_line
-from shared.maintained_keys import MaintainedKey
+from live.corrections import Step
+from shared.store.maintained_keys import MaintainedKey
 from tests.support.cli import run
 from tests.support.helpers import load_synthetic, wait_for
 from tests.support.whole_table import exact

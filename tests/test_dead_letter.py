@@ -12,12 +12,12 @@ from datetime import date, timedelta
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
-from backfill.publisher import PricePublisher
 from backfill.replay import ReplayHooks, wait_for_run
-from shared.config import Settings
-from shared.errors import EmbedderError
-from shared.messages import RowBatch, Tick
-from shared.topics import ensure_topics
+from shared.broker.publisher import PricePublisher
+from shared.broker.topics import ensure_topics
+from shared.contract.config import Settings
+from shared.contract.errors import EmbedderError
+from shared.contract.messages import RowBatch, Tick
 from tests.support.cli import settings_of
 
 

@@ -17,7 +17,7 @@ import typer
 import yaml
 
 from embedder.cli import app
-from shared.config import Settings
+from shared.contract.config import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 K8S = REPO / "deploy" / "kubernetes"

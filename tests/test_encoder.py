@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.encoder import apply_model, embed, encode_windows, min_rows, to_bytes
-from shared.errors import UnknownModel
-from shared.models import get_model, validate_models
+from shared.contract.encoder import apply_model, embed, encode_windows, min_rows, to_bytes
+from shared.contract.errors import UnknownModel
+from shared.contract.models import get_model, validate_models
 from tests.support.reference import f32, reference_embedding
 
 REGIME = get_model("num-regime-core-v1")

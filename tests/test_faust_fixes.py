@@ -85,7 +85,7 @@ def test_the_worker_refuses_library_versions_the_patches_were_not_verified_again
 def test_apply_refuses_to_start_on_unverified_versions_unless_allowed(monkeypatch):
     import pytest
 
-    from shared.errors import EmbedderError
+    from shared.contract.errors import EmbedderError
 
     monkeypatch.setattr(faust_fixes, "_applied", False)
     monkeypatch.setattr(faust_fixes, "installed_versions", lambda: {**faust_fixes.VERIFIED, "mode-streaming": "0.8.0"})

@@ -15,10 +15,10 @@ import pytest
 from backfill.direct import run_direct
 from backfill.selection import RunSelection
 from embedder import read_embeddings, read_embeddings_frame
-from shared.embedding_history import prune_versions, switch_history, versions_of
-from shared.embedding_store import set_cause, upsert_embeddings
-from shared.errors import BadArguments
-from shared.maintained_keys import record_absent
+from shared.contract.errors import BadArguments
+from shared.store.embedding_history import prune_versions, switch_history, versions_of
+from shared.store.embedding_store import set_cause, upsert_embeddings
+from shared.store.maintained_keys import record_absent
 from tests.support.cli import EMBEDDER
 from tests.support.markets import instant
 

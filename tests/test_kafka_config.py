@@ -6,8 +6,8 @@ import ssl
 
 import faust
 
-from shared.config import Settings
-from shared.kafka_config import faust_broker_options, kafka_python_config, topic_configs
+from shared.broker.kafka_config import faust_broker_options, kafka_python_config, topic_configs
+from shared.contract.config import Settings
 
 
 def settings(**kw) -> Settings:
@@ -100,7 +100,7 @@ def test_topics_are_created_with_their_retention_on_the_broker(kafka_bootstrap):
 
     from kafka.admin import ConfigResource, ConfigResourceType
 
-    from shared.topics import REPLAY_WINDOWS, admin_client, changelog_topic, ensure_topics
+    from shared.broker.topics import REPLAY_WINDOWS, admin_client, changelog_topic, ensure_topics
 
     tag = uuid.uuid4().hex[:8]
     s = Settings(

@@ -1,4 +1,4 @@
-"""`shared.kafka_retry.with_retries`: one line when Kafka stops answering and one when it answers again; a new
+"""`shared.broker.kafka_retry.with_retries`: one line when Kafka stops answering and one when it answers again; a new
 broker's coordinator start is said calmly (info), a lost broker as a warning; the deadline raises the last
 error; a refusal is not retried."""
 
@@ -9,7 +9,7 @@ import logging
 import pytest
 from kafka.errors import CoordinatorNotAvailableError, KafkaConnectionError
 
-from shared.kafka_retry import with_retries
+from shared.broker.kafka_retry import with_retries
 
 
 def failing(times: int, error: Exception):

@@ -7,7 +7,7 @@ import uuid
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from backfill.publisher import partition_for
+from shared.broker.publisher import partition_for
 from tests.support.helpers import wait_for
 
 

@@ -12,7 +12,7 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient
 
-from shared.topics import ensure_topics
+from shared.broker.topics import ensure_topics
 from tests.support.cli import EMBEDDER, settings_of
 from tests.support.helpers import wait_for
 from tests.support.markets import publish_backlog
@@ -160,9 +160,9 @@ def test_a_one_shot_run_ends_at_its_first_unreadable_sample(monkeypatch):
     """A reading that failed (a refused login, or no broker for its 10 s of patience) ends a one-shot `lag`:
     each further reading would wait as long again (a wrong password took 33 s to say so, three readings)."""
     from embedder import lag_command
-    from shared.config import Settings
-    from shared.lag import GroupLag, LagReport
-    from shared.lag_status import LagStatus
+    from shared.broker.lag import GroupLag, LagReport
+    from shared.broker.lag_status import LagStatus
+    from shared.contract.config import Settings
 
     readings: list[str] = []
 
@@ -184,7 +184,7 @@ def test_a_one_shot_run_ends_at_its_first_unreadable_sample(monkeypatch):
 
 
 def test_statuses_are_judged_as_burrow_does():
-    from shared.lag import STALL_EVIDENCE_SECONDS, Sample, judge, stall_pending
+    from shared.broker.lag import STALL_EVIDENCE_SECONDS, Sample, judge, stall_pending
 
     def samples(*pairs, apart=1.0):
         return [Sample(t * apart, c, e) for t, (c, e) in enumerate(pairs)]

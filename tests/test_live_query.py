@@ -12,8 +12,8 @@ import pytest
 from backfill.selection import RunSelection
 from live.queries import live_can_answer
 from live.relay import RELAY_LOCK, RelayHolder
-from shared.config import Settings
-from shared.models import DEFAULT_MODEL_ID
+from shared.contract.config import Settings
+from shared.contract.models import DEFAULT_MODEL_ID
 
 DAY = date(2019, 6, 28)
 

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from shared.topics import REPLAY_WINDOWS
+from shared.broker.topics import REPLAY_WINDOWS
 from tests.support.cli import EMBEDDER, run
 from tests.support.helpers import assert_same_embeddings, expected, load_synthetic, stored, wait_for
 from tests.support.markets import MODELS, live_market

@@ -8,11 +8,11 @@ from datetime import date, timedelta
 import psycopg
 import pytest
 
-import backfill.corrections as corrections
-from backfill.corrections import drain_once
+import live.corrections as corrections
 from live.bootstrap import reconcile_state_format
-from shared.embedding_store import upsert_embeddings
-from shared.maintained_keys import MaintainedKey, affected_keys, queue_recompute, record_absent
+from live.corrections import drain_once
+from shared.store.embedding_store import upsert_embeddings
+from shared.store.maintained_keys import MaintainedKey, affected_keys, queue_recompute, record_absent
 from tests.support.helpers import expected_from_rows, stored
 from tests.support.platform import add_instruments, insert_prices
 

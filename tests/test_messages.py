@@ -7,7 +7,8 @@ from datetime import date, timedelta
 import pytest
 
 from backfill.blocks import RowsOut, TickOut, plan
-from shared.messages import (
+from shared.broker.topics import partition_for
+from shared.contract.messages import (
     MAX_MESSAGE_BYTES,
     BadMessage,
     RowBatch,
@@ -17,8 +18,7 @@ from shared.messages import (
     loads,
     row_batches,
 )
-from shared.topics import partition_for
-from shared.validation import FUTURE_DATE, NON_POSITIVE_CLOSE, latest_trade_date
+from shared.contract.validation import FUTURE_DATE, NON_POSITIVE_CLOSE, latest_trade_date
 
 
 def test_row_batch_round_trip_with_rows_and_deletions():
@@ -118,7 +118,7 @@ def test_messages_read_alike_whichever_parser_reads_them():
     comes back as the float it is read as anyway.)"""
     import json as stdlib_json
 
-    from shared.messages import loads
+    from shared.contract.messages import loads
 
     usual = b'{"v":1,"run":"r","k":"rows","w":63,"r":[["A","2020-01-02",1.5,1e-05],["\\u00c9","2020-01-03",2,3]]}'
     assert loads(usual) == stdlib_json.loads(usual)
@@ -130,7 +130,7 @@ def test_messages_read_alike_whichever_parser_reads_them():
 
 
 def test_rows_encode_to_what_the_decoder_reads_back():
-    from shared.messages import row_wire
+    from shared.contract.messages import row_wire
 
     rows = [
         ("A", date(2020, 1, 2), 1.5, 1e-05),

@@ -7,7 +7,7 @@ import logging
 import psycopg
 import pytest
 
-from shared.migrate import upgrade
+from shared.store.migrate import upgrade
 
 PLATFORM_EMBEDDINGS = """
 CREATE TABLE numeric_window_embeddings (

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from shared.topics import ensure_topics
+from shared.broker.topics import ensure_topics
 from tests.support.cli import EMBEDDER, settings_of
 from tests.support.helpers import wait_for
 from tests.support.markets import publish_backlog

@@ -8,10 +8,10 @@ from datetime import date, timedelta
 
 import psycopg
 
-from backfill.parity_audit import ParityAudit, sweep_keys, sweep_share
 from backfill.recompute import rewrite_keys
-from shared.config import Settings
-from shared.maintained_keys import MaintainedKey
+from live.parity_audit import ParityAudit, sweep_keys, sweep_share
+from shared.contract.config import Settings
+from shared.store.maintained_keys import MaintainedKey
 from tests.support.helpers import expected, stored
 from tests.support.platform import add_instruments, insert_prices
 
@@ -125,7 +125,7 @@ def test_the_sweep_finds_a_stale_key_no_other_source_points_at(db_url):
             found += auditor.round(conn)
     assert [(f.entity_id, f.as_of_date) for f in found] == [("P", DATES[3])]
     with psycopg.connect(db_url, autocommit=True) as conn:
-        from backfill.corrections import drain_once
+        from live.corrections import drain_once
 
         assert drain_once(conn).rewritten.changed == 1
     assert stored(db_url) == expected(db_url, IDS, DATES, 63, [MODEL])

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from kafka import KafkaConsumer
 
-from shared.validation import FUTURE_DATE
+from shared.contract.validation import FUTURE_DATE
 from tests.support.cli import EMBEDDER, PLATFORM
 from tests.support.helpers import assert_same_embeddings, expected, stored, wait_for
 from tests.support.platform import (

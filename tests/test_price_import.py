@@ -110,7 +110,7 @@ def test_own_layout_updates_a_changed_row_and_maps_symbols_to_existing_ids(db_ur
 
 
 def test_missing_required_column_is_a_bad_argument(db_url, tmp_path):
-    from shared.errors import BadArguments
+    from shared.contract.errors import BadArguments
 
     f = write(tmp_path / "bad.csv", "Date,Open,High,Close,Name\n2020-01-02,1,2,1.5,X\n")
     with pytest.raises(BadArguments, match="no column for low, volume"):
@@ -158,10 +158,10 @@ def test_reimporting_real_data_changes_nothing(real_db_url):
 
 
 def test_a_future_trade_date_is_rejected_with_the_reason_the_stream_gives_it(db_url, tmp_path):
-    """One rule (shared/validation.py) for import and wire: a typo'd year is refused, not stored."""
+    """One rule (shared/contract/validation.py) for import and wire: a typo'd year is refused, not stored."""
     from datetime import timedelta
 
-    from shared.validation import FUTURE_DATE, latest_trade_date
+    from shared.contract.validation import FUTURE_DATE, latest_trade_date
 
     ok = latest_trade_date()  # tomorrow (UTC): some market has already closed that day
     f = write(

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from shared.encoder import LOOKBACK_FACTOR
-from shared.messages import LIVE_RUN, BadMessage, RowBatch, RunEnd, Tick
+from shared.contract.encoder import LOOKBACK_FACTOR
+from shared.contract.messages import LIVE_RUN, BadMessage, RowBatch, RunEnd, Tick
+from shared.contract.validation import NON_POSITIVE_CLOSE
 from shared.metrics import StreamMetrics
-from shared.price_history import History
-from shared.validation import NON_POSITIVE_CLOSE
+from shared.store.price_history import History
 from streams import window_store
 from streams.adapter import PricesAdapter
 from streams.lookback import window_of

@@ -18,7 +18,7 @@ from datetime import date
 
 import pytest
 
-from shared.topics import ensure_topics
+from shared.broker.topics import ensure_topics
 from tests.support.cli import EMBEDDER, settings_of
 from tests.support.helpers import load_synthetic, wait_for
 from tests.support.workers import alive, start_named_worker

@@ -12,8 +12,8 @@ import pytest
 
 from live.outbox import enqueue_tick
 from live.relay import OutboxRelay
-from shared.config import Settings
-from shared.messages import RowBatch, Tick
+from shared.contract.config import Settings
+from shared.contract.messages import RowBatch, Tick
 from tests.support.platform import add_instruments, insert_prices
 
 DAY = date(2019, 12, 20)

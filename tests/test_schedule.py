@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime, time, timedelta
 import psycopg
 
 from live.schedule import DayCount, TickScheduler, due_ticks
-from shared.config import MarketSchedule, Settings
+from shared.contract.config import MarketSchedule, Settings
 
 NY = "America/New_York"
 

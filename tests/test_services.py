@@ -10,7 +10,7 @@ import time
 import pytest
 
 from embedder.services.local import LocalServices
-from shared.config import LOCAL_DATABASE_URL, LOCAL_KAFKA_BOOTSTRAP
+from shared.contract.config import LOCAL_DATABASE_URL, LOCAL_KAFKA_BOOTSTRAP
 from tests.conftest import REPO
 
 

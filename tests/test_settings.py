@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from shared.config import Settings, redact_url, scrub_secret
+from shared.contract.config import Settings, redact_url, scrub_secret
 
 
 def test_environment_names_and_defaults(monkeypatch):

@@ -11,7 +11,7 @@ from datetime import date
 import numpy as np
 import psycopg
 
-from shared.messages import LIVE_RUN
+from shared.contract.messages import LIVE_RUN
 from streams.output import Embedding, EmbeddingBatch, TickDone
 from streams.sink import BatchingSink, SinkWriter
 

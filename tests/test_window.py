@@ -6,8 +6,8 @@ from datetime import date, timedelta
 
 import numpy as np
 
-from shared.encoder import embed, to_bytes
-from shared.models import get_model
+from shared.contract.encoder import embed, to_bytes
+from shared.contract.models import get_model
 from streams.state import RunPartition, TickRecord
 from streams.ticks import embeddings_at
 from streams.window import HEADER, Window, date_of, day_number, upsert_row, upsert_rows

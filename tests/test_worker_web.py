@@ -17,9 +17,9 @@ import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from backfill.publisher import PricePublisher
-from shared.messages import LIVE_RUN, PriceRow
-from shared.topics import ensure_topics
+from shared.broker.publisher import PricePublisher
+from shared.broker.topics import ensure_topics
+from shared.contract.messages import LIVE_RUN, PriceRow
 from tests.support.cli import EMBEDDER, settings_of
 from tests.support.helpers import load_synthetic, wait_for
 from tests.support.tcp_proxy import TcpProxy

@@ -5,7 +5,7 @@ computed before; a re-delivered tick is computed from state restored behind what
 correction read prices before a change that a faster writer already applied; a relay that lost its turn
 publishes rows it read before the next relay's. Each test below replays one of them at a chosen step and
 checks the table ends equal to SPEC section 3 over the prices as they are — and each fails when the
-fencing (`computed_from` in `shared.embedding_store`, the window's stamp in `streams.processor`) is removed.
+fencing (`computed_from` in `shared.store.embedding_store`, the window's stamp in `streams.processor`) is removed.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from datetime import date, timedelta
 import psycopg
 
 import backfill.recompute as recompute
-from backfill.corrections import drain_once
 from backfill.recompute import rewrite_keys
-from shared.embedding_store import set_cause, write_embeddings
-from shared.maintained_keys import MaintainedKey, queue_recompute, write_absent
-from shared.messages import LIVE_RUN, RowBatch, Tick
-from shared.write_claims import next_round, stamp
+from live.corrections import drain_once
+from shared.contract.messages import LIVE_RUN, RowBatch, Tick
+from shared.store.embedding_store import set_cause, write_embeddings
+from shared.store.maintained_keys import MaintainedKey, queue_recompute, write_absent
+from shared.store.write_claims import next_round, stamp
 from streams.sink import SinkWriter
 from tests.support.cli import EMBEDDER
 from tests.support.fakes import Table, World
@@ -322,7 +322,7 @@ def test_an_upgrade_from_the_previous_release_keeps_its_rows_and_fences_from_the
     from yoyo import read_migrations
     from yoyo.migrations import MigrationList
 
-    from shared.migrate import MIGRATIONS_DIR, _backend, upgrade
+    from shared.store.migrate import MIGRATIONS_DIR, _backend, upgrade
 
     url = database_factory("upgrade_fencing")
     backend = _backend(url)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from embedder.services.process import ServiceError, describe, pid_alive, poll_until, port_open, run, wait_until
-from shared.config import LOCAL_KAFKA_PORT
+from shared.contract.config import LOCAL_KAFKA_PORT
 
 POM = Path(__file__).with_name("pom.xml")
 MAIN_CLASS = "kafka.Kafka"

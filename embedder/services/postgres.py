@@ -18,7 +18,7 @@ from embedder.services.process import (
     run,
     wait_until,
 )
-from shared.config import LOCAL_POSTGRES_PORT
+from shared.contract.config import LOCAL_POSTGRES_PORT
 
 SERVER_USER = "postgres"  # the OS user that runs the server when we are root
 DB_USER = "embedder"

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from shared.errors import EmbedderError
+from shared.contract.errors import EmbedderError
 
 
 class ServiceError(EmbedderError):

@@ -13,9 +13,9 @@ import sys
 from backfill.selection import RunSelection
 from embedder.exit_codes import run_with_exit_codes
 from embedder.replay_command import run_replay
-from shared.config import load_settings
-from shared.live_layout import resolve_if_reachable
-from shared.models import DEFAULT_MODEL_ID
+from shared.contract.config import load_settings
+from shared.contract.models import DEFAULT_MODEL_ID
+from shared.store.live_layout import resolve_if_reachable
 
 PROG = "backfill_numeric_embeddings"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from shared.config import Settings
+from shared.contract.config import Settings
 
 EMBEDDER = [sys.executable, "-m", "embedder.cli"]
 PLATFORM = [sys.executable, "-m", "prometheus.scripts.backfill_numeric_embeddings"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from types import SimpleNamespace
 
-from shared.messages import encode
+from shared.contract.messages import encode
 from streams.registry import StaticRegistry
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import psycopg
 
-from backfill.publisher import PricePublisher
-from shared.messages import RowBatch
+from shared.broker.publisher import PricePublisher
+from shared.contract.messages import RowBatch
 from tests.support.helpers import load_synthetic
 
 MODELS = ["numeric-simple-v1", "num-regime-core-v1"]

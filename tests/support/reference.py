@@ -1,4 +1,4 @@
-"""A plain-loop implementation of SPEC section 3, written independently of shared.encoder.
+"""A plain-loop implementation of SPEC section 3, written independently of shared.contract.encoder.
 
 Tests compare every path's bytes with this one.
 """

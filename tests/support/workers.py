@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 
 from benchmarks.proc_cpu import processes
-from shared.topics import admin_client
+from shared.broker.topics import admin_client
 from tests.support.cli import EMBEDDER, run, settings_of
 from tests.support.helpers import wait_for
 from tests.support.markets import MODELS

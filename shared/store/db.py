@@ -11,8 +11,8 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg import sql
 
-from shared.config import redact_url, scrub_secret
-from shared.errors import EmbedderError, ServiceUnavailable
+from shared.contract.config import redact_url, scrub_secret
+from shared.contract.errors import EmbedderError, ServiceUnavailable
 
 T = TypeVar("T")
 log = logging.getLogger("embedder.db")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import ssl
 from typing import Any
 
-from shared.config import Settings
+from shared.contract.config import Settings
 
 
 def kafka_python_config(settings: Settings) -> dict[str, Any]:
@@ -17,7 +17,7 @@ def kafka_python_config(settings: Settings) -> dict[str, Any]:
         "security_protocol": settings.kafka_security_protocol,
         # kafka-python's clients connect in their constructor and keep trying until a bootstrap deadline of
         # 30 s: a broker that is down (or a refused login) would hold every command that long before it could
-        # say so. 10 s, and an outage is retried by the caller (shared.kafka_retry) within its own deadline.
+        # say so. 10 s, and an outage is retried by the caller (shared.broker.kafka_retry) within its own deadline.
         "bootstrap_timeout_ms": 10_000,
     }
     if settings.kafka_security_protocol.startswith("SASL"):

@@ -11,9 +11,9 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from shared.config import Settings
-from shared.errors import ServiceUnavailable
-from shared.kafka_config import kafka_python_config, topic_configs
+from shared.broker.kafka_config import kafka_python_config, topic_configs
+from shared.contract.config import Settings
+from shared.contract.errors import ServiceUnavailable
 
 if TYPE_CHECKING:
     from kafka.admin import KafkaAdminClient
@@ -39,7 +39,7 @@ def admin_client(settings: Settings) -> KafkaAdminClient:
 
 STATE_FORMAT = 4
 """The format of the worker's state (`streams/state.py`, windows kept in chunks by `streams/window_store.py`):
-4 adds each window's stamp (`shared.write_claims`), 3 kept no stamp, 2 kept each window as one value, 1 was
+4 adds each window's stamp (`shared.store.write_claims`), 3 kept no stamp, 2 kept each window as one value, 1 was
 the unversioned tables of the releases before it. Table names
 carry it, so a worker never reads state of another format; the database records which format a worker
 group holds (`live.bootstrap.reconcile_state_format`), and a worker meeting
@@ -59,7 +59,7 @@ WINDOWS, RUNS, REPLAY_WINDOWS, REPLAY_RUNS = (
 def stream_tables(generation: int = 0) -> tuple[str, str, str, str]:
     """(windows, runs, replay windows, replay runs): the worker's Faust tables in a live layout generation
     (their changelogs are made by `ensure_topics` with the source topic's partition count)
-    (`shared.live_layout`; a repartition starts a new one, so no worker reads state partitioned otherwise)."""
+    (`shared.store.live_layout`; a repartition starts a new one, so no worker reads state partitioned otherwise)."""
     suffix = f"_g{generation}" if generation else ""
     return (f"{WINDOWS}{suffix}", f"{RUNS}{suffix}", f"{REPLAY_WINDOWS}{suffix}", f"{REPLAY_RUNS}{suffix}")
 
@@ -91,11 +91,11 @@ def wait_until_known(admin: KafkaAdminClient, names: set[str], timeout: float = 
 
 def ensure_topics(settings: Settings) -> None:
     """Create the prices, dead-letter and changelog topics where missing (idempotent); rides out a broker
-    loss (`shared.kafka_retry`)."""
+    loss (`shared.broker.kafka_retry`)."""
     from kafka.admin import KafkaAdminClient, NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
-    from shared.kafka_retry import RETRIABLE, with_retries
+    from shared.broker.kafka_retry import RETRIABLE, with_retries
 
     def attempt() -> None:
         admin = KafkaAdminClient(**kafka_python_config(settings), request_timeout_ms=15000)

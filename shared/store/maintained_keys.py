@@ -4,7 +4,7 @@ A *maintained key* is `(entity_id, as_of_date, model_id)` with its `window_days`
 for — whatever wrote it (live ticks, replays, `replay --direct`, the platform command, a legacy INSERT):
 
 - every stored row of entity_type INSTRUMENT whose `window_spec` names its window (SQL function
-  `embedder_window_days`) and whose model is known (`shared.models`); the window is the row's own;
+  `embedder_window_days`) and whose model is known (`shared.contract.models`); the window is the row's own;
 - every key a run asked for whose window had too little history, recorded in
   `embedder_absent_embeddings` (so a later INSERT of older history brings its row in).
 
@@ -22,10 +22,10 @@ from datetime import date, timedelta
 
 import psycopg
 
-from shared.db import copy_rows, one
-from shared.embedding_store import ENTITY_TYPE, REFUSED_SETTING, WriteResult, not_older, note_refusals
-from shared.encoder import LOOKBACK_FACTOR
-from shared.models import MODELS
+from shared.contract.encoder import LOOKBACK_FACTOR
+from shared.contract.models import MODELS
+from shared.store.db import copy_rows, one
+from shared.store.embedding_store import ENTITY_TYPE, REFUSED_SETTING, WriteResult, not_older, note_refusals
 
 ABSENT_STAGING = "absent_staging"
 
@@ -135,7 +135,7 @@ def record_absent(conn: psycopg.Connection, keys: Iterable[tuple], claim: int | 
 
 def write_absent(conn: psycopg.Connection, keys: Iterable[tuple], claim: int | None = None) -> WriteResult:
     """Record keys that have no embedding (too little history) and delete their stored rows, in the
-    caller's transaction, fenced like every write (`shared.embedding_store.write_embeddings`): a key
+    caller's transaction, fenced like every write (`shared.store.embedding_store.write_embeddings`): a key
     whose stored row or absent record was computed from newer prices is left alone (counted refused).
     Keys are `(entity_id, as_of_date, model_id, window_days[, claim])`; `changed` counts the stored rows
     deleted."""
@@ -162,7 +162,7 @@ def write_absent(conn: psycopg.Connection, keys: Iterable[tuple], claim: int | N
             [latest[k] for k in sorted(latest)],
             ("text", "date", "text", "int4", "int8"),
         )
-        # Fenced like the upsert (`shared.embedding_store.write_embeddings`): a key whose stored row, or absent
+        # Fenced like the upsert (`shared.store.embedding_store.write_embeddings`): a key whose stored row, or absent
         # record, was computed from newer prices is refused, and embedder_refused() counts it. The EXISTS
         # probe has a LIMIT so it stays an index probe per key, whatever the table's statistics say.
         _, refused = one(
@@ -200,7 +200,7 @@ def write_absent(conn: psycopg.Connection, keys: Iterable[tuple], claim: int | N
 
 
 def queue_recompute(conn: psycopg.Connection, changes: Sequence[tuple[str, date]]) -> int:
-    """Queue `(instrument_id, trade_date)` changes for the database path (`backfill.corrections`), in the
+    """Queue `(instrument_id, trade_date)` changes for the database path (`live.corrections`), in the
     caller's transaction: every maintained key they reach is recomputed from `prices_daily`. A change
     queued again gets a new sequence number, so a recomputation running meanwhile keeps it queued."""
     unique = sorted(set(changes))

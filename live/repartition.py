@@ -1,6 +1,6 @@
 """`embedder live repartition N`: move the live service to N partitions, with no tick lost.
 
-The new layout is a new generation (`shared.live_layout`): its prices topic and changelogs are created
+The new layout is a new generation (`shared.store.live_layout`): its prices topic and changelogs are created
 here first (so a broker problem is an error before anything changes), then one transaction records it
 and puts back in the outbox the live ticks the old layout has not committed on every partition (their
 commits are forgotten: the new layout computes them whole). Workers see the new generation within
@@ -18,11 +18,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from shared.config import Settings
-from shared.db import connection, one
-from shared.errors import BadArguments
-from shared.live_layout import LiveLayout, record_layout, with_layout
-from shared.topics import ensure_topics
+from shared.broker.topics import ensure_topics
+from shared.contract.config import Settings
+from shared.contract.errors import BadArguments
+from shared.store.db import connection, one
+from shared.store.live_layout import LiveLayout, record_layout, with_layout
 
 log = logging.getLogger("embedder.repartition")
 MAX_PARTITIONS = 1024

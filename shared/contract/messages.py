@@ -3,7 +3,7 @@
 Compact JSON with a version field. `decode` raises BadMessage with a reason for
 a message that cannot be processed at all, so the stream can dead-letter it
 instead of crashing or dropping it. A row batch is checked row by row with
-`shared.validation.row_problem` (the rule `prices import` applies too): its bad
+`shared.contract.validation.row_problem` (the rule `prices import` applies too): its bad
 rows come back in `RowBatch.rejected` and cost only themselves.
 """
 
@@ -19,8 +19,8 @@ from typing import Annotated, Any, Literal, NamedTuple, Union, cast
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
-from shared.errors import EmbedderError
-from shared.validation import date_problem, id_problem, key_problem, latest_trade_date, row_problem
+from shared.contract.errors import EmbedderError
+from shared.contract.validation import date_problem, id_problem, key_problem, latest_trade_date, row_problem
 
 VERSION: Literal[1] = 1
 MAX_MESSAGE_BYTES = 64 * 1024
@@ -104,7 +104,7 @@ class Tick(_Base):
     instrument_ids: tuple[str, ...] | None = Field(default=None, alias="ids")
     """A query's selection: the market's instruments cut by offset/limit, or these ids."""
     stamp: int | None = Field(default=None, alias="f", ge=0)
-    """The claim of what the tick computes (`shared.write_claims`): every message before it in each
+    """The claim of what the tick computes (`shared.store.write_claims`): every message before it in each
     partition has been applied. None from a release before claims."""
     lookback_from_db: bool | None = Field(default=None, alias="db")
     """A query older than the live windows keep (`instrument_ids` required): each partition reads its
@@ -155,7 +155,7 @@ class RowBatch:
     """Days the run's windows keep beyond one look-back (a replay's block length); None: the
     worker's `retention_slack_days`."""
     stamp: int | None = None
-    """Where these rows were read (`shared.write_claims`): a window never takes rows older than it holds,
+    """Where these rows were read (`shared.store.write_claims`): a window never takes rows older than it holds,
     and corrections they cause claim it. None from a release before claims."""
     wire: list[bytes] | None = field(default=None, compare=False, repr=False)
     """The rows already encoded (`row_wire`), when the sender has them: encoded once, not twice."""

@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import psycopg
 
-from shared.embedding_store import ENTITY_TYPE
-from shared.errors import BadArguments, EmbedderError, ServiceUnavailable
-from shared.instruments import market_cut
-from shared.models import validate_models
+from shared.contract.errors import BadArguments, EmbedderError, ServiceUnavailable
+from shared.contract.models import validate_models
+from shared.store.embedding_store import ENTITY_TYPE
+from shared.store.instruments import market_cut
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -219,7 +219,7 @@ def read_embeddings_frame(model_id: str, **selection: Any) -> pd.DataFrame:
 
 
 def default_database_url() -> str:
-    from shared.config import load_settings
+    from shared.contract.config import load_settings
 
     return load_settings().database_url
 
@@ -231,7 +231,7 @@ def resolve(database_url: str, query: EmbeddingQuery, market_id: str | None) -> 
         raise BadArguments("give instruments or market_id, not both")
     if market_id is None and query.known_at is None:
         return query
-    from shared.db import connection
+    from shared.store.db import connection
 
     with connection(database_url) as conn:
         if query.known_at is not None:
@@ -322,7 +322,7 @@ def iter_batches(database_url: str, query: EmbeddingQuery) -> Iterator[pa.Record
     try:
         conn = adbc.connect(database_url)
     except AdbcError as e:
-        from shared.config import redact_url, scrub_secret
+        from shared.contract.config import redact_url, scrub_secret
 
         raise ServiceUnavailable(
             f"cannot connect to PostgreSQL at {redact_url(database_url)}: "
@@ -344,7 +344,7 @@ def small_read(database_url: str, query: EmbeddingQuery) -> Iterator[pa.RecordBa
     the read."""
     import pyarrow as pa
 
-    from shared.db import connection
+    from shared.store.db import connection
 
     sql, params = select_sql(query)
     with connection(database_url) as conn, conn.cursor(binary=True) as cur:

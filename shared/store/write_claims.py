@@ -13,7 +13,7 @@ publishes in a round gets the next index. So:
   the last position of that round (each change of the round committed before the round was numbered).
 
 The store keeps the claim beside the row (`computed_from`) and refuses, in the upsert itself, a write
-whose claim is lower than the stored one (`shared.embedding_store`). Claiming less than one read is
+whose claim is lower than the stored one (`shared.store.embedding_store`). Claiming less than one read is
 always safe (such a write may lose to one that saw as much); claiming more never happens by
 construction. Every captured change is published in a later round with a higher claim, and reaches the
 stored keys through the stream or the correction path, so the newest computation is always the last
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import psycopg
 
-from shared.db import one
+from shared.store.db import one
 
 INDEX_BITS = 20
 LAST_INDEX = (1 << INDEX_BITS) - 1

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from yoyo import get_backend, read_migrations
 
-from shared.config import redact_url, scrub_secret
-from shared.errors import ServiceUnavailable
+from shared.contract.config import redact_url, scrub_secret
+from shared.contract.errors import ServiceUnavailable
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 import threading
 
-from shared.config import Settings
-from shared.errors import EmbedderError
+from shared.contract.config import Settings
+from shared.contract.errors import EmbedderError
 
 SIGNS = {
     "SaslAuthenticationFailed": "Kafka refused the credentials (authentication failed): check "
@@ -73,7 +73,7 @@ def probe(settings: Settings) -> str | None:
     import socket
     import ssl
 
-    from shared.kafka_config import ssl_context
+    from shared.broker.kafka_config import ssl_context
 
     protocol = settings.kafka_security_protocol
     if not protocol.startswith("SASL") and protocol != "SSL":

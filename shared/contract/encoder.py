@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from shared.models import ModelSpec
+from shared.contract.models import ModelSpec
 
 LOOKBACK_FACTOR = 3
 MIN_HISTORY_FRACTION = 0.87

@@ -13,11 +13,11 @@ from datetime import date, datetime
 import numpy as np
 import psycopg
 
-from shared.db import one
-from shared.embedding_store import ENTITY_TYPE
+from shared.store.db import one
+from shared.store.embedding_store import ENTITY_TYPE
 
 CAUSE_KINDS = frozenset({"live", "correction", "replay", "query", "direct", "repair", "sql"})
-"""Why embeddings change (`shared.embedding_store.set_cause`; "sql" for writers outside the project)."""
+"""Why embeddings change (`shared.store.embedding_store.set_cause`; "sql" for writers outside the project)."""
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from datetime import date
 
 import psycopg
 
-from shared.db import one
+from shared.store.db import one
 
 SELECTABLE = "asset_class = 'EQUITY' AND status = 'ACTIVE'"
 """The SQL condition of an instrument a market selection takes (columns of `instruments`)."""

@@ -13,7 +13,7 @@ from datetime import date
 
 import psycopg
 
-from shared.db import copy_rows, one
+from shared.store.db import copy_rows, one
 
 ENTITY_TYPE = "INSTRUMENT"
 STAGING = "embeddings_staging"
@@ -79,7 +79,7 @@ def ensure_staging(cur: psycopg.Cursor) -> None:
 @dataclass(frozen=True)
 class WriteResult:
     """What a fenced write did: rows inserted or changed, and rows refused because the table held one
-    computed from newer prices (`shared.write_claims`)."""
+    computed from newer prices (`shared.store.write_claims`)."""
 
     changed: int = 0
     refused: int = 0
@@ -118,8 +118,8 @@ def write_embeddings(
     two can never win later).
 
     Rows are EmbeddingRow or tuples `(entity_id, as_of_date, model_id, window_days, vector[, claim])`
-    (`claim` is every row's claim where the row has none: `shared.write_claims`). A key written here is
-    no longer an absent one (`shared.maintained_keys`). The caller commits; on failure nothing of this
+    (`claim` is every row's claim where the row has none: `shared.store.write_claims`). A key written here is
+    no longer an absent one (`shared.store.maintained_keys`). The caller commits; on failure nothing of this
     batch is visible."""
     staged = _staged(rows, claim)
     if not staged:

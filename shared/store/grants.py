@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-from shared.db import one
+from shared.store.db import one
 
 PLATFORM_READS = ("instruments", "prices_daily")
 EMBEDDINGS = "numeric_window_embeddings"
@@ -42,7 +42,7 @@ def schema_of(conn: psycopg.Connection) -> str:
         (EMBEDDINGS,),
     ).fetchone()
     if row is None:
-        from shared.errors import EmbedderError
+        from shared.contract.errors import EmbedderError
 
         raise EmbedderError(f"no {EMBEDDINGS} on this connection's search_path: run `embedder db upgrade` first")
     return str(row[0])
@@ -146,7 +146,7 @@ def apply_grants(conn: psycopg.Connection, planned: list[Grant]) -> None:
     not grant a privilege (the database or schema belongs to someone else): that is fine when the role holds it
     already (PUBLIC's CONNECT and TEMPORARY on a database, by default), and an error naming the statement if not,
     rather than a service role that fails later."""
-    from shared.errors import EmbedderError
+    from shared.contract.errors import EmbedderError
 
     skipped: list[str] = []
 

@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING
 
 import psycopg
 
-from shared.db import connection, one
-from shared.errors import EmbedderError
+from shared.contract.errors import EmbedderError
+from shared.store.db import connection, one
 
 if TYPE_CHECKING:
-    from shared.lag import GroupLag, LagMonitor
+    from shared.broker.lag import GroupLag, LagMonitor
 
 
 @dataclass

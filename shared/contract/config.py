@@ -23,8 +23,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.errors import BadArguments
-from shared.models import validate_models
+from shared.contract.errors import BadArguments
+from shared.contract.models import validate_models
 
 
 class BadSettings(BadArguments):
@@ -109,7 +109,7 @@ class Settings(BaseSettings):
     dead_letter_topic: str = "embedder.dead-letter"
     partitions: int = Field(default=8, ge=1)
     live_generation: int = Field(default=0, ge=0)
-    """Set from the database's live layout (`shared.live_layout`), not by hand: which partitioning of the
+    """Set from the database's live layout (`shared.store.live_layout`), not by hand: which partitioning of the
     prices topic and the worker's state the live service runs (a repartition starts a new one)."""
     window_days: int = Field(default=63, ge=1)
     services_dir: Path = Path(".services")

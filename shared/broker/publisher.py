@@ -7,11 +7,11 @@ from typing import Any
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
-from shared.config import Settings
-from shared.errors import ServiceUnavailable
-from shared.kafka_config import kafka_python_config
-from shared.messages import PriceRow, RowBatch, RunEnd, Tick, encode
-from shared.topics import partition_for
+from shared.broker.kafka_config import kafka_python_config
+from shared.broker.topics import partition_for
+from shared.contract.config import Settings
+from shared.contract.errors import ServiceUnavailable
+from shared.contract.messages import PriceRow, RowBatch, RunEnd, Tick, encode
 
 __all__ = ["PricePublisher", "partition_for"]
 
@@ -44,7 +44,7 @@ class PricePublisher:
         self._pending.append(self.producer.send(self.topic, value=encode(batch), partition=partition))
 
     def dead_letter(self, record: bytes) -> None:
-        """A record for the dead-letter topic (see `shared.messages.dead_letter_record`)."""
+        """A record for the dead-letter topic (see `shared.contract.messages.dead_letter_record`)."""
         self._pending.append(self.producer.send(self.dead_letter_topic, value=record))
 
     def tick(self, tick: Tick | RunEnd) -> None:

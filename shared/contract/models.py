@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared.errors import UnknownModel
+from shared.contract.errors import UnknownModel
 
 CORE_DIMENSION = 384
 

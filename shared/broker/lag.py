@@ -32,11 +32,11 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient, OffsetSpec
 from kafka.errors import KafkaError, UnknownTopicOrPartitionError
 
-from shared.config import Settings
-from shared.errors import ServiceUnavailable
-from shared.kafka_config import kafka_python_config
-from shared.kafka_retry import with_retries
-from shared.lag_status import LagStatus, worst
+from shared.broker.kafka_config import kafka_python_config
+from shared.broker.kafka_retry import with_retries
+from shared.broker.lag_status import LagStatus, worst
+from shared.contract.config import Settings
+from shared.contract.errors import ServiceUnavailable
 
 
 class _FaustMetadataNoise(logging.Filter):

@@ -3,7 +3,7 @@
 The stream recomputes what its live windows remember; history older than they keep, rows written by
 other paths (replays, `replay --direct`, the platform command, a previous release) and state lost with
 a state folder or changelogs are the database's to maintain. The relay queues each captured change
-that reaches a maintained key (`shared.maintained_keys`) in `embedder_recompute_queue`; this loop takes
+that reaches a maintained key (`shared.store.maintained_keys`) in `embedder_recompute_queue`; this loop takes
 the queue in order, a few instruments per transaction, recomputes the keys each change reaches from
 `prices_daily` (`backfill.recompute`), writes what differs and deletes the queue entries it took, all
 in one transaction: a kill -9 leaves them queued, and doing one twice changes nothing. Memory is
@@ -24,12 +24,12 @@ from datetime import date
 import psycopg
 
 from backfill.recompute import Rewritten, rewrite_keys
-from shared.config import Settings
-from shared.db import connect, one
-from shared.embedding_store import price_changes, set_cause
-from shared.errors import EmbedderError
-from shared.maintained_keys import MaintainedKey, affected_keys
+from shared.contract.config import Settings
+from shared.contract.errors import EmbedderError
 from shared.metrics import StreamMetrics
+from shared.store.db import connect, one
+from shared.store.embedding_store import price_changes, set_cause
+from shared.store.maintained_keys import MaintainedKey, affected_keys
 
 log = logging.getLogger("embedder.corrections")
 RECOMPUTE_LOCK = 727_003  # pg advisory lock key: one correction loop per database

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-from shared.config import Settings
+from shared.contract.config import Settings
 
 log = logging.getLogger("embedder.layout")
 GENERATION_SUFFIX = re.compile(r"\.g\d+$")

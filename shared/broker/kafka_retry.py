@@ -17,7 +17,7 @@ from typing import TypeVar
 
 from kafka.errors import CoordinatorNotAvailableError, KafkaError
 
-from shared.kafka_refusals import raise_if_refused
+from shared.broker.kafka_refusals import raise_if_refused
 
 T = TypeVar("T")
 log = logging.getLogger("embedder.kafka")

@@ -2,7 +2,7 @@
 
 Records are written by the worker (a message, or one row of a batch) and by the
 live relay (a captured row, with its `prices_outbox` id); see
-`shared.messages.dead_letter_record`. Delivery is at least once, so the same row
+`shared.contract.messages.dead_letter_record`. Delivery is at least once, so the same row
 can be reported more than once: `distinct_rows` counts each (row, reason) once.
 """
 
@@ -17,11 +17,11 @@ from datetime import UTC, datetime, timedelta
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
-from shared.config import Settings
-from shared.errors import BadArguments, ServiceUnavailable
-from shared.kafka_config import kafka_python_config
-from shared.kafka_refusals import topic_partitions
-from shared.kafka_retry import with_retries
+from shared.broker.kafka_config import kafka_python_config
+from shared.broker.kafka_refusals import topic_partitions
+from shared.broker.kafka_retry import with_retries
+from shared.contract.config import Settings
+from shared.contract.errors import BadArguments, ServiceUnavailable
 
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}

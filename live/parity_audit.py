@@ -27,13 +27,13 @@ from psycopg.types.json import Jsonb
 from backfill.recompute import Key, expected_vectors
 from backfill.verify import Finding, compare
 from shared.background import start_when_ready
-from shared.config import Settings
-from shared.db import connect, one
-from shared.embedding_store import ENTITY_TYPE
-from shared.errors import EmbedderError
-from shared.maintained_keys import MaintainedKey, affected_keys, queue_recompute
+from shared.contract.config import Settings
+from shared.contract.errors import EmbedderError
+from shared.contract.models import MODELS
 from shared.metrics import StreamMetrics
-from shared.models import MODELS
+from shared.store.db import connect, one
+from shared.store.embedding_store import ENTITY_TYPE
+from shared.store.maintained_keys import MaintainedKey, affected_keys, queue_recompute
 
 log = logging.getLogger("embedder.parity")
 MAX_CORRECTION_KEYS = 20_000

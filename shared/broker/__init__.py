@@ -1,0 +1,1 @@
+"""Kafka: client settings, topics, publishing, retries and refusals, consumer lag, dead letters."""
