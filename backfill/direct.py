@@ -15,7 +15,8 @@ from backfill.selection import RunSelection
 from shared.contract.encoder import apply_model, encode_windows, lookback_start
 from shared.store.db import connection
 from shared.store.embedding_store import set_cause, write_embeddings
-from shared.store.maintained_keys import outbox_position, queue_changes_since, write_absent
+from shared.store.maintained_keys import queue_changes_since, write_absent
+from shared.store.outbox import outbox_position
 from shared.store.price_history import read_histories
 from shared.store.write_claims import read_claim
 

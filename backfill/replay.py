@@ -29,7 +29,8 @@ from shared.contract.encoder import lookback_start
 from shared.contract.errors import EmbedderError
 from shared.contract.messages import RowBatch, RunEnd, Tick
 from shared.store.db import connection
-from shared.store.maintained_keys import outbox_position, queue_changes_since
+from shared.store.maintained_keys import queue_changes_since
+from shared.store.outbox import outbox_position
 from shared.store.tick_commits import ReplayHooks, StreamResult, wait_for_run
 from shared.store.write_claims import read_claim
 

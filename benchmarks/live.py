@@ -17,7 +17,7 @@ import psycopg
 
 from backfill.worker_process import wait_caught_up as caught_up
 from backfill.worker_process import worker_env
-from live.outbox import enqueue_tick
+from live.bootstrap import enqueue_tick
 from shared.contract.config import Settings
 
 

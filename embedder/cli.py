@@ -369,7 +369,7 @@ def tick(
     of instruments not loaded yet, so it cannot overtake them.
     """
     from backfill.selection import parse_date
-    from live.outbox import enqueue_tick
+    from live.bootstrap import enqueue_tick
     from shared.contract.models import validate_models
     from shared.contract.validation import date_problem
     from shared.store.db import connection

@@ -8,11 +8,11 @@ from datetime import date
 from rich.table import Table
 
 from embedder.console import out
-from live.outbox import recapture
 from shared.broker.dead_letters import DeadLetterReport, parse_since, read_dead_letters
 from shared.contract.config import Settings
 from shared.contract.messages import LIVE_RUN
 from shared.store.db import connection
+from shared.store.outbox import recapture
 
 
 def run_dead_letters(settings: Settings, since: str | None, as_json: bool, limit: int, redrive: bool) -> None:

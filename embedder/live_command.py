@@ -8,11 +8,11 @@ from embedder.console import err, out, progress
 from live.bootstrap import progress as bootstrap_progress
 from live.bootstrap import queue_bootstrap, reset_bootstrap
 from live.capture import capture_state, start_capture, stop_capture
-from live.outbox import outbox_backlog
 from live.relay import relay_holder
 from shared.contract.config import Settings
 from shared.contract.errors import EmbedderError
 from shared.store.db import connection
+from shared.store.outbox import outbox_backlog
 
 NO_RELAY_PATIENCE = 15.0
 

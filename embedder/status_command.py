@@ -15,7 +15,6 @@ import psycopg
 from embedder.console import out
 from live.bootstrap import progress as bootstrap_progress
 from live.capture import capture_state
-from live.outbox import outbox_backlog
 from live.relay import relay_holder
 from shared.broker.dead_letters import count_since, parse_since
 from shared.contract.config import Settings
@@ -24,6 +23,7 @@ from shared.contract.messages import LIVE_RUN
 from shared.store.db import connection, one
 from shared.store.embedding_history import history_state, revisions_by_day
 from shared.store.embedding_store import refusals_by_day
+from shared.store.outbox import outbox_backlog
 from shared.store.write_claims import relay_round
 
 

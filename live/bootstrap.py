@@ -30,6 +30,7 @@ import psycopg
 from shared.contract.validation import latest_trade_date
 from shared.store.db import one
 from shared.store.instruments import SELECTABLE, newest_trade_date_sql
+from shared.store.outbox import insert_snapshot, insert_tick, renumber_waiting_ticks, wake_relay
 
 log = logging.getLogger("embedder.bootstrap")
 BOOTSTRAP_LOCK = 727_002  # pg advisory lock: one transaction queues snapshots (or a tick) at a time
@@ -78,7 +79,7 @@ def queue_bootstrap(
             )
         ]
         for start in range(0, len(ids), chunk):
-            (outbox_id,) = one(conn.execute("INSERT INTO prices_outbox (kind) VALUES ('snapshot') RETURNING id"))
+            outbox_id = insert_snapshot(conn)
             conn.execute(
                 """INSERT INTO embedder_bootstrap (instrument_id, outbox_id, resync)
                             SELECT unnest(%s::text[]), %s, %s""",
@@ -242,17 +243,24 @@ def move_ticks_behind(conn: psycopg.Connection) -> int:
     """Give ticks still waiting in the outbox new ids, in their order, so they come after everything
     queued so far (a tick queued while the service was away, or before a repartition, must not compute
     from windows not reloaded yet). Returns how many moved."""
-    waiting = [
-        r[0]
-        for r in conn.execute("SELECT id FROM prices_outbox WHERE kind = 'tick' AND published_at IS NULL ORDER BY id")
-    ]
-    for old in waiting:
-        (new,) = one(
-            conn.execute(
-                """UPDATE prices_outbox SET id = nextval(pg_get_serial_sequence('prices_outbox', 'id'))
-               WHERE id = %s RETURNING id""",
-                (old,),
-            )
-        )
+    moved = renumber_waiting_ticks(conn)
+    for old, new in moved:
         conn.execute("UPDATE embedder_scheduled_ticks SET outbox_id = %s WHERE outbox_id = %s", (new, old))
-    return len(waiting)
+    return len(moved)
+
+
+def enqueue_tick(
+    conn: psycopg.Connection,
+    as_of: date,
+    window_days: int,
+    model_ids: list[str],
+    market_id: str | None = None,
+    chunk: int = CHUNK_INSTRUMENTS,
+) -> int:
+    """Queue a live tick behind every row already committed to the outbox, and behind the bootstrap
+    of every instrument not loaded yet (so it never computes from a window still missing its
+    history); returns its outbox id."""
+    with conn.transaction():
+        queue_bootstrap(conn, chunk=chunk)
+        wake_relay(conn)
+        return insert_tick(conn, as_of, window_days, model_ids, market_id)

@@ -11,14 +11,14 @@ from datetime import date
 
 import psycopg
 
-from live.bootstrap import queue_bootstrap
+from live.bootstrap import enqueue_tick, queue_bootstrap
 from live.capture import capture_state, heartbeat
-from live.outbox import enqueue_tick, outbox_backlog, prune_outbox
 from shared.contract.config import Settings
 from shared.contract.messages import is_deletion
 from shared.metrics import StreamMetrics
 from shared.store.db import one
 from shared.store.embedding_history import CAUSE_KINDS, prune_versions, revisions_today
+from shared.store.outbox import outbox_backlog, prune_outbox
 
 log = logging.getLogger("embedder.outbox")
 

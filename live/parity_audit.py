@@ -34,6 +34,7 @@ from shared.metrics import StreamMetrics
 from shared.store.db import connect, one
 from shared.store.embedding_store import ENTITY_TYPE
 from shared.store.maintained_keys import MaintainedKey, affected_keys, queue_recompute
+from shared.store.outbox import changes_published_since
 
 log = logging.getLogger("embedder.parity")
 MAX_CORRECTION_KEYS = 20_000
@@ -120,12 +121,7 @@ def keys_revised_since(conn: psycopg.Connection, since: datetime, n: int) -> lis
 
 def keys_of_changed_prices(conn: psycopg.Connection, since: datetime, n: int) -> list[MaintainedKey]:
     """About `n` maintained keys (drawn at random) that the price changes published since `since` reach."""
-    changes = conn.execute(
-        """SELECT DISTINCT instrument_id, trade_date FROM embedder_outbox_changes
-           WHERE published_at >= %s AND instrument_id IS NOT NULL AND trade_date IS NOT NULL LIMIT 5000""",
-        (since,),
-    ).fetchall()
-    keys = affected_keys(conn, [(i, d) for i, d in changes])
+    keys = affected_keys(conn, changes_published_since(conn, since, 5000))
     return random.sample(keys, n) if len(keys) > n else keys
 
 

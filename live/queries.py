@@ -27,11 +27,9 @@ from dataclasses import dataclass
 from datetime import date
 
 import psycopg
-from psycopg.types.json import Jsonb
 
 from backfill.selection import RunSelection
 from live.bootstrap import queue_bootstrap
-from live.outbox import wake_relay
 from live.relay import relay_holder
 from shared.contract.config import Settings
 from shared.contract.encoder import LOOKBACK_FACTOR, retention_days
@@ -39,7 +37,8 @@ from shared.contract.messages import MAX_MESSAGE_BYTES
 from shared.contract.validation import latest_trade_date
 from shared.store.db import connection, one
 from shared.store.instruments import SELECTABLE, newest_trade_date_sql
-from shared.store.maintained_keys import outbox_position, queue_changes_since
+from shared.store.maintained_keys import queue_changes_since
+from shared.store.outbox import insert_tick, outbox_position, wake_relay
 from shared.store.tick_commits import ReplayHooks, StreamResult, wait_for_run
 
 MAX_QUERY_DATES = 400
@@ -126,19 +125,15 @@ def enqueue_query(
         queue_bootstrap(conn, chunk=settings.bootstrap_chunk_instruments)
         conn.execute("INSERT INTO embedder_runs (run_id) VALUES (%s)", (run_id,))
         wake_relay(conn)
-        conn.execute(
-            """INSERT INTO prices_outbox (kind, trade_date, more_dates, window_days, model_ids, market_id, query_run,
-                                          selection)
-               VALUES ('tick', %s, %s, %s, %s, %s, %s, %s)""",
-            (
-                max(dates),
-                sorted(dates)[:-1] or None,
-                selection.window_days,
-                selection.model_ids,
-                selection.market_id,
-                run_id,
-                Jsonb(chosen),
-            ),
+        insert_tick(
+            conn,
+            max(dates),
+            selection.window_days,
+            selection.model_ids,
+            selection.market_id,
+            more_dates=sorted(dates)[:-1] or None,
+            query_run=run_id,
+            selection=chosen,
         )
     return run_id
 

@@ -8,7 +8,7 @@ before it; bootstrap snapshots (live/bootstrap.py) take their place in the same 
 is active at a time (a PostgreSQL advisory lock), so several workers never interleave the order. If
 anything dies between the publish and the mark, the entries are published again: the stream is
 idempotent, so nothing is lost or doubled. The relay also keeps capture on (live/capture.py), and does
-its housekeeping when idle (live/housekeeping.py); what writes the outbox is live/outbox.py.
+its housekeeping when idle (live/housekeeping.py); what writes the outbox is shared/store/outbox.py.
 
 Every captured row is checked with the shared row rule before it is published;
 a row that fails goes alone to the dead-letter topic (with its outbox id), and
@@ -32,7 +32,6 @@ import psycopg
 from live.bootstrap import mark_published, read_snapshot
 from live.capture import start_capture
 from live.housekeeping import Housekeeping, IdleTask
-from live.outbox import OUTBOX_CHANNEL, OutboxKind, captured_rows
 from shared.background import start_when_ready
 from shared.broker.topics import partition_for
 from shared.contract.config import Settings
@@ -52,6 +51,7 @@ from shared.contract.validation import key_problem, latest_trade_date, row_probl
 from shared.metrics import StreamMetrics
 from shared.store.db import connect, one
 from shared.store.maintained_keys import queue_captured_changes
+from shared.store.outbox import OUTBOX_CHANNEL, OutboxKind, captured_rows, mark_published_while_live, unpublished
 from shared.store.write_claims import next_round, stamp
 
 if TYPE_CHECKING:  # Kafka is imported where the relay runs, not by `embedder tick` or queries
@@ -142,12 +142,7 @@ class OutboxRelay:
     def relay_once(self, conn: psycopg.Connection, publisher: PricePublisher) -> int:
         """Publish the next unpublished outbox entries (up to one snapshot, about ROUND_KEYS captured
         keys); returns how many."""
-        entries = conn.execute(
-            """SELECT id, kind, instrument_id, trade_date, close, volume, window_days, model_ids, market_id,
-                      query_run, selection, more_dates, instrument_ids, trade_dates
-               FROM prices_outbox WHERE published_at IS NULL ORDER BY id LIMIT %s""",
-            (BATCH,),
-        ).fetchall()
+        entries = unpublished(conn, BATCH)
         if not entries:
             self._recovered()
             return 0
@@ -156,9 +151,9 @@ class OutboxRelay:
         for entry in entries:
             if this_round and keys >= ROUND_KEYS:
                 break
-            this_round.append(entry[0])
-            keys += len(entry[12] or ()) * len(entry[13] or ()) or 1
-            if entry[1] == OutboxKind.SNAPSHOT:
+            this_round.append(entry.id)
+            keys += entry.keys
+            if entry.kind == OutboxKind.SNAPSHOT:
                 break
         entries = entries[: len(this_round)]
         # Before anything is published: changes reaching keys stored now go to the database path too
@@ -174,71 +169,53 @@ class OutboxRelay:
         keep = retention_days(self.settings.window_days, self.settings.retention_slack_days)
         pending: list[tuple] = []  # captured rows since the last tick: (row or deletion, outbox id)
         snapshots: dict[int, Counter] = {}
-        for (
-            entry_id,
-            kind,
-            instrument_id,
-            trade_date,
-            close,
-            volume,
-            window_days,
-            model_ids,
-            market_id,
-            query_run,
-            selection,
-            more_dates,
-            instrument_ids,
-            trade_dates,
-        ) in entries:
-            if kind == OutboxKind.TICK:
+        for entry in entries:
+            if entry.kind == OutboxKind.TICK:
+                assert entry.trade_date is not None and entry.window_days is not None, f"tick entry {entry.id}"
                 self._publish_rows(publisher, pending, latest)
                 pending = []
-                selection = selection or {}
+                selection = entry.selection or {}
                 publisher.tick(
                     Tick(
                         f=self._next_stamp(),
                         run=LIVE_RUN,
-                        d=trade_date,
-                        ds=tuple(more_dates) if more_dates else None,
-                        w=window_days,
-                        m=tuple(model_ids),
-                        mk=market_id,
-                        o=entry_id,
-                        q=query_run,
+                        d=entry.trade_date,
+                        ds=tuple(entry.more_dates) if entry.more_dates else None,
+                        w=entry.window_days,
+                        m=tuple(entry.model_ids or ()),
+                        mk=entry.market_id,
+                        o=entry.id,
+                        q=entry.query_run,
                         lim=selection.get("limit"),
                         off=selection.get("offset", 0),
                         ids=tuple(selection["ids"]) if selection.get("ids") else None,
                         db=True if selection.get("lookback") == "database" else None,
                     )
                 )
-                if query_run is None:
-                    self.housekeeping.ticked(trade_date)
-            elif kind == OutboxKind.SNAPSHOT:
+                if entry.query_run is None:
+                    self.housekeeping.ticked(entry.trade_date)
+            elif entry.kind == OutboxKind.SNAPSHOT:
                 self._publish_rows(publisher, pending, latest)
                 pending = []
-                rows = read_snapshot(conn, entry_id, keep)
-                self._publish_rows(publisher, [(r, entry_id) for r in rows], latest)
-                snapshots[entry_id] = Counter(r[0] for r in rows if not is_deletion(r))
-            elif kind == OutboxKind.KEYS:
+                rows = read_snapshot(conn, entry.id, keep)
+                self._publish_rows(publisher, [(r, entry.id) for r in rows], latest)
+                snapshots[entry.id] = Counter(r[0] for r in rows if not is_deletion(r))
+            elif entry.kind == OutboxKind.KEYS:
                 self._publish_rows(publisher, pending, latest)
                 pending = []
-                for part in captured_rows(conn, instrument_ids, trade_dates):
-                    self._publish_rows(publisher, [(r, entry_id) for r in part], latest)
+                for part in captured_rows(conn, entry.instrument_ids or [], entry.trade_dates or []):
+                    self._publish_rows(publisher, [(r, entry.id) for r in part], latest)
                     self.housekeeping.saw_rows(part, latest)
-            elif kind == OutboxKind.DELETE:
-                pending.append(((instrument_id, trade_date), entry_id))
+            elif entry.kind == OutboxKind.DELETE:
+                pending.append(((entry.instrument_id, entry.trade_date), entry.id))
             else:
-                pending.append(((instrument_id, trade_date, close, volume), entry_id))
-                self.housekeeping.saw_rows([(instrument_id, trade_date, close, volume)], latest)
+                pending.append(((entry.instrument_id, entry.trade_date, entry.close, entry.volume), entry.id))
+                self.housekeeping.saw_rows([(entry.instrument_id, entry.trade_date, entry.close, entry.volume)], latest)
         self._publish_rows(publisher, pending, latest)
         publisher.flush()  # raises if Kafka did not acknowledge every message
         # Marked published only while this worker's layout is the live one: after `embedder live repartition`
         # what was just sent went to the old layout's topic, so the new layout's relay sends it again.
-        marked = conn.execute(
-            """UPDATE prices_outbox SET published_at = now() WHERE id = ANY(%s)
-               AND NOT EXISTS (SELECT 1 FROM embedder_live_layout WHERE app_id = %s AND generation <> %s)""",
-            (this_round, self.settings.app_id, self.settings.live_generation),
-        ).rowcount
+        marked = mark_published_while_live(conn, this_round, self.settings.app_id, self.settings.live_generation)
         if not marked:
             log.warning(
                 "outbox relay: the live layout changed (embedder live repartition); this worker stops "

@@ -23,6 +23,7 @@ from shared.contract.config import Settings
 from shared.contract.errors import BadArguments
 from shared.store.db import connection, one
 from shared.store.live_layout import LiveLayout, record_layout, with_layout
+from shared.store.outbox import requeue_live_ticks
 
 log = logging.getLogger("embedder.repartition")
 MAX_PARTITIONS = 1024
@@ -65,18 +66,11 @@ def repartition(settings: Settings, partitions: int, by: str) -> Repartitioned:
                             changed_by = %s WHERE app_id = %s""",
                 (partitions, after.generation, by, settings.app_id),
             )
-            requeued = conn.execute(
-                """UPDATE prices_outbox o SET published_at = NULL
-                   WHERE kind = 'tick' AND query_run IS NULL AND published_at > now() - make_interval(days => %s)
-                     AND (SELECT count(*) FROM embedder_tick_commits c
-                          WHERE c.run_id = 'live' AND c.as_of_date = o.trade_date) < %s
-                   RETURNING trade_date""",
-                (REQUEUE_DAYS, before.partitions),
-            ).fetchall()
+            requeued = requeue_live_ticks(conn, REQUEUE_DAYS, before.partitions)
             if requeued:
                 conn.execute(
                     "DELETE FROM embedder_tick_commits WHERE run_id = 'live' AND as_of_date = ANY(%s)",
-                    ([r[0] for r in requeued],),
+                    (requeued,),
                 )
     log.warning(
         "live layout of %r: %d partitions (generation %d) -> %d partitions (generation %d), prices topic %s; "

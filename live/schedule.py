@@ -25,11 +25,12 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 
-from live.outbox import enqueue_tick
+from live.bootstrap import enqueue_tick
 from shared.contract.config import MarketSchedule, Settings
 from shared.contract.validation import latest_trade_date
 from shared.store.db import one
 from shared.store.instruments import SELECTABLE, newest_trade_date, newest_trade_date_sql
+from shared.store.outbox import captured_days
 
 log = logging.getLogger("embedder.schedule")
 
@@ -91,24 +92,7 @@ def market_days(conn: psycopg.Connection, market_id: str, catch_up_days: int) ->
         log.warning("tick schedule of %s starts after %s (the newest day present now)", market_id, baseline)
     else:
         baseline = max(baseline, newest - timedelta(days=catch_up_days))
-    rows = conn.execute(
-        f"""WITH sel AS (SELECT instrument_id FROM instruments WHERE market_id = %(m)s AND {SELECTABLE}),
-                 captured AS (SELECT o.trade_date FROM prices_outbox o JOIN sel USING (instrument_id)
-                              WHERE o.kind = 'row'
-                              UNION ALL  -- keys entries: their dates, where one of their instruments is selected
-                              SELECT d FROM prices_outbox o CROSS JOIN LATERAL unnest(o.trade_dates) AS d
-                              WHERE o.kind = 'keys'
-                                AND o.instrument_ids && (SELECT array_agg(instrument_id)::text[] FROM sel)),
-                 cand AS (SELECT DISTINCT o.trade_date FROM captured o
-                          WHERE o.trade_date > %(base)s AND o.trade_date <= %(latest)s
-                            AND NOT EXISTS (SELECT 1 FROM embedder_scheduled_ticks s
-                                            WHERE s.market_id = %(m)s AND s.as_of_date = o.trade_date))
-            SELECT c.trade_date,
-                   (SELECT count(*) FROM sel WHERE EXISTS (SELECT 1 FROM prices_daily p
-                        WHERE p.instrument_id = sel.instrument_id AND p.trade_date = c.trade_date))
-            FROM cand c ORDER BY 1""",
-        {"m": market_id, "base": baseline, "latest": latest},
-    ).fetchall()
+    rows = captured_days(conn, market_id, baseline, latest)
     expected = one(
         conn.execute(f"SELECT count(*) FROM instruments WHERE market_id = %s AND {SELECTABLE}", (market_id,))
     )[0]

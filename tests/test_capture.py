@@ -8,9 +8,9 @@ from datetime import date, timedelta
 
 import psycopg
 
-from live.bootstrap import read_snapshot
+from live.bootstrap import enqueue_tick, read_snapshot
 from live.capture import capture_state, heartbeat, start_capture, stop_capture
-from live.outbox import captured_rows, enqueue_tick, outbox_backlog
+from shared.store.outbox import captured_rows, outbox_backlog
 from tests.support.platform import insert_prices
 
 D1, D2, D3 = date(2020, 1, 2), date(2020, 1, 3), date(2020, 1, 6)

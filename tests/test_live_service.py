@@ -146,7 +146,7 @@ def test_automatic_tick_after_a_quiet_period(db_url, cli_env, tmp_path):
 def test_published_outbox_entries_are_pruned_after_their_keep_time(db_url):
     """The outbox does not grow forever: entries published longer ago than the keep time go,
     recent and unpublished ones stay."""
-    from live.outbox import prune_outbox
+    from shared.store.outbox import prune_outbox
 
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute("TRUNCATE prices_outbox")
@@ -162,7 +162,7 @@ def test_published_outbox_entries_are_pruned_after_their_keep_time(db_url):
 def test_redrive_captures_rows_again_as_prices_daily_holds_them_now(db_url):
     """`embedder dead-letters --redrive` re-sends fixed rows through the relay's checks; rows no longer
     in prices_daily are skipped (a refused row never reached a window)."""
-    from live.outbox import recapture
+    from shared.store.outbox import recapture
 
     with psycopg.connect(db_url) as conn:
         conn.execute("""INSERT INTO prices_daily (instrument_id, trade_date, open, high, low, close, adjusted_close,

@@ -77,7 +77,7 @@ def test_a_change_queued_again_while_it_is_recomputed_stays_queued(db_url, monke
 def test_a_new_layout_generation_rebuilds_the_live_windows_with_waiting_ticks_behind_the_loads(db_url):
     """After `embedder live repartition`: the worker of the new generation queues every instrument for
     loading and moves the ticks waiting in the outbox behind those loads."""
-    from live.outbox import enqueue_tick
+    from live.bootstrap import enqueue_tick
 
     with psycopg.connect(db_url) as conn:
         conn.execute(

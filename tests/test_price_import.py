@@ -238,7 +238,7 @@ def test_a_key_another_writer_inserts_meanwhile_is_upserted_not_a_failure(db_url
 def test_the_real_data_set_imported_where_no_live_service_runs_leaves_no_outbox(real_db_url):
     """Issue 17: a batch-only database (capture never turned on) keeps no copy of what it imports."""
     from live.capture import capture_state
-    from live.outbox import outbox_backlog
+    from shared.store.outbox import outbox_backlog
 
     with psycopg.connect(real_db_url) as conn:
         assert not capture_state(conn).capturing

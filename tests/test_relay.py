@@ -10,7 +10,7 @@ from datetime import date, timedelta
 import psycopg
 import pytest
 
-from live.outbox import enqueue_tick
+from live.bootstrap import enqueue_tick
 from live.relay import OutboxRelay
 from shared.contract.config import Settings
 from shared.contract.messages import RowBatch, Tick

@@ -26,6 +26,7 @@ from shared.contract.encoder import LOOKBACK_FACTOR
 from shared.contract.models import MODELS
 from shared.store.db import copy_rows, one
 from shared.store.embedding_store import ENTITY_TYPE, REFUSED_SETTING, WriteResult, not_older, note_refusals
+from shared.store.outbox import changes_reaching_stored_keys, changes_since
 
 ABSENT_STAGING = "absent_staging"
 
@@ -216,29 +217,13 @@ def queue_recompute(conn: psycopg.Connection, changes: Sequence[tuple[str, date]
     ).rowcount
 
 
-CHANGES_REACHING_STORED_KEYS = f"""
-    WITH changed AS (SELECT DISTINCT instrument_id, trade_date FROM embedder_outbox_changes
-                     WHERE id = ANY(%(ids)s) AND instrument_id IS NOT NULL AND trade_date IS NOT NULL),
-         newest AS (SELECT c.instrument_id,
-                           greatest((SELECT max(e.as_of_date) FROM numeric_window_embeddings e
-                                     WHERE e.entity_type = '{ENTITY_TYPE}' AND e.entity_id = c.instrument_id),
-                                    (SELECT max(a.as_of_date) FROM embedder_absent_embeddings a
-                                     WHERE a.entity_type = '{ENTITY_TYPE}' AND a.entity_id = c.instrument_id)) AS d
-                    FROM (SELECT DISTINCT instrument_id FROM changed) c)
-    SELECT changed.instrument_id, changed.trade_date FROM changed JOIN newest USING (instrument_id)
-    WHERE changed.trade_date <= newest.d"""
-"""Captured changes (outbox ids) that reach a key stored now: a new day's row reaches none (its tick comes
-after it), a correction of history does."""
-
-
 def queue_captured_changes(conn: psycopg.Connection, outbox_ids: Sequence[int]) -> int:
     """Queue the captured changes among `outbox_ids` that reach a maintained key (the relay calls this for
     every round it publishes, before publishing: a key the stream writes later is computed from a window
     that already holds the change)."""
     if not outbox_ids:
         return 0
-    changes = conn.execute(CHANGES_REACHING_STORED_KEYS, {"ids": list(outbox_ids)}).fetchall()
-    return queue_recompute(conn, [tuple(c) for c in changes])
+    return queue_recompute(conn, changes_reaching_stored_keys(conn, outbox_ids))
 
 
 def queue_changes_since(conn: psycopg.Connection, outbox_id: int | None, instrument_ids: Sequence[str]) -> int:
@@ -246,14 +231,4 @@ def queue_changes_since(conn: psycopg.Connection, outbox_id: int | None, instrum
     `prices_daily` before such a change may have written embeddings that miss it."""
     if outbox_id is None or not instrument_ids:
         return 0
-    changes = conn.execute(
-        """SELECT DISTINCT instrument_id, trade_date FROM embedder_outbox_changes
-           WHERE id > %s AND instrument_id = ANY(%s) AND trade_date IS NOT NULL""",
-        (outbox_id, list(instrument_ids)),
-    ).fetchall()
-    return queue_recompute(conn, [tuple(c) for c in changes])
-
-
-def outbox_position(conn: psycopg.Connection) -> int | None:
-    """The newest outbox id now (None where nothing was ever captured)."""
-    return one(conn.execute("SELECT max(id) FROM prices_outbox"))[0]
+    return queue_recompute(conn, changes_since(conn, outbox_id, instrument_ids))
