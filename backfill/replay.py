@@ -17,7 +17,6 @@ from datetime import date
 import numpy as np
 import psycopg
 from kafka.errors import KafkaError
-from psycopg.types.json import Jsonb
 
 from backfill.blocks import TickOut, plan
 from backfill.selection import RunSelection
@@ -31,7 +30,14 @@ from shared.contract.messages import RowBatch, RunEnd, Tick
 from shared.store.db import connection
 from shared.store.maintained_keys import queue_changes_since
 from shared.store.outbox import outbox_position
-from shared.store.tick_commits import ReplayHooks, StreamResult, wait_for_run
+from shared.store.tick_commits import (
+    ReplayHooks,
+    StreamResult,
+    complete_run,
+    set_target_offsets,
+    start_run,
+    wait_for_run,
+)
 from shared.store.write_claims import read_claim
 
 log = logging.getLogger("embedder.replay")
@@ -123,16 +129,10 @@ def run_stream_replay(
             hooks.on_start(len(ids), len(dates), len(dates) * settings.partitions)
         if not ids or not dates:
             return result
-        conn.execute(
-            "INSERT INTO embedder_runs (run_id, start_offsets) VALUES (%s, %s)",
-            (run_id, Jsonb(end_offsets(settings, settings.prices_topic))),
-        )
+        start_run(conn, run_id, end_offsets(settings, settings.prices_topic))
         conn.commit()
         result.rows_published = publish_run(settings, conn, selection, run_id, ids, dates, hooks, claim)
-        conn.execute(
-            "UPDATE embedder_runs SET target_offsets = %s WHERE run_id = %s",
-            (Jsonb(end_offsets(settings, settings.prices_topic)), run_id),
-        )
+        set_target_offsets(conn, run_id, end_offsets(settings, settings.prices_topic))
         conn.commit()
     monitor = LagMonitor(settings, window_seconds=30.0) if hooks.on_lag else None
     try:
@@ -150,7 +150,7 @@ def run_stream_replay(
         if monitor is not None:
             monitor.close()
     with connection(settings.database_url) as conn:
-        conn.execute("UPDATE embedder_runs SET completed_at = now() WHERE run_id = %s", (run_id,))
+        complete_run(conn, run_id)
         queue_changes_since(conn, position, ids)  # changes committed after the run read them
     end_run(settings, run_id)
     return result

@@ -15,52 +15,26 @@ import psycopg
 from embedder.console import out
 from live.bootstrap import progress as bootstrap_progress
 from live.capture import capture_state
+from live.parity_audit import audit_summary
 from live.relay import relay_holder
+from live.schedule import newest_scheduled_tick
 from shared.broker.dead_letters import count_since, parse_since
 from shared.contract.config import Settings
 from shared.contract.errors import ServiceUnavailable
-from shared.contract.messages import LIVE_RUN
-from shared.store.db import connection, one
+from shared.store.db import connection
 from shared.store.embedding_history import history_state, revisions_by_day
 from shared.store.embedding_store import refusals_by_day
+from shared.store.maintained_keys import recompute_backlog
 from shared.store.outbox import outbox_backlog
+from shared.store.tick_commits import newest_live_ticks
 from shared.store.write_claims import relay_round
-
-
-def last_ticks(conn: psycopg.Connection) -> list[dict]:
-    """The newest live tick of each scope (market, or `*`), summed over its source partitions."""
-    rows = conn.execute(
-        """SELECT c.scope, c.as_of_date, count(*), sum(c.embeddings), sum(c.insufficient), sum(c.missing_today),
-                  max(c.committed_at)
-           FROM embedder_tick_commits c
-           JOIN (SELECT scope, max(as_of_date) AS d FROM embedder_tick_commits WHERE run_id = %s GROUP BY scope) n
-             ON n.scope = c.scope AND n.d = c.as_of_date
-           WHERE c.run_id = %s GROUP BY c.scope, c.as_of_date ORDER BY c.scope""",
-        (LIVE_RUN, LIVE_RUN),
-    ).fetchall()
-    return [
-        {
-            "market": scope,
-            "as_of": d.isoformat(),
-            "partitions": int(parts),
-            "embedded": int(e),
-            "insufficient_history": int(i),
-            "missing_today": int(m),
-            "committed_at": at.isoformat(timespec="seconds"),
-        }
-        for scope, d, parts, e, i, m, at in rows
-    ]
 
 
 def scheduled(conn: psycopg.Connection, settings: Settings) -> list[dict]:
     """Per market of the schedule: its rule and its newest scheduled tick."""
     out_ = []
     for s in settings.tick_schedule:
-        row = conn.execute(
-            """SELECT as_of_date, reason, instruments, expected, queued_at FROM embedder_scheduled_ticks
-               WHERE market_id = %s ORDER BY as_of_date DESC LIMIT 1""",
-            (s.market_id,),
-        ).fetchone()
+        row = newest_scheduled_tick(conn, s.market_id)
         last = (
             None
             if row is None
@@ -82,36 +56,6 @@ def scheduled(conn: psycopg.Connection, settings: Settings) -> list[dict]:
             }
         )
     return out_
-
-
-def corrections(conn: psycopg.Connection) -> dict:
-    """The correction path's queue (captured changes still to reach the stored embeddings they reach)."""
-    queued, oldest = one(conn.execute("SELECT count(*), min(queued_at) FROM embedder_recompute_queue"))
-    return {"queued": int(queued), "oldest_queued": oldest.isoformat(timespec="seconds") if oldest else None}
-
-
-def parity(conn: psycopg.Connection, since: datetime) -> dict:
-    """The worker's parity audit since a time: rounds, keys checked, mismatches, the newest examples."""
-    rounds, checked, mismatched, last = one(
-        conn.execute(
-            """SELECT count(*), coalesce(sum(keys_checked), 0), coalesce(sum(mismatches), 0), max(checked_at)
-           FROM embedder_parity_audits WHERE checked_at >= %s""",
-            (since,),
-        )
-    )
-    examples = conn.execute(
-        """SELECT examples FROM embedder_parity_audits WHERE checked_at >= %s AND mismatches > 0
-           ORDER BY checked_at DESC LIMIT 1""",
-        (since,),
-    ).fetchone()
-    return {
-        "since": since.isoformat(timespec="seconds"),
-        "rounds": int(rounds),
-        "keys_checked": int(checked),
-        "mismatches": int(mismatched),
-        "last_round": last.isoformat(timespec="seconds") if last else None,
-        "examples": examples[0] if examples else [],
-    }
 
 
 def history(conn: psycopg.Connection) -> dict:
@@ -146,7 +90,7 @@ def gather(settings: Settings, since: datetime) -> dict:
         report = {
             "version": 1,
             "layout": {"partitions": settings.partitions, "generation": settings.live_generation},
-            "ticks": last_ticks(conn),
+            "ticks": newest_live_ticks(conn),
             "schedule": scheduled(conn, settings),
             "bootstrap": {
                 "selectable": boot.selectable,
@@ -171,8 +115,8 @@ def gather(settings: Settings, since: datetime) -> dict:
                 "bytes": backlog.bytes,
                 "oldest_unpublished_seconds": round(backlog.oldest_seconds, 1),
             },
-            "corrections": corrections(conn),
-            "parity": parity(conn, since),
+            "corrections": recompute_backlog(conn),
+            "parity": audit_summary(conn, since),
             "history": history(conn),
             "fencing": fencing(conn),
             "relay": None

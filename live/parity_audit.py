@@ -35,6 +35,7 @@ from shared.store.db import connect, one
 from shared.store.embedding_store import ENTITY_TYPE
 from shared.store.maintained_keys import MaintainedKey, affected_keys, queue_recompute
 from shared.store.outbox import changes_published_since
+from shared.store.tick_commits import days_ticked_since
 
 log = logging.getLogger("embedder.parity")
 MAX_CORRECTION_KEYS = 20_000
@@ -128,12 +129,7 @@ def keys_of_changed_prices(conn: psycopg.Connection, since: datetime, n: int) ->
 def keys_of_ticks_since(conn: psycopg.Connection, since: datetime, n: int) -> list[MaintainedKey]:
     """About `n` stored keys of the as_of dates ticks committed since `since` (a partition moved to another
     worker computes them again: what a worker frozen past its session timeout may have written)."""
-    dates = [
-        r[0]
-        for r in conn.execute(
-            "SELECT DISTINCT as_of_date FROM embedder_tick_commits WHERE committed_at >= %s LIMIT 50", (since,)
-        )
-    ]
+    dates = days_ticked_since(conn, since, 50)
     if not dates:
         return []
     rows = conn.execute(
@@ -321,3 +317,27 @@ def start_parity_audit(
     if settings.parity_audit_seconds <= 0:
         audit.stop.set()
     return audit, start_when_ready("parity-audit", audit.run, audit.stop, ready)
+
+
+def audit_summary(conn: psycopg.Connection, since: datetime) -> dict:
+    """The worker's parity audit since a time: rounds, keys checked, mismatches, the newest examples."""
+    rounds, checked, mismatched, last = one(
+        conn.execute(
+            """SELECT count(*), coalesce(sum(keys_checked), 0), coalesce(sum(mismatches), 0), max(checked_at)
+           FROM embedder_parity_audits WHERE checked_at >= %s""",
+            (since,),
+        )
+    )
+    examples = conn.execute(
+        """SELECT examples FROM embedder_parity_audits WHERE checked_at >= %s AND mismatches > 0
+           ORDER BY checked_at DESC LIMIT 1""",
+        (since,),
+    ).fetchone()
+    return {
+        "since": since.isoformat(timespec="seconds"),
+        "rounds": int(rounds),
+        "keys_checked": int(checked),
+        "mismatches": int(mismatched),
+        "last_round": last.isoformat(timespec="seconds") if last else None,
+        "examples": examples[0] if examples else [],
+    }

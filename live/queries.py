@@ -39,7 +39,7 @@ from shared.store.db import connection, one
 from shared.store.instruments import SELECTABLE, newest_trade_date_sql
 from shared.store.maintained_keys import queue_changes_since
 from shared.store.outbox import insert_tick, outbox_position, wake_relay
-from shared.store.tick_commits import ReplayHooks, StreamResult, wait_for_run
+from shared.store.tick_commits import ReplayHooks, StreamResult, complete_run, start_run, wait_for_run
 
 MAX_QUERY_DATES = 400
 
@@ -123,7 +123,7 @@ def enqueue_query(
         chosen["lookback"] = "database"
     with conn.transaction():
         queue_bootstrap(conn, chunk=settings.bootstrap_chunk_instruments)
-        conn.execute("INSERT INTO embedder_runs (run_id) VALUES (%s)", (run_id,))
+        start_run(conn, run_id)
         wake_relay(conn)
         insert_tick(
             conn,
@@ -172,7 +172,7 @@ def run_live_query(
         expected_ticks=len(dates) * settings.partitions,
     )
     with connection(settings.database_url) as conn:
-        conn.execute("UPDATE embedder_runs SET completed_at = now() WHERE run_id = %s", (run_id,))
+        complete_run(conn, run_id)
         if from_database:
             queue_changes_since(conn, position, ids)
     return result

@@ -24,6 +24,7 @@ from shared.contract.errors import BadArguments
 from shared.store.db import connection, one
 from shared.store.live_layout import LiveLayout, record_layout, with_layout
 from shared.store.outbox import requeue_live_ticks
+from shared.store.tick_commits import forget_live_ticks
 
 log = logging.getLogger("embedder.repartition")
 MAX_PARTITIONS = 1024
@@ -68,10 +69,7 @@ def repartition(settings: Settings, partitions: int, by: str) -> Repartitioned:
             )
             requeued = requeue_live_ticks(conn, REQUEUE_DAYS, before.partitions)
             if requeued:
-                conn.execute(
-                    "DELETE FROM embedder_tick_commits WHERE run_id = 'live' AND as_of_date = ANY(%s)",
-                    (requeued,),
-                )
+                forget_live_ticks(conn, requeued)
     log.warning(
         "live layout of %r: %d partitions (generation %d) -> %d partitions (generation %d), prices topic %s; "
         "%d live tick(s) put back in the outbox",

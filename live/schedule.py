@@ -31,6 +31,7 @@ from shared.contract.validation import latest_trade_date
 from shared.store.db import one
 from shared.store.instruments import SELECTABLE, newest_trade_date, newest_trade_date_sql
 from shared.store.outbox import captured_days
+from shared.store.tick_commits import newest_day_committed_everywhere
 
 log = logging.getLogger("embedder.schedule")
 
@@ -120,14 +121,7 @@ def due_and_committed(
             {"last": last, "m": schedule.market_id},
         )
     )
-    committed = one(
-        conn.execute(
-            """SELECT max(as_of_date) FROM (SELECT as_of_date FROM embedder_tick_commits
-                                        WHERE run_id = 'live' AND scope IN (%s, '*')
-                                        GROUP BY as_of_date, scope HAVING count(*) >= %s) done""",
-            (schedule.market_id, partitions),
-        )
-    )[0]
+    committed = newest_day_committed_everywhere(conn, schedule.market_id, partitions)
     if due is not None and baseline is not None and due <= baseline:
         due = None  # history: the schedule never ticks it
     return due, committed
@@ -205,3 +199,12 @@ def deadline_of(schedule: MarketSchedule, day: date) -> datetime | None:
     if schedule.deadline is None:
         return None
     return datetime.combine(day, schedule.deadline, ZoneInfo(schedule.timezone))
+
+
+def newest_scheduled_tick(conn: psycopg.Connection, market_id: str) -> tuple | None:
+    """The market's newest scheduled tick: (as_of_date, reason, instruments, expected, queued_at), or None."""
+    return conn.execute(
+        """SELECT as_of_date, reason, instruments, expected, queued_at FROM embedder_scheduled_ticks
+           WHERE market_id = %s ORDER BY as_of_date DESC LIMIT 1""",
+        (market_id,),
+    ).fetchone()

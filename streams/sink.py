@@ -28,6 +28,7 @@ from shared.metrics import StreamMetrics
 from shared.store.db import connect
 from shared.store.embedding_store import set_cause, write_embeddings
 from shared.store.maintained_keys import queue_recompute, write_absent
+from shared.store.tick_commits import completed_runs, record_tick_commits
 from streams.output import EmbeddingBatch
 
 log = logging.getLogger("embedder.sink")
@@ -114,19 +115,7 @@ class SinkWriter:
             ]
             if done:
                 with conn.cursor() as cur:
-                    cur.executemany(
-                        """INSERT INTO embedder_tick_commits AS c (run_id, scope, source_partition, as_of_date,
-                                embeddings, insufficient, missing_today, rows_missing)
-                           VALUES (%(run)s, %(scope)s, %(p)s, %(d)s, %(e)s, %(i)s, %(m)s, %(x)s)
-                           ON CONFLICT (run_id, scope, source_partition, as_of_date) DO UPDATE SET
-                               embeddings = CASE WHEN %(again)s THEN GREATEST(c.embeddings, EXCLUDED.embeddings)
-                                                 ELSE EXCLUDED.embeddings END,
-                               insufficient = CASE WHEN %(again)s THEN LEAST(c.insufficient, EXCLUDED.insufficient)
-                                                   ELSE EXCLUDED.insufficient END,
-                               missing_today = EXCLUDED.missing_today,
-                               rows_missing = EXCLUDED.rows_missing, committed_at = now()""",
-                        done,
-                    )
+                    record_tick_commits(cur, done)
             conn.commit()
             return refused
         except BaseException:
@@ -143,12 +132,7 @@ class SinkWriter:
         runs = {b.run for b in batches} - {LIVE_RUN}
         if not runs:
             return batches
-        finished = {
-            r[0]
-            for r in conn.execute(
-                "SELECT run_id FROM embedder_runs WHERE run_id = ANY(%s) AND completed_at IS NOT NULL", (list(runs),)
-            )
-        }
+        finished = completed_runs(conn, list(runs))
         if not finished:
             return batches
         log.info("skipping re-delivered messages of completed runs %s", sorted(finished))

@@ -24,6 +24,7 @@ from shared.broker.lag import LagMonitor, LagReport
 from shared.broker.lag_status import LagStatus
 from shared.contract.config import Settings
 from shared.metrics import StreamMetrics
+from shared.store.tick_commits import recent_runs
 
 log = logging.getLogger("embedder.web")
 PAGE = Path(__file__).with_name("lag_page.html")
@@ -104,11 +105,7 @@ def runs_progress(settings: Settings, latest: LagReport | None) -> list[dict]:
     """Replays still running (or finished in the last 10 minutes): committed vs target offsets."""
     try:
         with psycopg.connect(settings.database_url, connect_timeout=2) as conn:
-            rows = conn.execute(
-                """SELECT run_id, started_at, completed_at, start_offsets, target_offsets FROM embedder_runs
-                   WHERE completed_at IS NULL OR completed_at > now() - interval '10 minutes'
-                   ORDER BY started_at DESC LIMIT 20"""
-            ).fetchall()
+            rows = recent_runs(conn)
     except psycopg.Error:
         return []
     committed = {

@@ -43,31 +43,20 @@ OWNERS: dict[str, set[str]] = {
 
 
 KNOWN_DEBTS: set[tuple[str, str]] = {
-    ("backfill/replay.py", "embedder_runs"),
     ("backfill/verify.py", "numeric_window_embeddings"),
     ("embedder/inspect.py", "numeric_window_embeddings"),
-    ("embedder/status_command.py", "embedder_parity_audits"),
-    ("embedder/status_command.py", "embedder_recompute_queue"),
-    ("embedder/status_command.py", "embedder_scheduled_ticks"),
-    ("embedder/status_command.py", "embedder_tick_commits"),
     ("live/bootstrap.py", "embedder_scheduled_ticks"),
     ("live/capture.py", "embedder_bootstrap"),
     ("live/capture.py", "embedder_recompute_queue"),
     ("live/corrections.py", "embedder_recompute_queue"),
     ("live/housekeeping.py", "embedder_bootstrap"),
     ("live/parity_audit.py", "embedder_recompute_queue"),
-    ("live/parity_audit.py", "embedder_tick_commits"),
     ("live/parity_audit.py", "numeric_window_embeddings"),
-    ("live/queries.py", "embedder_runs"),
     ("live/repartition.py", "embedder_live_layout"),
-    ("live/repartition.py", "embedder_tick_commits"),
     ("shared/store/embedding_history.py", "numeric_window_embeddings"),
     ("shared/store/embedding_reads.py", "embedder_history"),
     ("shared/store/maintained_keys.py", "embedder_absent_embeddings"),
     ("shared/store/maintained_keys.py", "numeric_window_embeddings"),
-    ("streams/sink.py", "embedder_runs"),
-    ("streams/sink.py", "embedder_tick_commits"),
-    ("streams/web.py", "embedder_runs"),
 }
 """(module, table) statements not yet moved to the table's owner (issue 29). The list only shrinks: a new
 statement outside its owner fails, and so does a debt paid but still listed."""

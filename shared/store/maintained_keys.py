@@ -232,3 +232,9 @@ def queue_changes_since(conn: psycopg.Connection, outbox_id: int | None, instrum
     if outbox_id is None or not instrument_ids:
         return 0
     return queue_recompute(conn, changes_since(conn, outbox_id, instrument_ids))
+
+
+def recompute_backlog(conn: psycopg.Connection) -> dict:
+    """The correction path's queue (captured changes still to reach the stored embeddings they reach)."""
+    queued, oldest = one(conn.execute("SELECT count(*), min(queued_at) FROM embedder_recompute_queue"))
+    return {"queued": int(queued), "oldest_queued": oldest.isoformat(timespec="seconds") if oldest else None}

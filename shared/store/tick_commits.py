@@ -1,21 +1,134 @@
-"""When a run through the stream is complete: read from `embedder_tick_commits`, which the sink writes
-in the same transaction as the embeddings (no Kafka needed to follow a run)."""
+"""`embedder_runs` and `embedder_tick_commits`: every statement on them. A run through the stream is recorded
+(`start_run`, `set_target_offsets`, `complete_run`); the sink records each tick it commits in the same
+transaction as the embeddings (`record_tick_commits`); and a run's completion is read from them
+(`wait_for_run`: no Kafka needed to follow a run)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from typing import TYPE_CHECKING
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 from shared.contract.errors import EmbedderError
+from shared.contract.messages import LIVE_RUN
 from shared.store.db import connection, one
 
 if TYPE_CHECKING:
     from shared.broker.lag import GroupLag, LagMonitor
+
+
+def start_run(conn: psycopg.Connection, run_id: str, start_offsets: dict[int, int] | None = None) -> None:
+    """Record a run (a replay with the prices topic's end offsets when it began, or a live query)."""
+    conn.execute(
+        "INSERT INTO embedder_runs (run_id, start_offsets) VALUES (%s, %s)",
+        (run_id, Jsonb(start_offsets) if start_offsets is not None else None),
+    )
+
+
+def set_target_offsets(conn: psycopg.Connection, run_id: str, target_offsets: dict[int, int]) -> None:
+    """The prices topic's end offsets once the run's messages are all published: what it must reach."""
+    conn.execute("UPDATE embedder_runs SET target_offsets = %s WHERE run_id = %s", (Jsonb(target_offsets), run_id))
+
+
+def complete_run(conn: psycopg.Connection, run_id: str) -> None:
+    """The run is over: its re-delivered messages are stale from now on (`completed_runs`)."""
+    conn.execute("UPDATE embedder_runs SET completed_at = now() WHERE run_id = %s", (run_id,))
+
+
+def completed_runs(conn: psycopg.Connection, run_ids: list[str]) -> set[str]:
+    """Those of `run_ids` that completed."""
+    return {
+        r[0]
+        for r in conn.execute(
+            "SELECT run_id FROM embedder_runs WHERE run_id = ANY(%s) AND completed_at IS NOT NULL", (run_ids,)
+        )
+    }
+
+
+def recent_runs(conn: psycopg.Connection) -> list[tuple]:
+    """Runs still going or completed in the last 10 minutes, newest first (at most 20):
+    (run_id, started_at, completed_at, start_offsets, target_offsets)."""
+    return conn.execute(
+        """SELECT run_id, started_at, completed_at, start_offsets, target_offsets FROM embedder_runs
+           WHERE completed_at IS NULL OR completed_at > now() - interval '10 minutes'
+           ORDER BY started_at DESC LIMIT 20"""
+    ).fetchall()
+
+
+def record_tick_commits(cur: psycopg.Cursor, done: list[dict]) -> None:
+    """Record ticks committed by the sink, in its transaction (`cur`): one dict per (run, scope, source
+    partition, day) with keys run, scope, p, d, e (embeddings), i (insufficient), m (missing today),
+    x (rows missing) and again (a re-delivery: counts only grow, never shrink)."""
+    cur.executemany(
+        """INSERT INTO embedder_tick_commits AS c (run_id, scope, source_partition, as_of_date,
+                embeddings, insufficient, missing_today, rows_missing)
+           VALUES (%(run)s, %(scope)s, %(p)s, %(d)s, %(e)s, %(i)s, %(m)s, %(x)s)
+           ON CONFLICT (run_id, scope, source_partition, as_of_date) DO UPDATE SET
+               embeddings = CASE WHEN %(again)s THEN GREATEST(c.embeddings, EXCLUDED.embeddings)
+                                 ELSE EXCLUDED.embeddings END,
+               insufficient = CASE WHEN %(again)s THEN LEAST(c.insufficient, EXCLUDED.insufficient)
+                                   ELSE EXCLUDED.insufficient END,
+               missing_today = EXCLUDED.missing_today,
+               rows_missing = EXCLUDED.rows_missing, committed_at = now()""",
+        done,
+    )
+
+
+def forget_live_ticks(conn: psycopg.Connection, days: list[date]) -> None:
+    """Drop the live run's tick commits of `days` (their ticks are queued again)."""
+    conn.execute("DELETE FROM embedder_tick_commits WHERE run_id = 'live' AND as_of_date = ANY(%s)", (days,))
+
+
+def newest_live_ticks(conn: psycopg.Connection) -> list[dict]:
+    """The newest live tick of each scope (market, or `*`), summed over its source partitions."""
+    rows = conn.execute(
+        """SELECT c.scope, c.as_of_date, count(*), sum(c.embeddings), sum(c.insufficient), sum(c.missing_today),
+                  max(c.committed_at)
+           FROM embedder_tick_commits c
+           JOIN (SELECT scope, max(as_of_date) AS d FROM embedder_tick_commits WHERE run_id = %s GROUP BY scope) n
+             ON n.scope = c.scope AND n.d = c.as_of_date
+           WHERE c.run_id = %s GROUP BY c.scope, c.as_of_date ORDER BY c.scope""",
+        (LIVE_RUN, LIVE_RUN),
+    ).fetchall()
+    return [
+        {
+            "market": scope,
+            "as_of": d.isoformat(),
+            "partitions": int(parts),
+            "embedded": int(e),
+            "insufficient_history": int(i),
+            "missing_today": int(m),
+            "committed_at": at.isoformat(timespec="seconds"),
+        }
+        for scope, d, parts, e, i, m, at in rows
+    ]
+
+
+def days_ticked_since(conn: psycopg.Connection, since: datetime, limit: int) -> list[date]:
+    """Up to `limit` as_of dates whose ticks (of any run) committed since `since`."""
+    return [
+        r[0]
+        for r in conn.execute(
+            "SELECT DISTINCT as_of_date FROM embedder_tick_commits WHERE committed_at >= %s LIMIT %s", (since, limit)
+        )
+    ]
+
+
+def newest_day_committed_everywhere(conn: psycopg.Connection, market_id: str, partitions: int) -> date | None:
+    """The newest day whose live tick of the market (or of every market) committed on `partitions` partitions."""
+    return one(
+        conn.execute(
+            """SELECT max(as_of_date) FROM (SELECT as_of_date FROM embedder_tick_commits
+                                        WHERE run_id = 'live' AND scope IN (%s, '*')
+                                        GROUP BY as_of_date, scope HAVING count(*) >= %s) done""",
+            (market_id, partitions),
+        )
+    )[0]
 
 
 @dataclass
