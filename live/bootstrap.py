@@ -239,6 +239,22 @@ def reconcile_state_format(conn: psycopg.Connection, app_id: str, version: int, 
     return found
 
 
+def forget_loaded_instruments(conn: psycopg.Connection) -> bool:
+    """After capture was off: forget which instruments were loaded (they are queued again), and mark the
+    snapshots still waiting as a resync (they load windows that may hold rows deleted during the gap).
+    Returns whether any window had been loaded."""
+    loaded = one(conn.execute("SELECT EXISTS (SELECT 1 FROM embedder_bootstrap WHERE rows > 0)"))[0]
+    conn.execute("DELETE FROM embedder_bootstrap WHERE published_at IS NOT NULL")
+    if loaded:
+        conn.execute("UPDATE embedder_bootstrap SET resync = true")
+    return bool(loaded)
+
+
+def pending_instruments(conn: psycopg.Connection) -> int:
+    """Instruments queued for loading whose snapshot is not published yet."""
+    return one(conn.execute("SELECT count(*) FROM embedder_bootstrap WHERE published_at IS NULL"))[0]
+
+
 def move_ticks_behind(conn: psycopg.Connection) -> int:
     """Give ticks still waiting in the outbox new ids, in their order, so they come after everything
     queued so far (a tick queued while the service was away, or before a repartition, must not compute

@@ -22,9 +22,9 @@ from datetime import datetime
 
 import psycopg
 
-from live.bootstrap import BOOTSTRAP_LOCK, move_ticks_behind, queue_bootstrap
+from live.bootstrap import BOOTSTRAP_LOCK, forget_loaded_instruments, move_ticks_behind, queue_bootstrap
 from shared.store.db import one
-from shared.store.embedding_store import ENTITY_TYPE
+from shared.store.maintained_keys import queue_every_maintained_key
 
 log = logging.getLogger("embedder.capture")
 
@@ -134,23 +134,10 @@ def resync(conn: psycopg.Connection) -> Resync:
     correction path."""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (BOOTSTRAP_LOCK,))
-        loaded = one(conn.execute("SELECT EXISTS (SELECT 1 FROM embedder_bootstrap WHERE rows > 0)"))[0]
-        conn.execute("DELETE FROM embedder_bootstrap WHERE published_at IS NOT NULL")
-        if loaded:  # snapshots still waiting load windows that may hold rows deleted during the gap
-            conn.execute("UPDATE embedder_bootstrap SET resync = true")
+        loaded = forget_loaded_instruments(conn)
         instruments = queue_bootstrap(conn, resync=loaded)
         move_ticks_behind(conn)
-        keys = conn.execute(
-            f"""INSERT INTO embedder_recompute_queue AS q (instrument_id, trade_date)
-                SELECT entity_id, as_of_date FROM numeric_window_embeddings
-                WHERE entity_type = '{ENTITY_TYPE}' AND length(entity_id) <= 50
-                  AND embedder_window_days(window_spec) IS NOT NULL
-                UNION
-                SELECT entity_id, as_of_date FROM embedder_absent_embeddings
-                WHERE entity_type = '{ENTITY_TYPE}' AND length(entity_id) <= 50
-                ON CONFLICT (instrument_id, trade_date) DO UPDATE
-                    SET seq = nextval('embedder_recompute_seq'), queued_at = now()"""
-        ).rowcount
+        keys = queue_every_maintained_key(conn)
     log.warning(
         "capture is on again after a gap: the live windows are rebuilt from prices_daily (%d instrument(s)) "
         "and %d maintained key(s) are rechecked by the correction path",

@@ -29,7 +29,14 @@ from shared.contract.errors import EmbedderError
 from shared.metrics import StreamMetrics
 from shared.store.db import connect, one
 from shared.store.embedding_store import price_changes, set_cause
-from shared.store.maintained_keys import MaintainedKey, affected_keys
+from shared.store.maintained_keys import (
+    MaintainedKey,
+    affected_keys,
+    dequeue,
+    oldest_queued_instruments,
+    queue_depth,
+    queued_changes_of,
+)
 
 log = logging.getLogger("embedder.corrections")
 RECOMPUTE_LOCK = 727_003  # pg advisory lock key: one correction loop per database
@@ -56,40 +63,17 @@ def drain_once(
     queued changes, in one transaction: an instrument's keys are recomputed once for all its changes."""
     out = Drained()
     with conn.transaction():
-        taken = [
-            r[0]
-            for r in conn.execute(
-                """SELECT instrument_id FROM (SELECT instrument_id, min(seq) AS first
-                                          FROM (SELECT instrument_id, seq FROM embedder_recompute_queue
-                                                ORDER BY seq LIMIT %s) oldest
-                                          GROUP BY instrument_id) t
-               ORDER BY first LIMIT %s""",
-                (max_changes, max_instruments),
-            )
-        ]
+        taken = oldest_queued_instruments(conn, max_changes, max_instruments)
         if not taken:
             return out
-        items = conn.execute(
-            """SELECT instrument_id, trade_date, seq FROM embedder_recompute_queue
-               WHERE instrument_id = ANY(%s)""",
-            (taken,),
-        ).fetchall()
+        items = queued_changes_of(conn, taken)
         changes: list[tuple[str, date]] = [(i, d) for i, d, _ in items]
         set_cause(conn, "correction", price_changes(changes))
         out.keys = affected_keys(conn, changes)
         out.rewritten = rewrite_keys(conn, out.keys)
-        conn.execute(
-            """DELETE FROM embedder_recompute_queue q
-               USING unnest(%s::text[], %s::date[], %s::bigint[]) AS t(i, d, s)
-               WHERE q.instrument_id = t.i AND q.trade_date = t.d AND q.seq = t.s""",
-            ([i for i, _, _ in items], [d for _, d, _ in items], [s for _, _, s in items]),
-        )
+        dequeue(conn, items)
         out.changes, out.instruments = len(items), len(taken)
     return out
-
-
-def queue_depth(conn: psycopg.Connection) -> int:
-    return one(conn.execute("SELECT count(*) FROM embedder_recompute_queue"))[0]
 
 
 KeysCallback = Callable[[list[MaintainedKey]], None]

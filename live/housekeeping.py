@@ -11,12 +11,11 @@ from datetime import date
 
 import psycopg
 
-from live.bootstrap import enqueue_tick, queue_bootstrap
+from live.bootstrap import enqueue_tick, pending_instruments, queue_bootstrap
 from live.capture import capture_state, heartbeat
 from shared.contract.config import Settings
 from shared.contract.messages import is_deletion
 from shared.metrics import StreamMetrics
-from shared.store.db import one
 from shared.store.embedding_history import CAUSE_KINDS, prune_versions, revisions_today
 from shared.store.outbox import outbox_backlog, prune_outbox
 
@@ -111,8 +110,7 @@ class Housekeeping:
         m.outbox_bytes.set(backlog.bytes)
         m.outbox_oldest_seconds.set(backlog.oldest_seconds)
         m.capture_on.set(1 if capture_state(conn).capturing else 0)
-        pending = one(conn.execute("SELECT count(*) FROM embedder_bootstrap WHERE published_at IS NULL"))[0]
-        m.bootstrap_pending.set(pending)
+        m.bootstrap_pending.set(pending_instruments(conn))
         revised = revisions_today(conn)
         other = sum(n for cause, n in revised.items() if cause not in CAUSE_KINDS)  # a fixed label set
         for cause in CAUSE_KINDS:

@@ -33,7 +33,7 @@ from shared.contract.models import MODELS
 from shared.metrics import StreamMetrics
 from shared.store.db import connect, one
 from shared.store.embedding_store import ENTITY_TYPE
-from shared.store.maintained_keys import MaintainedKey, affected_keys, queue_recompute
+from shared.store.maintained_keys import MaintainedKey, affected_keys, queue_recompute, queued_or_unpublished
 from shared.store.outbox import changes_published_since
 from shared.store.tick_commits import days_ticked_since
 
@@ -78,16 +78,7 @@ def stored_vectors(conn: psycopg.Connection, keys: Sequence[MaintainedKey]) -> d
 def in_flight(conn: psycopg.Connection, instrument_ids: Sequence[str]) -> set[str]:
     """Instruments with a captured change not yet applied everywhere (unpublished, or queued for the
     correction path): their keys may differ for a moment, and are not judged now."""
-    return {
-        r[0]
-        for r in conn.execute(
-            """SELECT instrument_id FROM embedder_recompute_queue WHERE instrument_id = ANY(%(ids)s)
-           UNION
-           SELECT instrument_id FROM embedder_outbox_changes
-           WHERE published_at IS NULL AND instrument_id = ANY(%(ids)s)""",
-            {"ids": list(set(instrument_ids))},
-        )
-    }
+    return queued_or_unpublished(conn, instrument_ids)
 
 
 def check_keys(conn: psycopg.Connection, keys: Sequence[MaintainedKey]) -> tuple[list[Finding], int]:

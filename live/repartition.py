@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from shared.broker.topics import ensure_topics
 from shared.contract.config import Settings
 from shared.contract.errors import BadArguments
-from shared.store.db import connection, one
-from shared.store.live_layout import LiveLayout, record_layout, with_layout
+from shared.store.db import connection
+from shared.store.live_layout import LiveLayout, change_layout, lock_layout, record_layout, with_layout
 from shared.store.outbox import requeue_live_ticks
 from shared.store.tick_commits import forget_live_ticks
 
@@ -54,19 +54,9 @@ def repartition(settings: Settings, partitions: int, by: str) -> Repartitioned:
         target = with_layout(settings, after)
         ensure_topics(target)
         with conn.transaction():
-            current = one(
-                conn.execute(
-                    "SELECT partitions, generation FROM embedder_live_layout WHERE app_id = %s FOR UPDATE",
-                    (settings.app_id,),
-                )
-            )
-            if tuple(current) != (before.partitions, before.generation):
+            if lock_layout(conn, settings.app_id) != before:
                 raise BadArguments("the live layout changed meanwhile (another repartition?); run the command again")
-            conn.execute(
-                """UPDATE embedder_live_layout SET partitions = %s, generation = %s, changed_at = now(),
-                            changed_by = %s WHERE app_id = %s""",
-                (partitions, after.generation, by, settings.app_id),
-            )
+            change_layout(conn, settings.app_id, after, by)
             requeued = requeue_live_ticks(conn, REQUEUE_DAYS, before.partitions)
             if requeued:
                 forget_live_ticks(conn, requeued)

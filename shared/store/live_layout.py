@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import psycopg
 
 from shared.contract.config import Settings
+from shared.store.db import one
 
 log = logging.getLogger("embedder.layout")
 GENERATION_SUFFIX = re.compile(r"\.g\d+$")
@@ -47,6 +48,23 @@ def record_layout(conn: psycopg.Connection, app_id: str, partitions: int) -> Liv
     layout = read_layout(conn, app_id)
     assert layout is not None
     return layout
+
+
+def lock_layout(conn: psycopg.Connection, app_id: str) -> LiveLayout:
+    """The app's layout, row-locked until the transaction ends (a repartition changes it under the lock)."""
+    partitions, generation = one(
+        conn.execute("SELECT partitions, generation FROM embedder_live_layout WHERE app_id = %s FOR UPDATE", (app_id,))
+    )
+    return LiveLayout(partitions, generation)
+
+
+def change_layout(conn: psycopg.Connection, app_id: str, layout: LiveLayout, by: str) -> None:
+    """Make `layout` the app's live layout (`by`: who changed it)."""
+    conn.execute(
+        """UPDATE embedder_live_layout SET partitions = %s, generation = %s, changed_at = now(),
+                    changed_by = %s WHERE app_id = %s""",
+        (layout.partitions, layout.generation, by, app_id),
+    )
 
 
 def with_layout(settings: Settings, layout: LiveLayout) -> Settings:

@@ -238,3 +238,74 @@ def recompute_backlog(conn: psycopg.Connection) -> dict:
     """The correction path's queue (captured changes still to reach the stored embeddings they reach)."""
     queued, oldest = one(conn.execute("SELECT count(*), min(queued_at) FROM embedder_recompute_queue"))
     return {"queued": int(queued), "oldest_queued": oldest.isoformat(timespec="seconds") if oldest else None}
+
+
+def oldest_queued_instruments(conn: psycopg.Connection, max_changes: int, max_instruments: int) -> list[str]:
+    """The (at most `max_instruments`) instruments among the oldest `max_changes` queued changes, oldest
+    first."""
+    return [
+        r[0]
+        for r in conn.execute(
+            """SELECT instrument_id FROM (SELECT instrument_id, min(seq) AS first
+                                      FROM (SELECT instrument_id, seq FROM embedder_recompute_queue
+                                            ORDER BY seq LIMIT %s) oldest
+                                      GROUP BY instrument_id) t
+           ORDER BY first LIMIT %s""",
+            (max_changes, max_instruments),
+        )
+    ]
+
+
+def queued_changes_of(conn: psycopg.Connection, instrument_ids: list[str]) -> list[tuple[str, date, int]]:
+    """Every queued change of `instrument_ids`: (instrument_id, trade_date, seq)."""
+    return [
+        (i, d, q)
+        for i, d, q in conn.execute(
+            "SELECT instrument_id, trade_date, seq FROM embedder_recompute_queue WHERE instrument_id = ANY(%s)",
+            (instrument_ids,),
+        )
+    ]
+
+
+def dequeue(conn: psycopg.Connection, items: Sequence[tuple[str, date, int]]) -> None:
+    """Remove the changes taken (by their seq: a change queued again meanwhile stays queued)."""
+    conn.execute(
+        """DELETE FROM embedder_recompute_queue q
+           USING unnest(%s::text[], %s::date[], %s::bigint[]) AS t(i, d, s)
+           WHERE q.instrument_id = t.i AND q.trade_date = t.d AND q.seq = t.s""",
+        ([i for i, _, _ in items], [d for _, d, _ in items], [s for _, _, s in items]),
+    )
+
+
+def queue_depth(conn: psycopg.Connection) -> int:
+    """Changes waiting in the queue."""
+    return one(conn.execute("SELECT count(*) FROM embedder_recompute_queue"))[0]
+
+
+def queue_every_maintained_key(conn: psycopg.Connection) -> int:
+    """Queue every maintained key (embedded or recorded absent) for the correction path; returns how many."""
+    return conn.execute(
+        f"""INSERT INTO embedder_recompute_queue AS q (instrument_id, trade_date)
+            SELECT entity_id, as_of_date FROM numeric_window_embeddings
+            WHERE entity_type = '{ENTITY_TYPE}' AND length(entity_id) <= 50
+              AND embedder_window_days(window_spec) IS NOT NULL
+            UNION
+            SELECT entity_id, as_of_date FROM embedder_absent_embeddings
+            WHERE entity_type = '{ENTITY_TYPE}' AND length(entity_id) <= 50
+            ON CONFLICT (instrument_id, trade_date) DO UPDATE
+                SET seq = nextval('embedder_recompute_seq'), queued_at = now()"""
+    ).rowcount
+
+
+def queued_or_unpublished(conn: psycopg.Connection, instrument_ids: Sequence[str]) -> set[str]:
+    """Those of `instrument_ids` with a change queued here or captured and not yet published."""
+    return {
+        r[0]
+        for r in conn.execute(
+            """SELECT instrument_id FROM embedder_recompute_queue WHERE instrument_id = ANY(%(ids)s)
+           UNION
+           SELECT instrument_id FROM embedder_outbox_changes
+           WHERE published_at IS NULL AND instrument_id = ANY(%(ids)s)""",
+            {"ids": list(set(instrument_ids))},
+        )
+    }
