@@ -1,7 +1,8 @@
 """One partition's stream semantics as plain Python: no broker, no Faust (bytewax's window logic is the model).
 
 `PartitionProcessor.process(offset, message)` reads the partition's state through
-two mappings (`windows`, `runs`: Faust tables in the worker, dicts in tests) and
+`PartitionState` (over two mappings, `windows` and `runs`: Faust tables in the
+worker, dicts in tests; the window encoding and the caches live there) and
 returns `Effects`: dead letters, embedding batches, state writes and tick
 reports. It never writes the mappings itself; the adapter (`streams/adapter.py`)
 applies the effects in one commit order, so what the processor decides and when
@@ -22,10 +23,12 @@ The semantics (SPEC section 4):
 
 from __future__ import annotations
 
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
+
+import numpy as np
 
 from shared.contract.encoder import LOOKBACK_FACTOR
 from shared.contract.messages import (
@@ -40,14 +43,12 @@ from shared.contract.messages import (
     row_payload,
 )
 from shared.store.embedding_store import price_changes
-from streams import window_store
 from streams.output import Embedding, EmbeddingBatch, TickDone
+from streams.partition_state import DEFAULT_CACHE_WINDOWS, PartitionState
 from streams.registry import Registry
-from streams.state import LIVE_PREFIX, RunPartition, StateView, TickRecord, Writes, run_key, window_key
+from streams.state import RunPartition, StateView, TickRecord, Writes, window_key
 from streams.ticks import Timeline, embeddings_at
 from streams.window import NO_OFFSET, NO_ROWS, NO_STAMP, Window, date_of, day_number, retention_days
-
-DEFAULT_CACHE_WINDOWS = 50_000
 
 
 @dataclass(frozen=True)
@@ -121,19 +122,14 @@ class PartitionProcessor:
     ):
         self.partition = partition
         self.config = config
-        self.windows = windows
-        self.runs = runs
+        self.state = PartitionState(partition, windows, runs, cache_windows)
         self.registry = registry
-        self.cache_windows = cache_windows
-        self._windows: OrderedDict[str, Window] = OrderedDict()
-        self._runs: dict[str, RunPartition] = {}
         self._unconfirmed: dict[str, dict[int, int]] = {}
         """Per run: offset -> first look-back day of each tick whose offset is not committed yet."""
 
     def forget(self) -> None:
         """Drop the parsed-state caches (after a rebalance, or when effects were not applied)."""
-        self._windows.clear()
-        self._runs.clear()
+        self.state.forget()
         self._unconfirmed.clear()
 
     def committed(self, offset: int) -> None:
@@ -182,49 +178,6 @@ class PartitionProcessor:
             self._end(message.run, fx)
         return fx
 
-    # --- state access through the caches -------------------------------------------------------
-
-    def _window(self, key: str) -> Window:
-        window = self._windows.get(key)
-        if window is None:
-            window = window_store.read(self.windows, key)
-            self._cache_window(key, window)
-        else:
-            self._windows.move_to_end(key)
-        return window
-
-    def _cache_window(self, key: str, window: Window | None) -> None:
-        if window is None:
-            self._windows.pop(key, None)
-            return
-        self._windows[key] = window
-        self._windows.move_to_end(key)
-        while len(self._windows) > self.cache_windows:
-            self._windows.popitem(last=False)
-
-    def _run_state(self, run: str) -> RunPartition:
-        state = self._runs.get(run)
-        if state is None:
-            state = self._runs[run] = RunPartition.parse(self.runs.get(run_key(run, self.partition)))
-        return state
-
-    def _write_window(
-        self, fx: Effects, key: str, before: Window, window: Window | None, changed_days: Sequence[int] = ()
-    ) -> None:
-        """Write `window` (None: delete it) in place of `before`, as stored: a live window's chunks that
-        differ, a replay's window whole (`streams/window_store.py`)."""
-        live = key.startswith(LIVE_PREFIX)
-        fx.writes.windows.update(window_store.writes(key, before, window, changed_days, chunked=live))
-        self._cache_window(key, window)
-
-    def _write_run(self, fx: Effects, run: str, before: RunPartition, after: RunPartition | None) -> None:
-        if after is None:
-            fx.writes.runs[run_key(run, self.partition)] = None
-            self._runs.pop(run, None)
-        elif after != before:
-            fx.writes.runs[run_key(run, self.partition)] = after.to_bytes()
-            self._runs[run] = after
-
     # --- rows ------------------------------------------------------------------------------------
 
     def _rows(
@@ -239,9 +192,28 @@ class PartitionProcessor:
         slack_days: int | None = None,
         stamp: int | None = None,
     ) -> None:
+        """Apply a batch's rows to their instruments' windows and re-emit what they correct."""
         keep = retention_days(window_days, self.config.retention_slack_days if slack_days is None else slack_days)
-        before = self._run_state(run)
-        state = before.with_received(rows_total, offset)
+        before = self.state.run(run)
+        by_instrument = self._known_rows(run, rows, rejected, fx)
+        state = before.with_received(rows_total, offset).with_members(set(by_instrument))
+        corrections: dict[int, list[Embedding]] = {}
+        changed_prices: list[tuple[str, date]] = []
+        floor = self._floor(run)
+        for instrument_id, own in by_instrument.items():
+            changed = self._apply(run, instrument_id, own, keep, offset, floor, stamp, state, corrections, fx)
+            changed_prices.extend((instrument_id, date_of(d)) for d in changed)
+        cause = price_changes(changed_prices)
+        for window_days, items in corrections.items():
+            fx.embeddings.append(
+                EmbeddingBatch(run, window_days, self.partition, items, cause=cause, computed_from=stamp)
+            )
+        self.state.write_run(fx.writes, run, before, state)
+
+    def _known_rows(
+        self, run: str, rows: Sequence[tuple], rejected: Sequence[tuple[str, object]], fx: Effects
+    ) -> dict[str, list[tuple]]:
+        """The rows of known instruments, by instrument; each rejected or unknown row is one dead letter."""
         for reason, raw in rejected:
             fx.dead_letters.append(DeadLetter(reason, row_payload(run, raw)))
         unknown = self.registry.unknown({r[0] for r in rows})
@@ -251,64 +223,67 @@ class PartitionProcessor:
                 fx.dead_letters.append(DeadLetter(f"unknown instrument {row[0]!r}", row_payload(run, row)))
             else:
                 by_instrument.setdefault(row[0], []).append(row)
-        state = state.with_members(set(by_instrument))
-        corrections: dict[int, list[Embedding]] = {}
-        changed_prices: list[tuple[str, date]] = []
-        floor = self._floor(run)
-        for instrument_id, own in by_instrument.items():
-            key = window_key(run, instrument_id)
-            stored = self._window(key)
-            if stored.applied_offset >= offset:
-                continue  # re-delivered after a restart or rebalance: already in the restored state
-            if stored.newer_than(stamp):
-                fx.stale_rows += len(own)  # read before rows the window holds (a relay that lost its turn)
-                continue
-            changes = [
-                (day_number(r[1]), None, None) if is_deletion(r) else (day_number(r[1]), r[2], r[3]) for r in own
-            ]
-            window, too_old = stored.apply(changes, keep, offset, floor, stamp)
-            live = run == LIVE_RUN
-            for k in too_old:
-                if live:  # history: the database path recomputes what it reaches
-                    fx.left_to_database += 1
-                else:
-                    fx.dead_letters.append(
-                        DeadLetter(
-                            f"row older than the stream keeps ({keep} days before the instrument's newest row); "
-                            "recompute the embeddings it reaches with `embedder replay --direct`",
-                            row_payload(run, own[k]),
-                        )
+        return by_instrument
+
+    def _apply(
+        self,
+        run: str,
+        instrument_id: str,
+        own: list[tuple],
+        keep: int,
+        offset: int,
+        floor: int | None,
+        stamp: int | None,
+        state: RunPartition,
+        corrections: dict[int, list[Embedding]],
+        fx: Effects,
+    ) -> list[int]:
+        """Apply one instrument's rows to its window; add what they correct to `corrections` (by window
+        length). Returns the days applied when they corrected something (their price changes), else []."""
+        key = window_key(run, instrument_id)
+        stored = self.state.window(key)
+        if stored.applied_offset >= offset:
+            return []  # re-delivered after a restart or rebalance: already in the restored state
+        if stored.newer_than(stamp):
+            fx.stale_rows += len(own)  # read before rows the window holds (a relay that lost its turn)
+            return []
+        changes = [(day_number(r[1]), None, None) if is_deletion(r) else (day_number(r[1]), r[2], r[3]) for r in own]
+        window, too_old = stored.apply(changes, keep, offset, floor, stamp)
+        live = run == LIVE_RUN
+        for k in too_old:
+            if live:  # history: the database path recomputes what it reaches
+                fx.left_to_database += 1
+            else:
+                fx.dead_letters.append(
+                    DeadLetter(
+                        f"row older than the stream keeps ({keep} days before the instrument's newest row); "
+                        "recompute the embeddings it reaches with `embedder replay --direct`",
+                        row_payload(run, own[k]),
                     )
-            skipped = set(too_old)
-            applied = [(k, changes[k][0]) for k in range(len(changes)) if k not in skipped]
-            reached = self._ticks_reached(run, instrument_id, state, [d for _, d in applied])
-            stale = [t for t in reached if not window.covers(t.day, t.window_days)]
-            for k, d in applied:
-                lost = [t for t in stale if t.reaches(d)]
-                if lost and live:
-                    fx.left_to_database += 1
-                elif lost:
-                    fx.dead_letters.append(
-                        DeadLetter(
-                            f"correction reaches tick {date_of(lost[0].day)} whose look-back the stream no longer "
-                            "holds; recompute it with `embedder replay --direct`",
-                            row_payload(run, own[k]),
-                        )
-                    )
-            fresh = [t for t in reached if t not in stale]
-            for window_days in {t.window_days for t in fresh}:
-                corrections.setdefault(window_days, []).extend(
-                    recompute(instrument_id, window, [t for t in fresh if t.window_days == window_days])
                 )
-            if fresh:
-                changed_prices.extend((instrument_id, date_of(d)) for _, d in applied)
-            self._write_window(fx, key, stored, window, [c[0] for c in changes])
-        cause = price_changes(changed_prices)
-        for window_days, items in corrections.items():
-            fx.embeddings.append(
-                EmbeddingBatch(run, window_days, self.partition, items, cause=cause, computed_from=stamp)
+        skipped = set(too_old)
+        applied = [(k, changes[k][0]) for k in range(len(changes)) if k not in skipped]
+        reached = self._ticks_reached(run, instrument_id, state, [d for _, d in applied])
+        stale = [t for t in reached if not window.covers(t.day, t.window_days)]
+        for k, d in applied:
+            lost = [t for t in stale if t.reaches(d)]
+            if lost and live:
+                fx.left_to_database += 1
+            elif lost:
+                fx.dead_letters.append(
+                    DeadLetter(
+                        f"correction reaches tick {date_of(lost[0].day)} whose look-back the stream no longer "
+                        "holds; recompute it with `embedder replay --direct`",
+                        row_payload(run, own[k]),
+                    )
+                )
+        fresh = [t for t in reached if t not in stale]
+        for window_days in {t.window_days for t in fresh}:
+            corrections.setdefault(window_days, []).extend(
+                recompute(instrument_id, window, [t for t in fresh if t.window_days == window_days])
             )
-        self._write_run(fx, run, before, state)
+        self.state.write_window(fx.writes, key, stored, window, [c[0] for c in changes])
+        return [d for _, d in applied] if fresh else []
 
     def _ticks_reached(self, run: str, instrument_id: str, state: RunPartition, days: list[int]) -> list[TickRecord]:
         """Processed ticks whose look-back holds one of `days` and that emit for this instrument."""
@@ -332,71 +307,30 @@ class PartitionProcessor:
         return self.registry.selection(tick.scope, tick.limit, tick.offset, self.partition)
 
     def _tick(self, tick: Tick, offset: int, fx: Effects, lookback: Mapping[str, Window] | None = None) -> None:
-        before = self._run_state(tick.run)
+        """Emit the tick's embeddings on this partition, say what it could not compute, record it."""
+        before = self.state.run(tick.run)
         query = tick.query_run is not None
         redelivered = offset <= before.tick_offset and not query
         live = tick.run == LIVE_RUN and not query
-        dates = tick.dates
-        days = [day_number(d) for d in dates]
+        days = [day_number(d) for d in tick.dates]
         expected = self._expected(tick, before)
-        full: list[tuple[str, Window]] = []
-        partial: list[tuple[str, Window]] = []
-        no_window: list[str] = []
-        for instrument_id in expected:
-            if lookback is None:
-                window = self._window(window_key(tick.run, instrument_id))
-            else:
-                window = lookback.get(instrument_id, NO_ROWS)
-            if window.applied_offset == NO_OFFSET and not window.rows.size:
-                no_window.append(instrument_id)
-            elif window.covers(days[0], tick.window_days):
-                full.append((instrument_id, window))
-            else:
-                partial.append((instrument_id, window))
-        items = Timeline(full).embeddings(days, tick.window_days, tick.models)
-        every_full_computed = len(items) == len(full) * len(dates) * len(tick.models)
-        uncovered: list[str] = []
-        for instrument_id, window in partial:
-            covered = [d for d in days if window.covers(d, tick.window_days)]
-            items.extend(embeddings_at([(instrument_id, window)], covered, tick.window_days, tick.models))
-            if len(covered) < len(days):
-                uncovered.append(instrument_id)
+        full, partial, no_window = self._held_windows(tick, days, expected, lookback)
+        items, every_full_computed, uncovered = self._embeddings(tick, days, full, partial)
         if uncovered and not redelivered:
-            # Rows far newer than the tick arrived before it: the look-back is gone. Keep it visible.
-            fx.dead_letters.append(
-                DeadLetter(
-                    f"tick {dates[0]}: windows of {len(uncovered)} instrument(s) ({', '.join(uncovered[:5])}) no "
-                    "longer hold the look-back; recompute them with `embedder replay --direct`",
-                    row_payload(tick.run, [tick.as_of.isoformat(), tick.scope]),
-                )
-            )
-        first_model = tick.models[0]
-        embedded = Counter(as_of for _, as_of, m, _ in items if m == first_model)
-        held = full + partial
-        present = Timeline(held).present(days)  # (held windows x days)
-        missing = len(no_window) + (~present).sum(axis=0)
-        done = [
-            TickDone(as_of, embedded[as_of], len(expected) - embedded[as_of], int(m))
-            for as_of, m in zip(dates, missing)
-        ]
-        rows_missing = self._rows_missing(tick, before, offset)
-        computed = {(i, as_of) for i, as_of, m, _ in items if m == first_model}
-        asked = [] if every_full_computed else [(i, d) for i, _ in full for d in dates]  # the usual case: none
-        asked += [(i, date_of(d)) for i, w in partial for d in days if w.covers(d, tick.window_days)]
-        asked += [(i, d) for i in no_window for d in dates]
-        absent = [Embedding(i, d, m, b"") for i, d in asked if (i, d) not in computed for m in tick.models]
-        recheck = tuple((i, dates[0]) for i in no_window) if tick.run == LIVE_RUN else ()
+            fx.dead_letters.append(self._lost_lookback(tick, uncovered))
+        present = Timeline(full + partial).present(days)  # (held windows x days)
+        absent = self._absent(tick, days, items, every_full_computed, full, partial, no_window)
         fx.embeddings.append(
             EmbeddingBatch(
                 tick.query_run or tick.run,
                 tick.window_days,
                 self.partition,
                 items + absent,
-                tuple(done),
-                rows_missing,
+                self._done(tick, expected, items, no_window, present),
+                self._rows_missing(tick, before, offset),
                 tick.scope if live else "",
                 redelivered,
-                recheck,
+                tuple((i, tick.dates[0]) for i in no_window) if tick.run == LIVE_RUN else (),
                 computed_from=tick_claim(tick, lookback),
             )
         )
@@ -405,24 +339,111 @@ class PartitionProcessor:
         if not query:  # a query reads the live state; it is no tick of the live run
             keep = retention_days(tick.window_days, self.config.retention_slack_days)
             records = [TickRecord(d, tick.window_days, tuple(tick.models), tick.scope if live else None) for d in days]
-            self._write_run(fx, tick.run, before, before.with_ticks(records, keep, offset))
-        newest = dates[-1]
-        got = {i for i, as_of, m, _ in items if as_of == newest and m == first_model}
-        held_newest = {i for (i, _), here in zip(held, present[:, -1]) if here}
-        fx.ticks.append(
-            TickReport(
-                tick.query_run or tick.run,
-                tick.scope if live else "",
-                dates,
-                len(expected),
-                len(got),
-                [i for i in expected if i not in got],
-                [i for i in expected if i not in held_newest],
-                redelivered,
-            )
-        )
+            self.state.write_run(fx.writes, tick.run, before, before.with_ticks(records, keep, offset))
+        fx.ticks.append(self._report(tick, live, redelivered, expected, items, full + partial, present))
         if live and no_window and not redelivered:
             fx.lost_windows.extend(no_window)
+
+    def _held_windows(
+        self, tick: Tick, days: list[int], expected: list[str], lookback: Mapping[str, Window] | None
+    ) -> tuple[list[tuple[str, Window]], list[tuple[str, Window]], list[str]]:
+        """The expected instruments' windows: (covering the tick's look-back, covering part of it, none at all)."""
+        full: list[tuple[str, Window]] = []
+        partial: list[tuple[str, Window]] = []
+        no_window: list[str] = []
+        for instrument_id in expected:
+            if lookback is None:
+                window = self.state.window(window_key(tick.run, instrument_id))
+            else:
+                window = lookback.get(instrument_id, NO_ROWS)
+            if window.applied_offset == NO_OFFSET and not window.rows.size:
+                no_window.append(instrument_id)
+            elif window.covers(days[0], tick.window_days):
+                full.append((instrument_id, window))
+            else:
+                partial.append((instrument_id, window))
+        return full, partial, no_window
+
+    @staticmethod
+    def _embeddings(
+        tick: Tick, days: list[int], full: list[tuple[str, Window]], partial: list[tuple[str, Window]]
+    ) -> tuple[list[Embedding], bool, list[str]]:
+        """The embeddings the held windows give: (them, whether every full window gave every one, the
+        partial windows that miss a day's look-back)."""
+        items = Timeline(full).embeddings(days, tick.window_days, tick.models)
+        every_full_computed = len(items) == len(full) * len(days) * len(tick.models)
+        uncovered: list[str] = []
+        for instrument_id, window in partial:
+            covered = [d for d in days if window.covers(d, tick.window_days)]
+            items.extend(embeddings_at([(instrument_id, window)], covered, tick.window_days, tick.models))
+            if len(covered) < len(days):
+                uncovered.append(instrument_id)
+        return items, every_full_computed, uncovered
+
+    @staticmethod
+    def _lost_lookback(tick: Tick, uncovered: list[str]) -> DeadLetter:
+        """Rows far newer than the tick arrived before it: the look-back is gone. Kept visible."""
+        return DeadLetter(
+            f"tick {tick.dates[0]}: windows of {len(uncovered)} instrument(s) ({', '.join(uncovered[:5])}) no "
+            "longer hold the look-back; recompute them with `embedder replay --direct`",
+            row_payload(tick.run, [tick.as_of.isoformat(), tick.scope]),
+        )
+
+    @staticmethod
+    def _absent(
+        tick: Tick,
+        days: list[int],
+        items: list[Embedding],
+        every_full_computed: bool,
+        full: list[tuple[str, Window]],
+        partial: list[tuple[str, Window]],
+        no_window: list[str],
+    ) -> list[Embedding]:
+        """Keys the tick asked for and could not compute (too little history): empty vectors, so a key
+        stored before is removed and the key is recorded absent."""
+        first_model = tick.models[0]
+        computed = {(i, as_of) for i, as_of, m, _ in items if m == first_model}
+        asked = [] if every_full_computed else [(i, d) for i, _ in full for d in tick.dates]  # the usual case: none
+        asked += [(i, date_of(d)) for i, w in partial for d in days if w.covers(d, tick.window_days)]
+        asked += [(i, d) for i in no_window for d in tick.dates]
+        return [Embedding(i, d, m, b"") for i, d in asked if (i, d) not in computed for m in tick.models]
+
+    @staticmethod
+    def _done(
+        tick: Tick, expected: list[str], items: list[Embedding], no_window: list[str], present: np.ndarray
+    ) -> tuple[TickDone, ...]:
+        """Per date: embedded, not embedded, and without a row that day."""
+        embedded = Counter(as_of for _, as_of, m, _ in items if m == tick.models[0])
+        missing = len(no_window) + (~present).sum(axis=0)
+        return tuple(
+            TickDone(as_of, embedded[as_of], len(expected) - embedded[as_of], int(m))
+            for as_of, m in zip(tick.dates, missing)
+        )
+
+    @staticmethod
+    def _report(
+        tick: Tick,
+        live: bool,
+        redelivered: bool,
+        expected: list[str],
+        items: list[Embedding],
+        held: list[tuple[str, Window]],
+        present: np.ndarray,
+    ) -> TickReport:
+        """What the tick computed, for metrics and its log line (of the newest date)."""
+        newest = tick.dates[-1]
+        got = {i for i, as_of, m, _ in items if as_of == newest and m == tick.models[0]}
+        held_newest = {i for (i, _), here in zip(held, present[:, -1]) if here}
+        return TickReport(
+            tick.query_run or tick.run,
+            tick.scope if live else "",
+            tick.dates,
+            len(expected),
+            len(got),
+            [i for i in expected if i not in got],
+            [i for i in expected if i not in held_newest],
+            redelivered,
+        )
 
     def _rows_missing(self, tick: Tick, state: RunPartition, offset: int) -> int:
         """Rows the replay says it published to this partition before the tick that never arrived.
@@ -440,11 +461,11 @@ class PartitionProcessor:
         """Delete a finished replay's state of this partition (tombstones compact its changelog away)."""
         if run == LIVE_RUN:
             raise BadMessage("the live run never ends")
-        before = self._run_state(run)
+        before = self.state.run(run)
         for instrument_id in sorted(before.members):
             key = window_key(run, instrument_id)
-            self._write_window(fx, key, self._window(key), None)
-        self._write_run(fx, run, before, None)
+            self.state.write_window(fx.writes, key, self.state.window(key), None)
+        self.state.write_run(fx.writes, run, before, None)
         self._unconfirmed.pop(run, None)
 
 
