@@ -44,10 +44,8 @@ OWNERS: dict[str, set[str]] = {
 
 KNOWN_DEBTS: set[tuple[str, str]] = {
     ("backfill/verify.py", "numeric_window_embeddings"),
-    ("embedder/inspect.py", "numeric_window_embeddings"),
     ("live/bootstrap.py", "embedder_scheduled_ticks"),
     ("live/parity_audit.py", "numeric_window_embeddings"),
-    ("shared/store/embedding_history.py", "numeric_window_embeddings"),
     ("shared/store/embedding_reads.py", "embedder_history"),
     ("shared/store/maintained_keys.py", "embedder_absent_embeddings"),
     ("shared/store/maintained_keys.py", "numeric_window_embeddings"),

@@ -14,6 +14,7 @@ import numpy as np
 import psycopg
 
 from shared.store.db import one
+from shared.store.embedding_reads import current_row
 from shared.store.embedding_store import ENTITY_TYPE
 
 CAUSE_KINDS = frozenset({"live", "correction", "replay", "query", "direct", "repair", "sql"})
@@ -64,12 +65,7 @@ def versions_of(conn: psycopg.Connection, instrument_id: str, as_of: date, model
         (ENTITY_TYPE, instrument_id, as_of, model_id),
     ).fetchall()
     out = [Version(f, t, w, bytes(v) if v is not None else None, c, why) for f, t, w, v, c, why in rows]
-    current = conn.execute(
-        """SELECT created_at, (window_spec->>'window_days')::int, vector FROM numeric_window_embeddings
-           WHERE entity_type = %s AND entity_id = %s AND as_of_date = %s AND model_id = %s
-           ORDER BY embedding_id DESC LIMIT 1""",
-        (ENTITY_TYPE, instrument_id, as_of, model_id),
-    ).fetchone()
+    current = current_row(conn, instrument_id, as_of, model_id)
     if current is not None:
         since = max([current[0]] + [v.recorded_to for v in out if v.recorded_to is not None])
         out.append(Version(since, None, current[1], bytes(current[2]) if current[2] is not None else None))

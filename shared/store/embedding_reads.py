@@ -24,6 +24,7 @@ import psycopg
 
 from shared.contract.errors import BadArguments, EmbedderError, ServiceUnavailable
 from shared.contract.models import validate_models
+from shared.store.db import one
 from shared.store.embedding_store import ENTITY_TYPE
 from shared.store.instruments import market_cut
 
@@ -406,3 +407,31 @@ def with_fixed_vectors(batch: pa.RecordBatch) -> pa.RecordBatch:
         ],
         names=BATCH_COLUMNS,
     )
+
+
+def count_at(conn: psycopg.Connection, as_of: date, model_id: str) -> int:
+    """Rows stored for (as_of, model), every entity type."""
+    return one(
+        conn.execute(
+            "SELECT count(*) FROM numeric_window_embeddings WHERE as_of_date = %s AND model_id = %s", (as_of, model_id)
+        )
+    )[0]
+
+
+def first_at(conn: psycopg.Connection, as_of: date, model_id: str) -> tuple | None:
+    """The first row (by entity id) stored for (as_of, model): (entity_id, window_spec, vector), or None."""
+    return conn.execute(
+        """SELECT entity_id, window_spec, vector FROM numeric_window_embeddings
+           WHERE as_of_date = %s AND model_id = %s ORDER BY entity_id LIMIT 1""",
+        (as_of, model_id),
+    ).fetchone()
+
+
+def current_row(conn: psycopg.Connection, instrument_id: str, as_of: date, model_id: str) -> tuple | None:
+    """An instrument's stored row for (as_of, model): (created_at, window days, vector), or None."""
+    return conn.execute(
+        """SELECT created_at, (window_spec->>'window_days')::int, vector FROM numeric_window_embeddings
+           WHERE entity_type = %s AND entity_id = %s AND as_of_date = %s AND model_id = %s
+           ORDER BY embedding_id DESC LIMIT 1""",
+        (ENTITY_TYPE, instrument_id, as_of, model_id),
+    ).fetchone()
