@@ -22,7 +22,7 @@ from backfill.synthetic import YAHOO_HEADER, synthetic_rows
 from shared.broker.publisher import PricePublisher
 from shared.broker.topics import ensure_topics
 from shared.contract.messages import LIVE_RUN, PriceRow, Tick
-from tests.support.cli import EMBEDDER, settings_of
+from tests.support.cli import EMBEDDER, run_command, settings_of
 from tests.support.helpers import assert_same_embeddings, expected, load_synthetic, stored, wait_for
 from tests.support.markets import MODELS, live_market
 from tests.support.workers import get, live_tick_committed, start_live_worker, stop, tick_live
@@ -180,9 +180,7 @@ def test_hostile_instrument_ids_are_stored_and_embedded_verbatim(db_url, cli_env
         writer.writerows(r[:7] + [names[r[7]]] for r in rows)
 
     def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            EMBEDDER + list(args), env=cli_env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL
-        )
+        return run_command(EMBEDDER + list(args), cli_env, timeout=600)
 
     imported = run("prices", "import", str(path))
     assert imported.returncode == 0, imported.stderr[-2000:]

@@ -12,16 +12,14 @@ import time
 import psycopg
 import pytest
 
-from tests.support.cli import EMBEDDER
+from tests.support.cli import EMBEDDER, run_command
 from tests.support.helpers import assert_same_embeddings, load_synthetic, stored
 
 MODELS = ["num-regime-core-v1"]
 
 
 def run(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        EMBEDDER + list(args), env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
-    )
+    return run_command(EMBEDDER + list(args), env, timeout=timeout)
 
 
 def replay_phase(url: str) -> str:

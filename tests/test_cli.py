@@ -9,12 +9,12 @@ import numpy as np
 import psycopg
 import pytest
 
-from tests.support.cli import EMBEDDER, PLATFORM
+from tests.support.cli import EMBEDDER, PLATFORM, run_command
 from tests.support.helpers import load_synthetic
 
 
 def run(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    return run_command(cmd, env, timeout=300)
 
 
 def row_count(url: str) -> int:

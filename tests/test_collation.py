@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from streams.registry import DbRegistry
-from tests.support.cli import PLATFORM
+from tests.support.cli import PLATFORM, run_command
 from tests.support.helpers import expected, wait_for
 from tests.support.platform import EMBEDDER, add_instruments, insert_prices, market_history, upgrade
 from tests.support.workers import start_live_worker, stop
@@ -70,7 +70,7 @@ def icu_db(endpoints):
 
 
 def run(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    proc = run_command(cmd, env, timeout=600)
     assert proc.returncode == 0, (cmd, proc.stdout[-2000:], proc.stderr[-3000:])
     return proc
 
@@ -137,14 +137,7 @@ def test_every_path_cuts_the_market_in_the_databases_order(icu_db, cli_env, tmp_
         assert "answered from the live windows" in proc.stdout
         assert embedded(icu_db) == want
         run(EMBEDDER + ["replay", "--direct", *flags], env)
-        verify = subprocess.run(
-            EMBEDDER + ["verify", "--json", *flags],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            stdin=subprocess.DEVNULL,
-        )
+        verify = run_command(EMBEDDER + ["verify", "--json", *flags], env, timeout=300)
         report = json.loads(verify.stdout)
         assert verify.returncode == 0 and report["equal"] and report["instruments"] == LIMIT
     finally:

@@ -23,6 +23,7 @@ import pytest
 
 from backfill.price_import import import_prices
 from tests.conftest import REAL_DATA
+from tests.support.cli import run_command
 from tests.support.helpers import assert_same_embeddings, stored, wait_for
 from tests.support.platform import EMBEDDER, insert_prices
 from tests.support.reference import reference_embedding
@@ -37,14 +38,7 @@ INSTRUMENTS = 24
 def run(
     env: dict[str, str], *args: str, ok: bool = True, module: list[str] | None = None
 ) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        (module or EMBEDDER) + list(args),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        stdin=subprocess.DEVNULL,
-    )
+    proc = run_command((module or EMBEDDER) + list(args), env, timeout=600)
     if ok:
         assert proc.returncode == 0, (args, proc.stdout[-2000:], proc.stderr[-3000:])
     return proc

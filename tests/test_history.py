@@ -4,7 +4,6 @@ live-service end of it (corrections through the worker, a repair) is in tests/te
 
 from __future__ import annotations
 
-import subprocess
 from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
@@ -19,7 +18,7 @@ from shared.contract.errors import BadArguments
 from shared.store.embedding_history import prune_versions, switch_history, versions_of
 from shared.store.embedding_store import set_cause, upsert_embeddings
 from shared.store.maintained_keys import record_absent
-from tests.support.cli import EMBEDDER
+from tests.support.cli import EMBEDDER, run_command
 from tests.support.markets import instant
 
 MODEL = "numeric-simple-v1"
@@ -121,14 +120,11 @@ def test_history_lists_versions_with_their_causes_and_drift(db_url, cli_env):
     assert [v.vector for v in got] == [vec(1, 1), vec(1, 2), vec(1, 3)]
     assert [v.cause for v in got] == ["correction: prices of A", "repair: verify", None]  # what ended each
     assert got[-1].recorded_to is None and got[0].recorded_to == got[1].recorded_from
-    proc = subprocess.run(
+    proc = run_command(
         EMBEDDER
         + ["embeddings", "history", "--instrument-id", "A", "--as-of", str(DAY), "--model-id", MODEL, "--json"],
-        env=cli_env,
-        capture_output=True,
-        text=True,
+        cli_env,
         timeout=60,
-        stdin=subprocess.DEVNULL,
     )
     assert proc.returncode == 0, proc.stderr
     import json
@@ -194,14 +190,7 @@ BAD = [
 @pytest.mark.parametrize("args,message", BAD)
 def test_bad_export_arguments_exit_2_with_one_line(cli_env, tmp_path, args, message):
     target = tmp_path / "out.parquet"
-    proc = subprocess.run(
-        EMBEDDER + ["embeddings", "export", "-o", str(target), *args],
-        env=cli_env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
+    proc = run_command(EMBEDDER + ["embeddings", "export", "-o", str(target), *args], cli_env, timeout=60)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr
@@ -212,11 +201,9 @@ def test_an_export_target_that_exists_is_kept_unless_forced(cli_env, tmp_path):
     target = tmp_path / "out.csv"
     target.write_text("mine")
     command = EMBEDDER + ["embeddings", "export", "--as-of", "2020-01-02", "--format", "csv", "-o", str(target)]
-    proc = subprocess.run(command, env=cli_env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    proc = run_command(command, cli_env, timeout=60)
     assert proc.returncode == 2 and "exists (--force replaces it)" in proc.stderr and target.read_text() == "mine"
-    proc = subprocess.run(
-        command + ["--force"], env=cli_env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
-    )
+    proc = run_command(command + ["--force"], cli_env, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert target.read_text().startswith("instrument_id,as_of_date,model_id,window_days")
 
@@ -235,7 +222,7 @@ def test_exports_of_one_as_of_over_the_real_market_round_trip_to_the_table_bytes
     assert len(want) > 450
     env = cli_env | {"DATABASE_URL": real_db_url}
     for fmt in ("parquet", "npy", "csv"):
-        proc = subprocess.run(
+        proc = run_command(
             EMBEDDER
             + [
                 "embeddings",
@@ -251,11 +238,8 @@ def test_exports_of_one_as_of_over_the_real_market_round_trip_to_the_table_bytes
                 "-o",
                 str(tmp_path / f"e.{fmt}"),
             ],
-            env=env,
-            capture_output=True,
-            text=True,
+            env,
             timeout=120,
-            stdin=subprocess.DEVNULL,
         )
         assert proc.returncode == 0, proc.stderr
         assert f"exported {len(want):,} embeddings" in proc.stdout

@@ -13,7 +13,7 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient
 
 from shared.broker.topics import ensure_topics
-from tests.support.cli import EMBEDDER, settings_of
+from tests.support.cli import EMBEDDER, run_command, settings_of
 from tests.support.helpers import wait_for
 from tests.support.markets import publish_backlog
 from tests.support.workers import start_named_worker as start_worker
@@ -23,14 +23,7 @@ LAG_EXIT = {"OK": 0, "ERR": 1, "WARN": 3, "REWIND": 4, "STALL": 5, "STOP": 6}  #
 
 def lag_json(env: dict[str, str], *extra: str) -> dict:
     """`embedder lag --json`; its exit code must be the documented one for the status it reports."""
-    proc = subprocess.run(
-        EMBEDDER + ["lag", "--json", "--samples", "1", *extra],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-    )
+    proc = run_command(EMBEDDER + ["lag", "--json", "--samples", "1", *extra], env, timeout=120)
     report = json.loads(proc.stdout)
     status = report["groups"][0]["status"]
     assert proc.returncode == LAG_EXIT[status], (status, proc.returncode, proc.stderr[-2000:])
@@ -128,26 +121,14 @@ def test_lag_exits_1_when_the_broker_cannot_be_read_and_names_it(cli_env):
     env = cli_env | {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}
     report = lag_json(env)  # exit 1 (ERR), never 0 and never the usage code 2
     assert report["groups"][0]["status"] == "ERR" and report["groups"][0]["error"]
-    table = subprocess.run(
-        EMBEDDER + ["lag", "--samples", "1"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-    )
+    table = run_command(EMBEDDER + ["lag", "--samples", "1"], env, timeout=120)
     assert table.returncode == 1 and "ERR" in table.stdout
 
 
 def test_a_piped_table_keeps_its_headers_and_other_groups_can_be_read(cli_env):
     ensure_topics(settings_of(cli_env))
-    proc = subprocess.run(
-        EMBEDDER + ["lag", "--samples", "1", "--group", "someone-else"],
-        env=cli_env | {"COLUMNS": ""},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
+    proc = run_command(
+        EMBEDDER + ["lag", "--samples", "1", "--group", "someone-else"], cli_env | {"COLUMNS": ""}, timeout=120
     )
     header = next(line for line in proc.stdout.splitlines() if "partition" in line)
     for column in ("role", "topic", "partition", "committed", "end", "lag s", "rate/s", "catch-up s", "status"):
@@ -209,7 +190,7 @@ def test_a_one_shot_replay_leaves_its_group_with_no_lag(db_url, cli_env, tmp_pat
     from tests.support.helpers import load_synthetic
 
     load_synthetic(db_url, tmp_path, instruments=6)
-    proc = subprocess.run(
+    proc = run_command(
         EMBEDDER
         + [
             "replay",
@@ -222,11 +203,8 @@ def test_a_one_shot_replay_leaves_its_group_with_no_lag(db_url, cli_env, tmp_pat
             "--model-id",
             "num-regime-core-v1",
         ],
-        env=cli_env,
-        capture_output=True,
-        text=True,
+        cli_env,
         timeout=300,
-        stdin=subprocess.DEVNULL,
     )
     assert proc.returncode == 0 and "started one for this run" in proc.stderr, proc.stderr[-2000:]
     report = lag_json(cli_env)  # the worker the replay started is gone, and left nothing behind

@@ -13,14 +13,12 @@ import pytest
 import typer
 
 from embedder.cli import app
-from tests.support.cli import EMBEDDER
+from tests.support.cli import EMBEDDER, run_command
 from tests.support.helpers import load_synthetic, wait_for
 
 
 def run(env, *args, check_code: int | None = 0) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        EMBEDDER + list(args), env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL
-    )
+    proc = run_command(EMBEDDER + list(args), env, timeout=300)
     if check_code is not None:
         assert proc.returncode == check_code, (args, proc.returncode, proc.stderr[-2000:])
     return proc
@@ -54,11 +52,9 @@ def test_version_and_shell_completion(cli_env):
     assert run(cli_env, "--version").stdout.strip() == f"embedder {version('numeric-window-embedder')}"
     script = run(cli_env, "--show-completion", "bash").stdout
     assert "_EMBEDDER_COMPLETE" in script and "complete" in script
-    words = subprocess.run(
+    words = run_command(
         EMBEDDER,
-        env=cli_env | {"_EMBEDDER_COMPLETE": "complete_bash", "COMP_WORDS": "embedder li", "COMP_CWORD": "1"},
-        capture_output=True,
-        text=True,
+        cli_env | {"_EMBEDDER_COMPLETE": "complete_bash", "COMP_WORDS": "embedder li", "COMP_CWORD": "1"},
         timeout=60,
     )
     assert "live" in words.stdout.split()

@@ -18,7 +18,7 @@ import pytest
 from kafka import KafkaConsumer
 
 from shared.contract.validation import FUTURE_DATE
-from tests.support.cli import EMBEDDER, PLATFORM
+from tests.support.cli import EMBEDDER, PLATFORM, run_command
 from tests.support.helpers import assert_same_embeddings, expected, stored, wait_for
 from tests.support.platform import (
     add_instruments,
@@ -36,9 +36,7 @@ LIVE_DAYS = [date(2019, 12, 23), date(2019, 12, 24), date(2019, 12, 26), date(20
 
 
 def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        EMBEDDER + list(args), env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL
-    )
+    proc = run_command(EMBEDDER + list(args), env, timeout=600)
     assert proc.returncode == 0, (args, proc.stdout[-2000:], proc.stderr[-3000:])
     return proc
 
@@ -468,7 +466,7 @@ def test_the_platform_command_is_answered_by_the_live_worker_from_its_windows_or
         wait_for(lambda: bootstrap_published(url)[0] == len(ids) + 1, 120, "the bootstrap")
         command = PLATFORM + ["--as-of", day.isoformat(), "--market-id", "US_EQ", "--model-id", MODELS[0]]
         command += ["--limit", "10", "--offset", "5"]
-        proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        proc = run_command(command, env, timeout=120)
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert "answered from the live windows" in proc.stdout
         cut = selectable(url)[5:15]
@@ -480,13 +478,10 @@ def test_the_platform_command_is_answered_by_the_live_worker_from_its_windows_or
         from_database = "answered by the live worker from prices_daily"
         with psycopg.connect(url) as conn:
             conn.execute("TRUNCATE numeric_window_embeddings")
-        proc = subprocess.run(
+        proc = run_command(
             command[:5] + ["--model-id", MODELS[0], "--instrument-id", "P003", "--instrument-id", "FUT-ES-2020"],
-            env=env,
-            capture_output=True,
-            text=True,
+            env,
             timeout=300,
-            stdin=subprocess.DEVNULL,
         )
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert f"{from_database}: some selected instruments are not ACTIVE EQUITY" in proc.stdout
@@ -495,13 +490,8 @@ def test_the_platform_command_is_answered_by_the_live_worker_from_its_windows_or
         with psycopg.connect(url) as conn:
             conn.execute("TRUNCATE numeric_window_embeddings")
         historical = date(2019, 6, 28)
-        proc = subprocess.run(
-            command[:4] + [historical.isoformat(), "--market-id", "US_EQ", "--model-id", MODELS[0]],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            stdin=subprocess.DEVNULL,
+        proc = run_command(
+            command[:4] + [historical.isoformat(), "--market-id", "US_EQ", "--model-id", MODELS[0]], env, timeout=120
         )
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert f"{from_database}: {historical} is older than the live windows keep" in proc.stdout

@@ -19,7 +19,7 @@ from datetime import date
 import pytest
 
 from shared.broker.topics import ensure_topics
-from tests.support.cli import EMBEDDER, settings_of
+from tests.support.cli import EMBEDDER, run_command, settings_of
 from tests.support.helpers import load_synthetic, wait_for
 from tests.support.workers import alive, start_named_worker
 
@@ -111,11 +111,8 @@ def test_a_replay_waiting_on_a_paused_broker_stops_promptly_and_its_worker_with_
 
 def test_an_export_stops_promptly_and_leaves_no_file(db_url, cli_env, tmp_path):
     load_synthetic(db_url, tmp_path, instruments=60, start=date(2018, 1, 1), end=date(2019, 12, 31))
-    direct = subprocess.run(
-        EMBEDDER + ["replay", "--direct", "--from", "2018-04-01", "--to", "2019-12-31", "--market-id", "US_EQ"],
-        env=cli_env,
-        capture_output=True,
-        text=True,
+    direct = run_command(
+        EMBEDDER + ["replay", "--direct", "--from", "2018-04-01", "--to", "2019-12-31", "--market-id", "US_EQ"], cli_env
     )
     assert direct.returncode == 0, direct.stderr[-2000:]
     target = tmp_path / "out.csv"

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 
-from tests.support.cli import EMBEDDER
+from tests.support.cli import EMBEDDER, run_command
 from tests.support.helpers import assert_same_embeddings, load_synthetic, stored, wait_for
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.workers import get, group_members, replay_ticks_committed
@@ -52,14 +52,7 @@ def start_replay(env) -> subprocess.Popen:
 def direct_result(env, url: str) -> dict:
     with psycopg.connect(url) as conn:
         conn.execute("TRUNCATE numeric_window_embeddings")
-    proc = subprocess.run(
-        EMBEDDER + ["replay", "--direct", *YEAR],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        stdin=subprocess.DEVNULL,
-    )
+    proc = run_command(EMBEDDER + ["replay", "--direct", *YEAR], env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return stored(url)
 
@@ -141,14 +134,7 @@ def test_worker_killed_three_times_and_producer_killed_once(db_url, cli_env, tmp
         replay.kill()
         replay.wait()
         killed_at = time.monotonic()
-        rerun = subprocess.run(
-            EMBEDDER + ["replay", *YEAR],
-            env=cli_env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            stdin=subprocess.DEVNULL,
-        )
+        rerun = run_command(EMBEDDER + ["replay", *YEAR], cli_env, timeout=600)
         assert rerun.returncode == 0, rerun.stderr[-3000:]
         check_against_batch(cli_env, db_url, "replay producer kill -9", 1, time.monotonic() - killed_at)
     finally:

@@ -13,7 +13,7 @@ from datetime import date
 import psycopg
 import pytest
 
-from tests.support.cli import EMBEDDER, run
+from tests.support.cli import EMBEDDER, run, run_command
 from tests.support.helpers import assert_same_embeddings, expected, load_synthetic, stored, wait_for
 from tests.support.markets import MODELS
 from tests.support.platform import insert_prices
@@ -86,7 +86,7 @@ def test_repartition_and_workers_joining_and_leaving_during_live_days(db_url, cl
         readings: list[subprocess.CompletedProcess] = []
 
         def lag_ok() -> bool:  # the group commits its offsets on a timer: OK once it has
-            readings.append(subprocess.run(lag_cmd, env=cli_env, capture_output=True, text=True, timeout=120))
+            readings.append(run_command(lag_cmd, cli_env, timeout=120))
             return readings[-1].returncode == 0
 
         wait_for(lag_ok, 60, "the group's lag to be OK")

@@ -13,7 +13,7 @@ from datetime import date
 
 import psycopg
 
-from tests.support.cli import EMBEDDER
+from tests.support.cli import EMBEDDER, run_command
 from tests.support.helpers import assert_same_embeddings, expected, stored, wait_for
 from tests.support.platform import add_instruments, insert_prices, market_history
 from tests.support.roles import as_role
@@ -76,11 +76,9 @@ def test_the_printed_grants_are_all_the_service_and_reader_roles_need(roles, cli
     with psycopg.connect(admin) as conn:
         insert_prices(conn, [r for r in rows if r[1] < days[0]])
     owner_env = cli_env | {"DATABASE_URL": owner}
-    printed = subprocess.run(
+    printed = run_command(
         EMBEDDER + ["db", "grants", "--service-role", roles.service, "--reader-role", roles.reader, "--apply"],
-        env=owner_env,
-        capture_output=True,
-        text=True,
+        owner_env,
     )
     assert printed.returncode == 0, printed.stderr[-2000:]
     assert f"GRANT SELECT ON public.prices_daily TO {roles.service};" in printed.stdout
@@ -89,7 +87,7 @@ def test_the_printed_grants_are_all_the_service_and_reader_roles_need(roles, cli
     reader = cli_env | {"DATABASE_URL": as_role(admin, roles.reader)}
 
     def run(env: dict[str, str], *args: str, code: int = 0) -> subprocess.CompletedProcess:
-        done = subprocess.run(EMBEDDER + list(args), env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        done = run_command(EMBEDDER + list(args), env)
         assert done.returncode == code, (args, done.returncode, done.stderr[-2000:])
         return done
 
@@ -151,11 +149,9 @@ def test_applying_grants_the_owner_may_not_give_is_one_clear_error(roles, cli_en
     with psycopg.connect(roles.admin, autocommit=True) as conn:
         conn.execute(f'REVOKE CONNECT, TEMPORARY ON DATABASE "{database}" FROM PUBLIC')
         conn.execute(f'GRANT CONNECT ON DATABASE "{database}" TO {roles.owner}')
-    done = subprocess.run(
+    done = run_command(
         EMBEDDER + ["db", "grants", "--service-role", roles.service, "--apply"],
-        env=cli_env | {"DATABASE_URL": as_role(roles.admin, roles.owner)},
-        capture_output=True,
-        text=True,
+        cli_env | {"DATABASE_URL": as_role(roles.admin, roles.owner)},
     )
     assert done.returncode == 1
     assert (
@@ -204,7 +200,7 @@ def test_the_platform_tables_may_live_in_another_schema(database_factory, cli_en
     try:
         owner_env = cli_env | {"DATABASE_URL": as_role(admin, owner)}
         for args in (["db", "upgrade"], ["db", "grants", "--service-role", service, "--apply"]):
-            done = subprocess.run(EMBEDDER + args, env=owner_env, capture_output=True, text=True)
+            done = run_command(EMBEDDER + args, owner_env)
             assert done.returncode == 0, done.stderr[-2000:]
         assert f"GRANT SELECT ON platform.prices_daily TO {service};" in done.stdout
         with psycopg.connect(admin) as conn:
@@ -216,11 +212,8 @@ def test_the_platform_tables_may_live_in_another_schema(database_factory, cli_en
             rows = [r for r in market_history(["S1"], date(2019, 1, 1), date(2019, 6, 30)) if r[0] == "S1"]
             insert_prices(conn, rows)
         service_env = cli_env | {"DATABASE_URL": as_role(admin, service)}
-        done = subprocess.run(
-            EMBEDDER + ["replay", "--direct", "--from", "2019-06-03", "--to", "2019-06-28", "--market-id", "US_EQ",
-                        "--model-id", MODEL],
-            env=service_env, capture_output=True, text=True,
-        )  # fmt: skip
+        june = ["--from", "2019-06-03", "--to", "2019-06-28", "--market-id", "US_EQ", "--model-id", MODEL]
+        done = run_command(EMBEDDER + ["replay", "--direct", *june], service_env)
         assert done.returncode == 0, done.stderr[-2000:]
         with psycopg.connect(admin) as conn:
             stored_here = conn.execute(

@@ -20,7 +20,7 @@ import psycopg
 import pytest
 
 from tests.conftest import REPO
-from tests.support.cli import EMBEDDER, PLATFORM
+from tests.support.cli import EMBEDDER, PLATFORM, run_command
 from tests.support.helpers import assert_same_embeddings, expected, load_synthetic, stored, wait_for
 from tests.support.roles import as_role
 from tests.support.workers import live_tick_committed, start_named_worker, stop
@@ -59,9 +59,7 @@ def secure_env(cli_env, secure_kafka, roles) -> dict[str, str]:
 
 
 def run(env: dict[str, str], *args: str, code: int = 0, command=EMBEDDER) -> subprocess.CompletedProcess:
-    done = subprocess.run(
-        command + list(args), env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL
-    )
+    done = run_command(command + list(args), env, timeout=300)
     assert done.returncode == code, (args, done.returncode, done.stderr[-2000:])
     return done
 

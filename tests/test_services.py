@@ -12,6 +12,7 @@ import pytest
 from embedder.services.local import LocalServices
 from shared.contract.config import LOCAL_DATABASE_URL, LOCAL_KAFKA_BOOTSTRAP
 from tests.conftest import REPO
+from tests.support.cli import EMBEDDER, run_command
 
 
 @pytest.fixture
@@ -24,9 +25,7 @@ def local_services(endpoints) -> LocalServices:
 
 def test_up_is_idempotent_and_prints_settings(local_services):
     env = {**os.environ, "EMBEDDER_SERVICES_DIR": str(REPO / ".services")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "embedder.cli", "services", "up"], capture_output=True, text=True, env=env, timeout=300
-    )
+    proc = run_command(EMBEDDER + ["services", "up"], env, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "already running" in proc.stderr
     assert f"export KAFKA_BOOTSTRAP_SERVERS={LOCAL_KAFKA_BOOTSTRAP}" in proc.stdout

@@ -8,7 +8,7 @@ import subprocess
 import psycopg
 import pytest
 
-from tests.support.cli import EMBEDDER
+from tests.support.cli import EMBEDDER, run_command
 from tests.support.helpers import assert_same_embeddings, load_synthetic, stored
 
 
@@ -20,7 +20,7 @@ def stream_env(cli_env) -> dict[str, str]:
 
 def replay(env: dict[str, str], *args: str, direct: bool = False) -> subprocess.CompletedProcess:
     cmd = EMBEDDER + ["replay", *args] + (["--direct"] if direct else [])
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    proc = run_command(cmd, env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 

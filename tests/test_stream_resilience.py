@@ -9,7 +9,7 @@ import subprocess
 import psycopg
 import pytest
 
-from tests.support.cli import EMBEDDER
+from tests.support.cli import EMBEDDER, run_command
 from tests.support.helpers import assert_same_embeddings, load_synthetic, stored, wait_for
 from tests.support.workers import group_members, replay_ticks_committed
 from tests.support.workers import start_named_worker as start_worker
@@ -32,9 +32,7 @@ RANGE = [
 def batch_result(env, url: str) -> dict:
     with psycopg.connect(url) as conn:
         conn.execute("TRUNCATE numeric_window_embeddings")
-    proc = subprocess.run(
-        EMBEDDER + ["replay", "--direct", *RANGE], env=env, capture_output=True, text=True, timeout=300
-    )
+    proc = run_command(EMBEDDER + ["replay", "--direct", *RANGE], env, timeout=300)
     assert proc.returncode == 0, proc.stderr
     return stored(url)
 
@@ -79,7 +77,7 @@ def test_two_workers_in_one_group_give_the_batch_table(db_url, cli_env, tmp_path
     workers = [start_worker(cli_env, tmp_path, "w1"), start_worker(cli_env, tmp_path, "w2")]
     try:
         wait_for(lambda: group_members(cli_env) == 2, 90, "both workers to join the group")
-        proc = subprocess.run(EMBEDDER + ["replay", *RANGE], env=cli_env, capture_output=True, text=True, timeout=300)
+        proc = run_command(EMBEDDER + ["replay", *RANGE], cli_env, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert "started one" not in proc.stderr  # the replay used the running workers
         streamed = stored(db_url)

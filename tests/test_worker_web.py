@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from shared.broker.publisher import PricePublisher
 from shared.broker.topics import ensure_topics
 from shared.contract.messages import LIVE_RUN, PriceRow
-from tests.support.cli import EMBEDDER, settings_of
+from tests.support.cli import EMBEDDER, run_command, settings_of
 from tests.support.helpers import load_synthetic, wait_for
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.workers import get, stop
@@ -38,7 +38,7 @@ def test_metrics_liveness_and_readiness_when_postgres_is_unreachable(db_url, cli
     try:
         assert get(base + "/livez")[0] == 200
         wait_for(lambda: get(base + "/readyz")[0] == 200, 90, "readiness")
-        replay = subprocess.run(
+        replay = run_command(
             EMBEDDER
             + [
                 "replay",
@@ -51,11 +51,8 @@ def test_metrics_liveness_and_readiness_when_postgres_is_unreachable(db_url, cli
                 "--model-id",
                 "numeric-simple-v1",
             ],
-            env=env,
-            capture_output=True,
-            text=True,
+            env,
             timeout=300,
-            stdin=subprocess.DEVNULL,
         )
         assert replay.returncode == 0, replay.stderr[-2000:]
         committed = int(re.search(r"embeddings committed: ([\d,]+)", replay.stdout).group(1).replace(",", ""))

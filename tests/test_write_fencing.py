@@ -24,7 +24,7 @@ from shared.store.embedding_store import set_cause, write_embeddings
 from shared.store.maintained_keys import MaintainedKey, queue_recompute, write_absent
 from shared.store.write_claims import next_round, stamp
 from streams.sink import SinkWriter
-from tests.support.cli import EMBEDDER
+from tests.support.cli import EMBEDDER, run_command
 from tests.support.fakes import Table, World
 from tests.support.helpers import expected, stored
 from tests.support.platform import add_instruments, insert_prices
@@ -233,7 +233,7 @@ def test_replay_direct_that_read_prices_before_a_correction_cannot_overwrite_it(
     rows = _market(db_url)
     days = sorted({d for _, d, _, _ in rows})[-20:]
     select = ["--from", str(days[0]), "--to", str(days[-1]), "--instrument-id", "X", "--model-id", MODEL]
-    first = subprocess.run([*EMBEDDER, "replay", "--direct", *select], env=cli_env, capture_output=True, text=True)
+    first = run_command([*EMBEDDER, "replay", "--direct", *select], cli_env)
     assert first.returncode == 0, first.stderr
     with psycopg.connect(db_url) as platform:  # a first correction: the slow run will want to write it
         platform.execute("UPDATE prices_daily SET close = close * 3 WHERE trade_date = %s", (days[-4],))

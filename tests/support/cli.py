@@ -11,11 +11,15 @@ EMBEDDER = [sys.executable, "-m", "embedder.cli"]
 PLATFORM = [sys.executable, "-m", "prometheus.scripts.backfill_numeric_embeddings"]
 
 
-def run(env: dict[str, str], *args: str, ok: bool = True) -> subprocess.CompletedProcess:
+def run_command(command: list[str], env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
+    """A command (`EMBEDDER + args`, `PLATFORM + args`) to completion as a user's shell runs it without a
+    terminal: output captured as text, no standard input. The caller reads the exit code."""
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def run(env: dict[str, str], *args: str, ok: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
     """`embedder ARGS` to completion; it must exit 0 (unless `ok` is False: the caller reads the code)."""
-    proc = subprocess.run(
-        EMBEDDER + list(args), env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL
-    )
+    proc = run_command(EMBEDDER + list(args), env, timeout)
     assert not ok or proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
