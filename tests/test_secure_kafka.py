@@ -14,6 +14,7 @@ import subprocess
 import time
 import urllib.request
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 
 import psycopg
@@ -112,11 +113,12 @@ def test_every_command_and_the_worker_on_a_secured_broker(secure_env, secure_kaf
 
 def test_a_wrong_password_and_a_missing_acl_are_one_clear_line(secure_env, secure_kafka):
     wrong = secure_env | {"EMBEDDER_KAFKA_SASL_PASSWORD": "not-the-password"}
-    denied = run(wrong, "dead-letters", code=1)
+    with ThreadPoolExecutor(2) as pool:  # each waits out its bootstrap (10 s) before it can tell: side by side
+        denied_run, lag_run = pool.submit(run, wrong, "dead-letters", code=1), pool.submit(run, wrong, "lag", code=1)
+        denied, lag = denied_run.result(), lag_run.result()
     assert "refused the credentials" in denied.stderr and len(denied.stderr.strip().splitlines()) == 1
     assert "not-the-password" not in denied.stderr and "Traceback" not in denied.stderr
-    lag = run(wrong, "lag", code=1)  # its report names it
-    assert "refused the credentials" in lag.stdout.splitlines()[0]
+    assert "refused the credentials" in lag.stdout.splitlines()[0]  # its report names it
     outside = secure_env | {
         "EMBEDDER_DEAD_LETTER_TOPIC": "outside-the-prefix.dead-letter",
         "EMBEDDER_APP_ID": "outside",
