@@ -160,7 +160,8 @@ class OutboxEntry:
     """One unpublished entry, as the relay reads it (which fields are set depends on `kind`)."""
 
     id: int
-    kind: OutboxKind
+    kind: str
+    """An `OutboxKind` value (kept as read: the relay decides what an unexpected one means)."""
     instrument_id: str | None = None
     trade_date: date | None = None
     close: Decimal | float | None = None
@@ -191,7 +192,7 @@ def unpublished(conn: psycopg.Connection, limit: int) -> list[OutboxEntry]:
     rows = conn.execute(
         f"SELECT {ENTRY_COLUMNS} FROM prices_outbox WHERE published_at IS NULL ORDER BY id LIMIT %s", (limit,)
     ).fetchall()
-    return [OutboxEntry(r[0], OutboxKind(r[1]), *r[2:]) for r in rows]
+    return [OutboxEntry(*r) for r in rows]
 
 
 def mark_published_while_live(conn: psycopg.Connection, ids: Sequence[int], app_id: str, generation: int) -> int:
