@@ -27,9 +27,15 @@ import psycopg
 from backfill.recompute import Key, Rewritten, expected_vectors, write_expected
 from shared.contract.errors import BadArguments
 from shared.contract.models import MODELS, validate_models
-from shared.store.embedding_store import ENTITY_TYPE, set_cause
+from shared.store.embedding_store import drop_duplicate_rows, set_cause
 from shared.store.instruments import market_cut, trade_dates_between
-from shared.store.maintained_keys import MaintainedKey, absent_keys_between, stored_keys_between
+from shared.store.maintained_keys import (
+    MaintainedKey,
+    absent_keys_between,
+    maintained_instruments,
+    maintained_models,
+    stored_keys_between,
+)
 from shared.store.write_claims import read_claim
 
 CHUNK_INSTRUMENTS = 32
@@ -124,18 +130,7 @@ class VerifySelection:
             return list(self.instrument_ids)
         if self.market_id:
             return market_cut(conn, self.market_id, self.limit, self.offset)
-        return [
-            r[0]
-            for r in conn.execute(
-                f"""SELECT entity_id FROM numeric_window_embeddings WHERE entity_type = '{ENTITY_TYPE}'
-                  AND (%(lo)s::date IS NULL OR as_of_date >= %(lo)s) AND (%(hi)s::date IS NULL OR as_of_date <= %(hi)s)
-                UNION
-                SELECT entity_id FROM embedder_absent_embeddings WHERE entity_type = '{ENTITY_TYPE}'
-                  AND (%(lo)s::date IS NULL OR as_of_date >= %(lo)s) AND (%(hi)s::date IS NULL OR as_of_date <= %(hi)s)
-                ORDER BY 1""",
-                {"lo": self.lo, "hi": self.hi},
-            )
-        ]
+        return maintained_instruments(conn, self.lo, self.hi)
 
     def grid_dates(self, conn: psycopg.Connection, ids: list[str]) -> list[date]:
         """The as_of dates `replay --direct` takes for this selection."""
@@ -148,14 +143,7 @@ class VerifySelection:
         """The given models, else every known model stored or recorded absent."""
         if self.model_ids:
             return list(self.model_ids)
-        found = {
-            r[0]
-            for r in conn.execute(
-                """SELECT DISTINCT model_id FROM numeric_window_embeddings
-               UNION SELECT DISTINCT model_id FROM embedder_absent_embeddings"""
-            )
-        }
-        return sorted(m for m in found if m in MODELS)
+        return sorted(m for m in maintained_models(conn) if m in MODELS)
 
 
 @dataclass
@@ -264,23 +252,9 @@ def _verify_chunk(
             f"{len(duplicates)} duplicate(s)",
         )
         if duplicates:
-            _drop_duplicates(conn, [(f.entity_id, f.as_of_date, f.model_id) for f in duplicates])
+            drop_duplicate_rows(conn, [(f.entity_id, f.as_of_date, f.model_id) for f in duplicates])
         fix = {(f.entity_id, f.as_of_date, f.model_id) for f in findings + duplicates}
         fixed_keys = [keys[k] for k in fix if k in keys]
         assert report.repaired is not None  # verify() sets it when repairing
         report.repaired.add(write_expected(conn, fixed_keys, {k.key: expected[k.key] for k in fixed_keys}, claim))
     return findings + duplicates, len(wanted)
-
-
-def _drop_duplicates(conn: psycopg.Connection, keys: list[Key]) -> None:
-    """Keep the newest row of each duplicated key (the repair then rewrites it)."""
-    ids, days, models = (list(c) for c in zip(*keys))
-    conn.execute(
-        f"""DELETE FROM numeric_window_embeddings t
-            USING unnest(%s::text[], %s::date[], %s::text[]) AS k(i, d, m)
-            WHERE t.entity_type = '{ENTITY_TYPE}' AND t.entity_id = k.i AND t.as_of_date = k.d AND t.model_id = k.m
-              AND t.embedding_id < (SELECT max(x.embedding_id) FROM numeric_window_embeddings x
-                                    WHERE x.entity_type = t.entity_type AND x.entity_id = t.entity_id
-                                      AND x.as_of_date = t.as_of_date AND x.model_id = t.model_id)""",
-        (ids, days, models),
-    )

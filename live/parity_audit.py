@@ -33,7 +33,14 @@ from shared.contract.models import MODELS
 from shared.metrics import StreamMetrics
 from shared.store.db import connect, one
 from shared.store.embedding_store import ENTITY_TYPE
-from shared.store.maintained_keys import MaintainedKey, affected_keys, queue_recompute, queued_or_unpublished
+from shared.store.maintained_keys import (
+    MaintainedKey,
+    affected_keys,
+    queue_recompute,
+    queued_or_unpublished,
+    stored_keys_after,
+    stored_keys_at,
+)
 from shared.store.outbox import changes_published_since
 from shared.store.tick_commits import days_ticked_since
 
@@ -123,12 +130,7 @@ def keys_of_ticks_since(conn: psycopg.Connection, since: datetime, n: int) -> li
     dates = days_ticked_since(conn, since, 50)
     if not dates:
         return []
-    rows = conn.execute(
-        f"""SELECT entity_id, as_of_date, model_id, embedder_window_days(window_spec) FROM numeric_window_embeddings
-            WHERE entity_type = '{ENTITY_TYPE}' AND as_of_date = ANY(%s) ORDER BY random() LIMIT %s""",
-        (dates, n),
-    ).fetchall()
-    return _maintained(rows)
+    return _maintained(stored_keys_at(conn, dates, n))
 
 
 def sweep_keys(conn: psycopg.Connection, n: int) -> list[MaintainedKey]:
@@ -141,15 +143,7 @@ def sweep_keys(conn: psycopg.Connection, n: int) -> list[MaintainedKey]:
         cursor = conn.execute(
             "SELECT entity_id, as_of_date, model_id FROM embedder_parity_sweep FOR UPDATE"
         ).fetchone() or (None, None, None)
-        rows = conn.execute(
-            f"""SELECT entity_id, as_of_date, model_id, embedder_window_days(window_spec)
-                FROM numeric_window_embeddings
-                WHERE entity_type = '{ENTITY_TYPE}'
-                  AND (%(i)s::text IS NULL
-                       OR (entity_type, entity_id, as_of_date, model_id) > ('{ENTITY_TYPE}', %(i)s, %(d)s, %(m)s))
-                ORDER BY entity_type, entity_id, as_of_date, model_id LIMIT %(n)s""",
-            {"i": cursor[0], "d": cursor[1], "m": cursor[2], "n": n},
-        ).fetchall()
+        rows = stored_keys_after(conn, cursor, n)
         last = rows[-1][:3] if len(rows) == n else (None, None, None)  # short: the pass is complete
         conn.execute(
             """UPDATE embedder_parity_sweep SET entity_id = %s, as_of_date = %s, model_id = %s,

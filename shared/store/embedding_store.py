@@ -7,7 +7,7 @@ identical one.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
 
@@ -216,3 +216,17 @@ def refusals_by_day(conn: psycopg.Connection, days: int) -> list[tuple[date, str
             (days,),
         )
     ]
+
+
+def drop_duplicate_rows(conn: psycopg.Connection, keys: Sequence[tuple[str, date, str]]) -> None:
+    """Keep the newest row of each duplicated key (the repair then rewrites it)."""
+    ids, days, models = (list(c) for c in zip(*keys))
+    conn.execute(
+        f"""DELETE FROM numeric_window_embeddings t
+            USING unnest(%s::text[], %s::date[], %s::text[]) AS k(i, d, m)
+            WHERE t.entity_type = '{ENTITY_TYPE}' AND t.entity_id = k.i AND t.as_of_date = k.d AND t.model_id = k.m
+              AND t.embedding_id < (SELECT max(x.embedding_id) FROM numeric_window_embeddings x
+                                    WHERE x.entity_type = t.entity_type AND x.entity_id = t.entity_id
+                                      AND x.as_of_date = t.as_of_date AND x.model_id = t.model_id)""",
+        (ids, days, models),
+    )

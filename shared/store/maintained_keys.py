@@ -309,3 +309,53 @@ def queued_or_unpublished(conn: psycopg.Connection, instrument_ids: Sequence[str
             {"ids": list(set(instrument_ids))},
         )
     }
+
+
+def maintained_instruments(conn: psycopg.Connection, lo: date | None, hi: date | None) -> list[str]:
+    """Instruments with a maintained key (embedded or recorded absent) between `lo` and `hi` (None: open)."""
+    return [
+        r[0]
+        for r in conn.execute(
+            f"""SELECT entity_id FROM numeric_window_embeddings WHERE entity_type = '{ENTITY_TYPE}'
+              AND (%(lo)s::date IS NULL OR as_of_date >= %(lo)s) AND (%(hi)s::date IS NULL OR as_of_date <= %(hi)s)
+            UNION
+            SELECT entity_id FROM embedder_absent_embeddings WHERE entity_type = '{ENTITY_TYPE}'
+              AND (%(lo)s::date IS NULL OR as_of_date >= %(lo)s) AND (%(hi)s::date IS NULL OR as_of_date <= %(hi)s)
+            ORDER BY 1""",
+            {"lo": lo, "hi": hi},
+        )
+    ]
+
+
+def maintained_models(conn: psycopg.Connection) -> set[str]:
+    """Every model with a maintained key, embedded or recorded absent."""
+    return {
+        r[0]
+        for r in conn.execute(
+            """SELECT DISTINCT model_id FROM numeric_window_embeddings
+           UNION SELECT DISTINCT model_id FROM embedder_absent_embeddings"""
+        )
+    }
+
+
+def stored_keys_at(conn: psycopg.Connection, days: Sequence[date], n: int) -> list[tuple]:
+    """About `n` stored keys of `days`, drawn at random: (instrument_id, as_of_date, model_id, window days)."""
+    return conn.execute(
+        f"""SELECT entity_id, as_of_date, model_id, embedder_window_days(window_spec) FROM numeric_window_embeddings
+            WHERE entity_type = '{ENTITY_TYPE}' AND as_of_date = ANY(%s) ORDER BY random() LIMIT %s""",
+        (list(days), n),
+    ).fetchall()
+
+
+def stored_keys_after(conn: psycopg.Connection, after: tuple, n: int) -> list[tuple]:
+    """The next `n` stored keys in key order after `after` ((instrument_id, as_of_date, model_id); None
+    fields: from the start): (instrument_id, as_of_date, model_id, window days)."""
+    return conn.execute(
+        f"""SELECT entity_id, as_of_date, model_id, embedder_window_days(window_spec)
+            FROM numeric_window_embeddings
+            WHERE entity_type = '{ENTITY_TYPE}'
+              AND (%(i)s::text IS NULL
+                   OR (entity_type, entity_id, as_of_date, model_id) > ('{ENTITY_TYPE}', %(i)s, %(d)s, %(m)s))
+            ORDER BY entity_type, entity_id, as_of_date, model_id LIMIT %(n)s""",
+        {"i": after[0], "d": after[1], "m": after[2], "n": n},
+    ).fetchall()
