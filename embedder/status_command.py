@@ -17,10 +17,10 @@ from live.bootstrap import progress as bootstrap_progress
 from live.capture import capture_state
 from live.parity_audit import audit_summary
 from live.relay import relay_holder
-from live.schedule import newest_scheduled_tick
 from shared.broker.dead_letters import count_since, parse_since
 from shared.contract.config import Settings
 from shared.contract.errors import ServiceUnavailable
+from shared.store import scheduled_ticks
 from shared.store.db import connection
 from shared.store.embedding_history import history_state, revisions_by_day
 from shared.store.embedding_store import refusals_by_day
@@ -34,7 +34,7 @@ def scheduled(conn: psycopg.Connection, settings: Settings) -> list[dict]:
     """Per market of the schedule: its rule and its newest scheduled tick."""
     out_ = []
     for s in settings.tick_schedule:
-        row = newest_scheduled_tick(conn, s.market_id)
+        row = scheduled_ticks.newest(conn, s.market_id)
         last = (
             None
             if row is None

@@ -28,6 +28,7 @@ from datetime import date
 import psycopg
 
 from shared.contract.validation import latest_trade_date
+from shared.store import scheduled_ticks
 from shared.store.db import one
 from shared.store.instruments import SELECTABLE, newest_trade_date_sql
 from shared.store.outbox import insert_snapshot, insert_tick, renumber_waiting_ticks, wake_relay
@@ -260,8 +261,7 @@ def move_ticks_behind(conn: psycopg.Connection) -> int:
     queued so far (a tick queued while the service was away, or before a repartition, must not compute
     from windows not reloaded yet). Returns how many moved."""
     moved = renumber_waiting_ticks(conn)
-    for old, new in moved:
-        conn.execute("UPDATE embedder_scheduled_ticks SET outbox_id = %s WHERE outbox_id = %s", (new, old))
+    scheduled_ticks.repoint(conn, moved)
     return len(moved)
 
 

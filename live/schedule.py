@@ -28,6 +28,7 @@ import psycopg
 from live.bootstrap import enqueue_tick
 from shared.contract.config import MarketSchedule, Settings
 from shared.contract.validation import latest_trade_date
+from shared.store import scheduled_ticks
 from shared.store.db import one
 from shared.store.instruments import SELECTABLE, newest_trade_date, newest_trade_date_sql
 from shared.store.outbox import captured_days
@@ -74,24 +75,15 @@ def market_days(conn: psycopg.Connection, market_id: str, catch_up_days: int) ->
     """(selectable instruments, candidate days with their row counts) of a market; records the
     market's baseline the first time it is seen."""
     latest = latest_trade_date()
-    baseline, newest = one(
-        conn.execute(
-            """SELECT max(as_of_date) FILTER (WHERE reason = 'baseline'), max(as_of_date)
-           FROM embedder_scheduled_ticks WHERE market_id = %s""",
-            (market_id,),
-        )
-    )
+    baseline, newest = scheduled_ticks.bounds(conn, market_id)
     if baseline is None:
         baseline = newest_trade_date(conn, latest, market_id)
         if baseline is None:
             return 0, []
-        conn.execute(
-            """INSERT INTO embedder_scheduled_ticks (market_id, as_of_date, reason) VALUES (%s, %s, 'baseline')
-                        ON CONFLICT DO NOTHING""",
-            (market_id, baseline),
-        )
+        scheduled_ticks.record_baseline(conn, market_id, baseline)
         log.warning("tick schedule of %s starts after %s (the newest day present now)", market_id, baseline)
     else:
+        assert newest is not None  # a baseline is a scheduled day
         baseline = max(baseline, newest - timedelta(days=catch_up_days))
     rows = captured_days(conn, market_id, baseline, latest)
     expected = one(
@@ -112,15 +104,14 @@ def due_and_committed(
         if schedule.deadline is None or local_now.time() >= schedule.deadline
         else local_now.date() - timedelta(days=1)
     )
-    due, baseline = one(
+    due = one(
         conn.execute(
-            f"""SELECT max({newest_trade_date_sql("i", "%(last)s")}),
-                   (SELECT max(as_of_date) FROM embedder_scheduled_ticks
-                    WHERE market_id = %(m)s AND reason = 'baseline')
+            f"""SELECT max({newest_trade_date_sql("i", "%(last)s")})
             FROM instruments i WHERE i.market_id = %(m)s AND {SELECTABLE}""",
             {"last": last, "m": schedule.market_id},
         )
-    )
+    )[0]
+    baseline, _ = scheduled_ticks.bounds(conn, schedule.market_id)
     committed = newest_day_committed_everywhere(conn, schedule.market_id, partitions)
     if due is not None and baseline is not None and due <= baseline:
         due = None  # history: the schedule never ticks it
@@ -163,11 +154,8 @@ class TickScheduler:
                         schedule.market_id,
                         self.settings.bootstrap_chunk_instruments,
                     )
-                    conn.execute(
-                        """INSERT INTO embedder_scheduled_ticks
-                                        (market_id, as_of_date, reason, instruments, expected, outbox_id)
-                                    VALUES (%s, %s, %s, %s, %s, %s)""",
-                        (schedule.market_id, due.as_of, due.reason, due.present, due.expected, outbox_id),
+                    scheduled_ticks.record_tick(
+                        conn, schedule.market_id, due.as_of, due.reason, due.present, due.expected, outbox_id
                     )
                     log.warning(
                         "scheduled tick %s %s: %s (%d of %d instruments have their row)",
@@ -199,12 +187,3 @@ def deadline_of(schedule: MarketSchedule, day: date) -> datetime | None:
     if schedule.deadline is None:
         return None
     return datetime.combine(day, schedule.deadline, ZoneInfo(schedule.timezone))
-
-
-def newest_scheduled_tick(conn: psycopg.Connection, market_id: str) -> tuple | None:
-    """The market's newest scheduled tick: (as_of_date, reason, instruments, expected, queued_at), or None."""
-    return conn.execute(
-        """SELECT as_of_date, reason, instruments, expected, queued_at FROM embedder_scheduled_ticks
-           WHERE market_id = %s ORDER BY as_of_date DESC LIMIT 1""",
-        (market_id,),
-    ).fetchone()

@@ -13,9 +13,9 @@ from datetime import date, datetime
 import numpy as np
 import psycopg
 
+from shared.contract.errors import BadArguments
 from shared.store.db import one
-from shared.store.embedding_reads import current_row
-from shared.store.embedding_store import ENTITY_TYPE
+from shared.store.embedding_store import ENTITY_TYPE, current_row
 
 CAUSE_KINDS = frozenset({"live", "correction", "replay", "query", "direct", "repair", "sql"})
 """Why embeddings change (`shared.store.embedding_store.set_cause`; "sql" for writers outside the project)."""
@@ -137,3 +137,18 @@ def revisions_today(conn: psycopg.Connection) -> dict[str, int]:
            GROUP BY 1"""
         ).fetchall()
     )
+
+
+def check_known_at(conn: psycopg.Connection, when: datetime) -> None:
+    """Refuse an instant the versions kept cannot answer exactly (history off, or pruned before it)."""
+    row = conn.execute("SELECT enabled, complete_since, changed_at FROM embedder_history").fetchone()
+    if row is None or not row[0]:
+        since = f" since {row[2].isoformat(timespec='seconds')}" if row else ""
+        raise BadArguments(
+            f"embedding history is off{since} (`embedder embeddings keep-history --on`): no read as known at an instant"
+        )
+    if when < row[1]:
+        raise BadArguments(
+            f"known_at {when.isoformat(timespec='seconds')} is before the history kept, which "
+            f"is complete from {row[1].isoformat(timespec='seconds')}"
+        )

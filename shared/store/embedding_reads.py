@@ -25,6 +25,7 @@ import psycopg
 from shared.contract.errors import BadArguments, EmbedderError, ServiceUnavailable
 from shared.contract.models import validate_models
 from shared.store.db import one
+from shared.store.embedding_history import check_known_at
 from shared.store.embedding_store import ENTITY_TYPE
 from shared.store.instruments import market_cut
 
@@ -249,21 +250,6 @@ def resolve(database_url: str, query: EmbeddingQuery, market_id: str | None) -> 
         )
 
 
-def check_known_at(conn: psycopg.Connection, when: datetime) -> None:
-    """Refuse an instant the versions kept cannot answer exactly (history off, or pruned before it)."""
-    row = conn.execute("SELECT enabled, complete_since, changed_at FROM embedder_history").fetchone()
-    if row is None or not row[0]:
-        since = f" since {row[2].isoformat(timespec='seconds')}" if row else ""
-        raise BadArguments(
-            f"embedding history is off{since} (`embedder embeddings keep-history --on`): no read as known at an instant"
-        )
-    if when < row[1]:
-        raise BadArguments(
-            f"known_at {when.isoformat(timespec='seconds')} is before the history kept, which "
-            f"is complete from {row[1].isoformat(timespec='seconds')}"
-        )
-
-
 def filters(alias: str, query: EmbeddingQuery) -> tuple[str, dict[str, Any]]:
     """WHERE conditions of `query` on a table aliased `alias` (the live table or the versions)."""
     sql = [
@@ -424,14 +410,4 @@ def first_at(conn: psycopg.Connection, as_of: date, model_id: str) -> tuple | No
         """SELECT entity_id, window_spec, vector FROM numeric_window_embeddings
            WHERE as_of_date = %s AND model_id = %s ORDER BY entity_id LIMIT 1""",
         (as_of, model_id),
-    ).fetchone()
-
-
-def current_row(conn: psycopg.Connection, instrument_id: str, as_of: date, model_id: str) -> tuple | None:
-    """An instrument's stored row for (as_of, model): (created_at, window days, vector), or None."""
-    return conn.execute(
-        """SELECT created_at, (window_spec->>'window_days')::int, vector FROM numeric_window_embeddings
-           WHERE entity_type = %s AND entity_id = %s AND as_of_date = %s AND model_id = %s
-           ORDER BY embedding_id DESC LIMIT 1""",
-        (ENTITY_TYPE, instrument_id, as_of, model_id),
     ).fetchone()

@@ -230,3 +230,13 @@ def drop_duplicate_rows(conn: psycopg.Connection, keys: Sequence[tuple[str, date
                                       AND x.as_of_date = t.as_of_date AND x.model_id = t.model_id)""",
         (ids, days, models),
     )
+
+
+def current_row(conn: psycopg.Connection, instrument_id: str, as_of: date, model_id: str) -> tuple | None:
+    """An instrument's stored row for (as_of, model): (created_at, window days, vector), or None."""
+    return conn.execute(
+        """SELECT created_at, (window_spec->>'window_days')::int, vector FROM numeric_window_embeddings
+           WHERE entity_type = %s AND entity_id = %s AND as_of_date = %s AND model_id = %s
+           ORDER BY embedding_id DESC LIMIT 1""",
+        (ENTITY_TYPE, instrument_id, as_of, model_id),
+    ).fetchone()
