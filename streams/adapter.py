@@ -13,7 +13,16 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from shared.contract.messages import LIVE_RUN, BadMessage, PriceRow, RowBatch, Tick, dead_letter_record, decode
+from shared.contract.messages import (
+    LIVE_RUN,
+    BadMessage,
+    PriceRow,
+    RowBatch,
+    Tick,
+    dead_letter_record,
+    decode,
+    row_payload,
+)
 from shared.metrics import StreamMetrics
 from streams.output import EmbeddingBatch
 from streams.processor import DeadLetter, Effects, PartitionProcessor, ProcessorConfig, TickReport
@@ -41,6 +50,12 @@ class Sink(Protocol):
     async def submit(self, batches: list[EmbeddingBatch], done: Callable[[], object]) -> None: ...
 
     async def write(self, batches: list[EmbeddingBatch]) -> None: ...
+
+
+def payload(letter: DeadLetter) -> bytes:
+    """A dead letter's payload: a message that could not be read goes as it came (bytes); an item the
+    processor refused goes as its own JSON record with its run (`row_payload`)."""
+    return letter.item if isinstance(letter.item, bytes) else row_payload(letter.run, letter.item)
 
 
 class DeadLetterTopic(Protocol):
@@ -116,7 +131,7 @@ class PricesAdapter:
             fx = proc.process(offset, message, await self.prepare(message, partition))
         except BadMessage as e:
             m.events.labels("bad").inc()
-            fx = Effects(dead_letters=[DeadLetter(e.reason, event.value or b"")])
+            fx = Effects(dead_letters=[DeadLetter(e.reason, "", event.value or b"")])
         m.rows.inc(fx.rows)
         m.corrections_to_database.inc(fx.left_to_database)
         if fx.stale_rows:
@@ -167,7 +182,7 @@ class PricesAdapter:
         pending = []
         for letter in letters:
             log.warning("dead-letter %s[%s]@%s: %s", msg.topic, msg.partition, msg.offset, letter.reason)
-            value = dead_letter_record(letter.reason, msg.topic, msg.partition, msg.offset, letter.payload)
+            value = dead_letter_record(letter.reason, msg.topic, msg.partition, msg.offset, payload(letter))
             pending.append(await self.dead_letter.send(key=event.key, value=value))
         self.metrics.dead_letters.inc(len(letters))
         return pending

@@ -40,7 +40,6 @@ from shared.contract.messages import (
     RunEnd,
     Tick,
     is_deletion,
-    row_payload,
 )
 from shared.store.embedding_store import price_changes
 from streams.output import Embedding, EmbeddingBatch, TickDone
@@ -61,8 +60,13 @@ class ProcessorConfig:
 
 @dataclass(frozen=True)
 class DeadLetter:
+    """Why one item goes to the dead-letter topic, and the item as the stream saw it (a row, a rejected raw
+    row, or a tick's date and scope) with its run. The adapter encodes it (`payload`); the processor never
+    builds bytes."""
+
     reason: str
-    payload: bytes
+    run: str
+    item: object
 
 
 @dataclass(frozen=True)
@@ -215,12 +219,12 @@ class PartitionProcessor:
     ) -> dict[str, list[tuple]]:
         """The rows of known instruments, by instrument; each rejected or unknown row is one dead letter."""
         for reason, raw in rejected:
-            fx.dead_letters.append(DeadLetter(reason, row_payload(run, raw)))
+            fx.dead_letters.append(DeadLetter(reason, run, raw))
         unknown = self.registry.unknown({r[0] for r in rows})
         by_instrument: dict[str, list[tuple]] = {}
         for row in rows:
             if row[0] in unknown:
-                fx.dead_letters.append(DeadLetter(f"unknown instrument {row[0]!r}", row_payload(run, row)))
+                fx.dead_letters.append(DeadLetter(f"unknown instrument {row[0]!r}", run, row))
             else:
                 by_instrument.setdefault(row[0], []).append(row)
         return by_instrument
@@ -258,7 +262,8 @@ class PartitionProcessor:
                     DeadLetter(
                         f"row older than the stream keeps ({keep} days before the instrument's newest row); "
                         "recompute the embeddings it reaches with `embedder replay --direct`",
-                        row_payload(run, own[k]),
+                        run,
+                        own[k],
                     )
                 )
         skipped = set(too_old)
@@ -274,7 +279,8 @@ class PartitionProcessor:
                     DeadLetter(
                         f"correction reaches tick {date_of(lost[0].day)} whose look-back the stream no longer "
                         "holds; recompute it with `embedder replay --direct`",
-                        row_payload(run, own[k]),
+                        run,
+                        own[k],
                     )
                 )
         fresh = [t for t in reached if t not in stale]
@@ -386,7 +392,8 @@ class PartitionProcessor:
         return DeadLetter(
             f"tick {tick.dates[0]}: windows of {len(uncovered)} instrument(s) ({', '.join(uncovered[:5])}) no "
             "longer hold the look-back; recompute them with `embedder replay --direct`",
-            row_payload(tick.run, [tick.as_of.isoformat(), tick.scope]),
+            tick.run,
+            [tick.as_of.isoformat(), tick.scope],
         )
 
     @staticmethod

@@ -20,7 +20,7 @@ from shared.contract.validation import NON_POSITIVE_CLOSE
 from shared.metrics import StreamMetrics
 from shared.store.price_history import History
 from streams import window_store
-from streams.adapter import PricesAdapter
+from streams.adapter import PricesAdapter, payload
 from streams.lookback import window_of
 from streams.processor import Effects, ProcessorConfig
 from streams.registry import InstrumentInfo, StaticRegistry
@@ -296,7 +296,7 @@ def test_a_bad_row_and_an_unknown_instrument_cost_exactly_themselves():
     )
     fx = h.feed(0, raw)
     assert sorted(d.reason for d in fx.dead_letters) == [NON_POSITIVE_CLOSE, "unknown instrument 'NOPE'"]
-    assert b'"A", "2020-01-02", 0, 5' in next(d.payload for d in fx.dead_letters if d.reason == NON_POSITIVE_CLOSE)
+    assert b'"A", "2020-01-02", 0, 5' in next(payload(d) for d in fx.dead_letters if d.reason == NON_POSITIVE_CLOSE)
     h.feed(1, Tick(run="r", d=rows[-1][1], w=W, m=MODELS))
     assert h.stored == expected(rows, IDS, [rows[-1][1]])
     assert RunPartition.parse(h.runs[run_key("r", 0)]).received == len(rows) + 2  # every row sent counts
