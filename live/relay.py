@@ -203,7 +203,7 @@ class OutboxRelay:
             elif entry.kind == OutboxKind.KEYS:
                 self._publish_rows(publisher, pending, latest)
                 pending = []
-                for part in captured_rows(conn, entry.instrument_ids or [], entry.trade_dates or []):
+                for part in captured_rows(conn, entry.id):
                     self._publish_rows(publisher, [(r, entry.id) for r in part], latest)
                     self.housekeeping.saw_rows(part, latest)
             elif entry.kind == OutboxKind.DELETE:

@@ -164,7 +164,9 @@ def _restore_never_goes_back() -> None:
                 self.table_name,
                 len(events) - len(kept),
             )
-        return original(self, [events[k] for k in kept], to_key, to_value)
+        for k, value in kept:  # a head block merged with the one held
+            events[k].message.value = value
+        return original(self, [events[k] for k, _ in kept], to_key, to_value)
 
     Store.apply_changelog_batch = apply_changelog_batch  # type: ignore[method-assign]
 

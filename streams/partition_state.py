@@ -6,7 +6,8 @@ becomes, and never sees bytes.
 
 Reads see this partition's own writes at once (the caches are updated when a write is made), before the
 adapter has applied them; `forget()` drops the caches when effects were not applied or the partition
-moved."""
+moved. A live window's head goes into its block (`window_store.block_of`); `flush` writes each block an
+event changed once, after the event's chunks."""
 
 from __future__ import annotations
 
@@ -30,11 +31,16 @@ class PartitionState:
         self.cache_windows = cache_windows
         self._windows: OrderedDict[str, Window] = OrderedDict()
         self._runs: dict[str, RunPartition] = {}
+        self._blocks: dict[int, dict[str, bytes]] = {}
+        """Live heads by block, as written (the table's blocks with this partition's writes since)."""
+        self._changed_blocks: set[int] = set()
 
     def forget(self) -> None:
         """Drop the parsed caches (after a rebalance, or when effects were not applied)."""
         self._windows.clear()
         self._runs.clear()
+        self._blocks.clear()
+        self._changed_blocks.clear()
 
     @property
     def cached_windows(self) -> int:
@@ -44,7 +50,10 @@ class PartitionState:
         """The window stored under `key` (empty when none; `window_store.LOST` when a chunk is missing)."""
         window = self._windows.get(key)
         if window is None:
-            window = window_store.read(self.windows, key)
+            if key.startswith(LIVE_PREFIX):
+                window = window_store.parse_head(key, self._block(window_store.block_of(key)).get(key), self.windows)
+            else:
+                window = window_store.read(self.windows, key)
             self._cache(key, window)
         else:
             self._windows.move_to_end(key)
@@ -62,9 +71,29 @@ class PartitionState:
     ) -> None:
         """Write `window` (None: delete it) in place of `before`, as stored: a live window's chunks that
         differ, a replay's window whole (`streams/window_store.py`)."""
-        live = key.startswith(LIVE_PREFIX)
-        writes.windows.update(window_store.writes(key, before, window, changed_days, chunked=live))
+        if not key.startswith(LIVE_PREFIX):
+            writes.windows.update(window_store.writes(key, before, window, changed_days, chunked=False))
+            self._cache(key, window)
+            return
+        number = window_store.block_of(key)
+        block = self._block(number)
+        written = window_store.writes(key, before, window, changed_days, before_head=block.get(key))
+        head = written.pop(key)
+        if head is None:
+            block.pop(key, None)
+        else:
+            block[key] = head
+        self._changed_blocks.add(number)
+        writes.windows.update(written)
         self._cache(key, window)
+
+    def flush(self, writes: Writes, offset: int) -> None:
+        """Write the head blocks the event at `offset` changed (after its chunks: a head never lists a chunk
+        written later)."""
+        for block in sorted(self._changed_blocks):
+            heads = self._blocks[block]
+            writes.windows[window_store.block_key(self.partition, block)] = window_store.encode_block(offset, heads)
+        self._changed_blocks.clear()
 
     def write_run(self, writes: Writes, run: str, before: RunPartition, after: RunPartition | None) -> None:
         """Write `after` (None: delete it) in place of `before`; nothing when unchanged."""
@@ -74,6 +103,14 @@ class PartitionState:
         elif after != before:
             writes.runs[run_key(run, self.partition)] = after.to_bytes()
             self._runs[run] = after
+
+    def _block(self, number: int) -> dict[str, bytes]:
+        """The live heads of head block `number`."""
+        heads = self._blocks.get(number)
+        if heads is None:
+            value = self.windows.get(window_store.block_key(self.partition, number))
+            heads = self._blocks[number] = window_store.decode_block(value)[1]
+        return heads
 
     def _cache(self, key: str, window: Window | None) -> None:
         if window is None:

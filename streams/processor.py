@@ -180,6 +180,7 @@ class PartitionProcessor:
             self._tick(message, offset, fx, lookback if message.lookback_from_db else None)
         elif isinstance(message, RunEnd):
             self._end(message.run, fx)
+        self.state.flush(fx.writes, offset)
         return fx
 
     # --- rows ------------------------------------------------------------------------------------
@@ -266,9 +267,29 @@ class PartitionProcessor:
                         own[k],
                     )
                 )
+        days = [c[0] for c in changes]
         skipped = set(too_old)
-        applied = [(k, changes[k][0]) for k in range(len(changes)) if k not in skipped]
+        applied = [(k, d) for k, d in enumerate(days) if k not in skipped]
         reached = self._ticks_reached(run, instrument_id, state, [d for _, d in applied])
+        fresh = self._corrected(run, instrument_id, window, own, applied, reached, corrections, fx) if reached else []
+        self.state.write_window(fx.writes, key, stored, window, days)
+        return [d for _, d in applied] if fresh else []
+
+    def _corrected(
+        self,
+        run: str,
+        instrument_id: str,
+        window: Window,
+        own: list[tuple],
+        applied: list[tuple[int, int]],
+        reached: list[TickRecord],
+        corrections: dict[int, list[Embedding]],
+        fx: Effects,
+    ) -> list[TickRecord]:
+        """Rows reaching processed ticks: what the window still holds the look-back of is recomputed (into
+        `corrections`); a tick it no longer holds goes to the database path (live) or a dead letter. Returns
+        the ticks recomputed."""
+        live = run == LIVE_RUN
         stale = [t for t in reached if not window.covers(t.day, t.window_days)]
         for k, d in applied:
             lost = [t for t in stale if t.reaches(d)]
@@ -288,8 +309,7 @@ class PartitionProcessor:
             corrections.setdefault(window_days, []).extend(
                 recompute(instrument_id, window, [t for t in fresh if t.window_days == window_days])
             )
-        self.state.write_window(fx.writes, key, stored, window, [c[0] for c in changes])
-        return [d for _, d in applied] if fresh else []
+        return fresh
 
     def _ticks_reached(self, run: str, instrument_id: str, state: RunPartition, days: list[int]) -> list[TickRecord]:
         """Processed ticks whose look-back holds one of `days` and that emit for this instrument."""
@@ -321,10 +341,11 @@ class PartitionProcessor:
         days = [day_number(d) for d in tick.dates]
         expected = self._expected(tick, before)
         full, partial, no_window = self._held_windows(tick, days, expected, lookback)
-        items, every_full_computed, uncovered = self._embeddings(tick, days, full, partial)
+        timeline = Timeline(full)
+        items, every_full_computed, uncovered = self._embeddings(tick, days, timeline, partial)
         if uncovered and not redelivered:
             fx.dead_letters.append(self._lost_lookback(tick, uncovered))
-        present = Timeline(full + partial).present(days)  # (held windows x days)
+        present = (Timeline(full + partial) if partial else timeline).present(days)  # (held windows x days)
         absent = self._absent(tick, days, items, every_full_computed, full, partial, no_window)
         fx.embeddings.append(
             EmbeddingBatch(
@@ -372,12 +393,12 @@ class PartitionProcessor:
 
     @staticmethod
     def _embeddings(
-        tick: Tick, days: list[int], full: list[tuple[str, Window]], partial: list[tuple[str, Window]]
+        tick: Tick, days: list[int], full: Timeline, partial: list[tuple[str, Window]]
     ) -> tuple[list[Embedding], bool, list[str]]:
-        """The embeddings the held windows give: (them, whether every full window gave every one, the
-        partial windows that miss a day's look-back)."""
-        items = Timeline(full).embeddings(days, tick.window_days, tick.models)
-        every_full_computed = len(items) == len(full) * len(days) * len(tick.models)
+        """The embeddings the held windows give (`full`: those covering the look-back, on one timeline): (them,
+        whether every full window gave every one, the partial windows that miss a day's look-back)."""
+        items = full.embeddings(days, tick.window_days, tick.models)
+        every_full_computed = len(items) == len(full.ids) * len(days) * len(tick.models)
         uncovered: list[str] = []
         for instrument_id, window in partial:
             covered = [d for d in days if window.covers(d, tick.window_days)]

@@ -132,14 +132,24 @@ class Window:
     ) -> tuple[Window, list[int]] | None:
         """`apply` for the usual case, rows after the newest held day in ascending order (a replay's
         block, a live day); None when the changes are anything else."""
-        if not changes or any(c[1] is None for c in changes):
-            return None
-        days = [int(c[0]) for c in changes]
-        if (self.rows.size and days[0] <= int(self.rows[-1]["day"])) or any(a >= b for a, b in zip(days, days[1:])):
+        if len(changes) == 1:  # a live day: one row per instrument
+            day, close, volume = changes[0]
+            if close is None:
+                return None
+            days = [int(day)]
+            added = ROW_STRUCT.pack(days[0], close, volume)
+        else:
+            if not changes or any(c[1] is None for c in changes):
+                return None
+            days = [int(c[0]) for c in changes]
+            if any(a >= b for a, b in zip(days, days[1:])):
+                return None
+            added = b"".join(ROW_STRUCT.pack(day, c[1], c[2]) for day, c in zip(days, changes))
+        held_before = self.rows["day"]
+        if held_before.size and days[0] <= int(held_before[-1]):
             return None
         # Packed as bytes and read back: a third of the numpy calls of building a structured array (this
         # runs for every instrument of every live day).
-        added = b"".join(ROW_STRUCT.pack(day, c[1], c[2]) for day, c in zip(days, changes))
         merged = np.frombuffer(self.rows.tobytes() + added, dtype=ROW)
         horizon = self._next_horizon(days[-1], keep_days, floor)
         held = merged["day"]

@@ -96,7 +96,11 @@ def test_the_relay_reads_captured_keys_as_prices_daily_holds_them_now(db_url):
     """Rows where a key has one, deletions where it has none (deleted since, or never there)."""
     with psycopg.connect(db_url) as conn:
         insert_prices(conn, [("A", D1, 10.0, 100.0), ("B", D2, 20.0, 200.0)])
-        parts = list(captured_rows(conn, ["B", "A", "A"], [D2, D1]))
+        entry = conn.execute(
+            """INSERT INTO prices_outbox (kind, instrument_ids, trade_dates) VALUES ('keys', %s, %s) RETURNING id""",
+            (["B", "A", "A"], [D2, D1]),
+        ).fetchone()[0]
+        parts = list(captured_rows(conn, entry))
     assert parts == [[("A", D1, 10.0, 100.0), ("B", D1), ("A", D2), ("B", D2, 20.0, 200.0)]]
 
 

@@ -4,6 +4,7 @@ same from the tables once applied."""
 
 from __future__ import annotations
 
+from streams import window_store
 from streams.partition_state import PartitionState
 from streams.state import LIVE_PREFIX, RunPartition, Writes, run_key, window_key
 from streams.window import NO_ROWS, Window, retention_days
@@ -32,6 +33,7 @@ def test_a_write_is_read_back_at_once_and_from_the_tables_once_applied():
     assert key.startswith(LIVE_PREFIX)
     written, writes = window_of(80, offset=7), Writes()
     state.write_window(writes, key, state.window(key), written, [18_000 + d for d in range(80)])
+    state.flush(writes, 7)
     assert windows == {}  # nothing reaches the tables before the adapter applies the writes
     assert state.window(key) is written
     apply(windows, writes.windows)
@@ -68,3 +70,45 @@ def test_the_window_cache_keeps_the_most_recent_within_its_bound_and_forget_empt
     state.forget()
     assert state.cached_windows == 0
     assert state.window(window_key("replay-1", "A")).rows.size == 5  # read again from the table
+
+
+def test_live_heads_of_one_event_go_into_one_value_per_block_after_the_chunks():
+    """A live day of many instruments writes each head block it changed once, last; read back whole."""
+    windows: dict[str, bytes] = {}
+    state, writes = PartitionState(2, windows, {}), Writes()
+    written = {}
+    for n in range(200):
+        key = window_key("live", f"I{n}")
+        written[key] = window_of(40 + n % 30, offset=5)
+        state.write_window(writes, key, state.window(key), written[key], [18_000 + d for d in range(70)])
+    state.flush(writes, 5)
+    blocks = [k for k in writes.windows if k.count("\x1f") == 3]
+    assert len(blocks) == len({window_store.block_of(k) for k in written}) <= window_store.BLOCKS
+    assert list(writes.windows)[-len(blocks) :] == blocks  # the blocks after every chunk
+    assert not any(k in writes.windows for k in written)  # no head of its own
+    apply(windows, writes.windows)
+    fresh = PartitionState(2, windows, {})
+    for key, window in written.items():
+        got = fresh.window(key)
+        assert (got.applied_offset, got.horizon, got.rows.tobytes()) == (5, window.horizon, window.rows.tobytes())
+    again = Writes()
+    state.flush(again, 6)
+    assert not again  # nothing changed since: no block written again
+
+
+def test_a_restored_block_keeps_each_head_at_its_newest_offset():
+    """A frozen worker's late block (an older offset for one head, the only copy of another) merges into the
+    stored block head by head (`window_store.merge_blocks`, as the restore applies it)."""
+    a, b = window_key("live", "A"), window_key("live", "B")
+    newer = window_store.writes(a, NO_ROWS, window_of(30, offset=9))[a]
+    older = window_store.writes(a, NO_ROWS, window_of(20, offset=4))[a]
+    other = window_store.writes(b, NO_ROWS, window_of(10, offset=4))[b]
+    key = window_store.block_key(0, 0).encode()
+    records = [
+        (0, key, window_store.encode_block(9, {a: newer})),
+        (0, key, window_store.encode_block(4, {a: older, b: other})),
+    ]
+    kept = window_store.fresh_records(records, lambda _p, _k: None)
+    assert [k for k, _ in kept] == [0, 1]
+    offset, heads = window_store.decode_block(kept[-1][1])
+    assert offset == 9 and heads == {a: newer, b: other}

@@ -137,6 +137,19 @@ def test_appending_rows_takes_the_fast_path_and_equals_the_general_one():
     assert window.applied_offset == 7 and window.days[0] >= window.horizon
 
 
+def test_one_row_a_day_takes_the_fast_path_and_equals_the_general_one():
+    """A live day (one row per instrument): appended to an empty window, after the newest, across the horizon;
+    a row at or before the newest day goes the general way."""
+    window = Window.parse(None)
+    for offset, day in enumerate([18000, 18001, 18003, 18130, 18131, 18131, 18100], start=1):
+        change = [(day, 10.0 + offset, float(offset))]
+        fast = window.apply(change, 120, offset)
+        general = window.apply(change + [(day + 500, None, None)], 120, offset)
+        assert fast[0].to_bytes() == general[0].to_bytes() and fast[1] == general[1]
+        window = fast[0]
+    assert window.days.tolist() == [18100, 18130, 18131] and window.rows["close"].tolist() == [17.0, 14.0, 16.0]
+
+
 def test_live_and_replay_state_go_to_tables_of_their_own():
     from streams.state import ByRun, window_key
 

@@ -51,7 +51,10 @@ def test_random_corrections_deletions_and_days_read_back_as_written():
     for changes in steps:
         offset += 1
         after, _ = stored.apply(changes, KEEP, offset)
-        apply(table, writes("w", stored, after, [c[0] for c in changes]))
+        written = writes("w", stored, after, [c[0] for c in changes])
+        # the same writes when the stored head is at hand (the live path: its sealed chunks taken from it)
+        assert writes("w", stored, after, [c[0] for c in changes], before_head=table.get("w")) == written
+        apply(table, written)
         got = read(table, "w")
         assert same(got, after)
         heads = [k for k in table if k == "w"]

@@ -8,6 +8,7 @@ that only queue work in PostgreSQL (a query, a tick) never load it (~0.07 s).
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import TYPE_CHECKING
 
@@ -19,9 +20,11 @@ if TYPE_CHECKING:
     from kafka.admin import KafkaAdminClient
 
 
+@functools.lru_cache(maxsize=1 << 17)
 def partition_for(instrument_id: str, partitions: int) -> int:
     """The partition Kafka's default partitioner gives the key `instrument_id` (murmur2, as in Java):
-    where an instrument's rows go, live or replayed, so its window lives on one partition."""
+    where an instrument's rows go, live or replayed, so its window lives on one partition. Remembered: the
+    relay asks it for every captured row, the same ids each day, and murmur2 is pure Python."""
     from kafka.partitioner.default import murmur2
 
     return (murmur2(instrument_id.encode()) & 0x7FFFFFFF) % partitions
@@ -37,9 +40,10 @@ def admin_client(settings: Settings) -> KafkaAdminClient:
         raise ServiceUnavailable(f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: {e}") from None
 
 
-STATE_FORMAT = 4
+STATE_FORMAT = 5
 """The format of the worker's state (`streams/state.py`, windows kept in chunks by `streams/window_store.py`):
-4 adds each window's stamp (`shared.store.write_claims`), 3 kept no stamp, 2 kept each window as one value, 1 was
+5 keeps the live heads in blocks per partition (`window_store.block_of`), 4 added each window's stamp
+(`shared.store.write_claims`), 3 kept no stamp, 2 kept each window as one value, 1 was
 the unversioned tables of the releases before it. Table names
 carry it, so a worker never reads state of another format; the database records which format a worker
 group holds (`live.bootstrap.reconcile_state_format`), and a worker meeting

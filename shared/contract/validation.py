@@ -14,6 +14,7 @@ and dead-lettered on the wire, with the same reason.
 from __future__ import annotations
 
 import math
+import re
 from datetime import UTC, date, datetime, timedelta
 
 MAX_ID_LENGTH = 50  # instruments.instrument_id varchar(50)
@@ -31,6 +32,8 @@ NON_FINITE_CLOSE = "non-finite close"
 NON_POSITIVE_CLOSE = "non-positive close"
 NON_FINITE_VOLUME = "non-finite volume"
 NEGATIVE_VOLUME = "negative volume"
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+"""A control character: one search in C (the relay checks every captured row's id)."""
 
 
 def latest_trade_date(today: date | None = None) -> date:
@@ -45,7 +48,7 @@ def id_problem(instrument_id: object) -> str | None:
         return MISSING_ID
     if len(instrument_id) > MAX_ID_LENGTH:
         return LONG_ID
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in instrument_id):
+    if _CONTROL.search(instrument_id):
         return CONTROL_CHARACTERS
     return None
 
