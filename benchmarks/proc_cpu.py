@@ -4,6 +4,7 @@ PostgreSQL, a command): what the benchmarks report beside wall time."""
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -39,3 +40,13 @@ def kind_of(cmd: str) -> str:
     if "postgres" in cmd:
         return "postgres"
     return "other"
+
+
+def cpu_seconds() -> Counter:
+    """CPU seconds used so far by process kind: this process (the replay: reads, plans, publishes),
+    the worker, the Kafka broker, PostgreSQL, everything else."""
+    used: Counter = Counter()
+    me = os.getpid()
+    for kind, seconds in process_cpu(lambda pid, cmd: "replay" if pid == me else kind_of(cmd)).values():
+        used[kind] += seconds
+    return used

@@ -10,7 +10,6 @@ or with ptrace allowed).
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import tempfile
@@ -26,7 +25,7 @@ from backfill.replay import run_stream_replay
 from backfill.selection import RunSelection
 from benchmarks.bench import DATA, MODEL, for_app, fresh_database
 from benchmarks.live import start_worker, stop, wait_ready
-from benchmarks.proc_cpu import kind_of, process_cpu
+from benchmarks.proc_cpu import cpu_seconds
 from shared.contract.config import Settings
 from shared.store.migrate import upgrade
 
@@ -72,16 +71,6 @@ def start_py_spy(pid: int, rate: int, out: Path, *extra: str) -> subprocess.Pope
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-
-
-def cpu_seconds() -> Counter:
-    """CPU seconds used so far by process kind: this process (the replay: reads, plans, publishes),
-    the worker, the Kafka broker, PostgreSQL, everything else."""
-    used: Counter = Counter()
-    me = os.getpid()
-    for kind, seconds in process_cpu(lambda pid, cmd: "replay" if pid == me else kind_of(cmd)).values():
-        used[kind] += seconds
-    return used
 
 
 def main() -> None:

@@ -32,7 +32,8 @@ from benchmarks.live import (
     wait_ready,
     withhold_days,
 )
-from benchmarks.profile_stream import OUT, cpu_seconds, start_py_spy, top_frames, write_report
+from benchmarks.proc_cpu import cpu_seconds
+from benchmarks.profile_stream import OUT, start_py_spy, top_frames, write_report
 from shared.contract.config import Settings
 from shared.store.migrate import upgrade
 

@@ -11,6 +11,7 @@ committed offsets) a re-delivered event is recognised and skipped.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field, replace
 from typing import Protocol
@@ -47,6 +48,13 @@ class TickRecord:
         return trade_day <= self.day <= trade_day + LOOKBACK_FACTOR * self.window_days
 
 
+@functools.lru_cache(maxsize=64)
+def members_json(members: frozenset[str]) -> bytes:
+    """A run's members as JSON, sorted. Encoded once per set: the live run's members (every instrument of
+    the partition) are written with its state at every event, and a set kept unchanged is the same object."""
+    return json.dumps(sorted(members), separators=(",", ":")).encode()
+
+
 @dataclass(frozen=True)
 class RunPartition:
     """What one partition knows about one run.
@@ -78,16 +86,16 @@ class RunPartition:
         )
 
     def to_bytes(self) -> bytes:
-        return json.dumps(
+        rest = json.dumps(
             {
-                "members": sorted(self.members),
                 "ticks": [[t.day, t.window_days, list(t.models), t.scope] for t in self.ticks],
                 "tick_offset": self.tick_offset,
                 "received": self.received,
                 "received_offset": self.received_offset,
             },
             separators=(",", ":"),
-        ).encode()
+        )
+        return b'{"members":' + members_json(self.members) + b"," + rest[1:].encode()
 
     def with_members(self, ids: set[str]) -> RunPartition:
         return self if ids <= self.members else replace(self, members=self.members | ids)

@@ -48,7 +48,7 @@ def date_of(day: int) -> date:
     return date.fromordinal(int(day) + EPOCH_ORDINAL)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Window:
     applied_offset: int
     horizon: int  # every row with day >= horizon is present
