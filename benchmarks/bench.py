@@ -170,6 +170,7 @@ def measure_live(
         for kind in ("worker", "postgres"):
             f.put(f"{prefix}_{kind}_cpu_ms_per_instrument_tick", round(cpu[kind] * 1000 / max(new_rows, 1), 4))
         f.put(f"{prefix}_ticks", len(latencies))
+        f.put(f"{prefix}_tick_latencies_s", [round(x, 2) for x in latencies])
         f.put(f"{prefix}_tick_p50_s", round(statistics.median(latencies), 3))
         f.put(f"{prefix}_tick_p99_s", round(sorted(latencies)[max(0, round(0.99 * len(latencies)) - 1)], 3))
         f.put(f"{prefix}_tick_max_s", round(max(latencies), 3))

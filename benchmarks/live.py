@@ -142,6 +142,10 @@ def load_quietly(url: str, rows: list[tuple], market_id: str) -> None:
                 ((i, d, c, c, c, c, c, v, "USD") for i, d, c, v in rows),
                 ("text", "date", "float8", "float8", "float8", "float8", "float8", "float8", "text"),
             )
+    # A platform's history was loaded long ago: vacuumed and analysed. Without this, autovacuum's first pass
+    # over the fresh million rows lands in the middle of the timed ticks (10 of 20 ticks 2-4x slower).
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE instruments, prices_daily")
 
 
 def stop(proc: subprocess.Popen) -> None:
