@@ -33,7 +33,7 @@ from live.bootstrap import mark_published, read_snapshot
 from live.capture import start_capture
 from live.housekeeping import Housekeeping, IdleTask
 from shared.background import start_when_ready
-from shared.broker.topics import partition_for
+from shared.broker.topics import head_block, partition_for
 from shared.contract.config import Settings
 from shared.contract.encoder import retention_days
 from shared.contract.errors import EmbedderError
@@ -64,6 +64,8 @@ RELAY_PROTOCOL = 2
 """What the relaying worker understands, in its connection's application name (`relay_holder`): 2 adds
 query ticks that read their look-back from prices_daily (a command asks them only of such a worker)."""
 BATCH = 5000
+PENDING_ROWS = 50_000
+"""Captured rows the relay gathers before it publishes them (bounds its memory)."""
 ROUND_KEYS = 200_000
 """Captured keys one round publishes at most (beyond its first entry): bounds the time to the mark."""
 
@@ -201,11 +203,14 @@ class OutboxRelay:
                 self._publish_rows(publisher, [(r, entry.id) for r in rows], latest)
                 snapshots[entry.id] = Counter(r[0] for r in rows if not is_deletion(r))
             elif entry.kind == OutboxKind.KEYS:
-                self._publish_rows(publisher, pending, latest)
-                pending = []
+                # Gathered with the rows around them (a platform writing one row per statement makes one entry
+                # per row): one message per row would rewrite a head block of the worker per row.
                 for part in captured_rows(conn, entry.id):
-                    self._publish_rows(publisher, [(r, entry.id) for r in part], latest)
+                    pending.extend((r, entry.id) for r in part)
                     self.housekeeping.saw_rows(part, latest)
+                    if len(pending) >= PENDING_ROWS:
+                        self._publish_rows(publisher, pending, latest)
+                        pending = []
             elif entry.kind == OutboxKind.DELETE:
                 pending.append(((entry.instrument_id, entry.trade_date), entry.id))
             else:
@@ -250,6 +255,9 @@ class OutboxRelay:
                 continue
             by_partition.setdefault(partition_for(row[0], self.settings.partitions), []).append(row)
         for partition, rows in by_partition.items():
+            # In the order of the heads' blocks (stable: an instrument's rows keep theirs): a day of a partition
+            # is cut into several messages, and each then rewrites only the blocks of its instruments.
+            rows.sort(key=lambda row: head_block(row[0]))
             for batch in row_batches(LIVE_RUN, self.settings.window_days, rows):
                 publisher.row_batch(partition, replace(batch, stamp=self._next_stamp()))
 

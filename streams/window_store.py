@@ -14,9 +14,10 @@ Writes of one event list the chunks before the head, and the head records the of
 event were lost while its head was kept, reading finds a listed chunk missing and reports the window
 as lost (`Window` with no offset and no rows), so it is loaded again from prices_daily.
 
-Live heads are not values of their own: a partition's heads are kept in `BLOCKS` blocks (the instrument's
-key hashed), each one value under `live \x1f \x1f <partition> \x1f <block>` holding the offset of the event
-that wrote it and every head of its instruments. A live day then writes one value per block instead of one
+Live heads are not values of their own: a partition's heads are kept in blocks
+(`shared.broker.topics.head_block`: the instrument's id hashed), each one value under
+`live \x1f \x1f <partition> \x1f <block>` holding the offset of the event that wrote it and every head of
+its instruments. A live day then writes one value per block instead of one
 per instrument: a changelog record (with faust's futures, callbacks and RocksDB write) costs the worker far
 more than its bytes, and a day of 5,000 instruments wrote 5,000 of them. Restoring merges a block record
 into the stored block head by head (`merge_blocks`), each head kept at the newer offset, so the guard
@@ -26,11 +27,11 @@ against a frozen worker's late writes holds per window as before.
 from __future__ import annotations
 
 import struct
-import zlib
 from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 
+from shared.broker.topics import head_block
 from streams.state import LIVE_PREFIX, SEP, StateView
 from streams.window import NO_OFFSET, NOTHING_DROPPED, ROW, Window
 
@@ -40,9 +41,6 @@ CHUNK_HEAD = struct.Struct("<q")  # the applied offset of the event that wrote t
 CHUNK_ID = np.dtype("<i4")
 EMPTY_ROWS = np.empty(0, dtype=ROW)
 LOST = Window(NO_OFFSET, NOTHING_DROPPED, EMPTY_ROWS)
-BLOCKS = 32
-"""Head blocks per partition: ~20 heads (~12 KB) a block at 5,000 instruments on 8 partitions, ~80 (~50 KB)
-at 20,000; a block stays under Kafka's 1 MB message up to ~400,000 instruments."""
 BLOCK_HEAD = struct.Struct("<qI")  # the offset of the event that wrote the block, number of heads
 BLOCK_ENTRY = struct.Struct("<HI")  # key length, head length
 
@@ -102,8 +100,8 @@ def parse_head(key: str, head: bytes | None, table: StateView) -> Window:
 
 
 def block_of(key: str) -> int:
-    """The head block of a live window key (stable across processes and releases of this format)."""
-    return zlib.crc32(key.encode()) % BLOCKS
+    """The head block of a live window key (`shared.broker.topics.head_block` of its instrument)."""
+    return head_block(key[len(LIVE_PREFIX) :])
 
 
 def block_key(partition: int, block: int) -> str:

@@ -4,6 +4,7 @@ same from the tables once applied."""
 
 from __future__ import annotations
 
+from shared.broker.topics import HEAD_BLOCKS
 from streams import window_store
 from streams.partition_state import PartitionState
 from streams.state import LIVE_PREFIX, RunPartition, Writes, run_key, window_key
@@ -83,7 +84,7 @@ def test_live_heads_of_one_event_go_into_one_value_per_block_after_the_chunks():
         state.write_window(writes, key, state.window(key), written[key], [18_000 + d for d in range(70)])
     state.flush(writes, 5)
     blocks = [k for k in writes.windows if k.count("\x1f") == 3]
-    assert len(blocks) == len({window_store.block_of(k) for k in written}) <= window_store.BLOCKS
+    assert len(blocks) == len({window_store.block_of(k) for k in written}) <= HEAD_BLOCKS
     assert list(writes.windows)[-len(blocks) :] == blocks  # the blocks after every chunk
     assert not any(k in writes.windows for k in written)  # no head of its own
     apply(windows, writes.windows)

@@ -12,6 +12,7 @@ import pytest
 
 from live.bootstrap import enqueue_tick
 from live.relay import OutboxRelay
+from shared.broker.topics import HEAD_BLOCKS, head_block
 from shared.contract.config import Settings
 from shared.contract.messages import RowBatch, Tick
 from tests.support.platform import add_instruments, insert_prices
@@ -81,3 +82,25 @@ def test_nothing_is_marked_published_when_kafka_does_not_acknowledge(day_landed)
     with psycopg.connect(day_landed, autocommit=True) as conn, pytest.raises(OSError, match="acknowledge"):
         relay.relay_once(conn, RecordingPublisher(fail_flush=True))
     assert unpublished(day_landed) == before > 0  # they are published again by the next round
+
+
+def test_a_partitions_day_goes_out_in_the_order_of_the_head_blocks(db_url):
+    """A day too large for one message: its rows go out sorted by their instrument's head block (each message
+    then rewrites few of the worker's blocks, `streams.window_store`), every instrument's rows in date order."""
+    ids = [f"BLOCKORDER-{k:05d}-" + "x" * 30 for k in range(3000)]
+    add_instruments(db_url, ids)
+    with psycopg.connect(db_url) as conn:
+        insert_prices(conn, [(i, d, 10.0, 100.0) for d in (DAY - timedelta(days=1), DAY) for i in ids])
+    relay = OutboxRelay(Settings(_env_file=None, database_url=db_url, partitions=1))
+    publisher = RecordingPublisher()
+    rounds = 0
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        while relay.relay_once(conn, publisher):
+            rounds += 1
+    messages = [s[2] for s in publisher.sent if s[0] == "rows"]
+    assert len(messages) > 2 and sorted(i for m in messages for i in m) == sorted(ids * 2)
+    blocks = [head_block(i) for m in messages for i in m]
+    runs = 1 + sum(1 for a, b in zip(blocks, blocks[1:]) if a != b)
+    assert runs <= HEAD_BLOCKS * rounds  # each relay round sends its rows block by block
+    for m in messages:
+        assert [head_block(i) for i in m] == sorted(head_block(i) for i in m)
