@@ -2,13 +2,14 @@
 
 A window of 63 trading days keeps ~130 rows (its look-back); written whole, every live day would put
 ~2.6 KB per instrument into the changelog. Here rows are grouped by calendar chunk (`CHUNK_DAYS` days,
-about 22 trading days). The value under the window's key, the head, holds the header (applied source
-offset, horizon, stamp), the list of sealed chunks, and the rows of the newest chunk; each older chunk is a
-value of its own under `key \\x1f <chunk>` (the offset of the event that wrote it, then its rows). A day
-appended to the newest chunk writes the head alone (its rows and ~60 bytes of header); a chunk is written
-again only when a row of it changes or the head moves past it, and deleted when the horizon passes its
-last row. Rows below the horizon may stay in a chunk until then; reads drop them. Restoring from the
-changelog never takes a value written at an older offset than the one stored (`replaces`).
+about 22 trading days, shifted per window by `chunk_phase`). The value under the window's key, the head,
+holds the header (applied source offset, horizon, stamp), the list of sealed chunks, and the rows of the
+newest chunk; each older chunk is a value of its own under `key \\x1f <chunk>` (the offset of the event that
+wrote it, then its rows). A day appended to the newest chunk writes the head alone (its rows and ~60 bytes
+of header); a chunk is written again only when a row of it changes or the head moves past it, and deleted
+when the horizon passes its last row. Rows below the horizon may stay in a chunk until then; reads drop
+them. Restoring from the changelog never takes a value written at an older offset than the one stored
+(`replaces`).
 
 Writes of one event list the chunks before the head, and the head records the offset: if a chunk of an
 event were lost while its head was kept, reading finds a listed chunk missing and reports the window
@@ -27,6 +28,7 @@ against a frozen worker's late writes holds per window as before.
 from __future__ import annotations
 
 import struct
+import zlib
 from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
@@ -49,27 +51,38 @@ def chunk_key(key: str, chunk: int) -> str:
     return f"{key}{SEP}{chunk}"
 
 
-def chunk_bounds(days: np.ndarray) -> list[tuple[int, int, int]]:
+def chunk_phase(key: str) -> int:
+    """Days a window's chunks are shifted by (its key hashed): the windows of a market do not all seal a chunk,
+    or drop their oldest one, on the same day (a day that rewrote every window of 20,000 at once)."""
+    return zlib.crc32(key.encode()) % CHUNK_DAYS
+
+
+def chunk_of(day: int, phase: int) -> int:
+    return (day + phase) // CHUNK_DAYS
+
+
+def chunk_bounds(days: np.ndarray, phase: int = 0) -> list[tuple[int, int, int]]:
     """(chunk, first row, end row) of each chunk of ascending `days` that holds rows, ascending: one
     search for every chunk boundary (a live day computes this for each of its thousands of windows)."""
     if not days.size:
         return []
-    first, last = int(days[0]) // CHUNK_DAYS, int(days[-1]) // CHUNK_DAYS
+    first, last = chunk_of(int(days[0]), phase), chunk_of(int(days[-1]), phase)
     if first == last:
         return [(first, 0, int(days.size))]
-    edges = days.searchsorted(np.arange(first + 1, last + 1, dtype=days.dtype) * CHUNK_DAYS).tolist()
+    starts_at = np.arange(first + 1, last + 1, dtype=days.dtype) * CHUNK_DAYS - phase
+    edges = days.searchsorted(starts_at).tolist()
     starts, ends = [0, *edges], [*edges, int(days.size)]
     return [(first + k, lo, hi) for k, (lo, hi) in enumerate(zip(starts, ends)) if hi > lo]
 
 
-def chunks_of(days: np.ndarray) -> list[int]:
+def chunks_of(days: np.ndarray, phase: int = 0) -> list[int]:
     """The distinct chunks of ascending `days`, ascending."""
-    return [chunk for chunk, _, _ in chunk_bounds(days)]
+    return [chunk for chunk, _, _ in chunk_bounds(days, phase)]
 
 
-def layout(window: Window) -> tuple[int | None, list[int]]:
+def layout(window: Window, phase: int = 0) -> tuple[int | None, list[int]]:
     """(the head's chunk, the sealed chunks) of a window's rows: the head holds the newest chunk."""
-    chunks = chunks_of(window.days)
+    chunks = chunks_of(window.days, phase)
     return (chunks[-1], chunks[:-1]) if chunks else (None, [])
 
 
@@ -177,26 +190,29 @@ def writes(
     head holds every row: one value per window and block, not one per chunk."""
     if not chunked:
         return {key: None if after is None else _head_value(after, after.rows, [])}
+    phase = chunk_phase(key)
     if after is None:
-        return {**{chunk_key(key, c): None for c in layout(before)[1]}, key: None}
+        return {**{chunk_key(key, c): None for c in layout(before, phase)[1]}, key: None}
     if before_head is not None and after.rows.size:
-        head = int(after.days[-1]) // CHUNK_DAYS
-        if all(int(d) // CHUNK_DAYS == head for d in changed_days) and _head_only(before, after, {head}, head):
+        head = chunk_of(int(after.days[-1]), phase)
+        if all(chunk_of(int(d), phase) == head for d in changed_days) and _head_only(
+            before, after, {head}, head, phase
+        ):
             n = HEAD.unpack_from(before_head)[2]  # the sealed chunks are those stored: the head's rows follow them
-            start = int(after.days.searchsorted(head * CHUNK_DAYS)) if n else 0
+            start = int(after.days.searchsorted(head * CHUNK_DAYS - phase)) if n else 0
             sealed = before_head[HEAD.size : HEAD.size + CHUNK_ID.itemsize * n]
             value = (
                 HEAD.pack(after.applied_offset, after.horizon, n, after.stamp) + sealed + after.rows[start:].tobytes()
             )
             return {key: value}
-    bounds = chunk_bounds(after.days)
+    bounds = chunk_bounds(after.days, phase)
     new_head = bounds[-1][0] if bounds else None
     new_sealed = [chunk for chunk, _, _ in bounds[:-1]]
     head_rows = after.rows[bounds[-1][1] : bounds[-1][2]] if bounds else EMPTY_ROWS
-    touched = {int(d) // CHUNK_DAYS for d in changed_days}
-    if _head_only(before, after, touched, new_head):  # the usual live day: rows of the newest chunk
+    touched = {chunk_of(int(d), phase) for d in changed_days}
+    if _head_only(before, after, touched, new_head, phase):  # the usual live day: rows of the newest chunk
         return {key: _head_value(after, head_rows, new_sealed)}
-    old_head, old_sealed = layout(before)
+    old_head, old_sealed = layout(before, phase)
     old = set(old_sealed)
     out: dict[str, bytes | None] = {chunk_key(key, c): None for c in sorted(old - set(new_sealed))}
     for chunk, lo, hi in bounds[:-1]:
@@ -206,14 +222,15 @@ def writes(
     return out
 
 
-def _head_only(before: Window, after: Window, touched: set[int], new_head: int | None) -> bool:
+def _head_only(before: Window, after: Window, touched: set[int], new_head: int | None, phase: int) -> bool:
     """True when the sealed chunks are those stored and none changed: the head's chunk is the same, the
     changes lie in it, and the first chunk is the same (a horizon that emptied a chunk moves it; a
     deletion that empties one in the middle touches it)."""
     if not before.rows.size or new_head is None or touched - {new_head}:
         return False
     days, new_days = before.days, after.days
-    return int(days[-1]) // CHUNK_DAYS == new_head and int(days[0]) // CHUNK_DAYS == int(new_days[0]) // CHUNK_DAYS
+    first = chunk_of(int(days[0]), phase)
+    return chunk_of(int(days[-1]), phase) == new_head and first == chunk_of(int(new_days[0]), phase)
 
 
 def written_at(key: bytes, value: bytes) -> int | None:

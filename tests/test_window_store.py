@@ -59,7 +59,7 @@ def test_random_corrections_deletions_and_days_read_back_as_written():
         assert same(got, after)
         heads = [k for k in table if k == "w"]
         assert len(heads) == 1
-        _, sealed = window_store.layout(after)
+        _, sealed = window_store.layout(after, window_store.chunk_phase("w"))
         assert set(table) == {"w"} | {chunk_key("w", c) for c in sealed}
         stored = after
     apply(table, writes("w", stored, None))
@@ -127,3 +127,23 @@ def test_chunk_bounds_are_the_chunks_that_hold_rows_with_their_row_ranges():
             lo, hi = want.get(day // window_store.CHUNK_DAYS, (k, k))
             want[day // window_store.CHUNK_DAYS] = (lo, k + 1)
         assert window_store.chunk_bounds(days) == [(c, lo, hi) for c, (lo, hi) in sorted(want.items())]
+
+
+def test_windows_seal_their_chunks_on_different_days():
+    """The same days appended to many windows: each seals a chunk (a write beside its head) on a day of its
+    own phase, so no day rewrites every window of a market; every window reads back as written."""
+    table: dict[str, bytes] = {}
+    keys = [f"live\x1fI{n}" for n in range(64)]
+    days = trading_days(18_000, 120)
+    stored = {k: read(table, k) for k in keys}
+    sealing_days: dict[int, int] = {}
+    for offset, day in enumerate(days, start=1):
+        for key in keys:
+            after, _ = stored[key].apply([(day, 10.0, 1.0)], KEEP, offset)
+            written = writes(key, stored[key], after, [day])
+            if len(written) > 1:
+                sealing_days[day] = sealing_days.get(day, 0) + 1
+            apply(table, written)
+            assert same(read(table, key), after)
+            stored[key] = after
+    assert len(sealing_days) > 10 and max(sealing_days.values()) < len(keys) // 2
