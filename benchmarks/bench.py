@@ -466,9 +466,6 @@ def targets(f: Figures) -> list[tuple[str, str, str, bool]]:
             "<= 30",
             f[f"{key}_kill9_to_ready_s"] <= 30,
         )
-    if "exact_busy_later_ticks_p99_s" in f:
-        key = "exact_busy_later_ticks_p99_s"
-        add("tick p99 during a restatement (s)", f[key], "<= 0.5", f[key] <= 0.5)
     if "old_loop_per_s" in f and "direct_per_s" in f:
         add(
             "direct / old loop per embedding",
