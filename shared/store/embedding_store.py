@@ -133,13 +133,12 @@ def write_embeddings(
         # writers (the sink, the correction path) lock rows in one order: the statement below reads the
         # staging table in that order and keeps it.
         copy_rows(cur, STAGING, STAGING_COLUMNS, staged, STAGING_TYPES)
-        # Read against the staged rows (no id list sent back: a tick of 5,000 instruments spent more of the
-        # worker's CPU dumping that list than PostgreSQL spends on the probe).
+        ids = list({row[0] for row in staged})
         absent = one(
             cur.execute(
-                f"""SELECT EXISTS (SELECT 1 FROM (SELECT DISTINCT entity_id FROM {STAGING}) s
-                    WHERE EXISTS (SELECT 1 FROM embedder_absent_embeddings a
-                                  WHERE a.entity_type = '{ENTITY_TYPE}' AND a.entity_id = s.entity_id))"""
+                f"""SELECT EXISTS (SELECT 1 FROM embedder_absent_embeddings
+                                          WHERE entity_type = '{ENTITY_TYPE}' AND entity_id = ANY(%s))""",
+                (ids,),
             )
         )[0]  # the usual case: none of these instruments has absent keys
         newer_absent = (
