@@ -234,15 +234,13 @@ def _head_only(before: Window, after: Window, touched: set[int], new_head: int |
 
 
 def written_at(key: bytes, value: bytes) -> int | None:
-    """The source offset a stored window value (a head, a chunk or a head block) was written at; None for
-    another key."""
+    """The source offset a stored window value (a head or a chunk) was written at; None for another key (a
+    head block is merged on restore, never compared whole: `fresh_records`)."""
     parts = key.count(SEP.encode())
     if parts == 1 and len(value) >= HEAD.size:
         return int(HEAD.unpack_from(value)[0])
     if parts == 2 and len(value) >= CHUNK_HEAD.size:
         return int(CHUNK_HEAD.unpack_from(value)[0])
-    if parts == 3 and len(value) >= BLOCK_HEAD.size:
-        return int(BLOCK_HEAD.unpack_from(value)[0])
     return None
 
 
