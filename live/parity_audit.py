@@ -2,7 +2,8 @@
 
 Every `EMBEDDER_PARITY_AUDIT_SECONDS` (60) the audit takes keys where a stale one is most likely — keys
 rewritten since its last round, keys the recently published price changes reach, keys of the dates
-recently ticked, every key the correction path recomputed — beside a uniform sample
+recently ticked, keys recently recorded absent (no embedding: nothing stored to sample), every key the
+correction path recomputed — beside a uniform sample
 (`EMBEDDER_PARITY_SAMPLE_KEYS`, block sampling) and the next stretch of a sweep that covers the whole
 table every `EMBEDDER_PARITY_SWEEP_HOURS` (24); it recomputes them with the one encoder and compares
 bytes (`backfill.verify.compare`). A mismatch is counted (`embedder_parity_mismatches_total`),
@@ -133,6 +134,18 @@ def keys_of_ticks_since(conn: psycopg.Connection, since: datetime, n: int) -> li
     return _maintained(stored_keys_at(conn, dates, n))
 
 
+def keys_recorded_absent_since(conn: psycopg.Connection, since: datetime, n: int) -> list[MaintainedKey]:
+    """Up to `n` keys recorded absent since `since`, newest first: a tick or a correction found no embedding for
+    them. Where that was wrong (a window missing rows it should hold) the key has no stored row, so no other
+    source — each reads stored keys — would ever look at it again."""
+    rows = conn.execute(
+        f"""SELECT entity_id, as_of_date, model_id, window_days FROM embedder_absent_embeddings
+            WHERE entity_type = '{ENTITY_TYPE}' AND recorded_at >= %s ORDER BY recorded_at DESC LIMIT %s""",
+        (since, n),
+    ).fetchall()
+    return _maintained(rows)
+
+
 def sweep_keys(conn: psycopg.Connection, n: int) -> list[MaintainedKey]:
     """The next `n` stored keys in key order after the shared cursor (`embedder_parity_sweep`), which moves
     on in the same transaction (several workers take ranges of their own) and starts over at the end: the
@@ -173,14 +186,13 @@ def _maintained(rows: Sequence[tuple]) -> list[MaintainedKey]:
 class ParityAudit:
     """Recomputes stored keys where a stale one is most likely, and sweeps the whole table in bounded time.
 
-    Each round checks: a uniform random sample; every key the correction path recomputed; keys rewritten
-    since the last round (their versions); keys the price changes published since then reach; keys of
-    the dates ticks committed since then; and the next stretch of a sweep over the whole table (sized so
-    a pass takes `parity_sweep_hours`). A key that differs is checked again in the next round (a write
-    may have been in flight); if it still differs, the mismatch is counted, logged, recorded for
-    `embedder status`, queued for the correction path, and reported to `on_mismatch` (the live service
-    reloads those instruments' windows from prices_daily: a window taken back in time would compute them
-    wrong again).
+    Each round checks: a uniform random sample; every key the correction path recomputed; keys rewritten since the
+    last round (their versions); keys the price changes published since then reach; keys of the dates ticks
+    committed since then; keys recorded absent since then; and the next stretch of a sweep over the whole table
+    (sized so a pass takes `parity_sweep_hours`). A key that differs is checked again in the next round (a write may
+    have been in flight); if it still differs, the mismatch is counted, logged, recorded for `embedder status`,
+    queued for the correction path, and reported to `on_mismatch` (the live service reloads those instruments'
+    windows from prices_daily: a window taken back in time would compute them wrong again).
     """
 
     settings: Settings
@@ -222,6 +234,7 @@ class ParityAudit:
             ("revised", keys_revised_since(conn, since, risk) if risk else []),
             ("changed", keys_of_changed_prices(conn, since, risk) if risk else []),
             ("ticks", keys_of_ticks_since(conn, since, risk) if risk else []),
+            ("absent", keys_recorded_absent_since(conn, since, risk) if risk else []),
             ("sweep", sweep_keys(conn, sweep_share(conn, s.parity_audit_seconds, s.parity_sweep_hours))),
         ]
         seen: set = set()

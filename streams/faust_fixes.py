@@ -1,6 +1,8 @@
 """Fixes to faust-streaming 0.15.3: two stop it from losing fetched messages around recovery, a third lets
 a worker start while a broker is down, a fourth bounds how long fetched data can wait, a fifth keeps a
-restore from taking a window back, a sixth drops a fixed second from every start.
+restore from taking a window back, a sixth drops a fixed second from every start; the seventh to ninth
+are listed below (commits wait for the changelog, topics are not created again, a restore starts early
+enough to read what another worker wrote).
 
 Found with the worker restarted on a backlog (tests/test_stream_resilience.py), traced by logging
 every flow-control call and every fetched offset:
@@ -66,6 +68,17 @@ every flow-control call and every fetched offset:
    thousand topics, ~1.2 s of every worker's start. Fixed: one metadata request lists the cluster's topics
    (at most once per 10 s), and the producer does not create a topic on it again; any other topic, or a
    failed listing, goes faust's way (with fix 3).
+
+9. The local store's persisted offset — where a restore of a table partition starts reading its changelog when
+   the partition comes back to this worker — is set to the offset of each changelog record this worker writes.
+   A worker frozen past its session timeout wakes up still writing, and its records land after those of the
+   worker that took its partitions over: its persisted offset then jumps past that worker's records, and when
+   the partitions come back to it (the assignment is sticky) the restore starts after them, so the windows
+   they moved on are never read (a window taken back in time for good, though fix 5 guards every record it
+   reads). Fixed: the persisted offset advances over an unbroken run of this worker's own records only (only
+   the owner writes a changelog partition, so anything else in between was written by another worker); once
+   broken it stays where the run broke, and the next restore reads everything since, guarded as in fix 5.
+   A restore records the last record it read, whether applied or not (fix 5 may leave the last ones out).
 
 The first two only ever cause a message to be delivered again, never skipped; the worker's processing is
 idempotent (windows are upserts keyed by date, replay row counts are kept per offset, embeddings
@@ -135,6 +148,7 @@ def apply(allow_unverified: bool = False, fetch_wait_ms: int = 100) -> None:
     _restore_never_goes_back()
     _tables_start_without_waiting()
     _commit_waits_for_the_changelog()
+    _persisted_offset_follows_own_writes()
     _applied = True
 
 
@@ -166,7 +180,12 @@ def _restore_never_goes_back() -> None:
             )
         for k, value in kept:  # a head block merged with the one held
             events[k].message.value = value
-        return original(self, [events[k] for k, _ in kept], to_key, to_value)
+        original(self, [events[k] for k, _ in kept], to_key, to_value)
+        read: dict = {}
+        for e in events:  # read, applied or not: the next restore starts after them (fix 9)
+            read[e.message.tp] = max(e.message.offset, read.get(e.message.tp, -1))
+        for tp, offset in read.items():
+            self.set_persisted_offset(tp, offset)
 
     Store.apply_changelog_batch = apply_changelog_batch  # type: ignore[method-assign]
 
@@ -349,3 +368,40 @@ def _uncommitted_source_partitions_restart_from_the_beginning() -> None:
         return await self.call_thread(seek)
 
     AIOKafkaConsumerThread.seek_to_committed = seek_to_committed  # type: ignore[method-assign]
+
+
+def advances(persisted: int | None, written: int) -> bool:
+    """Whether this worker's changelog record at offset `written` extends the unbroken run of records the
+    local store holds up to `persisted` (None: nothing read or written yet, so only the first record of a
+    changelog does)."""
+    return written == (0 if persisted is None else persisted + 1)
+
+
+def _persisted_offset_follows_own_writes() -> None:
+    from faust.tables.base import Collection
+
+    original = Collection._on_changelog_sent
+    warned: set[tuple[str, str, int, int | None]] = set()
+
+    def _on_changelog_sent(self: Collection, fut) -> None:
+        if self.app.in_transaction:
+            return original(self, fut)
+        res = fut.result()
+        tp, offset = res.topic_partition, res.offset
+        persisted = self.data.persisted_offset(tp)
+        if advances(persisted, offset):
+            self.data.set_persisted_offset(tp, offset)
+        elif (self.name, tp.topic, tp.partition, persisted) not in warned:
+            warned.add((self.name, tp.topic, tp.partition, persisted))
+            log.warning(
+                "changelog %s[%s]: record %s does not follow %s: another worker wrote this partition's changelog "
+                "(it had the partition while this worker was frozen or cut off); a restore here reads again "
+                "from %s",
+                tp.topic,
+                tp.partition,
+                offset,
+                persisted,
+                "the beginning" if persisted is None else persisted + 1,
+            )
+
+    Collection._on_changelog_sent = _on_changelog_sent  # type: ignore[method-assign]

@@ -190,3 +190,44 @@ def test_a_commit_does_not_wait_for_records_put_after_it_began():
     handed = asyncio.run(scenario())
     assert handed[:3] == [0, 1, 2]
     assert len(handed) < 50  # returned once the first three were handed over, not when the stream went quiet
+
+
+def test_the_restore_point_advances_over_this_workers_own_changelog_records_only():
+    """The local store's persisted offset is where a restore starts when the partition comes back. A worker frozen
+    past its session timeout writes its records after those of the worker that took over: the restore point must
+    stay before them, or their windows are never read here (issue 28, chaos seed 440704)."""
+    faust_fixes.apply()
+    from types import SimpleNamespace
+
+    from faust.tables.base import Collection
+
+    tp = SimpleNamespace(topic="embedder-windows-changelog", partition=3)
+
+    class Store:
+        def __init__(self, persisted: int | None):
+            self.offsets = {} if persisted is None else {tp.partition: persisted}
+
+        def persisted_offset(self, tp_) -> int | None:
+            return self.offsets.get(tp_.partition)
+
+        def set_persisted_offset(self, tp_, offset: int) -> None:
+            self.offsets[tp_.partition] = offset
+
+    def written(table, offset: int) -> None:
+        result = SimpleNamespace(topic_partition=tp, offset=offset)
+        Collection._on_changelog_sent(table, SimpleNamespace(result=lambda: result))
+
+    table = SimpleNamespace(name="windows", app=SimpleNamespace(in_transaction=False), data=Store(41))
+    for offset in (42, 43, 44):  # the owner's records, one after another
+        written(table, offset)
+    assert table.data.persisted_offset(tp) == 44
+    written(table, 57)  # 45..56 were written by the worker that had the partition meanwhile
+    written(table, 58)
+    assert table.data.persisted_offset(tp) == 44  # a restore here reads 45.. again
+    fresh = SimpleNamespace(name="windows", app=SimpleNamespace(in_transaction=False), data=Store(None))
+    written(fresh, 0)  # the first record of a new changelog
+    assert fresh.data.persisted_offset(tp) == 0
+    unread = SimpleNamespace(name="windows", app=SimpleNamespace(in_transaction=False), data=Store(None))
+    written(unread, 9)  # nothing read here, records before it: a restore reads from the beginning
+    assert unread.data.persisted_offset(tp) is None
+    assert faust_fixes.advances(44, 45) and not faust_fixes.advances(44, 46) and not faust_fixes.advances(44, 44)

@@ -40,6 +40,7 @@ def test_upgrade_creates_tables_and_second_run_is_a_noop(database_factory):
         "0012_embedding_versions",
         "0013_write_fencing",
         "0014_definer_triggers",
+        "0015_absent_recorded_index",
     ]
     assert {
         "instruments",
@@ -51,7 +52,7 @@ def test_upgrade_creates_tables_and_second_run_is_a_noop(database_factory):
         "embedder_parity_audits",
     } <= tables(url)
     second = upgrade(url)
-    assert second.applied == [] and second.already_applied == 14
+    assert second.applied == [] and second.already_applied == 15
     with psycopg.connect(url) as conn:
         cols = dict(
             conn.execute(

@@ -11,7 +11,7 @@ import psycopg
 from backfill.recompute import rewrite_keys
 from live.parity_audit import ParityAudit, sweep_keys, sweep_share
 from shared.contract.config import Settings
-from shared.store.maintained_keys import MaintainedKey
+from shared.store.maintained_keys import MaintainedKey, write_absent
 from tests.support.helpers import expected, stored
 from tests.support.platform import add_instruments, insert_prices
 
@@ -69,6 +69,25 @@ def test_a_key_rewritten_since_the_last_round_is_checked_and_repaired(db_url):
         sources = dict(conn.execute("SELECT source, sum(keys_checked) FROM embedder_parity_audits GROUP BY 1"))
         assert sources["revised"] == 1 and sources["confirm"] == 1
         assert auditor.round(conn) == []  # the next round looks at what changed since this one
+
+
+def test_a_key_recorded_absent_wrongly_is_found_missing_and_repaired(db_url):
+    """A tick or a correction computed from a window missing its rows records the key absent and deletes its row:
+    no stored row is left for the sample, the sweep or the ticked dates to find. The keys recorded absent since
+    the last round are checked (issue 28: a chaos run left three days of an instrument missing, unnoticed)."""
+    stored_market(db_url)
+    with psycopg.connect(db_url) as conn:
+        write_absent(conn, [("P", DATES[3], MODEL, 63)], claim=1 << 60)
+    auditor, reloaded = audit(db_url)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        assert auditor.round(conn) == []  # a suspect
+        found = auditor.round(conn)
+        assert [(f.kind, f.entity_id, f.as_of_date) for f in found] == [("missing", "P", DATES[3])]
+        assert reloaded == [["P"]]
+        queued = conn.execute("SELECT instrument_id, trade_date FROM embedder_recompute_queue").fetchall()
+        assert queued == [("P", DATES[3])]
+        sources = dict(conn.execute("SELECT source, sum(keys_checked) FROM embedder_parity_audits GROUP BY 1"))
+        assert sources["absent"] == 1
 
 
 def test_a_suspect_repaired_before_the_next_round_is_no_mismatch(db_url):
