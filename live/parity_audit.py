@@ -36,6 +36,7 @@ from shared.store.db import connect, one
 from shared.store.embedding_store import ENTITY_TYPE
 from shared.store.maintained_keys import (
     MaintainedKey,
+    absent_keys_recorded_since,
     affected_keys,
     queue_recompute,
     queued_or_unpublished,
@@ -138,12 +139,7 @@ def keys_recorded_absent_since(conn: psycopg.Connection, since: datetime, n: int
     """Up to `n` keys recorded absent since `since`, newest first: a tick or a correction found no embedding for
     them. Where that was wrong (a window missing rows it should hold) the key has no stored row, so no other
     source — each reads stored keys — would ever look at it again."""
-    rows = conn.execute(
-        f"""SELECT entity_id, as_of_date, model_id, window_days FROM embedder_absent_embeddings
-            WHERE entity_type = '{ENTITY_TYPE}' AND recorded_at >= %s ORDER BY recorded_at DESC LIMIT %s""",
-        (since, n),
-    ).fetchall()
-    return _maintained(rows)
+    return _maintained(absent_keys_recorded_since(conn, since, n))
 
 
 def sweep_keys(conn: psycopg.Connection, n: int) -> list[MaintainedKey]:

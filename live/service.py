@@ -16,7 +16,7 @@ from live.schedule import TickScheduler
 from shared.broker.topics import STATE_FORMAT
 from shared.contract.config import Settings
 from shared.metrics import StreamMetrics
-from shared.store.db import connection
+from shared.store.db import PatientReader, connection
 from shared.store.live_layout import resolve
 from streams.worker import run_worker
 
@@ -58,9 +58,12 @@ def run_service(settings: Settings, data_dir: Path | None, loglevel: str, captur
     with connection(settings.database_url) as conn:
         reconcile_state_format(conn, settings.app_id, STATE_FORMAT, settings.live_generation)
 
+    bootstrap = PatientReader(settings.database_url, "queueing lost windows for loading")
+
     def lost_windows(ids: list[str]) -> None:
-        with connection(settings.database_url) as conn:
-            requeue_lost(conn, ids)
+        # retried while PostgreSQL is away: the tick that found them is acked, so nothing would ask again until
+        # the next tick, and an exception here would crash the agent
+        bootstrap.read(lambda conn: requeue_lost(conn, ids))
 
     run_worker(
         settings,

@@ -18,7 +18,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 
 import psycopg
 
@@ -127,6 +127,16 @@ def absent_keys_between(
         {"ids": list(instrument_ids), "lo": date_from, "hi": date_to, "models": list(model_ids) if model_ids else None},
     ).fetchall()
     return _keys(rows)
+
+
+def absent_keys_recorded_since(conn: psycopg.Connection, since: datetime, n: int) -> list[tuple]:
+    """Up to `n` keys recorded absent (or recorded again) since `since`, newest first: (instrument_id, as_of_date,
+    model_id, window days). Read by the parity audit (an index on recorded_at, migration 0015)."""
+    return conn.execute(
+        f"""SELECT entity_id, as_of_date, model_id, window_days FROM embedder_absent_embeddings
+            WHERE entity_type = '{ENTITY_TYPE}' AND recorded_at >= %s ORDER BY recorded_at DESC LIMIT %s""",
+        (since, n),
+    ).fetchall()
 
 
 def record_absent(conn: psycopg.Connection, keys: Iterable[tuple], claim: int | None = None) -> int:
