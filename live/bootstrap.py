@@ -93,7 +93,8 @@ def queue_bootstrap(
 
 def requeue_lost(conn: psycopg.Connection, instrument_ids: list[str]) -> int:
     """Load again instruments the live windows lost (a tick found no window for them although their
-    snapshot had rows: state folder and changelogs gone). Instruments without history stay done."""
+    snapshot had rows: state folder and changelogs gone). Instruments without history stay done. One
+    transaction: forgotten and queued again together, on any connection."""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (BOOTSTRAP_LOCK,))
         lost = [
@@ -105,7 +106,7 @@ def requeue_lost(conn: psycopg.Connection, instrument_ids: list[str]) -> int:
                 (instrument_ids,),
             )
         ]
-    return queue_bootstrap(conn, only=lost) if lost else 0
+        return queue_bootstrap(conn, only=lost) if lost else 0
 
 
 def reload_windows(conn: psycopg.Connection, instrument_ids: list[str]) -> int:

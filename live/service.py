@@ -8,8 +8,6 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-import psycopg
-
 from live.bootstrap import reconcile_state_format, reload_windows, requeue_lost
 from live.correction_process import start_correction_process
 from live.parity_audit import start_parity_audit
@@ -62,14 +60,10 @@ def run_service(settings: Settings, data_dir: Path | None, loglevel: str, captur
 
     bootstrap = PatientReader(settings.database_url, "queueing lost windows for loading")
 
-    def requeue(conn: psycopg.Connection, ids: list[str]) -> int:
-        with conn.transaction():  # one transaction, as on a connection of its own: forgotten and queued together
-            return requeue_lost(conn, ids)
-
     def lost_windows(ids: list[str]) -> None:
         # retried while PostgreSQL is away: the tick that found them is acked, so nothing would ask again until
         # the next tick, and an exception here would crash the agent
-        bootstrap.read(lambda conn: requeue(conn, ids))
+        bootstrap.read(lambda conn: requeue_lost(conn, ids))
 
     run_worker(
         settings,
