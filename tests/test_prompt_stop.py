@@ -115,19 +115,32 @@ def test_an_export_stops_promptly_and_leaves_no_file(db_url, cli_env, tmp_path):
         EMBEDDER + ["replay", "--direct", "--from", "2018-04-01", "--to", "2019-12-31", "--market-id", "US_EQ"], cli_env
     )
     assert direct.returncode == 0, direct.stderr[-2000:]
-    target = tmp_path / "out.csv"
+    target, partial = tmp_path / "out.csv", tmp_path / ".out.csv.partial"
+    # The export writes into `partial` and renames it at its end. Made a FIFO that this test reads only a
+    # little of, the export is certainly still writing when the signal comes (a file it could finish first).
+    os.mkfifo(partial)
+    reader = os.open(partial, os.O_RDONLY | os.O_NONBLOCK)
     proc = start(
         cli_env, "embeddings", "export", "--from", "2018-04-01", "--to", "2019-12-31", "--model-id",
         "numeric-simple-v1", "--format", "csv", "-o", str(target),
     )  # fmt: skip
     try:
-        wait_for(lambda: (tmp_path / ".out.csv.partial").exists(), 60, "the export to begin writing")
+        wait_for(lambda: _read_some(reader), 60, "the export to begin writing")
         seconds, code = stopped_within(proc, signal.SIGINT)
     finally:
+        os.close(reader)
         if proc.poll() is None:
             proc.kill()
     assert code == 130
-    assert not target.exists() and not (tmp_path / ".out.csv.partial").exists()
+    assert not target.exists() and not partial.exists()
+
+
+def _read_some(fd: int) -> bool:
+    """Whether the writer at the other end of FIFO `fd` has written anything yet (reads a little of it)."""
+    try:
+        return bool(os.read(fd, 4096))
+    except BlockingIOError:
+        return False
 
 
 def test_the_worker_stops_within_its_grace_with_the_broker_paused(cli_env, broker_pid, tmp_path):
