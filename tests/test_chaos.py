@@ -134,7 +134,9 @@ def test_exact_through_frozen_workers_a_frozen_broker_and_a_postgres_crash(
     old_from, old_to = date(2018, 7, 1), date(2018, 12, 31)
     run(env, "replay", "--direct", "--from", str(old_from), "--to", str(old_to), "--market-id", "US_EQ",
         "--model-id", MODELS[1])  # fmt: skip
-    workers = {name: start_named_worker(env, tmp_path, name, capture=True) for name in ("w1", "w2")}
+    # At info, a worker's log holds faust's recovery tables (highwaters, where each restore started): shown
+    # on a failure, they say which state a worker computed from.
+    workers = {name: start_named_worker(env, tmp_path, name, capture=True, loglevel="info") for name in ("w1", "w2")}
     faults: list[str] = []
     threads: list[threading.Thread] = []
     try:
@@ -209,6 +211,7 @@ def test_exact_through_frozen_workers_a_frozen_broker_and_a_postgres_crash(
         assert json.loads(verify.stdout)["equal"]
         assert all(w.poll() is None for w in workers.values())
     except BaseException as e:
+        _show_logs(tmp_path, workers)
         raise AssertionError(f"chaos seed {seed} ({'; '.join(faults)}): {e}") from e
     finally:
         for w in workers.values():
@@ -234,7 +237,17 @@ def test_exact_through_frozen_workers_a_frozen_broker_and_a_postgres_crash(
         print(f"\n{said}")
     for checked_at, source, found in examples:
         print(f"  audit {checked_at:%H:%M:%S} ({source}): {found}")
+    if audited:
+        _show_logs(tmp_path, workers)
     assert audited == 0, f"chaos seed {seed}: the audit had to repair {audited} key(s): {examples}"
+
+
+def _show_logs(tmp_path: Path, workers: dict) -> None:
+    """Print the workers' logs (a failed chaos run is rare: its logs are the whole record of it)."""
+    for name in workers:
+        log = tmp_path / f"{name}.log"
+        if log.exists():
+            print(f"\n===== {name}.log =====\n{log.read_text(errors='replace')[-200_000:]}")
 
 
 def _update_close(url: str, instrument_id: str, day: date, factor: float) -> None:

@@ -57,10 +57,15 @@ def start_web_worker(
     return worker, f"http://127.0.0.1:{port_file.read_text().strip()}"
 
 
-def start_named_worker(env: dict[str, str], tmp_path: Path, name: str, capture: bool = False) -> subprocess.Popen:
-    """A worker (live capture only if asked), its state in tmp_path/name (a restart reuses it), its log appended."""
+def start_named_worker(
+    env: dict[str, str], tmp_path: Path, name: str, capture: bool = False, loglevel: str | None = None
+) -> subprocess.Popen:
+    """A worker (live capture only if asked), its state in tmp_path/name (a restart reuses it), its log appended
+    (at `loglevel`, else the worker's default)."""
     return subprocess.Popen(
-        EMBEDDER + ["worker", "--capture" if capture else "--no-capture", "--data-dir", str(tmp_path / name)],
+        EMBEDDER
+        + ["worker", "--capture" if capture else "--no-capture", "--data-dir", str(tmp_path / name)]
+        + (["--loglevel", loglevel] if loglevel else []),
         env=env,
         stdout=open(tmp_path / f"{name}.log", "ab"),
         stderr=subprocess.STDOUT,
@@ -99,9 +104,13 @@ def group_members(env: dict[str, str]) -> int:
     Starting work in the middle of a rebalance can leave faust-streaming 0.15.3 with a worker that
     never fetches its newly assigned partitions; the tests start on a stable group.
     """
+    from kafka.errors import CoordinatorNotAvailableError
+
     admin = admin_client(settings_of(env))
     try:
         groups = admin.describe_groups([env["EMBEDDER_APP_ID"]])
+    except CoordinatorNotAvailableError:  # a cluster just started has not placed the group's coordinator yet
+        return 0
     finally:
         admin.close()
     count = 0
