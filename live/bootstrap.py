@@ -32,6 +32,7 @@ from shared.store import scheduled_ticks
 from shared.store.db import one
 from shared.store.instruments import SELECTABLE, newest_trade_date_sql
 from shared.store.outbox import insert_snapshot, insert_tick, renumber_waiting_ticks, wake_relay
+from shared.store.price_history import rows_between
 
 log = logging.getLogger("embedder.bootstrap")
 BOOTSTRAP_LOCK = 727_002  # pg advisory lock: one transaction queues snapshots (or a tick) at a time
@@ -107,6 +108,23 @@ def requeue_lost(conn: psycopg.Connection, instrument_ids: list[str]) -> int:
             )
         ]
         return queue_bootstrap(conn, only=lost) if lost else 0
+
+
+def fallen_short(conn: psycopg.Connection, since: date, until: date, held: Mapping[str, int]) -> list[str]:
+    """Of windows a live tick found too short to embed (`held`: rows each holds of [since, until]), those of
+    instruments prices_daily holds more rows of there: windows that lost rows they had (a restore that missed
+    some), to be loaded again (`requeue_lost`). A recently listed instrument's window holds what the table does."""
+    more = rows_between(conn, list(held), since, until)
+    short = sorted(i for i, n in held.items() if more[i] > n)
+    if short:
+        log.warning(
+            "live tick: %d window(s) hold fewer rows of %s..%s than prices_daily (%s); loading them again",
+            len(short),
+            since,
+            until,
+            ", ".join(f"{i} {held[i]} of {more[i]}" for i in short[:8]),
+        )
+    return short
 
 
 def reload_windows(conn: psycopg.Connection, instrument_ids: list[str]) -> int:

@@ -8,7 +8,9 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from live.bootstrap import reconcile_state_format, reload_windows, requeue_lost
+import psycopg
+
+from live.bootstrap import fallen_short, reconcile_state_format, reload_windows, requeue_lost
 from live.correction_process import start_correction_process
 from live.parity_audit import start_parity_audit
 from live.relay import start_relay
@@ -18,6 +20,7 @@ from shared.contract.config import Settings
 from shared.metrics import StreamMetrics
 from shared.store.db import PatientReader, connection
 from shared.store.live_layout import resolve
+from streams.processor import ShortWindows
 from streams.worker import run_worker
 
 
@@ -60,10 +63,14 @@ def run_service(settings: Settings, data_dir: Path | None, loglevel: str, captur
 
     bootstrap = PatientReader(settings.database_url, "queueing lost windows for loading")
 
-    def lost_windows(ids: list[str]) -> None:
+    def lost_windows(ids: list[str], short: ShortWindows | None) -> None:
         # retried while PostgreSQL is away: the tick that found them is acked, so nothing would ask again until
         # the next tick, and an exception here would crash the agent
-        bootstrap.read(lambda conn: requeue_lost(conn, ids))
+        def requeue(conn: psycopg.Connection) -> int:
+            lost = ids + (fallen_short(conn, short.since, short.until, short.held) if short else [])
+            return requeue_lost(conn, lost) if lost else 0
+
+        bootstrap.read(requeue)
 
     run_worker(
         settings,

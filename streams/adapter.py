@@ -25,7 +25,7 @@ from shared.contract.messages import (
 )
 from shared.metrics import StreamMetrics
 from streams.output import EmbeddingBatch
-from streams.processor import DeadLetter, Effects, PartitionProcessor, ProcessorConfig, TickReport
+from streams.processor import DeadLetter, Effects, PartitionProcessor, ProcessorConfig, ShortWindows, TickReport
 from streams.registry import Registry
 from streams.state import StateView
 from streams.window import Window
@@ -33,9 +33,9 @@ from streams.window_store import value_bytes
 
 log = logging.getLogger("embedder.stream")
 
-LostWindows = Callable[[list[str]], None]
+LostWindows = Callable[[list[str], ShortWindows | None], None]
 """Told (in a thread) which live instruments a tick found without any window, so the bootstrap
-loads them again."""
+loads them again, and which windows held too little history (loaded again where prices_daily holds more)."""
 
 
 class StateTable(StateView, Protocol):
@@ -150,14 +150,15 @@ class PricesAdapter:
             raise
         for tick in fx.ticks:
             self.report(partition, tick)
-        if fx.lost_windows and self.on_lost_windows is not None:
-            log.warning(
-                "live tick: %d instrument(s) of partition %s have no window (%s); loading them from prices_daily",
-                len(fx.lost_windows),
-                partition,
-                ", ".join(fx.lost_windows[:8]),
-            )
-            await asyncio.to_thread(self.on_lost_windows, fx.lost_windows)
+        if (fx.lost_windows or fx.short_windows) and self.on_lost_windows is not None:
+            if fx.lost_windows:
+                log.warning(
+                    "live tick: %d instrument(s) of partition %s have no window (%s); loading them from prices_daily",
+                    len(fx.lost_windows),
+                    partition,
+                    ", ".join(fx.lost_windows[:8]),
+                )
+            await asyncio.to_thread(self.on_lost_windows, fx.lost_windows, fx.short_windows)
 
     async def prepare(self, message: Any, partition: int) -> dict[str, Window] | None:
         """The database reads the processor will need, done before it runs (in a thread); returns the

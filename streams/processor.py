@@ -84,6 +84,17 @@ class TickReport:
     redelivered: bool
 
 
+@dataclass(frozen=True)
+class ShortWindows:
+    """Live windows a tick found holding too little history to embed it: rows each holds of [since, until]
+    (the tick's look-back). Where prices_daily holds more there, the window lost rows it had (a restore that
+    missed some): it is loaded again, as a lost window is; a new listing's window holds what the table does."""
+
+    since: date
+    until: date
+    held: dict[str, int]
+
+
 @dataclass
 class Effects:
     dead_letters: list[DeadLetter] = field(default_factory=list)
@@ -92,6 +103,8 @@ class Effects:
     ticks: list[TickReport] = field(default_factory=list)
     lost_windows: list[str] = field(default_factory=list)
     """Live instruments a tick covers that have no window at all: the bootstrap should load them."""
+    short_windows: ShortWindows | None = None
+    """Live instruments a tick covers whose windows hold too little history: checked against prices_daily."""
     rows: int = 0
     stale_rows: int = 0
     """Rows not applied: their window holds rows read after them (a relay that lost its turn published
@@ -370,6 +383,8 @@ class PartitionProcessor:
         fx.ticks.append(self._report(tick, live, redelivered, expected, items, full + partial, present))
         if live and no_window and not redelivered:
             fx.lost_windows.extend(no_window)
+        if live and not redelivered:
+            fx.short_windows = self._short(tick, days, items, full + partial)
 
     def _held_windows(
         self, tick: Tick, days: list[int], expected: list[str], lookback: Mapping[str, Window] | None
@@ -406,6 +421,24 @@ class PartitionProcessor:
             if len(covered) < len(days):
                 uncovered.append(instrument_id)
         return items, every_full_computed, uncovered
+
+    @staticmethod
+    def _short(
+        tick: Tick, days: list[int], items: list[Embedding], held: list[tuple[str, Window]]
+    ) -> ShortWindows | None:
+        """The held windows that gave no embedding of the tick's newest date, with the rows each holds of the
+        look-back (usually none: an instrument listed too recently)."""
+        newest = tick.dates[-1]
+        got = {i for i, as_of, m, _ in items if as_of == newest and m == tick.models[0]}
+        short = [(i, w) for i, w in held if i not in got]
+        if not short:
+            return None
+        since, until = days[0] - LOOKBACK_FACTOR * tick.window_days, days[-1]
+        return ShortWindows(
+            date_of(since),
+            date_of(until),
+            {i: int(np.count_nonzero((w.days >= since) & (w.days <= until))) for i, w in short},
+        )
 
     @staticmethod
     def _lost_lookback(tick: Tick, uncovered: list[str]) -> DeadLetter:

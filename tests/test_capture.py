@@ -8,7 +8,7 @@ from datetime import date, timedelta
 
 import psycopg
 
-from live.bootstrap import enqueue_tick, read_snapshot
+from live.bootstrap import enqueue_tick, fallen_short, read_snapshot
 from live.capture import capture_state, heartbeat, start_capture, stop_capture
 from shared.store.outbox import captured_rows, outbox_backlog
 from tests.support.platform import insert_prices
@@ -140,3 +140,14 @@ def test_capture_lapses_without_a_relay_and_a_gap_resyncs_from_prices_daily(db_u
     gone = {r[1] for r in loaded if len(r) == 2}
     assert rows == [("A", D3, 11.0, 100.0)]
     assert D1 in gone and D3 not in gone  # the row deleted during the gap leaves the window
+
+
+def test_a_live_window_short_of_prices_daily_is_named_for_loading_again(db_url):
+    days = [D1 + timedelta(days=k) for k in range(10)]
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("DELETE FROM prices_daily WHERE instrument_id IN ('A', 'B', 'C')")
+        insert_prices(conn, [("A", d, 10.0 + k, 100.0) for k, d in enumerate(days)])
+        insert_prices(conn, [("B", d, 20.0, 200.0) for d in days[-2:]])  # listed two days ago
+        # A's window lost rows it had (3 held of 10); B's and C's hold what the table does
+        assert fallen_short(conn, days[0], days[-1], {"A": 3, "B": 2, "C": 0}) == ["A"]
+        assert fallen_short(conn, days[-3], days[-1], {"A": 3, "B": 2}) == []  # a look-back it holds whole

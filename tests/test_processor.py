@@ -315,6 +315,11 @@ def test_a_live_tick_covers_its_market_and_counts_what_it_could_not_compute():
     assert (done.embedded, done.insufficient) == (2, 2)  # THIN (one row), NEW (no history at all)
     assert set(fx.ticks[0].insufficient) == {"THIN", "NEW"} and "NEW" in fx.ticks[0].missing_today
     assert fx.lost_windows == ["NEW"]  # the bootstrap is asked to load it
+    # THIN's window is checked against prices_daily: the one row of the look-back it holds
+    look_back = (day - timedelta(days=LOOKBACK_FACTOR * W), day)
+    assert fx.short_windows is not None and fx.short_windows.held == {"THIN": 1}
+    assert (fx.short_windows.since, fx.short_windows.until) == look_back
+    assert h.feed(1, Tick(d=day, w=W, m=MODELS, mk="US", o=99)).short_windows is None  # asked once, not again
     assert fx.embeddings[-1].scope == "US"
     # A correction of J re-emits nothing for the US tick; one of A does.
     a_row = next(r for r in rows if r[0] == "A" and r[1] == day)

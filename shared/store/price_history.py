@@ -46,3 +46,15 @@ def read_histories(conn: psycopg.Connection, instrument_ids: list[str], start: d
             out[ids[start_i]] = History(days_arr[start_i:i], close_arr[start_i:i], volume_arr[start_i:i])
             start_i = i
     return out
+
+
+def rows_between(conn: psycopg.Connection, instrument_ids: list[str], start: date, end: date) -> dict[str, int]:
+    """How many rows prices_daily holds of each of `instrument_ids` with start <= trade_date <= end (0: none)."""
+    counts: dict[str, int] = dict(
+        conn.execute(
+            """SELECT instrument_id, count(*)::int FROM prices_daily
+               WHERE instrument_id = ANY(%s) AND trade_date BETWEEN %s AND %s GROUP BY instrument_id""",
+            (instrument_ids, start, end),
+        ).fetchall()
+    )
+    return {i: counts.get(i, 0) for i in instrument_ids}
