@@ -54,6 +54,33 @@ def tick_stages(url: str) -> list[tuple]:
             WHERE t.kind = 'tick' GROUP BY t.id ORDER BY t.trade_date""").fetchall()[1:]
 
 
+def statements_reset(url: str) -> bool:
+    """Start counting PostgreSQL's statements (pg_stat_statements, where the server preloads it); False where not."""
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            conn.execute("SELECT pg_stat_statements_reset()")
+        return True
+    except psycopg.Error:
+        return False
+
+
+def top_statements(url: str, instrument_ticks: int, n: int = 25) -> list[str]:
+    """The statements that took PostgreSQL's time since `statements_reset` (nested ones too, where the server
+    tracks them: trigger bodies), per instrument-tick: where its CPU goes, statement by statement."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            """SELECT total_exec_time, calls, rows, toplevel, left(regexp_replace(query, '\\s+', ' ', 'g'), 120)
+               FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+               ORDER BY total_exec_time DESC LIMIT %s""",
+            (n,),
+        ).fetchall()
+    return [
+        f"  {ms / instrument_ticks:7.4f} ms  {calls:7d} calls {n:9d} rows  {'' if top else '(nested) '}{q}"
+        for ms, calls, n, top, q in rows
+    ]
+
+
 WAITS = ("EpollSelector.select", "Connection.wait", "Condition.wait", "Event.wait", "sleep (", "Queue.get")
 
 
@@ -113,10 +140,12 @@ def main() -> None:
         tick_latencies(settings, url, days[:1], MODEL)  # the first day after the bootstrap, unmeasured
         spy_proc = start_py_spy(worker.pid, args.rate, raw, "--threads")
         time.sleep(1.0)
+        counting = statements_reset(url)
         before = cpu_seconds()
         latencies = tick_latencies(settings, url, days[1:], MODEL)
         cpu = cpu_seconds()
         cpu.subtract(before)
+        statements = top_statements(url, len(days[1:]) * args.instruments) if counting else []
         spy_proc.send_signal(2)
         spy_proc.wait(timeout=60)
         stages = tick_stages(url)
@@ -142,6 +171,11 @@ def main() -> None:
                 for d, a, b, c, e in stages
             ],
             "",
+            *(
+                ["PostgreSQL's statements by execution time per instrument-tick (pg_stat_statements)", *statements, ""]
+                if statements
+                else ["(pg_stat_statements is not preloaded here: no statement breakdown)", ""]
+            ),
         ],
         own,
         inclusive,

@@ -384,7 +384,7 @@ class PartitionProcessor:
         if live and no_window and not redelivered:
             fx.lost_windows.extend(no_window)
         if live and not redelivered:
-            fx.short_windows = self._short(tick, days, items, full + partial)
+            fx.short_windows = self._short(tick, days, items, full)
 
     def _held_windows(
         self, tick: Tick, days: list[int], expected: list[str], lookback: Mapping[str, Window] | None
@@ -426,8 +426,9 @@ class PartitionProcessor:
     def _short(
         tick: Tick, days: list[int], items: list[Embedding], held: list[tuple[str, Window]]
     ) -> ShortWindows | None:
-        """The held windows that gave no embedding of the tick's newest date, with the rows each holds of the
-        look-back (usually none: an instrument listed too recently)."""
+        """The windows covering the tick's look-back (`held`: none dropped rows of it) that gave no embedding of its
+        newest date, with the rows each holds of the look-back (usually none: an instrument listed too recently).
+        A window that dropped rows of the look-back is a tick older than its rows, reported as such."""
         newest = tick.dates[-1]
         got = {i for i, as_of, m, _ in items if as_of == newest and m == tick.models[0]}
         short = [(i, w) for i, w in held if i not in got]

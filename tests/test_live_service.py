@@ -3,6 +3,7 @@ beside live state — all checked against SPEC section 3 over what prices_daily 
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 from datetime import date, timedelta
@@ -11,11 +12,12 @@ import psycopg
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from shared.broker.topics import REPLAY_WINDOWS
-from tests.support.cli import EMBEDDER, run
+from shared.broker.topics import REPLAY_WINDOWS, WINDOWS, admin_client
+from tests.support.cli import EMBEDDER, run, settings_of
 from tests.support.helpers import assert_same_embeddings, expected, load_synthetic, stored, wait_for
 from tests.support.markets import MODELS, live_market
-from tests.support.workers import live_tick_committed, start_live_worker, tick_live
+from tests.support.platform import insert_prices
+from tests.support.workers import live_tick_committed, start_live_worker, stop, tick_live
 
 
 def latest_values(bootstrap: str, topic: str) -> dict[bytes, bytes | None]:
@@ -117,6 +119,49 @@ def test_live_capture_ticks_corrections_and_a_past_replay_beside_live_state(db_u
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=60)
+
+
+def test_windows_that_lost_their_history_are_loaded_again_when_a_tick_finds_them_short(db_url, cli_env, tmp_path):
+    """The live windows are lost (the state folder and the windows' changelog gone) and the next day's rows land
+    before its tick: every window holds that one row, too little to embed. The tick finds them shorter than
+    prices_daily and loads them again, so its embeddings are exact without the parity audit (off here)."""
+    ids, days = live_market(db_url, tmp_path)
+    with psycopg.connect(db_url) as conn:
+        held = conn.execute(
+            "DELETE FROM prices_daily WHERE trade_date = %s RETURNING instrument_id, trade_date, close, volume",
+            (days[-1],),
+        ).fetchall()
+    env = cli_env | {"EMBEDDER_PARITY_AUDIT_SECONDS": "0"}
+    worker = start_live_worker(env, tmp_path)
+    try:
+        tick_live(env, db_url, days[-2:-1])
+    finally:
+        stop(worker)
+    assert stored(db_url) == expected(db_url, ids, days[-2:-1], 63, MODELS)
+    shutil.rmtree(tmp_path / "state")
+    changelog = f"{env['EMBEDDER_APP_ID']}-{WINDOWS}-changelog"
+    admin = admin_client(settings_of(env))
+    try:
+        admin.delete_topics([changelog])
+        wait_for(lambda: changelog not in admin.list_topics(), 60, "the windows' changelog to be deleted")
+    finally:
+        admin.close()
+
+    worker = start_live_worker(env, tmp_path)
+    try:
+        with psycopg.connect(db_url) as conn:
+            insert_prices(conn, held)
+        tick_live(env, db_url, days[-1:])
+        want = expected(db_url, ids, days[-2:], 63, MODELS)
+        wait_for(lambda: stored(db_url) == want, 120, "the day's embeddings from windows loaded again")
+        log = (tmp_path / "worker.log").read_text(errors="replace")
+        assert "hold fewer rows of" in log and "loading them again" in log
+        with psycopg.connect(db_url) as conn:
+            absent = set(conn.execute("SELECT entity_id, as_of_date, model_id FROM embedder_absent_embeddings"))
+        assert not absent & set(want)  # no key the day has was recorded absent
+        assert worker.poll() is None
+    finally:
+        stop(worker)
 
 
 @pytest.mark.slow
