@@ -380,11 +380,12 @@ class PartitionProcessor:
             keep = retention_days(tick.window_days, self.config.retention_slack_days)
             records = [TickRecord(d, tick.window_days, tuple(tick.models), tick.scope if live else None) for d in days]
             self.state.write_run(fx.writes, tick.run, before, before.with_ticks(records, keep, offset))
-        fx.ticks.append(self._report(tick, live, redelivered, expected, items, full + partial, present))
+        got = {i for i, as_of, m, _ in items if as_of == tick.dates[-1] and m == tick.models[0]}  # of the newest date
+        fx.ticks.append(self._report(tick, live, redelivered, expected, got, full + partial, present))
         if live and no_window and not redelivered:
             fx.lost_windows.extend(no_window)
         if live and not redelivered:
-            fx.short_windows = self._short(tick, days, items, full)
+            fx.short_windows = self._short(tick, days, got, full)
 
     def _held_windows(
         self, tick: Tick, days: list[int], expected: list[str], lookback: Mapping[str, Window] | None
@@ -423,14 +424,11 @@ class PartitionProcessor:
         return items, every_full_computed, uncovered
 
     @staticmethod
-    def _short(
-        tick: Tick, days: list[int], items: list[Embedding], held: list[tuple[str, Window]]
-    ) -> ShortWindows | None:
+    def _short(tick: Tick, days: list[int], got: set[str], held: list[tuple[str, Window]]) -> ShortWindows | None:
         """The windows covering the tick's look-back (`held`: none dropped rows of it) that gave no embedding of its
         newest date, with the rows each holds of the look-back (usually none: an instrument listed too recently).
-        A window that dropped rows of the look-back is a tick older than its rows, reported as such."""
-        newest = tick.dates[-1]
-        got = {i for i, as_of, m, _ in items if as_of == newest and m == tick.models[0]}
+        A window that dropped rows of the look-back is a tick older than its rows, reported as such. `got`: the
+        instruments embedded on the newest date."""
         short = [(i, w) for i, w in held if i not in got]
         if not short:
             return None
@@ -488,13 +486,11 @@ class PartitionProcessor:
         live: bool,
         redelivered: bool,
         expected: list[str],
-        items: list[Embedding],
+        got: set[str],
         held: list[tuple[str, Window]],
         present: np.ndarray,
     ) -> TickReport:
-        """What the tick computed, for metrics and its log line (of the newest date)."""
-        newest = tick.dates[-1]
-        got = {i for i, as_of, m, _ in items if as_of == newest and m == tick.models[0]}
+        """What the tick computed, for metrics and its log line (of the newest date: `got` embedded on it)."""
         held_newest = {i for (i, _), here in zip(held, present[:, -1]) if here}
         return TickReport(
             tick.query_run or tick.run,
