@@ -76,8 +76,8 @@ def top_statements(url: str, instrument_ticks: int, n: int = 25) -> list[str]:
             (n,),
         ).fetchall()
     return [
-        f"  {ms / instrument_ticks:7.4f} ms  {calls:7d} calls {n:9d} rows  {'' if top else '(nested) '}{q}"
-        for ms, calls, n, top, q in rows
+        f"  {ms / instrument_ticks:7.4f} ms  {calls:7d} calls {returned:9d} rows  {'' if top else '(nested) '}{q}"
+        for ms, calls, returned, top, q in rows
     ]
 
 
