@@ -18,6 +18,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from collections import Counter
 from datetime import date
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -162,8 +163,9 @@ def measure_live(
         f.put(f"{prefix}_first_capture_recheck_s", round(wait_rechecked(url), 2))
         written = window_bytes_written(dirs)
         cpu_before = cpu_seconds()
-        latencies = tick_latencies(settings, url, measured, MODEL)
-        cpu = cpu_seconds() - cpu_before
+        between_days: Counter = Counter()
+        latencies = tick_latencies(settings, url, measured, MODEL, between_days)
+        cpu = cpu_seconds() - cpu_before - between_days
         new_rows = query(url, "SELECT count(*) FROM bench_withheld WHERE trade_date <= %s", measured[-1])[0][0]
         # CPU per instrument-tick (a new row is an instrument's day), every worker process with its relay
         # thread, and PostgreSQL (the platform's INSERTs and their capture included)

@@ -142,9 +142,11 @@ def main() -> None:
         time.sleep(1.0)
         counting = statements_reset(url)
         before = cpu_seconds()
-        latencies = tick_latencies(settings, url, days[1:], MODEL)
+        between_days: Counter = Counter()
+        latencies = tick_latencies(settings, url, days[1:], MODEL, between_days)
         cpu = cpu_seconds()
         cpu.subtract(before)
+        cpu.subtract(between_days)
         statements = top_statements(url, len(days[1:]) * args.instruments) if counting else []
         spy_proc.send_signal(2)
         spy_proc.wait(timeout=60)
