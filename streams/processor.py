@@ -281,12 +281,15 @@ class PartitionProcessor:
                     )
                 )
         days = [c[0] for c in changes]
-        skipped = set(too_old)
-        applied = [(k, d) for k, d in enumerate(days) if k not in skipped]
-        reached = self._ticks_reached(run, instrument_id, state, [d for _, d in applied])
+        applied = list(enumerate(days))
+        if too_old:
+            skipped = set(too_old)
+            applied = [(k, d) for k, d in applied if k not in skipped]
+        applied_days = [d for _, d in applied]
+        reached = self._ticks_reached(run, instrument_id, state, applied_days)
         fresh = self._corrected(run, instrument_id, window, own, applied, reached, corrections, fx) if reached else []
         self.state.write_window(fx.writes, key, stored, window, days)
-        return [d for _, d in applied] if fresh else []
+        return applied_days if fresh else []
 
     def _corrected(
         self,

@@ -194,6 +194,9 @@ def writes(
     if after is None:
         return {**{chunk_key(key, c): None for c in layout(before, phase)[1]}, key: None}
     if before_head is not None and after.rows.size:
+        appended = _appended_head(before_head, before, after, changed_days, phase)
+        if appended is not None:
+            return {key: appended}
         head = chunk_of(int(after.days[-1]), phase)
         if all(chunk_of(int(d), phase) == head for d in changed_days) and _head_only(
             before, after, {head}, head, phase
@@ -220,6 +223,37 @@ def writes(
             out[chunk_key(key, chunk)] = CHUNK_HEAD.pack(after.applied_offset) + after.rows[lo:hi].tobytes()
     out[key] = _head_value(after, head_rows, new_sealed)
     return out
+
+
+def _appended_head(
+    before_head: bytes, before: Window, after: Window, changed_days: Iterable[int], phase: int
+) -> bytes | None:
+    """The head value of `after` when it is `before` with rows appended after its newest, in its head's chunk,
+    with sealed chunks before the head and the first of them still holding rows (the usual live day): the stored
+    head's bytes with the new rows after them and a new header. None for anything else (`writes` lays it out).
+    Rows the horizon passed are dropped from the first sealed chunk only, which is left as stored (reads drop
+    them), so the head's rows are the stored ones."""
+    changed = list(changed_days)
+    sealed = HEAD.unpack_from(before_head)[2]
+    if not changed or not sealed or not before.rows.size:
+        return None
+    held, days = before.rows["day"], after.rows["day"]
+    newest = int(held[-1])
+    new = len(changed)
+    if (
+        changed[0] <= newest
+        or any(a >= b for a, b in zip(changed, changed[1:]))
+        or len(days) <= new
+        or int(days[-new - 1]) != newest  # every change is a row after the newest held (none a deletion)
+        or (changed[-1] + phase) // CHUNK_DAYS != (newest + phase) // CHUNK_DAYS
+        or (int(days[0]) + phase) // CHUNK_DAYS != (int(held[0]) + phase) // CHUNK_DAYS
+    ):
+        return None
+    return (
+        HEAD.pack(after.applied_offset, after.horizon, sealed, after.stamp)
+        + before_head[HEAD.size :]
+        + after.rows[-new:].tobytes()
+    )
 
 
 def _head_only(before: Window, after: Window, touched: set[int], new_head: int | None, phase: int) -> bool:

@@ -75,6 +75,8 @@ def test_a_day_appended_writes_the_head_alone_and_far_fewer_bytes_than_the_windo
     for k, d in enumerate(days[200:300]):
         after, _ = stored.apply([(d, 11.0, 2.0)], KEEP, 2 + k)
         w = writes("w", stored, after, [d])
+        # the live path, its head written from the stored one's bytes where only the head changes
+        assert writes("w", stored, after, [d], before_head=table["w"]) == w
         apply(table, w)
         sizes.append(window_store.value_bytes(w.values()))
         stored = after
