@@ -18,7 +18,7 @@ import psycopg
 
 from backfill.worker_process import wait_caught_up as caught_up
 from backfill.worker_process import worker_env
-from benchmarks.proc_cpu import cpu_seconds
+from benchmarks.proc_cpu import pid_cpu_seconds
 from live.bootstrap import enqueue_tick
 from shared.contract.config import Settings
 
@@ -105,12 +105,15 @@ GROWING_TABLES = ("numeric_window_embeddings", "embedder_absent_embeddings", "em
 """The tables a live day adds rows to (prices_daily too, but its history dwarfs a day's rows)."""
 
 
-def analyze_as_autovacuum_would(conn: psycopg.Connection) -> None:
+def analyze_as_autovacuum_would(conn: psycopg.Connection) -> float:
     """What the hours between two trading days do to the tables' statistics: autovacuum analyzes a table
     whose rows changed by more than its threshold (50 rows + 10 %) within a minute. A benchmark ticks days
     seconds apart, before autovacuum's next round, so a table that starts empty was planned all along with
     no column statistics (every equality taken as 0.5 % selective): the sink's key joins ran as nested
-    loops over every stored row, up to a second a tick, which no deployment ticking once a day sees."""
+    loops over every stored row, up to a second a tick, which no deployment ticking once a day sees.
+    Returns the CPU-seconds this connection's server process spent on it."""
+    backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+    before = pid_cpu_seconds(backend)
     for table in GROWING_TABLES:
         analyzed, rows = conn.execute(
             f"SELECT greatest(reltuples, 0), (SELECT count(*) FROM {table}) FROM pg_class WHERE oid = %s::regclass",
@@ -118,6 +121,7 @@ def analyze_as_autovacuum_would(conn: psycopg.Connection) -> None:
         ).fetchone()
         if abs(rows - analyzed) > 50 + 0.1 * analyzed:
             conn.execute(f"ANALYZE {table}")
+    return pid_cpu_seconds(backend) - before
 
 
 def tick_latencies(
@@ -126,7 +130,7 @@ def tick_latencies(
     """For each day: its rows land in prices_daily with a plain INSERT (captured by the triggers),
     then `embedder tick`; seconds from the tick to the commit of its last partition. After each day the
     tables are analyzed as autovacuum would have by the next (`analyze_as_autovacuum_would`); the CPU that
-    takes is added to `between_days`, for the caller to leave out of the ticks' figures."""
+    takes PostgreSQL is added to `between_days`, for the caller to leave out of the ticks' figures."""
     latencies = []
     with psycopg.connect(url, autocommit=True) as conn:
         for day in days:
@@ -143,10 +147,9 @@ def tick_latencies(
             ):
                 time.sleep(0.005)
             latencies.append(time.perf_counter() - started)
-            before = cpu_seconds()
-            analyze_as_autovacuum_would(conn)
+            analyzing = analyze_as_autovacuum_would(conn)
             if between_days is not None:
-                between_days.update(cpu_seconds() - before)
+                between_days["postgres"] += analyzing
     return latencies
 
 

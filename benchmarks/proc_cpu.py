@@ -42,6 +42,16 @@ def kind_of(cmd: str) -> str:
     return "other"
 
 
+def pid_cpu_seconds(pid: int) -> float:
+    """CPU-seconds (user and system) one process has used so far; 0 once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_seconds() -> Counter:
     """CPU seconds used so far by process kind: this process (the replay: reads, plans, publishes),
     the worker, the Kafka broker, PostgreSQL, everything else."""
