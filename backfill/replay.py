@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from datetime import date
 
 import numpy as np
@@ -110,10 +111,12 @@ def run_stream_replay(
     hooks: ReplayHooks | None = None,
     timeout: float | None = None,
     topics_exist: bool = False,
+    before_waiting: Callable[[], None] | None = None,
 ) -> StreamResult:
     """Publish the selection through Kafka and wait until the worker's sink has committed it all.
     `topics_exist`: a worker consumes the prices topic (`worker_for_run`), so it need not be checked
-    (an admin client's round trips: ~0.15 s of a one-day command)."""
+    (an admin client's round trips: ~0.15 s of a one-day command). `before_waiting`: called once the run is
+    published, before waiting for it (`RunWorker.ready` of a worker started beside the publishing)."""
     hooks = hooks or ReplayHooks()
     run_id = f"replay-{uuid.uuid4().hex[:12]}"
     result = StreamResult(run_id)
@@ -134,6 +137,8 @@ def run_stream_replay(
         result.rows_published = publish_run(settings, conn, selection, run_id, ids, dates, hooks, claim)
         set_target_offsets(conn, run_id, end_offsets(settings, settings.prices_topic))
         conn.commit()
+    if before_waiting is not None:
+        before_waiting()
     monitor = LagMonitor(settings, window_seconds=30.0) if hooks.on_lag else None
     try:
         result.embeddings = wait_for_run(

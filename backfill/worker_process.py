@@ -9,8 +9,9 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from kafka.errors import KafkaError
@@ -21,6 +22,10 @@ from shared.broker.topics import admin_client
 from shared.contract.config import Settings, settings_env
 from shared.contract.errors import EmbedderError, ServiceUnavailable
 from shared.signals import stop_with_parent
+
+ONE_SHOT_COMMIT_SECONDS = 0.2
+"""How often the worker started for a run commits its offsets: after the run the command waits for its group to have
+no lag, and at faust's 2.8 s that wait was most of a short run's time (3.9 s of an 8 s month)."""
 
 
 def worker_running(settings: Settings) -> bool:
@@ -47,8 +52,9 @@ def worker_env(settings: Settings) -> dict[str, str]:
 
 
 def wait_until_ready(proc: subprocess.Popen, datadir: Path, timeout: float = 120.0) -> None:
-    """Block until the worker's /readyz answers 200, so a run's messages never meet faust's startup
-    recovery (where faust-streaming 0.15.3 lost messages until streams/faust_fixes.py; kept as a guard)."""
+    """Block until the worker's /readyz answers 200; raise if it exited first (its log's tail in the error). A
+    one-shot replay publishes while its worker starts: messages that arrive during faust's startup recovery are
+    kept (faust-streaming 0.15.3 lost them; fixed in streams/faust_fixes.py, fix 1, and tested there)."""
     deadline = time.monotonic() + timeout
     port_file = datadir / "web.port"
     while time.monotonic() < deadline:
@@ -81,30 +87,47 @@ def wait_caught_up(settings: Settings, timeout: float) -> bool:
         monitor.close()
 
 
+@dataclass
+class RunWorker:
+    """The worker a run is consumed by: `started` when this command started it (else one ran already).
+    `ready()` blocks until the started worker serves (at once for one that ran already), raising if it exited."""
+
+    started: bool
+    ready: Callable[[], None] = lambda: None
+
+
 @contextmanager
-def worker_for_run(settings: Settings, log_path: Path | None = None, settle_seconds: float = 30.0) -> Iterator[bool]:
-    """Yield True if a worker was started here (stopped with SIGTERM on exit), False if one ran already.
+def worker_for_run(
+    settings: Settings, log_path: Path | None = None, settle_seconds: float = 30.0, ready_first: bool = True
+) -> Iterator[RunWorker]:
+    """Yield the run's worker: one started here if none is consuming (stopped with SIGTERM on exit). With
+    `ready_first`, only once it is ready; else at once, so the command reads and publishes while the worker
+    starts (its imports and its tables' recovery: ~1.7 s of every one-shot replay; messages published before
+    it joins wait in the topic, and it reads partitions without a committed offset from their beginning), and
+    calls `ready()` before it waits for the run.
 
     After a run that ended well, the worker it started is stopped only once it has committed every
     message (the run's end messages included, up to `settle_seconds`): a one-shot replay leaves its
     group with no lag behind it, so `embedder lag` says OK and no alert pages for a consumer that was
     never meant to stay."""
     if worker_running(settings):
-        yield False
+        yield RunWorker(False)
         return
     datadir = Path(tempfile.mkdtemp(prefix="embedder-replay-worker-"))
     log = open(log_path or datadir / "worker.log", "ab")
+    one_shot = settings.model_copy(update={"commit_interval_seconds": ONE_SHOT_COMMIT_SECONDS})
     proc = subprocess.Popen(
         [sys.executable, "-m", "embedder.cli", "worker", "--no-capture", "--data-dir", str(datadir)],
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
-        env=worker_env(settings),
+        env=worker_env(one_shot),
         preexec_fn=stop_with_parent,
     )
     try:
-        wait_until_ready(proc, datadir)
-        yield True
+        if ready_first:
+            wait_until_ready(proc, datadir)
+        yield RunWorker(True, lambda: wait_until_ready(proc, datadir))
         wait_caught_up(settings, settle_seconds)
     finally:
         proc.send_signal(signal.SIGTERM)

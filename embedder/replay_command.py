@@ -115,10 +115,13 @@ def replay_through_kafka(settings: Settings, selection: RunSelection, started: f
 
     hooks = ReplayHooks(on_start, on_published, on_committed, on_lag)
     try:
-        with worker_for_run(settings) as started_worker:
-            if started_worker:
+        with worker_for_run(settings, ready_first=False) as worker:
+            if worker.started:
                 err.print("no worker is consuming: started one for this run", highlight=False)
-            result = run_stream_replay(settings, selection, hooks, topics_exist=True)  # a worker consumes them
+            # A worker that ran already consumes the topics; one starting now may not have made them yet.
+            result = run_stream_replay(
+                settings, selection, hooks, topics_exist=not worker.started, before_waiting=worker.ready
+            )
     finally:
         bar.stop()
     print_summary(

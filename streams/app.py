@@ -44,6 +44,7 @@ def create_app(
         # A worker killed without leaving the group holds its partitions until the session times out.
         broker_session_timeout=10.0,
         broker_heartbeat_interval=2.0,
+        broker_commit_interval=settings.commit_interval_seconds,
         # On a rebalance, finish the event in flight before the producer flush, the commit and the
         # table recovery: otherwise its table writes race the recovery, which can put an older
         # changelog value back over them while the event's offset still gets committed (rows lost).

@@ -156,6 +156,10 @@ class Settings(BaseSettings):
     """How often the worker samples its group's lag for the metrics and the lag page."""
     stop_grace_seconds: float = Field(default=30.0, gt=0)
     """After SIGTERM/SIGINT, how long a graceful stop may take before the worker exits anyway."""
+    commit_interval_seconds: float = Field(default=2.8, gt=0)
+    """How often the worker commits the offsets of the events it has processed (faust's default, 2.8 s). The
+    worker a one-shot replay starts commits every `ONE_SHOT_COMMIT_SECONDS` (backfill/worker_process.py): the
+    command waits for its group to have no lag before it stops the worker."""
     consumer_fetch_wait_ms: int = Field(default=100, ge=1, le=30_000)
     """Longest a fetch of the worker's consumer waits at the broker (faust's fixed 1,500 ms let a live
     tick's rows wait that long in the topic: streams/faust_fixes.py, fix 4)."""
