@@ -44,7 +44,7 @@ from benchmarks.live import (
     withhold_days,
 )
 from benchmarks.old_way import old_loop
-from benchmarks.proc_cpu import cpu_seconds
+from benchmarks.proc_cpu import cpu_seconds, thread_cpu_seconds
 from shared.contract.config import Settings
 from shared.store.migrate import upgrade
 
@@ -162,15 +162,28 @@ def measure_live(
         f.put(f"{prefix}_first_capture_recheck_keys", recheck_keys(url))
         f.put(f"{prefix}_first_capture_recheck_s", round(wait_rechecked(url), 2))
         written = window_bytes_written(dirs)
-        cpu_before = cpu_seconds()
+        cpu_before, threads_before = cpu_seconds(), thread_cpu_seconds([p.pid for p in procs])
         between_days: Counter = Counter()
-        latencies = tick_latencies(settings, url, measured, MODEL, between_days)
+        per_day: list[Counter] = []
+        latencies = tick_latencies(settings, url, measured, MODEL, between_days, per_day)
         cpu = cpu_seconds() - cpu_before - between_days
+        threads = thread_cpu_seconds([p.pid for p in procs]) - threads_before
         new_rows = query(url, "SELECT count(*) FROM bench_withheld WHERE trade_date <= %s", measured[-1])[0][0]
         # CPU per instrument-tick (a new row is an instrument's day), every worker process with its relay
         # thread, and PostgreSQL (the platform's INSERTs and their capture included)
         for kind in ("worker", "postgres"):
             f.put(f"{prefix}_{kind}_cpu_ms_per_instrument_tick", round(cpu[kind] * 1000 / max(new_rows, 1), 4))
+        # each day's, from its INSERT to its last commit (what the whole span adds is between the days)
+        per_instrument = max(new_rows // max(len(measured), 1), 1)
+        f.put(
+            f"{prefix}_worker_cpu_ms_per_instrument_by_day",
+            [round(c["worker"] * 1000 / per_instrument, 3) for c in per_day],
+        )
+        # the worker's share by thread: RocksDB's flushes and compactions against everything Python runs
+        f.put(
+            f"{prefix}_worker_cpu_ms_per_instrument_tick_by_thread",
+            {name: round(s * 1000 / max(new_rows, 1), 4) for name, s in threads.most_common()},
+        )
         f.put(f"{prefix}_ticks", len(latencies))
         f.put(f"{prefix}_tick_latencies_s", [round(x, 2) for x in latencies])
         f.put(f"{prefix}_tick_p50_s", round(statistics.median(latencies), 3))

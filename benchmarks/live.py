@@ -18,7 +18,7 @@ import psycopg
 
 from backfill.worker_process import wait_caught_up as caught_up
 from backfill.worker_process import worker_env
-from benchmarks.proc_cpu import pid_cpu_seconds
+from benchmarks.proc_cpu import cpu_seconds, pid_cpu_seconds
 from live.bootstrap import enqueue_tick
 from shared.contract.config import Settings
 
@@ -125,15 +125,22 @@ def analyze_as_autovacuum_would(conn: psycopg.Connection) -> float:
 
 
 def tick_latencies(
-    settings: Settings, url: str, days: list[date], model_id: str, between_days: Counter | None = None
+    settings: Settings,
+    url: str,
+    days: list[date],
+    model_id: str,
+    between_days: Counter | None = None,
+    cpu_per_day: list[Counter] | None = None,
 ) -> list[float]:
     """For each day: its rows land in prices_daily with a plain INSERT (captured by the triggers),
     then `embedder tick`; seconds from the tick to the commit of its last partition. After each day the
     tables are analyzed as autovacuum would have by the next (`analyze_as_autovacuum_would`); the CPU that
-    takes PostgreSQL is added to `between_days`, for the caller to leave out of the ticks' figures."""
+    takes PostgreSQL is added to `between_days`, for the caller to leave out of the ticks' figures.
+    `cpu_per_day`: each day's CPU-seconds by process kind, from its INSERT to its last commit."""
     latencies = []
     with psycopg.connect(url, autocommit=True) as conn:
         for day in days:
+            before = cpu_seconds() if cpu_per_day is not None else Counter()
             conn.execute("INSERT INTO prices_daily SELECT * FROM bench_withheld WHERE trade_date = %s", (day,))
             started = time.perf_counter()
             enqueue_tick(conn, day, settings.window_days, [model_id])
@@ -147,6 +154,8 @@ def tick_latencies(
             ):
                 time.sleep(0.005)
             latencies.append(time.perf_counter() - started)
+            if cpu_per_day is not None:
+                cpu_per_day.append(cpu_seconds() - before)
             analyzing = analyze_as_autovacuum_would(conn)
             if between_days is not None:
                 between_days["postgres"] += analyzing

@@ -52,6 +52,23 @@ def pid_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_cpu_seconds(pids: list[int]) -> Counter:
+    """CPU-seconds the threads of `pids` have used so far, by thread name without its number: RocksDB names its
+    flush and compaction threads (`rocksdb:low`, `rocksdb:high`); Python 3.11's threads keep the process's name."""
+    used: Counter = Counter()
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                name = (task / "comm").read_text().strip().rstrip("0123456789")
+                stat = (task / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2 :].split()
+            used[name] += (int(fields[11]) + int(fields[12])) / tick
+    return used
+
+
 def cpu_seconds() -> Counter:
     """CPU seconds used so far by process kind: this process (the replay: reads, plans, publishes),
     the worker, the Kafka broker, PostgreSQL, everything else."""
