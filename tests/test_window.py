@@ -150,6 +150,18 @@ def test_one_row_a_day_takes_the_fast_path_and_equals_the_general_one():
     assert window.days.tolist() == [18100, 18130, 18131] and window.rows["close"].tolist() == [17.0, 14.0, 16.0]
 
 
+def test_appended_rows_the_horizon_passes_equal_the_general_path():
+    """Rows appended far after the newest: the horizon they move passes every held row and the first added ones
+    (reported too old), also with a floor that holds it back."""
+    window, _ = Window.parse(None).apply([(d, 1.0, 2.0) for d in range(18000, 18010)], 120, 1)
+    for floor in (None, 18005, 18300):
+        changes = [(18200, 3.0, 4.0), (18400, 5.0, 6.0), (18401, 7.0, 8.0)]
+        fast = window.apply(changes, 120, 2, floor)
+        general = window.apply(changes + [(18402, None, None)], 120, 2, floor)
+        assert fast[0].to_bytes() == general[0].to_bytes() and fast[1] == general[1]
+    assert window.apply(changes, 120, 2)[1] == [0]  # 18200 is older than the horizon 18281
+
+
 def test_live_and_replay_state_go_to_tables_of_their_own():
     from streams.state import ByRun, window_key
 
