@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +24,8 @@ from shared.broker.topics import admin_client
 from shared.contract.config import Settings, settings_env
 from shared.contract.errors import EmbedderError, ServiceUnavailable
 from shared.signals import stop_with_parent
+
+log = logging.getLogger("embedder.replay")
 
 ONE_SHOT_COMMIT_SECONDS = 0.2
 """How often the worker started for a run commits its offsets: after the run the command waits for its group to have
@@ -114,21 +118,23 @@ def worker_for_run(
         yield RunWorker(False)
         return
     datadir = Path(tempfile.mkdtemp(prefix="embedder-replay-worker-"))
-    log = open(log_path or datadir / "worker.log", "ab")
+    log_file = open(log_path or datadir / "worker.log", "ab")
     one_shot = settings.model_copy(update={"commit_interval_seconds": ONE_SHOT_COMMIT_SECONDS})
     proc = subprocess.Popen(
         [sys.executable, "-m", "embedder.cli", "worker", "--no-capture", "--data-dir", str(datadir)],
-        stdout=log,
+        stdout=log_file,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         env=worker_env(one_shot),
         preexec_fn=stop_with_parent,
     )
+    ended_well = False
     try:
         if ready_first:
             wait_until_ready(proc, datadir)
         yield RunWorker(True, lambda: wait_until_ready(proc, datadir))
         wait_caught_up(settings, settle_seconds)
+        ended_well = True
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -136,4 +142,15 @@ def worker_for_run(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        log.close()
+        log_file.close()
+        forget_state_folder(datadir, keep=not ended_well)
+
+
+def forget_state_folder(datadir: Path, keep: bool) -> None:
+    """Remove the state folder of a worker started for a run (its RocksDB tables, its log): the run's windows are
+    in its changelogs, and every run would otherwise leave one in the temporary directory. A run that failed keeps
+    it, so its log can be read; where is logged."""
+    if keep:
+        log.warning("the state and log of the worker started for this run are kept in %s", datadir)
+        return
+    shutil.rmtree(datadir, ignore_errors=True)

@@ -116,8 +116,11 @@ def test_every_path_cuts_the_market_in_the_databases_order(icu_db, cli_env, tmp_
     run(EMBEDDER + ["replay", "--direct", *flags], env)
     direct = embedded(icu_db)
     assert direct == want
-    run(EMBEDDER + ["replay", *flags], env)  # through Kafka (a worker started for the run)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    run(EMBEDDER + ["replay", *flags], env | {"TMPDIR": str(scratch)})  # through Kafka (a worker started for the run)
     assert embedded(icu_db) == want
+    assert not list(scratch.iterdir())  # the state folder of the worker it started is gone with it
 
     # The registry of a worker cuts in the same order where a cut travels as limit/offset.
     registry = DbRegistry(icu_db, int(env["EMBEDDER_PARTITIONS"]))
