@@ -383,7 +383,8 @@ class PartitionProcessor:
             keep = retention_days(tick.window_days, self.config.retention_slack_days)
             records = [TickRecord(d, tick.window_days, tuple(tick.models), tick.scope if live else None) for d in days]
             self.state.write_run(fx.writes, tick.run, before, before.with_ticks(records, keep, offset))
-        got = {i for i, as_of, m, _ in items if as_of == tick.dates[-1] and m == tick.models[0]}  # of the newest date
+        newest, first_model = tick.dates[-1], tick.models[0]  # `dates` sorts on every read
+        got = {i for i, as_of, m, _ in items if as_of == newest and m == first_model}  # of the newest date
         fx.ticks.append(self._report(tick, live, redelivered, expected, got, full + partial, present))
         if live and no_window and not redelivered:
             fx.lost_windows.extend(no_window)
@@ -464,11 +465,14 @@ class PartitionProcessor:
     ) -> list[Embedding]:
         """Keys the tick asked for and could not compute (too little history): empty vectors, so a key
         stored before is removed and the key is recorded absent."""
+        dates = tick.dates  # sorted on every read
+        asked = [] if every_full_computed else [(i, d) for i, _ in full for d in dates]  # the usual case: none
+        asked += [(i, date_of(d)) for i, w in partial for d in days if w.covers(d, tick.window_days)]
+        asked += [(i, d) for i in no_window for d in dates]
+        if not asked:
+            return []
         first_model = tick.models[0]
         computed = {(i, as_of) for i, as_of, m, _ in items if m == first_model}
-        asked = [] if every_full_computed else [(i, d) for i, _ in full for d in tick.dates]  # the usual case: none
-        asked += [(i, date_of(d)) for i, w in partial for d in days if w.covers(d, tick.window_days)]
-        asked += [(i, d) for i in no_window for d in tick.dates]
         return [Embedding(i, d, m, b"") for i, d in asked if (i, d) not in computed for m in tick.models]
 
     @staticmethod

@@ -59,12 +59,14 @@ def newest_per_key(batches: Sequence[EmbeddingBatch]) -> dict[tuple, tuple]:
     """One row `(instrument, as_of, model, window_days, vector, claim)` per key of `batches`: the one
     computed from the newest prices (the highest claim), and of those the last (stream order)."""
     latest: dict[tuple, tuple] = {}
+    get = latest.get
     for b in batches:
-        claim = b.computed_from
+        claim, window_days = b.computed_from, b.window_days
         for i, d, m, v in b.items:
-            before = latest.get((i, d, m))
+            key = (i, d, m)
+            before = get(key)
             if before is None or claim is None or before[5] is None or claim >= before[5]:
-                latest[(i, d, m)] = (i, d, m, b.window_days, v, claim)
+                latest[key] = (i, d, m, window_days, v, claim)
     return latest
 
 
