@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import date, timedelta
 
 import pytest
@@ -18,7 +19,7 @@ from shared.contract.messages import (
     loads,
     row_batches,
 )
-from shared.contract.validation import FUTURE_DATE, NON_POSITIVE_CLOSE, latest_trade_date
+from shared.contract.validation import FUTURE_DATE, NON_POSITIVE_CLOSE, key_problem, latest_trade_date, row_problem
 
 
 def test_row_batch_round_trip_with_rows_and_deletions():
@@ -47,6 +48,56 @@ def test_a_bad_row_of_a_batch_is_rejected_alone_with_the_shared_rule_reason():
         "close or volume is not a number",
     ]
     assert batch.rows_total == 5
+
+
+def as_date(text: object) -> date | None:
+    try:
+        return date.fromisoformat(text) if isinstance(text, str) else None
+    except ValueError:
+        return None
+
+
+def test_rows_after_a_good_row_of_the_same_id_and_day_are_judged_by_the_rule_each():
+    """The decoder checks an id and a date text once per batch and takes rows like ones seen at once: every
+    other row must still get the rule's reason, in the rule's order (id, then date, then values)."""
+    future = (latest_trade_date() + timedelta(days=1)).isoformat()
+    good = ["A", "2020-01-02", 10.5, 1.5]
+    variants = [
+        ["A", "2020-01-02", float("nan"), 1.5],
+        ["A", "2020-01-02", float("inf"), 1.5],
+        ["A", "2020-01-02", 10.5, float("-inf")],
+        ["A", "2020-01-02", -1.0, 1.5],
+        ["A", "2020-01-02", 10.5, -0.5],
+        ["A", "2020-01-02", True, 1.5],
+        ["A", "2020-01-02", "10.5", 1.5],
+        ["A", "2020-01-02", 10, 2],  # integers are numbers
+        ["A", "2020-01-02"],  # a deletion
+        ["A", "2020-01-02", 10.5],
+        ["A", future, 10.5, 1.5],
+        ["A", "2020-13-02", 10.5, 1.5],
+        ["A", 20200102, 10.5, 1.5],
+        ["A\x01", "2020-01-02", 10.5, 1.5],
+        ["", "2020-01-02", 10.5, 1.5],
+        [None, "2020-01-02", 10.5, 1.5],
+        ["A\x01", future, float("nan"), 1.5],  # the id's reason first
+        ["B", future, float("nan"), 1.5],  # then the date's
+        "A",
+    ]
+    latest = latest_trade_date()
+    for variant in variants:
+        batch = decode(json.dumps({"k": "rows", "w": 63, "r": [good, variant, good]}).encode())
+        if isinstance(variant, list) and len(variant) in (2, 4):
+            day = as_date(variant[1])
+            rule = (
+                key_problem(variant[0], day, latest)
+                if len(variant) == 2
+                else row_problem(variant[0], day, *variant[2:], latest)
+            )
+        else:
+            rule = "a row is [instrument_id, trade_date, close, volume] or [instrument_id, trade_date]"
+        assert [reason for reason, _ in batch.rejected] == ([rule] if rule else []), variant
+        assert len(batch.rows) == (3 if rule is None else 2), variant
+        assert batch.rows[0] == batch.rows[-1] == ("A", date(2020, 1, 2), 10.5, 1.5)
 
 
 def test_row_batches_are_cut_by_encoded_size_whatever_the_id_length():

@@ -20,7 +20,13 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from shared.contract.errors import EmbedderError
-from shared.contract.validation import date_problem, id_problem, key_problem, latest_trade_date, row_problem
+from shared.contract.validation import (
+    date_problem,
+    id_problem,
+    latest_trade_date,
+    row_problem,
+    values_problem,
+)
 
 VERSION: Literal[1] = 1
 MAX_MESSAGE_BYTES = 64 * 1024
@@ -238,23 +244,87 @@ def row_batches(
         yield RowBatch(run, window_days, batch, wire=wire)
 
 
-def _parse_row(raw: Any, latest: date) -> tuple[str | None, Row | Deletion | None]:
-    """(reason, None) for a row the shared rule refuses, else (None, row)."""
-    if not isinstance(raw, list) or len(raw) not in (2, 4):
-        return "a row is [instrument_id, trade_date, close, volume] or [instrument_id, trade_date]", None
-    instrument_id, day = raw[0], raw[1]
-    try:
-        trade_date = date.fromisoformat(day) if isinstance(day, str) else None
-    except ValueError:
-        trade_date = None
-    if len(raw) == 2:
-        problem = key_problem(instrument_id, trade_date, latest)
-        return (problem, None) if problem else (None, Deletion(instrument_id, cast(date, trade_date)))
-    close, volume = raw[2], raw[3]
-    problem = row_problem(instrument_id, trade_date, close, volume, latest)
-    if problem:
-        return problem, None
-    return None, Row(instrument_id, cast(date, trade_date), float(close), float(volume))
+UNCHECKED = "not checked yet"
+ROW_SHAPE = "a row is [instrument_id, trade_date, close, volume] or [instrument_id, trade_date]"
+
+
+class _RowChecks:
+    """The row rule for one batch's rows, each id and date text checked once: a replay's batch carries each of
+    its instruments and days tens of times (the checks were a third of decoding it)."""
+
+    def __init__(self, latest: date):
+        self.latest = latest
+        self.ids: dict[str, str | None] = {}
+        self.days: dict[str, tuple[date | None, str | None]] = {}
+
+    def id_problem(self, instrument_id: Any) -> str | None:
+        if not isinstance(instrument_id, str):
+            return id_problem(instrument_id)
+        try:
+            return self.ids[instrument_id]
+        except KeyError:
+            problem = self.ids[instrument_id] = id_problem(instrument_id)
+            return problem
+
+    def day(self, text: Any) -> tuple[date | None, str | None]:
+        """(the date, why it cannot be a trading day or None)."""
+        if not isinstance(text, str):
+            return None, date_problem(None, self.latest)
+        try:
+            return self.days[text]
+        except KeyError:
+            try:
+                trade_date: date | None = date.fromisoformat(text)
+            except ValueError:
+                trade_date = None
+            checked = self.days[text] = (trade_date, date_problem(trade_date, self.latest))
+            return checked
+
+    def parse_all(self, rows: list) -> tuple[list[Row | Deletion], list[tuple[str, Any]]]:
+        """(the valid rows, (reason, raw row) of each refused one), in order. A row like one seen before (an id
+        and a date text checked already, finite float values in range) is taken at once; any other goes through
+        `parse`, which checks and remembers its id and date."""
+        valid: list[Row | Deletion] = []
+        rejected: list[tuple[str, Any]] = []
+        ids, days = self.ids, self.days
+        for raw in rows:
+            if type(raw) is list and len(raw) == 4:
+                instrument_id, text, close, volume = raw
+                day = days.get(text) if type(text) is str else None
+                if (
+                    day is not None
+                    and day[1] is None
+                    and type(instrument_id) is str
+                    and ids.get(instrument_id, UNCHECKED) is None
+                    and type(close) is float
+                    and type(volume) is float
+                    and 0 < close < math.inf
+                    and 0 <= volume < math.inf
+                ):
+                    valid.append(Row(instrument_id, cast(date, day[0]), close, volume))
+                    continue
+            problem, row = self.parse(raw)
+            if problem:
+                rejected.append((problem, raw))
+            else:
+                valid.append(cast(Row | Deletion, row))
+        return valid, rejected
+
+    def parse(self, raw: Any) -> tuple[str | None, Row | Deletion | None]:
+        """(reason, None) for a row the shared rule refuses, else (None, row); the rule's order of reasons
+        (`row_problem`, `key_problem`)."""
+        if not isinstance(raw, list) or len(raw) not in (2, 4):
+            return ROW_SHAPE, None
+        instrument_id = raw[0]
+        trade_date, day_problem = self.day(raw[1])
+        problem = self.id_problem(instrument_id) or day_problem
+        if len(raw) == 2:
+            return (problem, None) if problem else (None, Deletion(instrument_id, cast(date, trade_date)))
+        close, volume = raw[2], raw[3]
+        problem = problem or values_problem(close, volume)
+        if problem:
+            return problem, None
+        return None, Row(instrument_id, cast(date, trade_date), float(close), float(volume))
 
 
 ROW_BATCH_FIELDS = {"v", "run", "k", "w", "r", "s", "f"}
@@ -277,15 +347,7 @@ def _decode_row_batch(data: dict) -> RowBatch:
         raise BadMessage("invalid field rows.s: slack days between 0 and 3650")
     if stamp is not None and (isinstance(stamp, bool) or not isinstance(stamp, int) or not 0 <= stamp <= MAX_STAMP):
         raise BadMessage("invalid field rows.f: a stamp between 0 and 2**63-1")
-    latest = latest_trade_date()
-    valid: list = []
-    rejected: list = []
-    for raw in rows:
-        problem, row = _parse_row(raw, latest)
-        if problem:
-            rejected.append((problem, raw))
-        else:
-            valid.append(row)
+    valid, rejected = _RowChecks(latest_trade_date()).parse_all(rows)
     return RowBatch(run, window_days, valid, rejected, slack, stamp)
 
 
