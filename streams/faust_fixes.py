@@ -1,8 +1,8 @@
 """Fixes to faust-streaming 0.15.3: two stop it from losing fetched messages around recovery, a third lets
 a worker start while a broker is down, a fourth bounds how long fetched data can wait, a fifth keeps a
-restore from taking a window back, a sixth drops a fixed second from every start; the seventh to ninth
+restore from taking a window back, a sixth drops a fixed second from every start; the seventh to tenth
 are listed below (commits wait for the changelog, topics are not created again, a restore starts early
-enough to read what another worker wrote).
+enough to read what another worker wrote, a stop does not wait a second for acks it has).
 
 Found with the worker restarted on a backlog (tests/test_stream_resilience.py), traced by logging
 every flow-control call and every fetched offset:
@@ -80,6 +80,13 @@ every flow-control call and every fetched offset:
    broken it stays where the run broke, and the next restore reads everything since, guarded as in fix 5.
    A restore records the last record it read, whether applied or not (fix 5 may leave the last ones out).
 
+10. Before a rebalance revokes partitions, and when a worker stops, faust waits until every message it delivered is
+   acked: while its set of unacked messages is not empty it commits, then waits up to 1 s for an ack, and only
+   then drops the messages acked meanwhile. Messages acked already stay in that set (an ack that finds its offset
+   committed leaves it there), so the wait took the whole second for nothing: every stop of every worker (of
+   the one a one-shot replay starts, 1.0 s of its ~20 s) and every rebalance. Fixed: the acked messages are
+   dropped before the wait; unacked ones are waited for as before.
+
 The first two only ever cause a message to be delivered again, never skipped; the worker's processing is
 idempotent (windows are upserts keyed by date, replay row counts are kept per offset, embeddings
 are upserted), so a repeat changes nothing. `streams/gaps.py` still reports any skipped offset.
@@ -149,6 +156,7 @@ def apply(allow_unverified: bool = False, fetch_wait_ms: int = 100) -> None:
     _tables_start_without_waiting()
     _commit_waits_for_the_changelog()
     _persisted_offset_follows_own_writes()
+    _stop_waits_only_for_unacked_messages()
     _applied = True
 
 
@@ -405,3 +413,15 @@ def _persisted_offset_follows_own_writes() -> None:
             )
 
     Collection._on_changelog_sent = _on_changelog_sent  # type: ignore[method-assign]
+
+
+def _stop_waits_only_for_unacked_messages() -> None:
+    from faust.transport.consumer import Consumer
+
+    wait_empty = Consumer.wait_empty
+
+    async def wait_for_unacked(self: Consumer) -> None:
+        self._clean_unacked_messages()  # acked already: nothing to wait a second for (fix 10)
+        await wait_empty(self)
+
+    Consumer.wait_empty = wait_for_unacked  # type: ignore[method-assign]

@@ -231,3 +231,46 @@ def test_the_restore_point_advances_over_this_workers_own_changelog_records_only
     written(unread, 9)  # nothing read here, records before it: a restore reads from the beginning
     assert unread.data.persisted_offset(tp) is None
     assert faust_fixes.advances(44, 45) and not faust_fixes.advances(44, 46) and not faust_fixes.advances(44, 44)
+
+
+def test_a_stop_does_not_wait_for_messages_acked_already_and_still_waits_for_the_others():
+    """faust's wait before a revocation or a stop kept acked messages in its set of unacked ones until after
+    a wait of up to a second for an ack: every worker's stop took that second for nothing."""
+    faust_fixes.apply()
+    from types import SimpleNamespace
+
+    from faust.transport.consumer import Consumer
+
+    class Stopping:
+        _clean_unacked_messages = Consumer._clean_unacked_messages
+
+        def __init__(self, messages: list):
+            self._unacked_messages = set(messages)
+            self.should_stop = False
+            self.waits = 0
+            self.diag = SimpleNamespace(set_flag=lambda flag: None, unset_flag=lambda flag: None)
+            self.log = SimpleNamespace(dev=lambda *a: None, warning=lambda *a: None, info=lambda *a: None)
+
+        async def commit(self) -> None:
+            pass
+
+        async def commit_and_end_transactions(self) -> None:
+            pass
+
+        async def _wait_for_ack(self, timeout: float) -> None:
+            self.waits += 1
+            for m in self._unacked_messages:
+                m.acked = True  # the stream acks what it was processing
+
+    class Message:
+        def __init__(self, acked: bool):
+            self.acked = acked
+
+    acked = [Message(True) for _ in range(4)]
+    done = Stopping(acked)
+    asyncio.run(Consumer.wait_empty(done))
+    assert done.waits == 0 and not done._unacked_messages
+
+    busy = Stopping([*acked, Message(False)])
+    asyncio.run(Consumer.wait_empty(busy))
+    assert busy.waits == 1 and not busy._unacked_messages
