@@ -82,8 +82,9 @@ every flow-control call and every fetched offset:
 
 10. Before a rebalance revokes partitions, and when a worker stops, faust waits until every message it delivered is
    acked: while its set of unacked messages is not empty it commits, then waits up to 1 s for an ack, and only
-   then drops the messages acked meanwhile. Messages acked already stay in that set (an ack that finds its offset
-   committed leaves it there), so the wait took the whole second for nothing: every stop of every worker (of
+   then drops the messages acked meanwhile. Messages acked already can be in that set (its ack leaves a message
+   there when the offset was committed or acked before), so the wait took the whole second for nothing (4 such
+   messages at the end of a one-shot replay, each acked, refcount 0): every stop of every worker (of
    the one a one-shot replay starts, 1.0 s of its ~20 s) and every rebalance. Fixed: the acked messages are
    dropped before the wait; unacked ones are waited for as before.
 
