@@ -383,7 +383,7 @@ class PartitionProcessor:
             keep = retention_days(tick.window_days, self.config.retention_slack_days)
             records = [TickRecord(d, tick.window_days, tuple(tick.models), tick.scope if live else None) for d in days]
             self.state.write_run(fx.writes, tick.run, before, before.with_ticks(records, keep, offset))
-        newest, first_model = tick.dates[-1], tick.models[0]  # `dates` sorts on every read
+        newest, first_model = tick.dates[-1], tick.models[0]
         got = {i for i, as_of, m, _ in items if as_of == newest and m == first_model}  # of the newest date
         fx.ticks.append(self._report(tick, live, redelivered, expected, got, full + partial, present))
         if live and no_window and not redelivered:
@@ -465,7 +465,7 @@ class PartitionProcessor:
     ) -> list[Embedding]:
         """Keys the tick asked for and could not compute (too little history): empty vectors, so a key
         stored before is removed and the key is recorded absent."""
-        dates = tick.dates  # sorted on every read
+        dates = tick.dates
         asked = [] if every_full_computed else [(i, d) for i, _ in full for d in dates]  # the usual case: none
         asked += [(i, date_of(d)) for i, w in partial for d in days if w.covers(d, tick.window_days)]
         asked += [(i, d) for i in no_window for d in dates]

@@ -245,8 +245,8 @@ def _appended_head(
         or any(a >= b for a, b in zip(changed, changed[1:]))
         or len(days) <= new
         or int(days[-new - 1]) != newest  # every change is a row after the newest held (none a deletion)
-        or (changed[-1] + phase) // CHUNK_DAYS != (newest + phase) // CHUNK_DAYS
-        or (int(days[0]) + phase) // CHUNK_DAYS != (int(held[0]) + phase) // CHUNK_DAYS
+        or chunk_of(changed[-1], phase) != chunk_of(newest, phase)
+        or chunk_of(int(days[0]), phase) != chunk_of(int(held[0]), phase)
     ):
         return None
     return (

@@ -14,6 +14,7 @@ import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date
+from functools import cached_property
 from typing import Annotated, Any, Literal, NamedTuple, Union, cast
 
 import orjson
@@ -123,9 +124,9 @@ class Tick(_Base):
             raise ValueError("a tick reading its look-back from the database is a query naming its instruments")
         return self
 
-    @property
+    @cached_property
     def dates(self) -> tuple[date, ...]:
-        """Every as_of date of the tick, ascending."""
+        """Every as_of date of the tick, ascending (read per embedding by the processor: sorted once)."""
         return tuple(sorted({self.as_of, *(self.more_dates or ())}))
 
     @property
