@@ -46,7 +46,10 @@ def register(
     )
     windows_name, runs_name, replay_windows_name, replay_runs_name = stream_tables(settings.live_generation)
     sink = BatchingSink(
-        SinkWriter(settings.database_url, metrics=metrics),
+        [
+            SinkWriter(settings.database_url, metrics=metrics)
+            for _ in range(min(settings.sink_connections, settings.partitions))
+        ],
         settings.sink_batch_embeddings,
         settings.sink_batch_seconds,
         settings.sink_max_pending_embeddings,

@@ -149,6 +149,11 @@ def lag_payload(settings: Settings, status: WorkerStatus, metrics: StreamMetrics
     }
 
 
+SHUTDOWN_POLL_SECONDS = 0.05
+"""How often the server's loop looks for a shutdown: at socketserver's 0.5 s, stopping the web port was most of
+a worker's stop (0.37 of 0.58 s, measured), which every one-shot replay waits for."""
+
+
 def serve(
     settings: Settings,
     registry: CollectorRegistry,
@@ -190,5 +195,5 @@ def serve(
 
     server = ThreadingHTTPServer((host, port), Handler)
     server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="web", daemon=True).start()
+    threading.Thread(target=server.serve_forever, args=(SHUTDOWN_POLL_SECONDS,), name="web", daemon=True).start()
     return server

@@ -18,9 +18,9 @@ from streams.sink import BatchingSink, SinkWriter
 DAY = date(2020, 1, 2)
 
 
-def batch(n: int, run: str = LIVE_RUN, done: tuple = ()) -> EmbeddingBatch:
+def batch(n: int, run: str = LIVE_RUN, done: tuple = (), partition: int = 0) -> EmbeddingBatch:
     return EmbeddingBatch(
-        run, 2, 0, [Embedding(f"I{n}", DAY, "numeric-simple-v1", np.full(6, n, "<f4").tobytes())], done
+        run, 2, partition, [Embedding(f"I{n}", DAY, "numeric-simple-v1", np.full(6, n, "<f4").tobytes())], done
     )
 
 
@@ -40,7 +40,7 @@ class RecordingWriter:
 def test_batches_are_written_in_submission_order_grouped_and_acked_after_their_write():
     writer = RecordingWriter()
     writer.gate = threading.Event()
-    sink = BatchingSink(writer, batch_embeddings=100, batch_seconds=0.05)
+    sink = BatchingSink([writer], batch_embeddings=100, batch_seconds=0.05)
     acked: list[int] = []
 
     async def run() -> None:
@@ -61,7 +61,7 @@ def test_batches_are_written_in_submission_order_grouped_and_acked_after_their_w
 def test_a_full_queue_makes_the_stream_wait_and_stop_drains_what_is_queued():
     writer = RecordingWriter()
     writer.gate = threading.Event()
-    sink = BatchingSink(writer, batch_embeddings=1, batch_seconds=0.0, max_pending=2)
+    sink = BatchingSink([writer], batch_embeddings=1, batch_seconds=0.0, max_pending=2)
     order: list[str] = []
 
     async def run() -> None:
@@ -85,7 +85,7 @@ def test_stop_writes_what_was_queued_even_after_the_event_loop_closed():
     was never written). Writes go on; their acks cannot run, so their events come again."""
     writer = RecordingWriter()
     writer.gate = threading.Event()
-    sink = BatchingSink(writer, batch_embeddings=1, batch_seconds=0.0)
+    sink = BatchingSink([writer], batch_embeddings=1, batch_seconds=0.0)
 
     async def run() -> None:
         await sink.submit([batch(0)], lambda: None)
@@ -95,6 +95,29 @@ def test_stop_writes_what_was_queued_even_after_the_event_loop_closed():
     writer.gate.set()
     sink.stop(timeout=10)
     assert [b.items[0].instrument_id for group in writer.groups for b in group] == ["I0", "I1"]
+
+
+def test_each_partition_is_written_in_order_by_one_lane_and_a_stuck_lane_holds_back_only_its_partitions():
+    """Two writers: partitions 0, 2, ... on the first, 1, 3, ... on the second. A key is always computed by the
+    same partition, so its writes keep their order; the other lane commits meanwhile."""
+    even, odd = RecordingWriter(), RecordingWriter()
+    even.gate = threading.Event()  # the first lane's database is stuck
+    sink = BatchingSink([even, odd], batch_embeddings=1, batch_seconds=0.0)
+    acked: list[str] = []
+
+    async def run() -> None:
+        for n in range(6):
+            await sink.submit([batch(n, partition=n % 4)], lambda n=n: acked.append(f"I{n}"))
+        await sink.write([batch(9, partition=3)])  # waits only for its own lane
+        assert sorted(acked) == ["I1", "I3", "I5"]  # the odd partitions' events, acked while the first lane waits
+        even.gate.set()
+        await sink.write([batch(8, partition=2)])
+
+    asyncio.run(run())
+    sink.stop()
+    assert [b.items[0].instrument_id for group in even.groups for b in group] == ["I0", "I2", "I4", "I8"]
+    assert [b.items[0].instrument_id for group in odd.groups for b in group] == ["I1", "I3", "I5", "I9"]
+    assert acked[3:] == ["I0", "I2", "I4"]
 
 
 def test_the_writer_commits_embeddings_absent_keys_and_completions_together_naming_the_cause(db_url):

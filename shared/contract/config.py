@@ -121,6 +121,9 @@ class Settings(BaseSettings):
     """Most embeddings per sink transaction (the sink groups the output of many events)."""
     sink_batch_seconds: float = Field(default=0.02, ge=0)
     """Longest the sink waits for more output before it writes what it has."""
+    sink_connections: int = Field(default=2, ge=1)
+    """Connections the sink writes on side by side, each for its share of the partitions (a partition's
+    writes stay on one, in order). One PostgreSQL backend upserting alone falls behind the stream."""
     sink_max_pending_embeddings: int = Field(default=200_000, ge=1)
     """Embeddings queued for the sink before the stream waits for it (backpressure: a database outage
     stops the stream from reading on)."""
