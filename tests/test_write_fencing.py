@@ -211,6 +211,20 @@ def test_absent_keys_are_fenced_like_rows(db_url):
         assert conn.execute("SELECT count(*) FROM embedder_absent_embeddings").fetchone()[0] == 0
 
 
+def test_a_write_ends_exactly_the_absent_records_of_the_keys_it_writes(db_url):
+    """Absent records are looked for only between a write's first and last day: one on its last day, the only
+    one there of its instruments, goes; another instrument's, and a day outside, stay."""
+    vec = b"\x01" * 1536
+    d2, d4 = D + timedelta(days=2), D + timedelta(days=4)
+    with psycopg.connect(db_url) as conn:
+        write_absent(conn, [("X", d2, MODEL, 63), ("X", d4, MODEL, 63), ("W", D, MODEL, 63)], claim=5)
+        assert write_embeddings(conn, [("X", d2, MODEL, 63, vec), ("Y", D, MODEL, 63, vec)], claim=6).changed == 2
+        conn.commit()
+        left = conn.execute("SELECT entity_id, as_of_date FROM embedder_absent_embeddings ORDER BY 1, 2").fetchall()
+    assert left == [("W", D), ("X", d4)]
+    assert set(stored(db_url)) == {("X", d2, MODEL), ("Y", D, MODEL)}
+
+
 def test_an_identical_vector_from_newer_prices_records_its_claim(db_url):
     """A change and its undoing (a row deleted and put back) leave the vector as it was; a writer that
     computed between them must still lose afterwards, so the newer claim is recorded with the same bytes
