@@ -186,7 +186,7 @@ def writes(
     when given, is the head value `before` was read from (the usual live day then takes its sealed chunks
     from it instead of laying out every row again).
 
-    Unchunked (a replay's windows: written once per block of ~60 days and deleted when the run ends) the
+    Unchunked (a replay's windows: written once per block of ~120 days and deleted when the run ends) the
     head holds every row: one value per window and block, not one per chunk."""
     if not chunked:
         return {key: None if after is None else _head_value(after, after.rows, [])}

@@ -127,8 +127,11 @@ class Settings(BaseSettings):
     sink_max_pending_embeddings: int = Field(default=200_000, ge=1)
     """Embeddings queued for the sink before the stream waits for it (backpressure: a database outage
     stops the stream from reading on)."""
-    replay_block_days: int = Field(default=60, ge=1, le=366)
-    """Calendar days of rows a replay sends per block, before the block's one tick."""
+    replay_block_days: int = Field(default=120, ge=1, le=366)
+    """Calendar days of rows a replay sends per block, before the block's one tick. A replay's window is written
+    whole once per block and keeps one block beyond its look-back: at 120 days a whole-data-set replay writes
+    8,000 window values instead of 15,100 and its worker uses 8.6 CPU-s instead of 11.3 (60 days; 240: 8.3
+    CPU-s, 80 MB more worker memory)."""
     retention_slack_days: int = Field(default=31, ge=0)
     """Calendar days of rows kept beyond one look-back, for late rows and corrections."""
     live_model_ids: tuple[str, ...] = ("num-regime-core-v1",)
