@@ -99,7 +99,7 @@ class SinkWriter:
             batches = self._drop_completed_runs(conn, batches)
             set_cause(conn, *change_cause(batches))
             latest = newest_per_key(batches)
-            refused = write_embeddings(conn, [row for row in latest.values() if row[4]]).refused
+            refused = write_embeddings(conn, [row for row in latest.values() if row[4]], one_per_key=True).refused
             refused += write_absent(conn, [(*row[:4], row[5]) for row in latest.values() if not row[4]]).refused
             queue_recompute(conn, [key for b in batches for key in b.recheck])
             done = [

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
+from operator import itemgetter
+from typing import cast
 
 import psycopg
 
@@ -93,6 +95,10 @@ def not_older(stored: str, write: str) -> str:
     return f"({a} IS NULL OR {b} IS NULL OR {a} <= {b})"
 
 
+KEY_OF = itemgetter(0, 1, 2)
+"""A staged row's key: (entity_id, as_of_date, model_id)."""
+
+
 def _staged(rows: Iterable[tuple | EmbeddingRow], claim: int | None) -> list[tuple]:
     """One row per key, in key order: where a key repeats, the highest claim wins, then the last row."""
     latest: dict[tuple, tuple] = {}
@@ -109,7 +115,10 @@ def _staged(rows: Iterable[tuple | EmbeddingRow], claim: int | None) -> list[tup
 
 
 def write_embeddings(
-    conn: psycopg.Connection, rows: Iterable[tuple | EmbeddingRow], claim: int | None = None
+    conn: psycopg.Connection,
+    rows: Iterable[tuple | EmbeddingRow],
+    claim: int | None = None,
+    one_per_key: bool = False,
 ) -> WriteResult:
     """Stage `rows` and upsert them in the caller's transaction, fenced: a stored row computed from newer
     prices than this write (its `computed_from` above the write's claim), or a key recorded absent from
@@ -120,8 +129,9 @@ def write_embeddings(
     Rows are EmbeddingRow or tuples `(entity_id, as_of_date, model_id, window_days, vector[, claim])`
     (`claim` is every row's claim where the row has none: `shared.store.write_claims`). A key written here is
     no longer an absent one (`shared.store.maintained_keys`). The caller commits; on failure nothing of this
-    batch is visible."""
-    staged = _staged(rows, claim)
+    batch is visible. `one_per_key`: the rows are 6-tuples with a claim each and no key repeats (the sink chose
+    them already: `streams.sink.newest_per_key`), so they are only put in key order."""
+    staged = sorted(cast("Iterable[tuple]", rows), key=KEY_OF) if one_per_key else _staged(rows, claim)
     if not staged:
         return WriteResult()
     with conn.cursor() as cur:
