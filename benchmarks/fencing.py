@@ -43,8 +43,11 @@ from streams.sink import SinkWriter
 MODEL = "num-regime-core-v1"
 
 
-def legacy_write_embeddings(conn: psycopg.Connection, rows: Iterable[tuple], claim: int | None = None) -> WriteResult:
-    """The upsert of the release before issue 26 (no claim, no fence), on the same staging table."""
+def legacy_write_embeddings(
+    conn: psycopg.Connection, rows: Iterable[tuple], claim: int | None = None, one_per_key: bool = False
+) -> WriteResult:
+    """The upsert of the release before issue 26 (no claim, no fence), on the same staging table (it takes
+    `write_embeddings`' arguments; its rows are de-duplicated either way)."""
     latest = {(r[0], r[1], r[2]): (*tuple(r)[:5], None) for r in rows}
     with conn.cursor() as cur:
         ensure_staging(cur)
