@@ -203,24 +203,34 @@ class Writer(Protocol):
     def write_until_committed(self, batches: Sequence[EmbeddingBatch]) -> None: ...
 
 
-class _Lane:
-    """One writer thread and its queue: what it is given, it writes in submission order."""
+@dataclass(frozen=True)
+class _Grouping:
+    """How a lane groups what is queued into one transaction."""
 
-    def __init__(self, sink: BatchingSink, writer: Writer, name: str):
-        self.sink = sink
+    most_embeddings: int
+    longest_wait_seconds: float
+
+
+class _Lane:
+    """One writer thread and its queue: what it is given, it writes in submission order, grouped into
+    transactions, and hands each written group to `written` (the sink's acknowledgement)."""
+
+    def __init__(self, writer: Writer, grouping: _Grouping, written: Callable[[list[_Submission]], None], name: str):
         self.writer = writer
+        self.grouping = grouping
+        self.written = written
         self.queue: queue.Queue[_Submission | None] = queue.Queue()
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def _run(self) -> None:
-        sink = self.sink
+        grouping = self.grouping
         while True:
             first = self.queue.get()
             if first is None:
                 return
             group, size = [first], first.size
-            deadline = time.monotonic() + sink.batch_seconds
-            while size < sink.batch_embeddings:
+            deadline = time.monotonic() + grouping.longest_wait_seconds
+            while size < grouping.most_embeddings:
                 try:
                     nxt = self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
@@ -231,7 +241,7 @@ class _Lane:
                 group.append(nxt)
                 size += nxt.size
             self.writer.write_until_committed([b for s in group for b in s.batches])
-            sink._acknowledge(group)
+            self.written(group)
 
 
 class BatchingSink:
@@ -258,10 +268,12 @@ class BatchingSink:
     ):
         if not writers:
             raise ValueError("a sink needs at least one writer")
-        self.batch_embeddings = batch_embeddings
-        self.batch_seconds = batch_seconds
         self.max_pending = max_pending
-        self._lanes = [_Lane(self, w, "sink" if len(writers) == 1 else f"sink-{k}") for k, w in enumerate(writers)]
+        grouping = _Grouping(batch_embeddings, batch_seconds)
+        self._lanes = [
+            _Lane(w, grouping, self._acknowledge, "sink" if len(writers) == 1 else f"sink-{k}")
+            for k, w in enumerate(writers)
+        ]
         self._pending = 0
         self._room: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
