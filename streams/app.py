@@ -11,7 +11,7 @@ from shared.contract.config import Settings
 from shared.metrics import StreamMetrics
 from streams import faust_fixes
 from streams.adapter import LostWindows
-from streams.agents import register
+from streams.agents import CommitMonitor, register
 from streams.sink import BatchingSink
 
 
@@ -34,6 +34,7 @@ def create_app(
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.topic_replication_factor,
         processing_guarantee="at_least_once",
+        monitor=CommitMonitor(),
         producer_acks=-1,
         # A live day writes a changelog record per window: batched for 5 ms in batches up to 256 KB, they
         # go out in a few produce requests per partition instead of one small request each.
