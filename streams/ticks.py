@@ -13,6 +13,9 @@ from streams.output import Embedding
 from streams.window import ROW, Window, date_of
 
 SPACING = 1 << 20  # days between instruments on the joint timeline: far beyond any look-back
+CHUNK_TARGETS = 1024
+"""(window, as_of) pairs per `encode_windows` call: its arrays (~9 KB per pair) then stay in the CPU's cache.
+A replay's tick of a partition asks for ~5,000 at once: 1.7 us per embedding in one call, 0.65 in chunks."""
 
 
 class Timeline:
@@ -43,33 +46,30 @@ class Timeline:
 
     def embeddings(self, as_of_days: Iterable[int], window_days: int, model_ids: Iterable[str]) -> list[Embedding]:
         """(instrument_id, as_of, model_id, vector bytes) of every window at every as_of day with
-        enough history, in one `encode_windows` call."""
+        enough history, in `encode_windows` calls of up to `CHUNK_TARGETS` (window, day) pairs each."""
         models = [get_model(m) for m in model_ids]
         targets = np.unique(np.fromiter(as_of_days, dtype=np.int64))
         if not self.ids or targets.size == 0:
             return []
         all_targets = (self.shifts[:, None] + targets[None, :]).ravel()
-        batch = encode_windows(
-            self.days.astype("datetime64[D]"),
-            self.closes,
-            self.volumes,
-            all_targets.astype("datetime64[D]"),
-            window_days,
-        )
-        got = batch.as_of.astype(np.int64)
-        owner = np.searchsorted(all_targets, got) // targets.size
-        days, which = np.unique(got - owner * SPACING, return_inverse=True)  # a live tick: one day for all
-        dates = [date_of(int(t)) for t in days]
-        as_of = [dates[k] for k in which.tolist()]
-        ids = [self.ids[k] for k in owner.tolist()]
-        out: list[Embedding] = []
-        for model in models:
-            vectors = apply_model(batch.flat, model).astype("<f4", copy=False)
-            raw = vectors.tobytes()
-            width = vectors.shape[1] * 4
-            slices = [raw[k : k + width] for k in range(0, len(ids) * width, width)]
-            out.extend(map(Embedding, ids, as_of, repeat(model.model_id), slices))
-        return out
+        trade_dates = self.days.astype("datetime64[D]")
+        by_model: list[list[Embedding]] = [[] for _ in models]
+        for start in range(0, all_targets.size, CHUNK_TARGETS):
+            chunk = all_targets[start : start + CHUNK_TARGETS]
+            batch = encode_windows(trade_dates, self.closes, self.volumes, chunk.astype("datetime64[D]"), window_days)
+            got = batch.as_of.astype(np.int64)
+            owner = np.searchsorted(all_targets, got) // targets.size
+            days, which = np.unique(got - owner * SPACING, return_inverse=True)  # a live tick: one day for all
+            dates = [date_of(int(t)) for t in days]
+            as_of = [dates[k] for k in which.tolist()]
+            ids = [self.ids[k] for k in owner.tolist()]
+            for model, out in zip(models, by_model):
+                vectors = apply_model(batch.flat, model).astype("<f4", copy=False)
+                raw = vectors.tobytes()
+                width = vectors.shape[1] * 4
+                slices = [raw[k : k + width] for k in range(0, len(ids) * width, width)]
+                out.extend(map(Embedding, ids, as_of, repeat(model.model_id), slices))
+        return [e for out in by_model for e in out] if len(by_model) > 1 else by_model[0]
 
 
 def embeddings_at(

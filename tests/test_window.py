@@ -5,9 +5,11 @@ from __future__ import annotations
 from datetime import date, timedelta
 
 import numpy as np
+import pytest
 
 from shared.contract.encoder import embed, to_bytes
 from shared.contract.models import get_model
+from streams import ticks
 from streams.state import RunPartition, TickRecord
 from streams.ticks import embeddings_at
 from streams.window import HEADER, Window, date_of, day_number, upsert_row, upsert_rows
@@ -47,8 +49,11 @@ def test_tick_embeddings_equal_the_encoder_over_the_same_rows():
     assert embeddings_at([("Y", Window.parse(None))], [day_number(as_of)], 63, ["num-regime-core-v1"]) == []
 
 
-def test_many_windows_at_many_dates_in_one_call_equal_one_at_a_time():
-    """The joint timeline must never let one instrument's look-back see another's rows."""
+@pytest.mark.parametrize("chunk", [ticks.CHUNK_TARGETS, 4])
+def test_many_windows_at_many_dates_in_one_call_equal_one_at_a_time(monkeypatch, chunk):
+    """The joint timeline must never let one instrument's look-back see another's rows, nor a chunk of its
+    (window, day) pairs (4: chunks end inside a window's days) lose or move one."""
+    monkeypatch.setattr(ticks, "CHUNK_TARGETS", chunk)
     rng = np.random.default_rng(11)
     windows, history = [], {}
     for k, start in enumerate((date(2020, 1, 1), date(2020, 3, 2), date(2019, 6, 3))):
@@ -60,7 +65,9 @@ def test_many_windows_at_many_dates_in_one_call_equal_one_at_a_time():
         history[f"I{k}"] = Window.parse(state).arrays()
     as_of_days = [day_number(date(2020, 5, 1)), day_number(date(2020, 4, 1)), day_number(date(2019, 12, 2))]
     models = ["numeric-simple-v1", "num-regime-core-v1"]
-    got = {(i, d, m): v for i, d, m, v in embeddings_at(windows, as_of_days, 20, models)}
+    items = embeddings_at(windows, as_of_days, 20, models)
+    got = {(i, d, m): v for i, d, m, v in items}
+    assert len(got) == len(items)
     want = {}
     for i, (dates, closes, volumes) in history.items():
         for day in as_of_days:
