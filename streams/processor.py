@@ -23,7 +23,6 @@ The semantics (SPEC section 4):
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
@@ -46,7 +45,7 @@ from streams.output import Embedding, EmbeddingBatch, TickDone
 from streams.partition_state import DEFAULT_CACHE_WINDOWS, PartitionState
 from streams.registry import Registry
 from streams.state import RunPartition, StateView, TickRecord, Writes, window_key
-from streams.ticks import Timeline, embeddings_at
+from streams.ticks import Computed, Timeline, computed_at, embeddings_at
 from streams.window import NO_OFFSET, NO_ROWS, NO_STAMP, Window, date_of, day_number, retention_days
 
 
@@ -358,18 +357,19 @@ class PartitionProcessor:
         expected = self._expected(tick, before)
         full, partial, no_window = self._held_windows(tick, days, expected, lookback)
         timeline = Timeline(full)
-        items, every_full_computed, uncovered = self._embeddings(tick, days, timeline, partial)
+        computed, every_full_computed, uncovered = self._embeddings(tick, days, timeline, partial)
+        items = computed.items
         if uncovered and not redelivered:
             fx.dead_letters.append(self._lost_lookback(tick, uncovered))
         present = (Timeline(full + partial) if partial else timeline).present(days)  # (held windows x days)
-        absent = self._absent(tick, days, items, every_full_computed, full, partial, no_window)
+        absent = self._absent(tick, days, computed, every_full_computed, full, partial, no_window)
         fx.embeddings.append(
             EmbeddingBatch(
                 tick.query_run or tick.run,
                 tick.window_days,
                 self.partition,
                 items + absent,
-                self._done(tick, expected, items, no_window, present),
+                self._done(tick, days, expected, computed, no_window, present),
                 self._rows_missing(tick, before, offset),
                 tick.scope if live else "",
                 redelivered,
@@ -383,8 +383,7 @@ class PartitionProcessor:
             keep = retention_days(tick.window_days, self.config.retention_slack_days)
             records = [TickRecord(d, tick.window_days, tuple(tick.models), tick.scope if live else None) for d in days]
             self.state.write_run(fx.writes, tick.run, before, before.with_ticks(records, keep, offset))
-        newest, first_model = tick.dates[-1], tick.models[0]
-        got = {i for i, as_of, m, _ in items if as_of == newest and m == first_model}  # of the newest date
+        got = computed.ids_on(days[-1])  # of the newest date
         fx.ticks.append(self._report(tick, live, redelivered, expected, got, full + partial, present))
         if live and no_window and not redelivered:
             fx.lost_windows.extend(no_window)
@@ -414,18 +413,18 @@ class PartitionProcessor:
     @staticmethod
     def _embeddings(
         tick: Tick, days: list[int], full: Timeline, partial: list[tuple[str, Window]]
-    ) -> tuple[list[Embedding], bool, list[str]]:
+    ) -> tuple[Computed, bool, list[str]]:
         """The embeddings the held windows give (`full`: those covering the look-back, on one timeline): (them,
         whether every full window gave every one, the partial windows that miss a day's look-back)."""
-        items = full.embeddings(days, tick.window_days, tick.models)
-        every_full_computed = len(items) == len(full.ids) * len(days) * len(tick.models)
+        parts = [full.compute(days, tick.window_days, tick.models)]
+        every_full_computed = len(parts[0].items) == len(full.ids) * len(days) * len(tick.models)
         uncovered: list[str] = []
         for instrument_id, window in partial:
             covered = [d for d in days if window.covers(d, tick.window_days)]
-            items.extend(embeddings_at([(instrument_id, window)], covered, tick.window_days, tick.models))
+            parts.append(computed_at([(instrument_id, window)], covered, tick.window_days, tick.models))
             if len(covered) < len(days):
                 uncovered.append(instrument_id)
-        return items, every_full_computed, uncovered
+        return Computed.joined(parts), every_full_computed, uncovered
 
     @staticmethod
     def _short(tick: Tick, days: list[int], got: set[str], held: list[tuple[str, Window]]) -> ShortWindows | None:
@@ -457,7 +456,7 @@ class PartitionProcessor:
     def _absent(
         tick: Tick,
         days: list[int],
-        items: list[Embedding],
+        computed: Computed,
         every_full_computed: bool,
         full: list[tuple[str, Window]],
         partial: list[tuple[str, Window]],
@@ -465,26 +464,29 @@ class PartitionProcessor:
     ) -> list[Embedding]:
         """Keys the tick asked for and could not compute (too little history): empty vectors, so a key
         stored before is removed and the key is recorded absent."""
-        dates = tick.dates
-        asked = [] if every_full_computed else [(i, d) for i, _ in full for d in dates]  # the usual case: none
-        asked += [(i, date_of(d)) for i, w in partial for d in days if w.covers(d, tick.window_days)]
-        asked += [(i, d) for i in no_window for d in dates]
+        asked = [] if every_full_computed else [(i, d) for i, _ in full for d in days]  # the usual case: none
+        asked += [(i, d) for i, w in partial for d in days if w.covers(d, tick.window_days)]
+        asked += [(i, d) for i in no_window for d in days]
         if not asked:
             return []
-        first_model = tick.models[0]
-        computed = {(i, as_of) for i, as_of, m, _ in items if m == first_model}
-        return [Embedding(i, d, m, b"") for i, d in asked if (i, d) not in computed for m in tick.models]
+        pairs = computed.pairs()
+        return [Embedding(i, date_of(d), m, b"") for i, d in asked if (i, d) not in pairs for m in tick.models]
 
     @staticmethod
     def _done(
-        tick: Tick, expected: list[str], items: list[Embedding], no_window: list[str], present: np.ndarray
+        tick: Tick,
+        days: list[int],
+        expected: list[str],
+        computed: Computed,
+        no_window: list[str],
+        present: np.ndarray,
     ) -> tuple[TickDone, ...]:
         """Per date: embedded, not embedded, and without a row that day."""
-        embedded = Counter(as_of for _, as_of, m, _ in items if m == tick.models[0])
+        embedded = computed.per_day()
         missing = len(no_window) + (~present).sum(axis=0)
         return tuple(
-            TickDone(as_of, embedded[as_of], len(expected) - embedded[as_of], int(m))
-            for as_of, m in zip(tick.dates, missing)
+            TickDone(as_of, embedded.get(d, 0), len(expected) - embedded.get(d, 0), int(m))
+            for as_of, d, m in zip(tick.dates, days, missing)
         )
 
     @staticmethod

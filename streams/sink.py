@@ -83,6 +83,8 @@ class SinkWriter:
         self.retries = 0
         self.refused = 0
         """Embeddings refused since start: the table held them computed from newer prices."""
+        self.last_written = 0
+        """Embeddings (vectors, one per key) the last committed transaction wrote or had refused."""
 
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
@@ -99,7 +101,8 @@ class SinkWriter:
             batches = self._drop_completed_runs(conn, batches)
             set_cause(conn, *change_cause(batches))
             latest = newest_per_key(batches)
-            refused = write_embeddings(conn, [row for row in latest.values() if row[4]], one_per_key=True).refused
+            rows = [row for row in latest.values() if row[4]]
+            refused = write_embeddings(conn, rows, one_per_key=True).refused
             refused += write_absent(conn, [(*row[:4], row[5]) for row in latest.values() if not row[4]]).refused
             queue_recompute(conn, [key for b in batches for key in b.recheck])
             done = [
@@ -121,6 +124,7 @@ class SinkWriter:
                 with conn.cursor() as cur:
                     record_tick_commits(cur, done)
             conn.commit()
+            self.last_written = len(rows)
             return refused
         except BaseException:
             try:
@@ -171,7 +175,7 @@ class SinkWriter:
         m = self.metrics
         if refused:
             m.writes_refused.labels(change_cause(batches)[0]).inc(refused)
-        n = sum(1 for b in batches for item in b.items if item.vector)
+        n = self.last_written
         m.sink_commit_seconds.observe(seconds)
         m.sink_batch_embeddings.observe(n)
         m.sink_embeddings_committed.inc(n)
