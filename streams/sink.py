@@ -268,7 +268,7 @@ class BatchingSink:
         writers: Sequence[Writer],
         batch_embeddings: int = 20_000,
         batch_seconds: float = 0.02,
-        max_pending: int = 200_000,
+        max_pending: int = 50_000,
     ):
         if not writers:
             raise ValueError("a sink needs at least one writer")
