@@ -194,3 +194,55 @@ def test_rows_encode_to_what_the_decoder_reads_back():
         back = loads(row_wire(row))
         assert back[0] == row[0] and back[1] == row[1].isoformat()
         assert repr([float(v) for v in back[2:]]) == repr([float(v) for v in row[2:]])  # nan too
+
+
+def test_an_instruments_rows_encode_together_as_they_do_one_by_one():
+    """`rows_wire` writes the usual rows in one call: the very bytes of the rows one by one, commas between;
+    rows orjson cannot write as the json module does (NaN, infinities, a huge integer) go row by row."""
+    from shared.contract.messages import row_wire, rows_wire
+
+    usual = [("A", date(2020, 1, 2), 1.5, 1e-05), ('É"\\x', date(2020, 1, 3), 2, 3.0), ("D", date(2020, 1, 8))]
+    assert rows_wire(usual) == b",".join(map(row_wire, usual))
+    for odd in (float("nan"), float("inf"), 2**70):
+        rows = [("A", date(2020, 1, 2), 1.5, 2.0), ("A", date(2020, 1, 3), odd, 2.0)]
+        assert rows_wire(rows) == b",".join(map(row_wire, rows))
+        assert repr(loads(b"[" + rows_wire(rows) + b"]")[1][2]) == repr(loads(row_wire(rows[1]))[2])
+    named_null = [("null", date(2020, 1, 2), 1.5, 2.0)]
+    assert rows_wire(named_null) == row_wire(named_null[0])
+
+
+def test_a_replay_plan_sends_the_bytes_rows_encoded_one_by_one_would():
+    """The planner encodes an instrument's rows at once and tests a block's end once per day: its messages
+    are the ones of rows encoded one at a time, cut at the same rows, and a full block still ends mid-day."""
+    from backfill.blocks import BlockPlanner
+
+    day0 = date(2020, 1, 1)
+    rows = [(f"S{k}", day0 + timedelta(days=d), 1.0 + k / 7, 1e6 + d) for d in range(200) for k in range(40)]
+    ticks = [day0 + timedelta(days=d) for d in range(60, 200, 5)]
+    planner = BlockPlanner(4, ticks, 30, max_bytes=800, max_block_rows=1_010)
+    out = [*planner.feed(rows), *planner.finish()]
+    batches = [o for o in out if isinstance(o, RowsOut)]
+    assert [r for o in batches for r in o.rows] != rows and sorted(r for o in batches for r in o.rows) == sorted(rows)
+    for o in batches:
+        assert encode(RowBatch("r", 63, o.rows, wire=o.wire)) == encode(RowBatch("r", 63, o.rows))
+        assert len(b",".join(o.wire)) + 1 <= 800
+    # an instrument's block alone is more than a message (800 bytes): it is cut between its rows
+    assert any(len({r[0] for r in o.rows}) == 1 and len(o.rows) > 1 for o in batches)
+    # row by row (`add`, which tests a block's end at every row) plans the same messages: a block full at
+    # 1,010 rows ends mid-day
+    one_by_one = BlockPlanner(4, ticks, 30, max_bytes=800, max_block_rows=1_010)
+    reference = [o for r in rows for o in one_by_one.add(*r)] + list(one_by_one.finish())
+    assert [(type(o), getattr(o, "partition", None), getattr(o, "rows", o)) for o in out] == [
+        (type(o), getattr(o, "partition", None), getattr(o, "rows", o)) for o in reference
+    ]
+    blocks_of_day: dict[date, set[int]] = {}  # a block sends its partitions in ascending order, once each
+    block, last = 0, -1
+    for o in out:
+        if isinstance(o, TickOut) or o.partition < last:
+            block += 1
+        last = -1 if isinstance(o, TickOut) else o.partition
+        for r in getattr(o, "rows", ()):
+            blocks_of_day.setdefault(r[1], set()).add(block)
+    assert any(len(b) > 1 for b in blocks_of_day.values())
+    with pytest.raises(ValueError, match="at least one day"):
+        BlockPlanner(4, ticks, 0)

@@ -212,6 +212,19 @@ def row_wire(row: Sequence) -> bytes:
     return json.dumps(fields, separators=(",", ":")).encode()  # NaN, infinities: as the json module writes them
 
 
+def rows_wire(rows: Sequence[Sequence]) -> bytes:
+    """Rows as they appear together in a row batch: the JSON values of `b",".join(map(row_wire, rows))`, the
+    same bytes for the usual rows, in one orjson call (a replay's command spent 0.8 of its 2.6 CPU-s encoding
+    its rows one at a time)."""
+    try:
+        joined = orjson.dumps(rows)[1:-1]
+    except TypeError:  # a value orjson does not write (an integer beyond 64 bits): row by row
+        joined = b"null"
+    if b"null" in joined:  # NaN and infinities come out as null (or an id holds the word): row by row
+        return b",".join(map(row_wire, rows))
+    return joined
+
+
 MAX_STAMP = 2**63 - 1
 
 
