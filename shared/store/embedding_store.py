@@ -115,15 +115,15 @@ def _staged(rows: Iterable[tuple | EmbeddingRow], claim: int | None) -> list[tup
 
 
 def absent_probe(exact: bool = False) -> str:
-    """SQL: are there absent keys of these ids (`%s` text[]) between two days (`%s`, `%s`)? `exact`: only the
-    keys staged for the write."""
+    """SQL: are there absent keys of these ids (`%b` text[]: binary, a live tick's 10,000 ids cost the sink 10 ms of
+    CPU as text, 2.6 as binary) between two days (`%s`, `%s`)? `exact`: only the keys staged for the write."""
     staged = (
         f"JOIN {STAGING} s ON s.entity_id = a.entity_id AND s.as_of_date = a.as_of_date AND s.model_id = a.model_id"
         if exact
         else ""
     )
     return f"""SELECT EXISTS (SELECT 1 FROM embedder_absent_embeddings a {staged}
-                              WHERE a.entity_type = '{ENTITY_TYPE}' AND a.entity_id IN (SELECT unnest(%s::text[]))
+                              WHERE a.entity_type = '{ENTITY_TYPE}' AND a.entity_id IN (SELECT unnest(%b::text[]))
                                 AND a.as_of_date BETWEEN %s AND %s)"""
 
 
