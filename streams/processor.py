@@ -362,7 +362,8 @@ class PartitionProcessor:
         if uncovered and not redelivered:
             fx.dead_letters.append(self._lost_lookback(tick, uncovered))
         present = (Timeline(full + partial) if partial else timeline).present(days)  # (held windows x days)
-        absent = self._absent(tick, days, computed, every_full_computed, full, partial, no_window)
+        got = computed.ids_on(days[-1])  # of the newest date
+        absent = self._absent(tick, days, computed, got, every_full_computed, full, partial, no_window)
         fx.embeddings.append(
             EmbeddingBatch(
                 tick.query_run or tick.run,
@@ -383,7 +384,6 @@ class PartitionProcessor:
             keep = retention_days(tick.window_days, self.config.retention_slack_days)
             records = [TickRecord(d, tick.window_days, tuple(tick.models), tick.scope if live else None) for d in days]
             self.state.write_run(fx.writes, tick.run, before, before.with_ticks(records, keep, offset))
-        got = computed.ids_on(days[-1])  # of the newest date
         fx.ticks.append(self._report(tick, live, redelivered, expected, got, full + partial, present))
         if live and no_window and not redelivered:
             fx.lost_windows.extend(no_window)
@@ -457,13 +457,20 @@ class PartitionProcessor:
         tick: Tick,
         days: list[int],
         computed: Computed,
+        got_newest: set[str],
         every_full_computed: bool,
         full: list[tuple[str, Window]],
         partial: list[tuple[str, Window]],
         no_window: list[str],
     ) -> list[Embedding]:
         """Keys the tick asked for and could not compute (too little history): empty vectors, so a key
-        stored before is removed and the key is recorded absent."""
+        stored before is removed and the key is recorded absent. `got_newest`: the instruments embedded on the
+        tick's newest day."""
+        if len(days) == 1:  # a live tick: who was embedded on its day tells (a 20,000-instrument tick asks 20,000)
+            when = tick.dates[0]
+            asked_ids = ([] if every_full_computed else [i for i, _ in full]) + no_window  # a partial window
+            # covers no day of a one-day tick (it is partial by not covering the tick's first)
+            return [Embedding(i, when, m, b"") for i in asked_ids if i not in got_newest for m in tick.models]
         asked = [] if every_full_computed else [(i, d) for i, _ in full for d in days]  # the usual case: none
         asked += [(i, d) for i, w in partial for d in days if w.covers(d, tick.window_days)]
         asked += [(i, d) for i in no_window for d in days]
