@@ -73,18 +73,12 @@ class BlockPlanner:
         where the day changes or it is full), so the day's rows skip the end-of-block test (a replay's command
         spent a third of its CPU on a generator per row)."""
         day: date | None = None
-        buffers, partition_of, partitions = self._buffers, self._partition_of, self.partitions
         for row in rows:
-            instrument_id, trade_date = row[0], row[1]
+            trade_date = row[1]
             if trade_date != day or self._rows >= self.max_block_rows:
-                yield from self.add(*row)
+                yield from self._end_block_before(trade_date)
                 day = trade_date
-                continue
-            p = partition_of.get(instrument_id)
-            if p is None:
-                p = partition_of[instrument_id] = partition_for(instrument_id, partitions)
-            buffers.setdefault(p, {}).setdefault(instrument_id, []).append(tuple(row))
-            self._rows += 1
+            self._hold(row[0], tuple(row))
 
     def add(self, instrument_id: str, trade_date: date, close: float, volume: float) -> Iterator[RowsOut | TickOut]:
         """Messages that must go out before this row (those of a finished block).
@@ -93,6 +87,11 @@ class BlockPlanner:
         keeps that many days beyond the look-back, so no tick of the block loses a row it needs.
         Rows before the first tick (a replay's look-back) all go in the first block.
         """
+        yield from self._end_block_before(trade_date)
+        self._hold(instrument_id, (instrument_id, trade_date, close, volume))
+
+    def _end_block_before(self, trade_date: date) -> Iterator[RowsOut | TickOut]:
+        """The block's messages if a row of `trade_date` must start the next one."""
         if self._block_start is not None and (
             self._rows >= self.max_block_rows
             or (
@@ -103,10 +102,13 @@ class BlockPlanner:
             yield from self._end_block(before=trade_date)
         if self._block_start is None:
             self._block_start = trade_date
+
+    def _hold(self, instrument_id: str, row: tuple) -> None:
+        """Keep a row in its partition's buffer until the block ends."""
         p = self._partition_of.get(instrument_id)
         if p is None:
             p = self._partition_of[instrument_id] = partition_for(instrument_id, self.partitions)
-        self._buffers.setdefault(p, {}).setdefault(instrument_id, []).append((instrument_id, trade_date, close, volume))
+        self._buffers.setdefault(p, {}).setdefault(instrument_id, []).append(row)
         self._rows += 1
 
     def finish(self) -> Iterator[RowsOut | TickOut]:
