@@ -104,7 +104,8 @@ class RunWorker:
 def worker_for_run(
     settings: Settings, log_path: Path | None = None, settle_seconds: float = 30.0, ready_first: bool = True
 ) -> Iterator[RunWorker]:
-    """Yield the run's worker: one started here if none is consuming (stopped with SIGTERM on exit). With
+    """Yield the run's worker: one started here if none is consuming (stopped with SIGTERM on exit; the stream and
+    its sink only, `embedder worker --for-run`: no correction path or parity audit, the always-on service's). With
     `ready_first`, only once it is ready; else at once, so the command reads and publishes while the worker
     starts (its imports and its tables' recovery: ~1.7 s of every one-shot replay; messages published before
     it joins wait in the topic, and it reads partitions without a committed offset from their beginning), and
@@ -121,7 +122,7 @@ def worker_for_run(
     log_file = open(log_path or datadir / "worker.log", "ab")
     one_shot = settings.model_copy(update={"commit_interval_seconds": ONE_SHOT_COMMIT_SECONDS})
     proc = subprocess.Popen(
-        [sys.executable, "-m", "embedder.cli", "worker", "--no-capture", "--data-dir", str(datadir)],
+        [sys.executable, "-m", "embedder.cli", "worker", "--for-run", "--data-dir", str(datadir)],
         stdout=log_file,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,

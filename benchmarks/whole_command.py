@@ -4,7 +4,7 @@ of the whole real data set as whole processes, their start-up included, and the 
 
 Three runs of the same selection into an empty table each: `--direct`; through Kafka with no worker running
 (the command starts its own: its start, the run's topics and the final settle are in the time); through Kafka
-with a worker already running (started and ready before the clock starts). Every stream table is checked
+with a worker already running (started, ready and quiet before the clock starts). Every stream table is checked
 byte-equal to `--direct`'s.
 
 Run: `make bench BENCH_ARGS="--only whole-command"` (or `.venv/bin/python -m benchmarks.whole_command`).
@@ -26,7 +26,7 @@ import psycopg
 
 from benchmarks.bench import CHECKSUM, MODEL, Figures, for_app, query
 from benchmarks.live import start_worker, stop, wait_ready
-from benchmarks.proc_cpu import kind_of, process_cpu
+from benchmarks.proc_cpu import kind_of, process_cpu, processes
 from shared.contract.config import Settings, settings_env
 
 SELECTION = ["--from", "2015-01-12", "--to", "2020-01-10", "--market-id", "US_EQ", "--model-id", MODEL]
@@ -91,6 +91,29 @@ def timed_command(settings: Settings, args: list[str]) -> tuple[float, Counter, 
     return seconds, cpu, out
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU-seconds used so far by `pid` and its children (the worker and its correction process)."""
+    return sum(
+        (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+        for child, f, _ in processes()
+        if child == pid or int(f[1]) == pid
+    )
+
+
+def wait_quiet(pid: int, idle_cpu: float = 0.05, every: float = 1.0, timeout: float = 60.0) -> None:
+    """Wait until the worker is a worker already running: readiness starts its companions (the correction process's
+    imports, the parity audit's first sweep: ~0.45 CPU-s), which a worker that runs already has behind it."""
+    deadline = time.monotonic() + timeout
+    before = tree_cpu_seconds(pid)
+    while time.monotonic() < deadline:
+        time.sleep(every)
+        now = tree_cpu_seconds(pid)
+        if now - before < idle_cpu:
+            return
+        before = now
+    raise RuntimeError(f"the worker was still busy {timeout:.0f}s after it was ready")
+
+
 def empty_table(url: str) -> None:
     with psycopg.connect(url) as conn:
         conn.execute("TRUNCATE numeric_window_embeddings, numeric_window_embedding_versions, embedder_tick_commits")
@@ -108,6 +131,7 @@ def measure_whole_command(f: Figures, base: Settings, url: str, workdir: Path) -
         if name == "stream_running_worker":
             worker = start_worker(settings, workdir / name, capture=False)
             wait_ready(workdir / name)
+            wait_quiet(worker.pid)
         try:
             seconds, cpu, _ = timed_command(settings, SELECTION + (["--direct"] if name == "direct" else []))
         finally:

@@ -338,12 +338,21 @@ def worker(
     capture: Annotated[
         bool, typer.Option("--capture/--no-capture", help="Relay prices_outbox (live capture and ticks) to Kafka.")
     ] = True,
+    for_run: Annotated[
+        bool,
+        typer.Option(
+            "--for-run",
+            hidden=True,
+            help="A worker `embedder replay` starts for its run: the stream and its sink only (no capture, "
+            "correction path or parity audit: the always-on service's).",
+        ),
+    ] = False,
 ) -> None:
     """The always-on streaming service: live capture, bootstrap, windows, ticks and the Postgres sink,
     the correction path and the parity audit."""
     from live.service import run_service
 
-    run_service(load_settings(), data_dir, loglevel, capture)
+    run_service(load_settings(), data_dir, loglevel, capture and not for_run, companions=not for_run)
 
 
 @app.command("tick")

@@ -24,7 +24,7 @@ from streams.processor import ShortWindows
 from streams.worker import run_worker
 
 
-def companions(
+def beside_stream(
     settings: Settings, capture: bool, loglevel: str = "warn"
 ) -> Callable[[threading.Event, StreamMetrics], Callable[[], None]]:
     """What runs beside the stream: the capture relay (with `capture`), the correction path (in a process of
@@ -55,8 +55,14 @@ def companions(
     return start
 
 
-def run_service(settings: Settings, data_dir: Path | None, loglevel: str, capture: bool) -> None:
-    """Run the always-on service until SIGTERM/SIGINT, on the layout and state format the database records."""
+def run_service(
+    settings: Settings, data_dir: Path | None, loglevel: str, capture: bool, companions: bool = True
+) -> None:
+    """Run the always-on service until SIGTERM/SIGINT, on the layout and state format the database records.
+    Without `companions` (a worker a replay starts for its run, `embedder worker --for-run`), the stream and its
+    sink run alone: the correction path and the parity audit are the always-on service's (they were ~0.45 CPU-s of
+    every one-shot replay, the correction process's start; what a run queues for correction, as `replay --direct`
+    does, waits in `embedder_recompute_queue` for the service, shown by `embedder status`)."""
     settings = resolve(settings)  # the partitions and generation the database records
     with connection(settings.database_url) as conn:
         reconcile_state_format(conn, settings.app_id, STATE_FORMAT, settings.live_generation)
@@ -76,6 +82,6 @@ def run_service(settings: Settings, data_dir: Path | None, loglevel: str, captur
         settings,
         data_dir or settings.state_dir / "worker",
         loglevel,
-        beside=companions(settings, capture, loglevel),
+        beside=beside_stream(settings, capture, loglevel) if companions else None,
         on_lost_windows=lost_windows if capture else None,
     )

@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import time
 from datetime import date
 
 import psycopg
 import pytest
 
+from benchmarks.proc_cpu import processes
 from live.correction_process import read_line, step_line
 from live.corrections import Step
 from shared.store.maintained_keys import MaintainedKey
-from tests.support.cli import run
+from tests.support.cli import EMBEDDER, run
 from tests.support.helpers import load_synthetic, wait_for
-from tests.support.whole_table import exact
+from tests.support.whole_table import exact, whole_table
 from tests.support.workers import alive, children, start_live_worker, stop
 
 CHILD = "live.correction_process"
@@ -77,3 +80,33 @@ def bootstrapped(url: str) -> bool:
 def queued(url: str) -> int:
     with psycopg.connect(url) as conn:
         return conn.execute("SELECT count(*) FROM embedder_recompute_queue").fetchone()[0]
+
+
+@pytest.mark.slow
+def test_the_worker_a_replay_starts_for_its_run_runs_no_correction_process(cli_env, tmp_path):
+    """The correction path and the parity audit are the always-on service's: the worker `embedder replay` starts for its
+    run (none was consuming) runs the stream and its sink alone, and the run is whole."""
+    url = cli_env["DATABASE_URL"]
+    load_synthetic(url, tmp_path, instruments=6, start=date(2019, 1, 1), end=date(2019, 12, 31), seed=7)
+    replay = subprocess.Popen(
+        EMBEDDER + ["replay", "--from", "2019-06-03", "--to", "2019-12-31", "--market-id", "US_EQ"],
+        env=cli_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    workers: set[int] = set()
+    corrections: set[int] = set()
+    while replay.poll() is None:  # every process the run started, while it runs
+        for pid, fields, cmd in processes():
+            if int(fields[1]) == replay.pid and "embedder.cli worker" in cmd:
+                workers.add(pid)
+        for pid in workers:
+            corrections.update(children(pid, CHILD))
+        time.sleep(0.01)
+    out, err = replay.communicate()
+    assert replay.returncode == 0, err[-3000:]
+    assert workers, "the run started no worker of its own"
+    assert not corrections
+    stored, reference = whole_table(url)
+    assert stored and stored == reference
