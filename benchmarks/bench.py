@@ -651,8 +651,10 @@ def measure_real_data(f: Figures, base: Settings, workdir: Path, args: argparse.
         measure_empty_state(f, for_app(base, url, uuid.uuid4().hex[:8]), days, workdir, args.empty_state_replays)
     if args.only in (None, "stream", "whole-command"):  # last: it empties the table before each of its runs
         from benchmarks.whole_command import measure_whole_command
+        from benchmarks.write_order import measure_write_order
 
         measure_whole_command(f, base, url, workdir)
+        measure_write_order(f, url, base.partitions)  # the same rows in the stream's order: its PostgreSQL CPU
     with psycopg.connect(base.database_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE "{urlsplit(url).path[1:]}" WITH (FORCE)')
 
