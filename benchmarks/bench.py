@@ -19,6 +19,8 @@ import time
 import urllib.request
 import uuid
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -60,6 +62,19 @@ def fresh_database(server_url: str) -> str:
     with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     return urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
+
+
+@contextmanager
+def data_set_database(server_url: str) -> Iterator[str]:
+    """A database of its own with the schema and the real data set's prices (a part run alone); dropped after."""
+    url = fresh_database(server_url)
+    try:
+        upgrade(url)
+        import_prices(url, [DATA])
+        yield url
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE "{urlsplit(url).path[1:]}" WITH (FORCE)')
 
 
 class Figures(dict):

@@ -155,20 +155,12 @@ def measure_whole_command(f: Figures, base: Settings, url: str, workdir: Path) -
 
 
 def main() -> None:
-    from backfill.price_import import import_prices
-    from benchmarks.bench import DATA, fresh_database
-    from shared.store.migrate import upgrade
+    from benchmarks.bench import data_set_database
 
     base = Settings()
-    url = fresh_database(base.database_url)
-    try:
-        upgrade(url)
-        import_prices(url, [DATA])
+    with data_set_database(base.database_url) as url:
         f = Figures()
         measure_whole_command(f, base, url, Path(tempfile.mkdtemp(prefix="embedder-whole-")))
-    finally:
-        with psycopg.connect(base.database_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
 
 
 if __name__ == "__main__":

@@ -107,23 +107,14 @@ def measure_write_order(f: Figures, url: str, partitions: int, rounds: int = 2) 
 
 
 def main() -> None:
-    from backfill.price_import import import_prices
-    from benchmarks.bench import DATA, fresh_database
+    from benchmarks.bench import data_set_database
     from benchmarks.whole_command import SELECTION, timed_command
     from shared.contract.config import Settings
-    from shared.store.migrate import upgrade
 
     base = Settings()
-    url = fresh_database(base.database_url)
-    try:
-        upgrade(url)
-        import_prices(url, [DATA])
+    with data_set_database(base.database_url) as url:
         timed_command(base.model_copy(update={"database_url": url}), [*SELECTION, "--direct"])
-        f = Figures()
-        measure_write_order(f, url, base.partitions)
-    finally:
-        with psycopg.connect(base.database_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+        measure_write_order(Figures(), url, base.partitions)
 
 
 if __name__ == "__main__":
