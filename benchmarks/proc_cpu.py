@@ -25,10 +25,19 @@ def processes() -> Iterator[tuple[int, list[str], str]]:
         yield int(proc.name), stat[stat.rindex(")") + 2 :].split(), cmd
 
 
+def stat_cpu_seconds(fields: list[str]) -> float:
+    """CPU-seconds (user and system) in the fields of a /proc stat line after its name."""
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def process_cpu(classify: Classify) -> dict[int, tuple[str, float]]:
     """Every live process: pid -> (its kind, the CPU-seconds it has used, user and system)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    return {pid: (classify(pid, cmd), (int(f[11]) + int(f[12])) / tick) for pid, f, cmd in processes()}
+    return {pid: (classify(pid, cmd), stat_cpu_seconds(f)) for pid, f, cmd in processes()}
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU-seconds used so far by `pid` and its children (a worker and its correction process)."""
+    return sum(stat_cpu_seconds(f) for child, f, _ in processes() if child == pid or int(f[1]) == pid)
 
 
 def kind_of(cmd: str) -> str:
@@ -48,15 +57,13 @@ def pid_cpu_seconds(pid: int) -> float:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return 0.0
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return stat_cpu_seconds(stat[stat.rindex(")") + 2 :].split())
 
 
 def thread_cpu_seconds(pids: list[int]) -> Counter:
     """CPU-seconds the threads of `pids` have used so far, by thread name without its number: RocksDB names its
     flush and compaction threads (`rocksdb:low`, `rocksdb:high`); Python 3.11's threads keep the process's name."""
     used: Counter = Counter()
-    tick = os.sysconf("SC_CLK_TCK")
     for pid in pids:
         for task in Path(f"/proc/{pid}/task").glob("*"):
             try:
@@ -64,8 +71,7 @@ def thread_cpu_seconds(pids: list[int]) -> Counter:
                 stat = (task / "stat").read_text()
             except OSError:
                 continue
-            fields = stat[stat.rindex(")") + 2 :].split()
-            used[name] += (int(fields[11]) + int(fields[12])) / tick
+            used[name] += stat_cpu_seconds(stat[stat.rindex(")") + 2 :].split())
     return used
 
 

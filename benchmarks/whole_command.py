@@ -26,7 +26,7 @@ import psycopg
 
 from benchmarks.bench import CHECKSUM, MODEL, Figures, for_app, query
 from benchmarks.live import start_worker, stop, wait_ready
-from benchmarks.proc_cpu import kind_of, process_cpu, processes
+from benchmarks.proc_cpu import kind_of, process_cpu, tree_cpu_seconds
 from shared.contract.config import Settings, settings_env
 
 SELECTION = ["--from", "2015-01-12", "--to", "2020-01-10", "--market-id", "US_EQ", "--model-id", MODEL]
@@ -89,15 +89,6 @@ def timed_command(settings: Settings, args: list[str]) -> tuple[float, Counter, 
     if proc.returncode != 0:
         raise RuntimeError(f"embedder replay {' '.join(args)} exited {proc.returncode}: {err[-2000:]}")
     return seconds, cpu, out
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    """CPU-seconds used so far by `pid` and its children (the worker and its correction process)."""
-    return sum(
-        (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
-        for child, f, _ in processes()
-        if child == pid or int(f[1]) == pid
-    )
 
 
 def wait_quiet(pid: int, idle_cpu: float = 0.05, every: float = 1.0, timeout: float = 60.0) -> None:
