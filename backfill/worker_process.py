@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Protocol
 
 from kafka.errors import KafkaError
 
@@ -30,6 +31,37 @@ log = logging.getLogger("embedder.replay")
 ONE_SHOT_COMMIT_SECONDS = 0.2
 """How often the worker started for a run commits its offsets: after the run the command waits for its group to have
 no lag, and at faust's 2.8 s that wait was most of a short run's time (3.9 s of an 8 s month)."""
+
+
+class WorkerChild(Protocol):
+    """The worker process a run started: a `subprocess.Popen`, or one forked from the command
+    (`embedder.worker_fork.ForkedWorker`)."""
+
+    returncode: int | None
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+    def send_signal(self, sig: int) -> None: ...
+
+    def kill(self) -> None: ...
+
+
+Launch = Callable[[list[str], dict[str, str], BinaryIO], WorkerChild]
+"""Starts `embedder ARGS` (a worker) with the environment given, its output to the log given."""
+
+
+def exec_worker(args: list[str], env: dict[str, str], log_file: BinaryIO) -> WorkerChild:
+    """A new Python process running `embedder ARGS` (`python -m embedder.cli`)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "embedder.cli", *args],
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        preexec_fn=stop_with_parent,
+    )
 
 
 def worker_running(settings: Settings) -> bool:
@@ -55,7 +87,7 @@ def worker_env(settings: Settings) -> dict[str, str]:
     return os.environ | settings_env(settings) | {"EMBEDDER_WEB_PORT": "0"}
 
 
-def wait_until_ready(proc: subprocess.Popen, datadir: Path, timeout: float = 120.0) -> None:
+def wait_until_ready(proc: WorkerChild, datadir: Path, timeout: float = 120.0) -> None:
     """Block until the worker's /readyz answers 200; raise if it exited first (its log's tail in the error). A
     one-shot replay publishes while its worker starts: messages that arrive during faust's startup recovery are
     kept (faust-streaming 0.15.3 lost them; fixed in streams/faust_fixes.py, fix 1, and tested there)."""
@@ -102,7 +134,11 @@ class RunWorker:
 
 @contextmanager
 def worker_for_run(
-    settings: Settings, log_path: Path | None = None, settle_seconds: float = 30.0, ready_first: bool = True
+    settings: Settings,
+    log_path: Path | None = None,
+    settle_seconds: float = 30.0,
+    ready_first: bool = True,
+    launch: Launch = exec_worker,
 ) -> Iterator[RunWorker]:
     """Yield the run's worker: one started here if none is consuming (stopped with SIGTERM on exit; the stream and
     its sink only, `embedder worker --for-run`: no correction path or parity audit, the always-on service's). With
@@ -114,21 +150,17 @@ def worker_for_run(
     After a run that ended well, the worker it started is stopped only once it has committed every
     message (the run's end messages included, up to `settle_seconds`): a one-shot replay leaves its
     group with no lag behind it, so `embedder lag` says OK and no alert pages for a consumer that was
-    never meant to stay."""
+    never meant to stay.
+
+    `launch` starts the worker: a new Python process by default; `embedder replay` forks it from itself
+    (`embedder.worker_fork`), so the worker starts with the modules the command imported already."""
     if worker_running(settings):
         yield RunWorker(False)
         return
     datadir = Path(tempfile.mkdtemp(prefix="embedder-replay-worker-"))
     log_file = open(log_path or datadir / "worker.log", "ab")
     one_shot = settings.model_copy(update={"commit_interval_seconds": ONE_SHOT_COMMIT_SECONDS})
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "embedder.cli", "worker", "--for-run", "--data-dir", str(datadir)],
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        env=worker_env(one_shot),
-        preexec_fn=stop_with_parent,
-    )
+    proc = launch(["worker", "--for-run", "--data-dir", str(datadir)], worker_env(one_shot), log_file)
     ended_well = False
     try:
         if ready_first:

@@ -89,6 +89,7 @@ def replay_through_kafka(settings: Settings, selection: RunSelection, started: f
     """Publish rows and ticks, wait for every embedding to be committed; start a worker if none runs."""
     from backfill.replay import run_stream_replay
     from backfill.worker_process import worker_for_run
+    from embedder.worker_fork import fork_worker
 
     bar = progress()
     tasks: dict[str, TaskID] = {}
@@ -115,7 +116,7 @@ def replay_through_kafka(settings: Settings, selection: RunSelection, started: f
 
     hooks = ReplayHooks(on_start, on_published, on_committed, on_lag)
     try:
-        with worker_for_run(settings, ready_first=False) as worker:
+        with worker_for_run(settings, ready_first=False, launch=fork_worker) as worker:
             if worker.started:
                 err.print("no worker is consuming: started one for this run", highlight=False)
             # A worker that ran already consumes the topics; one starting now may not have made them yet.
