@@ -25,6 +25,7 @@ import traceback
 from pathlib import Path
 from typing import BinaryIO, NoReturn
 
+from shared.contract.config import load_settings
 from shared.signals import stop_with_parent
 
 
@@ -113,6 +114,7 @@ def _become_worker(args: list[str], env: dict[str, str], log_fd: int) -> NoRetur
         show_command_line([*command, *args], [*command, *args[:2]], ["embedder.cli", *args[:2]])
         os.environ.clear()
         os.environ.update(env)
+        load_settings.cache_clear()  # the command's settings, read once: the worker's are read from `env`
         sys.argv = [sys.argv[0], *args]
         from embedder.cli import main
 

@@ -10,6 +10,7 @@ import os
 import time
 
 from embedder.worker_fork import ForkedWorker, fork_worker, show_command_line
+from shared.contract.config import load_settings
 
 
 def test_the_forked_child_runs_the_command_with_its_environment_and_log_and_exits_with_its_code(tmp_path):
@@ -24,6 +25,16 @@ def test_the_forked_child_runs_the_command_with_its_environment_and_log_and_exit
     assert "embedder 0.1.0" in text and "No such command 'no-such-command'" in text
     assert "buffered by the parent" not in text
     assert version.poll() == 0  # reaped once, its code kept
+
+
+def test_the_forked_child_reads_its_settings_from_the_environment_given_not_the_commands(tmp_path):
+    load_settings()  # the command read its settings (cached for the process) before it forks
+    log = tmp_path / "worker.log"
+    elsewhere = {"PATH": os.environ["PATH"], "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/nowhere"}
+    with open(log, "ab") as out:
+        code = fork_worker(["db", "status"], elsewhere, out).wait(timeout=60)
+    assert code != 0
+    assert "cannot connect to PostgreSQL at postgresql://nobody@127.0.0.1:1/nowhere" in log.read_text()
 
 
 def test_the_forked_child_shows_the_first_command_line_that_fits_in_its_arguments():
