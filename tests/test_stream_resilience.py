@@ -39,7 +39,7 @@ def batch_result(env, url: str) -> dict:
 
 @pytest.fixture
 def cli_env(cli_env):
-    """Replays in 7-day blocks: many ticks, so the faults land mid-run (with the default 120-day blocks
+    """Replays in 7-day blocks: many ticks, so the faults land mid-run (with the default 240-day blocks
     the stream finishes these ranges in a handful of blocks, before a fault can be injected)."""
     return cli_env | {"EMBEDDER_REPLAY_BLOCK_DAYS": "7"}
 
