@@ -14,7 +14,7 @@ import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Annotated, Any, Literal, NamedTuple, Union, cast
 
 import orjson
@@ -301,6 +301,7 @@ class _RowChecks:
         valid: list[Row | Deletion] = []
         rejected: list[tuple[str, Any]] = []
         ids, days = self.ids, self.days
+        new_row = partial(tuple.__new__, Row)  # in C: Row's own constructor is a Python function (0.26 -> 0.20 us)
         for raw in rows:
             if type(raw) is list and len(raw) == 4:
                 instrument_id, text, close, volume = raw
@@ -315,7 +316,7 @@ class _RowChecks:
                     and 0 < close < math.inf
                     and 0 <= volume < math.inf
                 ):
-                    valid.append(Row(instrument_id, cast(date, day[0]), close, volume))
+                    valid.append(new_row((instrument_id, day[0], close, volume)))
                     continue
             problem, row = self.parse(raw)
             if problem:
