@@ -41,6 +41,7 @@ def test_upgrade_creates_tables_and_second_run_is_a_noop(database_factory):
         "0013_write_fencing",
         "0014_definer_triggers",
         "0015_absent_recorded_index",
+        "0016_versions_probe_by_index",
     ]
     assert {
         "instruments",
@@ -52,7 +53,7 @@ def test_upgrade_creates_tables_and_second_run_is_a_noop(database_factory):
         "embedder_parity_audits",
     } <= tables(url)
     second = upgrade(url)
-    assert second.applied == [] and second.already_applied == 15
+    assert second.applied == [] and second.already_applied == 16
     with psycopg.connect(url) as conn:
         cols = dict(
             conn.execute(
