@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
+from psycopg.types.string import BytesBinaryDumper
 
 from shared.contract.config import redact_url, scrub_secret
 from shared.contract.errors import EmbedderError, ServiceUnavailable
@@ -80,12 +81,16 @@ def copy_rows(
     rows: Iterable[Sequence[object]],
     types: Sequence[str] | None = None,
 ) -> None:
-    """COPY `rows` into `table`; binary format when `types` are given (faster, exact)."""
+    """COPY `rows` into `table`; binary format when `types` are given (faster, exact; bytea values bytes-like)."""
     stmt = sql.SQL("COPY {} ({}) FROM STDIN{}").format(
         sql.Identifier(table),
         sql.SQL(", ").join(map(sql.Identifier, columns)),
         sql.SQL(" (FORMAT BINARY)" if types else ""),
     )
+    if types and "bytea" in types:
+        # By type name, psycopg takes the last dumper registered for bytea: dbapi20's `Binary` one, Python code per
+        # row (0.26 us each, 0.15 CPU-s of a whole replay). Bytes are what is written: their own dumper is C.
+        cur.adapters.register_dumper(bytes, BytesBinaryDumper)
     with cur.copy(stmt) as copy:
         if types:
             copy.set_types(list(types))
