@@ -561,6 +561,9 @@ def main() -> None:
     )
     parser.add_argument("--scale-ticks", type=int, default=20)
     parser.add_argument(
+        "--whole-command-rounds", type=int, default=3, help="rounds of the whole-command runs (figures: medians)"
+    )
+    parser.add_argument(
         "--large-instruments",
         type=int,
         default=20000,
@@ -668,7 +671,7 @@ def measure_real_data(f: Figures, base: Settings, workdir: Path, args: argparse.
         from benchmarks.whole_command import measure_whole_command
         from benchmarks.write_order import measure_write_order
 
-        measure_whole_command(f, base, url, workdir)
+        measure_whole_command(f, base, url, workdir, args.whole_command_rounds)
         measure_write_order(f, url, base.partitions)  # the same rows in the stream's order: its PostgreSQL CPU
     with psycopg.connect(base.database_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE "{urlsplit(url).path[1:]}" WITH (FORCE)')

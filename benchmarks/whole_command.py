@@ -2,17 +2,18 @@
 of the whole real data set as whole processes, their start-up included, and the CPU-seconds every process spent
 (the command, the worker, PostgreSQL, the broker) per 1,000 embeddings.
 
-Three runs of the same selection into an empty table each: `--direct`; through Kafka with no worker running
-(the command starts its own: its start, the run's topics and the final settle are in the time); through Kafka
-with a worker already running (started, ready and quiet before the clock starts). Every stream table is checked
-byte-equal to `--direct`'s.
+Rounds (3 by default) of three runs of the same selection into an empty table each: `--direct`; through Kafka with
+no worker running (the command starts its own: its start, the run's topics and the final settle are in the time);
+through Kafka with a worker already running (started, ready and quiet before the clock starts). Every stream table
+is checked byte-equal to `--direct`'s. Figures are medians over the rounds.
 
-Run: `make bench BENCH_ARGS="--only whole-command"` (or `.venv/bin/python -m benchmarks.whole_command`).
+Run: `make bench BENCH_ARGS="--only whole-command"` (or `.venv/bin/python -m benchmarks.whole_command [ROUNDS]`).
 """
 
 from __future__ import annotations
 
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -110,39 +111,65 @@ def empty_table(url: str) -> None:
         conn.execute("TRUNCATE numeric_window_embeddings, numeric_window_embedding_versions, embedder_tick_commits")
 
 
-def measure_whole_command(f: Figures, base: Settings, url: str, workdir: Path) -> None:
-    """The three runs; figures `whole_*`."""
+NAMES = ("direct", "stream_own_worker", "stream_running_worker")
+KINDS = ("command", "worker", "postgres", "kafka", "other")
+
+
+def run_once(name: str, base: Settings, url: str, workdir: Path) -> tuple[float, Counter, int, object]:
+    """One whole command into an empty table: (wall seconds, CPU-seconds by kind, embeddings, checksum)."""
+    empty_table(url)
+    settings = for_app(base, url, uuid.uuid4().hex[:8])
+    worker = None
+    if name == "stream_running_worker":
+        folder = workdir / f"{name}-{settings.app_id}"
+        worker = start_worker(settings, folder, capture=False)
+        wait_ready(folder)
+        wait_quiet(worker.pid)
+    try:
+        seconds, cpu, _ = timed_command(settings, SELECTION + (["--direct"] if name == "direct" else []))
+    finally:
+        if worker is not None:
+            stop(worker)
+    count, checksum = query(url, CHECKSUM)[0]
+    return seconds, cpu, count, checksum
+
+
+def measure_whole_command(f: Figures, base: Settings, url: str, workdir: Path, rounds: int = 3) -> None:
+    """`rounds` rounds of the three runs, one after the other in each round; figures `whole_*`.
+
+    Each figure is the median over the rounds, and each ratio the median of the rounds' own ratios: a stream run
+    is compared with the `--direct` run of its round, minutes apart on the same machine (one run of each moved the
+    CPU ratio by 0.03 between two full benches of the same code)."""
     embeddings = 0
     direct_sum = None
-    runs: dict[str, tuple[float, Counter]] = {}
-    for name in ("direct", "stream_own_worker", "stream_running_worker"):
-        empty_table(url)
-        settings = for_app(base, url, uuid.uuid4().hex[:8])
-        worker = None
-        if name == "stream_running_worker":
-            worker = start_worker(settings, workdir / name, capture=False)
-            wait_ready(workdir / name)
-            wait_quiet(worker.pid)
-        try:
-            seconds, cpu, _ = timed_command(settings, SELECTION + (["--direct"] if name == "direct" else []))
-        finally:
-            if worker is not None:
-                stop(worker)
-        count, checksum = query(url, CHECKSUM)[0]
-        if name == "direct":
-            embeddings, direct_sum = count, checksum
-        f.put(f"whole_{name}_s", round(seconds, 2))
-        f.put(f"whole_{name}_equals_direct", checksum == direct_sum and count == embeddings)
-        total = sum(cpu.values())
-        for kind in ("command", "worker", "postgres", "kafka", "other"):
-            f.put(f"whole_{name}_cpu_{kind}_s_per_1k", round(1000 * cpu[kind] / max(count, 1), 4))
-        f.put(f"whole_{name}_cpu_s_per_1k", round(1000 * total / max(count, 1), 4))
-        runs[name] = (seconds, cpu)
+    runs: dict[str, list[tuple[float, Counter]]] = {name: [] for name in NAMES}
+    equal: dict[str, bool] = {name: True for name in NAMES}
+    for r in range(rounds):
+        for name in NAMES:
+            seconds, cpu, count, checksum = run_once(name, base, url, workdir)
+            if name == "direct" and direct_sum is None:
+                embeddings, direct_sum = count, checksum
+            equal[name] = equal[name] and checksum == direct_sum and count == embeddings
+            runs[name].append((seconds, cpu))
+            total = 1000 * sum(cpu.values()) / max(count, 1)
+            print(f"    round {r + 1} {name:<22} {seconds:6.2f} s  {total:.4f} CPU-s per 1k", flush=True)
+    f.put("whole_rounds", rounds)
+    per_1k = 1000 / max(embeddings, 1)
+    for name in NAMES:
+        cpus = [c for _, c in runs[name]]
+        f.put(f"whole_{name}_s", round(statistics.median(s for s, _ in runs[name]), 2))
+        f.put(f"whole_{name}_equals_direct", equal[name])
+        for kind in KINDS:
+            f.put(f"whole_{name}_cpu_{kind}_s_per_1k", round(per_1k * statistics.median(c[kind] for c in cpus), 4))
+        f.put(f"whole_{name}_cpu_s_per_1k", round(per_1k * statistics.median(sum(c.values()) for c in cpus), 4))
     f.put("whole_embeddings", embeddings)
-    for name in ("stream_own_worker", "stream_running_worker"):
-        f.put(f"whole_{name}_vs_direct", round(runs["direct"][0] / runs[name][0], 3))
-        cpu_ratio = sum(runs[name][1].values()) / max(sum(runs["direct"][1].values()), 1e-9)
-        f.put(f"whole_{name}_cpu_vs_direct", round(cpu_ratio, 3))
+    for name in NAMES[1:]:
+        walls = [d[0] / s[0] for d, s in zip(runs["direct"], runs[name])]
+        cpus = [sum(s[1].values()) / max(sum(d[1].values()), 1e-9) for d, s in zip(runs["direct"], runs[name])]
+        f.put(f"whole_{name}_vs_direct_by_round", [round(x, 3) for x in walls])
+        f.put(f"whole_{name}_cpu_vs_direct_by_round", [round(x, 3) for x in cpus])
+        f.put(f"whole_{name}_vs_direct", round(statistics.median(walls), 3))
+        f.put(f"whole_{name}_cpu_vs_direct", round(statistics.median(cpus), 3))
 
 
 def main() -> None:
@@ -151,7 +178,8 @@ def main() -> None:
     base = Settings()
     with data_set_database(base.database_url) as url:
         f = Figures()
-        measure_whole_command(f, base, url, Path(tempfile.mkdtemp(prefix="embedder-whole-")))
+        rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+        measure_whole_command(f, base, url, Path(tempfile.mkdtemp(prefix="embedder-whole-")), rounds)
 
 
 if __name__ == "__main__":
