@@ -42,6 +42,7 @@ def test_upgrade_creates_tables_and_second_run_is_a_noop(database_factory):
         "0014_definer_triggers",
         "0015_absent_recorded_index",
         "0016_versions_probe_by_index",
+        "0017_versions_probe_by_key_only",
     ]
     assert {
         "instruments",
@@ -53,7 +54,7 @@ def test_upgrade_creates_tables_and_second_run_is_a_noop(database_factory):
         "embedder_parity_audits",
     } <= tables(url)
     second = upgrade(url)
-    assert second.applied == [] and second.already_applied == 16
+    assert second.applied == [] and second.already_applied == 17
     with psycopg.connect(url) as conn:
         cols = dict(
             conn.execute(
