@@ -165,11 +165,11 @@ def measure_whole_command(f: Figures, base: Settings, url: str, workdir: Path, r
     f.put("whole_embeddings", embeddings)
     for name in NAMES[1:]:
         walls = [d[0] / s[0] for d, s in zip(runs["direct"], runs[name])]
-        cpus = [sum(s[1].values()) / max(sum(d[1].values()), 1e-9) for d, s in zip(runs["direct"], runs[name])]
+        cpu_ratios = [sum(s[1].values()) / max(sum(d[1].values()), 1e-9) for d, s in zip(runs["direct"], runs[name])]
         f.put(f"whole_{name}_vs_direct_by_round", [round(x, 3) for x in walls])
-        f.put(f"whole_{name}_cpu_vs_direct_by_round", [round(x, 3) for x in cpus])
+        f.put(f"whole_{name}_cpu_vs_direct_by_round", [round(x, 3) for x in cpu_ratios])
         f.put(f"whole_{name}_vs_direct", round(statistics.median(walls), 3))
-        f.put(f"whole_{name}_cpu_vs_direct", round(statistics.median(cpus), 3))
+        f.put(f"whole_{name}_cpu_vs_direct", round(statistics.median(cpu_ratios), 3))
 
 
 def main() -> None:
