@@ -22,7 +22,7 @@ from streams.gaps import OffsetGuard
 from streams.lookback import DbLookback
 from streams.processor import ProcessorConfig
 from streams.registry import DbRegistry
-from streams.sink import BatchingSink, SinkWriter
+from streams.sink import BatchingSink, database_sink
 from streams.state import ByRun
 
 ROCKSDB_OPTIONS = {
@@ -74,11 +74,10 @@ def register(
         partitions=settings.partitions, key_type=bytes, value_type=bytes, options=dict(ROCKSDB_OPTIONS)
     )
     windows_name, runs_name, replay_windows_name, replay_runs_name = stream_tables(settings.live_generation)
-    sink = BatchingSink(
-        [
-            SinkWriter(settings.database_url, metrics=metrics)
-            for _ in range(min(settings.sink_connections, settings.partitions))
-        ],
+    sink = database_sink(
+        settings.database_url,
+        min(settings.sink_connections, settings.partitions),
+        metrics,
         settings.sink_batch_embeddings,
         settings.sink_batch_seconds,
         settings.sink_max_pending_embeddings,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from datetime import date
 
 import numpy as np
@@ -13,7 +14,7 @@ import psycopg
 
 from shared.contract.messages import LIVE_RUN
 from streams.output import Embedding, EmbeddingBatch, TickDone
-from streams.sink import BatchingSink, SinkWriter
+from streams.sink import BatchingSink, SinkWriter, database_sink
 
 DAY = date(2020, 1, 2)
 
@@ -142,3 +143,39 @@ def test_the_writer_commits_embeddings_absent_keys_and_completions_together_nami
     assert [(i, bytes(v)) for i, v in stored] == [("I1", np.full(6, 9, "<f4").tobytes())]
     assert commits == [(LIVE_RUN, DAY, 1)] and absent_keys == [("GONE",)]
     assert versions == [("I1", "correction: prices of I1 2020-01-01")]
+
+
+def test_the_writers_of_a_sink_take_turns_at_the_upsert_and_only_there(db_url):
+    """While one writer of a worker's sink upserts (here: holds the turn), another stages its batch and then
+    waits, committing nothing, until the turn is free; then it commits (`SinkWriter`: upserts side by side cost
+    PostgreSQL more CPU)."""
+    sink = database_sink(db_url, 2)
+    first, second = (lane.writer for lane in sink._lanes)
+    assert isinstance(first, SinkWriter) and isinstance(second, SinkWriter) and first.upserting is not None
+    with psycopg.connect(db_url, autocommit=True) as watch:
+
+        def waiting_in_transaction() -> bool:
+            return watch.execute(
+                """SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+                   AND pid <> pg_backend_pid() AND state = 'idle in transaction'"""
+            ).fetchone() == (1,)
+
+        def stored() -> tuple[int, int]:
+            row = watch.execute(
+                "SELECT (SELECT count(*) FROM numeric_window_embeddings), (SELECT count(*) FROM embedder_tick_commits)"
+            ).fetchone()
+            assert row is not None
+            return row
+
+        with first.upserting:  # the first writer's turn
+            writing = threading.Thread(
+                target=second.write_until_committed, args=([batch(1, done=(TickDone(DAY, 1),))],)
+            )
+            writing.start()
+            deadline = time.monotonic() + 30
+            while not waiting_in_transaction() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert waiting_in_transaction() and writing.is_alive()  # staged, waiting for its turn
+            assert stored() == (0, 0)
+        writing.join(30)
+        assert not writing.is_alive() and stored() == (1, 1)

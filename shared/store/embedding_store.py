@@ -8,6 +8,7 @@ identical one.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import date
 from operator import itemgetter
@@ -132,6 +133,7 @@ def write_embeddings(
     rows: Iterable[tuple | EmbeddingRow],
     claim: int | None = None,
     one_per_key: bool = False,
+    upserting: AbstractContextManager[object] | None = None,
 ) -> WriteResult:
     """Stage `rows` and upsert them in the caller's transaction, fenced: a stored row computed from newer
     prices than this write (its `computed_from` above the write's claim), or a key recorded absent from
@@ -143,7 +145,8 @@ def write_embeddings(
     (`claim` is every row's claim where the row has none: `shared.store.write_claims`). A key written here is
     no longer an absent one (`shared.store.maintained_keys`). The caller commits; on failure nothing of this
     batch is visible. `one_per_key`: the rows are 6-tuples with a claim each and no key repeats (the sink chose
-    them already: `streams.sink.newest_per_key`), so they are only put in key order."""
+    them already: `streams.sink.newest_per_key`), so they are only put in key order. `upserting` is held around
+    the upsert statement alone (the sink's writers take turns there: `streams.sink.SinkWriter`)."""
     staged = sorted(cast("Iterable[tuple]", rows), key=KEY_OF) if one_per_key else _staged(rows, claim)
     if not staged:
         return WriteResult()
@@ -184,9 +187,7 @@ def write_embeddings(
         # writer committed after this statement began. A row it refuses calls embedder_refused() (never
         # otherwise: OR stops at its first true term), which counts it in a transaction-local setting that
         # the statement resets before its first row and reads after its last.
-        changed, refused = one(
-            cur.execute(
-                f"""
+        upsert = f"""
             WITH upserted AS (
             INSERT INTO numeric_window_embeddings AS t
                 (entity_type, entity_id, window_spec, as_of_date, model_id, vector, computed_from)
@@ -204,8 +205,8 @@ def write_embeddings(
             RETURNING 1)
             SELECT count(*), current_setting('{REFUSED_SETTING}')::bigint FROM upserted
             """
-            )
-        )
+        with upserting or nullcontext():
+            changed, refused = one(cur.execute(upsert))
         if absent:
             cur.execute(
                 f"""DELETE FROM embedder_absent_embeddings a USING {STAGING} s
