@@ -15,6 +15,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Iterable
+from contextlib import AbstractContextManager, nullcontext
 from unittest import mock
 
 import psycopg
@@ -44,7 +45,11 @@ MODEL = "num-regime-core-v1"
 
 
 def legacy_write_embeddings(
-    conn: psycopg.Connection, rows: Iterable[tuple], claim: int | None = None, one_per_key: bool = False
+    conn: psycopg.Connection,
+    rows: Iterable[tuple],
+    claim: int | None = None,
+    one_per_key: bool = False,
+    upserting: AbstractContextManager[object] | None = None,
 ) -> WriteResult:
     """The upsert of the release before issue 26 (no claim, no fence), on the same staging table (it takes
     `write_embeddings`' arguments; its rows are de-duplicated either way)."""
@@ -53,18 +58,19 @@ def legacy_write_embeddings(
         ensure_staging(cur)
         cur.execute(f"TRUNCATE {STAGING}")
         copy_rows(cur, STAGING, STAGING_COLUMNS, (latest[k] for k in sorted(latest)), STAGING_TYPES)
-        cur.execute(
-            f"""
-            INSERT INTO numeric_window_embeddings AS t
-                (entity_type, entity_id, window_spec, as_of_date, model_id, vector)
-            SELECT '{ENTITY_TYPE}', entity_id, {window_spec_sql("window_days")}, as_of_date, model_id, vector
-            FROM {STAGING}
-            ON CONFLICT (entity_type, entity_id, as_of_date, model_id) DO UPDATE SET
-                window_spec = EXCLUDED.window_spec, vector = EXCLUDED.vector, vector_ref = NULL
-            WHERE (t.window_spec, t.vector, t.vector_ref) IS DISTINCT FROM
-                  (EXCLUDED.window_spec, EXCLUDED.vector, NULL::varchar)
-            """
-        )
+        with upserting or nullcontext():
+            cur.execute(
+                f"""
+                INSERT INTO numeric_window_embeddings AS t
+                    (entity_type, entity_id, window_spec, as_of_date, model_id, vector)
+                SELECT '{ENTITY_TYPE}', entity_id, {window_spec_sql("window_days")}, as_of_date, model_id, vector
+                FROM {STAGING}
+                ON CONFLICT (entity_type, entity_id, as_of_date, model_id) DO UPDATE SET
+                    window_spec = EXCLUDED.window_spec, vector = EXCLUDED.vector, vector_ref = NULL
+                WHERE (t.window_spec, t.vector, t.vector_ref) IS DISTINCT FROM
+                      (EXCLUDED.window_spec, EXCLUDED.vector, NULL::varchar)
+                """
+            )
         changed = cur.rowcount
         ids = list({k[0] for k in latest})
         exists = cur.execute(

@@ -9,7 +9,10 @@ backend's CPU-seconds from /proc:
 
 - key order, one connection (as `--direct`);
 - day order, one connection (a batch is a stretch of days across every instrument, as a stream lane's);
-- day order, two connections side by side, instruments split by partition (as the stream's two lanes).
+- day order, two connections side by side, instruments split by partition (the stream's two lanes before
+  they took turns at the upsert statement);
+- the same two connections taking turns at the upsert statement, one lock (as the stream's sink:
+  `streams.sink.SinkWriter`).
 
 `make bench` runs it after the whole-command part (`--only whole-command` too), on the rows that part left; alone:
 `.venv/bin/python -m benchmarks.write_order`.
@@ -20,6 +23,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from operator import itemgetter
 
 import psycopg
@@ -51,23 +55,27 @@ def empty(url: str) -> None:
         conn.execute("CHECKPOINT")  # every case starts its full-page writes from the same point
 
 
-def write_lane(url: str, rows: Sequence[Row], spent: list[float]) -> None:
+def write_lane(
+    url: str, rows: Sequence[Row], spent: list[float], upserting: AbstractContextManager[object] | None = None
+) -> None:
     """Write `rows` in batches of `BATCH` in the order given, one transaction each; append the backend's CPU-s."""
     with psycopg.connect(url) as conn:
         backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
         conn.commit()
         before = pid_cpu_seconds(backend)
         for k in range(0, len(rows), BATCH):
-            write_embeddings(conn, rows[k : k + BATCH])
+            write_embeddings(conn, rows[k : k + BATCH], upserting=upserting)
             conn.commit()
         spent.append(pid_cpu_seconds(backend) - before)
 
 
-def timed(url: str, lanes: list[Sequence[Row]]) -> tuple[float, float]:
-    """(wall seconds, PostgreSQL backend CPU-seconds) of writing `lanes` side by side into an empty table."""
+def timed(url: str, lanes: list[Sequence[Row]], taking_turns: bool = False) -> tuple[float, float]:
+    """(wall seconds, PostgreSQL backend CPU-seconds) of writing `lanes` side by side into an empty table;
+    `taking_turns`: their upsert statements one at a time."""
     empty(url)
     spent: list[float] = []
-    threads = [threading.Thread(target=write_lane, args=(url, lane, spent)) for lane in lanes]
+    turn = threading.Lock() if taking_turns else None
+    threads = [threading.Thread(target=write_lane, args=(url, lane, spent, turn)) for lane in lanes]
     started = time.perf_counter()
     for t in threads:
         t.start()
@@ -76,14 +84,20 @@ def timed(url: str, lanes: list[Sequence[Row]]) -> tuple[float, float]:
     return time.perf_counter() - started, sum(spent)
 
 
-def orders(rows: list[Row], partitions: int) -> dict[str, Callable[[], list[Sequence[Row]]]]:
+def orders(rows: list[Row], partitions: int) -> dict[str, tuple[Callable[[], list[Sequence[Row]]], bool]]:
+    """Each case: (its lanes, whether they take turns at the upsert)."""
     by_key = sorted(rows, key=itemgetter(0, 1, 2))
     by_day = sorted(rows, key=itemgetter(1, 0, 2))
     lane_of = {i: partition_for(i, partitions) % 2 for i in {r[0] for r in rows}}
+
+    def two_lanes() -> list[Sequence[Row]]:
+        return [[r for r in by_day if lane_of[r[0]] == k] for k in (0, 1)]
+
     return {
-        "key_order_1_conn": lambda: [by_key],
-        "day_order_1_conn": lambda: [by_day],
-        "day_order_2_conns": lambda: [[r for r in by_day if lane_of[r[0]] == k] for k in (0, 1)],
+        "key_order_1_conn": (lambda: [by_key], False),
+        "day_order_1_conn": (lambda: [by_day], False),
+        "day_order_2_conns": (two_lanes, False),
+        "day_order_2_conns_taking_turns": (two_lanes, True),
     }
 
 
@@ -93,8 +107,8 @@ def measure_write_order(f: Figures, url: str, partitions: int, rounds: int = 2) 
     cases = orders(rows, partitions)
     best: dict[str, tuple[float, float]] = {}
     for _ in range(rounds):
-        for name, lanes in cases.items():
-            wall, cpu = timed(url, lanes())
+        for name, (lanes, taking_turns) in cases.items():
+            wall, cpu = timed(url, lanes(), taking_turns)
             was = best.get(name, (wall, cpu))
             best[name] = (min(wall, was[0]), min(cpu, was[1]))
     f.put("write_order_rows", len(rows))
@@ -102,7 +116,7 @@ def measure_write_order(f: Figures, url: str, partitions: int, rounds: int = 2) 
         f.put(f"write_order_{name}_s", round(wall, 2))
         f.put(f"write_order_{name}_postgres_cpu_s", round(cpu, 2))
     base = best["key_order_1_conn"][1]
-    for name in ("day_order_1_conn", "day_order_2_conns"):
+    for name in ("day_order_1_conn", "day_order_2_conns", "day_order_2_conns_taking_turns"):
         f.put(f"write_order_{name}_cpu_vs_key_order", round(best[name][1] / max(base, 1e-9), 3))
 
 
