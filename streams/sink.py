@@ -269,7 +269,8 @@ class BatchingSink:
 
     A key is always computed by the same partition (instruments are partitioned by id), so per-partition
     order is every order a key's writes need, and the lanes commit side by side: one PostgreSQL backend
-    upserting alone was the last 3.5 s of a whole-data-set replay, with a core idle.
+    upserting alone was the last 3.5 s of a whole-data-set replay, with a core idle. (Their upsert statements
+    take turns: `SinkWriter`, `database_sink`.)
 
     `submit` (on the event loop) queues a submission and returns; its `done` callback runs on the
     loop once the transaction holding it has committed. `write` waits for that commit. A lane
